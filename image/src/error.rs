@@ -1,0 +1,107 @@
+//! The one error type of `caisson-image`: every variant names what failed and on what.
+
+use std::path::PathBuf;
+
+/// Result alias for this crate.
+pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("invalid digest {digest:?}: {reason}")]
+    InvalidDigest {
+        digest: String,
+        reason: &'static str,
+    },
+
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: String },
+
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+
+    #[error("size mismatch for {what}: descriptor says {expected} bytes, blob has {actual}")]
+    SizeMismatch {
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("blob {digest} ({what}) is missing from the archive and the store")]
+    MissingBlob { digest: String, what: String },
+
+    #[error("layer entry {entry:?} is rejected: {reason}")]
+    UnsafeEntry { entry: String, reason: String },
+
+    #[error("layer entry {entry:?} could not be unpacked: {source}")]
+    EntryFailed {
+        entry: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: String, reason: String },
+
+    #[error("unsupported {what}: {value}")]
+    Unsupported { what: &'static str, value: String },
+
+    #[error("image {0:?} not found")]
+    NotFound(String),
+
+    #[error("image reference {reference:?} is ambiguous: it matches {count} images")]
+    Ambiguous { reference: String, count: usize },
+
+    #[error("rootfs for {id:?} already exists")]
+    RootfsExists { id: String },
+
+    #[error("rootfs for {id:?} not found")]
+    RootfsNotFound { id: String },
+
+    #[error("mounting {target}: {reason}")]
+    MountFailed { target: PathBuf, reason: String },
+
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ImageError {
+    /// An I/O error on `path` while doing `op` ("creating", "renaming", …).
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ImageError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn unsafe_entry(entry: impl Into<String>, reason: impl Into<String>) -> Self {
+        ImageError::UnsafeEntry {
+            entry: entry.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn malformed(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        ImageError::Malformed {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// True when the error means "no such image" (maps to gRPC NOT_FOUND).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            ImageError::NotFound(_) | ImageError::RootfsNotFound { .. }
+        )
+    }
+}

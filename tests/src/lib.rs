@@ -1,0 +1,11 @@
+//! Caisson's end-to-end test support.
+//!
+//! * [`fixtures`]: images built with no network — busybox from Debian's
+//!   `busybox-static` (applets as hard links), the pause image from
+//!   `caisson-pause` — plus builders for layers, OCI and `docker save`
+//!   archives, and raw (hostile) tar entries.
+//! * [`require`]: prerequisites (root, Debian packages) that fail a test with a
+//!   message naming what is missing, instead of skipping it.
+
+pub mod fixtures;
+pub mod require;

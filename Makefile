@@ -1,0 +1,48 @@
+# Caisson's single entry point. `make test` is what CI runs: it installs what
+# is missing (Debian packages), checks formatting and lints, builds both
+# workspaces (the main one and pause/), and runs every test. Run it as root:
+# the tests make namespaces, mounts and device nodes.
+
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+# Debian packages the build and the tests use.
+DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux
+
+.PHONY: all deps build lint test test-pause bench clean
+
+all: build
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build: deps
+	$(CARGO) build --release --manifest-path pause/Cargo.toml
+	$(CARGO) build --workspace --all-targets
+
+lint: deps
+	$(CARGO) fmt --all --check
+	$(CARGO) fmt --manifest-path pause/Cargo.toml --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path pause/Cargo.toml --all-targets -- -D warnings
+
+test-pause: deps
+	$(CARGO) test --manifest-path pause/Cargo.toml --release
+
+test: lint build test-pause
+	$(CARGO) test --workspace
+
+bench: build
+	$(CARGO) run --release -p caisson-bench -- image-import
+
+clean:
+	$(CARGO) clean
+	$(CARGO) clean --manifest-path pause/Cargo.toml

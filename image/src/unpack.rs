@@ -216,6 +216,7 @@ impl Unpacker {
                 )
                 .map_err(|e| failed(errno_io(e)))?;
                 let mut file = File::from(fd);
+                let size = entry.size();
                 let written = copy_sparse(entry, &mut file).map_err(|e| {
                     if matches!(
                         e.kind(),
@@ -226,6 +227,13 @@ impl Unpacker {
                         failed(e)
                     }
                 })?;
+                if written != size {
+                    // The tar reader ends an entry quietly at end of input.
+                    return Err(ImageError::malformed(
+                        "layer tar",
+                        format!("entry {name:?} is truncated: {written} of {size} bytes"),
+                    ));
+                }
                 self.stats.file_bytes += written;
                 apply_fd_meta(file.as_fd(), &meta).map_err(failed)?;
             }
@@ -405,8 +413,11 @@ impl Unpacker {
         Ok(dir)
     }
 
-    /// Applies directory metadata, deepest last-seen first.
+    /// Applies directory metadata, deepest last-seen first. A directory named
+    /// by several entries (directly or through a symlinked parent) takes the
+    /// metadata of the last one only.
     fn finish_dirs(&mut self) -> Result<()> {
+        let mut done = std::collections::HashSet::new();
         for (comps, meta) in self.dirs.drain(..).rev() {
             let path = if comps.is_empty() {
                 b".".to_vec()
@@ -421,6 +432,13 @@ impl Unpacker {
                 Err(Errno::ENOTDIR | Errno::ELOOP | Errno::ENOENT) => continue,
                 Err(e) => return Err(resolve_error(e, &name)),
             };
+            let st = nix::sys::stat::fstat(&fd).map_err(|e| ImageError::EntryFailed {
+                entry: name.clone(),
+                source: errno_io(e),
+            })?;
+            if !done.insert((st.st_dev, st.st_ino)) {
+                continue;
+            }
             apply_fd_meta(fd.as_fd(), &meta).map_err(|source| ImageError::EntryFailed {
                 entry: name,
                 source,

@@ -1,5 +1,6 @@
 //! Caisson's end-to-end test support.
 //!
+//! * [`bundle`]: OCI bundles (busybox or pause rootfs, runc-like spec) for shim tests.
 //! * [`fixtures`]: images built with no network — busybox from Debian's
 //!   `busybox-static` (applets as hard links), the pause image from
 //!   `caisson-pause` — plus builders for layers, OCI and `docker save`
@@ -7,5 +8,6 @@
 //! * [`require`]: prerequisites (root, Debian packages) that fail a test with a
 //!   message naming what is missing, instead of skipping it.
 
+pub mod bundle;
 pub mod fixtures;
 pub mod require;

@@ -8,9 +8,9 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
 # Debian packages the build and the tests use.
-DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux
+DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc
 
-.PHONY: all deps build lint test test-pause bench clean
+.PHONY: all deps build release run lint test test-pause bench clean
 
 all: build
 
@@ -28,6 +28,16 @@ build: deps
 	$(CARGO) build --release --manifest-path pause/Cargo.toml
 	$(CARGO) build --workspace --all-targets
 
+# Release binaries side by side: caissond finds the shim and caisson-pause beside itself.
+release: deps
+	$(CARGO) build --release --manifest-path pause/Cargo.toml
+	$(CARGO) build --release -p caisson-shim -p caisson-sandbox
+	install -m 0755 pause/target/release/caisson-pause target/release/caisson-pause
+
+# Starts caissond with its embedded default config (socket /run/caisson/caissond.sock).
+run: release
+	exec target/release/caissond
+
 lint: deps
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --manifest-path pause/Cargo.toml --check
@@ -40,8 +50,11 @@ test-pause: deps
 test: lint build test-pause
 	$(CARGO) test --workspace
 
-bench: build
-	$(CARGO) run --release -p caisson-bench -- image-import
+bench: release
+	$(CARGO) build --release -p caisson-bench
+	target/release/caisson-bench image-import
+	target/release/caisson-bench shim
+	target/release/caisson-bench cri
 
 clean:
 	$(CARGO) clean

@@ -1,0 +1,210 @@
+//! A task's cgroup through libcgroups: its processes, limits and usage.
+//!
+//! libcgroups picks v1 (legacy or hybrid hosts, like ours: v1 controllers,
+//! an empty cgroup2 at `/sys/fs/cgroup/unified`) or v2 itself; the only
+//! differences left here are units (v1 `cpuacct.stat` counts USER_HZ ticks,
+//! v2 `cpu.stat` microseconds) and key names in `memory.stat`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+};
+use libcgroups::stats::Stats;
+use oci_spec::runtime::LinuxResources;
+
+use crate::backend::TaskStats;
+
+/// The manager of the cgroup libcontainer made for task `id`.
+pub(crate) fn manager(id: &str, cgroup_path: &Path) -> Result<AnyCgroupManager, String> {
+    create_cgroup_manager(CgroupConfig {
+        cgroup_path: cgroup_path.to_path_buf(),
+        systemd_cgroup: false,
+        container_name: id.to_string(),
+    })
+    .map_err(|e| format!("cgroup {}: {e}", cgroup_path.display()))
+}
+
+/// Every process in the cgroup (and its sub-cgroups).
+pub(crate) fn pids(id: &str, cgroup_path: &Path) -> Result<Vec<u32>, String> {
+    let pids = manager(id, cgroup_path)?
+        .get_all_pids()
+        .map_err(|e| format!("listing cgroup {}: {e}", cgroup_path.display()))?;
+    Ok(pids.into_iter().map(|p| p.as_raw() as u32).collect())
+}
+
+/// Applies new limits.
+pub(crate) fn update(
+    id: &str,
+    cgroup_path: &Path,
+    resources: &LinuxResources,
+) -> Result<(), String> {
+    let disable_oom_killer = resources
+        .memory()
+        .as_ref()
+        .and_then(|m| m.disable_oom_killer())
+        .unwrap_or(false);
+    manager(id, cgroup_path)?
+        .apply(&ControllerOpt {
+            resources,
+            disable_oom_killer,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| format!("updating cgroup {}: {e}", cgroup_path.display()))
+}
+
+/// Usage of the cgroup, in [`TaskStats`] units.
+pub(crate) fn stats(id: &str, cgroup_path: &Path) -> Result<TaskStats, String> {
+    let manager = manager(id, cgroup_path)?;
+    let v1 = matches!(manager, AnyCgroupManager::V1(_));
+    let stats = manager
+        .stats()
+        .map_err(|e| format!("reading cgroup {} stats: {e}", cgroup_path.display()))?;
+    let mut out = task_stats(&stats, v1);
+    if v1 {
+        out.oom_events = v1_oom_kills(cgroup_path).unwrap_or(0);
+    }
+    Ok(out)
+}
+
+/// Converts libcgroups' stats; `v1` selects units and key names.
+fn task_stats(stats: &Stats, v1: bool) -> TaskStats {
+    let cpu = &stats.cpu.usage;
+    let (cpu_user_ns, cpu_system_ns, cpu_usage_ns) = if v1 {
+        let tick_ns = 1_000_000_000 / clock_ticks_per_second();
+        (
+            cpu.usage_user.saturating_mul(tick_ns),
+            cpu.usage_kernel.saturating_mul(tick_ns),
+            cpu.usage_total,
+        )
+    } else {
+        (
+            cpu.usage_user.saturating_mul(1000),
+            cpu.usage_kernel.saturating_mul(1000),
+            cpu.usage_total.saturating_mul(1000),
+        )
+    };
+    let memory = &stats.memory;
+    let stat = |v1_key: &str, v2_key: &str| -> u64 {
+        let key = if v1 { v1_key } else { v2_key };
+        lookup(&memory.stats, key)
+    };
+    let usage = memory.memory.usage;
+    let inactive_file = stat("total_inactive_file", "inactive_file");
+    TaskStats {
+        cpu_usage_ns,
+        cpu_user_ns,
+        cpu_system_ns,
+        memory_usage_bytes: usage,
+        memory_limit_bytes: memory.memory.limit,
+        memory_working_set_bytes: usage.saturating_sub(inactive_file),
+        memory_rss_bytes: stat("total_rss", "anon"),
+        page_faults: stat("total_pgfault", "pgfault"),
+        major_page_faults: stat("total_pgmajfault", "pgmajfault"),
+        // v2: libcgroups reads `oom` of memory.events into fail_count; v1 is
+        // read from memory.oom_control by the caller.
+        oom_events: if v1 { 0 } else { memory.memory.fail_count },
+        pids_current: stats.pids.current,
+        pids_limit: stats.pids.limit,
+    }
+}
+
+fn lookup(stats: &HashMap<String, u64>, key: &str) -> u64 {
+    stats.get(key).copied().unwrap_or(0)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}
+
+/// `oom_kill` of the v1 memory cgroup's `memory.oom_control`.
+fn v1_oom_kills(cgroup_path: &Path) -> Option<u64> {
+    let mount =
+        libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
+            .ok()?;
+    let relative: PathBuf = cgroup_path
+        .components()
+        .skip_while(|c| c.as_os_str() == "/")
+        .collect();
+    let control = std::fs::read_to_string(mount.join(relative).join("memory.oom_control")).ok()?;
+    parse_oom_kill(&control)
+}
+
+fn parse_oom_kill(oom_control: &str) -> Option<u64> {
+    oom_control.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == "oom_kill").then(|| value.trim().parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_is_read_from_oom_control() {
+        for (text, want) in [
+            ("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n", Some(3)),
+            ("oom_kill_disable 0\nunder_oom 0\n", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_oom_kill(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn stats_convert_units_per_version() {
+        let mut stats = Stats::default();
+        stats.cpu.usage.usage_total = 5_000;
+        stats.cpu.usage.usage_user = 2;
+        stats.cpu.usage.usage_kernel = 1;
+        stats.memory.memory.usage = 1000;
+        stats.memory.memory.limit = 4096;
+        for (k, v) in [
+            ("total_inactive_file", 300),
+            ("inactive_file", 100),
+            ("total_rss", 600),
+            ("anon", 500),
+            ("total_pgfault", 9),
+            ("pgfault", 8),
+        ] {
+            stats.memory.stats.insert(k.to_string(), v);
+        }
+        let tick = 1_000_000_000 / clock_ticks_per_second();
+        let v1 = task_stats(&stats, true);
+        assert_eq!(
+            (v1.cpu_usage_ns, v1.cpu_user_ns, v1.cpu_system_ns),
+            (5_000, 2 * tick, tick)
+        );
+        assert_eq!(
+            (
+                v1.memory_working_set_bytes,
+                v1.memory_rss_bytes,
+                v1.page_faults
+            ),
+            (700, 600, 9)
+        );
+        let v2 = task_stats(&stats, false);
+        assert_eq!(
+            (v2.cpu_usage_ns, v2.cpu_user_ns, v2.cpu_system_ns),
+            (5_000_000, 2000, 1000)
+        );
+        assert_eq!(
+            (
+                v2.memory_working_set_bytes,
+                v2.memory_rss_bytes,
+                v2.page_faults
+            ),
+            (900, 500, 8)
+        );
+        assert_eq!(v2.memory_limit_bytes, 4096);
+    }
+}

@@ -1,0 +1,618 @@
+//! The native backend: containers as host processes in Linux namespaces
+//! and cgroups, made by libcontainer (youki), like runc or crun.
+//!
+//! The backend follows the OCI spec it is given: a sandbox is the pause
+//! container with new UTS/IPC (and maybe PID) namespaces, a container joins
+//! them by path; nothing here tells the two apart beyond bookkeeping.
+//!
+//! * **Processes**: libcontainer forks a container's init from the shim (as a
+//!   grandchild whose intermediate parent exits), so the shim is a child
+//!   subreaper and reaps inits and execs itself ([`crate::host::reaper`]).
+//!   Every libcontainer call that forks or waits (init and tenant builds,
+//!   `start` and `delete`, which run hooks) holds the reaper's fork lock, and
+//!   each new pid is watched before the lock is released. Exits go to the
+//!   [`ExitSink`] from the reaper thread.
+//! * **Signals** to a single process go through a pidfd opened at creation,
+//!   so a reused pid is never signalled; `all` goes through libcontainer
+//!   (freeze, signal every process of the cgroup, thaw).
+//! * **stdio**: [`crate::host::stdio`] (FIFOs, `file://`, none) and, with a
+//!   terminal, a console socket and pty pumps ([`crate::host::console`]).
+//! * **The spec** is first made grantable on this host ([`spec`]): no
+//!   `CAP_SYS_RESOURCE` and no `oom_score_adj` below the shim's own when the
+//!   shim's bounding set lacks that capability.
+//! * libcontainer changes the *calling* process: it writes the container's
+//!   `oom_score_adj` into the shim's own `/proc/self/oom_score_adj` and marks
+//!   the shim non-dumpable. Both are restored after each build.
+
+mod cgroups;
+mod errors;
+mod process_io;
+mod spec;
+mod state;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::error::LibcontainerError;
+use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::runtime::LinuxResources;
+
+use crate::backend::{
+    Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, TaskSpec, TaskStats,
+};
+use crate::host::console;
+use crate::host::executor::CleanSignals;
+use crate::host::pidfd::Pidfd;
+use crate::host::reaper::{ForkGuard, Reaped, Reaper};
+use crate::host::stdio::HeldStdio;
+
+use errors::{
+    chain, exec_not_found, failed, from_libcontainer, invalid_state, not_found, signal_number,
+};
+use process_io::{write_process_file, PreparedStdio};
+use spec::HostLimits;
+use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
+
+const NAME: &str = "native";
+
+/// The native backend. One per shim; see the module docs.
+pub struct NativeBackend {
+    state_root: PathBuf,
+    exits: ExitSink,
+    reaper: &'static Reaper,
+    limits: HostLimits,
+    tasks: Arc<Tasks>,
+}
+
+impl NativeBackend {
+    /// A backend keeping libcontainer's state under `state_root` and
+    /// reporting exits to `exits`. Makes this process a child subreaper and
+    /// starts its reaper (once per process).
+    pub fn new(state_root: PathBuf, exits: ExitSink) -> Result<NativeBackend, BackendError> {
+        let setup = |reason: String| failed("start backend", NAME, reason);
+        std::fs::create_dir_all(&state_root)
+            .map_err(|e| setup(format!("{}: {e}", state_root.display())))?;
+        let state_root = state_root
+            .canonicalize()
+            .map_err(|e| setup(format!("{}: {e}", state_root.display())))?;
+        let reaper = Reaper::global().map_err(|e| setup(format!("starting the reaper: {e}")))?;
+        let limits = HostLimits::measure();
+        if !limits.sys_resource {
+            tracing::info!(
+                own_oom_score_adj = limits.own_oom_score_adj,
+                "CAP_SYS_RESOURCE is not in the bounding set: containers get neither it nor a lower oom_score_adj"
+            );
+        }
+        Ok(NativeBackend {
+            state_root,
+            exits,
+            reaper,
+            limits,
+            tasks: Arc::new(Tasks::default()),
+        })
+    }
+
+    /// Where libcontainer keeps its state (one directory per task).
+    pub fn state_root(&self) -> &Path {
+        &self.state_root
+    }
+
+    /// Removes what a dead shim left of task `id` under `state_root`: kills
+    /// every process of its cgroup, removes the cgroup and libcontainer's
+    /// state. Nothing left is not an error. For the shim's `delete` command,
+    /// which runs in a fresh process without a backend.
+    pub fn force_delete(state_root: &Path, id: &str) -> Result<()> {
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .validate_id()
+            .map_err(|e| from_libcontainer("delete", id, e))?;
+        let dir = state_root.join(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        match Container::load(dir.clone()) {
+            Ok(mut container) => container
+                .delete(true)
+                .map_err(|e| from_libcontainer("delete", id, e)),
+            Err(e) => {
+                tracing::warn!(id, error = %chain(&e), "unreadable container state; removing it");
+                std::fs::remove_dir_all(&dir).map_err(|e| failed("delete", id, e))
+            }
+        }
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.state_root.join(id)
+    }
+
+    fn load(&self, op: &'static str, id: &str) -> Result<Container> {
+        Container::load(self.container_dir(id)).map_err(|e| from_libcontainer(op, id, e))
+    }
+
+    fn builder(&self, op: &'static str, id: &str) -> Result<ContainerBuilder> {
+        ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .validate_id()
+            .map_err(|e| from_libcontainer(op, id, e))?
+            .with_executor(CleanSignals::default())
+            .with_root_path(&self.state_root)
+            .map_err(|e| from_libcontainer(op, id, e))
+    }
+
+    /// Puts back what a libcontainer build changed in the shim process.
+    fn restore_own_process_state(&self) {
+        let own = self.limits.own_oom_score_adj;
+        if spec::own_oom_score_adj() != Some(own) {
+            if let Err(e) = std::fs::write("/proc/self/oom_score_adj", own.to_string()) {
+                tracing::warn!(error = %e, "could not restore the shim's oom_score_adj");
+            }
+        }
+        // SAFETY: PR_SET_DUMPABLE takes 0 or 1.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        }
+    }
+
+    /// Watches `pid` so its exit updates the task and reaches the sink.
+    fn watch(&self, guard: &ForkGuard<'_>, id: &str, exec_id: Option<&str>, pid: u32) {
+        let tasks: Weak<Tasks> = Arc::downgrade(&self.tasks);
+        let exits = self.exits.clone();
+        let id = id.to_string();
+        let exec_id = exec_id.map(str::to_string);
+        guard.watch(pid, move |reaped: Reaped| {
+            let Some(tasks) = tasks.upgrade() else { return };
+            let status = reaped.code();
+            if !tasks.record_exit(&id, exec_id.as_deref(), pid, status) {
+                tracing::debug!(id, ?exec_id, pid, "exit of a process whose task is gone");
+                return;
+            }
+            tracing::info!(id, ?exec_id, pid, status, "process exited");
+            exits(Exit {
+                container_id: id,
+                exec_id,
+                pid,
+                status,
+                exited_at: reaped.at,
+            });
+        });
+    }
+
+    /// Deletes a container libcontainer made but the backend will not keep.
+    fn discard(&self, id: &str, container: &mut Container) {
+        if let Err(e) = container.delete(true) {
+            tracing::warn!(id, error = %chain(&e), "could not remove a half-made container");
+        }
+    }
+
+    fn task_cgroup(&self, id: &str) -> Result<PathBuf> {
+        let tasks = self.tasks.lock();
+        let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+        Ok(task.cgroup_path.clone())
+    }
+
+    fn with_stdio<T>(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        f: impl FnOnce(&mut HeldStdio) -> Result<T>,
+    ) -> Result<T> {
+        let mut tasks = self.tasks.lock();
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        match exec_id {
+            None => f(&mut task.init.stdio),
+            Some(exec_id) => {
+                let exec = task
+                    .execs
+                    .get_mut(exec_id)
+                    .ok_or_else(|| exec_not_found(id, exec_id))?;
+                match exec.started.as_mut() {
+                    Some(started) => f(&mut started.stdio),
+                    None => Err(invalid_state(
+                        id,
+                        "created",
+                        "use the stdio of an exec not started",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl Backend for NativeBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn create(&self, task: &TaskSpec) -> Result<u32> {
+        let id = task.id.as_str();
+        if self.tasks.lock().contains_key(id) {
+            return Err(BackendError::AlreadyExists {
+                what: "task",
+                id: id.to_string(),
+            });
+        }
+        let builder = self.builder("create", id)?;
+        let prepared = spec::prepare_bundle(id, &task.bundle, task.stdio.terminal, self.limits)?;
+        // The stdio is opened under the fork lock, and handed over and closed
+        // within it: a container forked meanwhile for another task would
+        // otherwise inherit this one's FIFO writer and hold back its EOF.
+        let guard = self.reaper.lock();
+        let stdio = PreparedStdio::open(id, &task.stdio)?;
+        let (builder, pending) = stdio.attach(builder);
+        let built = builder
+            .as_init(&task.bundle)
+            .with_systemd(false)
+            .with_detach(true)
+            .build();
+        self.restore_own_process_state();
+        let mut container = built.map_err(|e| from_libcontainer("create", id, e))?;
+        let started = container
+            .pid()
+            .ok_or_else(|| "libcontainer recorded no pid".to_string())
+            .and_then(|pid| {
+                Pidfd::open(pid.as_raw() as u32).map_err(|e| format!("pidfd of {pid}: {e}"))
+            })
+            .and_then(|pidfd| {
+                let stdio = pending.finish(id).map_err(|e| format!("terminal: {e}"))?;
+                Ok(Started { pidfd, stdio })
+            });
+        let started = match started {
+            Ok(started) => started,
+            Err(reason) => {
+                self.discard(id, &mut container);
+                return Err(failed("create", id, reason));
+            }
+        };
+        let pid = started.pidfd.pid();
+        self.watch(&guard, id, None, pid);
+        self.tasks.lock().insert(
+            id.to_string(),
+            Task {
+                kind: task.kind.clone(),
+                phase: Phase::Created,
+                paused: false,
+                init: started,
+                cgroup_path: prepared.cgroup_path,
+                oom_score_adj: prepared.oom_score_adj,
+                execs: HashMap::new(),
+            },
+        );
+        drop(guard);
+        tracing::info!(id, pid, kind = ?task.kind, "task created");
+        Ok(pid)
+    }
+
+    fn start(&self, id: &str) -> Result<u32> {
+        {
+            let tasks = self.tasks.lock();
+            let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+            if task.phase != Phase::Created {
+                return Err(invalid_state(id, task.phase.name(), "start"));
+            }
+        }
+        {
+            // start runs poststart hooks, which fork and wait.
+            let _guard = self.reaper.lock();
+            let mut container = self.load("start", id)?;
+            container
+                .start()
+                .map_err(|e| from_libcontainer("start", id, e))?;
+        }
+        let mut tasks = self.tasks.lock();
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        if task.phase == Phase::Created {
+            task.phase = Phase::Running;
+        }
+        let pid = task.init.pidfd.pid();
+        tracing::info!(id, pid, "task started");
+        Ok(pid)
+    }
+
+    fn exec(&self, exec: &ExecSpec) -> Result<()> {
+        let id = exec.container_id.as_str();
+        spec::check_args(&exec.process).map_err(|reason| BackendError::InvalidArgument {
+            what: format!("process of exec {}", exec.exec_id),
+            reason: reason.into(),
+        })?;
+        let mut tasks = self.tasks.lock();
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        if let Phase::Exited { .. } = task.phase {
+            return Err(invalid_state(id, task.phase.name(), "exec"));
+        }
+        if task.execs.contains_key(&exec.exec_id) {
+            return Err(BackendError::AlreadyExists {
+                what: "exec",
+                id: exec.exec_id.clone(),
+            });
+        }
+        task.execs.insert(
+            exec.exec_id.clone(),
+            ExecProcess {
+                spec: exec.clone(),
+                phase: Phase::Created,
+                started: None,
+            },
+        );
+        Ok(())
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let (exec, default_oom) = {
+            let tasks = self.tasks.lock();
+            let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+            let exec = task
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
+            if exec.phase != Phase::Created {
+                return Err(invalid_state(
+                    &format!("{id}/{exec_id}"),
+                    exec.phase.name(),
+                    "start exec",
+                ));
+            }
+            if task.phase != Phase::Running {
+                return Err(invalid_state(id, task.phase.name(), "exec in it"));
+            }
+            (exec.spec.clone(), task.oom_score_adj)
+        };
+        let mut process = exec.process.clone();
+        spec::sanitize_process(
+            &format!("exec {id}/{exec_id}"),
+            &mut process,
+            self.limits,
+            default_oom,
+        );
+        process.set_terminal(Some(exec.stdio.terminal));
+        let process_file = write_process_file(&process)
+            .map_err(|e| failed("start exec", id, format!("writing process.json: {e}")))?;
+
+        let builder = self.builder("start exec", id)?;
+        let guard = self.reaper.lock();
+        let stdio = PreparedStdio::open(id, &exec.stdio)?;
+        let (builder, pending) = stdio.attach(builder);
+        let built = builder
+            .as_tenant()
+            .with_process(Some(process_file.path()))
+            .with_detach(true)
+            .build();
+        self.restore_own_process_state();
+        let pid = built.map_err(|e| from_libcontainer("start exec", id, e))?;
+        let pid = pid.as_raw() as u32;
+        let started = Pidfd::open(pid)
+            .map_err(|e| format!("pidfd of {pid}: {e}"))
+            .and_then(|pidfd| {
+                let stdio = pending
+                    .finish(&format!("{id}-{exec_id}"))
+                    .map_err(|e| format!("terminal: {e}"))?;
+                Ok(Started { pidfd, stdio })
+            });
+        let started = match started {
+            Ok(started) => started,
+            Err(reason) => {
+                // SAFETY: the process is our unreaped descendant (fork lock).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                return Err(failed("start exec", id, reason));
+            }
+        };
+        self.watch(&guard, id, Some(exec_id), pid);
+        let mut tasks = self.tasks.lock();
+        let registered = tasks
+            .get_mut(id)
+            .and_then(|task| task.execs.get_mut(exec_id))
+            .filter(|exec| exec.phase == Phase::Created);
+        let Some(exec) = registered else {
+            // Deleted (or started) concurrently: this process has no owner.
+            let _ = started.pidfd.send_signal(libc::SIGKILL);
+            return Err(invalid_state(
+                &format!("{id}/{exec_id}"),
+                "gone",
+                "start exec",
+            ));
+        };
+        exec.phase = Phase::Running;
+        exec.started = Some(started);
+        drop(tasks);
+        drop(guard);
+        tracing::info!(id, exec_id, pid, "exec started");
+        Ok(pid)
+    }
+
+    fn kill(&self, id: &str, exec_id: Option<&str>, signal: u32, all: bool) -> Result<()> {
+        let signal = signal_number(signal)?;
+        let mut tasks = self.tasks.lock();
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        if let Some(exec_id) = exec_id {
+            let exec = task
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
+            return match (&exec.phase, &exec.started) {
+                (Phase::Exited { .. }, _) => Ok(()),
+                (_, Some(started)) => started
+                    .pidfd
+                    .send_signal(signal)
+                    .map(|_| ())
+                    .map_err(|e| failed("kill", &format!("{id}/{exec_id}"), e)),
+                (_, None) => Err(invalid_state(&format!("{id}/{exec_id}"), "created", "kill")),
+            };
+        }
+        if !all {
+            if let Phase::Exited { .. } = task.phase {
+                return Ok(());
+            }
+            task.init
+                .pidfd
+                .send_signal(signal)
+                .map_err(|e| failed("kill", id, e))?;
+            if signal == libc::SIGKILL && task.paused {
+                // A frozen process cannot die: thaw it (as runc does).
+                let cgroup = task.cgroup_path.clone();
+                task.paused = false;
+                drop(tasks);
+                if let Err(e) = cgroups::manager(id, &cgroup).and_then(|m| {
+                    use libcgroups::common::{CgroupManager, FreezerState};
+                    m.freeze(FreezerState::Thawed).map_err(|e| e.to_string())
+                }) {
+                    tracing::warn!(id, error = %e, "could not thaw a killed paused task");
+                }
+            }
+            return Ok(());
+        }
+        if signal > 31 {
+            return Err(BackendError::InvalidArgument {
+                what: "signal".into(),
+                reason: format!("real-time signal {signal} cannot be sent to all processes"),
+            });
+        }
+        if signal == libc::SIGKILL {
+            // libcontainer thaws the cgroup after signalling it.
+            task.paused = false;
+        }
+        drop(tasks);
+        let mut container = self.load("kill", id)?;
+        let nix_signal = libcontainer::signal::Signal::try_from(signal).map_err(|e| {
+            BackendError::InvalidArgument {
+                what: "signal".into(),
+                reason: e.to_string(),
+            }
+        })?;
+        match container.kill(nix_signal, true) {
+            Ok(()) | Err(LibcontainerError::IncorrectStatus(ContainerStatus::Stopped)) => Ok(()),
+            Err(e) => Err(from_libcontainer("kill", id, e)),
+        }
+    }
+
+    fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        if let Some(exec_id) = exec_id {
+            let mut tasks = self.tasks.lock();
+            let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+            let exec = task
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| exec_not_found(id, exec_id))?;
+            if exec.phase == Phase::Running {
+                return Err(invalid_state(
+                    &format!("{id}/{exec_id}"),
+                    "running",
+                    "delete",
+                ));
+            }
+            task.execs.remove(exec_id);
+            return Ok(());
+        }
+        let never_started = {
+            let tasks = self.tasks.lock();
+            let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+            if task.phase == Phase::Running {
+                return Err(invalid_state(id, "running", "delete"));
+            }
+            task.phase == Phase::Created
+        };
+        {
+            // delete runs poststop hooks, which fork and wait.
+            let _guard = self.reaper.lock();
+            Self::force_delete(&self.state_root, id)?;
+        }
+        if never_started {
+            // libcontainer killed the waiting init: see it reaped (and its
+            // exit reported) before the task is forgotten.
+            self.tasks.wait_exited(id, REAP_DEADLINE);
+        }
+        let task = self.tasks.lock().remove(id);
+        if let Some(task) = task {
+            tracing::info!(id, kind = ?task.kind, "task deleted");
+        }
+        Ok(())
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
+        let (cgroup, execs) = {
+            let tasks = self.tasks.lock();
+            let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+            let execs: HashMap<u32, String> = task
+                .execs
+                .iter()
+                .filter_map(|(exec_id, e)| Some((e.started.as_ref()?.pidfd.pid(), exec_id.clone())))
+                .collect();
+            (task.cgroup_path.clone(), execs)
+        };
+        let pids = cgroups::pids(id, &cgroup).map_err(|e| failed("pids", id, e))?;
+        Ok(pids
+            .into_iter()
+            .map(|pid| ProcessInfo {
+                pid,
+                exec_id: execs.get(&pid).cloned(),
+            })
+            .collect())
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        self.task_cgroup(id)?;
+        let mut container = self.load("pause", id)?;
+        container
+            .pause()
+            .map_err(|e| from_libcontainer("pause", id, e))?;
+        if let Some(task) = self.tasks.lock().get_mut(id) {
+            task.paused = true;
+        }
+        tracing::info!(id, "task paused");
+        Ok(())
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.task_cgroup(id)?;
+        let mut container = self.load("resume", id)?;
+        container
+            .resume()
+            .map_err(|e| from_libcontainer("resume", id, e))?;
+        if let Some(task) = self.tasks.lock().get_mut(id) {
+            task.paused = false;
+        }
+        tracing::info!(id, "task resumed");
+        Ok(())
+    }
+
+    fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        let cgroup = self.task_cgroup(id)?;
+        cgroups::update(id, &cgroup, resources).map_err(|e| failed("update", id, e))
+    }
+
+    fn stats(&self, id: &str) -> Result<TaskStats> {
+        let cgroup = self.task_cgroup(id)?;
+        cgroups::stats(id, &cgroup).map_err(|e| failed("stats", id, e))
+    }
+
+    fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u16, height: u16) -> Result<()> {
+        self.with_stdio(id, exec_id, |stdio| {
+            let master = stdio
+                .pty_master()
+                .ok_or_else(|| BackendError::InvalidArgument {
+                    what: "resize_pty".into(),
+                    reason: match exec_id {
+                        Some(exec_id) => format!("exec {id}/{exec_id} has no terminal"),
+                        None => format!("task {id} has no terminal"),
+                    },
+                })?;
+            console::resize(master, width, height).map_err(|e| failed("resize pty", id, e))
+        })
+    }
+
+    fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        self.with_stdio(id, exec_id, |stdio| {
+            stdio.close_stdin();
+            Ok(())
+        })
+    }
+
+    fn reopen_logs(&self, id: &str) -> Result<()> {
+        self.with_stdio(id, None, |stdio| {
+            stdio.reopen_logs().map_err(|e| BackendError::Failed {
+                op: "reopen logs",
+                id: id.to_string(),
+                reason: e.to_string(),
+            })
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! Making a bundle's spec fit what this host can grant.
+//!
+//! Some hosts (ours among them) run the shim without `CAP_SYS_RESOURCE` in
+//! its capability bounding set. Then no container can be given that
+//! capability, and no process can get an `oom_score_adj` below the shim's
+//! own (libcontainer writes the value into the shim's own
+//! `/proc/self/oom_score_adj` before forking, and lowering it needs the
+//! capability). A pod must not fail for that: the capability is dropped and
+//! the score clamped, each with a warning, as containerd does with
+//! `restrict_oom_score_adj`.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Process, Spec};
+
+use crate::backend::{BackendError, Result};
+
+/// What this host cannot grant, measured once when the backend starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HostLimits {
+    /// `CAP_SYS_RESOURCE` is in the shim's bounding set.
+    pub sys_resource: bool,
+    /// The shim's own `oom_score_adj` at start: without `CAP_SYS_RESOURCE`
+    /// nothing below it can be set.
+    pub own_oom_score_adj: i32,
+}
+
+impl HostLimits {
+    pub fn measure() -> HostLimits {
+        /// `CAP_SYS_RESOURCE` in <linux/capability.h>.
+        const CAP_SYS_RESOURCE: libc::c_ulong = 24;
+        // SAFETY: PR_CAPBSET_READ takes a capability number, returns 0/1.
+        let sys_resource =
+            unsafe { libc::prctl(libc::PR_CAPBSET_READ, CAP_SYS_RESOURCE, 0, 0, 0) } == 1;
+        HostLimits {
+            sys_resource,
+            own_oom_score_adj: own_oom_score_adj().unwrap_or(0),
+        }
+    }
+
+    /// The lowest `oom_score_adj` a container may get, if limited.
+    fn oom_floor(&self) -> Option<i32> {
+        (!self.sys_resource).then_some(self.own_oom_score_adj)
+    }
+}
+
+pub(crate) fn own_oom_score_adj() -> Option<i32> {
+    fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Makes `process` grantable here; `what` names it in warnings. `default_oom`
+/// fills a missing `oomScoreAdj` (an exec inherits its container's). Returns
+/// whether anything changed.
+pub(crate) fn sanitize_process(
+    what: &str,
+    process: &mut Process,
+    limits: HostLimits,
+    default_oom: Option<i32>,
+) -> bool {
+    let mut changed = false;
+    if !limits.sys_resource {
+        if let Some(caps) = process.capabilities() {
+            let mut caps = caps.clone();
+            if drop_capability(&mut caps, Capability::SysResource) {
+                tracing::warn!(
+                    process = what,
+                    "dropping CAP_SYS_RESOURCE: it is not in this host's capability bounding set"
+                );
+                process.set_capabilities(Some(caps));
+                changed = true;
+            }
+        }
+    }
+    if process.oom_score_adj().is_none() && default_oom.is_some() {
+        process.set_oom_score_adj(default_oom);
+        changed = true;
+    }
+    if let (Some(wanted), Some(floor)) = (process.oom_score_adj(), limits.oom_floor()) {
+        if wanted < floor {
+            tracing::warn!(
+                process = what,
+                wanted,
+                clamped_to = floor,
+                "clamping oomScoreAdj: lowering it below the shim's own needs CAP_SYS_RESOURCE, which this host cannot grant"
+            );
+            process.set_oom_score_adj(Some(floor));
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Removes `cap` from every set; true if it was in one.
+fn drop_capability(caps: &mut LinuxCapabilities, cap: Capability) -> bool {
+    let mut dropped = false;
+    let mut strip = |set: &Option<Capabilities>| -> Option<Capabilities> {
+        set.as_ref().map(|set| {
+            let mut set = set.clone();
+            dropped |= set.remove(&cap);
+            set
+        })
+    };
+    let bounding = strip(caps.bounding());
+    let effective = strip(caps.effective());
+    let inheritable = strip(caps.inheritable());
+    let permitted = strip(caps.permitted());
+    let ambient = strip(caps.ambient());
+    caps.set_bounding(bounding)
+        .set_effective(effective)
+        .set_inheritable(inheritable)
+        .set_permitted(permitted)
+        .set_ambient(ambient);
+    dropped
+}
+
+/// What the backend keeps from a task's spec.
+#[derive(Debug, Clone)]
+pub(crate) struct PreparedSpec {
+    /// The cgroup libcontainer puts the task in (as it computes it).
+    pub cgroup_path: PathBuf,
+    /// The init's (sanitised) `oomScoreAdj`, inherited by its execs.
+    pub oom_score_adj: Option<i32>,
+}
+
+fn invalid_spec(path: &Path, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::InvalidArgument {
+        what: format!("OCI spec {}", path.display()),
+        reason: reason.to_string(),
+    }
+}
+
+/// Loads `bundle/config.json`, makes it grantable here and consistent with
+/// the requested stdio (`terminal`), and writes it back (atomically) when
+/// that changed anything.
+pub(crate) fn prepare_bundle(
+    id: &str,
+    bundle: &Path,
+    terminal: bool,
+    limits: HostLimits,
+) -> Result<PreparedSpec> {
+    let path = bundle.join("config.json");
+    let mut spec = Spec::load(&path).map_err(|e| invalid_spec(&path, e))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| invalid_spec(&path, "no process"))?;
+    check_args(&process).map_err(|reason| invalid_spec(&path, reason))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| invalid_spec(&path, "no linux section"))?;
+    let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
+
+    let mut changed = sanitize_process(&format!("task {id}"), &mut process, limits, None);
+    if process.terminal().unwrap_or(false) != terminal {
+        tracing::debug!(
+            id,
+            terminal,
+            "making process.terminal match the requested stdio"
+        );
+        process.set_terminal(Some(terminal));
+        changed = true;
+    }
+    let oom_score_adj = process.oom_score_adj();
+    if changed {
+        spec.set_process(Some(process));
+        write_json_atomically(&path, &spec).map_err(|e| BackendError::Failed {
+            op: "rewrite spec",
+            id: id.to_string(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
+    }
+    Ok(PreparedSpec {
+        cgroup_path,
+        oom_score_adj,
+    })
+}
+
+/// A process must name a program: libcontainer would otherwise index an
+/// empty argv inside the container.
+pub(crate) fn check_args(process: &Process) -> std::result::Result<(), &'static str> {
+    match process.args() {
+        Some(args) if args.first().is_some_and(|a| !a.is_empty()) => Ok(()),
+        _ => Err("process.args is empty"),
+    }
+}
+
+/// Writes `value` as JSON to `path` through a temp file in the same
+/// directory, fsynced, then renamed over: readers see the old or the new
+/// file, never a torn one.
+pub(crate) fn write_json_atomically(
+    path: &Path,
+    value: &impl serde::Serialize,
+) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".config.json.")
+        .tempfile_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, value)?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::LinuxCapabilitiesBuilder;
+
+    fn caps(list: &[Capability]) -> Capabilities {
+        list.iter().copied().collect()
+    }
+
+    fn process_with(caps_: &[Capability], oom: Option<i32>) -> Process {
+        let mut p = Process::default();
+        let set = caps(caps_);
+        p.set_capabilities(Some(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(set.clone())
+                .effective(set.clone())
+                .permitted(set.clone())
+                .inheritable(set.clone())
+                .ambient(set)
+                .build()
+                .unwrap(),
+        ));
+        p.set_oom_score_adj(oom);
+        p
+    }
+
+    const LIMITED: HostLimits = HostLimits {
+        sys_resource: false,
+        own_oom_score_adj: 0,
+    };
+    const UNLIMITED: HostLimits = HostLimits {
+        sys_resource: true,
+        own_oom_score_adj: 0,
+    };
+
+    struct Case {
+        limits: HostLimits,
+        caps: &'static [Capability],
+        oom: Option<i32>,
+        default_oom: Option<i32>,
+        changed: bool,
+        caps_left: &'static [Capability],
+        oom_left: Option<i32>,
+    }
+
+    #[test]
+    fn sanitising_is_table_driven() {
+        use Capability::{Kill, SysResource};
+        let case = |limits, caps, oom, default_oom, changed, caps_left, oom_left| Case {
+            limits,
+            caps,
+            oom,
+            default_oom,
+            changed,
+            caps_left,
+            oom_left,
+        };
+        let cases = [
+            case(
+                LIMITED,
+                &[Kill, SysResource],
+                Some(-998),
+                None,
+                true,
+                &[Kill],
+                Some(0),
+            ),
+            case(LIMITED, &[Kill], Some(-1), None, true, &[Kill], Some(0)),
+            case(LIMITED, &[Kill], Some(0), None, false, &[Kill], Some(0)),
+            case(
+                LIMITED,
+                &[Kill],
+                Some(1000),
+                None,
+                false,
+                &[Kill],
+                Some(1000),
+            ),
+            case(LIMITED, &[Kill], None, None, false, &[Kill], None),
+            case(LIMITED, &[Kill], None, Some(500), true, &[Kill], Some(500)),
+            case(LIMITED, &[Kill], None, Some(-5), true, &[Kill], Some(0)),
+            case(
+                UNLIMITED,
+                &[Kill, SysResource],
+                Some(-998),
+                None,
+                false,
+                &[Kill, SysResource],
+                Some(-998),
+            ),
+        ];
+        for (i, c) in cases.iter().enumerate() {
+            let mut p = process_with(c.caps, c.oom);
+            let changed = sanitize_process("t", &mut p, c.limits, c.default_oom);
+            assert_eq!(changed, c.changed, "case {i}");
+            let caps_after = p.capabilities().as_ref().unwrap();
+            for set in [
+                caps_after.bounding(),
+                caps_after.effective(),
+                caps_after.permitted(),
+                caps_after.inheritable(),
+                caps_after.ambient(),
+            ] {
+                assert_eq!(set.as_ref().unwrap(), &caps(c.caps_left), "case {i}");
+            }
+            assert_eq!(p.oom_score_adj(), c.oom_left, "case {i}");
+        }
+    }
+
+    #[test]
+    fn empty_args_are_rejected() {
+        let mut p = Process::default();
+        assert!(check_args(&p).is_ok());
+        p.set_args(Some(vec![]));
+        assert!(check_args(&p).is_err());
+        p.set_args(None);
+        assert!(check_args(&p).is_err());
+        p.set_args(Some(vec![String::new()]));
+        assert!(check_args(&p).is_err());
+    }
+
+    #[test]
+    fn prepare_rewrites_only_when_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let mut spec = Spec::default();
+        spec.set_process(Some(process_with(&[Capability::Kill], Some(5))));
+        spec.save(&path).unwrap();
+        let before = fs::read(&path).unwrap();
+        let prepared = prepare_bundle("t", dir.path(), false, LIMITED).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), before, "nothing to change");
+        assert_eq!(prepared.oom_score_adj, Some(5));
+        assert_eq!(prepared.cgroup_path, PathBuf::from(":youki:t"));
+
+        spec.set_process(Some(process_with(&[Capability::SysResource], Some(-100))));
+        spec.save(&path).unwrap();
+        let prepared = prepare_bundle("t", dir.path(), true, LIMITED).unwrap();
+        assert_eq!(prepared.oom_score_adj, Some(0));
+        let written = Spec::load(&path).unwrap();
+        let process = written.process().as_ref().unwrap();
+        assert_eq!(process.terminal(), Some(true));
+        assert_eq!(process.oom_score_adj(), Some(0));
+        let bounding = process.capabilities().as_ref().unwrap().bounding().clone();
+        assert_eq!(bounding, Some(Capabilities::new()));
+        // No temp file left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_or_broken_spec_is_invalid_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = prepare_bundle("t", dir.path(), false, LIMITED).unwrap_err();
+        assert!(matches!(err, BackendError::InvalidArgument { .. }), "{err}");
+        fs::write(dir.path().join("config.json"), b"{not json").unwrap();
+        let err = prepare_bundle("t", dir.path(), false, LIMITED).unwrap_err();
+        assert!(matches!(err, BackendError::InvalidArgument { .. }), "{err}");
+    }
+}

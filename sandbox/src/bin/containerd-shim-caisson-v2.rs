@@ -1,0 +1,55 @@
+//! `containerd-shim-caisson-v2`: Caisson's per-pod shim. See `caisson_sandbox::shim`.
+
+use std::process::ExitCode;
+
+use caisson_sandbox::shim::{self, parse_flags, RUNTIME_NAME};
+
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAISSON_SHIM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flags = match parse_flags(&args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{RUNTIME_NAME}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Only the server logs (its stderr is the shim log file): containerd 1.6
+    // takes everything `start` writes, stdout and stderr, as the address.
+    if flags.action == "serve" {
+        init_logging(flags.debug);
+    }
+    let result = match flags.action.as_str() {
+        "v" | "version" => {
+            println!(
+                "containerd-shim-caisson-v2 {} ({RUNTIME_NAME})",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
+        "start" => shim::start(&flags)
+            .and_then(|address| shim::write_stdout(address.as_bytes()).map_err(|e| e.to_string())),
+        "delete" => shim::delete(&flags)
+            .and_then(|bytes| shim::write_stdout(&bytes).map_err(|e| e.to_string())),
+        "serve" => shim::serve(&flags),
+        "" => Err("no action given: expected start, delete or serve".to_string()),
+        other => Err(format!("unknown action {other:?}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{RUNTIME_NAME}: {}: {e}", flags.action);
+            ExitCode::FAILURE
+        }
+    }
+}

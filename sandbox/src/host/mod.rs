@@ -1,0 +1,23 @@
+//! Host-process plumbing for backends whose containers are host processes
+//! (native and hardened): everything the shim must do *as the parent* of
+//! the container processes that libcontainer forks.
+//!
+//! * [`reaper`]: the process-wide SIGCHLD reaper (the shim is a child
+//!   subreaper) and the **fork lock** that keeps it from stealing the exit
+//!   status of a process libcontainer (or anyone else) waits for itself.
+//! * [`pidfd`]: signalling a process through a pidfd, immune to pid reuse.
+//! * [`stdio`]: opening containerd's stdio names (FIFOs, `file://` URIs,
+//!   none) for a container process, keeping FIFOs usable before the
+//!   caller's end connects.
+//! * [`console`]: receiving a container's pty master from a console socket,
+//!   pumping it to and from the stdio FIFOs, resizing it.
+//! * [`executor`]: a libcontainer executor that gives the payload a clean
+//!   signal state (the shim ignores SIGPIPE; an exec'd program would inherit
+//!   that).
+
+pub mod console;
+pub mod crilog;
+pub mod executor;
+pub mod pidfd;
+pub mod reaper;
+pub mod stdio;

@@ -1,0 +1,76 @@
+//! A process handle that cannot be confused with a later process reusing
+//! its pid (`pidfd_open(2)`, `pidfd_send_signal(2)`, Linux ≥ 5.3).
+//!
+//! Open it while the process cannot have been reaped yet (under the
+//! reaper's fork lock, right after creation); from then on a signal sent
+//! through it reaches that process or fails with `ESRCH`, never a stranger.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+#[derive(Debug)]
+pub struct Pidfd {
+    pid: u32,
+    fd: OwnedFd,
+}
+
+impl Pidfd {
+    pub fn open(pid: u32) -> io::Result<Pidfd> {
+        let raw_pid =
+            libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this fd and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Pidfd { pid, fd })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `signal`. `Ok(false)` when the process has already exited
+    /// (`ESRCH`): signalling the dead is not an error for a runtime.
+    pub fn send_signal(&self, signal: i32) -> io::Result<bool> {
+        // SAFETY: the fd is a pidfd owned by self; no siginfo, no flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_zero_reaches_this_process() {
+        let me = Pidfd::open(std::process::id()).expect("pidfd_open of self");
+        assert_eq!(me.pid(), std::process::id());
+        assert!(me.send_signal(0).expect("signal 0"));
+    }
+
+    #[test]
+    fn invalid_signal_is_an_error() {
+        let me = Pidfd::open(std::process::id()).expect("pidfd_open of self");
+        assert!(me.send_signal(1000).is_err());
+    }
+}

@@ -1,6 +1,7 @@
 //! Caisson's end-to-end test support.
 //!
 //! * [`bundle`]: OCI bundles (busybox or pause rootfs, runc-like spec) for shim tests.
+//! * [`daemon`]: a real `caissond` in temp dirs, driven with the `k8s-cri` client.
 //! * [`fixtures`]: images built with no network — busybox from Debian's
 //!   `busybox-static` (applets as hard links), the pause image from
 //!   `caisson-pause` — plus builders for layers, OCI and `docker save`
@@ -9,5 +10,6 @@
 //!   message naming what is missing, instead of skipping it.
 
 pub mod bundle;
+pub mod daemon;
 pub mod fixtures;
 pub mod require;

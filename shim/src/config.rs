@@ -1,0 +1,251 @@
+//! caissond's configuration: TOML, with an embedded default (`caisson.toml`
+//! beside this crate) that `--print-default-config` prints.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The embedded default configuration, verbatim.
+pub const DEFAULT_CONFIG: &str = include_str!("../caisson.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub root_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub socket: PathBuf,
+    #[serde(default)]
+    pub pause_image: String,
+    #[serde(default)]
+    pub pause_binary: String,
+    #[serde(default)]
+    pub shim_binary: String,
+    pub cgroup_parent: String,
+    #[serde(default = "default_stop_timeout")]
+    pub default_stop_timeout: u64,
+    #[serde(default)]
+    pub log: LogConfig,
+    pub runtimes: Runtimes,
+}
+
+fn default_stop_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtimes {
+    pub default_handler: String,
+    pub handlers: BTreeMap<String, Handler>,
+}
+
+/// One runtime handler (a RuntimeClass `handler`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Handler {
+    /// `native` today; `hardened` and `microvm` come with their issues.
+    pub backend: String,
+    /// Backend options, passed to the shim.
+    #[serde(default)]
+    pub options: BTreeMap<String, toml::Value>,
+}
+
+/// Backends this build can run.
+pub const KNOWN_BACKENDS: &[&str] = &["native"];
+
+impl Config {
+    /// The embedded default.
+    pub fn default_config() -> Config {
+        Config::parse(DEFAULT_CONFIG, Path::new("<embedded default>"))
+            .expect("the embedded default config is valid")
+    }
+
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, String> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| format!("{}: {e}", origin.display()))?;
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", origin.display()))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for (name, path) in [
+            ("root_dir", &self.root_dir),
+            ("run_dir", &self.run_dir),
+            ("socket", &self.socket),
+        ] {
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{name} must be an absolute path, got {}",
+                    path.display()
+                ));
+            }
+        }
+        if !self.cgroup_parent.starts_with('/') {
+            return Err(format!(
+                "cgroup_parent must start with '/', got {:?}",
+                self.cgroup_parent
+            ));
+        }
+        if !self
+            .runtimes
+            .handlers
+            .contains_key(&self.runtimes.default_handler)
+        {
+            return Err(format!(
+                "runtimes.default_handler {:?} is not in runtimes.handlers",
+                self.runtimes.default_handler
+            ));
+        }
+        for (name, handler) in &self.runtimes.handlers {
+            if !KNOWN_BACKENDS.contains(&handler.backend.as_str()) {
+                return Err(format!(
+                    "runtimes.handlers.{name}.backend {:?} is not known (known: {})",
+                    handler.backend,
+                    KNOWN_BACKENDS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The handler for a RunPodSandbox `runtime_handler` ("" = default).
+    pub fn handler(&self, name: &str) -> Option<(&str, &Handler)> {
+        let name = if name.is_empty() {
+            self.runtimes.default_handler.as_str()
+        } else {
+            name
+        };
+        self.runtimes
+            .handlers
+            .get_key_value(name)
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn image_dir(&self) -> PathBuf {
+        self.root_dir.join("images")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.root_dir.join("state")
+    }
+
+    pub fn pods_dir(&self) -> PathBuf {
+        self.run_dir.join("pods")
+    }
+
+    pub fn shim_run_dir(&self) -> PathBuf {
+        self.run_dir.join("shim")
+    }
+
+    /// The ttrpc events socket shims publish to (their `TTRPC_ADDRESS`).
+    pub fn events_socket(&self) -> PathBuf {
+        self.run_dir.join("events.sock")
+    }
+
+    /// A helper binary: the configured path, else next to this executable, else PATH.
+    pub fn helper_binary(configured: &str, name: &str) -> Result<PathBuf, String> {
+        if !configured.is_empty() {
+            return Ok(PathBuf::from(configured));
+        }
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join(name)));
+        if let Some(p) = beside.filter(|p| p.is_file()) {
+            return Ok(p);
+        }
+        for dir in std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .chain(["/usr/local/lib/caisson"])
+        {
+            let p = Path::new(dir).join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        Err(format!(
+            "{name} not found beside caissond or on PATH; set it in the config"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_round_trips() {
+        let c = Config::default_config();
+        assert_eq!(c.socket, PathBuf::from("/run/caisson/caissond.sock"));
+        assert_eq!(c.handler("").unwrap().0, "runc");
+        assert_eq!(c.handler("runc").unwrap().1.backend, "native");
+        assert!(c.handler("nope").is_none());
+        let again = Config::parse(&toml::to_string(&c).unwrap(), Path::new("x")).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let cases = [
+            (
+                "root_dir = \"relative\"",
+                "root_dir must be an absolute path",
+            ),
+            (
+                "cgroup_parent = \"caisson\"",
+                "cgroup_parent must start with '/'",
+            ),
+            ("bogus_key = 1", "unknown field"),
+        ];
+        for (line, want) in cases {
+            let key = line.split(' ').next().unwrap();
+            let mut text: String = DEFAULT_CONFIG
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{key} ")))
+                .collect::<Vec<_>>()
+                .join("\n");
+            text = format!("{line}\n{text}");
+            let err = Config::parse(&text, Path::new("t.toml")).unwrap_err();
+            assert!(err.contains(want), "{line}: {err}");
+        }
+        let bad_backend = DEFAULT_CONFIG.replace(
+            "backend = \"native\"\n\n[runtimes.handlers.native]",
+            "backend = \"qemu\"\n\n[runtimes.handlers.native]",
+        );
+        assert!(Config::parse(&bad_backend, Path::new("t"))
+            .unwrap_err()
+            .contains("qemu"));
+    }
+}

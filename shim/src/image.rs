@@ -1,0 +1,169 @@
+//! CRI ImageService over the image store. Images arrive by archive import
+//! (`caissond images import`); registry pulls are a later issue.
+
+use std::sync::Arc;
+
+use caisson_image::{ImageRecord, ImageStore};
+use caisson_proto::cri::{self, image_service_server::ImageService};
+use tonic::{Request, Response, Status};
+
+use crate::runtime::now_ns;
+use crate::status::CriError;
+
+#[derive(Clone)]
+pub struct ImageApi {
+    pub images: Arc<ImageStore>,
+}
+
+/// The image's USER as CRI reports it: a numeric uid, or a user name.
+fn image_user(user: &str) -> (Option<i64>, String) {
+    let name = user.split(':').next().unwrap_or_default();
+    match name.parse::<i64>() {
+        Ok(uid) => (Some(uid), String::new()),
+        Err(_) => (None, name.to_string()),
+    }
+}
+
+pub fn to_cri(image: &ImageRecord) -> cri::Image {
+    let (uid, username) = image_user(&image.config.user);
+    cri::Image {
+        id: image.id.to_string(),
+        repo_tags: image.repo_tags.clone(),
+        repo_digests: image.repo_digests.clone(),
+        size: image.size,
+        uid: uid.map(|value| cri::Int64Value { value }),
+        username,
+        spec: Some(cri::ImageSpec {
+            image: image.id.to_string(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+fn image_name(spec: Option<cri::ImageSpec>, field: &str) -> Result<String, Status> {
+    let name = spec.map(|s| s.image).unwrap_or_default();
+    if name.is_empty() {
+        return Err(CriError::invalid(field, "must not be empty").into());
+    }
+    Ok(name)
+}
+
+#[tonic::async_trait]
+impl ImageService for ImageApi {
+    async fn list_images(
+        &self,
+        r: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let wanted = r
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|i| i.image)
+            .unwrap_or_default();
+        let images = if wanted.is_empty() {
+            self.images.list().iter().map(to_cri).collect()
+        } else {
+            match self.images.get(&wanted) {
+                Ok(image) => vec![to_cri(&image)],
+                Err(e) if e.is_not_found() => vec![],
+                Err(e) => return Err(CriError::from(e).into()),
+            }
+        };
+        Ok(Response::new(cri::ListImagesResponse { images }))
+    }
+
+    async fn image_status(
+        &self,
+        r: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        let r = r.into_inner();
+        let name = image_name(r.image, "image.image")?;
+        // CRI: an unknown image is not an error, just no image.
+        let image = match self.images.get(&name) {
+            Ok(image) => image,
+            Err(e) if e.is_not_found() => {
+                return Ok(Response::new(cri::ImageStatusResponse::default()))
+            }
+            Err(e) => return Err(CriError::from(e).into()),
+        };
+        let mut info = std::collections::HashMap::new();
+        if r.verbose {
+            let detail = serde_json::json!({
+                "manifestDigest": image.manifest_digest.to_string(),
+                "chainIDs": image.chain_ids().iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                "os": image.os, "architecture": image.architecture, "created": image.created,
+                "imageSpec": {"config": {
+                    "User": image.config.user, "Env": image.config.env, "Entrypoint": image.config.entrypoint,
+                    "Cmd": image.config.cmd, "WorkingDir": image.config.working_dir, "StopSignal": image.config.stop_signal,
+                    "Labels": image.config.labels,
+                }},
+            });
+            info.insert("info".to_string(), detail.to_string());
+        }
+        Ok(Response::new(cri::ImageStatusResponse {
+            image: Some(to_cri(&image)),
+            info,
+        }))
+    }
+
+    async fn pull_image(
+        &self,
+        r: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
+        let name = image_name(r.into_inner().image, "image.image")?;
+        // An image that is already here (imported) is what kubelet's
+        // IfNotPresent policy needs; anything else needs a registry.
+        if let Ok(image) = self.images.get(&name) {
+            return Ok(Response::new(cri::PullImageResponse {
+                image_ref: image.id.to_string(),
+            }));
+        }
+        Err(Status::unimplemented(format!(
+            "pulling {name:?} from a registry is not implemented yet; load it with `caissond images import <archive>`"
+        )))
+    }
+
+    async fn remove_image(
+        &self,
+        r: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        let name = image_name(r.into_inner().image, "image.image")?;
+        let images = self.images.clone();
+        let result = tokio::task::spawn_blocking(move || images.remove(&name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match result {
+            // Removing what is not there succeeds (CRI is idempotent here).
+            Ok(_) => Ok(Response::new(cri::RemoveImageResponse {})),
+            Err(e) if e.is_not_found() => Ok(Response::new(cri::RemoveImageResponse {})),
+            Err(e) => Err(CriError::from(e).into()),
+        }
+    }
+
+    async fn image_fs_info(
+        &self,
+        _r: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        let images = self.images.clone();
+        let usage = tokio::task::spawn_blocking(move || images.usage())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let fs = cri::FilesystemUsage {
+            timestamp: now_ns(),
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: self.images.root().display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value {
+                value: usage.used_bytes,
+            }),
+            inodes_used: Some(cri::UInt64Value {
+                value: usage.inodes_used,
+            }),
+        };
+        Ok(Response::new(cri::ImageFsInfoResponse {
+            image_filesystems: vec![fs.clone()],
+            container_filesystems: vec![fs],
+        }))
+    }
+}

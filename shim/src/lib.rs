@@ -1,0 +1,20 @@
+//! `caissond`: Caisson's CRI v1 server.
+//!
+//! * [`config`]: TOML configuration with an embedded default.
+//! * [`server`]: the gRPC surface (CRI RuntimeService and ImageService, the
+//!   admin Images service) on one unix socket; [`image`]: ImageService.
+//! * [`runtime`]: pods, containers, exec, logs, recovery.
+//! * [`spec`]: the one CRI → OCI runtime spec builder.
+//! * [`shims`]: per-pod shims (`containerd-shim-caisson-v2`) and their events.
+//! * [`store`]: crash-safe pod and container records.
+//! * [`status`]: errors → gRPC statuses, in one place.
+
+pub mod client;
+pub mod config;
+pub mod image;
+pub mod runtime;
+pub mod server;
+pub mod shims;
+pub mod spec;
+pub mod status;
+pub mod store;

@@ -1,0 +1,532 @@
+//! Containers: CreateContainer, StartContainer, StopContainer,
+//! RemoveContainer, status and listing. A container is an overlay rootfs
+//! mounted in its bundle (`pods/<pod>/containers/<id>/`), an OCI spec built by
+//! [`crate::spec`], and a task in its pod's shim whose stdout and stderr the
+//! shim writes to the CRI log file.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use caisson_proto::cri;
+use containerd_shim_protos::api;
+
+use super::pod::{pod_context, pod_dir};
+use super::{new_id, now_ns, sorted, ChangeKind, Runtime};
+use crate::spec;
+use crate::status::{CriError, CriResult};
+use crate::store::{decode, encode, ContainerRecord, ContainerState, PodState};
+
+/// How long to wait for a SIGKILLed process to be reported gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// The shim's stdio URI for a CRI log file: it writes
+/// `<RFC3339Nano> <stream> <P|F> <line>` records there itself.
+pub fn crilog_uri(path: &Path) -> String {
+    format!("crilog://{}", path.display())
+}
+
+/// `log_directory` + `log_path`, refusing anything that could leave the directory.
+fn log_file(pod_config: &cri::PodSandboxConfig, log_path: &str) -> CriResult<Option<PathBuf>> {
+    if log_path.is_empty() {
+        return Ok(None);
+    }
+    if pod_config.log_directory.is_empty() {
+        return Err(CriError::invalid(
+            "config.log_path",
+            "is set but the pod has no log_directory",
+        ));
+    }
+    let rel = Path::new(log_path);
+    if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(CriError::invalid(
+            "config.log_path",
+            format!("{log_path:?} must be relative, without '..'"),
+        ));
+    }
+    Ok(Some(Path::new(&pod_config.log_directory).join(rel)))
+}
+
+/// A signal name or number from an image's StopSignal.
+pub fn parse_signal(name: &str) -> Option<u32> {
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    if let Ok(n) = name.parse::<u32>() {
+        return Some(n);
+    }
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    nix::sys::signal::Signal::iterator()
+        .find(|s| s.as_str().strip_prefix("SIG") == Some(bare))
+        .map(|s| s as i32 as u32)
+}
+
+fn cri_state(s: ContainerState) -> cri::ContainerState {
+    match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
+    }
+}
+
+impl Runtime {
+    pub async fn create_container(
+        self: &Arc<Self>,
+        pod_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: Option<cri::PodSandboxConfig>,
+    ) -> CriResult<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| CriError::invalid("config.metadata", "is required"))?;
+        if meta.name.is_empty() {
+            return Err(CriError::invalid(
+                "config.metadata.name",
+                "must not be empty",
+            ));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(CriError::invalid("config.image.image", "must not be empty"));
+        }
+        if pod_id.is_empty() {
+            return Err(CriError::invalid("pod_sandbox_id", "must not be empty"));
+        }
+        let pod = self.pod(pod_id)?;
+        let lock = self.lock_for(&pod.id);
+        let _guard = lock.lock().await;
+        let pod = self.pod(&pod.id)?;
+        if pod.state != PodState::Ready || pod.pause_exited {
+            return Err(CriError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let pod_config: cri::PodSandboxConfig = sandbox_config
+            .filter(|c| c.metadata.is_some())
+            .or_else(|| decode(&pod.config))
+            .unwrap_or_default();
+        if self
+            .records()
+            .containers
+            .values()
+            .any(|c| c.pod_id == pod.id && c.name == meta.name && c.attempt == meta.attempt)
+        {
+            return Err(CriError::AlreadyExists {
+                what: "container",
+                id: format!("{} (attempt {}) in pod {}", meta.name, meta.attempt, pod.id),
+            });
+        }
+        let log_path = log_file(&pod_config, &config.log_path)?;
+        let image = self.images.get(&image_name).map_err(|e| match e {
+            caisson_image::ImageError::NotFound(_) => CriError::NotFound {
+                what: "image",
+                id: image_name.clone(),
+            },
+            other => other.into(),
+        })?;
+
+        let id = new_id();
+        let bundle = pod_dir(self, &pod.id).join("containers").join(&id);
+        let record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name: meta.name.clone(),
+            attempt: meta.attempt,
+            image: image_name.clone(),
+            image_id: image.id.to_string(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.to_string()),
+            labels: sorted(&config.labels),
+            annotations: sorted(&config.annotations),
+            created_at: now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            state: ContainerState::Created,
+            pid: 0,
+            log_path: log_path.clone().unwrap_or_default(),
+            config: encode(&config),
+            bundle: bundle.clone(),
+            stop_signal: image.config.stop_signal.clone(),
+            user: String::new(),
+        };
+        let result = self
+            .create_task(&pod, &pod_config, &config, &image, record)
+            .await;
+        if result.is_err() {
+            let _ = self.images.remove_rootfs(&id);
+            let _ = std::fs::remove_dir_all(&bundle);
+            let _ = self.store.remove_container(&id);
+            self.records().containers.remove(&id);
+        }
+        result
+    }
+
+    async fn create_task(
+        &self,
+        pod: &crate::store::PodRecord,
+        pod_config: &cri::PodSandboxConfig,
+        config: &cri::ContainerConfig,
+        image: &caisson_image::ImageRecord,
+        mut record: ContainerRecord,
+    ) -> CriResult<String> {
+        let id = record.id.clone();
+        std::fs::create_dir_all(&record.bundle)
+            .map_err(|e| CriError::internal("creating the bundle", e))?;
+        let rootfs = record.bundle.join(spec::ROOTFS_DIR);
+        self.images.create_rootfs(&id, &image.id.to_string())?;
+        self.images.mount_rootfs(&id, Some(&rootfs))?;
+        let target_pid = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .filter(|n| !n.target_id.is_empty())
+            .map(|n| {
+                self.find_container(&n.target_id)
+                    .filter(|c| c.pod_id == pod.id && c.state == ContainerState::Running)
+                    .map(|c| c.pid)
+                    .ok_or_else(|| {
+                        CriError::FailedPrecondition(format!(
+                            "target container {} is not running in this pod",
+                            n.target_id
+                        ))
+                    })
+            })
+            .transpose()?;
+        let ctx = pod_context(self, pod);
+        let oci = spec::container_spec(
+            config,
+            pod_config,
+            &image.config,
+            &rootfs,
+            &ctx,
+            &id,
+            target_pid,
+        )?;
+        record.user = oci
+            .process()
+            .as_ref()
+            .map(|p| format!("{}:{}", p.user().uid(), p.user().gid()))
+            .unwrap_or_default();
+        std::fs::write(
+            record.bundle.join("config.json"),
+            serde_json::to_vec_pretty(&oci)
+                .map_err(|e| CriError::internal("encoding the spec", e))?,
+        )
+        .map_err(|e| CriError::internal("writing config.json", e))?;
+        if let Some(log) = record
+            .log_path
+            .parent()
+            .filter(|_| !record.log_path.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(log)
+                .map_err(|e| CriError::internal("creating the log directory", e))?;
+        }
+        let (stdout, stderr) = if record.log_path.as_os_str().is_empty() {
+            (String::new(), String::new())
+        } else {
+            let uri = crilog_uri(&record.log_path);
+            (uri.clone(), if config.tty { String::new() } else { uri })
+        };
+        self.save_container(record.clone())?;
+        let client = self.client(pod)?;
+        let req = api::CreateTaskRequest {
+            id: id.clone(),
+            bundle: record.bundle.display().to_string(),
+            stdout,
+            stderr,
+            terminal: config.tty,
+            ..Default::default()
+        };
+        let pid = client.create(req).await?;
+        self.update_container(&id, |c| c.pid = pid);
+        tracing::info!(container_id = %id, pod_id = %pod.id, name = %record.name, "container created");
+        self.notify(&id, &pod.id, ChangeKind::Created);
+        Ok(id)
+    }
+
+    pub async fn start_container(self: &Arc<Self>, id: &str) -> CriResult<()> {
+        let c = self.container(id)?;
+        let pod = self.pod(&c.pod_id)?;
+        let lock = self.lock_for(&pod.id);
+        let _guard = lock.lock().await;
+        let c = self.container(&c.id)?;
+        if c.state != ContainerState::Created {
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                c.id, c.state
+            )));
+        }
+        let client = self.client(&pod)?;
+        match client.start(&c.id, "").await {
+            Ok(pid) => {
+                self.update_container(&c.id, |r| {
+                    r.pid = pid;
+                    r.started_at = now_ns();
+                    if r.state == ContainerState::Created {
+                        r.state = ContainerState::Running;
+                    }
+                });
+                tracing::info!(container_id = %c.id, pid, "container started");
+                self.notify(&c.id, &pod.id, ChangeKind::Started);
+                Ok(())
+            }
+            Err(e) => {
+                self.update_container(&c.id, |r| {
+                    r.state = ContainerState::Exited;
+                    r.exit_code = 128;
+                    r.finished_at = now_ns();
+                    r.reason = "StartError".into();
+                    r.message = e.to_string();
+                });
+                Err(e)
+            }
+        }
+    }
+
+    pub async fn stop_container(self: &Arc<Self>, id: &str, timeout: i64) -> CriResult<()> {
+        let c = self.container(id)?;
+        let lock = self.lock_for(&c.pod_id);
+        let _guard = lock.lock().await;
+        self.stop_container_inner(&c.id, timeout).await
+    }
+
+    /// SIGTERM (or the image's stop signal), SIGKILL after `timeout` seconds.
+    pub(super) async fn stop_container_inner(&self, id: &str, timeout: i64) -> CriResult<()> {
+        let c = self.container(id)?;
+        if !matches!(c.state, ContainerState::Running | ContainerState::Created) {
+            return Ok(());
+        }
+        let pod = self.pod(&c.pod_id)?;
+        let client = self.client(&pod)?;
+        if c.state == ContainerState::Running && timeout > 0 {
+            let signal = parse_signal(&c.stop_signal).unwrap_or(libc::SIGTERM as u32);
+            match client.kill(&c.id, "", signal, false).await {
+                Ok(()) => {
+                    if let Some(w) = client
+                        .wait(&c.id, "", Duration::from_secs(timeout as u64))
+                        .await?
+                    {
+                        self.on_exit(&c.id, w.exit_status as i32, now_ns());
+                        return Ok(());
+                    }
+                    tracing::info!(container_id = %c.id, timeout, "container ignored its stop signal: SIGKILL");
+                }
+                Err(CriError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match client.kill(&c.id, "", libc::SIGKILL as u32, true).await {
+            Ok(()) | Err(CriError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if c.state == ContainerState::Running {
+            match client.wait(&c.id, "", KILL_WAIT).await? {
+                Some(w) => self.on_exit(&c.id, w.exit_status as i32, now_ns()),
+                None => {
+                    return Err(CriError::Internal(format!(
+                        "container {} did not exit after SIGKILL",
+                        c.id
+                    )))
+                }
+            }
+        } else {
+            // Never started: it is gone once deleted.
+            self.on_exit(&c.id, 137, now_ns());
+        }
+        Ok(())
+    }
+
+    pub async fn remove_container(self: &Arc<Self>, id: &str) -> CriResult<()> {
+        let Some(c) = self.find_container(id) else {
+            return Ok(());
+        };
+        let lock = self.lock_for(&c.pod_id);
+        let _guard = lock.lock().await;
+        self.remove_container_inner(&c.id, true).await?;
+        self.notify(&c.id, &c.pod_id, ChangeKind::Deleted);
+        Ok(())
+    }
+
+    /// Kills (if needed), deletes the task, removes rootfs, bundle and record.
+    pub(super) async fn remove_container_inner(&self, id: &str, force: bool) -> CriResult<()> {
+        let c = self.container(id)?;
+        if matches!(c.state, ContainerState::Running | ContainerState::Created) {
+            if !force {
+                return Err(CriError::FailedPrecondition(format!(
+                    "container {id} is running"
+                )));
+            }
+            if let Err(e) = self.stop_container_inner(id, 0).await {
+                tracing::warn!(container_id = %id, error = %e, "stopping a container being removed");
+            }
+        }
+        if let Some(pod) = self.find_pod(&c.pod_id) {
+            if let Ok(client) = self.client(&pod) {
+                match client.delete(id, "").await {
+                    Ok(_) | Err(CriError::NotFound { .. }) => {}
+                    Err(e) => tracing::warn!(container_id = %id, error = %e, "deleting the task"),
+                }
+            }
+        }
+        if let Err(e) = self.images.remove_rootfs(id) {
+            if !e.is_not_found() {
+                tracing::warn!(container_id = %id, error = %e, "removing the rootfs");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        self.store
+            .remove_container(id)
+            .map_err(|e| CriError::internal("removing the container record", e))?;
+        self.records().containers.remove(id);
+        tracing::info!(container_id = %id, "container removed");
+        Ok(())
+    }
+
+    pub fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> CriResult<cri::ContainerStatusResponse> {
+        let c = self.container(id)?;
+        let config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
+        let status = cri::ContainerStatus {
+            id: c.id.clone(),
+            metadata: config.metadata.clone(),
+            state: cri_state(c.state) as i32,
+            created_at: c.created_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+            exit_code: c.exit_code,
+            image: Some(cri::ImageSpec {
+                image: c.image.clone(),
+                ..config.image.clone().unwrap_or_default()
+            }),
+            image_ref: c.image_ref.clone(),
+            reason: c.reason.clone(),
+            message: c.message.clone(),
+            labels: super::unsorted(&c.labels),
+            annotations: super::unsorted(&c.annotations),
+            mounts: config.mounts.clone(),
+            log_path: c.log_path.display().to_string(),
+            resources: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| cri::ContainerResources {
+                    linux: Some(r),
+                    windows: None,
+                }),
+            image_id: c.image_id.clone(),
+            user: None,
+        };
+        let mut info = std::collections::HashMap::new();
+        if verbose {
+            let detail = serde_json::json!({
+                "sandboxID": c.pod_id,
+                "pid": c.pid,
+                "bundle": c.bundle,
+                "user": c.user,
+                "runtimeSpec": std::fs::read_to_string(c.bundle.join("config.json")).ok()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()),
+            });
+            info.insert("info".to_string(), detail.to_string());
+        }
+        Ok(cri::ContainerStatusResponse {
+            status: Some(status),
+            info,
+        })
+    }
+
+    pub fn list_containers(&self, filter: Option<cri::ContainerFilter>) -> Vec<cri::Container> {
+        let records = self.records();
+        let mut out: Vec<cri::Container> = records
+            .containers
+            .values()
+            .filter(|c| match &filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || c.id.starts_with(&f.id))
+                        && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                        && f.state
+                            .as_ref()
+                            .is_none_or(|s| s.state == cri_state(c.state) as i32)
+                        && super::labels_match(&f.label_selector, &c.labels)
+                }
+            })
+            .map(|c| {
+                let config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
+                cri::Container {
+                    id: c.id.clone(),
+                    pod_sandbox_id: c.pod_id.clone(),
+                    metadata: config.metadata,
+                    image: Some(cri::ImageSpec {
+                        image: c.image.clone(),
+                        ..Default::default()
+                    }),
+                    image_ref: c.image_ref.clone(),
+                    state: cri_state(c.state) as i32,
+                    created_at: c.created_at,
+                    labels: super::unsorted(&c.labels),
+                    annotations: super::unsorted(&c.annotations),
+                    image_id: c.image_id.clone(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|c| c.created_at);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse() {
+        for (input, want) in [
+            ("SIGTERM", Some(15)),
+            ("TERM", Some(15)),
+            ("sigquit", Some(3)),
+            ("9", Some(9)),
+            ("", None),
+            ("SIGBOGUS", None),
+        ] {
+            assert_eq!(parse_signal(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn log_paths_stay_in_the_log_directory() {
+        let pod = cri::PodSandboxConfig {
+            log_directory: "/var/log/pods/x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            log_file(&pod, "c/0.log").unwrap(),
+            Some(PathBuf::from("/var/log/pods/x/c/0.log"))
+        );
+        assert_eq!(log_file(&pod, "").unwrap(), None);
+        for bad in ["/etc/passwd", "../escape.log", "c/../../x", "./c/0.log"] {
+            let err = log_file(&pod, bad).unwrap_err();
+            assert!(err.to_string().contains("config.log_path"), "{bad}: {err}");
+        }
+        let no_dir = cri::PodSandboxConfig::default();
+        assert!(log_file(&no_dir, "c.log").is_err());
+    }
+}

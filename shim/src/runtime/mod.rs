@@ -1,0 +1,439 @@
+//! The CRI RuntimeService's engine: pods ([`pod`]), containers
+//! ([`container`]), exec and logs ([`exec`]); records, shim clients, locks,
+//! the exit-event loop and recovery after a restart live here.
+
+pub mod container;
+pub mod exec;
+pub mod pod;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use caisson_image::ImageStore;
+use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
+use containerd_shim_protos::protobuf::Message;
+use tokio::sync::{broadcast, Mutex as AsyncMutex};
+
+use crate::config::Config;
+use crate::shims::{ShimClient, ShimEvent, ShimManager};
+use crate::status::{CriError, CriResult};
+use crate::store::{ContainerRecord, ContainerState, PodRecord, Store};
+
+/// Nanoseconds since the epoch, as CRI timestamps are.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A new 64-hex-character id, like containerd's.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn getrandom(buf: &mut [u8]) {
+    // SAFETY: getrandom writes at most buf.len() bytes into buf.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert_eq!(n as usize, buf.len(), "getrandom failed");
+}
+
+/// A container lifecycle change, for GetContainerEvents.
+#[derive(Debug, Clone)]
+pub struct ContainerChange {
+    pub container_id: String,
+    pub pod_id: String,
+    pub kind: ChangeKind,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Created,
+    Started,
+    Stopped,
+    Deleted,
+}
+
+#[derive(Default)]
+pub struct Records {
+    pub pods: HashMap<String, PodRecord>,
+    pub containers: HashMap<String, ContainerRecord>,
+}
+
+/// Everything the RuntimeService needs.
+pub struct Runtime {
+    pub config: Config,
+    pub images: Arc<ImageStore>,
+    pub store: Store,
+    pub shims: ShimManager,
+    pub pause_binary: PathBuf,
+    pub records: std::sync::Mutex<Records>,
+    clients: std::sync::Mutex<HashMap<String, ShimClient>>,
+    /// One lock per pod (and per RunPodSandbox name): operations on a pod and
+    /// its containers do not interleave.
+    locks: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    pub changes: broadcast::Sender<ContainerChange>,
+    /// The pod CIDR kubelet sent in UpdateRuntimeConfig (for CNI, later).
+    pub pod_cidr: std::sync::Mutex<String>,
+}
+
+impl Runtime {
+    pub fn new(
+        config: Config,
+        images: Arc<ImageStore>,
+        shims: ShimManager,
+        pause_binary: PathBuf,
+    ) -> CriResult<Arc<Runtime>> {
+        let store = Store::open(&config.state_dir())
+            .map_err(|e| CriError::internal("opening the state dir", e))?;
+        std::fs::create_dir_all(config.pods_dir())
+            .map_err(|e| CriError::internal("creating the pods dir", e))?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Arc::new(Runtime {
+            config,
+            images,
+            store,
+            shims,
+            pause_binary,
+            records: std::sync::Mutex::new(Records::default()),
+            clients: std::sync::Mutex::new(HashMap::new()),
+            locks: std::sync::Mutex::new(HashMap::new()),
+            changes,
+            pod_cidr: std::sync::Mutex::new(String::new()),
+        }))
+    }
+
+    pub fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock serialising operations on `key` (a pod id or name key).
+    pub fn lock_for(&self, key: &str) -> Arc<AsyncMutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn forget_lock(&self, key: &str) {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// The shim client of a pod, connecting on first use.
+    pub fn client(&self, pod: &PodRecord) -> CriResult<ShimClient> {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pod.id)
+        {
+            return Ok(c.clone());
+        }
+        let c = self.shims.connect(&pod.shim_address)?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pod.id.clone(), c.clone());
+        Ok(c)
+    }
+
+    pub fn drop_client(&self, pod_id: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(pod_id);
+    }
+
+    pub fn pod(&self, id: &str) -> CriResult<PodRecord> {
+        self.find_pod(id).ok_or_else(|| CriError::NotFound {
+            what: "pod sandbox",
+            id: id.to_string(),
+        })
+    }
+
+    /// By full id or unique prefix (crictl accepts prefixes).
+    pub fn find_pod(&self, id: &str) -> Option<PodRecord> {
+        if id.is_empty() {
+            return None;
+        }
+        let records = self.records();
+        if let Some(p) = records.pods.get(id) {
+            return Some(p.clone());
+        }
+        let hits: Vec<&PodRecord> = records
+            .pods
+            .values()
+            .filter(|p| p.id.starts_with(id))
+            .collect();
+        (hits.len() == 1).then(|| hits[0].clone())
+    }
+
+    pub fn container(&self, id: &str) -> CriResult<ContainerRecord> {
+        self.find_container(id).ok_or_else(|| CriError::NotFound {
+            what: "container",
+            id: id.to_string(),
+        })
+    }
+
+    pub fn find_container(&self, id: &str) -> Option<ContainerRecord> {
+        if id.is_empty() {
+            return None;
+        }
+        let records = self.records();
+        if let Some(c) = records.containers.get(id) {
+            return Some(c.clone());
+        }
+        let hits: Vec<&ContainerRecord> = records
+            .containers
+            .values()
+            .filter(|c| c.id.starts_with(id))
+            .collect();
+        (hits.len() == 1).then(|| hits[0].clone())
+    }
+
+    pub fn save_pod(&self, pod: PodRecord) -> CriResult<()> {
+        self.store
+            .save_pod(&pod)
+            .map_err(|e| CriError::internal("saving the pod record", e))?;
+        self.records().pods.insert(pod.id.clone(), pod);
+        Ok(())
+    }
+
+    pub fn save_container(&self, c: ContainerRecord) -> CriResult<()> {
+        self.store
+            .save_container(&c)
+            .map_err(|e| CriError::internal("saving the container record", e))?;
+        self.records().containers.insert(c.id.clone(), c);
+        Ok(())
+    }
+
+    /// Updates a container record in place (if it still exists) and persists it.
+    pub fn update_container(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ContainerRecord),
+    ) -> Option<ContainerRecord> {
+        let updated = {
+            let mut records = self.records();
+            let c = records.containers.get_mut(id)?;
+            f(c);
+            c.clone()
+        };
+        if let Err(e) = self.store.save_container(&updated) {
+            tracing::error!(container_id = %id, error = %e, "persisting a container record");
+        }
+        Some(updated)
+    }
+
+    pub fn notify(&self, container_id: &str, pod_id: &str, kind: ChangeKind) {
+        let _ = self.changes.send(ContainerChange {
+            container_id: container_id.to_string(),
+            pod_id: pod_id.to_string(),
+            kind,
+            at: now_ns(),
+        });
+    }
+
+    /// Applies task events from shims: exits and OOMs update records.
+    pub async fn handle_events(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<ShimEvent>,
+    ) {
+        while let Some(ev) = rx.recv().await {
+            match ev.topic.as_str() {
+                "/tasks/exit" => {
+                    let Ok(exit) = TaskExit::parse_from_bytes(&ev.event.value) else {
+                        continue;
+                    };
+                    if exit.id != exit.container_id {
+                        continue; // an exec process
+                    }
+                    self.on_exit(
+                        &exit.container_id,
+                        exit.exit_status as i32,
+                        ns_of(&exit.exited_at),
+                    );
+                }
+                "/tasks/oom" => {
+                    let Ok(oom) = TaskOOM::parse_from_bytes(&ev.event.value) else {
+                        continue;
+                    };
+                    self.update_container(&oom.container_id, |c| c.reason = "OOMKilled".into());
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A task's init exited: a container becomes EXITED, a pod NOTREADY.
+    pub fn on_exit(&self, task_id: &str, status: i32, at: i64) {
+        if let Some(c) = self.update_container(task_id, |c| {
+            if c.state == ContainerState::Exited {
+                return;
+            }
+            c.state = ContainerState::Exited;
+            c.exit_code = status;
+            c.finished_at = at;
+            if c.reason != "OOMKilled" {
+                c.reason = if status == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                };
+            }
+        }) {
+            tracing::info!(container_id = %task_id, exit_code = status, "container exited");
+            self.notify(&c.id, &c.pod_id, ChangeKind::Stopped);
+            return;
+        }
+        let pod = {
+            let mut records = self.records();
+            let Some(pod) = records.pods.get_mut(task_id) else {
+                return;
+            };
+            pod.pause_exited = true;
+            pod.state = crate::store::PodState::NotReady;
+            pod.clone()
+        };
+        tracing::info!(pod_id = %task_id, "pod sandbox stopped");
+        if let Err(e) = self.store.save_pod(&pod) {
+            tracing::error!(pod_id = %task_id, error = %e, "persisting a pod record");
+        }
+    }
+
+    /// Loads records after a restart and reconciles them with the shims:
+    /// live tasks keep running, exits that happened meanwhile are recorded,
+    /// pods whose shim is gone are cleaned up as far as possible.
+    pub async fn recover(self: &Arc<Self>) -> CriResult<()> {
+        let pods = self
+            .store
+            .load_pods()
+            .map_err(|e| CriError::internal("loading pod records", e))?;
+        let containers = self
+            .store
+            .load_containers()
+            .map_err(|e| CriError::internal("loading container records", e))?;
+        {
+            let mut records = self.records();
+            for p in pods {
+                records.pods.insert(p.id.clone(), p);
+            }
+            for c in containers {
+                records.containers.insert(c.id.clone(), c);
+            }
+        }
+        let pods: Vec<PodRecord> = self.records().pods.values().cloned().collect();
+        for pod in pods {
+            let tasks: Vec<ContainerRecord> = self
+                .records()
+                .containers
+                .values()
+                .filter(|c| c.pod_id == pod.id)
+                .cloned()
+                .collect();
+            let client = match self.client(&pod) {
+                Ok(c) if c.state(&pod.id).await.is_ok() => Some(c),
+                _ => None,
+            };
+            let Some(client) = client else {
+                tracing::warn!(pod_id = %pod.id, "the pod's shim is gone: marking its containers exited");
+                self.drop_client(&pod.id);
+                for c in &tasks {
+                    if c.state != ContainerState::Exited {
+                        self.update_container(&c.id, |c| {
+                            c.state = ContainerState::Exited;
+                            c.exit_code = 137;
+                            c.finished_at = now_ns();
+                            c.reason = "Unknown".into();
+                            c.message = "the pod's shim exited while caissond was down".into();
+                        });
+                    }
+                    self.shims
+                        .delete_orphan(&c.id, &c.bundle, &pod.backend)
+                        .await;
+                }
+                self.shims
+                    .delete_orphan(&pod.id, &pod.bundle, &pod.backend)
+                    .await;
+                self.on_exit(&pod.id, 137, now_ns());
+                continue;
+            };
+            for c in tasks {
+                if c.state == ContainerState::Exited {
+                    continue;
+                }
+                match client.state(&c.id).await {
+                    Ok(s)
+                        if s.status.enum_value_or_default()
+                            == containerd_shim_protos::api::Status::STOPPED =>
+                    {
+                        self.on_exit(&c.id, s.exit_status as i32, ns_of(&s.exited_at));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(container_id = %c.id, error = %e, "task unknown to its shim");
+                        self.on_exit(&c.id, 137, now_ns());
+                    }
+                }
+            }
+            if let Ok(s) = client.state(&pod.id).await {
+                if s.status.enum_value_or_default() == containerd_shim_protos::api::Status::STOPPED
+                {
+                    self.on_exit(&pod.id, s.exit_status as i32, ns_of(&s.exited_at));
+                }
+            }
+        }
+        self.sweep_orphan_pod_dirs();
+        Ok(())
+    }
+
+    /// Pod dirs without a record: a RunPodSandbox that crashed half-way.
+    fn sweep_orphan_pod_dirs(&self) {
+        let Ok(entries) = std::fs::read_dir(self.config.pods_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if self.records().pods.contains_key(&id) {
+                continue;
+            }
+            tracing::info!(pod_id = %id, "removing what an interrupted RunPodSandbox left");
+            pod::remove_pod_dir(&entry.path());
+        }
+    }
+}
+
+fn ns_of(
+    ts: &containerd_shim_protos::protobuf::MessageField<
+        containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp,
+    >,
+) -> i64 {
+    ts.as_ref()
+        .map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos))
+        .unwrap_or_else(now_ns)
+}
+
+/// Labels/annotations from a proto map, sorted.
+pub fn sorted(map: &HashMap<String, String>) -> BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// Back to a proto map.
+pub fn unsorted(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// True when every `selector` label is in `labels` with the same value.
+pub fn labels_match(selector: &HashMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

@@ -1,0 +1,533 @@
+//! Pod sandboxes: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status
+//! and listing. A pod is a directory under `run_dir/pods/<id>/` (its
+//! `/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`, a pod-shared `/dev/shm`
+//! and the pause bundle), a shim, and the pause task in it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use caisson_proto::cri;
+use containerd_shim_protos::api;
+
+use super::{new_id, now_ns, sorted, ChangeKind, Runtime};
+use crate::spec::{self, PodContext};
+use crate::status::{CriError, CriResult};
+use crate::store::{encode, pod_name_key, ContainerState, PodRecord, PodState};
+
+/// Size of a pod's /dev/shm, as containerd and Docker default it.
+const SHM_SIZE: &str = "size=65536k";
+/// How long the pause process gets to exit on SIGTERM before SIGKILL.
+const PAUSE_STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn host_network(config: &cri::PodSandboxConfig) -> bool {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32)
+}
+
+fn host_ipc(config: &cri::PodSandboxConfig) -> bool {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.ipc == cri::NamespaceMode::Node as i32)
+}
+
+/// The pod's own dir.
+pub fn pod_dir(rt: &Runtime, id: &str) -> PathBuf {
+    rt.config.pods_dir().join(id)
+}
+
+/// The context spec building needs for this pod.
+pub fn pod_context(rt: &Runtime, pod: &PodRecord) -> PodContext {
+    let dir = pod_dir(rt, &pod.id);
+    PodContext {
+        pod_id: pod.id.clone(),
+        pause_pid: (pod.pause_pid != 0).then_some(pod.pause_pid),
+        hostname: std::fs::read_to_string(dir.join("hostname"))
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default(),
+        hostname_path: dir.join("hostname"),
+        hosts_path: dir.join("hosts"),
+        resolv_conf_path: dir.join("resolv.conf"),
+        shm_path: pod.shm.clone(),
+        cgroup_parent: pod.cgroup_parent.clone(),
+        netns_path: None,
+    }
+}
+
+fn validate(config: &cri::PodSandboxConfig) -> CriResult<&cri::PodSandboxMetadata> {
+    let meta = config
+        .metadata
+        .as_ref()
+        .ok_or_else(|| CriError::invalid("config.metadata", "is required"))?;
+    for (field, value) in [
+        ("name", &meta.name),
+        ("namespace", &meta.namespace),
+        ("uid", &meta.uid),
+    ] {
+        if value.is_empty() {
+            return Err(CriError::invalid(
+                format!("config.metadata.{field}"),
+                "must not be empty",
+            ));
+        }
+    }
+    if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+        return Err(CriError::invalid(
+            "config.log_directory",
+            "must be an absolute path",
+        ));
+    }
+    if config.hostname.len() > 64 || config.hostname.contains(['/', '\0']) {
+        return Err(CriError::invalid(
+            "config.hostname",
+            "must be at most 64 characters, without '/'",
+        ));
+    }
+    Ok(meta)
+}
+
+/// cgroupfs form of the pod's parent cgroup.
+fn cgroup_parent(rt: &Runtime, config: &cri::PodSandboxConfig, uid: &str) -> CriResult<String> {
+    let requested = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    if requested.is_empty() {
+        let uid: String = uid
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        return Ok(format!(
+            "{}/pod{uid}",
+            rt.config.cgroup_parent.trim_end_matches('/')
+        ));
+    }
+    if !requested.starts_with('/') || requested.split('/').any(|c| c == "..") {
+        return Err(CriError::invalid(
+            "config.linux.cgroup_parent",
+            "must be an absolute cgroupfs path without '..' (the systemd form arrives with the QoS issue)",
+        ));
+    }
+    Ok(requested.trim_end_matches('/').to_string())
+}
+
+/// Writes the pod's /etc files and mounts its /dev/shm.
+fn prepare_pod_files(
+    dir: &Path,
+    config: &cri::PodSandboxConfig,
+    shm: bool,
+) -> std::io::Result<(String, Option<PathBuf>)> {
+    std::fs::create_dir_all(dir)?;
+    let host_net = host_network(config);
+    let hostname = if host_net {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else if config.hostname.is_empty() {
+        config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.chars().take(63).collect())
+            .unwrap_or_default()
+    } else {
+        config.hostname.clone()
+    };
+    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+    let hosts = if host_net {
+        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+    } else {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+        )
+    };
+    std::fs::write(dir.join("hosts"), hosts)?;
+    let resolv = match &config.dns_config {
+        Some(dns)
+            if !(dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty()) =>
+        {
+            let mut out = String::new();
+            for s in &dns.servers {
+                out.push_str(&format!("nameserver {s}\n"));
+            }
+            if !dns.searches.is_empty() {
+                out.push_str(&format!("search {}\n", dns.searches.join(" ")));
+            }
+            if !dns.options.is_empty() {
+                out.push_str(&format!("options {}\n", dns.options.join(" ")));
+            }
+            out
+        }
+        _ => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+    };
+    std::fs::write(dir.join("resolv.conf"), resolv)?;
+    let shm_path = if shm {
+        let p = dir.join("shm");
+        std::fs::create_dir_all(&p)?;
+        nix::mount::mount(
+            Some("shm"),
+            &p,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some(format!("mode=1777,{SHM_SIZE}").as_str()),
+        )
+        .map_err(std::io::Error::from)?;
+        Some(p)
+    } else {
+        None
+    };
+    Ok((hostname, shm_path))
+}
+
+/// Lays out the pause bundle: `rootfs/pause` and `config.json`.
+fn write_pause_bundle(
+    rt: &Runtime,
+    bundle: &Path,
+    spec: &oci_spec::runtime::Spec,
+) -> std::io::Result<()> {
+    let rootfs = bundle.join("rootfs");
+    for d in ["proc", "dev", "sys", "etc"] {
+        std::fs::create_dir_all(rootfs.join(d))?;
+    }
+    std::fs::copy(&rt.pause_binary, rootfs.join("pause"))?;
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
+    )
+}
+
+/// Unmounts and deletes a pod dir (idempotent; used for cleanup and recovery).
+pub fn remove_pod_dir(dir: &Path) {
+    for sub in ["shm", "bundle/rootfs"] {
+        let p = dir.join(sub);
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing pod dir");
+        }
+    }
+}
+
+/// Removes the pod's cgroup parent dirs (children are removed with their tasks).
+fn remove_pod_cgroups(parent: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for c in controllers.flatten() {
+        let dir = c.path().join(parent.trim_start_matches('/'));
+        if dir.is_dir() {
+            if let Err(e) = std::fs::remove_dir(&dir) {
+                tracing::debug!(dir = %dir.display(), error = %e, "pod cgroup not removed");
+            }
+        }
+    }
+}
+
+impl Runtime {
+    pub async fn run_pod_sandbox(
+        self: &Arc<Self>,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+    ) -> CriResult<String> {
+        let meta = validate(&config)?.clone();
+        let (handler_name, handler_cfg) = self.config.handler(handler).ok_or_else(|| {
+            CriError::invalid(
+                "runtime_handler",
+                format!("no runtime handler {handler:?} is configured"),
+            )
+        })?;
+        let (handler_name, backend) = (handler_name.to_string(), handler_cfg.backend.clone());
+        let key = pod_name_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().await;
+        // kubelet retries a RunPodSandbox that timed out: answer with the same pod.
+        let existing = self
+            .records()
+            .pods
+            .values()
+            .find(|p| p.name_key() == key)
+            .cloned();
+        if let Some(p) = existing {
+            if p.state == PodState::Ready {
+                tracing::info!(pod_id = %p.id, "RunPodSandbox retried: returning the existing pod");
+                return Ok(p.id);
+            }
+            return Err(CriError::AlreadyExists {
+                what: "pod sandbox (not ready; remove it first)",
+                id: key,
+            });
+        }
+        let id = new_id();
+        let span = tracing::info_span!("run_pod_sandbox", pod_id = %id, name = %meta.name);
+        let _enter = span.enter();
+        let mut pod = PodRecord {
+            id: id.clone(),
+            name: meta.name.clone(),
+            namespace: meta.namespace.clone(),
+            uid: meta.uid.clone(),
+            attempt: meta.attempt,
+            labels: sorted(&config.labels),
+            annotations: sorted(&config.annotations),
+            created_at: now_ns(),
+            state: PodState::NotReady,
+            handler: handler_name,
+            backend,
+            config: encode(&config),
+            pause_pid: 0,
+            shim_address: String::new(),
+            bundle: pod_dir(self, &id).join("bundle"),
+            shm: None,
+            cgroup_parent: cgroup_parent(self, &config, &meta.uid)?,
+            host_network: host_network(&config),
+            pause_exited: false,
+        };
+        drop(_enter);
+        match self.start_pod(&mut pod, &config).await {
+            Ok(()) => {
+                tracing::info!(pod_id = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(pod_id = %id, error = %e, "RunPodSandbox failed: cleaning up");
+                self.teardown_pod(&pod).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_pod(
+        &self,
+        pod: &mut PodRecord,
+        config: &cri::PodSandboxConfig,
+    ) -> CriResult<()> {
+        let dir = pod_dir(self, &pod.id);
+        let (_, shm) = prepare_pod_files(&dir, config, !host_ipc(config))
+            .map_err(|e| CriError::internal("preparing the pod's files", e))?;
+        pod.shm = shm;
+        let ctx = pod_context(self, pod);
+        let spec = spec::sandbox_spec(config, &ctx, vec!["/pause".to_string()])?;
+        write_pause_bundle(self, &pod.bundle, &spec)
+            .map_err(|e| CriError::internal("writing the pause bundle", e))?;
+        pod.shim_address = self.shims.start(&pod.id, &pod.bundle, &pod.backend).await?;
+        // Recorded before the task exists, so a crash from here on is
+        // cleaned up by recovery rather than leaked.
+        self.save_pod(pod.clone())?;
+        let client = self.client(pod)?;
+        let req = api::CreateTaskRequest {
+            id: pod.id.clone(),
+            bundle: pod.bundle.display().to_string(),
+            ..Default::default()
+        };
+        pod.pause_pid = client.create(req).await?;
+        client.start(&pod.id, "").await?;
+        pod.state = PodState::Ready;
+        self.save_pod(pod.clone())
+    }
+
+    /// Stops everything a pod runs and releases what it holds, whatever state
+    /// it is in. Idempotent; errors are logged, never returned.
+    async fn teardown_pod(&self, pod: &PodRecord) {
+        let containers: Vec<String> = self
+            .records()
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod.id)
+            .map(|c| c.id.clone())
+            .collect();
+        for cid in &containers {
+            if let Err(e) = self.remove_container_inner(cid, true).await {
+                tracing::warn!(container_id = %cid, error = %e, "removing a container of a removed pod");
+            }
+        }
+        if !pod.shim_address.is_empty() {
+            match self.client(pod) {
+                Ok(client) => {
+                    if !pod.pause_exited {
+                        self.stop_pause(&client, pod).await;
+                    }
+                    if let Err(e) = client.delete(&pod.id, "").await {
+                        if !matches!(e, CriError::NotFound { .. }) {
+                            tracing::warn!(pod_id = %pod.id, error = %e, "deleting the pause task");
+                        }
+                    }
+                    let _ = client.shutdown(&pod.id).await;
+                }
+                Err(_) => {
+                    self.shims
+                        .delete_orphan(&pod.id, &pod.bundle, &pod.backend)
+                        .await
+                }
+            }
+            self.drop_client(&pod.id);
+        }
+        remove_pod_dir(&pod_dir(self, &pod.id));
+        remove_pod_cgroups(&pod.cgroup_parent);
+        let _ = self.store.remove_pod(&pod.id);
+        self.records().pods.remove(&pod.id);
+    }
+
+    async fn stop_pause(&self, client: &crate::shims::ShimClient, pod: &PodRecord) {
+        if client
+            .kill(&pod.id, "", libc::SIGTERM as u32, false)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if let Ok(None) = client.wait(&pod.id, "", PAUSE_STOP_GRACE).await {
+            let _ = client.kill(&pod.id, "", libc::SIGKILL as u32, true).await;
+            let _ = client.wait(&pod.id, "", Duration::from_secs(10)).await;
+        }
+    }
+
+    /// Stops every container (no grace: kubelet stopped them already) and the
+    /// pause task; the pod becomes NOTREADY. Idempotent.
+    pub async fn stop_pod_sandbox(self: &Arc<Self>, id: &str) -> CriResult<()> {
+        let Some(pod) = self.find_pod(id) else {
+            // kubelet may call again after removal: not an error.
+            return Ok(());
+        };
+        let lock = self.lock_for(&pod.id);
+        let _guard = lock.lock().await;
+        let running: Vec<String> = self
+            .records()
+            .containers
+            .values()
+            .filter(|c| {
+                c.pod_id == pod.id
+                    && matches!(c.state, ContainerState::Running | ContainerState::Created)
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        for cid in running {
+            self.stop_container_inner(&cid, 0).await?;
+        }
+        if !pod.pause_exited {
+            if let Ok(client) = self.client(&pod) {
+                self.stop_pause(&client, &pod).await;
+            }
+        }
+        let mut updated = self.pod(&pod.id)?;
+        updated.state = PodState::NotReady;
+        updated.pause_exited = true;
+        self.save_pod(updated)?;
+        tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    pub async fn remove_pod_sandbox(self: &Arc<Self>, id: &str) -> CriResult<()> {
+        let Some(pod) = self.find_pod(id) else {
+            return Ok(());
+        };
+        let lock = self.lock_for(&pod.id);
+        let guard = lock.lock().await;
+        self.teardown_pod(&pod).await;
+        for c in self
+            .records()
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod.id)
+        {
+            self.notify(&c.id, &pod.id, ChangeKind::Deleted);
+        }
+        drop(guard);
+        self.forget_lock(&pod.id);
+        self.forget_lock(&pod.name_key());
+        tracing::info!(pod_id = %pod.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    pub fn pod_status(&self, id: &str, verbose: bool) -> CriResult<cri::PodSandboxStatusResponse> {
+        let pod = self.pod(id)?;
+        let config: cri::PodSandboxConfig = crate::store::decode(&pod.config).unwrap_or_default();
+        let ns = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        let status = cri::PodSandboxStatus {
+            id: pod.id.clone(),
+            metadata: config.metadata.clone(),
+            state: pod_state(&pod) as i32,
+            created_at: pod.created_at,
+            network: Some(cri::PodSandboxNetworkStatus::default()),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace { options: ns }),
+            }),
+            labels: super::unsorted(&pod.labels),
+            annotations: super::unsorted(&pod.annotations),
+            runtime_handler: pod.handler.clone(),
+        };
+        let mut info = std::collections::HashMap::new();
+        if verbose {
+            let detail = serde_json::json!({
+                "pid": pod.pause_pid,
+                "runtimeHandler": pod.handler,
+                "backend": pod.backend,
+                "shimAddress": pod.shim_address,
+                "bundle": pod.bundle,
+                "cgroupParent": pod.cgroup_parent,
+                "hostNetwork": pod.host_network,
+                "shm": pod.shm,
+            });
+            info.insert("info".to_string(), detail.to_string());
+        }
+        Ok(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses: vec![],
+            timestamp: now_ns(),
+        })
+    }
+
+    pub fn list_pods(&self, filter: Option<cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let records = self.records();
+        let mut out: Vec<cri::PodSandbox> = records
+            .pods
+            .values()
+            .filter(|p| match &filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || p.id.starts_with(&f.id))
+                        && f.state
+                            .as_ref()
+                            .is_none_or(|s| s.state == pod_state(p) as i32)
+                        && super::labels_match(&f.label_selector, &p.labels)
+                }
+            })
+            .map(|p| {
+                let config: cri::PodSandboxConfig =
+                    crate::store::decode(&p.config).unwrap_or_default();
+                cri::PodSandbox {
+                    id: p.id.clone(),
+                    metadata: config.metadata,
+                    state: pod_state(p) as i32,
+                    created_at: p.created_at,
+                    labels: super::unsorted(&p.labels),
+                    annotations: super::unsorted(&p.annotations),
+                    runtime_handler: p.handler.clone(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.created_at);
+        out
+    }
+}
+
+fn pod_state(p: &PodRecord) -> cri::PodSandboxState {
+    if p.state == PodState::Ready && !p.pause_exited {
+        cri::PodSandboxState::SandboxReady
+    } else {
+        cri::PodSandboxState::SandboxNotready
+    }
+}

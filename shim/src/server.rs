@@ -1,0 +1,489 @@
+//! The gRPC surface: CRI v1 RuntimeService and ImageService, and Caisson's
+//! admin Images service (archive import), all on one unix socket (0660,
+//! owner root). Handlers are thin: they name the request in a span and call
+//! the [`Runtime`] or the image store; errors become statuses in `status.rs`.
+
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use caisson_image::{ImageStore, ImportOptions};
+use caisson_proto::admin;
+use caisson_proto::cri::{self, runtime_service_server::RuntimeService};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::image::ImageApi;
+use crate::runtime::{ChangeKind, Runtime};
+use crate::status::CriError;
+
+pub const RUNTIME_NAME: &str = "caisson";
+pub const CRI_VERSION: &str = "v1";
+
+type Rsp<T> = Result<Response<T>, Status>;
+
+fn unimplemented(what: &str, when: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not implemented by caissond yet ({when}); see the README's feature table"
+    ))
+}
+
+#[derive(Clone)]
+pub struct RuntimeApi {
+    pub rt: Arc<Runtime>,
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeApi {
+    async fn version(&self, _r: Request<cri::VersionRequest>) -> Rsp<cri::VersionResponse> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: CRI_VERSION.into(),
+        }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<cri::RunPodSandboxRequest>,
+    ) -> Rsp<cri::RunPodSandboxResponse> {
+        let r = r.into_inner();
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("invalid config: is required"))?;
+        let id = self.rt.run_pod_sandbox(config, &r.runtime_handler).await?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<cri::StopPodSandboxRequest>,
+    ) -> Rsp<cri::StopPodSandboxResponse> {
+        let id = r.into_inner().pod_sandbox_id;
+        if id.is_empty() {
+            return Err(CriError::invalid("pod_sandbox_id", "must not be empty").into());
+        }
+        self.rt.stop_pod_sandbox(&id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<cri::RemovePodSandboxRequest>,
+    ) -> Rsp<cri::RemovePodSandboxResponse> {
+        let id = r.into_inner().pod_sandbox_id;
+        if id.is_empty() {
+            return Err(CriError::invalid("pod_sandbox_id", "must not be empty").into());
+        }
+        self.rt.remove_pod_sandbox(&id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<cri::PodSandboxStatusRequest>,
+    ) -> Rsp<cri::PodSandboxStatusResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.rt.pod_status(&r.pod_sandbox_id, r.verbose)?,
+        ))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<cri::ListPodSandboxRequest>,
+    ) -> Rsp<cri::ListPodSandboxResponse> {
+        Ok(Response::new(cri::ListPodSandboxResponse {
+            items: self.rt.list_pods(r.into_inner().filter),
+        }))
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<cri::CreateContainerRequest>,
+    ) -> Rsp<cri::CreateContainerResponse> {
+        let r = r.into_inner();
+        let config = r
+            .config
+            .ok_or_else(|| Status::invalid_argument("invalid config: is required"))?;
+        let id = self
+            .rt
+            .create_container(&r.pod_sandbox_id, config, r.sandbox_config)
+            .await?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<cri::StartContainerRequest>,
+    ) -> Rsp<cri::StartContainerResponse> {
+        self.rt
+            .start_container(&r.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<cri::StopContainerRequest>,
+    ) -> Rsp<cri::StopContainerResponse> {
+        let r = r.into_inner();
+        self.rt.stop_container(&r.container_id, r.timeout).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<cri::RemoveContainerRequest>,
+    ) -> Rsp<cri::RemoveContainerResponse> {
+        let id = r.into_inner().container_id;
+        if id.is_empty() {
+            return Err(CriError::invalid("container_id", "must not be empty").into());
+        }
+        self.rt.remove_container(&id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<cri::ListContainersRequest>,
+    ) -> Rsp<cri::ListContainersResponse> {
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: self.rt.list_containers(r.into_inner().filter),
+        }))
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<cri::ContainerStatusRequest>,
+    ) -> Rsp<cri::ContainerStatusResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.rt.container_status(&r.container_id, r.verbose)?,
+        ))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _r: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Rsp<cri::UpdateContainerResourcesResponse> {
+        Err(unimplemented(
+            "UpdateContainerResources",
+            "it arrives with the QoS and cgroups issue",
+        ))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<cri::ReopenContainerLogRequest>,
+    ) -> Rsp<cri::ReopenContainerLogResponse> {
+        self.rt
+            .reopen_container_log(&r.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Rsp<cri::ExecSyncResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.rt.exec_sync(&r.container_id, r.cmd, r.timeout).await?,
+        ))
+    }
+
+    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Rsp<cri::ExecResponse> {
+        Err(unimplemented(
+            "Exec (streaming)",
+            "the streaming server is a later issue; ExecSync works",
+        ))
+    }
+
+    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Rsp<cri::AttachResponse> {
+        Err(unimplemented(
+            "Attach",
+            "the streaming server is a later issue",
+        ))
+    }
+
+    async fn port_forward(
+        &self,
+        _r: Request<cri::PortForwardRequest>,
+    ) -> Rsp<cri::PortForwardResponse> {
+        Err(unimplemented(
+            "PortForward",
+            "the streaming server is a later issue",
+        ))
+    }
+
+    async fn container_stats(
+        &self,
+        _r: Request<cri::ContainerStatsRequest>,
+    ) -> Rsp<cri::ContainerStatsResponse> {
+        Err(unimplemented(
+            "ContainerStats",
+            "stats arrive with the QoS and cgroups issue",
+        ))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _r: Request<cri::ListContainerStatsRequest>,
+    ) -> Rsp<cri::ListContainerStatsResponse> {
+        Err(unimplemented(
+            "ListContainerStats",
+            "stats arrive with the QoS and cgroups issue",
+        ))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _r: Request<cri::PodSandboxStatsRequest>,
+    ) -> Rsp<cri::PodSandboxStatsResponse> {
+        Err(unimplemented(
+            "PodSandboxStats",
+            "stats arrive with the QoS and cgroups issue",
+        ))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _r: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Rsp<cri::ListPodSandboxStatsResponse> {
+        Err(unimplemented(
+            "ListPodSandboxStats",
+            "stats arrive with the QoS and cgroups issue",
+        ))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Rsp<cri::UpdateRuntimeConfigResponse> {
+        let cidr = r
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        // Recorded for the CNI plugins (pod networking is a later issue).
+        tracing::info!(pod_cidr = %cidr, "runtime config updated");
+        *self.rt.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()) = cidr;
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn status(&self, r: Request<cri::StatusRequest>) -> Rsp<cri::StatusResponse> {
+        let verbose = r.into_inner().verbose;
+        let conditions = vec![
+            cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() },
+            cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: "CNI pod networking is not implemented yet: pods get an isolated network namespace with only \
+                          loopback, or the host's network with hostNetwork"
+                    .into(),
+            },
+        ];
+        let handlers = self
+            .rt
+            .config
+            .runtimes
+            .handlers
+            .keys()
+            .map(|name| cri::RuntimeHandler {
+                name: name.clone(),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect();
+        let mut info = std::collections::HashMap::new();
+        if verbose {
+            info.insert(
+                "config".to_string(),
+                serde_json::to_string(&self.rt.config).unwrap_or_default(),
+            );
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers: handlers,
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _r: Request<cri::CheckpointContainerRequest>,
+    ) -> Rsp<cri::CheckpointContainerResponse> {
+        Err(unimplemented(
+            "CheckpointContainer",
+            "checkpointing is a later issue",
+        ))
+    }
+
+    type GetContainerEventsStream =
+        Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+    async fn get_container_events(
+        &self,
+        _r: Request<cri::GetEventsRequest>,
+    ) -> Rsp<Self::GetContainerEventsStream> {
+        let mut rx = self.rt.changes.subscribe();
+        let rt = self.rt.clone();
+        let stream = async_stream(move |tx| async move {
+            while let Ok(change) = rx.recv().await {
+                let kind = match change.kind {
+                    ChangeKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
+                    ChangeKind::Started => cri::ContainerEventType::ContainerStartedEvent,
+                    ChangeKind::Stopped => cri::ContainerEventType::ContainerStoppedEvent,
+                    ChangeKind::Deleted => cri::ContainerEventType::ContainerDeletedEvent,
+                };
+                let status = rt
+                    .container_status(&change.container_id, false)
+                    .ok()
+                    .and_then(|s| s.status);
+                let event = cri::ContainerEventResponse {
+                    container_id: change.container_id.clone(),
+                    container_event_type: kind as i32,
+                    created_at: change.at,
+                    pod_sandbox_status: rt
+                        .pod_status(&change.pod_id, false)
+                        .ok()
+                        .and_then(|s| s.status),
+                    containers_statuses: status.into_iter().collect(),
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _r: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Rsp<cri::ListMetricDescriptorsResponse> {
+        Err(unimplemented(
+            "ListMetricDescriptors",
+            "metrics arrive with the QoS and cgroups issue",
+        ))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _r: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Rsp<cri::ListPodSandboxMetricsResponse> {
+        Err(unimplemented(
+            "ListPodSandboxMetrics",
+            "metrics arrive with the QoS and cgroups issue",
+        ))
+    }
+
+    async fn runtime_config(
+        &self,
+        _r: Request<cri::RuntimeConfigRequest>,
+    ) -> Rsp<cri::RuntimeConfigResponse> {
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
+    }
+}
+
+/// A stream fed by a task through a channel.
+fn async_stream<T, F, Fut>(f: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Caisson's admin API: loading image archives into a running caissond.
+#[derive(Clone)]
+pub struct AdminApi {
+    pub images: Arc<ImageStore>,
+}
+
+#[tonic::async_trait]
+impl admin::images_server::Images for AdminApi {
+    async fn import(&self, r: Request<admin::ImportRequest>) -> Rsp<admin::ImportResponse> {
+        let r = r.into_inner();
+        let path = std::path::PathBuf::from(&r.path);
+        if !path.is_absolute() {
+            return Err(CriError::invalid("path", "must be an absolute path on the node").into());
+        }
+        let images = self.images.clone();
+        let opts = ImportOptions {
+            name: (!r.name.is_empty()).then_some(r.name),
+        };
+        let report = tokio::task::spawn_blocking(move || images.import_file(&path, &opts))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(CriError::from)?;
+        Ok(Response::new(admin::ImportResponse {
+            images: report
+                .images
+                .into_iter()
+                .map(|i| admin::ImportedImage {
+                    id: i.id.to_string(),
+                    repo_tags: i.repo_tags,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// Serves everything on `socket` until `shutdown` resolves.
+pub async fn serve(
+    socket: &Path,
+    rt: Arc<Runtime>,
+    images: Arc<ImageStore>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o660))?;
+    nix::unistd::chown(
+        socket,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    )?;
+    let endpoint = format!("unix://{}", socket.display());
+    tracing::info!(%endpoint, "caissond ready: serving CRI v1");
+    println!("caissond is ready. Use it with:\n  crictl --runtime-endpoint {endpoint} --image-endpoint {endpoint} ps");
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
+            RuntimeApi { rt },
+        ))
+        .add_service(cri::image_service_server::ImageServiceServer::new(
+            ImageApi {
+                images: images.clone(),
+            },
+        ))
+        .add_service(admin::images_server::ImagesServer::new(AdminApi { images }))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}

@@ -1,0 +1,238 @@
+//! Talking to per-pod shims: `start` spawns (or finds) a pod's
+//! `containerd-shim-caisson-v2`, [`ShimClient`] calls its Task API (sync
+//! ttrpc, run on the blocking pool), and [`serve_events`] is the events
+//! service shims publish task exits to (their `TTRPC_ADDRESS`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::{create_events, Events, TaskClient};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::status::{from_ttrpc, CriError, CriResult};
+
+/// The containerd namespace caissond's tasks live in (shim state is per namespace).
+pub const NAMESPACE: &str = "caisson";
+
+#[derive(Debug, Clone)]
+pub struct ShimManager {
+    pub binary: PathBuf,
+    pub run_dir: PathBuf,
+    pub events_address: String,
+}
+
+impl ShimManager {
+    fn command(&self, backend: &str) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.env("CAISSON_SHIM_RUN_DIR", &self.run_dir)
+            .env("TTRPC_ADDRESS", &self.events_address)
+            .env("CAISSON_BACKEND", backend);
+        cmd
+    }
+
+    /// Runs `start` for a task in `bundle`: returns the pod's shim address.
+    pub async fn start(&self, task_id: &str, bundle: &Path, backend: &str) -> CriResult<String> {
+        let mut cmd = self.command(backend);
+        cmd.args([
+            "-namespace",
+            NAMESPACE,
+            "-id",
+            task_id,
+            "-address",
+            "/dev/null",
+            "start",
+        ])
+        .current_dir(bundle);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(|e| CriError::internal("starting shim", e))?
+            .map_err(|e| CriError::internal("starting shim", e))?;
+        if !out.status.success() {
+            return Err(CriError::Internal(format!(
+                "containerd-shim-caisson-v2 start: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Runs `delete` for a task whose shim is gone (kills what is left, unmounts).
+    pub async fn delete_orphan(&self, task_id: &str, bundle: &Path, backend: &str) {
+        let mut cmd = self.command(backend);
+        cmd.args([
+            "-namespace",
+            NAMESPACE,
+            "-id",
+            task_id,
+            "-bundle",
+            &bundle.display().to_string(),
+            "delete",
+        ]);
+        if bundle.is_dir() {
+            cmd.current_dir(bundle);
+        }
+        let _ = tokio::task::spawn_blocking(move || cmd.output()).await;
+    }
+
+    pub fn connect(&self, address: &str) -> CriResult<ShimClient> {
+        let client = ttrpc::Client::connect(address)
+            .map_err(|e| CriError::internal(&format!("connecting to shim {address}"), e))?;
+        Ok(ShimClient {
+            client: Arc::new(TaskClient::new(client)),
+        })
+    }
+}
+
+/// A pod's shim. Each call runs on the blocking pool with a deadline.
+#[derive(Clone)]
+pub struct ShimClient {
+    client: Arc<TaskClient>,
+}
+
+fn ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+macro_rules! call {
+    ($self:ident, $method:ident, $req:expr, $op:expr) => {{
+        let client = $self.client.clone();
+        let req = $req;
+        tokio::task::spawn_blocking(move || client.$method(ctx(CALL_TIMEOUT), &req))
+            .await
+            .map_err(|e| CriError::internal($op, e))?
+            .map_err(|e| from_ttrpc($op, e))
+    }};
+}
+
+impl ShimClient {
+    pub async fn create(&self, req: api::CreateTaskRequest) -> CriResult<u32> {
+        Ok(call!(self, create, req, "creating task")?.pid)
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> CriResult<u32> {
+        let req = api::StartRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        Ok(call!(self, start, req, "starting task")?.pid)
+    }
+
+    pub async fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> CriResult<()> {
+        let req = api::KillRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        call!(self, kill, req, "signalling task").map(|_: Empty| ())
+    }
+
+    /// Waits for a process to exit, up to `timeout`: None when it did not.
+    pub async fn wait(
+        &self,
+        id: &str,
+        exec_id: &str,
+        timeout: Duration,
+    ) -> CriResult<Option<api::WaitResponse>> {
+        let client = self.client.clone();
+        let req = api::WaitRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        let result = tokio::task::spawn_blocking(move || client.wait(ctx(timeout), &req))
+            .await
+            .map_err(|e| CriError::internal("waiting for task", e))?;
+        match result {
+            Ok(r) => Ok(Some(r)),
+            Err(ttrpc::Error::Others(msg)) if msg.contains("timeout") => Ok(None),
+            Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::DEADLINE_EXCEEDED => {
+                Ok(None)
+            }
+            Err(e) => Err(from_ttrpc("waiting for task", e)),
+        }
+    }
+
+    pub async fn delete(&self, id: &str, exec_id: &str) -> CriResult<api::DeleteResponse> {
+        let req = api::DeleteRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        call!(self, delete, req, "deleting task")
+    }
+
+    pub async fn state(&self, id: &str) -> CriResult<api::StateResponse> {
+        let req = api::StateRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        call!(self, state, req, "task state")
+    }
+
+    pub async fn exec(&self, req: api::ExecProcessRequest) -> CriResult<()> {
+        call!(self, exec, req, "exec").map(|_: Empty| ())
+    }
+
+    pub async fn update(&self, req: api::UpdateTaskRequest) -> CriResult<()> {
+        call!(self, update, req, "updating task").map(|_: Empty| ())
+    }
+
+    pub async fn shutdown(&self, id: &str) -> CriResult<()> {
+        let req = api::ShutdownRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        call!(self, shutdown, req, "shutting the shim down").map(|_: Empty| ())
+    }
+}
+
+/// One event from a shim.
+#[derive(Debug, Clone)]
+pub struct ShimEvent {
+    pub topic: String,
+    pub event: Any,
+}
+
+struct EventSink {
+    tx: UnboundedSender<ShimEvent>,
+}
+
+impl Events for EventSink {
+    fn forward(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: api::ForwardRequest,
+    ) -> ttrpc::Result<Empty> {
+        let envelope = req.envelope.unwrap_or_default();
+        let _ = self.tx.send(ShimEvent {
+            topic: envelope.topic.clone(),
+            event: envelope.event.unwrap_or_default(),
+        });
+        Ok(Empty::new())
+    }
+}
+
+/// Serves the events API at `socket` (mode 0600); events go to `tx`.
+pub fn serve_events(
+    socket: &Path,
+    tx: UnboundedSender<ShimEvent>,
+) -> std::io::Result<ttrpc::Server> {
+    let _ = std::fs::remove_file(socket);
+    let mut server = ttrpc::Server::new()
+        .bind(&format!("unix://{}", socket.display()))
+        .map_err(std::io::Error::other)?
+        .register_service(create_events(Arc::new(EventSink { tx })));
+    server.start().map_err(std::io::Error::other)?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(server)
+}

@@ -4,10 +4,16 @@
 //! * [`image_import`]: OCI archive import + unpack, against
 //!   `skopeo copy` + `umoci unpack`.
 //! * [`synthetic`]: the deterministic image it imports.
+//! * [`shim`]: a pod's shim, containerd-shim-caisson-v2 against
+//!   containerd-shim-runc-v2: container create+start latency and memory.
+//! * [`cri`]: the node runtime through CRI, caissond against containerd 1.6 +
+//!   runc: pod + container start/stop latency, daemon and per-pod memory.
 //! * [`measure`]: wall/CPU timing, min and median.
 
+mod cri;
 mod image_import;
 mod measure;
+mod shim;
 mod synthetic;
 
 use std::path::PathBuf;
@@ -21,6 +27,16 @@ benchmarks:
       --size-mb N      file content of the synthetic image, in MB (default 100)
       --runs N         timed runs of each side, after one warm-up (default 3)
       --work-dir DIR   where a temporary bench dir is made (default /var/tmp)
+      --json FILE      also write the results as JSON
+  shim           a pod's shim: containerd-shim-caisson-v2 vs containerd-shim-runc-v2
+                 (container create+start latency, shim and pause memory; needs root)
+      --runs N         timed containers in each pod, after one warm-up (default 20)
+      --json FILE      also write the results as JSON
+  cri            the node runtime through CRI: caissond vs containerd 1.6 + runc (cgroupfs)
+                 (pod + container start and teardown latency, daemon and per-pod memory;
+                 needs root)
+      --runs N         timed pods on each daemon, after one warm-up (default 20)
+      --pods N         pods running at once for the memory reading (default 10)
       --json FILE      also write the results as JSON
 ";
 
@@ -43,11 +59,52 @@ fn parse_image_import(
     Ok(opts)
 }
 
+fn parse_shim(mut args: impl Iterator<Item = String>) -> Result<shim::Options, String> {
+    let mut opts = shim::Options::default();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn parse_cri(mut args: impl Iterator<Item = String>) -> Result<cri::Options, String> {
+    let mut opts = cri::Options::default();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--pods" => opts.pods = value()?.parse().map_err(|e| format!("--pods: {e}"))?,
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let result = match args.next().as_deref() {
         Some("image-import") => match parse_image_import(args) {
             Ok(opts) => image_import::bench(&opts),
+            Err(e) => {
+                eprintln!("caisson-bench: {e}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        Some("shim") => match parse_shim(args) {
+            Ok(opts) => shim::bench(&opts),
+            Err(e) => {
+                eprintln!("caisson-bench: {e}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        Some("cri") => match parse_cri(args) {
+            Ok(opts) => cri::bench(&opts),
             Err(e) => {
                 eprintln!("caisson-bench: {e}\n\n{USAGE}");
                 return ExitCode::from(2);
@@ -90,6 +147,35 @@ mod tests {
         assert_eq!((defaults.size_mb, defaults.runs), (100, 3));
 
         for bad in [&["--runs"][..], &["--runs", "x"], &["--frobnicate"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_shim_options() {
+        let parse = |args: &[&str]| parse_shim(args.iter().map(|s| s.to_string()));
+        let opts = parse(&["--runs", "5", "--json", "shim.json"]).unwrap();
+        assert_eq!(opts.runs, 5);
+        assert_eq!(opts.json, Some(PathBuf::from("shim.json")));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!((defaults.runs, defaults.json), (20, None));
+        for bad in [&["--runs"][..], &["--runs", "x"], &["--size-mb", "1"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_cri_options() {
+        let parse = |args: &[&str]| parse_cri(args.iter().map(|s| s.to_string()));
+        let opts = parse(&["--runs", "5", "--pods", "3", "--json", "cri.json"]).unwrap();
+        assert_eq!((opts.runs, opts.pods), (5, 3));
+        assert_eq!(opts.json, Some(PathBuf::from("cri.json")));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(
+            (defaults.runs, defaults.pods, defaults.json),
+            (20, 10, None)
+        );
+        for bad in [&["--pods"][..], &["--pods", "x"], &["--size-mb", "1"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

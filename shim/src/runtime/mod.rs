@@ -21,6 +21,12 @@ use crate::shims::{ShimClient, ShimEvent, ShimManager};
 use crate::status::{CriError, CriResult};
 use crate::store::{ContainerRecord, ContainerState, PodRecord, Store};
 
+/// How long a pod's shim gets to answer after a restart before it counts as
+/// gone. A dead shim's socket still accepts connections while a process it
+/// forked holds the listener, and the call would otherwise hold recovery
+/// (and the CRI socket) for a whole call timeout per pod.
+const SHIM_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Nanoseconds since the epoch, as CRI timestamps are.
 pub fn now_ns() -> i64 {
     SystemTime::now()
@@ -342,7 +348,10 @@ impl Runtime {
                 .cloned()
                 .collect();
             let client = match self.client(&pod) {
-                Ok(c) if c.state(&pod.id).await.is_ok() => Some(c),
+                Ok(c) => match tokio::time::timeout(SHIM_PROBE_TIMEOUT, c.state(&pod.id)).await {
+                    Ok(Ok(_)) => Some(c),
+                    _ => None,
+                },
                 _ => None,
             };
             let Some(client) = client else {
@@ -394,7 +403,39 @@ impl Runtime {
             }
         }
         self.sweep_orphan_pod_dirs();
+        self.sweep_orphan_containers();
         Ok(())
+    }
+
+    /// Container rootfs and bundles without a record: a CreateContainer that
+    /// crashed half-way (after the rootfs was mounted, before the record).
+    fn sweep_orphan_containers(&self) {
+        if let Ok(all) = self.images.list_rootfs() {
+            for rootfs in all {
+                if !self.records().containers.contains_key(&rootfs.id) {
+                    tracing::info!(container_id = %rootfs.id, "removing a rootfs no container owns");
+                    if let Err(e) = self.images.remove_rootfs(&rootfs.id) {
+                        tracing::warn!(container_id = %rootfs.id, error = %e, "removing an orphan rootfs");
+                    }
+                }
+            }
+        }
+        let pods: Vec<String> = self.records().pods.keys().cloned().collect();
+        for pod in pods {
+            let Ok(entries) = std::fs::read_dir(pod::pod_dir(self, &pod).join("containers")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let id = entry.file_name().to_string_lossy().into_owned();
+                if !self.records().containers.contains_key(&id) {
+                    let _ = nix::mount::umount2(
+                        &entry.path().join(crate::spec::ROOTFS_DIR),
+                        nix::mount::MntFlags::MNT_DETACH,
+                    );
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
     }
 
     /// Pod dirs without a record: a RunPodSandbox that crashed half-way.

@@ -1,0 +1,254 @@
+//! `cri`: the whole node runtime through CRI, caissond against containerd
+//! 1.6 + runc (CRI plugin, cgroupfs), both started by the bench in temp dirs
+//! and driven the same way with the `k8s-cri` client over their sockets.
+//!
+//! 1. Both daemons start; the pause and busybox images are imported
+//!    (`caissond images import`, `ctr images import`); each daemon's memory
+//!    is read (idle).
+//! 2. For each daemon in turn, `--pods` host-network pods are brought up,
+//!    each with a running busybox `sleep 3600`; the daemon's memory and its
+//!    per-pod processes' (shim + pause) are read, then the pods are removed.
+//! 3. One warm-up, then `--runs` timed runs, alternating daemons: RunPodSandbox,
+//!    CreateContainer, StartContainer, then StopPodSandbox, RemovePodSandbox.
+//! 4. Teardown: every pod removed through CRI, the daemons stopped, what
+//!    they left (processes, mounts under the temp dir, cgroups under the
+//!    bench's cgroup parents) recorded, then killed, unmounted, removed.
+//!
+//! * [`daemon`]: a daemon under test and its CRI client.
+//! * [`caissond`], [`containerd`]: how each is configured and started.
+//! * [`workload`]: the pod and container configs.
+//! * [`procfs`]: memory, pod processes, mounts and cgroups.
+//! * [`report`]: percentiles, the table and the JSON.
+
+mod caissond;
+mod containerd;
+mod daemon;
+mod procfs;
+mod report;
+mod workload;
+
+use std::error::Error;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use daemon::Daemon;
+use procfs::Memory;
+use report::{Latency, MemoryReport, Phases, Side};
+
+pub type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+/// Command-line options of `cri`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub runs: usize,
+    pub pods: usize,
+    pub json: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runs: 20,
+            pods: 10,
+            json: None,
+        }
+    }
+}
+
+/// Runs a fixture builder of `caisson_tests` (which panics with what to
+/// build or install) and turns its panic into an error.
+fn fixture<T>(what: &str, build: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("building {what}: {reason}").into()
+    })
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs the benchmark, prints the table and writes the JSON if asked.
+pub fn bench(opts: &Options) -> Result<()> {
+    if opts.runs == 0 || opts.pods == 0 {
+        return Err("--runs and --pods must be at least 1".into());
+    }
+    if !is_root() {
+        return Err(
+            "the cri bench must run as root (both daemons make namespaces, mounts and cgroups)"
+                .into(),
+        );
+    }
+    let pause = fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
+    let parents = [caissond::CGROUP_PARENT, containerd::CGROUP_PARENT];
+    // What an interrupted run may have left.
+    procfs::remove_cgroup_parents(&parents)?;
+    let work = tempfile::Builder::new()
+        .prefix("caisson-bench-cri-")
+        .tempdir_in("/var/tmp")?;
+    let work_dir = work.path().to_path_buf();
+    let mut sides = Vec::new();
+    let result = measure(opts, &work_dir, &pause, &mut sides);
+    // The daemons are stopped (or dropped, which removes their pods and
+    // stops them): clean up whatever is left, and say what it was.
+    let mut cleanup_errors = Vec::new();
+    for (side, parent) in sides.iter_mut().zip(parents) {
+        let dir = work_dir.join(side.name);
+        side.processes_left = procfs::processes_under(&dir);
+        side.mounts_left = procfs::mounts_under(&dir);
+        side.cgroups_left = procfs::cgroups_below_parent(parent);
+    }
+    for (pid, argv) in procfs::processes_under(&work_dir) {
+        eprintln!("killing a process left by the bench: {pid} {argv}");
+        // SAFETY: kill on a process running from the bench's temp dir.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    if let Err(e) = procfs::remove_cgroup_parents(&parents) {
+        cleanup_errors.push(format!("removing the bench's cgroups: {e}"));
+    }
+    procfs::unmount_under(&work_dir);
+    let still_mounted = procfs::mounts_under(&work_dir);
+    if !still_mounted.is_empty() {
+        // Removing the dir would recurse into what is mounted there.
+        let kept = work.keep();
+        cleanup_errors.push(format!(
+            "still mounted under {}, not removing it: {still_mounted:?}",
+            kept.display()
+        ));
+    }
+    for e in &cleanup_errors {
+        eprintln!("{e}");
+    }
+    let config = result?;
+    if !cleanup_errors.is_empty() {
+        return Err(cleanup_errors.join("; ").into());
+    }
+    report::print(opts, &sides);
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&report::to_json(opts, &sides, &config))? + "\n";
+        fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Brings up `n` pods, reads the daemon's and their processes' memory,
+/// removes them.
+fn memory_with_pods(daemon: &mut Daemon, n: usize) -> Result<MemoryReport> {
+    let mut pods = Vec::new();
+    let mut bring_up = Vec::new();
+    for _ in 0..n {
+        let (id, times) = daemon.start_pod()?;
+        pods.push(id);
+        bring_up.push(times.total);
+    }
+    let mut shims = Memory::default();
+    let mut pauses = Memory::default();
+    for id in &pods {
+        let procs = procfs::pod_processes(daemon.spec.shim_name, &daemon.spec.dir, id)?;
+        shims = shims + Memory::of(procs.shim)?;
+        pauses = pauses + Memory::of(procs.pause)?;
+    }
+    let daemon_with_pods = Memory::of(daemon.pid())?;
+    let cgroups_with_pods = procfs::cgroups_below_parent(daemon.spec.cgroup_parent);
+    for id in &pods {
+        daemon.remove_pod(id)?;
+    }
+    Ok(MemoryReport {
+        daemon_with_pods,
+        pods: n,
+        shims,
+        pauses,
+        pods_total: Latency::of(bring_up),
+        cgroups_with_pods,
+        ..Default::default()
+    })
+}
+
+/// Starts both daemons, measures, and stops them; fills `sides` as it goes
+/// so that the caller can report what was left even after an error.
+/// Returns both daemons' configs, for the JSON.
+fn measure(
+    opts: &Options,
+    work: &Path,
+    pause: &Path,
+    sides: &mut Vec<Side>,
+) -> Result<serde_json::Value> {
+    eprintln!("starting caissond and containerd under {}", work.display());
+    let caisson_dir = work.join("caisson");
+    let containerd_dir = work.join("containerd");
+    let mut daemons = vec![
+        caissond::start(&caisson_dir, pause)?,
+        containerd::start(&containerd_dir, pause)?,
+    ];
+    let config = json!({
+        "caissond": fs::read_to_string(caisson_dir.join("caisson.toml"))?,
+        "containerd": fs::read_to_string(containerd_dir.join("config.toml"))?,
+    });
+    for d in &daemons {
+        sides.push(Side {
+            name: d.name(),
+            binary: d.spec.binary.clone(),
+            version: d.spec.version.clone(),
+            ..Default::default()
+        });
+    }
+    for (d, side) in daemons.iter().zip(sides.iter_mut()) {
+        side.memory.daemon_idle = Memory::of(d.pid())?;
+    }
+
+    for (d, side) in daemons.iter_mut().zip(sides.iter_mut()) {
+        eprintln!(
+            "{}: {} pods, each with a running container",
+            d.name(),
+            opts.pods
+        );
+        let idle = side.memory.daemon_idle;
+        side.memory = memory_with_pods(d, opts.pods)?;
+        side.memory.daemon_idle = idle;
+    }
+
+    let mut starts = vec![Vec::new(); daemons.len()];
+    let mut stops = vec![Vec::new(); daemons.len()];
+    for run in 0..=opts.runs {
+        if run == 0 {
+            eprintln!("warm-up: one pod on each daemon");
+        } else {
+            eprintln!("run {run}/{}", opts.runs);
+        }
+        // Alternate which daemon goes first.
+        let mut order: Vec<usize> = (0..daemons.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (pod, start) = daemons[i].start_pod()?;
+            let stop = daemons[i].remove_pod(&pod)?;
+            if run > 0 {
+                starts[i].push(start);
+                stops[i].push(stop);
+            }
+        }
+    }
+
+    eprintln!("teardown");
+    for (i, (d, side)) in daemons.iter_mut().zip(sides.iter_mut()).enumerate() {
+        side.phases = Phases::of(&starts[i], &stops[i]);
+        side.memory.daemon_after = Memory::of(d.pid())?;
+        let removed = d.remove_all_pods()?;
+        if removed > 0 {
+            eprintln!("{}: removed {removed} pods left listed", d.name());
+        }
+        let (exit, killed) = d.stop()?;
+        side.exit = exit;
+        side.killed = killed;
+    }
+    Ok(config)
+}

@@ -1,0 +1,373 @@
+//! The results of both daemons: percentiles, the table and the JSON.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::daemon::{StartTimes, StopTimes};
+use super::procfs::Memory;
+use super::Options;
+
+/// Nearest-rank percentile `p` (0–100] of sorted values.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        0.0
+    } else {
+        a / b
+    }
+}
+
+/// p50/p90/p99 of one series of runs, which keeps its order.
+#[derive(Debug, Clone, Default)]
+pub struct Latency {
+    pub runs: Vec<Duration>,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub p99: Duration,
+}
+
+impl Latency {
+    pub fn of(runs: Vec<Duration>) -> Latency {
+        let mut sorted = runs.clone();
+        sorted.sort();
+        Latency {
+            p50: percentile(&sorted, 50.0),
+            p90: percentile(&sorted, 90.0),
+            p99: percentile(&sorted, 99.0),
+            runs,
+        }
+    }
+
+    fn ms(&self) -> [f64; 3] {
+        [ms(self.p50), ms(self.p90), ms(self.p99)]
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "runs_ms": self.runs.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "p50_ms": ms(self.p50),
+            "p90_ms": ms(self.p90),
+            "p99_ms": ms(self.p99),
+        })
+    }
+}
+
+/// Every timed call, one series each.
+#[derive(Debug, Clone, Default)]
+pub struct Phases {
+    pub run_pod: Latency,
+    pub create: Latency,
+    pub start: Latency,
+    pub total: Latency,
+    pub stop: Latency,
+    pub remove: Latency,
+    pub teardown: Latency,
+}
+
+impl Phases {
+    pub fn of(starts: &[StartTimes], stops: &[StopTimes]) -> Phases {
+        let start = |f: fn(&StartTimes) -> Duration| Latency::of(starts.iter().map(f).collect());
+        let stop = |f: fn(&StopTimes) -> Duration| Latency::of(stops.iter().map(f).collect());
+        Phases {
+            run_pod: start(|t| t.run_pod),
+            create: start(|t| t.create),
+            start: start(|t| t.start),
+            total: start(|t| t.total),
+            stop: stop(|t| t.stop),
+            remove: stop(|t| t.remove),
+            teardown: stop(|t| t.total),
+        }
+    }
+
+    /// (row name, JSON key, series), in table order.
+    fn rows(&self) -> [(&'static str, &'static str, &Latency); 7] {
+        [
+            ("RunPodSandbox", "run_pod_sandbox", &self.run_pod),
+            ("CreateContainer", "create_container", &self.create),
+            ("StartContainer", "start_container", &self.start),
+            ("total: run+create+start", "total", &self.total),
+            ("StopPodSandbox", "stop_pod_sandbox", &self.stop),
+            ("RemovePodSandbox", "remove_pod_sandbox", &self.remove),
+            ("teardown: stop+remove", "teardown", &self.teardown),
+        ]
+    }
+}
+
+/// Memory of a daemon and of its pods' processes.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryReport {
+    /// The daemon after startup and image import, before any pod.
+    pub daemon_idle: Memory,
+    /// The daemon with `pods` pods, each with one running container.
+    pub daemon_with_pods: Memory,
+    /// The daemon after every run, with no pod left.
+    pub daemon_after: Memory,
+    pub pods: usize,
+    /// Summed over the pods.
+    pub shims: Memory,
+    pub pauses: Memory,
+    /// Cgroups below the daemon's cgroup parent (all hierarchies) while
+    /// the pods run.
+    pub cgroups_with_pods: Vec<PathBuf>,
+    /// The same pods' bring-up, one after another (RunPodSandbox to StartContainer).
+    pub pods_total: Latency,
+}
+
+/// Everything measured for one daemon.
+#[derive(Debug, Clone, Default)]
+pub struct Side {
+    pub name: &'static str,
+    pub binary: PathBuf,
+    pub version: String,
+    pub phases: Phases,
+    pub memory: MemoryReport,
+    /// How long the daemon took to exit after SIGTERM, and whether it had to
+    /// be killed.
+    pub exit: Duration,
+    pub killed: bool,
+    /// Left once its pods were removed and it stopped (then cleaned up by the bench).
+    pub mounts_left: Vec<PathBuf>,
+    pub processes_left: Vec<(u32, String)>,
+    pub cgroups_left: Vec<PathBuf>,
+}
+
+fn memory_rows(m: &MemoryReport) -> [(&'static str, &'static str, Memory); 9] {
+    let per_pod = (m.shims + m.pauses).per(m.pods);
+    [
+        ("daemon idle", "daemon_idle", m.daemon_idle),
+        (
+            "daemon with the pods",
+            "daemon_with_pods",
+            m.daemon_with_pods,
+        ),
+        ("daemon after all runs", "daemon_after_runs", m.daemon_after),
+        ("shims, sum", "shims_sum", m.shims),
+        ("pauses, sum", "pauses_sum", m.pauses),
+        (
+            "shims + pauses, sum",
+            "pod_processes_sum",
+            m.shims + m.pauses,
+        ),
+        ("shim, per pod", "shim_per_pod", m.shims.per(m.pods)),
+        ("pause, per pod", "pause_per_pod", m.pauses.per(m.pods)),
+        ("shim + pause, per pod", "pod_processes_per_pod", per_pod),
+    ]
+}
+
+pub fn print(opts: &Options, sides: &[Side]) {
+    let [caisson, containerd] = sides else {
+        return;
+    };
+    println!();
+    println!(
+        "cri: {} runs of a host-network pod with one busybox `sleep 3600`, after one warm-up, \
+         alternating daemons; memory with {} such pods",
+        opts.runs, opts.pods
+    );
+    for side in sides {
+        println!(
+            "  {:<11} {} ({})",
+            format!("{}:", side.name),
+            side.binary.display(),
+            side.version
+        );
+    }
+    println!();
+    println!(
+        "  {:<24} {:>26}  {:>26}  {:>20}",
+        "latency, ms", "caisson", "containerd", "caisson/containerd"
+    );
+    println!(
+        "  {:<24} {:>8} {:>8} {:>8}  {:>8} {:>8} {:>8}  {:>6} {:>6} {:>6}",
+        "", "p50", "p90", "p99", "p50", "p90", "p99", "p50", "p90", "p99"
+    );
+    for ((name, _, a), (_, _, b)) in caisson.phases.rows().iter().zip(containerd.phases.rows()) {
+        let (a, b) = (a.ms(), b.ms());
+        println!(
+            "  {:<24} {:>8.1} {:>8.1} {:>8.1}  {:>8.1} {:>8.1} {:>8.1}  {:>6.2} {:>6.2} {:>6.2}",
+            name,
+            a[0],
+            a[1],
+            a[2],
+            b[0],
+            b[1],
+            b[2],
+            ratio(a[0], b[0]),
+            ratio(a[1], b[1]),
+            ratio(a[2], b[2]),
+        );
+    }
+    println!();
+    println!(
+        "  {:<24} {:>17}  {:>17}  {:>17}",
+        "memory, KiB", "caisson", "containerd", "caisson/containerd"
+    );
+    println!(
+        "  {:<24} {:>8} {:>8}  {:>8} {:>8}  {:>8} {:>8}",
+        format!("({} pods)", opts.pods),
+        "VmRSS",
+        "Pss",
+        "VmRSS",
+        "Pss",
+        "VmRSS",
+        "Pss"
+    );
+    for ((name, _, a), (_, _, b)) in memory_rows(&caisson.memory)
+        .iter()
+        .zip(memory_rows(&containerd.memory))
+    {
+        println!(
+            "  {:<24} {:>8} {:>8}  {:>8} {:>8}  {:>8.2} {:>8.2}",
+            name,
+            a.rss,
+            a.pss,
+            b.rss,
+            b.pss,
+            ratio(a.rss as f64, b.rss as f64),
+            ratio(a.pss as f64, b.pss as f64),
+        );
+    }
+    println!();
+    for side in sides {
+        let p = side.memory.pods_total.ms();
+        println!(
+            "  {}: {} pods brought up one after another, p50/p90/p99 {:.1}/{:.1}/{:.1} ms; \
+             exit after SIGTERM {:.0} ms{}",
+            side.name,
+            side.memory.pods,
+            p[0],
+            p[1],
+            p[2],
+            ms(side.exit),
+            if side.killed { " (killed)" } else { "" }
+        );
+        println!(
+            "    {} cgroups below its cgroup parent (all hierarchies) while the {} pods ran",
+            side.memory.cgroups_with_pods.len(),
+            side.memory.pods
+        );
+        println!(
+            "    left after its pods were removed and it stopped: {} mounts, {} processes, {} cgroups",
+            side.mounts_left.len(),
+            side.processes_left.len(),
+            side.cgroups_left.len()
+        );
+        for (pid, argv) in &side.processes_left {
+            println!("      process {pid}: {argv}");
+        }
+        for path in side.mounts_left.iter().chain(&side.cgroups_left) {
+            println!("      {}", path.display());
+        }
+    }
+}
+
+pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
+    let side_json = |s: &Side| {
+        let mut latency = json!({});
+        for (_, key, series) in s.phases.rows() {
+            latency[key] = series.json();
+        }
+        let mut memory = json!({"pods": s.memory.pods});
+        for (_, key, m) in memory_rows(&s.memory) {
+            memory[key] = m.json();
+        }
+        json!({
+            "binary": s.binary.display().to_string(),
+            "version": s.version,
+            "latency": latency,
+            "memory_kib": memory,
+            "pods_bring_up": s.memory.pods_total.json(),
+            "cgroups_while_pods_ran": s.memory.cgroups_with_pods.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "exit_after_sigterm_ms": ms(s.exit),
+            "killed": s.killed,
+            "left_after_teardown": {
+                "mounts": s.mounts_left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                "processes": s.processes_left.iter().map(|(pid, argv)| format!("{pid} {argv}")).collect::<Vec<_>>(),
+                "cgroups": s.cgroups_left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            },
+        })
+    };
+    let mut out = json!({
+        "benchmark": "cri",
+        "machine": {
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        },
+        "options": {"runs": opts.runs, "warmup_runs": 1, "pods": opts.pods},
+        "percentiles": "nearest rank",
+        "config": config,
+    });
+    for s in sides {
+        out[s.name] = side_json(s);
+    }
+    if let [c, d] = sides {
+        let mut latency = json!({});
+        for ((_, key, a), (_, _, b)) in c.phases.rows().iter().zip(d.phases.rows()) {
+            let (a, b) = (a.ms(), b.ms());
+            latency[key] = json!({
+                "p50": ratio(a[0], b[0]),
+                "p90": ratio(a[1], b[1]),
+                "p99": ratio(a[2], b[2]),
+            });
+        }
+        let mut memory = json!({});
+        for ((_, key, a), (_, _, b)) in memory_rows(&c.memory).iter().zip(memory_rows(&d.memory)) {
+            memory[key] = json!({
+                "vm_rss": ratio(a.rss as f64, b.rss as f64),
+                "pss": ratio(a.pss as f64, b.pss as f64),
+            });
+        }
+        out["ratio_caisson_over_containerd"] = json!({"latency": latency, "memory": memory});
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let twenty: Vec<Duration> = (1..=20).map(ms).collect();
+        let cases: [(&[Duration], f64, u64); 6] = [
+            (&twenty, 50.0, 10),
+            (&twenty, 90.0, 18),
+            (&twenty, 99.0, 20),
+            (&twenty, 100.0, 20),
+            (&[ms(7)], 50.0, 7),
+            (&[], 50.0, 0),
+        ];
+        for (values, p, want) in cases {
+            assert_eq!(percentile(values, p), ms(want), "p{p} of {}", values.len());
+        }
+    }
+
+    #[test]
+    fn phases_keep_run_order() {
+        let t = |a: u64, b: u64, c: u64| StartTimes {
+            run_pod: Duration::from_millis(a),
+            create: Duration::from_millis(b),
+            start: Duration::from_millis(c),
+            total: Duration::from_millis(a + b + c),
+        };
+        let phases = Phases::of(&[t(5, 1, 1), t(1, 1, 1), t(3, 1, 1)], &[]);
+        assert_eq!(phases.run_pod.p50, Duration::from_millis(3));
+        assert_eq!(phases.total.p99, Duration::from_millis(7));
+        assert_eq!(phases.run_pod.runs[0], Duration::from_millis(5));
+        assert_eq!(phases.stop.p50, Duration::ZERO);
+    }
+}

@@ -173,6 +173,13 @@ pub fn start(flags: &Flags) -> Result<String, String> {
         })
 }
 
+/// The shim log of the pod whose socket is `socket`: `log/<hash>.log`.
+pub fn log_path(socket: &Path) -> PathBuf {
+    run_dir()
+        .join("log")
+        .join(socket.with_extension("log").file_name().unwrap_or_default())
+}
+
 /// Binds the socket and spawns `serve` with it as fd 3, detached.
 fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String> {
     let listener =
@@ -184,10 +191,9 @@ fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String>
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
-    let log_dir = run_dir().join("log");
-    std::fs::create_dir_all(&log_dir)
-        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
-    let log_path = log_dir.join(socket.with_extension("log").file_name().expect("file name"));
+    let log_path = log_path(socket);
+    let log_dir = log_path.parent().expect("log dir");
+    std::fs::create_dir_all(log_dir).map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -246,7 +252,12 @@ fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String>
 pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>, BackendError> {
     let name = std::env::var(BACKEND_ENV).unwrap_or_else(|_| "native".to_string());
     match name.as_str() {
-        "native" | "" => Ok(Arc::new(NativeBackend::new(state_dir(namespace), exits)?)),
+        "native" | "" => Ok(Arc::new(NativeBackend::new(
+            state_dir(namespace),
+            exits,
+            // The running image itself, even if the file was replaced since.
+            PathBuf::from("/proc/self/exe"),
+        )?)),
         other => Err(BackendError::InvalidArgument {
             what: BACKEND_ENV.to_string(),
             reason: format!("unknown backend {other:?} (known: native)"),
@@ -301,6 +312,8 @@ pub fn serve(flags: &Flags) -> Result<(), String> {
     let _ = std::fs::remove_file(&flags.socket);
     let _ = std::fs::remove_file(Path::new(&flags.socket).with_extension("lock"));
     tracing::info!(pod = %flags.id, "shim exited");
+    // A clean exit leaves no log behind (a crashed shim's log stays for debugging).
+    let _ = std::fs::remove_file(log_path(Path::new(&flags.socket)));
     Ok(())
 }
 

@@ -89,8 +89,12 @@ impl Harness {
             sink_log.changed.notify_all();
         });
         let dir = tempfile::tempdir().expect("temp dir");
-        let backend =
-            NativeBackend::new(dir.path().join("state"), sink).expect("starting the backend");
+        let backend = NativeBackend::new(
+            dir.path().join("state"),
+            sink,
+            env!("CARGO_BIN_EXE_containerd-shim-caisson-v2").into(),
+        )
+        .expect("starting the backend");
         Harness {
             backend,
             log,

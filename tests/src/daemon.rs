@@ -1,12 +1,22 @@
 //! A real `caissond` for end-to-end tests: its own temp root, run dir and
 //! socket, driven through the `k8s-cri` client (an independent build of the
-//! CRI wire format). Dropping it stops every pod it ran and the daemon, and
-//! unmounts whatever is left under its dirs.
+//! CRI wire format). Dropping it stops every pod it ran and the daemon,
+//! kills what is left of its processes, unmounts whatever is left under its
+//! dirs and removes its cgroups, even after a failed test.
+//!
+//! Also here, for the `cri_*_root` tests: CRI call helpers that fail with
+//! the daemon's log (`run_pod`, `create_started_container`, `exec`,
+//! `pod_pid`, `container_pid`, ...), `/proc` readers (`ns_inode`,
+//! `pid_alive`, `signal_in_mask`, ...), `wait_until` (poll with a
+//! deadline), and [`Footprint`]: what a daemon has made on the host, to
+//! prove that nothing is left behind.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
@@ -126,10 +136,23 @@ impl Caissond {
 
     /// Kills caissond with SIGKILL (pods keep running) and starts it again.
     pub fn restart_after_sigkill(&mut self) {
+        self.sigkill();
+        self.respawn();
+    }
+
+    /// Kills caissond with SIGKILL and reaps it; its shims and pods keep
+    /// running. [`Caissond::respawn`] starts it again (Drop cleans up even
+    /// if that never happens).
+    pub fn sigkill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts caissond again on the same config and state (after [`Caissond::sigkill`]).
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "caissond is still running");
         self.spawn();
     }
 
@@ -198,7 +221,11 @@ impl Caissond {
 
     /// Every pod, stopped and removed through CRI (what kubelet would do).
     pub fn remove_all_pods(&self) {
-        let mut rt = self.runtime();
+        // Not `runtime()`: this runs in Drop, where a panic would abort.
+        let Ok(channel) = self.rt.block_on(self.channel()) else {
+            return;
+        };
+        let mut rt = RuntimeServiceClient::new(channel);
         let pods = self
             .rt
             .block_on(rt.list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default()));
@@ -236,6 +263,17 @@ impl Drop for Caissond {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Shims, pause and container processes a failed test left behind.
+        for pid in self.processes().into_keys() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !self.processes().is_empty() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         // Anything still mounted under our dirs (a failed test), deepest first.
         let prefix = self.dir.path().display().to_string();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -268,4 +306,597 @@ fn remove_cgroup_tree(dir: &Path) {
         }
     }
     let _ = std::fs::remove_dir(dir);
+}
+
+// ---------------------------------------------------------------------------
+// CRI helpers shared by the end-to-end tests: each panics with the daemon's
+// log tail when the call fails, so a failing test says why.
+
+/// A pod config as kubelet sends it: metadata (`uid-<name>`, namespace
+/// `default`, attempt 0) and the pod's hostname.
+pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        ..Default::default()
+    }
+}
+
+/// A busybox container running `cmd` (attempt 0).
+pub fn container_config(name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Sets the container's PID namespace mode.
+pub fn with_pid_mode(
+    mut config: cri::ContainerConfig,
+    mode: cri::NamespaceMode,
+) -> cri::ContainerConfig {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options
+        .get_or_insert_with(Default::default)
+        .pid = mode as i32;
+    config
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, failing after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `/proc/<pid>/ns/<ns>` as the kernel names it, e.g. `uts:[4026532301]`.
+pub fn ns_inode(pid: u32, ns: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{ns}: {e}"))
+        .display()
+        .to_string()
+}
+
+/// A field of `/proc/<pid>/status` (`None` once the process is gone).
+pub fn proc_status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    proc_status_field(pid, "State").is_some_and(|s| !s.starts_with('Z'))
+}
+
+/// `/proc/<pid>/cmdline` with NULs as spaces (`None` once gone).
+pub fn cmdline(pid: u32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        String::from_utf8_lossy(&raw)
+            .trim_end_matches('\0')
+            .replace('\0', " "),
+    )
+}
+
+fn live_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| pid_alive(*p))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True when the signal's bit is set in a `/proc/<pid>/status` mask
+/// (`SigIgn`, `SigCgt`, ...).
+pub fn signal_in_mask(pid: u32, mask: &str, signal: i32) -> bool {
+    proc_status_field(pid, mask)
+        .and_then(|m| u64::from_str_radix(&m, 16).ok())
+        .is_some_and(|m| m & (1 << (signal - 1)) != 0)
+}
+
+/// What a daemon has made on the host, to compare before and after: paths
+/// under its temp dir (not crossing into mounts; container logs, which are
+/// kubelet's, and records being written left out), mounts under it, cgroups below its cgroup parent,
+/// and processes that belong to it (shims, pause, containers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    pub paths: BTreeSet<String>,
+    pub mounts: BTreeSet<String>,
+    pub cgroups: BTreeSet<String>,
+    pub processes: BTreeSet<String>,
+}
+
+impl Footprint {
+    /// What `self` has that `before` had not, and what went missing, for messages.
+    pub fn diff(&self, before: &Footprint) -> String {
+        let mut out = String::new();
+        for (what, a, b) in [
+            ("path", &before.paths, &self.paths),
+            ("mount", &before.mounts, &self.mounts),
+            ("cgroup", &before.cgroups, &self.cgroups),
+            ("process", &before.processes, &self.processes),
+        ] {
+            for extra in b.difference(a) {
+                out.push_str(&format!("  + {what} {extra}\n"));
+            }
+            for missing in a.difference(b) {
+                out.push_str(&format!("  - {what} {missing}\n"));
+            }
+        }
+        out
+    }
+}
+
+fn walk_same_fs(dir: &Path, root: &Path, skip: &Path, out: &mut BTreeSet<String>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::symlink_metadata(dir).map(|m| m.dev()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.starts_with(skip) {
+            continue;
+        }
+        out.insert(
+            path.strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string(),
+        );
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.is_dir() && meta.dev() == dev {
+                walk_same_fs(&path, root, skip, out);
+            }
+        }
+    }
+}
+
+fn walk_dirs(dir: &Path, root: &Path, out: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.insert(
+                e.path()
+                    .strip_prefix(root)
+                    .unwrap_or(&e.path())
+                    .display()
+                    .to_string(),
+            );
+            walk_dirs(&e.path(), root, out);
+        }
+    }
+}
+
+impl Caissond {
+    /// The result of a CRI call, or a panic naming it with the daemon's log.
+    pub fn ok<T>(&self, what: &str, r: Result<tonic::Response<T>, tonic::Status>) -> T {
+        match r {
+            Ok(r) => r.into_inner(),
+            Err(e) => panic!(
+                "{what}: {:?}: {}\n--- caissond log ---\n{}",
+                e.code(),
+                e.message(),
+                self.log_tail()
+            ),
+        }
+    }
+
+    /// Where pods' container logs go: `<dir>/logs/<pod name>`.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// [`pod_config`] with a log directory of its own under [`Caissond::log_dir`].
+    pub fn pod_config(&self, name: &str) -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            log_directory: self.log_dir().join(name).display().to_string(),
+            ..pod_config(name)
+        }
+    }
+
+    pub fn pods_dir(&self) -> PathBuf {
+        self.dir.path().join("run/pods")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("root/state")
+    }
+
+    pub fn run_pod(&self, config: &cri::PodSandboxConfig) -> String {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            }));
+        self.ok("RunPodSandbox", r).pod_sandbox_id
+    }
+
+    pub fn create_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(pod_config.clone()),
+            }));
+        self.ok("CreateContainer", r).container_id
+    }
+
+    pub fn start_container(&self, id: &str) {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            }));
+        self.ok("StartContainer", r);
+    }
+
+    /// CreateContainer + StartContainer.
+    pub fn create_started_container(
+        &self,
+        pod: &str,
+        pod_config: &cri::PodSandboxConfig,
+        config: cri::ContainerConfig,
+    ) -> String {
+        let id = self.create_container(pod, pod_config, config);
+        self.start_container(&id);
+        id
+    }
+
+    /// ExecSync as the CRI answers it (`Err` is the gRPC status).
+    pub fn try_exec(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout: i64,
+    ) -> Result<cri::ExecSyncResponse, tonic::Status> {
+        let mut rt = self.runtime();
+        self.rt
+            .block_on(rt.exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout,
+            }))
+            .map(tonic::Response::into_inner)
+    }
+
+    /// ExecSync that must exit 0: its stdout.
+    pub fn exec(&self, id: &str, cmd: &[&str]) -> String {
+        let out = self
+            .try_exec(id, cmd, 30)
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}\n{}", self.log_tail()));
+        assert_eq!(
+            out.exit_code,
+            0,
+            "ExecSync {cmd:?} exited {}: stdout {:?} stderr {:?}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn container_status(&self, id: &str) -> cri::ContainerStatus {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            }));
+        self.ok("ContainerStatus", r)
+            .status
+            .expect("ContainerStatus without a status")
+    }
+
+    pub fn pod_status(&self, id: &str) -> cri::PodSandboxStatus {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: false,
+            }));
+        self.ok("PodSandboxStatus", r)
+            .status
+            .expect("PodSandboxStatus without a status")
+    }
+
+    /// The pause process of a pod (PodSandboxStatus verbose info `pid`).
+    pub fn pod_pid(&self, id: &str) -> u32 {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.into(),
+                verbose: true,
+            }));
+        let info = self.ok("PodSandboxStatus", r).info;
+        verbose_pid(&info)
+    }
+
+    /// A container's init process (ContainerStatus verbose info `pid`).
+    pub fn container_pid(&self, id: &str) -> u32 {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            }));
+        let info = self.ok("ContainerStatus", r).info;
+        verbose_pid(&info)
+    }
+
+    /// Waits for a container to be EXITED; its status.
+    pub fn wait_exited(&self, id: &str, timeout: Duration) -> cri::ContainerStatus {
+        wait_until(&format!("container {id} to exit"), timeout, || {
+            let s = self.container_status(id);
+            (s.state == cri::ContainerState::ContainerExited as i32).then_some(s)
+        })
+    }
+
+    pub fn stop_container(&self, id: &str, timeout: i64) {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.stop_container(cri::StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            }));
+        self.ok("StopContainer", r);
+    }
+
+    pub fn stop_pod(&self, id: &str) {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }));
+        self.ok("StopPodSandbox", r);
+    }
+
+    pub fn remove_pod(&self, id: &str) {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }));
+        self.ok("RemovePodSandbox", r);
+    }
+
+    /// The cgroup dir of a pod's task (`pod_or_container` is the pause's or
+    /// a container's id) under one controller.
+    pub fn task_cgroup(&self, controller: &str, pod_uid: &str, task: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(self.cgroup_parent.trim_start_matches('/'))
+            .join(format!("pod{pod_uid}"))
+            .join(task)
+    }
+
+    /// Processes that belong to this daemon's pods: in its cgroups, or
+    /// naming its dirs on their command line (shims). Not caissond itself.
+    pub fn processes(&self) -> BTreeMap<u32, String> {
+        let dir = self.dir.path().display().to_string();
+        let own = self.pid();
+        let mut out = BTreeMap::new();
+        for pid in live_pids() {
+            if pid == own || pid == std::process::id() {
+                continue;
+            }
+            let Some(cmd) = cmdline(pid) else { continue };
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            let in_cgroup = cgroup
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .any(|p| p.starts_with(&format!("{}/", self.cgroup_parent)));
+            if in_cgroup || cmd.contains(&dir) {
+                out.insert(pid, cmd);
+            }
+        }
+        out
+    }
+
+    /// This daemon's processes whose command line is exactly `wanted`.
+    pub fn pids_with_cmdline(&self, wanted: &str) -> Vec<u32> {
+        self.processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd == wanted)
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// The shims of this daemon's pods: its processes running the shim
+    /// binary that are not children of another of its processes (a created,
+    /// not yet started container is a fork of its shim).
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let ours = self.processes();
+        ours.iter()
+            .filter(|(pid, cmd)| {
+                cmd.contains("containerd-shim-caisson-v2")
+                    && proc_status_field(**pid, "PPid")
+                        .and_then(|p| p.parse::<u32>().ok())
+                        .is_some_and(|ppid| !ours.contains_key(&ppid))
+            })
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// What the daemon has made on the host right now (see [`Footprint`]).
+    pub fn footprint(&self) -> Footprint {
+        let root = self.dir.path();
+        let mut paths = BTreeSet::new();
+        walk_same_fs(root, root, &self.log_dir(), &mut paths);
+        // Records are written temp-then-rename, some of them by caissond's
+        // event loop at any moment: a temp file is not a leftover.
+        paths.retain(|p| !(p.starts_with("root/state/") && p.contains("/.tmp-")));
+        let prefix = root.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&prefix))
+            .map(String::from)
+            .collect();
+        let mut cgroups = BTreeSet::new();
+        if let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") {
+            for ctl in ctls.flatten() {
+                let base = ctl.path().join(self.cgroup_parent.trim_start_matches('/'));
+                walk_dirs(&base, Path::new("/sys/fs/cgroup"), &mut cgroups);
+            }
+        }
+        let processes = self
+            .processes()
+            .into_iter()
+            .map(|(pid, cmd)| format!("{pid} {cmd}"))
+            .collect();
+        Footprint {
+            paths,
+            mounts,
+            cgroups,
+            processes,
+        }
+    }
+
+    /// Imports any image built by the fixtures through `caissond images import`.
+    pub fn import_image(&self, image: &crate::fixtures::ImageSpec) {
+        let archive = self.dir.path().join("image.tar");
+        let mut a = OciArchive::new();
+        a.add_image(image);
+        a.write(&archive, false);
+        let out = Command::new(target_dir().join("caissond"))
+            .args([
+                "--config",
+                &self.config_path.display().to_string(),
+                "images",
+                "import",
+            ])
+            .arg(&archive)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&archive);
+        assert!(
+            out.status.success(),
+            "images import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn verbose_pid(info: &std::collections::HashMap<String, String>) -> u32 {
+    let json = info
+        .get("info")
+        .unwrap_or_else(|| panic!("verbose status without info: {info:?}"));
+    let v: serde_json::Value = serde_json::from_str(json).expect("verbose info is JSON");
+    let pid = v["pid"].as_u64().unwrap_or(0) as u32;
+    assert_ne!(pid, 0, "verbose info without a pid: {json}");
+    pid
+}
+
+/// A CRI call for [`Caissond::check_rejections`].
+pub type Call =
+    Box<dyn Fn(&Caissond, &mut RuntimeServiceClient<Channel>) -> Result<(), tonic::Status>>;
+
+/// A request that must be answered with `code` (`Ok` for calls that are
+/// idempotent no-ops), with a message naming `names` (the field, or the
+/// missing object), and that must leave nothing behind.
+pub struct Rejection {
+    pub name: &'static str,
+    pub code: tonic::Code,
+    pub names: String,
+    pub call: Call,
+}
+
+pub fn rejection(name: &'static str, code: tonic::Code, names: &str, call: Call) -> Rejection {
+    Rejection {
+        name,
+        code,
+        names: names.to_string(),
+        call,
+    }
+}
+
+impl Caissond {
+    /// Runs every case and fails with all that went wrong: a wrong code, a
+    /// message that does not name what it should, or a [`Footprint`] that
+    /// differs from `baseline` afterwards.
+    pub fn check_rejections(&self, cases: Vec<Rejection>, baseline: &Footprint) {
+        let mut rt = self.runtime();
+        let mut failures = Vec::new();
+        for c in cases {
+            match (c.call)(self, &mut rt) {
+                Ok(()) if c.code == tonic::Code::Ok => {}
+                Ok(()) => failures.push(format!("{}: succeeded, expected {:?}", c.name, c.code)),
+                Err(s) if s.code() != c.code => failures.push(format!(
+                    "{}: {:?} ({}), expected {:?}",
+                    c.name,
+                    s.code(),
+                    s.message(),
+                    c.code
+                )),
+                Err(s) if !s.message().contains(&c.names) => failures.push(format!(
+                    "{}: message {:?} does not name {:?}",
+                    c.name,
+                    s.message(),
+                    c.names
+                )),
+                Err(_) => {}
+            }
+            let now = self.footprint();
+            if &now != baseline {
+                failures.push(format!("{}: left behind:\n{}", c.name, now.diff(baseline)));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{}\n--- caissond log ---\n{}",
+            failures.join("\n"),
+            self.log_tail()
+        );
+    }
 }

@@ -2,12 +2,34 @@
 
 use std::process::ExitCode;
 
+use caisson_sandbox::host::forker::FORK_SERVER_ACTION;
 use caisson_sandbox::shim::{self, parse_flags, RUNTIME_NAME};
 
 fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAISSON_SHIM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Like the server's, with one libcontainer warning silenced: the init is
+/// cloned as the fork server's sibling, so libcontainer's wait for the
+/// intermediate process always finds it is not the server's child. The
+/// subscriber writes synchronously: the fork server must stay
+/// single-threaded.
+fn init_fork_server_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAISSON_SHIM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        .add_directive(
+            "libcontainer::process::container_main_process=error"
+                .parse()
+                .expect("a valid directive"),
+        );
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
@@ -42,6 +64,12 @@ fn main() -> ExitCode {
         "delete" => shim::delete(&flags)
             .and_then(|bytes| shim::write_stdout(&bytes).map_err(|e| e.to_string())),
         "serve" => shim::serve(&flags),
+        // Hidden: the native backend's single-threaded fork server, started
+        // by the shim itself (see caisson_sandbox::host::forker).
+        FORK_SERVER_ACTION => {
+            init_fork_server_logging(flags.debug);
+            caisson_sandbox::backend::native::serve_fork_requests()
+        }
         "" => Err("no action given: expected start, delete or serve".to_string()),
         other => Err(format!("unknown action {other:?}")),
     };

@@ -14,10 +14,14 @@
 //! * [`executor`]: a libcontainer executor that gives the payload a clean
 //!   signal state (the shim ignores SIGPIPE; an exec'd program would inherit
 //!   that).
+//! * [`forker`]: the single-threaded fork server that makes libcontainer's
+//!   `clone` calls on the shim's behalf (a child cloned from a threaded
+//!   process can deadlock on a lock another thread held).
 
 pub mod console;
 pub mod crilog;
 pub mod executor;
+pub mod forker;
 pub mod pidfd;
 pub mod reaper;
 pub mod stdio;

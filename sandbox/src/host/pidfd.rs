@@ -6,7 +6,7 @@
 //! through it reaches that process or fails with `ESRCH`, never a stranger.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 #[derive(Debug)]
 pub struct Pidfd {
@@ -54,6 +54,13 @@ impl Pidfd {
         } else {
             Err(err)
         }
+    }
+}
+
+/// Readable (`poll`) once the process has exited.
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

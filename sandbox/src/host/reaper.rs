@@ -1,20 +1,19 @@
 //! The shim's SIGCHLD reaper and its fork lock.
 //!
-//! libcontainer runs a container's init as a *grandchild*: the shim forks an
-//! intermediate process, which forks the init and exits. To stay the parent
-//! of its containers the shim is a **child subreaper**
-//! (`PR_SET_CHILD_SUBREAPER`), so orphans are re-parented to it and it must
-//! reap them — container inits, exec processes, and whatever else ends up
-//! orphaned under it.
+//! Container inits and exec processes are the shim's children: libcontainer
+//! builds them in the single-threaded fork server ([`super::forker`]) as
+//! siblings of its intermediate process (`CLONE_PARENT`), so they are born
+//! children of the shim. The shim is also a **child subreaper**
+//! (`PR_SET_CHILD_SUBREAPER`), so anything orphaned below it comes back to it.
+//! It must reap all of them.
 //!
-//! The trap: libcontainer itself calls `waitpid(intermediate_pid)` while it
-//! builds a container (and `std::process::Command` waits for hooks and other
-//! helpers). A reaper looping on `waitpid(-1)` concurrently would steal those
-//! statuses. Hence one process-wide **fork lock**:
+//! The trap: code in the shim that forks a child and waits for it itself
+//! (`Container::start`/`delete`, which run hooks with `Command`, and
+//! [`Reaper::run`]) would have its status stolen by a reaper looping on
+//! `waitpid(-1)`. Hence one process-wide **fork lock**:
 //!
-//! * every call that forks a child and waits for it itself (libcontainer's
-//!   init and tenant builds, `Container::start`/`delete` which run hooks,
-//!   [`Reaper::run`]) holds the lock for its whole duration;
+//! * every such call, and every fork-server request, holds the lock for its
+//!   whole duration;
 //! * the reaper thread, woken by SIGCHLD through a self-pipe (`signal-hook`;
 //!   SIGCHLD is never blocked process-wide, since container processes would
 //!   inherit the mask), takes the same lock and then loops

@@ -389,6 +389,18 @@ impl Runtime {
                 tracing::warn!(container_id = %id, error = %e, "removing the rootfs");
             }
         }
+        // An image removed while this container ran kept its layers for the
+        // rootfs; nothing else would collect them once the container goes.
+        if self
+            .images
+            .get(&c.image_id)
+            .is_err_and(|e| e.is_not_found())
+        {
+            let images = self.images.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || images.gc()).await {
+                tracing::warn!(container_id = %id, error = %e, "collecting a removed image's layers");
+            }
+        }
         let _ = std::fs::remove_dir_all(&c.bundle);
         self.store
             .remove_container(id)

@@ -4,6 +4,7 @@
 use libcontainer::error::LibcontainerError;
 
 use crate::backend::{BackendError, Result};
+use crate::host::forker::{RefusalKind, Refused};
 
 pub(super) fn not_found(id: &str) -> BackendError {
     BackendError::NotFound(id.to_string())
@@ -49,21 +50,39 @@ pub(super) fn from_libcontainer(
     id: &str,
     err: LibcontainerError,
 ) -> BackendError {
+    from_refusal(op, id, refusal(err))
+}
+
+/// How a libcontainer error is classified, in the fork server's terms (the
+/// builds run there; the rest of libcontainer runs in the shim).
+pub(super) fn refusal(err: LibcontainerError) -> Refused {
     match err {
-        LibcontainerError::Exist => BackendError::AlreadyExists {
+        LibcontainerError::Exist => Refused::new(RefusalKind::Exists, chain(&err)),
+        LibcontainerError::IncorrectStatus(status) => Refused {
+            kind: RefusalKind::State,
+            error: chain(&err),
+            state: Some(status.to_string().to_lowercase()),
+        },
+        LibcontainerError::InvalidID(_)
+        | LibcontainerError::MissingSpec(_)
+        | LibcontainerError::InvalidSpec(_) => Refused::new(RefusalKind::Invalid, chain(&err)),
+        other => Refused::new(RefusalKind::Failed, chain(&other)),
+    }
+}
+
+/// The backend error for a refusal of `op` on task `id`.
+pub(super) fn from_refusal(op: &'static str, id: &str, refused: Refused) -> BackendError {
+    match refused.kind {
+        RefusalKind::Exists => BackendError::AlreadyExists {
             what: "container",
             id: id.to_string(),
         },
-        LibcontainerError::IncorrectStatus(status) => {
-            invalid_state(id, &status.to_string().to_lowercase(), op)
-        }
-        LibcontainerError::InvalidID(_)
-        | LibcontainerError::MissingSpec(_)
-        | LibcontainerError::InvalidSpec(_) => BackendError::InvalidArgument {
+        RefusalKind::State => invalid_state(id, refused.state.as_deref().unwrap_or("unknown"), op),
+        RefusalKind::Invalid => BackendError::InvalidArgument {
             what: format!("spec of {id}"),
-            reason: chain(&err),
+            reason: refused.error,
         },
-        other => failed(op, id, chain(&other)),
+        RefusalKind::Failed => failed(op, id, refused.error),
     }
 }
 

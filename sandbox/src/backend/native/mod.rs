@@ -5,13 +5,17 @@
 //! container with new UTS/IPC (and maybe PID) namespaces, a container joins
 //! them by path; nothing here tells the two apart beyond bookkeeping.
 //!
-//! * **Processes**: libcontainer forks a container's init from the shim (as a
-//!   grandchild whose intermediate parent exits), so the shim is a child
-//!   subreaper and reaps inits and execs itself ([`crate::host::reaper`]).
-//!   Every libcontainer call that forks or waits (init and tenant builds,
-//!   `start` and `delete`, which run hooks) holds the reaper's fork lock, and
-//!   each new pid is watched before the lock is released. Exits go to the
-//!   [`ExitSink`] from the reaper thread.
+//! * **Processes**: libcontainer's builds (init and tenant), which `clone`
+//!   children that run Rust code, never run in the multi-threaded shim: a
+//!   single-threaded fork server does them ([`crate::host::forker`],
+//!   [`process_io`]), with `as_sibling` so that the intermediate process and
+//!   the init or exec process are the shim's own children. The shim reaps
+//!   them itself ([`crate::host::reaper`]; it is also a child subreaper for
+//!   whatever is orphaned below it). Every call that forks or waits (a fork
+//!   server request, `start` and `delete`, which run hooks through
+//!   `Command`) holds the reaper's fork lock, and each new pid is watched
+//!   before the lock is released. Exits go to the [`ExitSink`] from the
+//!   reaper thread.
 //! * **Signals** to a single process go through a pidfd opened at creation,
 //!   so a reused pid is never signalled; `all` goes through libcontainer
 //!   (freeze, signal every process of the cgroup, thaw).
@@ -21,8 +25,9 @@
 //!   `CAP_SYS_RESOURCE` and no `oom_score_adj` below the shim's own when the
 //!   shim's bounding set lacks that capability.
 //! * libcontainer changes the *calling* process: it writes the container's
-//!   `oom_score_adj` into the shim's own `/proc/self/oom_score_adj` and marks
-//!   the shim non-dumpable. Both are restored after each build.
+//!   `oom_score_adj` into its own `/proc/self/oom_score_adj` and marks itself
+//!   non-dumpable. That is now the fork server, which restores both after
+//!   each build.
 
 mod cgroups;
 mod errors;
@@ -44,15 +49,17 @@ use crate::backend::{
     Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, TaskSpec, TaskStats,
 };
 use crate::host::console;
-use crate::host::executor::CleanSignals;
+use crate::host::forker::{ForkError, ForkServer};
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::HeldStdio;
 
 use errors::{
-    chain, exec_not_found, failed, from_libcontainer, invalid_state, not_found, signal_number,
+    chain, exec_not_found, failed, from_libcontainer, from_refusal, invalid_state, not_found,
+    signal_number,
 };
-use process_io::{write_process_file, PreparedStdio};
+pub use process_io::serve_fork_requests;
+use process_io::{request_fds, write_process_file, ForkRequest, PreparedStdio};
 use spec::HostLimits;
 use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
 
@@ -65,13 +72,20 @@ pub struct NativeBackend {
     reaper: &'static Reaper,
     limits: HostLimits,
     tasks: Arc<Tasks>,
+    forker: ForkServer,
 }
 
 impl NativeBackend {
     /// A backend keeping libcontainer's state under `state_root` and
     /// reporting exits to `exits`. Makes this process a child subreaper and
-    /// starts its reaper (once per process).
-    pub fn new(state_root: PathBuf, exits: ExitSink) -> Result<NativeBackend, BackendError> {
+    /// starts its reaper (once per process), and starts its fork server:
+    /// `fork_server` is the shim binary (`/proc/self/exe` in the shim; in
+    /// tests, the built `containerd-shim-caisson-v2`).
+    pub fn new(
+        state_root: PathBuf,
+        exits: ExitSink,
+        fork_server: PathBuf,
+    ) -> Result<NativeBackend, BackendError> {
         let setup = |reason: String| failed("start backend", NAME, reason);
         std::fs::create_dir_all(&state_root)
             .map_err(|e| setup(format!("{}: {e}", state_root.display())))?;
@@ -79,6 +93,8 @@ impl NativeBackend {
             .canonicalize()
             .map_err(|e| setup(format!("{}: {e}", state_root.display())))?;
         let reaper = Reaper::global().map_err(|e| setup(format!("starting the reaper: {e}")))?;
+        let forker = ForkServer::start(fork_server, reaper)
+            .map_err(|e| setup(format!("starting the fork server: {e}")))?;
         let limits = HostLimits::measure();
         if !limits.sys_resource {
             tracing::info!(
@@ -92,6 +108,7 @@ impl NativeBackend {
             reaper,
             limits,
             tasks: Arc::new(Tasks::default()),
+            forker,
         })
     }
 
@@ -131,27 +148,17 @@ impl NativeBackend {
         Container::load(self.container_dir(id)).map_err(|e| from_libcontainer(op, id, e))
     }
 
-    fn builder(&self, op: &'static str, id: &str) -> Result<ContainerBuilder> {
+    fn validate_id(op: &'static str, id: &str) -> Result<()> {
         ContainerBuilder::new(id.to_string(), SyscallType::default())
             .validate_id()
-            .map_err(|e| from_libcontainer(op, id, e))?
-            .with_executor(CleanSignals::default())
-            .with_root_path(&self.state_root)
+            .map(|_| ())
             .map_err(|e| from_libcontainer(op, id, e))
     }
 
-    /// Puts back what a libcontainer build changed in the shim process.
-    fn restore_own_process_state(&self) {
-        let own = self.limits.own_oom_score_adj;
-        if spec::own_oom_score_adj() != Some(own) {
-            if let Err(e) = std::fs::write("/proc/self/oom_score_adj", own.to_string()) {
-                tracing::warn!(error = %e, "could not restore the shim's oom_score_adj");
-            }
-        }
-        // SAFETY: PR_SET_DUMPABLE takes 0 or 1.
-        unsafe {
-            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
-        }
+    /// The pid of the running fork server (none between its death and the
+    /// next request).
+    pub fn fork_server_pid(&self) -> Option<u32> {
+        self.forker.pid()
     }
 
     /// Watches `pid` so its exit updates the task and reaches the sink.
@@ -178,10 +185,11 @@ impl NativeBackend {
         });
     }
 
-    /// Deletes a container libcontainer made but the backend will not keep.
-    fn discard(&self, id: &str, container: &mut Container) {
-        if let Err(e) = container.delete(true) {
-            tracing::warn!(id, error = %chain(&e), "could not remove a half-made container");
+    /// Deletes a container libcontainer (may have) made but the backend will
+    /// not keep.
+    fn discard(&self, id: &str) {
+        if let Err(e) = Self::force_delete(&self.state_root, id) {
+            tracing::warn!(id, error = %e, "could not remove a half-made container");
         }
     }
 
@@ -232,27 +240,38 @@ impl Backend for NativeBackend {
                 id: id.to_string(),
             });
         }
-        let builder = self.builder("create", id)?;
+        Self::validate_id("create", id)?;
         let prepared = spec::prepare_bundle(id, &task.bundle, task.stdio.terminal, self.limits)?;
         // The stdio is opened under the fork lock, and handed over and closed
-        // within it: a container forked meanwhile for another task would
-        // otherwise inherit this one's FIFO writer and hold back its EOF.
+        // within it (the fork server gets its own copies for one request).
         let guard = self.reaper.lock();
         let stdio = PreparedStdio::open(id, &task.stdio)?;
-        let (builder, pending) = stdio.attach(builder);
-        let built = builder
-            .as_init(&task.bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .build();
-        self.restore_own_process_state();
-        let mut container = built.map_err(|e| from_libcontainer("create", id, e))?;
-        let started = container
-            .pid()
-            .ok_or_else(|| "libcontainer recorded no pid".to_string())
-            .and_then(|pid| {
-                Pidfd::open(pid.as_raw() as u32).map_err(|e| format!("pidfd of {pid}: {e}"))
-            })
+        let (request_stdio, child_stdio, pending) = stdio.into_request();
+        let request = ForkRequest::CreateInit {
+            id: id.to_string(),
+            state_root: self.state_root.clone(),
+            // The server resolves paths from the directory it started in.
+            bundle: std::path::absolute(&task.bundle)
+                .map_err(|e| failed("create", id, format!("bundle path: {e}")))?,
+            stdio: request_stdio,
+        };
+        // The returned pid is this process's child, not reaped while the
+        // guard is held.
+        let built = self
+            .forker
+            .call(&guard, &request, &request_fds(child_stdio.as_ref()));
+        drop(child_stdio);
+        let pid = match built {
+            Ok(pid) => pid,
+            Err(ForkError::Refused(refused)) => return Err(from_refusal("create", id, refused)),
+            Err(lost) => {
+                // The server may have died half-way: remove what it made.
+                self.discard(id);
+                return Err(failed("create", id, lost));
+            }
+        };
+        let started = Pidfd::open(pid)
+            .map_err(|e| format!("pidfd of {pid}: {e}"))
             .and_then(|pidfd| {
                 let stdio = pending.finish(id).map_err(|e| format!("terminal: {e}"))?;
                 Ok(Started { pidfd, stdio })
@@ -260,7 +279,7 @@ impl Backend for NativeBackend {
         let started = match started {
             Ok(started) => started,
             Err(reason) => {
-                self.discard(id, &mut container);
+                self.discard(id);
                 return Err(failed("create", id, reason));
             }
         };
@@ -368,18 +387,25 @@ impl Backend for NativeBackend {
         let process_file = write_process_file(&process)
             .map_err(|e| failed("start exec", id, format!("writing process.json: {e}")))?;
 
-        let builder = self.builder("start exec", id)?;
         let guard = self.reaper.lock();
         let stdio = PreparedStdio::open(id, &exec.stdio)?;
-        let (builder, pending) = stdio.attach(builder);
-        let built = builder
-            .as_tenant()
-            .with_process(Some(process_file.path()))
-            .with_detach(true)
-            .build();
-        self.restore_own_process_state();
-        let pid = built.map_err(|e| from_libcontainer("start exec", id, e))?;
-        let pid = pid.as_raw() as u32;
+        let (request_stdio, child_stdio, pending) = stdio.into_request();
+        let request = ForkRequest::Exec {
+            id: id.to_string(),
+            state_root: self.state_root.clone(),
+            process_json: process_file.path().to_path_buf(),
+            stdio: request_stdio,
+        };
+        let built = self
+            .forker
+            .call(&guard, &request, &request_fds(child_stdio.as_ref()));
+        drop(child_stdio);
+        // An exec process a dying server may have made is killed with its
+        // container.
+        let pid = built.map_err(|e| match e {
+            ForkError::Refused(refused) => from_refusal("start exec", id, refused),
+            lost => failed("start exec", id, lost),
+        })?;
         let started = Pidfd::open(pid)
             .map_err(|e| format!("pidfd of {pid}: {e}"))
             .and_then(|pidfd| {

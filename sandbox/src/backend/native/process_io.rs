@@ -1,17 +1,60 @@
-//! Handing a process to libcontainer: its stdio (plain fds, or a console
-//! socket whose pty master is collected after the build) and, for an exec,
-//! its `process.json`.
+//! Handing a process to libcontainer, through the fork server
+//! ([`crate::host::forker`]).
+//!
+//! Shim side: a process's stdio (three fds, or a console socket whose pty
+//! master is collected after the build) and, for an exec, its
+//! `process.json`, become a [`ForkRequest`]. Server side:
+//! [`serve_fork_requests`] turns each request into the libcontainer build
+//! the shim used to run itself, with the init (or exec) process made a
+//! sibling of the server, i.e. a child of the shim.
 
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Process;
+use serde::{Deserialize, Serialize};
 
-use super::errors::{failed, stdio_error};
+use super::errors::{failed, refusal, stdio_error};
+use super::spec;
 use crate::backend::{Result, Stdio};
 use crate::host::console::ConsoleSocket;
+use crate::host::executor::CleanSignals;
+use crate::host::forker::{self, RefusalKind, Refused};
 use crate::host::stdio::{self, ChildStdio, HeldStdio, TerminalStdio};
+
+/// One request to the fork server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(super) enum ForkRequest {
+    /// `ContainerBuilder::as_init(bundle)`: creates container `id`.
+    CreateInit {
+        id: String,
+        state_root: PathBuf,
+        bundle: PathBuf,
+        stdio: RequestStdio,
+    },
+    /// `ContainerBuilder::as_tenant()`: runs `process_json` in container `id`.
+    Exec {
+        id: String,
+        state_root: PathBuf,
+        process_json: PathBuf,
+        stdio: RequestStdio,
+    },
+}
+
+/// How a requested process gets its stdio.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RequestStdio {
+    /// The request carries three fds: stdin, stdout, stderr.
+    Fds,
+    /// libcontainer connects to this console socket and sends the pty
+    /// master; the request carries no fd.
+    Console { socket: PathBuf },
+}
 
 /// A process's stdio, opened before libcontainer forks it.
 pub(super) enum PreparedStdio {
@@ -31,23 +74,30 @@ impl PreparedStdio {
         }
     }
 
-    /// Hands the process's side to the builder; returns what the shim keeps
-    /// until [`Self::finish`].
-    pub(super) fn attach(self, builder: ContainerBuilder) -> (ContainerBuilder, PendingStdio) {
+    /// Splits into what the request says and carries (the process's fds,
+    /// to close once the server has replied) and what the shim keeps until
+    /// [`PendingStdio::finish`].
+    pub(super) fn into_request(self) -> (RequestStdio, Option<ChildStdio>, PendingStdio) {
         match self {
-            PreparedStdio::Plain(child, held) => (
-                builder
-                    .with_stdin(child.stdin)
-                    .with_stdout(child.stdout)
-                    .with_stderr(child.stderr),
-                PendingStdio::Plain(held),
-            ),
+            PreparedStdio::Plain(child, held) => {
+                (RequestStdio::Fds, Some(child), PendingStdio::Plain(held))
+            }
             PreparedStdio::Terminal(host, socket) => (
-                builder.with_console_socket(Some(socket.path())),
+                RequestStdio::Console {
+                    socket: socket.path().to_path_buf(),
+                },
+                None,
                 PendingStdio::Terminal(host, socket),
             ),
         }
     }
+}
+
+/// The fds a request with [`RequestStdio::Fds`] carries, in order.
+pub(super) fn request_fds(child: Option<&ChildStdio>) -> Vec<BorrowedFd<'_>> {
+    child
+        .map(|c| vec![c.stdin.as_fd(), c.stdout.as_fd(), c.stderr.as_fd()])
+        .unwrap_or_default()
 }
 
 pub(super) enum PendingStdio {
@@ -79,4 +129,182 @@ pub(super) fn write_process_file(process: &Process) -> std::io::Result<tempfile:
     serde_json::to_writer(file.as_file_mut(), process)?;
     file.as_file_mut().flush()?;
     Ok(file)
+}
+
+// ------------------------------------------------------------ server side
+
+/// The `fork-server` action: serves [`ForkRequest`]s until the shim closes
+/// the socket. Runs in its own single-threaded process; see
+/// [`crate::host::forker`].
+pub fn serve_fork_requests() -> std::result::Result<(), String> {
+    let own = OwnProcessState::measure();
+    forker::serve(|request: ForkRequest, fds| {
+        let built = build(request, fds);
+        own.restore();
+        built
+    })
+}
+
+fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
+    match request {
+        ForkRequest::CreateInit {
+            id,
+            state_root,
+            bundle,
+            stdio,
+        } => {
+            let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
+            let container = builder
+                .as_init(&bundle)
+                // The init becomes the shim's child, not the server's.
+                .as_sibling(true)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .map_err(refusal)?;
+            container
+                .pid()
+                .map(|pid| pid.as_raw() as u32)
+                .ok_or_else(|| Refused::new(RefusalKind::Failed, "libcontainer recorded no pid"))
+        }
+        ForkRequest::Exec {
+            id,
+            state_root,
+            process_json,
+            stdio,
+        } => {
+            let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
+            let pid = builder
+                .as_tenant()
+                .as_sibling(true)
+                .with_process(Some(process_json))
+                .with_detach(true)
+                .build()
+                .map_err(refusal)?;
+            Ok(pid.as_raw() as u32)
+        }
+    }
+}
+
+fn builder(id: &str, state_root: &Path) -> std::result::Result<ContainerBuilder, Refused> {
+    ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .validate_id()
+        .map_err(refusal)?
+        .with_executor(CleanSignals::default())
+        .with_root_path(state_root)
+        .map_err(refusal)
+}
+
+fn attach(
+    builder: ContainerBuilder,
+    stdio: RequestStdio,
+    fds: Vec<OwnedFd>,
+) -> std::result::Result<ContainerBuilder, Refused> {
+    match stdio {
+        RequestStdio::Console { socket } if fds.is_empty() => {
+            Ok(builder.with_console_socket(Some(socket)))
+        }
+        RequestStdio::Fds if fds.len() == 3 => {
+            let mut fds = fds.into_iter();
+            let (Some(stdin), Some(stdout), Some(stderr)) = (fds.next(), fds.next(), fds.next())
+            else {
+                unreachable!("three fds");
+            };
+            Ok(builder
+                .with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr))
+        }
+        stdio => Err(Refused::new(
+            RefusalKind::Invalid,
+            format!("{stdio:?} with {} fds", fds.len()),
+        )),
+    }
+}
+
+/// What a libcontainer build changes in the *calling* process (the
+/// container's `oom_score_adj` is written to `/proc/self`, and the process
+/// is made non-dumpable), to put back before the next build.
+struct OwnProcessState {
+    oom_score_adj: Option<i32>,
+}
+
+impl OwnProcessState {
+    fn measure() -> OwnProcessState {
+        OwnProcessState {
+            oom_score_adj: spec::own_oom_score_adj(),
+        }
+    }
+
+    fn restore(&self) {
+        if let Some(own) = self.oom_score_adj {
+            if spec::own_oom_score_adj() != Some(own) {
+                if let Err(e) = std::fs::write("/proc/self/oom_score_adj", own.to_string()) {
+                    tracing::warn!(error = %e, "could not restore the fork server's oom_score_adj");
+                }
+            }
+        }
+        // SAFETY: PR_SET_DUMPABLE takes 0 or 1.
+        unsafe {
+            libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let request = ForkRequest::Exec {
+            id: "c1".into(),
+            state_root: "/run/state".into(),
+            process_json: "/tmp/p.json".into(),
+            stdio: RequestStdio::Console {
+                socket: "/tmp/tty/console.sock".into(),
+            },
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "op": "exec",
+                "id": "c1",
+                "state_root": "/run/state",
+                "process_json": "/tmp/p.json",
+                "stdio": {"console": {"socket": "/tmp/tty/console.sock"}},
+            })
+        );
+        assert_eq!(
+            serde_json::from_value::<ForkRequest>(json).unwrap(),
+            request
+        );
+        let create = serde_json::json!({
+            "op": "create_init", "id": "c2", "state_root": "/s", "bundle": "/b", "stdio": "fds",
+        });
+        assert!(matches!(
+            serde_json::from_value::<ForkRequest>(create).unwrap(),
+            ForkRequest::CreateInit {
+                stdio: RequestStdio::Fds,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn stdio_and_fds_must_agree() {
+        let builder = || ContainerBuilder::new("c".into(), SyscallType::default());
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let err = attach(builder(), RequestStdio::Fds, vec![r, w])
+            .err()
+            .unwrap();
+        assert_eq!(err.kind, RefusalKind::Invalid);
+        let console = RequestStdio::Console {
+            socket: "/tmp/x".into(),
+        };
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let err = attach(builder(), console, vec![r]).err().unwrap();
+        assert_eq!(err.kind, RefusalKind::Invalid);
+    }
 }

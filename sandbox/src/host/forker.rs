@@ -1,0 +1,471 @@
+//! The **fork server**: a single-threaded helper process that makes the
+//! calls which `clone` (libcontainer's builds), so that nothing is ever
+//! cloned from the multi-threaded shim.
+//!
+//! Why: libcontainer `clone`s a child that runs Rust code and ends in
+//! `std::process::exit`, whose runtime cleanup takes std-internal locks. A
+//! lock another thread of the parent held at the moment of the clone is
+//! held forever in the child, which then hangs (and the build waiting for it
+//! with it). A mutex around our own forks cannot stop threads starting or
+//! ending elsewhere; a process with one thread has nobody to hold a lock.
+//!
+//! * The server is this crate's binary run as `containerd-shim-caisson-v2
+//!   fork-server` ([`FORK_SERVER_ACTION`]), spawned with
+//!   `std::process::Command` (exec, safe from a threaded process) with one
+//!   end of a `SOCK_SEQPACKET` socket pair as fd 3 ([`SERVER_FD`]). It must
+//!   never start a thread: it logs to stderr synchronously and handles no
+//!   signals.
+//! * One request is one message: JSON plus its fds (`SCM_RIGHTS`). One
+//!   reply is one message: `{"pid": N}` or `{"error": "…", "kind": "…"}`
+//!   ([`Refused`]). Requests are serialised by the reaper's fork lock
+//!   ([`ForkServer::call`] takes the guard), so one is in flight at a time.
+//! * The server exits at EOF, i.e. when the backend that owns it is dropped
+//!   or the shim dies. If it dies, the next call starts a new one.
+//! * Its pid is watched by the shim's reaper. What the server forks for the
+//!   caller should be made a *sibling* of the server (`CLONE_PARENT`): then
+//!   it is the shim's own child from the start, reaped by the shim.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::level_filters::LevelFilter;
+
+use super::pidfd::Pidfd;
+use super::reaper::{ForkGuard, Reaper};
+
+/// The shim binary's hidden action that runs [`serve`].
+pub const FORK_SERVER_ACTION: &str = "fork-server";
+
+/// The fd on which the server finds its end of the socket pair.
+pub const SERVER_FD: RawFd = 3;
+
+/// The shim binary's log filter variable (`tracing_subscriber::EnvFilter`).
+const LOG_ENV: &str = "CAISSON_SHIM_LOG";
+
+/// Largest message either side sends (requests name files, they do not
+/// carry them).
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Most fds one request carries.
+const MAX_FDS: usize = 8;
+
+/// Why the server refused or failed a request, as a caller should treat it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// The request (or the spec it names) is wrong.
+    Invalid,
+    /// What it would create exists.
+    Exists,
+    /// What it acts on is in the wrong state (`state` says which).
+    State,
+    /// Anything else.
+    Failed,
+}
+
+/// A request the server could not carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{error}")]
+pub struct Refused {
+    pub kind: RefusalKind,
+    /// The cause, in words.
+    pub error: String,
+    /// For [`RefusalKind::State`]: the state it is in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+impl Refused {
+    pub fn new(kind: RefusalKind, error: impl std::fmt::Display) -> Refused {
+        Refused {
+            kind,
+            error: error.to_string(),
+            state: None,
+        }
+    }
+}
+
+/// One reply: a pid, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Reply {
+    Pid { pid: u32 },
+    Refused(Refused),
+}
+
+/// Why [`ForkServer::call`] has no pid.
+#[derive(Debug, thiserror::Error)]
+pub enum ForkError {
+    /// The server answered: it could not do it.
+    #[error(transparent)]
+    Refused(Refused),
+    /// No answer: the server could not be started, died, or broke the
+    /// protocol. Whether the request was carried out is unknown.
+    #[error("fork server: {0}")]
+    Lost(io::Error),
+}
+
+/// The shim's handle on its fork server. See the module docs.
+pub struct ForkServer {
+    exe: PathBuf,
+    connection: Mutex<Option<Connection>>,
+}
+
+/// A running server: our end of the socket, and its process.
+struct Connection {
+    socket: OwnedFd,
+    process: Pidfd,
+}
+
+impl ForkServer {
+    /// Starts `exe fork-server` now, so that a bad path fails here rather
+    /// than at the first create.
+    pub fn start(exe: PathBuf, reaper: &Reaper) -> io::Result<ForkServer> {
+        let connection = spawn(&exe, &reaper.lock())?;
+        Ok(ForkServer {
+            exe,
+            connection: Mutex::new(Some(connection)),
+        })
+    }
+
+    /// The pid of the running server, if one is running.
+    pub fn pid(&self) -> Option<u32> {
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        connection.as_ref().map(|c| c.process.pid())
+    }
+
+    /// Sends `request` with `fds` and waits for the reply. Holding the fork
+    /// lock (`guard`) keeps what the server forks from being reaped before
+    /// the caller watches the returned pid, and keeps requests one at a time.
+    pub fn call<R: Serialize>(
+        &self,
+        guard: &ForkGuard<'_>,
+        request: &R,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<u32, ForkError> {
+        let message = serde_json::to_vec(request)
+            .map_err(|e| ForkError::Lost(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let mut slot = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(dead) = slot.as_ref().filter(|c| c.exited()) {
+            let pid = dead.process.pid();
+            tracing::warn!(pid, "the fork server died; starting a new one");
+            *slot = None;
+        }
+        let connection = match slot.take() {
+            Some(connection) => connection,
+            None => spawn(&self.exe, guard).map_err(ForkError::Lost)?,
+        };
+        let reply = connection.exchange(&message, fds);
+        match reply {
+            Ok(Reply::Pid { pid }) => {
+                *slot = Some(connection);
+                Ok(pid)
+            }
+            Ok(Reply::Refused(refused)) => {
+                *slot = Some(connection);
+                Err(ForkError::Refused(refused))
+            }
+            // The connection is dropped: the server, if alive, sees EOF and
+            // exits; the next call starts a new one.
+            Err(e) => Err(ForkError::Lost(e)),
+        }
+    }
+}
+
+/// Starts a server; its pid is watched (under `guard`) so its exit is
+/// logged, not mistaken for anyone else's.
+fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    // Never on 0..=2, which the child's stdio setup overwrites before the
+    // pre_exec hook runs.
+    let theirs = if theirs.as_raw_fd() <= 2 {
+        let raw = fcntl(&theirs, FcntlArg::F_DUPFD_CLOEXEC(SERVER_FD + 1))?;
+        // SAFETY: fcntl just returned this new fd.
+        unsafe { OwnedFd::from_raw_fd(raw) }
+    } else {
+        theirs
+    };
+    let mut cmd = Command::new(exe);
+    cmd.arg(FORK_SERVER_ACTION)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // The server logs (to the shim's stderr) what the shim would log, unless
+    // told otherwise.
+    if std::env::var_os(LOG_ENV).is_none() {
+        cmd.env(LOG_ENV, LevelFilter::current().to_string());
+    }
+    if exe == Path::new("/proc/self/exe") {
+        if let Some(name) = std::env::args_os().next() {
+            cmd.arg0(name);
+        }
+    }
+    let raw = theirs.as_raw_fd();
+    // SAFETY: the hook only calls async-signal-safe fcntl/dup2.
+    unsafe {
+        cmd.pre_exec(move || {
+            if raw == SERVER_FD {
+                let flags = libc::fcntl(raw, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, SERVER_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // Spawned under the fork lock: Command waits for a child whose exec
+    // failed, and the reaper must not take that status first.
+    let child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", exe.display())))?;
+    drop(theirs);
+    let pid = child.id();
+    // Reaped by the reaper, never waited for here.
+    drop(child);
+    let process = Pidfd::open(pid)?;
+    guard.watch(pid, move |reaped| {
+        let status = reaped.code();
+        if status == 0 {
+            tracing::debug!(pid, "fork server exited");
+        } else {
+            tracing::warn!(pid, status, "fork server died");
+        }
+    });
+    tracing::debug!(pid, exe = %exe.display(), "fork server started");
+    Ok(Connection {
+        socket: ours,
+        process,
+    })
+}
+
+impl Connection {
+    fn exited(&self) -> bool {
+        let mut fds = [PollFd::new(self.process.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    fn exchange(&self, message: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<Reply> {
+        send(self.socket.as_fd(), message, fds)?;
+        // The server's end is also held by container inits it forked (they
+        // keep inherited fds until they exec), so its death does not always
+        // close the socket: watch the process too.
+        loop {
+            let mut poll_fds = [
+                PollFd::new(self.socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.process.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut poll_fds, PollTimeout::NONE) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            if ready(&poll_fds[0]) {
+                break;
+            }
+            if ready(&poll_fds[1]) {
+                return Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("the server (pid {}) died", self.process.pid()),
+                ));
+            }
+        }
+        let Some((reply, extra)) = receive(self.socket.as_fd())? else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed its socket",
+            ));
+        };
+        if !extra.is_empty() {
+            return Err(protocol("a reply carried fds"));
+        }
+        serde_json::from_slice(&reply).map_err(|e| protocol(format!("bad reply: {e}")))
+    }
+}
+
+fn protocol(reason: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.to_string())
+}
+
+/// Sends one message with `fds`.
+fn send(socket: BorrowedFd<'_>, message: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(message)],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one message and its fds; `None` at EOF.
+fn receive(socket: BorrowedFd<'_>) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (len, flags, fds) = loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                for message in msg.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(received) = message {
+                        // SAFETY: SCM_RIGHTS just installed these fds here.
+                        fds.extend(
+                            received
+                                .into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
+                }
+                break (msg.bytes, msg.flags, fds);
+            }
+        }
+    };
+    if flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC) {
+        return Err(protocol("message or fds truncated"));
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    buf.truncate(len);
+    Ok(Some((buf, fds)))
+}
+
+/// The server's loop: takes its socket from fd [`SERVER_FD`], hands each
+/// request and its fds to `handle`, replies with the pid it returns, and
+/// returns at EOF. Runs in the single-threaded `fork-server` process.
+pub fn serve<R: DeserializeOwned>(
+    mut handle: impl FnMut(R, Vec<OwnedFd>) -> Result<u32, Refused>,
+) -> Result<(), String> {
+    // SAFETY: fstat only reads the fd's metadata.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(SERVER_FD, &mut stat) } != 0
+        || stat.st_mode & libc::S_IFMT != libc::S_IFSOCK
+    {
+        return Err(format!(
+            "fd {SERVER_FD} is not a socket: {FORK_SERVER_ACTION} is started by the shim"
+        ));
+    }
+    // SAFETY: fd 3 is the socket the shim passed; nothing else owns it.
+    let socket = unsafe { OwnedFd::from_raw_fd(SERVER_FD) };
+    // Hooks the server runs (exec'd) must not keep it.
+    fcntl(&socket, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| e.to_string())?;
+    tracing::debug!(pid = std::process::id(), "fork server ready");
+    loop {
+        let (message, fds) = match receive(socket.as_fd()) {
+            Ok(Some(request)) => request,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!("receiving a request: {e}")),
+        };
+        let reply = match serde_json::from_slice::<R>(&message) {
+            Ok(request) => match handle(request, fds) {
+                Ok(pid) => Reply::Pid { pid },
+                Err(refused) => Reply::Refused(refused),
+            },
+            Err(e) => Reply::Refused(Refused::new(
+                RefusalKind::Invalid,
+                format!("bad request: {e}"),
+            )),
+        };
+        let reply = serde_json::to_vec(&reply).map_err(|e| e.to_string())?;
+        match send(socket.as_fd(), &reply, &[]) {
+            Ok(()) => {}
+            // The shim is gone.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(()),
+            Err(e) => return Err(format!("replying: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_the_documented_json() {
+        for (reply, json) in [
+            (Reply::Pid { pid: 42 }, r#"{"pid":42}"#),
+            (
+                Reply::Refused(Refused::new(RefusalKind::Exists, "container exists")),
+                r#"{"kind":"exists","error":"container exists"}"#,
+            ),
+            (
+                Reply::Refused(Refused {
+                    kind: RefusalKind::State,
+                    error: "incorrect status".into(),
+                    state: Some("stopped".into()),
+                }),
+                r#"{"kind":"state","error":"incorrect status","state":"stopped"}"#,
+            ),
+        ] {
+            assert_eq!(serde_json::to_string(&reply).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Reply>(json).unwrap(), reply);
+        }
+    }
+
+    #[test]
+    fn messages_keep_their_bounds_and_carry_fds() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        send(a.as_fd(), b"one", &[w.as_fd(), r.as_fd()]).unwrap();
+        send(a.as_fd(), b"two", &[]).unwrap();
+        let (first, fds) = receive(b.as_fd()).unwrap().unwrap();
+        assert_eq!((first.as_slice(), fds.len()), (&b"one"[..], 2));
+        // The received write end feeds the original read end.
+        nix::unistd::write(&fds[0], b"x").unwrap();
+        let mut byte = [0u8; 1];
+        nix::unistd::read(&r, &mut byte).unwrap();
+        assert_eq!(&byte, b"x");
+        let (second, fds) = receive(b.as_fd()).unwrap().unwrap();
+        assert_eq!((second.as_slice(), fds.len()), (&b"two"[..], 0));
+        drop(a);
+        assert!(receive(b.as_fd()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,368 @@
+//! The native backend's fork server against the real kernel (needs root).
+//!
+//! libcontainer forks container processes with `clone` and lets the child
+//! run Rust code that ends in `std::process::exit`; forked from a
+//! multi-threaded process, such a child can deadlock on a std lock another
+//! thread held at fork time. These tests create containers while other
+//! threads come and go, and check where the container processes end up
+//! (children of this process, which is the subreaper) and that every exit
+//! is reported.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use caisson_sandbox::backend::native::NativeBackend;
+use caisson_sandbox::backend::{Backend, ExecSpec, Exit, ExitSink, Stdio, TaskKind, TaskSpec};
+use caisson_sandbox::host::reaper::Reaper;
+use caisson_tests::fixtures;
+use caisson_tests::require;
+use oci_spec::runtime::{Process, Spec};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[derive(Default)]
+struct ExitLog {
+    exits: Mutex<Vec<Exit>>,
+    changed: Condvar,
+}
+
+impl ExitLog {
+    fn wait(&self, id: &str, exec_id: Option<&str>) -> Exit {
+        let until = Instant::now() + DEADLINE;
+        let mut exits = self.exits.lock().unwrap();
+        loop {
+            if let Some(exit) = exits
+                .iter()
+                .find(|e| e.container_id == id && e.exec_id.as_deref() == exec_id)
+            {
+                return exit.clone();
+            }
+            let left = until
+                .checked_duration_since(Instant::now())
+                .unwrap_or_else(|| panic!("no exit of {id} {exec_id:?} within {DEADLINE:?}"));
+            exits = self.changed.wait_timeout(exits, left).unwrap().0;
+        }
+    }
+}
+
+struct Harness {
+    backend: NativeBackend,
+    log: Arc<ExitLog>,
+    dir: tempfile::TempDir,
+    cgroups: Mutex<Vec<String>>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl Harness {
+    fn new() -> Harness {
+        require::root("the native backend makes namespaces, cgroups and mounts");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAISSON_TEST_LOG"))
+            .with_test_writer()
+            .try_init();
+        let log = Arc::new(ExitLog::default());
+        let sink_log = log.clone();
+        let sink: ExitSink = Arc::new(move |exit: Exit| {
+            sink_log.exits.lock().unwrap().push(exit);
+            sink_log.changed.notify_all();
+        });
+        let dir = tempfile::tempdir().expect("temp dir");
+        let backend = NativeBackend::new(
+            dir.path().join("state"),
+            sink,
+            env!("CARGO_BIN_EXE_containerd-shim-caisson-v2").into(),
+        )
+        .expect("starting the backend");
+        Harness {
+            backend,
+            log,
+            dir,
+            cgroups: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// One busybox bundle running `args` in cgroup `cgroup` (a bundle may
+    /// serve many tasks one after the other).
+    fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
+        let bundle = self.dir.path().join(name);
+        let rootfs = bundle.join("rootfs");
+        fs::create_dir_all(&rootfs).unwrap();
+        let layer = busybox_layer();
+        {
+            // Written under the fork lock (ETXTBSY: see the reaper's docs).
+            let _fork = Reaper::global().unwrap().lock();
+            tar::Archive::new(layer)
+                .unpack(&rootfs)
+                .expect("unpacking busybox");
+        }
+        let cgroup = unique("/caisson-fork-test");
+        self.cgroups.lock().unwrap().push(cgroup.clone());
+        let mut spec = Spec::default();
+        spec.set_process(Some(process(args)));
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_cgroups_path(Some(PathBuf::from(&cgroup)));
+        spec.set_linux(Some(linux));
+        spec.save(bundle.join("config.json")).unwrap();
+        bundle
+    }
+
+    fn create(&self, id: &str, bundle: &Path) -> u32 {
+        let task = TaskSpec {
+            id: id.to_string(),
+            bundle: bundle.to_path_buf(),
+            kind: TaskKind::Sandbox,
+            stdio: Stdio::default(),
+        };
+        self.backend
+            .create(&task)
+            .unwrap_or_else(|e| panic!("create {id}: {e}"))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for cgroup in self.cgroups.lock().unwrap().iter() {
+            for controller in fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let _ = fs::remove_dir(controller.path().join(cgroup.trim_start_matches('/')));
+            }
+        }
+    }
+}
+
+fn busybox_layer() -> &'static [u8] {
+    static LAYER: OnceLock<Vec<u8>> = OnceLock::new();
+    LAYER.get_or_init(|| {
+        let _fork = Reaper::global().unwrap().lock();
+        fixtures::busybox_layer()
+    })
+}
+
+fn process(args: &[&str]) -> Process {
+    let mut process = Process::default();
+    process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+    process
+}
+
+fn ppid(pid: u32) -> u32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // pid (comm) state ppid ...: comm may hold spaces, so cut after ')'.
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Threads that start and join threads as fast as they can until dropped:
+/// the condition under which a `clone`d child of this process can inherit a
+/// std lock held by a thread that is being created or torn down.
+struct ThreadChurn {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<u64>>,
+}
+
+impl ThreadChurn {
+    fn start(count: usize) -> ThreadChurn {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|_| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    let mut spawned = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        thread::spawn(|| std::hint::black_box(0)).join().unwrap();
+                        spawned += 1;
+                    }
+                    spawned
+                })
+            })
+            .collect();
+        ThreadChurn { stop, threads }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().map(|t| t.join().unwrap()).sum()
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Many short containers (some with an exec) while threads churn: every
+/// create returns and every exit is reported within the deadline.
+#[test]
+fn creates_and_execs_do_not_hang_while_threads_come_and_go() {
+    const CONTAINERS: usize = 150;
+    const OVERALL: Duration = Duration::from_secs(120);
+    let h = Arc::new(Harness::new());
+    let quick = h.bundle("quick", &["true"]);
+    let long = h.bundle("long", &["sleep", "1000"]);
+    let churn = ThreadChurn::start(2);
+    let started = Instant::now();
+    let (done_tx, done_rx) = mpsc::channel();
+    let progress = Arc::new(AtomicU32::new(0));
+    let worker = {
+        let (h, progress) = (h.clone(), progress.clone());
+        thread::spawn(move || {
+            for i in 0..CONTAINERS {
+                let id = unique("churn");
+                if i % 3 == 0 {
+                    // A running container, an exec in it, then a kill.
+                    let pid = h.create(&id, &long);
+                    h.backend.start(&id).unwrap();
+                    let exec_id = format!("e{i}");
+                    h.backend
+                        .exec(&ExecSpec {
+                            container_id: id.clone(),
+                            exec_id: exec_id.clone(),
+                            process: process(&["sh", "-c", "exit 3"]),
+                            stdio: Stdio::default(),
+                        })
+                        .unwrap();
+                    h.backend.start_exec(&id, &exec_id).unwrap();
+                    assert_eq!(h.log.wait(&id, Some(&exec_id)).status, 3);
+                    h.backend.delete(&id, Some(&exec_id)).unwrap();
+                    h.backend
+                        .kill(&id, None, libc::SIGKILL as u32, false)
+                        .unwrap();
+                    let exit = h.log.wait(&id, None);
+                    assert_eq!((exit.pid, exit.status), (pid, 137));
+                } else {
+                    let pid = h.create(&id, &quick);
+                    h.backend.start(&id).unwrap();
+                    let exit = h.log.wait(&id, None);
+                    assert_eq!((exit.pid, exit.status), (pid, 0));
+                }
+                h.backend.delete(&id, None).unwrap();
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = done_tx.send(());
+        })
+    };
+    let finished = done_rx.recv_timeout(OVERALL);
+    let spawned = churn.stop();
+    let done = progress.load(Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    eprintln!("{done} containers in {elapsed:?} while {spawned} threads came and went");
+    match finished {
+        Ok(()) => worker.join().unwrap(),
+        // The worker panicked: its message is the failure.
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+            "hung: only {done} of {CONTAINERS} containers done in {OVERALL:?} \
+             (a forked child deadlocked?)"
+        ),
+    }
+}
+
+fn threads(pid: u32) -> u32 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `pid` is gone (reaped by this process's reaper).
+fn wait_gone(pid: u32) {
+    let until = Instant::now() + DEADLINE;
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < until, "{pid} still exists");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The fork server is a single-threaded child of this process, and what it
+/// forks is this process's child too (libcontainer's `as_sibling`): the
+/// reaper, not the server, gets the exits.
+#[test]
+fn inits_and_execs_are_children_of_the_shim_not_of_the_fork_server() {
+    let h = Harness::new();
+    let me = std::process::id();
+    let server = h.backend.fork_server_pid().expect("a running fork server");
+    assert_eq!(ppid(server), me);
+    assert_eq!(
+        threads(server),
+        1,
+        "the fork server must stay single-threaded"
+    );
+    let bundle = h.bundle("family", &["sleep", "1000"]);
+    let id = unique("family");
+    let init = h.create(&id, &bundle);
+    assert_eq!(ppid(init), me, "the init's parent");
+    h.backend.start(&id).unwrap();
+    h.backend
+        .exec(&ExecSpec {
+            container_id: id.clone(),
+            exec_id: "x".into(),
+            process: process(&["sleep", "1000"]),
+            stdio: Stdio::default(),
+        })
+        .unwrap();
+    let exec = h.backend.start_exec(&id, "x").unwrap();
+    assert_eq!(ppid(exec), me, "the exec's parent");
+    // Still one thread after two builds, and the same server.
+    assert_eq!(h.backend.fork_server_pid(), Some(server));
+    assert_eq!(threads(server), 1);
+    h.backend
+        .kill(&id, Some("x"), libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.log.wait(&id, Some("x")).pid, exec);
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    let exit = h.log.wait(&id, None);
+    assert_eq!((exit.pid, exit.status), (init, 137));
+    h.backend.delete(&id, None).unwrap();
+    wait_gone(init);
+}
+
+/// A fork server that died is replaced at the next request, even while a
+/// created container (which inherited the server's socket) keeps that
+/// socket open.
+#[test]
+fn a_dead_fork_server_is_replaced() {
+    let h = Harness::new();
+    let bundle = h.bundle("respawn", &["sleep", "1000"]);
+    let waiting = unique("respawn");
+    h.create(&waiting, &bundle);
+    let first = h.backend.fork_server_pid().unwrap();
+    // SAFETY: kill(2) of our own child, which is not reaped before its
+    // exit is handled.
+    assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
+    wait_gone(first);
+    let id = unique("respawn");
+    let pid = h.create(&id, &bundle);
+    let second = h.backend.fork_server_pid().unwrap();
+    assert_ne!(second, first);
+    assert_eq!(threads(second), 1);
+    h.backend.start(&id).unwrap();
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.log.wait(&id, None).pid, pid);
+    for id in [&id, &waiting] {
+        h.backend.delete(id, None).unwrap();
+    }
+}

@@ -1,0 +1,250 @@
+//! Containers through caissond: ExecSync (streams, exit codes, timeouts
+//! that leave nothing running) and StopContainer (SIGTERM, the image's
+//! StopSignal, SIGKILL after the timeout). Needs root.
+
+use std::time::{Duration, Instant};
+
+use caisson_tests::daemon::{
+    cmdline, container_config, pid_alive, proc_status_field, signal_in_mask, wait_until, Caissond,
+};
+use caisson_tests::fixtures::busybox_image;
+use k8s_cri::v1 as cri;
+
+/// The pids in a container's cgroup (pids controller).
+fn cgroup_procs(d: &Caissond, pod_name: &str, container: &str) -> Vec<u32> {
+    let path = d
+        .task_cgroup("pids", &format!("uid-{pod_name}"), container)
+        .join("cgroup.procs");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn exec_sync_separates_streams_and_reports_exit_codes() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("exec");
+    let pod = d.run_pod(&config);
+    let c = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+
+    let cases: &[(&[&str], &str, &str, i32)] = &[
+        (
+            &["sh", "-c", "echo out; echo err >&2; exit 3"],
+            "out\n",
+            "err\n",
+            3,
+        ),
+        (&["true"], "", "", 0),
+        (&["false"], "", "", 1),
+        (&["sh", "-c", "echo -n partial"], "partial", "", 0),
+        (&["sh", "-c", "echo $HOSTNAME; pwd"], "exec\n/\n", "", 0),
+        (&["sh", "-c", "echo dying; kill -9 $$"], "dying\n", "", 137),
+        (&["sh", "-c", "printf 'a\\0b' >&2"], "", "a\0b", 0),
+    ];
+    for (cmd, stdout, stderr, code) in cases {
+        let out = d
+            .try_exec(&c, cmd, 10)
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}\n{}", d.log_tail()));
+        assert_eq!(
+            (
+                String::from_utf8_lossy(&out.stdout).as_ref(),
+                String::from_utf8_lossy(&out.stderr).as_ref(),
+                out.exit_code
+            ),
+            (*stdout, *stderr, *code),
+            "ExecSync {cmd:?}"
+        );
+    }
+    // A megabyte of output arrives whole.
+    let out = d
+        .try_exec(&c, &["head", "-c", "1048576", "/dev/zero"], 10)
+        .unwrap();
+    assert_eq!(out.stdout.len(), 1 << 20);
+    assert!(out.stdout.iter().all(|b| *b == 0));
+    // A program that does not exist fails the call (as with containerd),
+    // saying which program.
+    let err = d
+        .try_exec(&c, &["/no/such/program"], 10)
+        .expect_err("ExecSync of a missing program");
+    assert!(err.message().contains("/no/such/program"), "{err:?}");
+    // Execs leave no processes and no output dirs behind. (The failed
+    // exec's process reports its error while it is still exiting: under
+    // load it can be seen in the cgroup for a moment, with no cmdline.)
+    let pid = d.container_pid(&c);
+    let extra = || -> Vec<String> {
+        cgroup_procs(&d, "exec", &c)
+            .into_iter()
+            .filter(|p| *p != pid)
+            .map(|p| format!("{p} {:?} {:?}", cmdline(p), proc_status_field(p, "State")))
+            .collect()
+    };
+    let what = format!("the exec'd processes {:?} to be gone", extra());
+    wait_until(&what, Duration::from_secs(10), || {
+        extra().is_empty().then_some(())
+    });
+    let leftovers: Vec<_> = std::fs::read_dir(d.pods_dir().join(&pod))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("exec-"))
+        .collect();
+    assert!(leftovers.is_empty(), "exec output dirs left: {leftovers:?}");
+}
+
+#[test]
+fn exec_sync_timeout_kills_the_exec_and_keeps_the_container() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("slow");
+    let pod = d.run_pod(&config);
+    let c = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+    let container_pid = d.container_pid(&c);
+
+    let started = Instant::now();
+    let (result, exec_pid) = std::thread::scope(|s| {
+        let exec = s.spawn(|| d.try_exec(&c, &["sleep", "4321"], 2));
+        // While it runs, the exec'd process is in the container's cgroup.
+        let pid = wait_until("the exec'd sleep to run", Duration::from_secs(10), || {
+            d.pids_with_cmdline("sleep 4321").first().copied()
+        });
+        assert!(
+            cgroup_procs(&d, "slow", &c).contains(&pid),
+            "exec pid {pid} is not in the container's cgroup"
+        );
+        (exec.join().unwrap(), pid)
+    });
+    let elapsed = started.elapsed();
+    let status = result.expect_err("ExecSync past its timeout succeeded");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("timed out"), "{status:?}");
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(8),
+        "DeadlineExceeded after {elapsed:?} for a 2 s timeout"
+    );
+    // The exec'd process is gone (not left running), the container is not.
+    assert!(
+        !pid_alive(exec_pid),
+        "the timed-out exec {exec_pid} still runs"
+    );
+    assert!(d.pids_with_cmdline("sleep 4321").is_empty());
+    assert_eq!(cgroup_procs(&d, "slow", &c), vec![container_pid]);
+    assert_eq!(
+        d.container_status(&c).state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(d.exec(&c, &["echo", "still here"]), "still here\n");
+}
+
+#[test]
+fn stop_container_escalates_to_sigkill_after_the_timeout() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("stubborn");
+    let pod = d.run_pod(&config);
+    let c = d.create_started_container(
+        &pod,
+        &config,
+        container_config("c", &["sh", "-c", "trap '' TERM; sleep 1000 & wait"]),
+    );
+    let pid = d.container_pid(&c);
+    wait_until(
+        "the shell to ignore SIGTERM",
+        Duration::from_secs(10),
+        || signal_in_mask(pid, "SigIgn", libc_sigterm()).then_some(()),
+    );
+    wait_until("the background sleep", Duration::from_secs(10), || {
+        (cgroup_procs(&d, "stubborn", &c).len() == 2).then_some(())
+    });
+    let before = d.container_status(&c);
+
+    let started = Instant::now();
+    d.stop_container(&c, 2);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+        "StopContainer(timeout 2) of a container ignoring SIGTERM took {elapsed:?}"
+    );
+    let status = d.container_status(&c);
+    assert_eq!(status.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    assert_eq!(status.reason, "Error", "{status:?}");
+    assert!(status.finished_at > before.started_at, "{status:?}");
+    // Every process of the container got the SIGKILL, not only its init.
+    assert!(!pid_alive(pid));
+    assert_eq!(cgroup_procs(&d, "stubborn", &c), Vec::<u32>::new());
+    assert!(d.pids_with_cmdline("sleep 1000").is_empty());
+    // Stopping again is fine and changes nothing.
+    d.stop_container(&c, 2);
+    assert_eq!(d.container_status(&c).exit_code, 137);
+}
+
+fn libc_sigterm() -> i32 {
+    nix::sys::signal::Signal::SIGTERM as i32
+}
+
+#[test]
+fn stop_container_sends_sigterm_or_the_images_stop_signal() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let mut stopsig = busybox_image();
+    stopsig.name = Some("docker.io/library/stopsig:latest".into());
+    stopsig.config["StopSignal"] = "SIGINT".into();
+    d.import_image(&stopsig);
+    let config = d.pod_config("polite");
+    let pod = d.run_pod(&config);
+
+    // SIGTERM kills `sleep` (not PID 1 in the pod's PID namespace): 128+15.
+    let term =
+        d.create_started_container(&pod, &config, container_config("term", &["sleep", "1000"]));
+    let started = Instant::now();
+    d.stop_container(&term, 30);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = d.container_status(&term);
+    assert_eq!(
+        (status.state, status.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 143)
+    );
+
+    // The image says SIGINT: 128+2.
+    let mut int = container_config("int", &["sleep", "1001"]);
+    int.image = Some(cri::ImageSpec {
+        image: "stopsig".into(),
+        ..Default::default()
+    });
+    let int = d.create_started_container(&pod, &config, int);
+    let started = Instant::now();
+    d.stop_container(&int, 30);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let status = d.container_status(&int);
+    assert_eq!(
+        (status.state, status.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 130)
+    );
+
+    // Timeout 0: SIGKILL at once.
+    let kill = d.create_started_container(
+        &pod,
+        &config,
+        container_config("kill", &["sh", "-c", "trap '' TERM INT; sleep 1002 & wait"]),
+    );
+    d.stop_container(&kill, 0);
+    assert_eq!(d.container_status(&kill).exit_code, 137);
+
+    // A container that exits on its own keeps its exit code and reason.
+    let done = d.create_started_container(&pod, &config, container_config("done", &["true"]));
+    let status = d.wait_exited(&done, Duration::from_secs(10));
+    assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
+    d.stop_container(&done, 2);
+    assert_eq!(d.container_status(&done).exit_code, 0);
+}

@@ -187,6 +187,12 @@ impl TaskService {
         tracing::info!(id = %exit.container_id, exec = ?exit.exec_id, pid = exit.pid, status = exit.status, "process exited");
         drop(tasks);
         self.exited.notify_all();
+        if exit.oom_killed {
+            tracing::warn!(id = %exit.container_id, "task was OOM-killed");
+            self.publisher.publish(TaskEvent::Oom {
+                id: exit.container_id.clone(),
+            });
+        }
         self.publisher.publish(TaskEvent::Exit {
             id: exit.container_id,
             exec_id: exit.exec_id.unwrap_or_default(),

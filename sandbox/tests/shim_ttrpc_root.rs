@@ -565,3 +565,74 @@ fn bad_requests_get_clear_errors() {
     .ok();
     pod.tasks.clear();
 }
+
+#[test]
+fn an_oom_killed_container_publishes_task_oom_then_exits_137() {
+    let mut pod = Pod::new();
+    let (pod_id, pod_dir, sandbox) = pod.bundle("oompod", Bundle::pause);
+    sandbox.as_sandbox(&pod_id).write();
+    let c = client(&pod.start_shim(&pod_id, &pod_dir));
+    create(&c, &pod_id, &pod_dir, "");
+    start(&c, &pod_id, "");
+    // tmpfs pages are charged to the writer's memory cgroup and cannot be
+    // reclaimed without swap: past the limit the kernel OOM-kills dd.
+    let (id, dir, mut b) = pod.bundle("hog", |d| {
+        Bundle::busybox(
+            d,
+            &[
+                "dd",
+                "if=/dev/zero",
+                "of=/dev/shm/fill",
+                "bs=1M",
+                "count=60",
+            ],
+        )
+    });
+    b = b.in_sandbox(&pod_id);
+    b.spec["linux"]["resources"]["memory"] =
+        serde_json::json!({"limit": 16 << 20, "swap": 16 << 20});
+    b.write();
+    create(&c, &id, &dir, "");
+    start(&c, &id, "");
+    assert_eq!(wait(&c, &id, ""), 137);
+    let id_for = id.clone();
+    pod.collector.wait_for("TaskOOM for the hog", |events| {
+        events.iter().any(|(topic, any)| {
+            topic == "/tasks/oom"
+                && containerd_shim_protos::events::task::TaskOOM::parse_from_bytes(&any.value)
+                    .is_ok_and(|e| e.container_id == id_for)
+        })
+    });
+    // TaskOOM comes before TaskExit, so the caller knows why when it sees the exit.
+    let id_for = id.clone();
+    pod.collector.wait_for("TaskExit for the hog", |events| {
+        events.iter().any(|(topic, any)| {
+            topic == "/tasks/exit"
+                && TaskExit::parse_from_bytes(&any.value).is_ok_and(|e| e.container_id == id_for)
+        })
+    });
+    let topics: Vec<String> = pod
+        .collector
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| t.clone())
+        .collect();
+    let oom = topics.iter().position(|t| t == "/tasks/oom").unwrap();
+    let last_exit = topics.iter().rposition(|t| t == "/tasks/exit").unwrap();
+    assert!(oom < last_exit, "{topics:?}");
+    delete(&c, &id);
+    kill(&c, &pod_id, libc::SIGKILL as u32);
+    wait(&c, &pod_id, "");
+    delete(&c, &pod_id);
+    c.shutdown(
+        ctx(),
+        &api::ShutdownRequest {
+            id: pod_id,
+            ..Default::default()
+        },
+    )
+    .ok();
+    pod.tasks.clear();
+}

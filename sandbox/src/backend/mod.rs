@@ -80,6 +80,8 @@ pub struct Exit {
     /// Exit code, or 128 + signal number when killed by a signal.
     pub status: u32,
     pub exited_at: SystemTime,
+    /// The kernel's OOM killer killed a process of the task (init exits only).
+    pub oom_killed: bool,
 }
 
 /// Receives every exit a backend observes. Called from the backend's own

@@ -125,6 +125,26 @@ fn clock_ticks_per_second() -> u64 {
     }
 }
 
+/// How many processes of the task the kernel OOM-killed: `oom_kill` in the
+/// v1 memory cgroup's `memory.oom_control`, or in v2's `memory.events`.
+pub(crate) fn oom_kills(cgroup_path: &Path) -> u64 {
+    if let Some(n) = v1_oom_kills(cgroup_path) {
+        return n;
+    }
+    let relative: PathBuf = cgroup_path
+        .components()
+        .skip_while(|c| c.as_os_str() == "/")
+        .collect();
+    std::fs::read_to_string(
+        Path::new("/sys/fs/cgroup")
+            .join(relative)
+            .join("memory.events"),
+    )
+    .ok()
+    .and_then(|events| parse_oom_kill(&events))
+    .unwrap_or(0)
+}
+
 /// `oom_kill` of the v1 memory cgroup's `memory.oom_control`.
 fn v1_oom_kills(cgroup_path: &Path) -> Option<u64> {
     let mount =

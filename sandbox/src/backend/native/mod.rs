@@ -174,13 +174,21 @@ impl NativeBackend {
                 tracing::debug!(id, ?exec_id, pid, "exit of a process whose task is gone");
                 return;
             }
-            tracing::info!(id, ?exec_id, pid, status, "process exited");
+            // Read before delete removes the cgroup: did the OOM killer act?
+            let oom_killed = exec_id.is_none()
+                && tasks
+                    .lock()
+                    .get(&id)
+                    .map(|t| t.cgroup_path.clone())
+                    .is_some_and(|cg| cgroups::oom_kills(&cg) > 0);
+            tracing::info!(id, ?exec_id, pid, status, oom_killed, "process exited");
             exits(Exit {
                 container_id: id,
                 exec_id,
                 pid,
                 status,
                 exited_at: reaped.at,
+                oom_killed,
             });
         });
     }

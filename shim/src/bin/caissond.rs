@@ -83,9 +83,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let pause_binary =
         Config::helper_binary(&config.pause_binary, "caisson-pause").map_err(anyhow::Error::msg)?;
-    if !config.pause_image.is_empty() {
-        tracing::warn!(pause_image = %config.pause_image, "pause_image is not used yet: pods run the built-in caisson-pause");
-    }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let events_socket = config.events_socket();
     let _events = serve_events(&events_socket, tx).context("serving the shim events socket")?;

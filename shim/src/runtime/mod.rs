@@ -412,7 +412,12 @@ impl Runtime {
     fn sweep_orphan_containers(&self) {
         if let Ok(all) = self.images.list_rootfs() {
             for rootfs in all {
-                if !self.records().containers.contains_key(&rootfs.id) {
+                let owned = {
+                    let records = self.records();
+                    records.containers.contains_key(&rootfs.id)
+                        || records.pods.contains_key(&rootfs.id)
+                };
+                if !owned {
                     tracing::info!(container_id = %rootfs.id, "removing a rootfs no container owns");
                     if let Err(e) = self.images.remove_rootfs(&rootfs.id) {
                         tracing::warn!(container_id = %rootfs.id, error = %e, "removing an orphan rootfs");

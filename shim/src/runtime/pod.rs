@@ -193,12 +193,15 @@ fn write_pause_bundle(
     rt: &Runtime,
     bundle: &Path,
     spec: &oci_spec::runtime::Spec,
+    built_in_pause: bool,
 ) -> std::io::Result<()> {
-    let rootfs = bundle.join("rootfs");
-    for d in ["proc", "dev", "sys", "etc"] {
-        std::fs::create_dir_all(rootfs.join(d))?;
+    if built_in_pause {
+        let rootfs = bundle.join("rootfs");
+        for d in ["proc", "dev", "sys", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d))?;
+        }
+        std::fs::copy(&rt.pause_binary, rootfs.join("pause"))?;
     }
-    std::fs::copy(&rt.pause_binary, rootfs.join("pause"))?;
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
@@ -305,6 +308,42 @@ impl Runtime {
         }
     }
 
+    /// The pause rootfs: the built-in `caisson-pause` (copied into the bundle)
+    /// or, when `pause_image` is set, an overlay of that imported image.
+    /// Returns the command to run.
+    fn prepare_pause_rootfs(&self, pod: &PodRecord) -> CriResult<Vec<String>> {
+        if self.config.pause_image.is_empty() {
+            return Ok(vec!["/pause".to_string()]);
+        }
+        let image = self.images.get(&self.config.pause_image).map_err(|e| {
+            if e.is_not_found() {
+                CriError::FailedPrecondition(format!(
+                    "pause_image {:?} is not in the image store: import it with `caissond images import`",
+                    self.config.pause_image
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+        let args: Vec<String> = image
+            .config
+            .entrypoint
+            .iter()
+            .chain(&image.config.cmd)
+            .cloned()
+            .collect();
+        if args.is_empty() {
+            return Err(CriError::FailedPrecondition(format!(
+                "pause_image {:?} has neither Entrypoint nor Cmd",
+                self.config.pause_image
+            )));
+        }
+        self.images.create_rootfs(&pod.id, &image.id.to_string())?;
+        self.images
+            .mount_rootfs(&pod.id, Some(&pod.bundle.join(spec::ROOTFS_DIR)))?;
+        Ok(args)
+    }
+
     async fn start_pod(
         &self,
         pod: &mut PodRecord,
@@ -315,8 +354,9 @@ impl Runtime {
             .map_err(|e| CriError::internal("preparing the pod's files", e))?;
         pod.shm = shm;
         let ctx = pod_context(self, pod);
-        let spec = spec::sandbox_spec(config, &ctx, vec!["/pause".to_string()])?;
-        write_pause_bundle(self, &pod.bundle, &spec)
+        let pause_args = self.prepare_pause_rootfs(pod)?;
+        let spec = spec::sandbox_spec(config, &ctx, pause_args)?;
+        write_pause_bundle(self, &pod.bundle, &spec, self.config.pause_image.is_empty())
             .map_err(|e| CriError::internal("writing the pause bundle", e))?;
         pod.shim_address = self.shims.start(&pod.id, &pod.bundle, &pod.backend).await?;
         // Recorded before the task exists, so a crash from here on is
@@ -369,6 +409,11 @@ impl Runtime {
                 }
             }
             self.drop_client(&pod.id);
+        }
+        if let Err(e) = self.images.remove_rootfs(&pod.id) {
+            if !e.is_not_found() {
+                tracing::warn!(pod_id = %pod.id, error = %e, "removing the pause image rootfs");
+            }
         }
         remove_pod_dir(&pod_dir(self, &pod.id));
         remove_pod_cgroups(&pod.cgroup_parent);

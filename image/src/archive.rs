@@ -214,11 +214,12 @@ fn resolve_link(path: &str, target: &[u8], relative_to_dir: bool) -> Option<Stri
     String::from_utf8(comps.join(&b'/')).ok()
 }
 
-/// An image located in the archive: manifest and config digests plus layers.
-struct FoundImage {
-    manifest: Digest,
-    config: Digest,
-    layers: Vec<(Digest, String, u64)>,
+/// An image located in an archive or a registry: manifest and config
+/// digests plus layers (digest, media type, size).
+pub(crate) struct FoundImage {
+    pub(crate) manifest: Digest,
+    pub(crate) config: Digest,
+    pub(crate) layers: Vec<(Digest, String, u64)>,
 }
 
 fn docker_images(
@@ -434,7 +435,19 @@ fn finish_record(
     staging: &Staging,
 ) -> Result<ImageRecord> {
     let config_bytes = staging.read_json(&found.config, &format!("config {}", found.config))?;
-    let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+    let manifest_size = staging.size(&found.manifest, "manifest")?;
+    build_record(found, names, manifest_size, &config_bytes)
+}
+
+/// Builds the record of an image from its config: checks platform and diff
+/// ids. Archive imports and registry pulls make records the same way.
+pub(crate) fn build_record(
+    found: FoundImage,
+    names: Vec<Reference>,
+    manifest_size: u64,
+    config_bytes: &[u8],
+) -> Result<ImageRecord> {
+    let config: ImageConfiguration = serde_json::from_slice(config_bytes)
         .map_err(|e| ImageError::malformed(format!("image config {}", found.config), e))?;
     let (os, arch) = host_platform();
     let (img_os, img_arch) = (config.os().to_string(), config.architecture().to_string());
@@ -475,9 +488,8 @@ fn finish_record(
             },
         )
         .collect();
-    let size = staging.size(&found.manifest, "manifest")?
-        + config_bytes.len() as u64
-        + layers.iter().map(|l| l.size).sum::<u64>();
+    let size =
+        manifest_size + config_bytes.len() as u64 + layers.iter().map(|l| l.size).sum::<u64>();
     let mut repo_tags = Vec::new();
     let mut repo_digests = Vec::new();
     for name in &names {

@@ -31,7 +31,24 @@ impl ContentStore {
         for dir in [&blobs, &ingest] {
             fs::create_dir_all(dir).map_err(|e| ImageError::io("creating", dir, e))?;
         }
-        Ok(ContentStore { blobs, ingest })
+        let store = ContentStore { blobs, ingest };
+        store.remove_leftovers();
+        Ok(store)
+    }
+
+    /// Staging dirs and temp blobs of imports and pulls that a crash
+    /// interrupted (a dropped writer or staging area removes its own).
+    fn remove_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.ingest) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("stage-") || name.starts_with(".blob-") {
+                tracing::info!(path = %entry.path().display(), "removing an interrupted import or pull");
+                let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
+            }
+        }
     }
 
     pub fn path(&self, digest: &Digest) -> PathBuf {
@@ -234,6 +251,49 @@ impl Staging {
         self.blobs
             .insert(digest.clone(), self.dir.path().join(digest.hex()));
         Ok((digest, size))
+    }
+
+    /// A writer into this staging area that can run on another thread while
+    /// others write theirs (parallel downloads); hand what its `commit`
+    /// returns to [`Staging::insert`].
+    pub fn writer(&self, expected: Option<Digest>, what: &str) -> Result<BlobWriter> {
+        BlobWriter::new(
+            self.dir.path(),
+            self.dir.path().to_path_buf(),
+            expected,
+            what,
+        )
+    }
+
+    /// Records a blob that a [`Staging::writer`] committed.
+    pub fn insert(&mut self, digest: &Digest) -> Result<()> {
+        let path = self.dir.path().join(digest.hex());
+        if !path.is_file() {
+            return Err(ImageError::MissingBlob {
+                digest: digest.to_string(),
+                what: "staged blob".into(),
+            });
+        }
+        self.blobs.insert(digest.clone(), path);
+        Ok(())
+    }
+
+    /// Hard-links a blob the store already has into the staging area, so a
+    /// garbage collection that runs before `commit` cannot take it away.
+    /// False when the store does not have it.
+    pub fn adopt(&mut self, digest: &Digest) -> Result<bool> {
+        if self.blobs.contains_key(digest) {
+            return Ok(true);
+        }
+        let path = self.dir.path().join(digest.hex());
+        match fs::hard_link(self.store.path(digest), &path) {
+            Ok(()) => {
+                self.blobs.insert(digest.clone(), path);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(ImageError::io("linking blob into", path, e)),
+        }
     }
 
     pub fn add_bytes(&mut self, bytes: &[u8], what: &str) -> Result<Digest> {

@@ -64,6 +64,22 @@ pub enum ImageError {
     #[error("mounting {target}: {reason}")]
     MountFailed { target: PathBuf, reason: String },
 
+    #[error("authentication to registry {registry} failed: {reason}")]
+    RegistryUnauthorized { registry: String, reason: String },
+
+    #[error("registry {registry} is unreachable: {reason}")]
+    RegistryUnreachable { registry: String, reason: String },
+
+    #[error("{reference} not found in registry {registry}: {reason}")]
+    NotInRegistry {
+        reference: String,
+        registry: String,
+        reason: String,
+    },
+
+    #[error("registry {registry}: {reason}")]
+    Registry { registry: String, reason: String },
+
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -94,6 +110,100 @@ impl ImageError {
         ImageError::Malformed {
             what: what.into(),
             reason: reason.to_string(),
+        }
+    }
+
+    /// A copy for every caller waiting on one shared pull (`std::io::Error`
+    /// is not `Clone`: its kind and message are carried over).
+    pub fn duplicate(&self) -> ImageError {
+        fn io(e: &std::io::Error) -> std::io::Error {
+            std::io::Error::new(e.kind(), e.to_string())
+        }
+        use ImageError::*;
+        match self {
+            InvalidDigest { digest, reason } => InvalidDigest {
+                digest: digest.clone(),
+                reason,
+            },
+            InvalidReference { reference, reason } => InvalidReference {
+                reference: reference.clone(),
+                reason: reason.clone(),
+            },
+            DigestMismatch {
+                what,
+                expected,
+                actual,
+            } => DigestMismatch {
+                what: what.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            SizeMismatch {
+                what,
+                expected,
+                actual,
+            } => SizeMismatch {
+                what: what.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            MissingBlob { digest, what } => MissingBlob {
+                digest: digest.clone(),
+                what: what.clone(),
+            },
+            UnsafeEntry { entry, reason } => UnsafeEntry {
+                entry: entry.clone(),
+                reason: reason.clone(),
+            },
+            EntryFailed { entry, source } => EntryFailed {
+                entry: entry.clone(),
+                source: io(source),
+            },
+            Malformed { what, reason } => Malformed {
+                what: what.clone(),
+                reason: reason.clone(),
+            },
+            Unsupported { what, value } => Unsupported {
+                what,
+                value: value.clone(),
+            },
+            NotFound(name) => NotFound(name.clone()),
+            Ambiguous { reference, count } => Ambiguous {
+                reference: reference.clone(),
+                count: *count,
+            },
+            RootfsExists { id } => RootfsExists { id: id.clone() },
+            RootfsNotFound { id } => RootfsNotFound { id: id.clone() },
+            MountFailed { target, reason } => MountFailed {
+                target: target.clone(),
+                reason: reason.clone(),
+            },
+            RegistryUnauthorized { registry, reason } => RegistryUnauthorized {
+                registry: registry.clone(),
+                reason: reason.clone(),
+            },
+            RegistryUnreachable { registry, reason } => RegistryUnreachable {
+                registry: registry.clone(),
+                reason: reason.clone(),
+            },
+            NotInRegistry {
+                reference,
+                registry,
+                reason,
+            } => NotInRegistry {
+                reference: reference.clone(),
+                registry: registry.clone(),
+                reason: reason.clone(),
+            },
+            Registry { registry, reason } => Registry {
+                registry: registry.clone(),
+                reason: reason.clone(),
+            },
+            Io { op, path, source } => Io {
+                op,
+                path: path.clone(),
+                source: io(source),
+            },
         }
     }
 

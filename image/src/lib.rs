@@ -7,6 +7,8 @@
 //! * [`layers`]: unpacked layers keyed by chain id, shared between images.
 //! * [`index`]: image records, tags, lookups; [`reference`]: name normalization.
 //! * [`rootfs`]: per-container overlay mounts; [`usage`]: disk usage.
+//! * [`pull`]: [`Puller`], images from OCI/Docker registries, streamed to
+//!   disk in parallel, verified, committed like an import.
 //! * [`store`]: [`ImageStore`], the facade `caissond` uses.
 
 pub mod archive;
@@ -15,6 +17,7 @@ pub mod digest;
 pub mod error;
 pub mod index;
 pub mod layers;
+pub mod pull;
 pub mod reference;
 pub mod rootfs;
 pub mod store;
@@ -25,6 +28,7 @@ pub use archive::ImportOptions;
 pub use digest::Digest;
 pub use error::{ImageError, Result};
 pub use index::{ImageRecord, LayerRecord, RunConfig};
+pub use pull::{Credentials, PullReport, Puller, RegistriesConfig};
 pub use reference::Reference;
 pub use rootfs::Rootfs;
 pub use store::{GcReport, ImageStore, ImportReport};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
 
 use crate::archive::{read_archive, ImportOptions};
-use crate::content::ContentStore;
+use crate::content::{ContentStore, Staging};
 use crate::digest::Digest;
 use crate::error::{ImageError, Result};
 use crate::index::{ImageIndex, ImageRecord};
@@ -81,12 +81,63 @@ impl ImageStore {
         let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let mut staging = self.content.staging()?;
         let pending = read_archive(reader, &mut staging, opts)?;
+        let records = pending.into_iter().map(|p| p.record).collect();
+        self.commit_images(staging, records, "imported image")
+    }
 
+    /// Commits a pulled image whose blobs are all in `staging` (downloaded,
+    /// or adopted from the store): unpacks the layers not yet unpacked,
+    /// moves the blobs into the store and adds the record. All or nothing,
+    /// like [`ImageStore::import`].
+    pub fn commit_pulled(&self, staging: Staging, record: ImageRecord) -> Result<ImportReport> {
+        let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        self.commit_images(staging, vec![record], "pulled image")
+    }
+
+    /// The image whose (platform) manifest is `manifest`, if the store has it.
+    pub fn find_by_manifest(&self, manifest: &Digest) -> Option<ImageRecord> {
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .images()
+            .iter()
+            .find(|i| &i.manifest_digest == manifest)
+            .cloned()
+    }
+
+    /// Adds tags and repo digests to an image (a tag moves from whatever
+    /// image had it, as with an import).
+    pub fn add_names(
+        &self,
+        id: &Digest,
+        repo_tags: Vec<String>,
+        repo_digests: Vec<String>,
+    ) -> Result<ImageRecord> {
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut record = index.find(&id.to_string())?.clone();
+        if repo_tags.iter().all(|t| record.repo_tags.contains(t))
+            && repo_digests.iter().all(|d| record.repo_digests.contains(d))
+        {
+            return Ok(record);
+        }
+        record.repo_tags = repo_tags;
+        record.repo_digests = repo_digests;
+        index.add(record)
+    }
+
+    /// Unpacks, commits blobs and layers, and indexes `records`; the caller
+    /// holds the gc lock shared.
+    fn commit_images(
+        &self,
+        staging: Staging,
+        records: Vec<ImageRecord>,
+        what: &str,
+    ) -> Result<ImportReport> {
         let mut unpacked = Vec::new();
         let mut seen = HashSet::new();
         let mut bytes_unpacked = 0;
-        for image in &pending {
-            for layer in &image.record.layers {
+        for record in &records {
+            for layer in &record.layers {
                 if self.layers.contains(&layer.chain_id) || !seen.insert(layer.chain_id.clone()) {
                     continue;
                 }
@@ -98,7 +149,7 @@ impl ImageStore {
             }
         }
 
-        let keep: Vec<Digest> = pending.iter().flat_map(|p| p.record.blobs()).collect();
+        let keep: Vec<Digest> = records.iter().flat_map(|r| r.blobs()).collect();
         staging.commit(&keep)?;
         let layers_unpacked = unpacked.len();
         for (chain, layer) in unpacked {
@@ -106,9 +157,9 @@ impl ImageStore {
         }
         let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
         let mut images = Vec::new();
-        for p in pending {
-            let record = index.add(p.record)?;
-            tracing::info!(image = %record.id, tags = ?record.repo_tags, "imported image");
+        for record in records {
+            let record = index.add(record)?;
+            tracing::info!(image = %record.id, tags = ?record.repo_tags, "{what}");
             images.push(record);
         }
         Ok(ImportReport {

@@ -1,11 +1,13 @@
-//! CRI ImageService over the image store. Images arrive by archive import
-//! (`caissond images import`); registry pulls are a later issue.
+//! CRI ImageService over the image store. Images arrive by registry pull
+//! (PullImage, with the `[registries]` config) or archive import
+//! (`caissond images import`).
 
 use std::sync::Arc;
 
-use caisson_image::{ImageRecord, ImageStore};
+use caisson_image::{Credentials, ImageRecord, ImageStore, Puller, RegistriesConfig};
 use caisson_proto::cri::{self, image_service_server::ImageService};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::runtime::now_ns;
 use crate::status::CriError;
@@ -13,6 +15,32 @@ use crate::status::CriError;
 #[derive(Clone)]
 pub struct ImageApi {
     pub images: Arc<ImageStore>,
+    pub puller: Arc<Puller>,
+}
+
+impl ImageApi {
+    pub fn new(images: Arc<ImageStore>, registries: RegistriesConfig) -> ImageApi {
+        ImageApi {
+            puller: Arc::new(Puller::new(images.clone(), registries)),
+            images,
+        }
+    }
+}
+
+/// CRI's AuthConfig as the image crate's credentials (`auth` decoded;
+/// `server_address` is only kubelet's note of which registry they are for).
+fn credentials(auth: Option<cri::AuthConfig>) -> Result<Credentials, Status> {
+    let Some(a) = auth else {
+        return Ok(Credentials::default());
+    };
+    Credentials::new(
+        &a.username,
+        &a.password,
+        &a.auth,
+        &a.identity_token,
+        &a.registry_token,
+    )
+    .map_err(|e| CriError::invalid("auth", e.to_string()).into())
 }
 
 /// The image's USER as CRI reports it: a numeric uid, or a user name.
@@ -111,17 +139,19 @@ impl ImageService for ImageApi {
         &self,
         r: Request<cri::PullImageRequest>,
     ) -> Result<Response<cri::PullImageResponse>, Status> {
-        let name = image_name(r.into_inner().image, "image.image")?;
-        // An image that is already here (imported) is what kubelet's
-        // IfNotPresent policy needs; anything else needs a registry.
-        if let Ok(image) = self.images.get(&name) {
-            return Ok(Response::new(cri::PullImageResponse {
-                image_ref: image.id.to_string(),
-            }));
-        }
-        Err(Status::unimplemented(format!(
-            "pulling {name:?} from a registry is not implemented yet; load it with `caissond images import <archive>`"
-        )))
+        let r = r.into_inner();
+        let name = image_name(r.image, "image.image")?;
+        let credentials = credentials(r.auth)?;
+        let span = tracing::info_span!("pull_image", image = %name);
+        let report = self
+            .puller
+            .pull(&name, &credentials)
+            .instrument(span)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(cri::PullImageResponse {
+            image_ref: report.image.id.to_string(),
+        }))
     }
 
     async fn remove_image(

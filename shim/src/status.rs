@@ -23,6 +23,12 @@ pub enum CriError {
     Unimplemented(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A registry refused the credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A registry could not be reached.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -51,6 +57,8 @@ impl From<CriError> for Status {
             CriError::FailedPrecondition(_) => Code::FailedPrecondition,
             CriError::Unimplemented(_) => Code::Unimplemented,
             CriError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            CriError::Unauthenticated(_) => Code::Unauthenticated,
+            CriError::Unavailable(_) => Code::Unavailable,
             CriError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
@@ -75,6 +83,12 @@ impl From<ImageError> for CriError {
             ImageError::RootfsNotFound { id } => CriError::NotFound {
                 what: "container rootfs",
                 id,
+            },
+            ImageError::RegistryUnauthorized { .. } => CriError::Unauthenticated(e.to_string()),
+            ImageError::RegistryUnreachable { .. } => CriError::Unavailable(e.to_string()),
+            ImageError::NotInRegistry { .. } => CriError::FieldNotFound {
+                field: "image".into(),
+                reason: e.to_string(),
             },
             other => CriError::Internal(error_chain(&other)),
         }

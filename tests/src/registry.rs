@@ -1,0 +1,480 @@
+//! A real OCI registry for pull tests: Debian's `docker-registry` on
+//! 127.0.0.1 (a free port), its storage in a temp dir, in one of three
+//! setups (plain HTTP, htpasswd auth, TLS with a CA made here with
+//! `openssl`), filled with `skopeo copy` from fixture archives. Dropping it
+//! kills the registry.
+//!
+//! Also: [`multi_platform_archive`] (a real two-platform index, both
+//! manifests present), [`CuttingProxy`] (cuts connections mid-answer) and
+//! [`Blackhole`] (accepts connections and never answers).
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::fixtures::{sha256, BuiltImage, Descriptor, ImageSpec, OciArchive};
+
+/// How the registry is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setup {
+    PlainHttp,
+    /// htpasswd (bcrypt) auth with one user.
+    Htpasswd {
+        user: String,
+        password: String,
+    },
+    /// HTTPS with a server certificate for 127.0.0.1 signed by a test CA.
+    Tls,
+}
+
+/// A running `docker-registry`.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub setup: Setup,
+    /// The CA certificate (PEM) of a [`Setup::Tls`] registry.
+    pub ca_file: Option<PathBuf>,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Registry {
+    /// Starts a registry and waits (with a deadline) until it answers.
+    pub fn start(setup: Setup) -> Registry {
+        let registry = crate::require::program("docker-registry", "docker-registry");
+        crate::require::program("skopeo", "skopeo");
+        let dir = tempfile::Builder::new()
+            .prefix("registry-")
+            .tempdir_in("/var/tmp")
+            .expect("registry temp dir");
+        let port = free_port();
+        let mut ca_file = None;
+        let mut extra = String::new();
+        match &setup {
+            Setup::PlainHttp => {}
+            Setup::Htpasswd { user, password } => {
+                let htpasswd = crate::require::program("htpasswd", "apache2-utils");
+                let line = run(
+                    Command::new(htpasswd).args(["-Bbn", user, password]),
+                    "htpasswd",
+                );
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, line.trim()).unwrap();
+                extra.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: caisson-test\n    path: {}\n",
+                    path.display()
+                ));
+            }
+            Setup::Tls => {
+                let (ca, cert, key) = make_certificates(dir.path());
+                extra.push_str(&format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    cert.display(),
+                    key.display()
+                ));
+                ca_file = Some(ca);
+            }
+        }
+        let (http_extra, top_extra) = if setup == Setup::Tls {
+            (extra, String::new())
+        } else {
+            (String::new(), extra)
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{http_extra}{top_extra}",
+            data = dir.path().join("data").display(),
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("registry.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(registry)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry");
+        let mut r = Registry {
+            dir,
+            port,
+            setup,
+            ca_file,
+            log_path,
+            child: Some(child),
+        };
+        r.wait_ready();
+        r
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("docker-registry exited with {status}:\n{}", self.log());
+            }
+            if self.answers_v2() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "docker-registry did not answer /v2/ on port {} within 20 s:\n{}",
+            self.port,
+            self.log()
+        );
+    }
+
+    /// True when `/v2/` answers (any HTTP status; for TLS, a connection).
+    fn answers_v2(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        if self.setup == Setup::Tls {
+            return true;
+        }
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!(
+            "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 ")
+    }
+
+    /// `127.0.0.1:<port>`: the registry as image references name it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's log (with its access log: one line per request).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// How many GET requests the access log shows for `path_part`
+    /// (e.g. `/blobs/sha256:…`).
+    pub fn gets(&self, path_part: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(path_part))
+            .count()
+    }
+
+    /// Pushes the image `archive` holds (or, with `source_ref`, the one its
+    /// index names so) to `repo:tag` with `skopeo copy --all`; `format`
+    /// `Some("v2s2")` converts to Docker schema 2.
+    pub fn push(&self, archive: &Path, source_ref: Option<&str>, dest: &str, format: Option<&str>) {
+        let mut source = format!("oci-archive:{}", archive.display());
+        if let Some(r) = source_ref {
+            source.push(':');
+            source.push_str(r);
+        }
+        let mut cmd = Command::new("skopeo");
+        cmd.env("TMPDIR", self.dir.path())
+            .args(["--insecure-policy", "copy", "--quiet", "--all"])
+            .arg(format!(
+                "--dest-tls-verify={}",
+                if self.setup == Setup::Tls {
+                    "true"
+                } else {
+                    "false"
+                }
+            ));
+        if let Some(f) = format {
+            cmd.args(["--format", f]);
+        }
+        if let Setup::Htpasswd { user, password } = &self.setup {
+            cmd.arg(format!("--dest-creds={user}:{password}"));
+        }
+        if self.setup == Setup::Tls {
+            let certs = self.dir.path().join("skopeo-certs");
+            std::fs::create_dir_all(&certs).unwrap();
+            std::fs::copy(self.ca_file.as_ref().unwrap(), certs.join("ca.crt")).unwrap();
+            cmd.arg(format!("--dest-cert-dir={}", certs.display()));
+        }
+        cmd.arg(&source)
+            .arg(format!("docker://{}/{dest}", self.host()));
+        run(&mut cmd, &format!("skopeo copy {source} to {dest}"));
+    }
+
+    /// Writes `spec` as a one-image archive in the registry's dir and pushes it.
+    pub fn push_image(&self, spec: &ImageSpec, dest: &str) -> BuiltImage {
+        let mut archive = OciArchive::new();
+        let built = archive.add_image(spec);
+        let path = self
+            .dir
+            .path()
+            .join(format!("push-{}.tar", built.manifest.hex()));
+        archive.write(&path, false);
+        self.push(&path, None, dest, None);
+        built
+    }
+
+    /// The file the registry serves for a blob.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Overwrites a blob in the registry's storage with as many other bytes:
+    /// the registry then serves content that does not match its digest.
+    pub fn corrupt_blob(&self, digest: &str) {
+        let path = self.blob_path(digest);
+        let mut bytes =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let (mid, end) = (bytes.len() / 2, (bytes.len() / 2 + 64).min(bytes.len()));
+        for b in &mut bytes[mid..end] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    /// Stops the registry (a later pull finds nobody listening).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A CA and a server certificate for 127.0.0.1/localhost signed by it
+/// (EC P-256, valid two days), made with the `openssl` CLI.
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = crate::require::program("openssl", "openssl");
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.crt");
+    let key = dir.join("server.key");
+    let csr = dir.join("server.csr");
+    let cert = dir.join("server.crt");
+    let ext = dir.join("server.ext");
+    run(
+        Command::new(&openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=caisson test CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+        "openssl: test CA",
+    );
+    run(
+        Command::new(&openssl)
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-subj", "/CN=127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+        "openssl: server key",
+    );
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(
+        Command::new(&openssl)
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&cert)
+            .arg("-extfile")
+            .arg(&ext),
+        "openssl: server certificate",
+    );
+    (ca, cert, key)
+}
+
+/// An archive whose index lists an amd64 and an arm64 image, both with
+/// all their blobs (so `skopeo copy --all` copies a real multi-platform
+/// image), named `ref_name` in `org.opencontainers.image.ref.name`.
+/// Returns the archive, the index descriptor and the two images.
+pub fn multi_platform_archive(
+    path: &Path,
+    amd64: &ImageSpec,
+    arm64: &ImageSpec,
+    ref_name: &str,
+) -> (Descriptor, BuiltImage, BuiltImage) {
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let mut archive = OciArchive::new();
+    let mut arm = arm64.clone();
+    arm.architecture = "arm64".into();
+    let built_amd = archive.add_image_blobs(amd64);
+    let built_arm = archive.add_image_blobs(&arm);
+    let mut amd_entry = built_amd.manifest.json();
+    amd_entry["platform"] = json!({"os": "linux", "architecture": "amd64"});
+    let mut arm_entry = built_arm.manifest.json();
+    arm_entry["platform"] = json!({"os": "linux", "architecture": "arm64", "variant": "v8"});
+    let index =
+        json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [arm_entry, amd_entry]});
+    let index = archive.add_blob(OCI_INDEX, serde_json::to_vec(&index).unwrap());
+    let mut entry = index.json();
+    entry["annotations"] = json!({"org.opencontainers.image.ref.name": ref_name});
+    archive.manifests.push(entry);
+    archive.write(path, false);
+    assert_eq!(index.digest, sha256(&archive.blobs[index.hex()]));
+    (index, built_amd, built_arm)
+}
+
+/// A TCP proxy to a local port that cuts every connection once it has
+/// forwarded `limit` bytes of answers on it: a registry that goes away
+/// in the middle of a download.
+pub struct CuttingProxy {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: u16, limit: usize) -> CuttingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let _ = client.set_nonblocking(false);
+                        std::thread::spawn(move || proxy_connection(client, upstream, limit));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        CuttingProxy { port, stop }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn proxy_connection(client: TcpStream, upstream: u16, limit: usize) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+        return;
+    };
+    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut s_write);
+        let _ = s_write.shutdown(Shutdown::Write);
+    });
+    let (mut s_read, mut c_write) = (server, client);
+    let mut sent = 0;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match s_read.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let n = n.min(limit - sent);
+        if c_write.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n;
+        if sent >= limit {
+            break;
+        }
+    }
+    let _ = c_write.shutdown(Shutdown::Both);
+    let _ = s_read.shutdown(Shutdown::Both);
+}
+
+/// A port that accepts connections and never answers: a registry that hangs.
+pub struct Blackhole {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Blackhole {
+    pub fn start() -> Blackhole {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopped.load(Ordering::Relaxed) {
+                if let Ok((c, _)) = listener.accept() {
+                    held.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Blackhole { port, stop }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

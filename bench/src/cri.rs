@@ -16,11 +16,13 @@
 //!
 //! * [`daemon`]: a daemon under test and its CRI client.
 //! * [`caissond`], [`containerd`]: how each is configured and started.
+//! * [`cni`]: `--cni`, the conflist both daemons wire their pods with.
 //! * [`workload`]: the pod and container configs.
 //! * [`procfs`]: memory, pod processes, mounts and cgroups.
 //! * [`report`]: percentiles, the table and the JSON.
 
 mod caissond;
+mod cni;
 mod containerd;
 mod daemon;
 mod procfs;
@@ -45,6 +47,8 @@ pub struct Options {
     pub runs: usize,
     pub pods: usize,
     pub json: Option<PathBuf>,
+    /// Pods on a CNI bridge (the same conflist for both) instead of the host network.
+    pub cni: bool,
 }
 
 impl Default for Options {
@@ -53,6 +57,7 @@ impl Default for Options {
             runs: 20,
             pods: 10,
             json: None,
+            cni: false,
         }
     }
 }
@@ -95,6 +100,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         .tempdir_in("/var/tmp")?;
     let work_dir = work.path().to_path_buf();
     let mut sides = Vec::new();
+    let portmap_chains_existed = cni::portmap_chains_exist();
     let result = measure(opts, &work_dir, &pause, &mut sides);
     // The daemons are stopped (or dropped, which removes their pods and
     // stops them): clean up whatever is left, and say what it was.
@@ -114,6 +120,9 @@ pub fn bench(opts: &Options) -> Result<()> {
         cleanup_errors.push(format!("removing the bench's cgroups: {e}"));
     }
     procfs::unmount_under(&work_dir);
+    if opts.cni {
+        cni::cleanup(!portmap_chains_existed);
+    }
     let still_mounted = procfs::mounts_under(&work_dir);
     if !still_mounted.is_empty() {
         // Removing the dir would recurse into what is mounted there.
@@ -185,8 +194,8 @@ fn measure(
     let caisson_dir = work.join("caisson");
     let containerd_dir = work.join("containerd");
     let mut daemons = vec![
-        caissond::start(&caisson_dir, pause)?,
-        containerd::start(&containerd_dir, pause)?,
+        caissond::start(&caisson_dir, pause, opts.cni)?,
+        containerd::start(&containerd_dir, pause, opts.cni)?,
     ];
     let config = json!({
         "caissond": fs::read_to_string(caisson_dir.join("caisson.toml"))?,

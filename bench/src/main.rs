@@ -8,11 +8,14 @@
 //!   containerd-shim-runc-v2: container create+start latency and memory.
 //! * [`cri`]: the node runtime through CRI, caissond against containerd 1.6 +
 //!   runc: pod + container start/stop latency, daemon and per-pod memory.
+//! * [`pull`]: CRI PullImage of the synthetic image from a local registry,
+//!   caissond against containerd 1.6's CRI plugin: time, CPU, peak RSS.
 //! * [`measure`]: wall/CPU timing, min and median.
 
 mod cri;
 mod image_import;
 mod measure;
+mod pull;
 mod shim;
 mod synthetic;
 
@@ -37,6 +40,15 @@ benchmarks:
                  needs root)
       --runs N         timed pods on each daemon, after one warm-up (default 20)
       --pods N         pods running at once for the memory reading (default 10)
+      --cni            pods on a CNI bridge (bridge, host-local, portmap, loopback from
+                       /usr/lib/cni; the same conflist on both) instead of the host network
+      --json FILE      also write the results as JSON
+  pull           CRI PullImage of the synthetic image from a local docker-registry:
+                 caissond vs containerd 1.6's CRI plugin (time, daemon CPU, peak RSS;
+                 needs root)
+      --size-mb N      file content of the synthetic image, in MB (default 100)
+      --runs N         timed pulls on each daemon, after one warm-up (default 3)
+      --work-dir DIR   where a temporary bench dir is made (default /var/tmp)
       --json FILE      also write the results as JSON
 ";
 
@@ -80,6 +92,24 @@ fn parse_cri(mut args: impl Iterator<Item = String>) -> Result<cri::Options, Str
             "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--pods" => opts.pods = value()?.parse().map_err(|e| format!("--pods: {e}"))?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
+            "--cni" => opts.cni = true,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn parse_pull(mut args: impl Iterator<Item = String>) -> Result<pull::Options, String> {
+    let mut opts = pull::Options::default();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--size-mb" => {
+                opts.size_mb = value()?.parse().map_err(|e| format!("--size-mb: {e}"))?
+            }
+            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--work-dir" => opts.work_dir = Some(PathBuf::from(value()?)),
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -105,6 +135,13 @@ fn main() -> ExitCode {
         },
         Some("cri") => match parse_cri(args) {
             Ok(opts) => cri::bench(&opts),
+            Err(e) => {
+                eprintln!("caisson-bench: {e}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        Some("pull") => match parse_pull(args) {
+            Ok(opts) => pull::bench(&opts),
             Err(e) => {
                 eprintln!("caisson-bench: {e}\n\n{USAGE}");
                 return ExitCode::from(2);
@@ -165,10 +202,27 @@ mod tests {
     }
 
     #[test]
+    fn parses_pull_options() {
+        let parse = |args: &[&str]| parse_pull(args.iter().map(|s| s.to_string()));
+        let opts = parse(&["--size-mb", "20", "--runs", "2", "--json", "p.json"]).unwrap();
+        assert_eq!((opts.size_mb, opts.runs), (20, 2));
+        assert_eq!(opts.json, Some(PathBuf::from("p.json")));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(
+            (defaults.size_mb, defaults.runs, defaults.json),
+            (100, 3, None)
+        );
+        for bad in [&["--runs"][..], &["--runs", "x"], &["--pods", "1"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn parses_cri_options() {
         let parse = |args: &[&str]| parse_cri(args.iter().map(|s| s.to_string()));
         let opts = parse(&["--runs", "5", "--pods", "3", "--json", "cri.json"]).unwrap();
-        assert_eq!((opts.runs, opts.pods), (5, 3));
+        assert_eq!((opts.runs, opts.pods, opts.cni), (5, 3, false));
+        assert!(parse(&["--cni"]).unwrap().cni);
         assert_eq!(opts.json, Some(PathBuf::from("cri.json")));
         let defaults = parse(&[]).unwrap();
         assert_eq!(

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use caisson_image::RegistriesConfig;
 use serde::{Deserialize, Serialize};
 
 /// The embedded default configuration, verbatim.
@@ -27,6 +28,45 @@ pub struct Config {
     #[serde(default)]
     pub log: LogConfig,
     pub runtimes: Runtimes,
+    /// Registry pulls: mirrors, plain HTTP, CAs, credentials, limits.
+    #[serde(default)]
+    pub registries: RegistriesConfig,
+    /// Pod networking through CNI.
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// `[network]`: where CNI configs and plugins are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The first `*.conflist` / `*.conf` here (file-name order) is used.
+    #[serde(default = "default_cni_conf_dir")]
+    pub cni_conf_dir: PathBuf,
+    /// Searched in order for plugin binaries.
+    #[serde(default = "default_cni_bin_dirs")]
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// At start, write Caisson's default conflist into `cni_conf_dir` if it has none.
+    #[serde(default)]
+    pub install_default_cni_config: bool,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            cni_conf_dir: default_cni_conf_dir(),
+            cni_bin_dirs: default_cni_bin_dirs(),
+            install_default_cni_config: false,
+        }
+    }
+}
+
+fn default_cni_conf_dir() -> PathBuf {
+    PathBuf::from("/etc/cni/net.d")
+}
+
+fn default_cni_bin_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
 }
 
 fn default_stop_timeout() -> u64 {
@@ -137,7 +177,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        self.registries.validate()
     }
 
     /// The handler for a RunPodSandbox `runtime_handler` ("" = default).
@@ -163,6 +203,11 @@ impl Config {
 
     pub fn pods_dir(&self) -> PathBuf {
         self.run_dir.join("pods")
+    }
+
+    /// Pinned pod network namespaces.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.run_dir.join("netns")
     }
 
     pub fn shim_run_dir(&self) -> PathBuf {
@@ -247,5 +292,53 @@ mod tests {
         assert!(Config::parse(&bad_backend, Path::new("t"))
             .unwrap_err()
             .contains("qemu"));
+    }
+
+    #[test]
+    fn registries_table_is_read_and_checked() {
+        let c = Config::default_config();
+        assert_eq!(c.registries, RegistriesConfig::default());
+        // The default without its [registries] table.
+        let base = &DEFAULT_CONFIG[..DEFAULT_CONFIG.find("\n[registries]").unwrap()];
+        assert_eq!(
+            Config::parse(base, Path::new("t")).unwrap().registries,
+            RegistriesConfig::default()
+        );
+        let with_mirror = format!(
+            "{DEFAULT_CONFIG}\n[registries.hosts.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n"
+        );
+        let c = Config::parse(&with_mirror, Path::new("t")).unwrap();
+        assert_eq!(
+            c.registries.endpoints("docker.io")[0].host,
+            "127.0.0.1:5000"
+        );
+        // Dotted keys before the first table work too (the test harness
+        // prepends its extra config that way).
+        let dotted = format!(
+            "registries.max_concurrent_downloads = 5\nregistries.hosts.\"127.0.0.1:5000\".plain_http = true\n{base}"
+        );
+        let c = Config::parse(&dotted, Path::new("t")).unwrap();
+        assert_eq!(c.registries.max_concurrent_downloads, 5);
+        assert!(c.registries.endpoints("127.0.0.1:5000")[0].plain_http);
+        let again = Config::parse(&toml::to_string(&c).unwrap(), Path::new("x")).unwrap();
+        assert_eq!(again, c);
+        for (bad, want) in [
+            (
+                "[registries]\nmax_concurrent_downloads = 0",
+                "max_concurrent_downloads",
+            ),
+            (
+                "[registries.hosts.\"docker.io\"]\nmirrors = [\"ftp://m.io\"]",
+                "mirrors",
+            ),
+            (
+                "[registries.hosts.\"docker.io\"]\nusername = \"u\"",
+                "password",
+            ),
+            ("[registries]\nnope = 1", "unknown field"),
+        ] {
+            let err = Config::parse(&format!("{base}\n{bad}\n"), Path::new("t.toml")).unwrap_err();
+            assert!(err.contains(want) && err.contains("t.toml"), "{bad}: {err}");
+        }
     }
 }

@@ -5,6 +5,7 @@
 //!   admin Images service) on one unix socket; [`image`]: ImageService.
 //! * [`runtime`]: pods, containers, exec, logs, recovery.
 //! * [`spec`]: the one CRI → OCI runtime spec builder.
+//! * [`network`]: pod network namespaces and CNI.
 //! * [`shims`]: per-pod shims (`containerd-shim-caisson-v2`) and their events.
 //! * [`store`]: crash-safe pod and container records.
 //! * [`status`]: errors → gRPC statuses, in one place.
@@ -12,6 +13,7 @@
 pub mod client;
 pub mod config;
 pub mod image;
+pub mod network;
 pub mod runtime;
 pub mod server;
 pub mod shims;

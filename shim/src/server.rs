@@ -278,15 +278,13 @@ impl RuntimeService for RuntimeApi {
     async fn status(&self, r: Request<cri::StatusRequest>) -> Rsp<cri::StatusResponse> {
         let verbose = r.into_inner().verbose;
         let conditions = vec![
-            cri::RuntimeCondition { r#type: "RuntimeReady".into(), status: true, reason: String::new(), message: String::new() },
             cri::RuntimeCondition {
-                r#type: "NetworkReady".into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: "CNI pod networking is not implemented yet: pods get an isolated network namespace with only \
-                          loopback, or the host's network with hostNetwork"
-                    .into(),
+                r#type: "RuntimeReady".into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
             },
+            network_condition(&self.rt.config.network.cni_conf_dir),
         ];
         let handlers = self
             .rt
@@ -472,18 +470,35 @@ pub async fn serve(
     tracing::info!(%endpoint, "caissond ready: serving CRI v1");
     println!("caissond is ready. Use it with:\n  crictl --runtime-endpoint {endpoint} --image-endpoint {endpoint} ps");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let image_api = ImageApi::new(images.clone(), rt.config.registries.clone());
     tonic::transport::Server::builder()
         .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
             RuntimeApi { rt },
         ))
         .add_service(cri::image_service_server::ImageServiceServer::new(
-            ImageApi {
-                images: images.clone(),
-            },
+            image_api,
         ))
         .add_service(admin::images_server::ImagesServer::new(AdminApi { images }))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+/// NetworkReady: true once a CNI config loads from `dir` (read at each call).
+fn network_condition(dir: &std::path::Path) -> cri::RuntimeCondition {
+    let (status, reason, message) = match crate::network::cni::load(dir) {
+        Ok(_) => (true, String::new(), String::new()),
+        Err(e) => (
+            false,
+            "NetworkPluginNotReady".to_string(),
+            format!("cni config uninitialized: {e}"),
+        ),
+    };
+    cri::RuntimeCondition {
+        r#type: "NetworkReady".into(),
+        status,
+        reason,
+        message,
+    }
 }

@@ -43,6 +43,22 @@ pub struct PodRecord {
     pub host_network: bool,
     /// The pause task has exited (pod no longer ready).
     pub pause_exited: bool,
+    /// The pod's pinned network namespace (pods on the CNI network).
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
+    /// The CNI network list ADD used (JSON), so DEL works after a restart
+    /// or a config change.
+    #[serde(default)]
+    pub cni_config: Option<String>,
+    /// The CNI ADD result (JSON), DEL's and CHECK's `prevResult`.
+    #[serde(default)]
+    pub cni_result: Option<String>,
+    /// Pod IPs from the CNI result, IPv4 first.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// CNI DEL has succeeded: the pod holds no network resources.
+    #[serde(default)]
+    pub network_released: bool,
 }
 
 impl PodRecord {
@@ -221,6 +237,11 @@ mod tests {
             cgroup_parent: "/caisson".into(),
             host_network: false,
             pause_exited: false,
+            netns: None,
+            cni_config: None,
+            cni_result: None,
+            ips: vec![],
+            network_released: false,
         };
         store.save_pod(&pod).unwrap();
         std::fs::write(dir.path().join("pods/.tmp-torn"), b"{\"id\": ").unwrap();

@@ -69,13 +69,14 @@ impl Caissond {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let config = format!(
-            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n",
+            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[network]\ncni_conf_dir = \"{cni}/net.d\"\ncni_bin_dirs = [\"{cni}/bin\", \"/opt/cni/bin\", \"/usr/lib/cni\"]\ninstall_default_cni_config = false\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n",
             root = dir.path().join("root").display(),
             run = dir.path().join("run").display(),
             socket = socket.display(),
             pause = crate::fixtures::pause_binary().display(),
             shim = shim.display(),
             cg = cgroup_parent,
+            cni = dir.path().join("cni").display(),
         );
         let config_path = dir.path().join("caisson.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -154,6 +155,16 @@ impl Caissond {
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "caissond is still running");
         self.spawn();
+    }
+
+    /// The CNI config dir caissond reads (empty at start: no pod network).
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("cni/net.d")
+    }
+
+    /// A CNI plugin dir searched before the system's (for test plugins).
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.dir.path().join("cni/bin")
     }
 
     pub fn pid(&self) -> u32 {

@@ -6,10 +6,13 @@
 //!   `busybox-static` (applets as hard links), the pause image from
 //!   `caisson-pause` — plus builders for layers, OCI and `docker save`
 //!   archives, and raw (hostile) tar entries.
+//! * [`registry`]: Debian's `docker-registry` on 127.0.0.1 (plain HTTP,
+//!   htpasswd or TLS), filled with `skopeo`, for pull tests.
 //! * [`require`]: prerequisites (root, Debian packages) that fail a test with a
 //!   message naming what is missing, instead of skipping it.
 
 pub mod bundle;
 pub mod daemon;
 pub mod fixtures;
+pub mod registry;
 pub mod require;

@@ -45,6 +45,10 @@ pause_binary = "{pause}"
 shim_binary = "{shim}"
 cgroup_parent = "{CGROUP_PARENT}"
 
+[network]
+cni_conf_dir = "{cni_conf}"
+install_default_cni_config = false
+
 [log]
 level = "info"
 format = "text"
@@ -60,6 +64,7 @@ backend = "native"
         socket = socket(dir).display(),
         pause = pause.display(),
         shim = shim.display(),
+        cni_conf = dir.join("cni/net.d").display(),
     )
 }
 
@@ -68,11 +73,15 @@ fn socket(dir: &Path) -> PathBuf {
 }
 
 /// Starts caissond under `dir` and imports busybox into it.
-pub fn start(dir: &Path, pause: &Path) -> Result<Daemon> {
+/// With `cni`, its pods join the bench's CNI network ([`super::cni`]).
+pub fn start(dir: &Path, pause: &Path, cni: bool) -> Result<Daemon> {
     let (caissond, shim) = binaries()?;
     fs::create_dir_all(dir)?;
     let config_path = dir.join("caisson.toml");
     fs::write(&config_path, config(dir, pause, &shim))?;
+    if cni {
+        super::cni::install(&dir.join("cni/net.d"))?;
+    }
     let mut command = Command::new(&caissond);
     command.arg("--config").arg(&config_path);
     let daemon = Daemon::start(Spec {
@@ -86,6 +95,7 @@ pub fn start(dir: &Path, pause: &Path) -> Result<Daemon> {
         pod_cgroup_parent: String::new(),
         cgroup_parent: CGROUP_PARENT,
         shim_name: SHIM,
+        pod_network: cni,
     })?;
 
     let archive = dir.join("busybox.tar");

@@ -41,7 +41,7 @@ fn binaries() -> Result<()> {
 ///
 /// `restrict_oom_score_adj` is needed where root lacks CAP_SYS_RESOURCE:
 /// without it, runc fails to lower the pause's oom_score_adj to -998.
-pub fn config(dir: &Path) -> String {
+pub fn config(dir: &Path, cni: bool) -> String {
     let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
     format!(
         r#"version = 2
@@ -85,7 +85,11 @@ state = "{state}"
         ttrpc = dir.join("containerd.sock.ttrpc").display(),
         opt = dir.join("opt").display(),
         runc_root = dir.join("runc").display(),
-        cni_bin = dir.join("cni/bin").display(),
+        cni_bin = if cni {
+            super::cni::BIN_DIR.into()
+        } else {
+            dir.join("cni/bin").display().to_string()
+        },
         cni_conf = dir.join("cni/conf").display(),
     )
 }
@@ -123,13 +127,17 @@ fn import(dir: &Path, archive: &Path) -> Result<()> {
 }
 
 /// Starts containerd under `dir` and imports the pause and busybox images.
-pub fn start(dir: &Path, pause: &Path) -> Result<Daemon> {
+/// With `cni`, its pods join the bench's CNI network ([`super::cni`]).
+pub fn start(dir: &Path, pause: &Path, cni: bool) -> Result<Daemon> {
     binaries()?;
     for sub in ["root", "state", "runc", "opt", "cni/bin", "cni/conf"] {
         fs::create_dir_all(dir.join(sub))?;
     }
     let config_path = dir.join("config.toml");
-    fs::write(&config_path, config(dir))?;
+    fs::write(&config_path, config(dir, cni))?;
+    if cni {
+        super::cni::install(&dir.join("cni/conf"))?;
+    }
     let mut command = Command::new(CONTAINERD);
     command.arg("--config").arg(&config_path);
     let daemon = Daemon::start(Spec {
@@ -143,6 +151,7 @@ pub fn start(dir: &Path, pause: &Path) -> Result<Daemon> {
         pod_cgroup_parent: CGROUP_PARENT.into(),
         cgroup_parent: CGROUP_PARENT,
         shim_name: "containerd-shim-runc-v2",
+        pod_network: cni,
     })?;
 
     let images = [

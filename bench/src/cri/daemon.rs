@@ -41,6 +41,8 @@ pub struct Spec {
     pub cgroup_parent: &'static str,
     /// File name of its per-pod shim binary.
     pub shim_name: &'static str,
+    /// Pods on the CNI network (`--cni`) rather than the host's.
+    pub pod_network: bool,
 }
 
 /// A running daemon and a CRI client connected to it.
@@ -213,7 +215,12 @@ impl Daemon {
         if let Some(dir) = container_log.parent() {
             fs::create_dir_all(dir)?;
         }
-        let pod_config = workload::pod_config(&name, &log_dir, &self.spec.pod_cgroup_parent);
+        let pod_config = workload::pod_config(
+            &name,
+            &log_dir,
+            &self.spec.pod_cgroup_parent,
+            self.spec.pod_network,
+        );
 
         let mut c = self.client();
         let request = cri::RunPodSandboxRequest {
@@ -230,7 +237,7 @@ impl Daemon {
         let mut c = self.client();
         let request = cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.clone(),
-            config: Some(workload::container_config()),
+            config: Some(workload::container_config(self.spec.pod_network)),
             sandbox_config: Some(pod_config),
         };
         let (reply, create) = self.call("CreateContainer", async move {

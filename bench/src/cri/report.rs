@@ -173,9 +173,15 @@ pub fn print(opts: &Options, sides: &[Side]) {
     };
     println!();
     println!(
-        "cri: {} runs of a host-network pod with one busybox `sleep 3600`, after one warm-up, \
+        "cri: {} runs of a {} with one busybox `sleep 3600`, after one warm-up, \
          alternating daemons; memory with {} such pods",
-        opts.runs, opts.pods
+        opts.runs,
+        if opts.cni {
+            "pod on a CNI bridge (the same conflist on both)"
+        } else {
+            "host-network pod"
+        },
+        opts.pods
     );
     for side in sides {
         println!(
@@ -306,7 +312,7 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         },
-        "options": {"runs": opts.runs, "warmup_runs": 1, "pods": opts.pods},
+        "options": {"runs": opts.runs, "warmup_runs": 1, "pods": opts.pods, "cni": opts.cni},
         "percentiles": "nearest rank",
         "config": config,
     });

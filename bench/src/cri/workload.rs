@@ -1,6 +1,6 @@
 //! The pod and container the bench runs on both daemons: a host-network pod
-//! (as kubelet sends it for `hostNetwork: true`, so no CNI is involved) with
-//! one busybox `sleep 3600`.
+//! (as kubelet sends it for `hostNetwork: true`, so no CNI is involved) or,
+//! with `--cni`, a pod on the CNI network, with one busybox `sleep 3600`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,11 +14,16 @@ pub const COMMAND: [&str; 2] = ["sleep", "3600"];
 /// The container's log file, relative to the pod's log directory.
 pub const LOG_PATH: &str = "sleeper/0.log";
 
-/// Network NODE, PID CONTAINER, IPC POD: the pod and its container use the
-/// same options, as kubelet sets them.
-pub fn namespace_options() -> cri::NamespaceOption {
+/// Network NODE (POD with `pod_network`), PID CONTAINER, IPC POD: the pod
+/// and its container use the same options, as kubelet sets them.
+pub fn namespace_options(pod_network: bool) -> cri::NamespaceOption {
+    let network = if pod_network {
+        cri::NamespaceMode::Pod
+    } else {
+        cri::NamespaceMode::Node
+    };
     cri::NamespaceOption {
-        network: cri::NamespaceMode::Node as i32,
+        network: network as i32,
         pid: cri::NamespaceMode::Container as i32,
         ipc: cri::NamespaceMode::Pod as i32,
         ..Default::default()
@@ -26,8 +31,13 @@ pub fn namespace_options() -> cri::NamespaceOption {
 }
 
 /// A pod named `name`, logging to `log_dir`, under `cgroup_parent` (empty:
-/// the runtime's default).
-pub fn pod_config(name: &str, log_dir: &Path, cgroup_parent: &str) -> cri::PodSandboxConfig {
+/// the runtime's default), on the CNI network with `pod_network`.
+pub fn pod_config(
+    name: &str,
+    log_dir: &Path,
+    cgroup_parent: &str,
+    pod_network: bool,
+) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
@@ -37,13 +47,17 @@ pub fn pod_config(name: &str, log_dir: &Path, cgroup_parent: &str) -> cri::PodSa
         }),
         // kubelet sends no hostname for a host-network pod (runc refuses
         // one without a private UTS namespace).
-        hostname: String::new(),
+        hostname: if pod_network {
+            name.into()
+        } else {
+            String::new()
+        },
         log_directory: log_dir.display().to_string(),
         labels: HashMap::from([("app".to_string(), "caisson-bench".to_string())]),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent.into(),
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options()),
+                namespace_options: Some(namespace_options(pod_network)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -53,7 +67,7 @@ pub fn pod_config(name: &str, log_dir: &Path, cgroup_parent: &str) -> cri::PodSa
 }
 
 /// busybox `sleep 3600`, logging to [`LOG_PATH`].
-pub fn container_config() -> cri::ContainerConfig {
+pub fn container_config(pod_network: bool) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "sleeper".into(),
@@ -67,7 +81,7 @@ pub fn container_config() -> cri::ContainerConfig {
         log_path: LOG_PATH.into(),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(namespace_options()),
+                namespace_options: Some(namespace_options(pod_network)),
                 ..Default::default()
             }),
             ..Default::default()
@@ -82,11 +96,11 @@ mod tests {
 
     #[test]
     fn pod_and_container_share_namespace_options() {
-        let pod = pod_config("p", Path::new("/logs/p"), "/parent");
+        let pod = pod_config("p", Path::new("/logs/p"), "/parent", false);
         let linux = pod.linux.unwrap();
         assert_eq!(linux.cgroup_parent, "/parent");
         let pod_ns = linux.security_context.unwrap().namespace_options.unwrap();
-        let ctr_ns = container_config()
+        let ctr_ns = container_config(false)
             .linux
             .unwrap()
             .security_context

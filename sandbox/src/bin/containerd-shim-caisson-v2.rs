@@ -8,7 +8,11 @@ use caisson_sandbox::shim::{self, parse_flags, RUNTIME_NAME};
 fn init_logging(debug: bool) {
     // libcgroups warns about every v1 controller a hybrid host lacks
     // (hugetlb, perf_event, …) each time it opens a cgroup: keep its errors only.
-    let default = if debug { "debug,libcgroups=error" } else { "info,libcgroups=error" };
+    let default = if debug {
+        "debug,libcgroups=error"
+    } else {
+        "info,libcgroups=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAISSON_SHIM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
@@ -26,7 +30,11 @@ fn init_logging(debug: bool) {
 fn init_fork_server_logging(debug: bool) {
     // libcgroups warns about every v1 controller a hybrid host lacks
     // (hugetlb, perf_event, …) each time it opens a cgroup: keep its errors only.
-    let default = if debug { "debug,libcgroups=error" } else { "info,libcgroups=error" };
+    let default = if debug {
+        "debug,libcgroups=error"
+    } else {
+        "info,libcgroups=error"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAISSON_SHIM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
         .add_directive(

@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod exec;
+pub mod network;
 pub mod pod;
 
 use std::collections::{BTreeMap, HashMap};
@@ -99,6 +100,13 @@ impl Runtime {
             .map_err(|e| CriError::internal("opening the state dir", e))?;
         std::fs::create_dir_all(config.pods_dir())
             .map_err(|e| CriError::internal("creating the pods dir", e))?;
+        std::fs::create_dir_all(config.netns_dir())
+            .map_err(|e| CriError::internal("creating the netns dir", e))?;
+        if config.network.install_default_cni_config {
+            if let Err(e) = crate::network::install_default_config(&config.network.cni_conf_dir) {
+                tracing::warn!(dir = %config.network.cni_conf_dir.display(), error = %e, "installing the default CNI config");
+            }
+        }
         let (changes, _) = broadcast::channel(1024);
         Ok(Arc::new(Runtime {
             config,

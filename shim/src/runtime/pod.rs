@@ -57,7 +57,7 @@ pub fn pod_context(rt: &Runtime, pod: &PodRecord) -> PodContext {
         resolv_conf_path: dir.join("resolv.conf"),
         shm_path: pod.shm.clone(),
         cgroup_parent: pod.cgroup_parent.clone(),
-        netns_path: None,
+        netns_path: pod.netns.clone(),
     }
 }
 
@@ -124,6 +124,7 @@ fn prepare_pod_files(
     dir: &Path,
     config: &cri::PodSandboxConfig,
     shm: bool,
+    pod_ip: Option<&str>,
 ) -> std::io::Result<(String, Option<PathBuf>)> {
     std::fs::create_dir_all(dir)?;
     let host_net = host_network(config);
@@ -145,7 +146,8 @@ fn prepare_pod_files(
         std::fs::read_to_string("/etc/hosts").unwrap_or_default()
     } else {
         format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{}\t{hostname}\n",
+            pod_ip.unwrap_or("127.0.1.1")
         )
     };
     std::fs::write(dir.join("hosts"), hosts)?;
@@ -293,6 +295,11 @@ impl Runtime {
             cgroup_parent: cgroup_parent(self, &config, &meta.uid)?,
             host_network: host_network(&config),
             pause_exited: false,
+            netns: None,
+            cni_config: None,
+            cni_result: None,
+            ips: vec![],
+            network_released: false,
         };
         drop(_enter);
         match self.start_pod(&mut pod, &config).await {
@@ -350,7 +357,9 @@ impl Runtime {
         config: &cri::PodSandboxConfig,
     ) -> CriResult<()> {
         let dir = pod_dir(self, &pod.id);
-        let (_, shm) = prepare_pod_files(&dir, config, !host_ipc(config))
+        self.setup_pod_network(pod, config).await?;
+        let pod_ip = pod.ips.first().cloned();
+        let (_, shm) = prepare_pod_files(&dir, config, !host_ipc(config), pod_ip.as_deref())
             .map_err(|e| CriError::internal("preparing the pod's files", e))?;
         pod.shm = shm;
         let ctx = pod_context(self, pod);
@@ -415,6 +424,7 @@ impl Runtime {
                 tracing::warn!(pod_id = %pod.id, error = %e, "removing the pause image rootfs");
             }
         }
+        self.remove_pod_network(pod).await;
         remove_pod_dir(&pod_dir(self, &pod.id));
         remove_pod_cgroups(&pod.cgroup_parent);
         let _ = self.store.remove_pod(&pod.id);
@@ -465,6 +475,10 @@ impl Runtime {
         let mut updated = self.pod(&pod.id)?;
         updated.state = PodState::NotReady;
         updated.pause_exited = true;
+        self.save_pod(updated.clone())?;
+        // Like containerd: a failed DEL fails StopPodSandbox (kubelet retries).
+        self.release_pod_network(&updated).await?;
+        updated.network_released = true;
         self.save_pod(updated)?;
         tracing::info!(pod_id = %pod.id, "pod sandbox stopped");
         Ok(())
@@ -505,7 +519,15 @@ impl Runtime {
             metadata: config.metadata.clone(),
             state: pod_state(&pod) as i32,
             created_at: pod.created_at,
-            network: Some(cri::PodSandboxNetworkStatus::default()),
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: pod.ips.first().cloned().unwrap_or_default(),
+                additional_ips: pod
+                    .ips
+                    .iter()
+                    .skip(1)
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
+            }),
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace { options: ns }),
             }),
@@ -524,6 +546,8 @@ impl Runtime {
                 "cgroupParent": pod.cgroup_parent,
                 "hostNetwork": pod.host_network,
                 "shm": pod.shm,
+                "netns": pod.netns,
+                "cniResult": pod.cni_result.as_deref().and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()),
             });
             info.insert("info".to_string(), detail.to_string());
         }

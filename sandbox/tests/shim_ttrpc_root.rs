@@ -152,8 +152,31 @@ impl Pod {
     }
 }
 
+/// Pids of shim servers (and their fork servers) whose command line names `dir`.
+fn shims_under(dir: &Path) -> Vec<i32> {
+    let needle = dir.display().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .collect()
+}
+
 impl Drop for Pod {
     fn drop(&mut self) {
+        // A test that failed half-way leaves its shim serving: stop it first.
+        for pid in shims_under(&self.run_dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         // What a crashed shim would leave: `delete` is containerd's cleanup path.
         for (id, dir) in self.tasks.iter().rev() {
             if dir.exists() {

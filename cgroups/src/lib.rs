@@ -1,0 +1,31 @@
+//! Caisson's QoS cgroups.
+//!
+//! - [`qos`]: the Kubernetes QoS class of a pod from what the CRI carries.
+//! - [`cpu`]: milli-CPU ↔ shares ↔ weight and CFS quota, with Kubernetes' formulas.
+//! - [`oom`]: kubelet's `oom_score_adj` policy, clamped to what this node allows.
+//! - [`path`]: `cgroup_parent` forms (cgroupfs and systemd slices).
+//! - [`mode`]: cgroup v1 / hybrid / unified detection.
+//! - [`stats`]: a cgroup's usage read from cgroupfs.
+//! - [`tree`]: the kubepods hierarchy Caisson builds when kubelet gives no parent.
+//!
+//! Writes are plain cgroupfs file writes behind the [`fs::CgroupFs`] trait
+//! (a real root or a fake tree in tests): the hierarchy levels only need a
+//! handful of files, and libcgroups' `apply` is built around one container's
+//! full `LinuxResources`, which the shim already uses for container cgroups.
+
+pub mod cpu;
+pub mod fs;
+pub mod mode;
+pub mod oom;
+pub mod path;
+pub mod qos;
+pub mod stats;
+pub mod tree;
+
+mod error;
+
+pub use error::CgroupError;
+pub use mode::CgroupMode;
+pub use oom::OomPolicy;
+pub use qos::{PodResources, QosClass, Resources};
+pub use tree::{NodeAllocatable, QosTree};

@@ -1,0 +1,278 @@
+//! ContainerStats / ListContainerStats: a running container's cgroup
+//! metrics from its shim's Task `Stats` (cgroups v1 `Metrics`), turned into
+//! the CRI's figures, plus its writable layer's disk usage. PodSandboxStats:
+//! the pod cgroup read from cgroupfs (`caisson_cgroups::stats`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use caisson_proto::cri;
+use containerd_shim_protos::cgroups::metrics::Metrics;
+use containerd_shim_protos::protobuf::Message;
+
+use super::{now_ns, Runtime};
+use crate::status::{CriError, CriResult};
+use crate::store::{ContainerRecord, ContainerState, PodRecord};
+
+/// The CRI's view of one metrics sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub cpu_usage_ns: u64,
+    pub memory_usage: u64,
+    pub working_set: u64,
+    pub rss: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+}
+
+impl Sample {
+    /// Working set = usage − inactive_file (as cAdvisor and kubelet).
+    pub fn from_metrics(m: &Metrics) -> Sample {
+        let usage = m.memory.usage.usage;
+        Sample {
+            cpu_usage_ns: m.cpu.usage.total,
+            memory_usage: usage,
+            working_set: usage.saturating_sub(m.memory.total_inactive_file),
+            rss: m.memory.total_rss,
+            page_faults: m.memory.total_pg_fault,
+            major_page_faults: m.memory.total_pg_maj_fault,
+        }
+    }
+}
+
+/// Nano-cores between two `(timestamp ns, cpu ns)` samples.
+pub fn nano_cores(previous: (i64, u64), now: (i64, u64)) -> Option<u64> {
+    let elapsed = now.0.checked_sub(previous.0).filter(|e| *e > 0)? as u128;
+    let used = now.1.checked_sub(previous.1)? as u128;
+    Some((used * 1_000_000_000 / elapsed) as u64)
+}
+
+/// The previous CPU sample of each container, for nano-cores.
+fn previous_samples() -> &'static Mutex<HashMap<String, (i64, u64)>> {
+    static SAMPLES: std::sync::OnceLock<Mutex<HashMap<String, (i64, u64)>>> =
+        std::sync::OnceLock::new();
+    SAMPLES.get_or_init(Default::default)
+}
+
+fn value(v: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value: v })
+}
+
+/// Nano-cores since the previous sample under `key`, recording this one.
+fn record_cpu(key: &str, timestamp: i64, cpu_ns: u64) -> Option<u64> {
+    let previous = previous_samples()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key.to_string(), (timestamp, cpu_ns));
+    previous.and_then(|p| nano_cores(p, (timestamp, cpu_ns)))
+}
+
+impl Runtime {
+    /// Stats of one pod: its cgroup's usage (pause and containers), process
+    /// count, and its containers' stats.
+    pub async fn pod_sandbox_stats(self: &Arc<Self>, id: &str) -> CriResult<cri::PodSandboxStats> {
+        let pod = self.pod(id)?;
+        Ok(self.pod_stats_of(&pod).await)
+    }
+
+    /// Stats of the pods matching `filter`.
+    pub async fn list_pod_sandbox_stats(
+        self: &Arc<Self>,
+        filter: Option<cri::PodSandboxStatsFilter>,
+    ) -> Vec<cri::PodSandboxStats> {
+        let pods: Vec<PodRecord> = self
+            .records()
+            .pods
+            .values()
+            .filter(|p| match &filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || p.id.starts_with(&f.id))
+                        && super::labels_match(&f.label_selector, &p.labels)
+                }
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(pods.len());
+        for pod in pods {
+            out.push(self.pod_stats_of(&pod).await);
+        }
+        out
+    }
+
+    async fn pod_stats_of(self: &Arc<Self>, pod: &PodRecord) -> cri::PodSandboxStats {
+        let config: cri::PodSandboxConfig = crate::store::decode(&pod.config).unwrap_or_default();
+        let timestamp = now_ns();
+        let usage = caisson_cgroups::stats::read(
+            &caisson_cgroups::fs::CgroupRoot::host(),
+            &pod.cgroup_parent,
+        );
+        let nano = usage
+            .cpu_usage_ns
+            .and_then(|ns| record_cpu(&format!("pod/{}", pod.id), timestamp, ns));
+        let containers = self
+            .list_container_stats(Some(cri::ContainerStatsFilter {
+                pod_sandbox_id: pod.id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .into_iter()
+            .collect();
+        cri::PodSandboxStats {
+            attributes: Some(cri::PodSandboxAttributes {
+                id: pod.id.clone(),
+                metadata: config.metadata,
+                labels: super::unsorted(&pod.labels),
+                annotations: super::unsorted(&pod.annotations),
+            }),
+            linux: Some(cri::LinuxPodSandboxStats {
+                cpu: Some(cri::CpuUsage {
+                    timestamp,
+                    usage_core_nano_seconds: usage.cpu_usage_ns.and_then(value),
+                    usage_nano_cores: nano.and_then(value),
+                }),
+                memory: Some(cri::MemoryUsage {
+                    timestamp,
+                    working_set_bytes: usage.working_set.and_then(value),
+                    available_bytes: None,
+                    usage_bytes: usage.memory_usage.and_then(value),
+                    rss_bytes: usage.rss.and_then(value),
+                    page_faults: usage.page_faults.and_then(value),
+                    major_page_faults: usage.major_page_faults.and_then(value),
+                }),
+                network: None,
+                process: Some(cri::ProcessUsage {
+                    timestamp,
+                    process_count: usage.processes.and_then(value),
+                }),
+                containers,
+            }),
+            windows: None,
+        }
+    }
+
+    /// Stats of one container.
+    pub async fn container_stats(self: &Arc<Self>, id: &str) -> CriResult<cri::ContainerStats> {
+        let c = self.container(id)?;
+        self.stats_of(&c).await
+    }
+
+    /// Stats of the containers matching `filter` (running ones; a container
+    /// whose shim does not answer is left out).
+    pub async fn list_container_stats(
+        self: &Arc<Self>,
+        filter: Option<cri::ContainerStatsFilter>,
+    ) -> Vec<cri::ContainerStats> {
+        let matching: Vec<ContainerRecord> = self
+            .records()
+            .containers
+            .values()
+            .filter(|c| match &filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || c.id.starts_with(&f.id))
+                        && (f.pod_sandbox_id.is_empty() || c.pod_id.starts_with(&f.pod_sandbox_id))
+                        && super::labels_match(&f.label_selector, &c.labels)
+                }
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(matching.len());
+        for c in matching {
+            match self.stats_of(&c).await {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::debug!(container_id = %c.id, error = %e, "no stats"),
+            }
+        }
+        out
+    }
+
+    async fn stats_of(self: &Arc<Self>, c: &ContainerRecord) -> CriResult<cri::ContainerStats> {
+        let config: cri::ContainerConfig = crate::store::decode(&c.config).unwrap_or_default();
+        let attributes = Some(cri::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: config.metadata,
+            labels: super::unsorted(&c.labels),
+            annotations: super::unsorted(&c.annotations),
+        });
+        let timestamp = now_ns();
+        let writable_layer = self
+            .images
+            .rootfs_usage(&c.id)
+            .ok()
+            .map(|u| cri::FilesystemUsage {
+                timestamp,
+                fs_id: Some(cri::FilesystemIdentifier {
+                    mountpoint: self.config.root_dir.display().to_string(),
+                }),
+                used_bytes: value(u.used_bytes),
+                inodes_used: value(u.inodes_used),
+            });
+        if c.state != ContainerState::Running {
+            return Ok(cri::ContainerStats {
+                attributes,
+                writable_layer,
+                ..Default::default()
+            });
+        }
+        let pod = self.pod(&c.pod_id)?;
+        let client = self.client(&pod)?;
+        let response = client.stats(&c.id).await?;
+        let any = response
+            .stats
+            .as_ref()
+            .ok_or_else(|| CriError::Internal("task stats: empty answer".into()))?;
+        let metrics = Metrics::parse_from_bytes(&any.value)
+            .map_err(|e| CriError::internal("decoding task stats", e))?;
+        let sample = Sample::from_metrics(&metrics);
+        let nano = record_cpu(&c.id, timestamp, sample.cpu_usage_ns);
+        Ok(cri::ContainerStats {
+            attributes,
+            cpu: Some(cri::CpuUsage {
+                timestamp,
+                usage_core_nano_seconds: value(sample.cpu_usage_ns),
+                usage_nano_cores: nano.and_then(value),
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp,
+                working_set_bytes: value(sample.working_set),
+                available_bytes: None,
+                usage_bytes: value(sample.memory_usage),
+                rss_bytes: value(sample.rss),
+                page_faults: value(sample.page_faults),
+                major_page_faults: value(sample.major_page_faults),
+            }),
+            writable_layer,
+            swap: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nano_cores_between_samples() {
+        for (previous, now, want) in [
+            ((0, 0), (1_000_000_000, 500_000_000), Some(500_000_000)),
+            ((0, 0), (500_000_000, 1_000_000_000), Some(2_000_000_000)),
+            ((5, 10), (5, 20), None),
+            ((0, 20), (1_000, 10), None),
+        ] {
+            assert_eq!(nano_cores(previous, now), want, "{previous:?} → {now:?}");
+        }
+    }
+
+    #[test]
+    fn working_set_is_usage_minus_inactive_file() {
+        let mut m = Metrics::new();
+        let memory = m.memory.mut_or_insert_default();
+        memory.mut_usage().usage = 100;
+        memory.total_inactive_file = 30;
+        memory.total_rss = 50;
+        m.mut_cpu().mut_usage().total = 7;
+        let s = Sample::from_metrics(&m);
+        assert_eq!((s.working_set, s.rss, s.cpu_usage_ns), (70, 50, 7));
+    }
+}

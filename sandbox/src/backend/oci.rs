@@ -1,0 +1,515 @@
+//! The `oci` backend: delegates containers to an external OCI runtime CLI
+//! (`runc`, `crun`, gVisor's `runsc`), the shim still supervising them.
+//!
+//! * `create`: `RUNTIME --root R create --bundle B --pid-file P ID` with the
+//!   container's stdio as the CLI's own (the runtime hands it to the init).
+//!   The CLI exits; its init, orphaned, becomes the shim's child (the shim is
+//!   a child subreaper) and is watched by the shim's reaper before it can
+//!   run (it waits for `start`).
+//! * `exec`: `RUNTIME exec --process F --pid-file P ID` in the foreground:
+//!   the CLI stays the parent of the exec process and exits with its status,
+//!   so the reaper watches the CLI.
+//! * Every other CLI call (`start`, `kill`, `delete`, `ps`, `pause`,
+//!   `resume`) runs through [`Reaper::run`] so the reaper does not steal its
+//!   exit status.
+//!
+//! Not yet: terminals (console sockets), `update`, `stats`.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use oci_spec::runtime::LinuxResources;
+
+use crate::backend::{
+    Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, Stdio, TaskSpec,
+    TaskStats,
+};
+use crate::host::pidfd::Pidfd;
+use crate::host::reaper::{Reaped, Reaper};
+use crate::host::stdio::{open_stdio, HeldStdio};
+
+const NAME: &str = "oci";
+/// How long a CLI call that forks the container may take.
+const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The backend's options (the handler's `options`, as JSON in
+/// `CAISSON_BACKEND_OPTIONS`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct OciOptions {
+    /// The runtime CLI, e.g. `/usr/sbin/runc`.
+    #[serde(default = "default_runtime")]
+    pub runtime_path: PathBuf,
+    /// Global arguments put before every command (e.g. crun's
+    /// `--cgroup-manager=disabled` where it cannot use hybrid cgroups).
+    #[serde(default)]
+    pub runtime_args: Vec<String>,
+}
+
+fn default_runtime() -> PathBuf {
+    PathBuf::from("/usr/sbin/runc")
+}
+
+impl Default for OciOptions {
+    fn default() -> Self {
+        OciOptions {
+            runtime_path: default_runtime(),
+            runtime_args: Vec::new(),
+        }
+    }
+}
+
+struct Proc {
+    pidfd: Pidfd,
+    _stdio: HeldStdio,
+}
+
+#[derive(Default)]
+struct OciTask {
+    init: Option<Proc>,
+    exited: bool,
+    execs: HashMap<String, ExecSpec>,
+    running_execs: HashMap<String, Proc>,
+}
+
+/// The `oci` backend. One per shim.
+pub struct OciBackend {
+    options: OciOptions,
+    root: PathBuf,
+    exits: ExitSink,
+    reaper: &'static Reaper,
+    tasks: Arc<Mutex<HashMap<String, OciTask>>>,
+}
+
+fn failed(op: &'static str, id: &str, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed {
+        op,
+        id: id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn not_found(id: &str) -> BackendError {
+    BackendError::NotFound(id.to_string())
+}
+
+impl OciBackend {
+    /// A backend keeping the runtime's state (`--root`) under `state_root`.
+    pub fn new(state_root: PathBuf, exits: ExitSink, options: OciOptions) -> Result<Self> {
+        let setup = |reason: String| failed("start backend", NAME, reason);
+        let root = state_root.join("oci");
+        std::fs::create_dir_all(&root).map_err(|e| setup(format!("{}: {e}", root.display())))?;
+        if !options.runtime_path.exists() {
+            return Err(BackendError::InvalidArgument {
+                what: "runtime_path".into(),
+                reason: format!("{} does not exist", options.runtime_path.display()),
+            });
+        }
+        let reaper = Reaper::global().map_err(|e| setup(format!("starting the reaper: {e}")))?;
+        Ok(OciBackend {
+            options,
+            root,
+            exits,
+            reaper,
+            tasks: Arc::default(),
+        })
+    }
+
+    fn cli(&self) -> Command {
+        let mut cmd = Command::new(&self.options.runtime_path);
+        cmd.args(&self.options.runtime_args)
+            .arg("--root")
+            .arg(&self.root);
+        cmd
+    }
+
+    /// Runs a short CLI call to completion.
+    fn run(&self, op: &'static str, id: &str, args: &[&str]) -> Result<()> {
+        let out = self
+            .reaper
+            .run(self.cli().args(args))
+            .map_err(|e| failed(op, id, e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(failed(
+                op,
+                id,
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            ))
+        }
+    }
+
+    /// Spawns `cmd` with `stdio` as its own and returns a channel that
+    /// receives its exit (the reaper watches it from the start).
+    fn spawn_with(
+        &self,
+        cmd: &mut Command,
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> std::io::Result<(u32, mpsc::Receiver<Reaped>)> {
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        let (tx, rx) = mpsc::channel();
+        let guard = self.reaper.lock();
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        guard.watch(pid, move |reaped| {
+            let _ = tx.send(reaped);
+        });
+        Ok((pid, rx))
+    }
+
+    fn open(
+        op: &'static str,
+        id: &str,
+        stdio: &Stdio,
+    ) -> Result<(crate::host::stdio::ChildStdio, HeldStdio)> {
+        if stdio.terminal {
+            return Err(BackendError::Unsupported {
+                op: "terminal",
+                backend: NAME,
+            });
+        }
+        open_stdio(stdio).map_err(|e| failed(op, id, format!("stdio: {e}")))
+    }
+
+    fn read_pid(path: &Path) -> std::io::Result<u32> {
+        std::fs::read_to_string(path)?
+            .trim()
+            .parse()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+impl Backend for OciBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn create(&self, task: &TaskSpec) -> Result<u32> {
+        let id = task.id.as_str();
+        if self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+        {
+            return Err(BackendError::AlreadyExists {
+                what: "task",
+                id: id.to_string(),
+            });
+        }
+        let (child, held) = Self::open("create", id, &task.stdio)?;
+        let work = tempfile::tempdir().map_err(|e| failed("create", id, e))?;
+        let pid_file = work.path().join("pid");
+        let log = work.path().join("log");
+        let mut cmd = self.cli();
+        cmd.arg("--log")
+            .arg(&log)
+            .arg("create")
+            .arg("--bundle")
+            .arg(&task.bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id);
+        let (_, rx) = self
+            .spawn_with(&mut cmd, child.stdin, child.stdout, child.stderr)
+            .map_err(|e| failed("create", id, e))?;
+        let reaped = rx
+            .recv_timeout(CLI_DEADLINE)
+            .map_err(|_| failed("create", id, "the runtime did not finish"))?;
+        if reaped.code() != 0 {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            let _ = self.run("delete", id, &["delete", "--force", id]);
+            return Err(failed(
+                "create",
+                id,
+                format!(
+                    "{} create: {}",
+                    self.options.runtime_path.display(),
+                    log.trim()
+                ),
+            ));
+        }
+        let pid = Self::read_pid(&pid_file)
+            .map_err(|e| failed("create", id, format!("pid file: {e}")))?;
+        let pidfd =
+            Pidfd::open(pid).map_err(|e| failed("create", id, format!("pidfd of {pid}: {e}")))?;
+        // The init waits for `start`: it cannot have exited yet.
+        {
+            let guard = self.reaper.lock();
+            let this = self.clone_for_exit();
+            let id2 = id.to_string();
+            guard.watch(pid, move |reaped| {
+                this.report(&id2, None, pid, reaped.code(), reaped.at)
+            });
+        }
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            id.to_string(),
+            OciTask {
+                init: Some(Proc {
+                    pidfd,
+                    _stdio: held,
+                }),
+                ..OciTask::default()
+            },
+        );
+        tracing::info!(id, pid, runtime = %self.options.runtime_path.display(), "task created");
+        Ok(pid)
+    }
+
+    fn start(&self, id: &str) -> Result<u32> {
+        let pid = self.init_pid(id)?;
+        self.run("start", id, &["start", id])?;
+        Ok(pid)
+    }
+
+    fn exec(&self, exec: &ExecSpec) -> Result<()> {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tasks
+            .get_mut(&exec.container_id)
+            .ok_or_else(|| not_found(&exec.container_id))?;
+        if task.execs.contains_key(&exec.exec_id) {
+            return Err(BackendError::AlreadyExists {
+                what: "exec",
+                id: exec.exec_id.clone(),
+            });
+        }
+        task.execs.insert(exec.exec_id.clone(), exec.clone());
+        Ok(())
+    }
+
+    fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
+        let exec = {
+            let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+            task.execs
+                .get(exec_id)
+                .cloned()
+                .ok_or_else(|| not_found(&format!("{id}/{exec_id}")))?
+        };
+        let (child, held) = Self::open("start exec", id, &exec.stdio)?;
+        let work = tempfile::tempdir().map_err(|e| failed("start exec", id, e))?;
+        let process_file = work.path().join("process.json");
+        let mut process = exec.process.clone();
+        process.set_terminal(Some(false));
+        std::fs::write(
+            &process_file,
+            serde_json::to_vec(&process).map_err(|e| failed("start exec", id, e))?,
+        )
+        .map_err(|e| failed("start exec", id, e))?;
+        let pid_file = work.path().join("pid");
+        let mut cmd = self.cli();
+        cmd.arg("exec")
+            .arg("--process")
+            .arg(&process_file)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id);
+        let (cli_pid, rx) = self
+            .spawn_with(&mut cmd, child.stdin, child.stdout, child.stderr)
+            .map_err(|e| failed("start exec", id, e))?;
+        // The pid file appears once the process exists (or the CLI failed).
+        let until = std::time::Instant::now() + CLI_DEADLINE;
+        let pid = loop {
+            if let Ok(pid) = Self::read_pid(&pid_file) {
+                break pid;
+            }
+            match rx.recv_timeout(Duration::from_millis(10)) {
+                Ok(reaped) => {
+                    // Exited before the pid file could be read: report it anyway.
+                    let pid = Self::read_pid(&pid_file).unwrap_or(cli_pid);
+                    self.clone_for_exit()
+                        .report(id, Some(exec_id), pid, reaped.code(), reaped.at);
+                    return Ok(pid);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < until => {}
+                Err(_) => {
+                    return Err(failed(
+                        "start exec",
+                        id,
+                        "the runtime did not start the process",
+                    ))
+                }
+            }
+        };
+        let pidfd = Pidfd::open(cli_pid).map_err(|e| failed("start exec", id, e))?;
+        if let Some(task) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            task.running_execs.insert(
+                exec_id.to_string(),
+                Proc {
+                    pidfd,
+                    _stdio: held,
+                },
+            );
+        }
+        let this = self.clone_for_exit();
+        let (id2, exec2) = (id.to_string(), exec_id.to_string());
+        std::thread::spawn(move || {
+            if let Ok(reaped) = rx.recv() {
+                this.report(&id2, Some(&exec2), pid, reaped.code(), reaped.at);
+            }
+        });
+        Ok(pid)
+    }
+
+    fn kill(&self, id: &str, exec_id: Option<&str>, signal: u32, all: bool) -> Result<()> {
+        match exec_id {
+            Some(exec_id) => {
+                let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+                let proc = task
+                    .running_execs
+                    .get(exec_id)
+                    .ok_or_else(|| not_found(exec_id))?;
+                // The CLI forwards signals to the exec process.
+                proc.pidfd
+                    .send_signal(signal as i32)
+                    .map_err(|e| failed("kill", id, e))?;
+                Ok(())
+            }
+            None => {
+                let exited = {
+                    let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                    tasks.get(id).ok_or_else(|| not_found(id))?.exited
+                };
+                if exited && !all {
+                    return Ok(());
+                }
+                let signal = signal.to_string();
+                let mut args = vec!["kill"];
+                if all {
+                    args.push("--all");
+                }
+                args.extend([id, signal.as_str()]);
+                match self.run("kill", id, &args) {
+                    Err(_) if exited => Ok(()),
+                    other => other,
+                }
+            }
+        }
+    }
+
+    fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        if let Some(exec_id) = exec_id {
+            task.execs
+                .remove(exec_id)
+                .ok_or_else(|| not_found(exec_id))?;
+            task.running_execs.remove(exec_id);
+            return Ok(());
+        }
+        drop(tasks);
+        self.run("delete", id, &["delete", "--force", id])?;
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
+        let out = self
+            .reaper
+            .run(self.cli().args(["ps", "--format", "json", id]))
+            .map_err(|e| failed("pids", id, e))?;
+        let pids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        Ok(pids
+            .into_iter()
+            .map(|pid| ProcessInfo { pid, exec_id: None })
+            .collect())
+    }
+
+    fn pause(&self, id: &str) -> Result<()> {
+        self.run("pause", id, &["pause", id])
+    }
+
+    fn resume(&self, id: &str) -> Result<()> {
+        self.run("resume", id, &["resume", id])
+    }
+
+    fn update(&self, _id: &str, _resources: &LinuxResources) -> Result<()> {
+        Err(BackendError::Unsupported {
+            op: "update",
+            backend: NAME,
+        })
+    }
+
+    fn stats(&self, _id: &str) -> Result<TaskStats> {
+        Err(BackendError::Unsupported {
+            op: "stats",
+            backend: NAME,
+        })
+    }
+
+    fn resize_pty(&self, _id: &str, _exec_id: Option<&str>, _w: u16, _h: u16) -> Result<()> {
+        Err(BackendError::Unsupported {
+            op: "terminal",
+            backend: NAME,
+        })
+    }
+
+    fn close_stdin(&self, id: &str, _exec_id: Option<&str>) -> Result<()> {
+        self.init_pid(id).map(|_| ())
+    }
+
+    fn reopen_logs(&self, _id: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl OciBackend {
+    fn init_pid(&self, id: &str) -> Result<u32> {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+        task.init
+            .as_ref()
+            .map(|p| p.pidfd.pid())
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// What an exit callback needs, without borrowing the backend.
+    fn clone_for_exit(&self) -> ExitReporter {
+        ExitReporter {
+            tasks: Arc::downgrade(&self.tasks),
+            exits: self.exits.clone(),
+        }
+    }
+}
+
+struct ExitReporter {
+    tasks: std::sync::Weak<Mutex<HashMap<String, OciTask>>>,
+    exits: ExitSink,
+}
+
+impl ExitReporter {
+    fn report(&self, id: &str, exec_id: Option<&str>, pid: u32, status: u32, at: SystemTime) {
+        let Some(tasks) = self.tasks.upgrade() else {
+            return;
+        };
+        if let Some(task) = tasks.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id) {
+            if exec_id.is_none() {
+                task.exited = true;
+            }
+        }
+        tracing::info!(id, ?exec_id, pid, status, "process exited");
+        (self.exits)(Exit {
+            container_id: id.to_string(),
+            exec_id: exec_id.map(str::to_string),
+            pid,
+            status,
+            exited_at: at,
+            oom_killed: false,
+        });
+    }
+}

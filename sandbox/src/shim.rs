@@ -26,7 +26,9 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::{api, create_task, Task};
 use sha2::{Digest, Sha256};
 
+use crate::backend::hardened::HardenedBackend;
 use crate::backend::native::NativeBackend;
+use crate::backend::oci::{OciBackend, OciOptions};
 use crate::backend::{Backend, BackendError, ExitSink, TaskKind};
 use crate::events::{timestamp, Publisher};
 use crate::service::{task_kind, TaskService};
@@ -37,6 +39,9 @@ pub const RUNTIME_NAME: &str = "io.containerd.caisson.v2";
 pub const RUN_DIR_ENV: &str = "CAISSON_SHIM_RUN_DIR";
 /// Environment variable choosing the backend (default `native`).
 pub const BACKEND_ENV: &str = "CAISSON_BACKEND";
+/// The handler's backend options, as a JSON object (e.g. the `oci`
+/// backend's `runtime_path`).
+pub const BACKEND_OPTIONS_ENV: &str = "CAISSON_BACKEND_OPTIONS";
 const DEFAULT_RUN_DIR: &str = "/run/caisson/shim";
 /// The listening socket `start` hands to `serve`.
 const LISTENER_FD: i32 = 3;
@@ -258,9 +263,30 @@ pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>
             // The running image itself, even if the file was replaced since.
             PathBuf::from("/proc/self/exe"),
         )?)),
+        "hardened" => Ok(Arc::new(HardenedBackend::new(
+            state_dir(namespace),
+            exits,
+            PathBuf::from("/proc/self/exe"),
+        )?)),
+        "oci" => {
+            let options = match std::env::var(BACKEND_OPTIONS_ENV) {
+                Ok(json) if !json.is_empty() => {
+                    serde_json::from_str(&json).map_err(|e| BackendError::InvalidArgument {
+                        what: BACKEND_OPTIONS_ENV.to_string(),
+                        reason: e.to_string(),
+                    })?
+                }
+                _ => OciOptions::default(),
+            };
+            Ok(Arc::new(OciBackend::new(
+                state_dir(namespace),
+                exits,
+                options,
+            )?))
+        }
         other => Err(BackendError::InvalidArgument {
             what: BACKEND_ENV.to_string(),
-            reason: format!("unknown backend {other:?} (known: native)"),
+            reason: format!("unknown backend {other:?} (known: native, hardened, oci)"),
         }),
     }
 }

@@ -23,6 +23,10 @@ pub struct Config {
     #[serde(default)]
     pub shim_binary: String,
     pub cgroup_parent: String,
+    /// `[cgroups]`: the QoS hierarchy built under `cgroup_parent` when
+    /// kubelet gives no parent.
+    #[serde(default)]
+    pub cgroups: CgroupsConfig,
     #[serde(default = "default_stop_timeout")]
     pub default_stop_timeout: u64,
     #[serde(default)]
@@ -34,6 +38,34 @@ pub struct Config {
     /// Pod networking through CNI.
     #[serde(default)]
     pub network: NetworkConfig,
+}
+
+/// `[cgroups]`: the node-allocatable level of the QoS hierarchy (0 =
+/// unlimited).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupsConfig {
+    /// Memory all pods together may use, in bytes.
+    #[serde(default)]
+    pub allocatable_memory: u64,
+    /// CPU all pods together are weighted by, in milli-CPU.
+    #[serde(default)]
+    pub allocatable_cpu_milli: u64,
+}
+
+impl CgroupsConfig {
+    /// The QoS hierarchy under `top` on this node's cgroupfs.
+    pub fn qos_tree(&self, top: &str) -> caisson_cgroups::QosTree<caisson_cgroups::fs::CgroupRoot> {
+        let nonzero = |v: u64| (v != 0).then_some(v);
+        caisson_cgroups::QosTree::new(
+            caisson_cgroups::fs::CgroupRoot::host(),
+            top,
+            caisson_cgroups::NodeAllocatable {
+                memory: nonzero(self.allocatable_memory),
+                cpu_milli: nonzero(self.allocatable_cpu_milli),
+            },
+        )
+    }
 }
 
 /// `[network]`: where CNI configs and plugins are.
@@ -107,7 +139,8 @@ pub struct Runtimes {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Handler {
-    /// `native` today; `hardened` and `microvm` come with their issues.
+    /// `native`, `hardened` or `oci` (an external OCI runtime CLI named by
+    /// `options.runtime_path`); `microvm` comes with its issue.
     pub backend: String,
     /// Backend options, passed to the shim.
     #[serde(default)]
@@ -115,7 +148,7 @@ pub struct Handler {
 }
 
 /// Backends this build can run.
-pub const KNOWN_BACKENDS: &[&str] = &["native"];
+pub const KNOWN_BACKENDS: &[&str] = &["native", "hardened", "oci"];
 
 impl Config {
     /// The embedded default.

@@ -170,12 +170,16 @@ impl RuntimeService for RuntimeApi {
 
     async fn update_container_resources(
         &self,
-        _r: Request<cri::UpdateContainerResourcesRequest>,
+        r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Rsp<cri::UpdateContainerResourcesResponse> {
-        Err(unimplemented(
-            "UpdateContainerResources",
-            "it arrives with the QoS and cgroups issue",
-        ))
+        let r = r.into_inner();
+        if r.container_id.is_empty() {
+            return Err(CriError::invalid("container_id", "must not be empty").into());
+        }
+        self.rt
+            .update_container_resources(&r.container_id, r.linux)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
@@ -221,42 +225,46 @@ impl RuntimeService for RuntimeApi {
 
     async fn container_stats(
         &self,
-        _r: Request<cri::ContainerStatsRequest>,
+        r: Request<cri::ContainerStatsRequest>,
     ) -> Rsp<cri::ContainerStatsResponse> {
-        Err(unimplemented(
-            "ContainerStats",
-            "stats arrive with the QoS and cgroups issue",
-        ))
+        let id = r.into_inner().container_id;
+        if id.is_empty() {
+            return Err(CriError::invalid("container_id", "must not be empty").into());
+        }
+        let stats = self.rt.container_stats(&id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _r: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Rsp<cri::ListContainerStatsResponse> {
-        Err(unimplemented(
-            "ListContainerStats",
-            "stats arrive with the QoS and cgroups issue",
-        ))
+        let stats = self.rt.list_container_stats(r.into_inner().filter).await;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _r: Request<cri::PodSandboxStatsRequest>,
+        r: Request<cri::PodSandboxStatsRequest>,
     ) -> Rsp<cri::PodSandboxStatsResponse> {
-        Err(unimplemented(
-            "PodSandboxStats",
-            "stats arrive with the QoS and cgroups issue",
-        ))
+        let id = r.into_inner().pod_sandbox_id;
+        if id.is_empty() {
+            return Err(CriError::invalid("pod_sandbox_id", "must not be empty").into());
+        }
+        let stats = self.rt.pod_sandbox_stats(&id).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _r: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Rsp<cri::ListPodSandboxStatsResponse> {
-        Err(unimplemented(
-            "ListPodSandboxStats",
-            "stats arrive with the QoS and cgroups issue",
-        ))
+        let stats = self.rt.list_pod_sandbox_stats(r.into_inner().filter).await;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(

@@ -37,7 +37,22 @@ impl ShimManager {
 
     /// Runs `start` for a task in `bundle`: returns the pod's shim address.
     pub async fn start(&self, task_id: &str, bundle: &Path, backend: &str) -> CriResult<String> {
+        self.start_with_options(task_id, bundle, backend, "").await
+    }
+
+    /// [`ShimManager::start`] with the handler's backend options (a JSON
+    /// object, `CAISSON_BACKEND_OPTIONS` in the shim; empty for none).
+    pub async fn start_with_options(
+        &self,
+        task_id: &str,
+        bundle: &Path,
+        backend: &str,
+        options: &str,
+    ) -> CriResult<String> {
         let mut cmd = self.command(backend);
+        if !options.is_empty() {
+            cmd.env("CAISSON_BACKEND_OPTIONS", options);
+        }
         cmd.args([
             "-namespace",
             NAMESPACE,
@@ -177,6 +192,15 @@ impl ShimClient {
             ..Default::default()
         };
         call!(self, state, req, "task state")
+    }
+
+    /// The task's cgroup metrics (`io.containerd.cgroups.v1.Metrics`).
+    pub async fn stats(&self, id: &str) -> CriResult<api::StatsResponse> {
+        let req = api::StatsRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        call!(self, stats, req, "task stats")
     }
 
     pub async fn exec(&self, req: api::ExecProcessRequest) -> CriResult<()> {

@@ -69,7 +69,7 @@ impl Caissond {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let config = format!(
-            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[network]\ncni_conf_dir = \"{cni}/net.d\"\ncni_bin_dirs = [\"{cni}/bin\", \"/opt/cni/bin\", \"/usr/lib/cni\"]\ninstall_default_cni_config = false\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n",
+            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[network]\ncni_conf_dir = \"{cni}/net.d\"\ncni_bin_dirs = [\"{cni}/bin\", \"/opt/cni/bin\", \"/usr/lib/cni\"]\ninstall_default_cni_config = false\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n[runtimes.handlers.hardened]\nbackend = \"hardened\"\n[runtimes.handlers.runc-oci]\nbackend = \"oci\"\n[runtimes.handlers.runc-oci.options]\nruntime_path = \"/usr/sbin/runc\"\n",
             root = dir.path().join("root").display(),
             run = dir.path().join("run").display(),
             socket = socket.display(),
@@ -734,11 +734,21 @@ impl Caissond {
     /// The cgroup dir of a pod's task (`pod_or_container` is the pause's or
     /// a container's id) under one controller.
     pub fn task_cgroup(&self, controller: &str, pod_uid: &str, task: &str) -> PathBuf {
-        Path::new("/sys/fs/cgroup")
+        self.pod_cgroup(controller, pod_uid).join(task)
+    }
+
+    /// The cgroup dir of a pod under one controller, in whichever QoS tier
+    /// (`besteffort/`, `burstable/`, or the top for Guaranteed) it is.
+    pub fn pod_cgroup(&self, controller: &str, pod_uid: &str) -> PathBuf {
+        let top = Path::new("/sys/fs/cgroup")
             .join(controller)
-            .join(self.cgroup_parent.trim_start_matches('/'))
-            .join(format!("pod{pod_uid}"))
-            .join(task)
+            .join(self.cgroup_parent.trim_start_matches('/'));
+        let pod = format!("pod{pod_uid}");
+        ["besteffort", "burstable", ""]
+            .iter()
+            .map(|tier| top.join(tier).join(&pod))
+            .find(|dir| dir.exists())
+            .unwrap_or_else(|| top.join("besteffort").join(&pod))
     }
 
     /// Processes that belong to this daemon's pods: in its cgroups, or
@@ -810,6 +820,13 @@ impl Caissond {
             for ctl in ctls.flatten() {
                 let base = ctl.path().join(self.cgroup_parent.trim_start_matches('/'));
                 walk_dirs(&base, Path::new("/sys/fs/cgroup"), &mut cgroups);
+                // The QoS tiers are the node's standing hierarchy (as
+                // kubelet's), not a pod's: only what is inside them counts.
+                for tier in ["besteffort", "burstable"] {
+                    if let Ok(rel) = base.join(tier).strip_prefix("/sys/fs/cgroup") {
+                        cgroups.remove(&rel.display().to_string());
+                    }
+                }
             }
         }
         let processes = self

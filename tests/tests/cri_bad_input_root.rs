@@ -531,30 +531,22 @@ fn unimplemented_rpcs_say_so() {
             "PortForward",
             rpc!(port_forward, cri::PortForwardRequest::default()),
         ),
-        unimplemented(
-            "ContainerStats",
+        case(
+            "ContainerStats without an id",
+            Code::InvalidArgument,
+            "container_id",
             rpc!(container_stats, cri::ContainerStatsRequest::default()),
         ),
-        unimplemented(
-            "ListContainerStats",
-            rpc!(
-                list_container_stats,
-                cri::ListContainerStatsRequest::default()
-            ),
-        ),
-        unimplemented(
-            "PodSandboxStats",
+        case(
+            "PodSandboxStats without an id",
+            Code::InvalidArgument,
+            "pod_sandbox_id",
             rpc!(pod_sandbox_stats, cri::PodSandboxStatsRequest::default()),
         ),
-        unimplemented(
-            "ListPodSandboxStats",
-            rpc!(
-                list_pod_sandbox_stats,
-                cri::ListPodSandboxStatsRequest::default()
-            ),
-        ),
-        unimplemented(
-            "UpdateContainerResources",
+        case(
+            "UpdateContainerResources without an id",
+            Code::InvalidArgument,
+            "container_id",
             rpc!(
                 update_container_resources,
                 cri::UpdateContainerResourcesRequest::default()

@@ -29,7 +29,9 @@ use std::time::SystemTime;
 
 use oci_spec::runtime::{LinuxResources, Process};
 
+pub mod hardened;
 pub mod native;
+pub mod oci;
 
 /// What a task is in its pod (from `io.kubernetes.cri.container-type`).
 #[derive(Debug, Clone, PartialEq, Eq)]

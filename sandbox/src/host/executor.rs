@@ -30,6 +30,8 @@ impl Default for CleanSignals<DefaultExecutor> {
 impl<E: Executor + Clone + 'static> Executor for CleanSignals<E> {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         reset_signal_state();
+        confine_to_root(spec)?;
+        load_exec_filter(spec)?;
         self.0.exec(spec)
     }
 
@@ -40,6 +42,83 @@ impl<E: Executor + Clone + 'static> Executor for CleanSignals<E> {
     fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
         self.0.setup_envs(envs)
     }
+}
+
+/// Annotation asking for Landlock confinement: `rootfs` restricts the
+/// process (and its descendants) to files beneath its root directory, i.e.
+/// the container's rootfs and the mounts inside it. Defence in depth: a
+/// host path reached by other means (another process's `/proc/<pid>/root`,
+/// a descriptor leaked in) is outside that hierarchy and refused.
+pub const LANDLOCK_ANNOTATION: &str = "io.caisson.landlock";
+
+/// Applies [`LANDLOCK_ANNOTATION`], after `pivot_root` (so `/` is the
+/// container's root) and right before `execve`. A kernel without Landlock
+/// is tolerated (best effort); any other failure fails the process.
+fn confine_to_root(spec: &Spec) -> Result<(), ExecutorError> {
+    use landlock::{
+        Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, ABI,
+    };
+    let wanted = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(LANDLOCK_ANNOTATION))
+        .is_some_and(|v| v == "rootfs");
+    if !wanted {
+        return Ok(());
+    }
+    let failed = |e: &dyn std::fmt::Display| ExecutorError::Other(format!("landlock: {e}"));
+    let access = AccessFs::from_all(ABI::V3);
+    let root = PathFd::new("/").map_err(|e| failed(&e))?;
+    Ruleset::default()
+        .handle_access(access)
+        .map_err(|e| failed(&e))?
+        .create()
+        .map_err(|e| failed(&e))?
+        .add_rule(PathBeneath::new(root, access))
+        .map_err(|e| failed(&e))?
+        .restrict_self()
+        .map_err(|e| failed(&e))?;
+    Ok(())
+}
+
+/// Annotation carrying (as JSON) a `linux.seccomp` filter for **exec**
+/// processes. libcontainer 0.7's tenant (exec) builder rebuilds
+/// `linux` without the container's `seccomp`, so an exec would run
+/// unfiltered; a backend that needs execs filtered (hardened) puts the
+/// container's filter here and this executor loads it right before `execve`
+/// (the process already has `no_new_privs` and its final capabilities).
+pub const EXEC_SECCOMP_ANNOTATION: &str = "io.caisson.exec-seccomp";
+
+/// Loads the [`EXEC_SECCOMP_ANNOTATION`] filter in an exec process (whose
+/// spec has no `linux.seccomp`: an init process has had its filter loaded by
+/// libcontainer already). A filter that cannot be loaded fails the exec.
+fn load_exec_filter(spec: &Spec) -> Result<(), ExecutorError> {
+    let already = spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some());
+    let Some(json) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(EXEC_SECCOMP_ANNOTATION))
+    else {
+        return Ok(());
+    };
+    if already {
+        return Ok(());
+    }
+    let filter: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(json)
+        .map_err(|e| ExecutorError::Other(format!("{EXEC_SECCOMP_ANNOTATION}: {e}")))?;
+    // The exec has dropped its capabilities by now, so the kernel only lets
+    // it install a filter under no_new_privs: exec processes of a filtered
+    // container therefore always run with no_new_privs.
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(ExecutorError::Other(format!(
+            "setting no_new_privs for the exec filter: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    libcontainer::seccomp::initialize_seccomp(&filter)
+        .map_err(|e| ExecutorError::Other(format!("loading the exec seccomp filter: {e}")))?;
+    Ok(())
 }
 
 /// Default disposition for every signal, empty mask. Runs in the

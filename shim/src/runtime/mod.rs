@@ -6,6 +6,8 @@ pub mod container;
 pub mod exec;
 pub mod network;
 pub mod pod;
+pub mod stats;
+pub mod update;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -106,6 +108,11 @@ impl Runtime {
             if let Err(e) = crate::network::install_default_config(&config.network.cni_conf_dir) {
                 tracing::warn!(dir = %config.network.cni_conf_dir.display(), error = %e, "installing the default CNI config");
             }
+        }
+        // The QoS tiers exist from the start, like kubelet's (a pod's
+        // cgroup creation retries and reports failures).
+        if let Err(e) = config.cgroups.qos_tree(&config.cgroup_parent).ensure() {
+            tracing::warn!(error = %e, "creating the QoS cgroup hierarchy");
         }
         let (changes, _) = broadcast::channel(1024);
         Ok(Arc::new(Runtime {

@@ -93,7 +93,9 @@ fn validate(config: &cri::PodSandboxConfig) -> CriResult<&cri::PodSandboxMetadat
     Ok(meta)
 }
 
-/// cgroupfs form of the pod's parent cgroup.
+/// cgroupfs form of the pod's parent cgroup: kubelet's (a systemd slice is
+/// converted), else the pod's place in Caisson's QoS hierarchy under the
+/// configured `cgroup_parent`, by its class.
 fn cgroup_parent(rt: &Runtime, config: &cri::PodSandboxConfig, uid: &str) -> CriResult<String> {
     let requested = config
         .linux
@@ -101,22 +103,46 @@ fn cgroup_parent(rt: &Runtime, config: &cri::PodSandboxConfig, uid: &str) -> Cri
         .map(|l| l.cgroup_parent.clone())
         .unwrap_or_default();
     if requested.is_empty() {
-        let uid: String = uid
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect();
-        return Ok(format!(
-            "{}/pod{uid}",
-            rt.config.cgroup_parent.trim_end_matches('/')
-        ));
+        let tree = rt.config.cgroups.qos_tree(&rt.config.cgroup_parent);
+        return Ok(tree.pod_cgroup(pod_resources(config).class(), uid));
     }
-    if !requested.starts_with('/') || requested.split('/').any(|c| c == "..") {
-        return Err(CriError::invalid(
-            "config.linux.cgroup_parent",
-            "must be an absolute cgroupfs path without '..' (the systemd form arrives with the QoS issue)",
-        ));
+    caisson_cgroups::path::cgroupfs_parent(&requested)
+        .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e.to_string()))
+}
+
+/// The pod's QoS figures: its pod-level resources (the sums of its
+/// containers' as kubelet sends them) and its overhead.
+fn pod_resources(config: &cri::PodSandboxConfig) -> caisson_cgroups::PodResources {
+    let linux = config.linux.clone().unwrap_or_default();
+    let view = |r: Option<cri::LinuxContainerResources>| {
+        r.map(|r| crate::spec::qos_resources(&r))
+            .unwrap_or_default()
+    };
+    caisson_cgroups::PodResources {
+        resources: view(linux.resources),
+        overhead: view(linux.overhead),
     }
-    Ok(requested.trim_end_matches('/').to_string())
+}
+
+/// Creates and sizes the pod's cgroup when it is in Caisson's QoS hierarchy
+/// (kubelet makes its own); teardown removes it.
+fn create_pod_cgroup(
+    rt: &Runtime,
+    pod: &PodRecord,
+    config: &cri::PodSandboxConfig,
+) -> CriResult<()> {
+    let tree = rt.config.cgroups.qos_tree(&rt.config.cgroup_parent);
+    let resources = pod_resources(config);
+    if pod.cgroup_parent != tree.pod_cgroup(resources.class(), &pod.uid) {
+        return Ok(());
+    }
+    tree.create_pod(&pod.uid, &resources)
+        .map_err(|e| CriError::internal("creating the pod cgroup", e))?;
+    if let Err(e) = tree.refresh_burstable() {
+        tracing::warn!(error = %e, "updating the burstable tier's cpu shares");
+    }
+    tracing::info!(pod_id = %pod.id, cgroup = %pod.cgroup_parent, class = resources.class().as_str(), "pod cgroup created");
+    Ok(())
 }
 
 /// Writes the pod's /etc files and mounts its /dev/shm.
@@ -302,7 +328,11 @@ impl Runtime {
             network_released: false,
         };
         drop(_enter);
-        match self.start_pod(&mut pod, &config).await {
+        let started = match create_pod_cgroup(self, &pod, &config) {
+            Ok(()) => self.start_pod(&mut pod, &config).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(()) => {
                 tracing::info!(pod_id = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
                 Ok(id)
@@ -367,7 +397,17 @@ impl Runtime {
         let spec = spec::sandbox_spec(config, &ctx, pause_args)?;
         write_pause_bundle(self, &pod.bundle, &spec, self.config.pause_image.is_empty())
             .map_err(|e| CriError::internal("writing the pause bundle", e))?;
-        pod.shim_address = self.shims.start(&pod.id, &pod.bundle, &pod.backend).await?;
+        // The handler's options (e.g. the oci backend's runtime_path) go to the shim.
+        let options = self
+            .config
+            .handler(&pod.handler)
+            .filter(|(_, h)| !h.options.is_empty())
+            .map(|(_, h)| serde_json::to_string(&h.options).unwrap_or_default())
+            .unwrap_or_default();
+        pod.shim_address = self
+            .shims
+            .start_with_options(&pod.id, &pod.bundle, &pod.backend, &options)
+            .await?;
         // Recorded before the task exists, so a crash from here on is
         // cleaned up by recovery rather than leaked.
         self.save_pod(pod.clone())?;
@@ -427,6 +467,10 @@ impl Runtime {
         self.remove_pod_network(pod).await;
         remove_pod_dir(&pod_dir(self, &pod.id));
         remove_pod_cgroups(&pod.cgroup_parent);
+        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
+        if let Err(e) = tree.refresh_burstable() {
+            tracing::debug!(error = %e, "updating the burstable tier's cpu shares");
+        }
         let _ = self.store.remove_pod(&pod.id);
         self.records().pods.remove(&pod.id);
     }

@@ -23,6 +23,9 @@ pub(crate) struct HostFacts {
     /// The lowest `oom_score_adj` this process may hand out: -1000 with
     /// CAP_SYS_RESOURCE, else its own value.
     pub min_oom_score_adj: i32,
+    /// `MemTotal` in bytes: the capacity Burstable `oom_score_adj` is
+    /// computed against.
+    pub memory_capacity: u64,
     /// `(major, minor)` of the running kernel.
     pub kernel: (u32, u32),
     /// The architecture in Go's spelling (`amd64`, `arm64`), as seccomp
@@ -54,11 +57,21 @@ fn read() -> HostFacts {
         } else {
             own_oom
         },
+        memory_capacity: mem_total(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default()),
         kernel: kernel_version(
             &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
         ),
         arch: go_arch(std::env::consts::ARCH),
     }
+}
+
+/// `MemTotal:` of `/proc/meminfo`, in bytes (0 when unreadable).
+fn mem_total(meminfo: &str) -> u64 {
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// The hex mask on a `/proc/<pid>/status` line such as `CapBnd:`.
@@ -129,6 +142,7 @@ impl HostFacts {
             cgroup_v2: false,
             swap_accounting: true,
             min_oom_score_adj: 0,
+            memory_capacity: 4 << 30,
             kernel: (6, 1),
             arch: "amd64",
         }

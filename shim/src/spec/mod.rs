@@ -26,6 +26,15 @@ mod mounts;
 mod namespaces;
 mod process;
 mod resources;
+pub(crate) use resources::qos_resources;
+
+/// A container's OCI resources for a live update (UpdateContainerResources):
+/// the same translation and checks as at creation, on this node.
+pub(crate) fn update_resources(
+    r: &cri::LinuxContainerResources,
+) -> Result<LinuxResources, SpecError> {
+    resources::container_resources(r, host::facts(), "linux").map(|(res, _)| res)
+}
 mod seccomp;
 mod security;
 mod user;
@@ -205,6 +214,9 @@ pub fn container_spec(
 
 const SANDBOX_SC: &str = "config.linux.security_context";
 const CONTAINER_SC: &str = "config.linux.security_context";
+/// The capabilities a container's CRI request added, comma-separated (read
+/// by the shim's hardened backend; same key as `caisson-sandbox`'s).
+const ADDED_CAPABILITIES_ANNOTATION: &str = "io.caisson.capabilities.added";
 
 fn build_sandbox(
     config: &cri::PodSandboxConfig,
@@ -396,7 +408,21 @@ fn build_container(
     spec.set_process(Some(process));
     // Containers share the pod's UTS namespace: the sandbox set the name.
     spec.set_hostname(None);
-    spec.set_annotations(Some(container_annotations(config, sandbox, ctx)));
+    let mut annotations = container_annotations(config, sandbox, ctx);
+    // Which capabilities the pod asked for (the spec holds only the result):
+    // the hardened backend keeps only those.
+    if let Some(caps) = sc.capabilities.as_ref() {
+        let added: Vec<&str> = caps
+            .add_capabilities
+            .iter()
+            .chain(&caps.add_ambient_capabilities)
+            .map(String::as_str)
+            .collect();
+        if !added.is_empty() {
+            annotations.insert(ADDED_CAPABILITIES_ANNOTATION.to_string(), added.join(","));
+        }
+    }
+    spec.set_annotations(Some(annotations));
     spec.set_linux(Some(linux));
     Ok(spec)
 }

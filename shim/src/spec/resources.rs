@@ -19,15 +19,33 @@ pub(crate) const SANDBOX_CPU_SHARES: u64 = 2;
 /// warning: a pod is never failed for it (root here lacks
 /// CAP_SYS_RESOURCE, so negative values are out of reach).
 pub(crate) fn clamp_oom_score_adj(requested: i32, host: &HostFacts) -> i32 {
-    if requested < host.min_oom_score_adj {
-        tracing::warn!(
-            requested,
-            granted = host.min_oom_score_adj,
-            "oom_score_adj below what this node can grant; clamping"
-        );
-        host.min_oom_score_adj
-    } else {
-        requested
+    caisson_cgroups::OomPolicy {
+        min_allowed: host.min_oom_score_adj,
+        restrict: true,
+    }
+    .clamp(requested)
+}
+
+/// The `oom_score_adj` a container gets: the request's when kubelet sent one
+/// (non-zero), else kubelet's policy for the container's QoS class
+/// (Guaranteed -997, BestEffort 1000, Burstable from its memory limit — the
+/// only memory figure the CRI carries — against the node's memory).
+fn class_oom_score_adj(r: &cri::LinuxContainerResources, host: &HostFacts) -> i32 {
+    if r.oom_score_adj != 0 {
+        return r.oom_score_adj as i32;
+    }
+    let resources = qos_resources(r);
+    let class = caisson_cgroups::qos::qos_class([&resources]);
+    caisson_cgroups::oom::oom_score_adj(class, resources.memory_limit, host.memory_capacity)
+}
+
+/// The QoS view of CRI resources.
+pub(crate) fn qos_resources(r: &cri::LinuxContainerResources) -> caisson_cgroups::Resources {
+    caisson_cgroups::Resources {
+        cpu_shares: r.cpu_shares.max(0) as u64,
+        cpu_quota: r.cpu_quota,
+        cpu_period: r.cpu_period.max(0) as u64,
+        memory_limit: r.memory_limit_in_bytes.max(0) as u64,
     }
 }
 
@@ -202,7 +220,7 @@ pub(crate) fn container_resources(
                 .collect::<HashMap<_, _>>(),
         ));
     }
-    let oom = clamp_oom_score_adj(r.oom_score_adj as i32, host);
+    let oom = clamp_oom_score_adj(class_oom_score_adj(r, host), host);
     Ok((resources, Some(oom)))
 }
 
@@ -258,7 +276,43 @@ mod tests {
         assert!(res.memory().is_none());
         assert!(res.hugepage_limits().is_none());
         assert!(res.unified().is_none());
-        assert_eq!(oom, Some(0));
+        assert_eq!(oom, Some(1000), "no resources: BestEffort");
+    }
+
+    #[test]
+    fn oom_score_adj_by_class() {
+        let host = HostFacts::for_tests(); // 4 GiB, floor 0
+        let r = |cpu_shares, cpu_quota, memory_limit_in_bytes, oom_score_adj| {
+            cri::LinuxContainerResources {
+                cpu_shares,
+                cpu_quota,
+                cpu_period: 100_000,
+                memory_limit_in_bytes,
+                oom_score_adj,
+                ..Default::default()
+            }
+        };
+        for (name, resources, want) in [
+            ("best effort", r(2, 0, 0, 0), 1000),
+            ("burstable 1 GiB", r(512, 0, 1 << 30, 0), 750),
+            ("burstable, no memory", r(512, 0, 0, 0), 999),
+            (
+                "guaranteed, clamped to the floor",
+                r(1024, 100_000, 1 << 30, 0),
+                0,
+            ),
+            ("kubelet's value wins", r(2, 0, 0, 500), 500),
+        ] {
+            let (_, oom) = container_resources(&resources, &host, "r").unwrap();
+            assert_eq!(oom, Some(want), "{name}");
+        }
+        let privileged = HostFacts {
+            min_oom_score_adj: -1000,
+            ..HostFacts::for_tests()
+        };
+        let (_, oom) =
+            container_resources(&r(1024, 100_000, 1 << 30, 0), &privileged, "r").unwrap();
+        assert_eq!(oom, Some(-997));
     }
 
     #[test]

@@ -59,6 +59,11 @@ use errors::{
     signal_number,
 };
 pub use process_io::serve_fork_requests;
+
+/// Writes a spec to `path` atomically (for backends built on this one).
+pub(crate) fn write_spec(path: &Path, spec: &oci_spec::runtime::Spec) -> std::io::Result<()> {
+    spec::write_json_atomically(path, spec)
+}
 use process_io::{request_fds, write_process_file, ForkRequest, PreparedStdio};
 use spec::HostLimits;
 use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};

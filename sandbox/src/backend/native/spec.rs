@@ -167,6 +167,29 @@ pub(crate) fn prepare_bundle(
         process.set_terminal(Some(terminal));
         changed = true;
     }
+    // libcontainer 0.7 loads a seccomp filter while still privileged only
+    // when noNewPrivileges is *absent*; an explicit `false` (what CRI sends
+    // by default) makes it load after dropping capabilities, which the
+    // kernel refuses. Absent and false mean the same to the spec.
+    if process.no_new_privileges() == Some(false) {
+        process.set_no_new_privileges(None);
+        changed = true;
+    }
+    // libcontainer 0.7 drops `linux.seccomp` for exec processes: hand the
+    // container's filter to the executor, which loads it for execs too.
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    if let Some(filter) = seccomp {
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        if !annotations.contains_key(crate::host::executor::EXEC_SECCOMP_ANNOTATION) {
+            let json = serde_json::to_string(&filter).map_err(|e| invalid_spec(&path, e))?;
+            annotations.insert(
+                crate::host::executor::EXEC_SECCOMP_ANNOTATION.to_string(),
+                json,
+            );
+            spec.set_annotations(Some(annotations));
+            changed = true;
+        }
+    }
     let oom_score_adj = process.oom_score_adj();
     if changed {
         spec.set_process(Some(process));

@@ -20,24 +20,6 @@ const SHM_SIZE: &str = "size=65536k";
 /// How long the pause process gets to exit on SIGTERM before SIGKILL.
 const PAUSE_STOP_GRACE: Duration = Duration::from_secs(2);
 
-fn host_network(config: &cri::PodSandboxConfig) -> bool {
-    config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32)
-}
-
-fn host_ipc(config: &cri::PodSandboxConfig) -> bool {
-    config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.ipc == cri::NamespaceMode::Node as i32)
-}
-
 /// The pod's own dir.
 pub fn pod_dir(rt: &Runtime, id: &str) -> PathBuf {
     rt.config.pods_dir().join(id)
@@ -149,11 +131,11 @@ fn create_pod_cgroup(
 fn prepare_pod_files(
     dir: &Path,
     config: &cri::PodSandboxConfig,
+    host_net: bool,
     shm: bool,
     pod_ip: Option<&str>,
 ) -> std::io::Result<(String, Option<PathBuf>)> {
     std::fs::create_dir_all(dir)?;
-    let host_net = host_network(config);
     let hostname = if host_net {
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -319,7 +301,7 @@ impl Runtime {
             bundle: pod_dir(self, &id).join("bundle"),
             shm: None,
             cgroup_parent: cgroup_parent(self, &config, &meta.uid)?,
-            host_network: host_network(&config),
+            host_network: spec::pod_namespace_modes(&config)?.network_is_host(),
             pause_exited: false,
             netns: None,
             cni_config: None,
@@ -389,8 +371,10 @@ impl Runtime {
         let dir = pod_dir(self, &pod.id);
         self.setup_pod_network(pod, config).await?;
         let pod_ip = pod.ips.first().cloned();
-        let (_, shm) = prepare_pod_files(&dir, config, !host_ipc(config), pod_ip.as_deref())
-            .map_err(|e| CriError::internal("preparing the pod's files", e))?;
+        let host_ipc = spec::pod_namespace_modes(config)?.ipc_is_host();
+        let (_, shm) =
+            prepare_pod_files(&dir, config, pod.host_network, !host_ipc, pod_ip.as_deref())
+                .map_err(|e| CriError::internal("preparing the pod's files", e))?;
         pod.shm = shm;
         let ctx = pod_context(self, pod);
         let pause_args = self.prepare_pause_rootfs(pod)?;

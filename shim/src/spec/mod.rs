@@ -162,6 +162,18 @@ impl SpecError {
     }
 }
 
+/// The pod's namespace modes, validated (`None` is POD everywhere).
+pub(crate) fn pod_namespace_modes(
+    config: &cri::PodSandboxConfig,
+) -> Result<NamespaceModes, SpecError> {
+    let options = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    NamespaceModes::from_option(options, &format!("{SANDBOX_SC}.namespace_options"))
+}
+
 /// The spec for the pod's pause container.
 ///
 /// Rootfs `"rootfs"`, read-only; runs `pause_args` (e.g. `["/pause"]`) as
@@ -226,10 +238,7 @@ fn build_sandbox(
 ) -> Result<Spec, SpecError> {
     let linux_config = config.linux.clone().unwrap_or_default();
     let sc = linux_config.security_context.clone().unwrap_or_default();
-    let modes = NamespaceModes::from_option(
-        sc.namespace_options.as_ref(),
-        &format!("{SANDBOX_SC}.namespace_options"),
-    )?;
+    let modes = pod_namespace_modes(config)?;
     if pause_args.is_empty() {
         return Err(SpecError::precondition("no pause command configured"));
     }

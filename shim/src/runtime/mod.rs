@@ -362,14 +362,15 @@ impl Runtime {
                 .filter(|c| c.pod_id == pod.id)
                 .cloned()
                 .collect();
-            let client = match self.client(&pod) {
+            // The probe's answer is also the pause task's state.
+            let probe = match self.client(&pod) {
                 Ok(c) => match tokio::time::timeout(SHIM_PROBE_TIMEOUT, c.state(&pod.id)).await {
-                    Ok(Ok(_)) => Some(c),
+                    Ok(Ok(pause)) => Some((c, pause)),
                     _ => None,
                 },
                 _ => None,
             };
-            let Some(client) = client else {
+            let Some((client, pause)) = probe else {
                 tracing::warn!(pod_id = %pod.id, "the pod's shim is gone: marking its containers exited");
                 self.drop_client(&pod.id);
                 for c in &tasks {
@@ -397,29 +398,25 @@ impl Runtime {
                     continue;
                 }
                 match client.state(&c.id).await {
-                    Ok(s)
-                        if s.status.enum_value_or_default()
-                            == containerd_shim_protos::api::Status::STOPPED =>
-                    {
-                        self.on_exit(&c.id, s.exit_status as i32, ns_of(&s.exited_at));
-                    }
-                    Ok(_) => {}
+                    Ok(s) => self.record_if_stopped(&c.id, &s),
                     Err(e) => {
                         tracing::warn!(container_id = %c.id, error = %e, "task unknown to its shim");
                         self.on_exit(&c.id, 137, now_ns());
                     }
                 }
             }
-            if let Ok(s) = client.state(&pod.id).await {
-                if s.status.enum_value_or_default() == containerd_shim_protos::api::Status::STOPPED
-                {
-                    self.on_exit(&pod.id, s.exit_status as i32, ns_of(&s.exited_at));
-                }
-            }
+            self.record_if_stopped(&pod.id, &pause);
         }
         self.sweep_orphan_pod_dirs();
         self.sweep_orphan_containers();
         Ok(())
+    }
+
+    /// Records an exit that happened while caissond was down.
+    fn record_if_stopped(&self, task_id: &str, state: &containerd_shim_protos::api::StateResponse) {
+        if state.status.enum_value_or_default() == containerd_shim_protos::api::Status::STOPPED {
+            self.on_exit(task_id, state.exit_status as i32, ns_of(&state.exited_at));
+        }
     }
 
     /// Container rootfs and bundles without a record: a CreateContainer that

@@ -10,10 +10,11 @@
 //! mid-line). [`CriLog::reopen`] starts a new file at the same path after
 //! kubelet rotated the old one (ReopenContainerLog).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+
+use super::stdio::open_append;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,21 +29,9 @@ pub struct CriLog {
     file: Mutex<File>,
 }
 
-fn open_log(path: &Path) -> io::Result<File> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(path)
-}
-
 impl CriLog {
     pub fn open(path: &Path) -> io::Result<Arc<CriLog>> {
-        let file = open_log(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("log {}: {e}", path.display())))?;
+        let file = File::from(open_append("log", path)?);
         Ok(Arc::new(CriLog {
             path: path.to_path_buf(),
             file: Mutex::new(file),
@@ -55,7 +44,7 @@ impl CriLog {
 
     /// Starts writing to a new file at the same path.
     pub fn reopen(&self) -> io::Result<()> {
-        let file = open_log(&self.path)?;
+        let file = File::from(open_append("log", &self.path)?);
         *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
         Ok(())
     }

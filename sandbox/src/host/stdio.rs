@@ -150,7 +150,8 @@ fn is_fifo(path: &Path) -> io::Result<bool> {
     Ok(std::fs::metadata(path)?.file_type().is_fifo())
 }
 
-fn open_append(what: &str, path: &Path) -> io::Result<OwnedFd> {
+/// Opens `path` for appending (mode 0640), creating it and its parents.
+pub(super) fn open_append(what: &str, path: &Path) -> io::Result<OwnedFd> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| context(what, parent, e))?;
     }

@@ -203,36 +203,14 @@ impl Caissond {
 
     /// Imports the busybox fixture through `caissond images import`.
     pub fn import_busybox(&self) {
-        self.import_spec("busybox.tar", &busybox_image());
+        self.import_image(&busybox_image());
     }
 
     /// Imports the pause image built from `caisson-pause`
     /// ([`crate::fixtures::PAUSE_NAME`]).
     pub fn import_pause_image(&self) {
         let spec = crate::fixtures::pause_image(&crate::fixtures::pause_binary());
-        self.import_spec("pause.tar", &spec);
-    }
-
-    fn import_spec(&self, file: &str, spec: &crate::fixtures::ImageSpec) {
-        let archive = self.dir.path().join(file);
-        let mut a = OciArchive::new();
-        a.add_image(spec);
-        a.write(&archive, false);
-        let out = Command::new(target_dir().join("caissond"))
-            .args([
-                "--config",
-                &self.config_path.display().to_string(),
-                "images",
-                "import",
-            ])
-            .arg(&archive)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "images import failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.import_image(&spec);
     }
 
     pub fn log_tail(&self) -> String {

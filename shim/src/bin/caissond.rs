@@ -107,7 +107,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down (containers keep running)");
     };
-    caisson_shim::server::serve(&socket, rt, images, shutdown).await
+    let served = caisson_shim::server::serve(&socket, rt, images, shutdown).await;
+    // Shims reconnect to the next caissond's socket at the same path.
+    let _ = std::fs::remove_file(&events_socket);
+    served
 }
 
 /// `caissond images import FILE [--name REF] [--socket PATH]`

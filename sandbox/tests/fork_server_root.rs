@@ -11,43 +11,17 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use caisson_sandbox::backend::native::NativeBackend;
-use caisson_sandbox::backend::{Backend, ExecSpec, Exit, ExitSink, Stdio, TaskKind, TaskSpec};
-use caisson_sandbox::host::reaper::Reaper;
-use caisson_tests::fixtures;
+use caisson_sandbox::backend::{Backend, ExecSpec, Stdio, TaskKind, TaskSpec};
 use caisson_tests::require;
-use oci_spec::runtime::{Process, Spec};
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
 
-#[derive(Default)]
-struct ExitLog {
-    exits: Mutex<Vec<Exit>>,
-    changed: Condvar,
-}
-
-impl ExitLog {
-    fn wait(&self, id: &str, exec_id: Option<&str>) -> Exit {
-        let until = Instant::now() + DEADLINE;
-        let mut exits = self.exits.lock().unwrap();
-        loop {
-            if let Some(exit) = exits
-                .iter()
-                .find(|e| e.container_id == id && e.exec_id.as_deref() == exec_id)
-            {
-                return exit.clone();
-            }
-            let left = until
-                .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no exit of {id} {exec_id:?} within {DEADLINE:?}"));
-            exits = self.changed.wait_timeout(exits, left).unwrap().0;
-        }
-    }
-}
+use support::{busybox_spec, process, remove_cgroups, unique, ExitLog, DEADLINE};
 
 struct Harness {
     backend: NativeBackend,
@@ -56,29 +30,11 @@ struct Harness {
     cgroups: Mutex<Vec<String>>,
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 impl Harness {
     fn new() -> Harness {
         require::root("the native backend makes namespaces, cgroups and mounts");
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("CAISSON_TEST_LOG"))
-            .with_test_writer()
-            .try_init();
-        let log = Arc::new(ExitLog::default());
-        let sink_log = log.clone();
-        let sink: ExitSink = Arc::new(move |exit: Exit| {
-            sink_log.exits.lock().unwrap().push(exit);
-            sink_log.changed.notify_all();
-        });
+        support::init_tracing();
+        let (log, sink) = ExitLog::with_sink();
         let dir = tempfile::tempdir().expect("temp dir");
         let backend = NativeBackend::new(
             dir.path().join("state"),
@@ -98,23 +54,9 @@ impl Harness {
     /// serve many tasks one after the other).
     fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
         let bundle = self.dir.path().join(name);
-        let rootfs = bundle.join("rootfs");
-        fs::create_dir_all(&rootfs).unwrap();
-        let layer = busybox_layer();
-        {
-            // Written under the fork lock (ETXTBSY: see the reaper's docs).
-            let _fork = Reaper::global().unwrap().lock();
-            tar::Archive::new(layer)
-                .unpack(&rootfs)
-                .expect("unpacking busybox");
-        }
         let cgroup = unique("/caisson-fork-test");
         self.cgroups.lock().unwrap().push(cgroup.clone());
-        let mut spec = Spec::default();
-        spec.set_process(Some(process(args)));
-        let mut linux = spec.linux().clone().unwrap();
-        linux.set_cgroups_path(Some(PathBuf::from(&cgroup)));
-        spec.set_linux(Some(linux));
+        let spec = busybox_spec(&bundle, args, &cgroup);
         spec.save(bundle.join("config.json")).unwrap();
         bundle
     }
@@ -134,30 +76,8 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        for cgroup in self.cgroups.lock().unwrap().iter() {
-            for controller in fs::read_dir("/sys/fs/cgroup")
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = fs::remove_dir(controller.path().join(cgroup.trim_start_matches('/')));
-            }
-        }
+        remove_cgroups(&self.cgroups.lock().unwrap());
     }
-}
-
-fn busybox_layer() -> &'static [u8] {
-    static LAYER: OnceLock<Vec<u8>> = OnceLock::new();
-    LAYER.get_or_init(|| {
-        let _fork = Reaper::global().unwrap().lock();
-        fixtures::busybox_layer()
-    })
-}
-
-fn process(args: &[&str]) -> Process {
-    let mut process = Process::default();
-    process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
-    process
 }
 
 fn ppid(pid: u32) -> u32 {
@@ -234,17 +154,17 @@ fn creates_and_execs_do_not_hang_while_threads_come_and_go() {
                         })
                         .unwrap();
                     h.backend.start_exec(&id, &exec_id).unwrap();
-                    assert_eq!(h.log.wait(&id, Some(&exec_id)).status, 3);
+                    assert_eq!(h.log.wait_exit(&id, Some(&exec_id)).status, 3);
                     h.backend.delete(&id, Some(&exec_id)).unwrap();
                     h.backend
                         .kill(&id, None, libc::SIGKILL as u32, false)
                         .unwrap();
-                    let exit = h.log.wait(&id, None);
+                    let exit = h.log.wait_exit(&id, None);
                     assert_eq!((exit.pid, exit.status), (pid, 137));
                 } else {
                     let pid = h.create(&id, &quick);
                     h.backend.start(&id).unwrap();
-                    let exit = h.log.wait(&id, None);
+                    let exit = h.log.wait_exit(&id, None);
                     assert_eq!((exit.pid, exit.status), (pid, 0));
                 }
                 h.backend.delete(&id, None).unwrap();
@@ -328,11 +248,11 @@ fn inits_and_execs_are_children_of_the_shim_not_of_the_fork_server() {
     h.backend
         .kill(&id, Some("x"), libc::SIGKILL as u32, false)
         .unwrap();
-    assert_eq!(h.log.wait(&id, Some("x")).pid, exec);
+    assert_eq!(h.log.wait_exit(&id, Some("x")).pid, exec);
     h.backend
         .kill(&id, None, libc::SIGKILL as u32, false)
         .unwrap();
-    let exit = h.log.wait(&id, None);
+    let exit = h.log.wait_exit(&id, None);
     assert_eq!((exit.pid, exit.status), (init, 137));
     h.backend.delete(&id, None).unwrap();
     wait_gone(init);
@@ -361,7 +281,7 @@ fn a_dead_fork_server_is_replaced() {
     h.backend
         .kill(&id, None, libc::SIGKILL as u32, false)
         .unwrap();
-    assert_eq!(h.log.wait(&id, None).pid, pid);
+    assert_eq!(h.log.wait_exit(&id, None).pid, pid);
     for id in [&id, &waiting] {
         h.backend.delete(id, None).unwrap();
     }

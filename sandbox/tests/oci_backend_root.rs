@@ -1,6 +1,7 @@
-//! The `oci` backend delegating to Debian's runc: needs root and
-//! `/usr/sbin/runc`. Busybox bundles in temp dirs; a container runs under
-//! runc and its exit code and output come back through the shim's reaper.
+//! The `oci` backend delegating to Debian's runc and crun: needs root,
+//! `/usr/sbin/runc` and `/usr/bin/crun`. Busybox bundles in temp dirs; a
+//! container runs under the runtime and its exit code and output come back
+//! through the shim's reaper.
 
 use std::fs;
 use std::path::Path;
@@ -8,13 +9,14 @@ use std::path::Path;
 use caisson_sandbox::backend::oci::{OciBackend, OciOptions};
 use caisson_sandbox::backend::{Backend, BackendError, ExecSpec, Stdio, TaskKind};
 use caisson_tests::require;
-use oci_spec::runtime::Process;
+use oci_spec::runtime::{LinuxPidsBuilder, LinuxResourcesBuilder, Process};
 
 mod support;
 
 use support::{cgroup_of, file_uri, unique};
 
 const RUNC: &str = "/usr/sbin/runc";
+const CRUN: &str = "/usr/bin/crun";
 
 // ---------------------------------------------------------------- harness
 
@@ -22,13 +24,18 @@ type Harness = support::Harness<OciBackend>;
 
 impl Harness {
     fn new() -> Harness {
-        Harness::with_runtime(RUNC, &[], "runc")
+        Harness::with_runtime(RUNC, false, "runc")
     }
 
-    /// A backend delegating to `runtime` with global `args`. (Debian's crun
-    /// 1.8.1 cannot run here: it refuses hybrid cgroups when cgroup2 holds
-    /// a controller, and this host's has hugetlb.)
-    fn with_runtime(runtime: &str, args: &[&str], package: &str) -> Harness {
+    /// A backend delegating to Debian's crun 1.8.1, which refuses hybrid
+    /// cgroup hosts whose cgroup2 holds a controller (this one's has
+    /// hugetlb) unless the cgroup2 mount is hidden from it.
+    fn crun(hide_cgroup2: bool) -> Harness {
+        Harness::with_runtime(CRUN, hide_cgroup2, "crun")
+    }
+
+    /// A backend delegating to `runtime`.
+    fn with_runtime(runtime: &str, hide_cgroup2: bool, package: &str) -> Harness {
         Harness::start(
             "runc makes namespaces, cgroups and mounts",
             |state, sink| {
@@ -38,7 +45,8 @@ impl Harness {
                     sink,
                     OciOptions {
                         runtime_path: runtime.into(),
-                        runtime_args: args.iter().map(|a| a.to_string()).collect(),
+                        runtime_args: Vec::new(),
+                        hide_cgroup2,
                     },
                 )
                 .expect("starting the backend")
@@ -55,6 +63,128 @@ impl Harness {
 #[test]
 fn a_container_runs_under_runc_and_exits_with_its_code() {
     runs_and_exits_with_its_code(Harness::new());
+}
+
+#[test]
+fn a_container_runs_under_crun_with_cgroup2_hidden() {
+    runs_and_exits_with_its_code(Harness::crun(true));
+}
+
+/// On a hybrid host whose cgroup2 holds a controller, crun refuses to
+/// create without `hide_cgroup2`, and the error says what to set.
+#[test]
+fn crun_on_a_hybrid_host_names_the_option_it_needs() {
+    let controllers =
+        fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default();
+    if controllers.trim().is_empty() {
+        eprintln!("skipped: not a hybrid host with a cgroup2 controller");
+        return;
+    }
+    let h = Harness::crun(false);
+    let bundle = h.bundle("refused", &["true"], |_| {});
+    let id = unique("refused");
+    let err = h
+        .try_create(&id, &bundle, TaskKind::Sandbox, Stdio::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("hybrid mode"), "{err}");
+    assert!(err.contains("hide_cgroup2"), "{err}");
+    assert!(matches!(
+        h.backend.delete(&id, None),
+        Err(BackendError::NotFound(_))
+    ));
+    let cgroup = cgroup_of(&bundle);
+    assert!(!Path::new("/sys/fs/cgroup/pids")
+        .join(cgroup.trim_start_matches('/'))
+        .exists());
+}
+
+#[test]
+fn update_stats_and_terminal_through_runc() {
+    update_stats_and_terminal(Harness::new());
+}
+
+#[test]
+fn update_stats_and_terminal_through_crun() {
+    update_stats_and_terminal(Harness::crun(true));
+}
+
+/// `update` goes through the runtime's CLI and lands in the cgroup the
+/// runtime made; `stats` reads that cgroup; the init's terminal arrives
+/// through the console socket and can be resized before the start.
+fn update_stats_and_terminal(h: Harness) {
+    let busy = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; exec sleep 1000";
+    let bundle = h.bundle("busy", &["sh", "-c", busy], |_| {});
+    let cgroup = cgroup_of(&bundle);
+    let id = unique("busy");
+    let pid = h.run(&id, &bundle, Stdio::default());
+    let resources = LinuxResourcesBuilder::default()
+        .pids(LinuxPidsBuilder::default().limit(100).build().unwrap())
+        .build()
+        .unwrap();
+    h.backend.update(&id, &resources).unwrap();
+    let pids_max = Path::new("/sys/fs/cgroup/pids")
+        .join(cgroup.trim_start_matches('/'))
+        .join("pids.max");
+    assert_eq!(fs::read_to_string(pids_max).unwrap().trim(), "100");
+    wait_for_comm(pid, "sleep");
+    let stats = h.backend.stats(&id).unwrap();
+    assert!(stats.cpu_usage_ns > 0, "{stats:?}");
+    assert!(stats.memory_usage_bytes > 0, "{stats:?}");
+    assert_eq!(stats.pids_current, 1, "{stats:?}");
+    assert_eq!(stats.pids_limit, 100, "{stats:?}");
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.wait_exit(&id, None).status, 137);
+    h.delete_and_check(&id, pid, &cgroup);
+
+    let tty_bundle = h.bundle("tty", &["sh", "-c", "tty; stty size"], |spec| {
+        let mut process = spec.process().clone().unwrap();
+        process.set_terminal(Some(true));
+        spec.set_process(Some(process));
+    });
+    let out = h.path("tty.out");
+    let tty = unique("tty");
+    let tty_pid = h.create(
+        &tty,
+        &tty_bundle,
+        TaskKind::Sandbox,
+        Stdio {
+            stdout: file_uri(&out),
+            terminal: true,
+            ..Stdio::default()
+        },
+    );
+    h.backend.resize_pty(&tty, None, 80, 24).unwrap();
+    h.backend.start(&tty).unwrap();
+    assert_eq!(h.wait_exit(&tty, None).status, 0);
+    // The pump writes what the pty held once the process is gone.
+    let until = std::time::Instant::now() + support::DEADLINE;
+    let text = loop {
+        let text = fs::read_to_string(&out).unwrap_or_default();
+        if text.lines().count() >= 2 || std::time::Instant::now() > until {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    assert!(lines[0].starts_with("/dev/pts/"), "{text:?}");
+    assert_eq!(lines[1], "24 80", "{text:?}");
+    h.delete_and_check(&tty, tty_pid, &cgroup_of(&tty_bundle));
+}
+
+fn wait_for_comm(pid: u32, comm: &str) {
+    let until = std::time::Instant::now() + support::DEADLINE;
+    while fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        != comm
+    {
+        assert!(std::time::Instant::now() < until, "{pid} never ran {comm}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn runs_and_exits_with_its_code(h: Harness) {

@@ -69,7 +69,7 @@ impl Caissond {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let config = format!(
-            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[network]\ncni_conf_dir = \"{cni}/net.d\"\ncni_bin_dirs = [\"{cni}/bin\", \"/opt/cni/bin\", \"/usr/lib/cni\"]\ninstall_default_cni_config = false\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n[runtimes.handlers.hardened]\nbackend = \"hardened\"\n[runtimes.handlers.runc-oci]\nbackend = \"oci\"\n[runtimes.handlers.runc-oci.options]\nruntime_path = \"/usr/sbin/runc\"\n",
+            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[network]\ncni_conf_dir = \"{cni}/net.d\"\ncni_bin_dirs = [\"{cni}/bin\", \"/opt/cni/bin\", \"/usr/lib/cni\"]\ninstall_default_cni_config = false\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n[runtimes.handlers.hardened]\nbackend = \"hardened\"\n[runtimes.handlers.runc-oci]\nbackend = \"oci\"\n[runtimes.handlers.runc-oci.options]\nruntime_path = \"/usr/sbin/runc\"\n[runtimes.handlers.crun-oci]\nbackend = \"oci\"\n[runtimes.handlers.crun-oci.options]\nruntime_path = \"/usr/bin/crun\"\nhide_cgroup2 = true\n",
             root = dir.path().join("root").display(),
             run = dir.path().join("run").display(),
             socket = socket.display(),

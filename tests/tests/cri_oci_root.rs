@@ -1,6 +1,8 @@
-//! A pod under an `oci` handler (`runtime_path = /usr/sbin/runc`) through
-//! caissond: its container runs under Debian's runc and exits with its
-//! code; an ExecSync works. Needs root and runc.
+//! A pod under an `oci` handler through caissond, once with Debian's runc
+//! (`runtime_path = /usr/sbin/runc`) and once with its crun
+//! (`/usr/bin/crun`, `hide_cgroup2`): the busybox container runs under
+//! that runtime and exits with its code; ExecSync, UpdateContainerResources
+//! and ContainerStats work. Needs root, runc and crun.
 
 use std::time::Duration;
 
@@ -10,7 +12,16 @@ use k8s_cri::v1 as cri;
 
 #[test]
 fn a_container_runs_under_runc_via_the_oci_handler() {
-    require::program("/usr/sbin/runc", "runc");
+    runs_under("runc-oci", "/usr/sbin/runc", "runc");
+}
+
+#[test]
+fn a_container_runs_under_crun_via_the_oci_handler() {
+    runs_under("crun-oci", "/usr/bin/crun", "crun");
+}
+
+fn runs_under(handler: &str, runtime: &str, package: &str) {
+    require::program(runtime, package);
     let d = Caissond::start("");
     d.import_busybox();
     let config = d.pod_config("oci");
@@ -18,7 +29,7 @@ fn a_container_runs_under_runc_via_the_oci_handler() {
     let pod =
         d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: "runc-oci".into(),
+            runtime_handler: handler.into(),
         }))
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", d.log_tail()))
         .into_inner()
@@ -29,12 +40,54 @@ fn a_container_runs_under_runc_via_the_oci_handler() {
         container_config("sleeper", &["sleep", "1000"]),
     );
     assert_eq!(d.exec(&sleeper, &["echo", "hi"]), "hi\n");
-    // runc keeps the container's state (state.json) under the shim's
-    // `--root`, a directory `oci` in the shim's state.
+    // UpdateContainerResources goes through the runtime's `update` and
+    // lands in the cgroup it made; ContainerStats reads that cgroup.
+    let resources = cri::LinuxContainerResources {
+        cpu_shares: 512,
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    d.ok(
+        "UpdateContainerResources",
+        d.rt.block_on(
+            rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+                container_id: sleeper.clone(),
+                linux: Some(resources),
+                ..Default::default()
+            }),
+        ),
+    );
+    let uid = config.metadata.as_ref().unwrap().uid.clone();
+    let read = |controller: &str, file: &str| {
+        std::fs::read_to_string(d.task_cgroup(controller, &uid, &sleeper).join(file))
+            .unwrap_or_else(|e| panic!("{controller}/{file}: {e}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("cpu", "cpu.shares"), "512");
+    assert_eq!(
+        read("memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    let stats = d
+        .ok(
+            "ContainerStats",
+            d.rt.block_on(rt.container_stats(cri::ContainerStatsRequest {
+                container_id: sleeper.clone(),
+            })),
+        )
+        .stats
+        .unwrap();
+    let memory = stats.memory.unwrap();
+    assert!(memory.usage_bytes.unwrap().value > 0, "{memory:?}");
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.is_some());
+    // The runtime keeps the container's state (runc's `state.json`, crun's
+    // `status`) under the shim's `--root`, a directory `oci` in the shim's
+    // state.
     let run_dir = d.pods_dir().parent().unwrap().to_path_buf();
     assert!(
         find_runc_state(&run_dir, &sleeper),
-        "no oci/{sleeper}/state.json under {}",
+        "no oci/{sleeper}/ state under {}",
         run_dir.display()
     );
     let ctr = d.create_started_container(
@@ -59,7 +112,8 @@ fn find_runc_state(dir: &std::path::Path, id: &str) -> bool {
         if !path.is_dir() || path.is_symlink() {
             return false;
         }
-        (path.ends_with(format!("oci/{id}")) && path.join("state.json").exists())
+        (path.ends_with(format!("oci/{id}"))
+            && (path.join("state.json").exists() || path.join("status").exists()))
             || find_runc_state(&path, id)
     })
 }

@@ -13,10 +13,22 @@
 //!   `resume`) runs through [`Reaper::run`] so the reaper does not steal its
 //!   exit status.
 //!
-//! Not yet: terminals (console sockets), `update`, `stats`.
+//! * A terminal for the init goes through a console socket
+//!   (`create --console-socket`): the runtime sends the pty master, the
+//!   shim pumps it like the native backend does. Exec terminals are not
+//!   supported (the CLI would have to stay detached; UNIMPLEMENTED).
+//! * `update` is the runtime's `update --resources`; `stats` and the OOM
+//!   check at exit read the cgroup the runtime made at the spec's
+//!   `linux.cgroupsPath` (cgroupfs layout, as runc and crun use it).
+//! * `hide_cgroup2`: every CLI call runs in a private mount namespace
+//!   without the cgroup2 mounts under `/sys/fs/cgroup`, so a runtime that
+//!   refuses hybrid hosts (crun 1.8 when cgroup2 holds a controller, as
+//!   hugetlb here) sees a legacy v1 host and uses the v1 controllers.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{mpsc, Arc, Mutex};
@@ -28,9 +40,11 @@ use crate::backend::{
     Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, Stdio, TaskSpec,
     TaskStats,
 };
+use crate::host::cgroups;
+use crate::host::console::{self, ConsoleSocket};
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{Reaped, Reaper};
-use crate::host::stdio::{open_stdio, HeldStdio};
+use crate::host::stdio::{open_stdio, ChildStdio, HeldStdio, TerminalStdio};
 
 const NAME: &str = "oci";
 /// How long a CLI call that forks the container may take.
@@ -47,6 +61,11 @@ pub struct OciOptions {
     /// `--cgroup-manager=disabled` where it cannot use hybrid cgroups).
     #[serde(default)]
     pub runtime_args: Vec<String>,
+    /// Runs the runtime with the host's cgroup2 mounts hidden (see the
+    /// module docs): for crun on hybrid hosts whose cgroup2 holds a
+    /// controller.
+    #[serde(default)]
+    pub hide_cgroup2: bool,
 }
 
 fn default_runtime() -> PathBuf {
@@ -58,18 +77,21 @@ impl Default for OciOptions {
         OciOptions {
             runtime_path: default_runtime(),
             runtime_args: Vec::new(),
+            hide_cgroup2: false,
         }
     }
 }
 
 struct Proc {
     pidfd: Pidfd,
-    _stdio: HeldStdio,
+    stdio: HeldStdio,
 }
 
 #[derive(Default)]
 struct OciTask {
     init: Option<Proc>,
+    /// The spec's `linux.cgroupsPath`, where the runtime made the cgroup.
+    cgroup_path: Option<PathBuf>,
     exited: bool,
     execs: HashMap<String, ExecSpec>,
     running_execs: HashMap<String, Proc>,
@@ -82,6 +104,8 @@ pub struct OciBackend {
     exits: ExitSink,
     reaper: &'static Reaper,
     tasks: Arc<Mutex<HashMap<String, OciTask>>>,
+    /// The cgroup2 mount points to hide from the runtime (`hide_cgroup2`).
+    hidden_mounts: Arc<Vec<CString>>,
 }
 
 fn failed(op: &'static str, id: &str, reason: impl std::fmt::Display) -> BackendError {
@@ -109,12 +133,23 @@ impl OciBackend {
             });
         }
         let reaper = Reaper::global().map_err(|e| setup(format!("starting the reaper: {e}")))?;
+        let hidden_mounts = if options.hide_cgroup2 {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+                .map_err(|e| setup(format!("/proc/self/mountinfo: {e}")))?;
+            cgroup2_mounts_below(&mountinfo, "/sys/fs/cgroup")
+                .into_iter()
+                .map(|m| CString::new(m).map_err(|e| setup(e.to_string())))
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         Ok(OciBackend {
             options,
             root,
             exits,
             reaper,
             tasks: Arc::default(),
+            hidden_mounts: Arc::new(hidden_mounts),
         })
     }
 
@@ -123,6 +158,14 @@ impl OciBackend {
         cmd.args(&self.options.runtime_args)
             .arg("--root")
             .arg(&self.root);
+        if !self.hidden_mounts.is_empty() {
+            let hidden = self.hidden_mounts.clone();
+            // SAFETY: only async-signal-safe syscalls on memory allocated
+            // before the fork.
+            unsafe {
+                cmd.pre_exec(move || hide_mounts(&hidden));
+            }
+        }
         cmd
     }
 
@@ -203,7 +246,8 @@ impl Backend for OciBackend {
                 id: id.to_string(),
             });
         }
-        let (child, held) = Self::open("create", id, &task.stdio)?;
+        let cgroup_path = bundle_cgroup_path(&task.bundle);
+        let mut stdio = InitStdio::open(id, &task.stdio)?;
         let work = tempfile::tempdir().map_err(|e| failed("create", id, e))?;
         let pid_file = work.path().join("pid");
         let log = work.path().join("log");
@@ -214,8 +258,12 @@ impl Backend for OciBackend {
             .arg("--bundle")
             .arg(&task.bundle)
             .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id);
+            .arg(&pid_file);
+        if let InitStdio::Terminal { socket, .. } = &stdio {
+            cmd.arg("--console-socket").arg(socket.path());
+        }
+        cmd.arg(id);
+        let child = stdio.child_fds(id)?;
         let (_, rx) = self
             .spawn_with(&mut cmd, child.stdin, child.stdout, child.stderr)
             .map_err(|e| failed("create", id, e))?;
@@ -225,18 +273,31 @@ impl Backend for OciBackend {
         if reaped.code() != 0 {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             let _ = self.run("delete", id, &["delete", "--force", id]);
+            let hint = if log.contains("hybrid mode") && !self.options.hide_cgroup2 {
+                " (set the handler option hide_cgroup2 = true on hybrid cgroup hosts)"
+            } else {
+                ""
+            };
             return Err(failed(
                 "create",
                 id,
                 format!(
-                    "{} create: {}",
+                    "{} create: {}{hint}",
                     self.options.runtime_path.display(),
                     log.trim()
                 ),
             ));
         }
-        let pid = Self::read_pid(&pid_file)
-            .map_err(|e| failed("create", id, format!("pid file: {e}")))?;
+        let created = Self::read_pid(&pid_file)
+            .map_err(|e| failed("create", id, format!("pid file: {e}")))
+            .and_then(|pid| Ok((pid, stdio.finish(id)?)));
+        let (pid, held) = match created {
+            Ok(created) => created,
+            Err(e) => {
+                let _ = self.run("delete", id, &["delete", "--force", id]);
+                return Err(e);
+            }
+        };
         let pidfd =
             Pidfd::open(pid).map_err(|e| failed("create", id, format!("pidfd of {pid}: {e}")))?;
         // The init waits for `start`: it cannot have exited yet.
@@ -251,10 +312,8 @@ impl Backend for OciBackend {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id.to_string(),
             OciTask {
-                init: Some(Proc {
-                    pidfd,
-                    _stdio: held,
-                }),
+                init: Some(Proc { pidfd, stdio: held }),
+                cgroup_path,
                 ..OciTask::default()
             },
         );
@@ -344,13 +403,8 @@ impl Backend for OciBackend {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(id)
         {
-            task.running_execs.insert(
-                exec_id.to_string(),
-                Proc {
-                    pidfd,
-                    _stdio: held,
-                },
-            );
+            task.running_execs
+                .insert(exec_id.to_string(), Proc { pidfd, stdio: held });
         }
         let this = self.clone_for_exit();
         let (id2, exec2) = (id.to_string(), exec_id.to_string());
@@ -438,25 +492,39 @@ impl Backend for OciBackend {
         self.run("resume", id, &["resume", id])
     }
 
-    fn update(&self, _id: &str, _resources: &LinuxResources) -> Result<()> {
-        Err(BackendError::Unsupported {
-            op: "update",
-            backend: NAME,
-        })
+    fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
+        self.init_pid(id)?;
+        let work = tempfile::tempdir().map_err(|e| failed("update", id, e))?;
+        let file = work.path().join("resources.json");
+        let json = serde_json::to_vec(resources).map_err(|e| failed("update", id, e))?;
+        std::fs::write(&file, json).map_err(|e| failed("update", id, e))?;
+        let file = file.to_string_lossy();
+        self.run("update", id, &["update", "--resources", &file, id])
     }
 
-    fn stats(&self, _id: &str) -> Result<TaskStats> {
-        Err(BackendError::Unsupported {
-            op: "stats",
-            backend: NAME,
-        })
+    fn stats(&self, id: &str) -> Result<TaskStats> {
+        let cgroup = self.task_cgroup(id)?;
+        cgroups::stats(id, &cgroup).map_err(|e| failed("stats", id, e))
     }
 
-    fn resize_pty(&self, _id: &str, _exec_id: Option<&str>, _w: u16, _h: u16) -> Result<()> {
-        Err(BackendError::Unsupported {
-            op: "terminal",
-            backend: NAME,
-        })
+    fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u16, height: u16) -> Result<()> {
+        if exec_id.is_some() {
+            return Err(BackendError::Unsupported {
+                op: "exec terminal",
+                backend: NAME,
+            });
+        }
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+        let master = task
+            .init
+            .as_ref()
+            .and_then(|p| p.stdio.pty_master())
+            .ok_or_else(|| BackendError::InvalidArgument {
+                what: "resize_pty".into(),
+                reason: format!("task {id} has no terminal"),
+            })?;
+        console::resize(master, width, height).map_err(|e| failed("resize pty", id, e))
     }
 
     fn close_stdin(&self, id: &str, _exec_id: Option<&str>) -> Result<()> {
@@ -469,6 +537,15 @@ impl Backend for OciBackend {
 }
 
 impl OciBackend {
+    fn task_cgroup(&self, id: &str) -> Result<PathBuf> {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tasks.get(id).ok_or_else(|| not_found(id))?;
+        task.cgroup_path.clone().ok_or(BackendError::Unsupported {
+            op: "stats without linux.cgroupsPath",
+            backend: NAME,
+        })
+    }
+
     fn init_pid(&self, id: &str) -> Result<u32> {
         let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
@@ -497,19 +574,170 @@ impl ExitReporter {
         let Some(tasks) = self.tasks.upgrade() else {
             return;
         };
+        let mut oom_killed = false;
         if let Some(task) = tasks.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id) {
             if exec_id.is_none() {
                 task.exited = true;
+                // Read before delete removes the cgroup: did the OOM killer act?
+                oom_killed = task
+                    .cgroup_path
+                    .as_deref()
+                    .is_some_and(|cg| cgroups::oom_kills(cg) > 0);
             }
         }
-        tracing::info!(id, ?exec_id, pid, status, "process exited");
+        tracing::info!(id, ?exec_id, pid, status, oom_killed, "process exited");
         (self.exits)(Exit {
             container_id: id.to_string(),
             exec_id: exec_id.map(str::to_string),
             pid,
             status,
             exited_at: at,
-            oom_killed: false,
+            oom_killed,
         });
+    }
+}
+
+/// The init's stdio while it is being created: plain streams, or a console
+/// socket plus the streams the pty will be pumped to.
+enum InitStdio {
+    Plain(Option<ChildStdio>, Option<HeldStdio>),
+    Terminal {
+        socket: ConsoleSocket,
+        streams: Option<TerminalStdio>,
+    },
+}
+
+impl InitStdio {
+    fn open(id: &str, stdio: &Stdio) -> Result<InitStdio> {
+        let err = |e: std::io::Error| failed("create", id, format!("stdio: {e}"));
+        if stdio.terminal {
+            Ok(InitStdio::Terminal {
+                socket: ConsoleSocket::new().map_err(err)?,
+                streams: Some(TerminalStdio::open(stdio).map_err(err)?),
+            })
+        } else {
+            let (child, held) = open_stdio(stdio).map_err(err)?;
+            Ok(InitStdio::Plain(Some(child), Some(held)))
+        }
+    }
+
+    /// The CLI's own stdin, stdout and stderr (`/dev/null` with a terminal:
+    /// the runtime hands the container the pty instead).
+    fn child_fds(&mut self, id: &str) -> Result<ChildStdio> {
+        match self {
+            InitStdio::Plain(child, _) => child
+                .take()
+                .ok_or_else(|| failed("create", id, "stdio already used")),
+            InitStdio::Terminal { .. } => {
+                let null = || -> Result<OwnedFd> {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/null")
+                        .map(OwnedFd::from)
+                        .map_err(|e| failed("create", id, format!("/dev/null: {e}")))
+                };
+                Ok(ChildStdio {
+                    stdin: null()?,
+                    stdout: null()?,
+                    stderr: null()?,
+                })
+            }
+        }
+    }
+
+    /// What the shim keeps once the runtime created the init: for a
+    /// terminal, the pty master the runtime sent, pumped to the streams.
+    fn finish(&mut self, id: &str) -> Result<HeldStdio> {
+        match self {
+            InitStdio::Plain(_, held) => held
+                .take()
+                .ok_or_else(|| failed("create", id, "stdio already used")),
+            InitStdio::Terminal { socket, streams } => {
+                let master = socket
+                    .receive_master()
+                    .map_err(|e| failed("create", id, format!("console socket: {e}")))?;
+                streams
+                    .take()
+                    .ok_or_else(|| failed("create", id, "stdio already used"))?
+                    .start(id, master)
+                    .map_err(|e| failed("create", id, format!("terminal: {e}")))
+            }
+        }
+    }
+}
+
+/// The spec's `linux.cgroupsPath` in the bundle's `config.json`, if any.
+fn bundle_cgroup_path(bundle: &Path) -> Option<PathBuf> {
+    oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()?
+        .linux()
+        .as_ref()?
+        .cgroups_path()
+        .clone()
+}
+
+/// cgroup2 mount points strictly below `root` (a hybrid host's
+/// `/sys/fs/cgroup/unified`), read from mountinfo's mount-point and
+/// filesystem-type fields.
+fn cgroup2_mounts_below(mountinfo: &str, root: &str) -> Vec<String> {
+    let prefix = format!("{}/", root.trim_end_matches('/'));
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split(' ').nth(4)?;
+            let fstype = right.split(' ').next()?;
+            (fstype == "cgroup2" && mount_point.starts_with(&prefix))
+                .then(|| mount_point.replace("\\040", " "))
+        })
+        .collect()
+}
+
+/// In the forked CLI before exec: a private mount namespace, slave to the
+/// host's so the bundle's rootfs stays visible, without `mounts`.
+fn hide_mounts(mounts: &[CString]) -> std::io::Result<()> {
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        for mount in mounts {
+            if libc::umount2(mount.as_ptr(), libc::MNT_DETACH) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cgroup2_mounts_below;
+
+    #[test]
+    fn finds_the_hybrid_cgroup2_mount_only() {
+        let mountinfo = "\
+25 30 0:22 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+26 25 0:23 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+27 25 0:24 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 30 0:30 / /mnt/cg2 rw - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mounts_below(mountinfo, "/sys/fs/cgroup"),
+            vec!["/sys/fs/cgroup/unified".to_string()]
+        );
+        let unified = "25 30 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert!(cgroup2_mounts_below(unified, "/sys/fs/cgroup").is_empty());
     }
 }

@@ -18,6 +18,7 @@
 //!   `clone` calls on the shim's behalf (a child cloned from a threaded
 //!   process can deadlock on a lock another thread held).
 
+pub mod cgroups;
 pub mod console;
 pub mod crilog;
 pub mod executor;

@@ -29,7 +29,6 @@
 //!   non-dumpable. That is now the fork server, which restores both after
 //!   each build.
 
-mod cgroups;
 mod errors;
 mod process_io;
 mod spec;
@@ -48,11 +47,11 @@ use oci_spec::runtime::LinuxResources;
 use crate::backend::{
     Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, TaskSpec, TaskStats,
 };
-use crate::host::console;
 use crate::host::forker::{ForkError, ForkServer};
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::HeldStdio;
+use crate::host::{cgroups, console};
 
 use errors::{
     chain, exec_not_found, failed, from_libcontainer, from_refusal, invalid_state, not_found,

@@ -1,4 +1,6 @@
 //! A task's cgroup through libcgroups: its processes, limits and usage.
+//! Shared by the native backend (libcontainer's cgroups) and the oci
+//! backend (cgroups an external runtime made at the spec's `cgroupsPath`).
 //!
 //! libcgroups picks v1 (legacy or hybrid hosts, like ours: v1 controllers,
 //! an empty cgroup2 at `/sys/fs/cgroup/unified`) or v2 itself; the only
@@ -17,7 +19,7 @@ use oci_spec::runtime::LinuxResources;
 use crate::backend::TaskStats;
 
 /// The manager of the cgroup libcontainer made for task `id`.
-pub(crate) fn manager(id: &str, cgroup_path: &Path) -> Result<AnyCgroupManager, String> {
+pub fn manager(id: &str, cgroup_path: &Path) -> Result<AnyCgroupManager, String> {
     create_cgroup_manager(CgroupConfig {
         cgroup_path: cgroup_path.to_path_buf(),
         systemd_cgroup: false,
@@ -27,7 +29,7 @@ pub(crate) fn manager(id: &str, cgroup_path: &Path) -> Result<AnyCgroupManager, 
 }
 
 /// Every process in the cgroup (and its sub-cgroups).
-pub(crate) fn pids(id: &str, cgroup_path: &Path) -> Result<Vec<u32>, String> {
+pub fn pids(id: &str, cgroup_path: &Path) -> Result<Vec<u32>, String> {
     let pids = manager(id, cgroup_path)?
         .get_all_pids()
         .map_err(|e| format!("listing cgroup {}: {e}", cgroup_path.display()))?;
@@ -35,11 +37,7 @@ pub(crate) fn pids(id: &str, cgroup_path: &Path) -> Result<Vec<u32>, String> {
 }
 
 /// Applies new limits.
-pub(crate) fn update(
-    id: &str,
-    cgroup_path: &Path,
-    resources: &LinuxResources,
-) -> Result<(), String> {
+pub fn update(id: &str, cgroup_path: &Path, resources: &LinuxResources) -> Result<(), String> {
     let disable_oom_killer = resources
         .memory()
         .as_ref()
@@ -56,7 +54,7 @@ pub(crate) fn update(
 }
 
 /// Usage of the cgroup, in [`TaskStats`] units.
-pub(crate) fn stats(id: &str, cgroup_path: &Path) -> Result<TaskStats, String> {
+pub fn stats(id: &str, cgroup_path: &Path) -> Result<TaskStats, String> {
     let manager = manager(id, cgroup_path)?;
     let v1 = matches!(manager, AnyCgroupManager::V1(_));
     let stats = manager
@@ -127,7 +125,7 @@ fn clock_ticks_per_second() -> u64 {
 
 /// How many processes of the task the kernel OOM-killed: `oom_kill` in the
 /// v1 memory cgroup's `memory.oom_control`, or in v2's `memory.events`.
-pub(crate) fn oom_kills(cgroup_path: &Path) -> u64 {
+pub fn oom_kills(cgroup_path: &Path) -> u64 {
     if let Some(n) = v1_oom_kills(cgroup_path) {
         return n;
     }

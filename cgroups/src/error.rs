@@ -21,6 +21,8 @@ pub enum CgroupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the {controller} controller is not mounted on this node")]
+    ControllerMissing { controller: String },
     #[error("removing cgroup {path}")]
     RemoveFailed {
         path: PathBuf,

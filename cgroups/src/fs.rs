@@ -75,6 +75,120 @@ pub trait CgroupFs {
         Ok(())
     }
 
+    /// Removes `cgroup` and every cgroup below it, deepest first, from
+    /// every hierarchy mounted at the root (all v1 controllers, not only
+    /// [`V1_CONTROLLERS`]: libcontainer makes task cgroups in each). A
+    /// missing one is fine; the first failure (a cgroup that still has
+    /// processes: EBUSY) is returned after trying the rest.
+    fn remove_tree(&self, cgroup: &str) -> Result<(), CgroupError> {
+        self.remove_in_every_hierarchy(cgroup, remove_dir_tree)
+    }
+
+    /// Removes `cgroup` itself (not its children: one with children or
+    /// processes is EBUSY) from every hierarchy; a missing one is fine.
+    fn remove_one(&self, cgroup: &str) -> Result<(), CgroupError> {
+        self.remove_in_every_hierarchy(cgroup, |path| {
+            remove_dir(path).map_err(|source| CgroupError::RemoveFailed {
+                path: path.to_path_buf(),
+                source,
+            })
+        })
+    }
+
+    /// `remove` on `cgroup`'s dir in every hierarchy; never the root.
+    #[doc(hidden)]
+    fn remove_in_every_hierarchy(
+        &self,
+        cgroup: &str,
+        remove: impl Fn(&Path) -> Result<(), CgroupError>,
+    ) -> Result<(), CgroupError> {
+        let components: Vec<&str> = cgroup
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != "." && *c != "..")
+            .collect();
+        if components.is_empty() {
+            return Err(CgroupError::InvalidParent {
+                parent: cgroup.to_string(),
+                reason: "the root cgroup is never removed",
+            });
+        }
+        let mut first_error = None;
+        for mut path in self.hierarchies() {
+            path.extend(&components);
+            if path.is_dir() {
+                if let Err(e) = remove(&path) {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The roots of every mounted hierarchy (v2: the one root).
+    fn hierarchies(&self) -> Vec<PathBuf> {
+        if !self.mode().is_v1() {
+            return vec![self.dir("", "/")];
+        }
+        let root = self.dir("", "/");
+        let mut out: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Creates `cgroup` under one more v1 controller (`cpuset`, `hugetlb`)
+    /// or, on v2, enables it in the parents' `cgroup.subtree_control`.
+    /// A new v1 cpuset level starts empty and refuses tasks and children's
+    /// values until it has CPUs and memory nodes: each new level inherits
+    /// its parent's.
+    fn create_in(&self, controller: &str, cgroup: &str) -> Result<(), CgroupError> {
+        if !self.mode().is_v1() {
+            self.create(cgroup)?;
+            let mut prefix = String::new();
+            for component in cgroup.split('/').filter(|c| !c.is_empty()) {
+                let file = self.dir("", &prefix).join("cgroup.subtree_control");
+                if let Err(e) = std::fs::write(&file, format!("+{controller}")) {
+                    tracing::debug!(file = %file.display(), error = %e, "subtree_control not written");
+                }
+                prefix = format!("{prefix}/{component}");
+            }
+            return Ok(());
+        }
+        if !self.dir(controller, "/").is_dir() {
+            return Err(CgroupError::ControllerMissing {
+                controller: controller.to_string(),
+            });
+        }
+        let mut prefix = String::new();
+        for component in cgroup.split('/').filter(|c| !c.is_empty() && *c != "..") {
+            let parent = prefix.clone();
+            prefix = format!("{prefix}/{component}");
+            let path = self.dir(controller, &prefix);
+            std::fs::create_dir_all(&path)
+                .map_err(|source| CgroupError::CreateFailed { path, source })?;
+            if controller == "cpuset" {
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    if self
+                        .read(controller, &prefix, file)
+                        .unwrap_or_default()
+                        .is_empty()
+                    {
+                        let inherited = self.read(controller, &parent, file).unwrap_or_default();
+                        self.write(controller, &prefix, file, &inherited)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The controllers whose trees are written (one, `""`, on v2).
     fn controllers(&self) -> Vec<&'static str> {
         if self.mode().is_v1() {
@@ -103,6 +217,29 @@ fn remove_dir(path: &Path) -> std::io::Result<()> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// rmdir of a cgroup and its children, deepest first.
+fn remove_dir_tree(path: &Path) -> Result<(), CgroupError> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(CgroupError::RemoveFailed {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_dir_tree(&entry.path())?;
+        }
+    }
+    remove_dir(path).map_err(|source| CgroupError::RemoveFailed {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// A cgroupfs mounted at `root` (normally `/sys/fs/cgroup`).

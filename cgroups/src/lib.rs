@@ -7,6 +7,7 @@
 //! - [`mode`]: cgroup v1 / hybrid / unified detection.
 //! - [`stats`]: a cgroup's usage read from cgroupfs.
 //! - [`tree`]: the kubepods hierarchy Caisson builds when kubelet gives no parent.
+//! - [`unified`]: the allow-list of CRI `unified` keys and their v1 equivalents.
 //!
 //! Writes are plain cgroupfs file writes behind the [`fs::CgroupFs`] trait
 //! (a real root or a fake tree in tests): the hierarchy levels only need a
@@ -21,11 +22,14 @@ pub mod path;
 pub mod qos;
 pub mod stats;
 pub mod tree;
+pub mod unified;
 
 mod error;
 
 pub use error::CgroupError;
+pub use fs::CgroupFs;
 pub use mode::CgroupMode;
 pub use oom::OomPolicy;
 pub use qos::{PodResources, QosClass, Resources};
-pub use tree::{NodeAllocatable, QosTree};
+pub use tree::{Limits, NodeAllocatable, PodExtras, QosTree, UnifiedApplyError};
+pub use unified::UnifiedError;

@@ -26,6 +26,15 @@ impl CgroupMode {
         }
     }
 
+    /// How logs and RuntimeConfig name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupMode::Legacy => "v1",
+            CgroupMode::Hybrid => "hybrid",
+            CgroupMode::Unified => "unified",
+        }
+    }
+
     /// Whether limits are written to v1 controllers.
     pub fn is_v1(self) -> bool {
         self != CgroupMode::Unified
@@ -48,5 +57,9 @@ mod tests {
         assert_eq!(CgroupMode::detect(dir.path()), CgroupMode::Legacy);
         assert!(CgroupMode::Legacy.is_v1());
         assert!(!CgroupMode::Unified.is_v1());
+        assert_eq!(CgroupMode::Hybrid.as_str(), "hybrid");
+        // This machine: v1 controllers, cgroup2 at /sys/fs/cgroup/unified.
+        let host = CgroupMode::detect(Path::new("/sys/fs/cgroup"));
+        assert!(host.is_v1() || host == CgroupMode::Unified);
     }
 }

@@ -27,15 +27,31 @@ pub fn oom_score_adj(class: QosClass, memory_request: u64, memory_capacity: u64)
     }
 }
 
+/// This process's own `oom_score_adj`.
+pub fn own_oom_score_adj() -> Option<i32> {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// `[cgroups] restrict_oom_score_adj = true` (containerd's setting of that
+/// name): no container gets a lower score than the runtime's own `own`, so a
+/// runtime that runs with a raised score (or without CAP_SYS_RESOURCE) never
+/// hands out one it could not set itself. Silent: the operator asked for it.
+/// Without it, scores are clamped only where the kernel would refuse them
+/// ([`OomPolicy::clamp`], with one warning).
+pub fn restrict_to_own(wanted: i32, own: i32) -> i32 {
+    wanted.clamp(-1000, 1000).max(own)
+}
+
 /// How far down a score may go on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OomPolicy {
     /// The lowest score this process can set (-1000 with CAP_SYS_RESOURCE,
     /// else its own `oom_score_adj`).
     pub min_allowed: i32,
-    /// Like containerd's `restrict_oom_score_adj`: clamp scores below
-    /// `min_allowed` (with one warning) instead of passing them on, which
-    /// would fail the container start.
+    /// Clamp scores below `min_allowed` (with one warning saying why)
+    /// instead of passing them on, which would fail the container start.
     pub restrict: bool,
 }
 
@@ -84,6 +100,21 @@ mod tests {
                 "{class:?} {request}/{capacity}"
             );
         }
+    }
+
+    #[test]
+    fn restricted_to_the_runtimes_own() {
+        for (wanted, own, want) in [
+            (-997, 0, 0),
+            (-997, -1000, -997),
+            (100, 300, 300),
+            (500, 300, 500),
+            (1000, 0, 1000),
+            (-5000, -1000, -1000),
+        ] {
+            assert_eq!(restrict_to_own(wanted, own), want, "{wanted} own {own}");
+        }
+        assert!(own_oom_score_adj().is_some_and(|s| (-1000..=1000).contains(&s)));
     }
 
     #[test]

@@ -84,6 +84,43 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// The shares a container counts for in its pod's sum: its request, or
+    /// its limit when it has no request (the request defaults to it).
+    fn shares_in_pod(&self) -> u64 {
+        match (self.cpu_shares, self.cpu_limit_milli()) {
+            (0, Some(limit)) => cpu::cpu_shares_from_request(limit),
+            (shares, _) => shares,
+        }
+    }
+
+    /// A pod's figures (the sums kubelet sent) after one of its containers
+    /// changed from `old` to `new`: shares move by the difference; a CPU or
+    /// memory limit stays only while the pod and the container's new
+    /// figures both have one, and moves by the difference.
+    pub fn with_container_changed(&self, old: &Resources, new: &Resources) -> Resources {
+        let shares = (self.cpu_shares + new.shares_in_pod()).saturating_sub(old.shares_in_pod());
+        let quota = match (self.cpu_limit_milli(), new.cpu_limit_milli()) {
+            (Some(pod), Some(n)) => {
+                let milli = pod.saturating_sub(old.cpu_limit_milli().unwrap_or(0)) + n;
+                cpu::cpu_quota_from_limit(milli, cpu::DEFAULT_PERIOD_US).unwrap_or(-1)
+            }
+            _ => -1,
+        };
+        let memory = if self.memory_limit == 0 || new.memory_limit == 0 {
+            0
+        } else {
+            self.memory_limit.saturating_sub(old.memory_limit) + new.memory_limit
+        };
+        Resources {
+            cpu_shares: shares,
+            cpu_quota: quota,
+            cpu_period: cpu::DEFAULT_PERIOD_US,
+            memory_limit: memory,
+        }
+    }
+}
+
 /// The class of a set of containers (a pod's containers, or one pod-level
 /// figure).
 pub fn qos_class<'a>(containers: impl IntoIterator<Item = &'a Resources>) -> QosClass {
@@ -120,11 +157,7 @@ impl PodResources {
         let mut all_memory = true;
         let mut milli_limit = 0u64;
         for r in containers {
-            sum.cpu_shares += if r.cpu_shares == 0 && r.cpu_limit_milli().is_some() {
-                cpu::cpu_shares_from_request(r.cpu_limit_milli().unwrap_or(0))
-            } else {
-                r.cpu_shares
-            };
+            sum.cpu_shares += r.shares_in_pod();
             match r.cpu_limit_milli() {
                 Some(m) => milli_limit += m,
                 None => all_quota = false,
@@ -244,6 +277,43 @@ mod tests {
         assert_eq!(sum.memory_limit, 0);
         let sum = PodResources::from_containers(&[r(0, 50_000, MI)]);
         assert_eq!(sum.cpu_shares, 512);
+    }
+
+    #[test]
+    fn pod_figures_follow_a_container_change() {
+        let pod = r(1536, 150_000, 65 * MI);
+        for (name, old, new, want) in [
+            (
+                "grow",
+                r(1024, 100_000, 64 * MI),
+                r(2048, 200_000, 128 * MI),
+                r(2560, 250_000, 129 * MI),
+            ),
+            (
+                "shrink",
+                r(1024, 100_000, 64 * MI),
+                r(512, 50_000, 32 * MI),
+                r(1024, 100_000, 33 * MI),
+            ),
+            (
+                "limits dropped",
+                r(1024, 100_000, 64 * MI),
+                r(1024, -1, 0),
+                r(1536, -1, 0),
+            ),
+            (
+                "no request: the limit counts",
+                r(0, 100_000, 64 * MI),
+                r(0, 50_000, 64 * MI),
+                r(1024, 100_000, 65 * MI),
+            ),
+        ] {
+            assert_eq!(pod.with_container_changed(&old, &new), want, "{name}");
+        }
+        // An unlimited pod stays unlimited.
+        let unlimited = r(512, -1, 0);
+        let got = unlimited.with_container_changed(&r(512, -1, 0), &r(256, 50_000, MI));
+        assert_eq!(got, r(256, -1, 0));
     }
 
     #[test]

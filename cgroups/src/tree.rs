@@ -17,7 +17,19 @@
 use crate::cpu;
 use crate::fs::CgroupFs;
 use crate::path::pod_cgroup_name;
+use crate::unified::{self, Setting, UnifiedError};
 use crate::{CgroupError, PodResources, QosClass};
+
+/// Why [`QosTree::apply_extras`] failed: a refused request, or a write.
+#[derive(Debug, thiserror::Error)]
+pub enum UnifiedApplyError {
+    #[error(transparent)]
+    Unified(#[from] UnifiedError),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
 
 /// What the node gives to pods (config); `None` = unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,6 +54,37 @@ pub struct Limits {
     pub cpu_quota: Option<i64>,
     /// `None` = unlimited.
     pub memory: Option<u64>,
+}
+
+impl Limits {
+    /// The wider of two limits on each resource (unlimited wins): a pod is
+    /// set to this while one of its containers grows or shrinks, so that
+    /// the container never needs more than its pod allows (v1 refuses a
+    /// child CFS quota above its parent's).
+    pub fn widest(&self, other: &Limits) -> Limits {
+        Limits {
+            cpu_shares: self.cpu_shares.max(other.cpu_shares),
+            cpu_quota: self.cpu_quota.zip(other.cpu_quota).map(|(a, b)| a.max(b)),
+            memory: self.memory.zip(other.memory).map(|(a, b)| a.max(b)),
+        }
+    }
+}
+
+/// Pod-level limits besides CPU and memory, where the CRI (or the node's
+/// config, for pids) carries them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodExtras {
+    /// `pids.max` (config `pod_pids_limit`, like kubelet's `--pod-max-pids`).
+    pub pids_limit: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// Memory + swap in bytes, as CRI's `memory_swap_limit_in_bytes`
+    /// (-1 = unlimited swap); needs a memory limit.
+    pub memory_swap: Option<i64>,
+    /// Page size (`"2MB"`) → bytes.
+    pub hugepages: Vec<(String, u64)>,
+    /// Checked `unified` entries (v2 file → value).
+    pub unified: Vec<(String, String)>,
 }
 
 impl<F: CgroupFs> QosTree<F> {
@@ -147,17 +190,190 @@ impl<F: CgroupFs> QosTree<F> {
         }
     }
 
-    /// Creates pod `uid`'s cgroup in its class's tier, sized from `pod`;
-    /// returns its path. On failure nothing is left behind.
-    pub fn create_pod(&self, uid: &str, pod: &PodResources) -> Result<String, CgroupError> {
+    /// Creates pod `uid`'s cgroup in its class's tier, sized from `pod`
+    /// with `extras`; returns its path. On failure nothing is left behind.
+    pub fn create_pod(
+        &self,
+        uid: &str,
+        pod: &PodResources,
+        extras: &PodExtras,
+    ) -> Result<String, UnifiedApplyError> {
         self.ensure()?;
         let cgroup = self.pod_cgroup(pod.class(), uid);
         self.fs.create(&cgroup)?;
-        if let Err(e) = self.apply(&cgroup, &Self::pod_limits(pod)) {
-            let _ = self.fs.remove(&cgroup);
+        let limits = Self::pod_limits(pod);
+        let applied = self
+            .apply(&cgroup, &limits)
+            .map_err(UnifiedApplyError::from)
+            .and_then(|()| self.apply_extras(&cgroup, extras, limits.memory));
+        if let Err(e) = applied {
+            let _ = self.fs.remove_tree(&cgroup);
             return Err(e);
         }
         Ok(cgroup)
+    }
+
+    /// Writes a pod's [`PodExtras`] to its cgroup. `memory` is the pod's
+    /// memory limit (swap is on top of it). `unified` entries are written
+    /// as given on v2 and as their v1 equivalents on v1.
+    pub fn apply_extras(
+        &self,
+        cgroup: &str,
+        extras: &PodExtras,
+        memory: Option<u64>,
+    ) -> Result<(), UnifiedApplyError> {
+        let v1 = self.fs.mode().is_v1();
+        let mut settings: Vec<Setting> = vec![];
+        if let Some(pids) = extras.pids_limit {
+            settings.push(Setting::Pids(pids as i64));
+        }
+        if let Some(cpus) = &extras.cpuset_cpus {
+            settings.push(Setting::CpusetCpus(cpus.clone()));
+        }
+        if let Some(mems) = &extras.cpuset_mems {
+            settings.push(Setting::CpusetMems(mems.clone()));
+        }
+        if let Some(total) = extras.memory_swap {
+            let swap = match (total, memory) {
+                (-1, _) => -1,
+                (total, Some(limit)) => (total - limit as i64).max(0),
+                (_, None) => {
+                    return Err(UnifiedApplyError::Invalid {
+                        field: "memory_swap_limit_in_bytes".into(),
+                        reason: "a swap limit needs a memory limit".into(),
+                    })
+                }
+            };
+            settings.push(Setting::Swap(swap));
+        }
+        for (page_size, limit) in &extras.hugepages {
+            settings.push(Setting::Hugetlb {
+                page_size: page_size.clone(),
+                limit: *limit,
+            });
+        }
+        if !v1 {
+            for (key, value) in &extras.unified {
+                unified::check(key, value)?;
+            }
+        } else {
+            for (key, value) in &extras.unified {
+                settings.push(unified::to_v1(key, value)?);
+            }
+        }
+        let mut memory = memory;
+        for setting in &settings {
+            self.write_setting(cgroup, setting, &mut memory)?;
+        }
+        if !v1 {
+            for (key, value) in &extras.unified {
+                let controller = key.split('.').next().unwrap_or("");
+                if controller == "cpuset" || controller == "hugetlb" || controller == "io" {
+                    self.fs.create_in(controller, cgroup)?;
+                }
+                self.fs.write("", cgroup, key, value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One setting's files. `memory` tracks the limit swap adds to.
+    fn write_setting(
+        &self,
+        cgroup: &str,
+        setting: &Setting,
+        memory: &mut Option<u64>,
+    ) -> Result<(), CgroupError> {
+        let v1 = self.fs.mode().is_v1();
+        let max = |n: i64| {
+            if n < 0 {
+                "max".to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        match setting {
+            Setting::CpuShares(shares) => {
+                if v1 {
+                    self.fs
+                        .write("cpu", cgroup, "cpu.shares", &shares.to_string())
+                } else {
+                    let weight = cpu::cpu_weight_from_shares(*shares);
+                    self.fs.write("", cgroup, "cpu.weight", &weight.to_string())
+                }
+            }
+            Setting::CpuQuota { quota, period } => {
+                let period = period.unwrap_or(cpu::DEFAULT_PERIOD_US);
+                if v1 {
+                    self.fs
+                        .write("cpu", cgroup, "cpu.cfs_period_us", &period.to_string())?;
+                    self.fs
+                        .write("cpu", cgroup, "cpu.cfs_quota_us", &quota.to_string())
+                } else {
+                    let quota = (*quota > 0).then_some(*quota);
+                    self.fs
+                        .write("", cgroup, "cpu.max", &cpu::cpu_max(quota, period))
+                }
+            }
+            Setting::MemoryLimit(limit) => {
+                *memory = (*limit >= 0).then_some(*limit as u64);
+                if v1 {
+                    self.fs.write(
+                        "memory",
+                        cgroup,
+                        "memory.limit_in_bytes",
+                        &limit.to_string(),
+                    )
+                } else {
+                    self.fs.write("", cgroup, "memory.max", &max(*limit))
+                }
+            }
+            Setting::Swap(swap) => {
+                if v1 {
+                    let total = match (*swap, *memory) {
+                        (-1, _) | (_, None) => -1,
+                        (swap, Some(limit)) => limit as i64 + swap,
+                    };
+                    self.fs.write(
+                        "memory",
+                        cgroup,
+                        "memory.memsw.limit_in_bytes",
+                        &total.to_string(),
+                    )
+                } else {
+                    self.fs.write("", cgroup, "memory.swap.max", &max(*swap))
+                }
+            }
+            Setting::Pids(pids) => self.fs.write("pids", cgroup, "pids.max", &max(*pids)),
+            Setting::CpusetCpus(list) | Setting::CpusetMems(list) => {
+                let file = if matches!(setting, Setting::CpusetCpus(_)) {
+                    "cpuset.cpus"
+                } else {
+                    "cpuset.mems"
+                };
+                self.fs.create_in("cpuset", cgroup)?;
+                self.fs.write("cpuset", cgroup, file, list)
+            }
+            Setting::Hugetlb { page_size, limit } => {
+                self.fs.create_in("hugetlb", cgroup)?;
+                let (file, value) = if v1 {
+                    let value = if *limit == u64::MAX {
+                        "-1".to_string()
+                    } else {
+                        limit.to_string()
+                    };
+                    (format!("hugetlb.{page_size}.limit_in_bytes"), value)
+                } else {
+                    let value = if *limit == u64::MAX {
+                        "max".to_string()
+                    } else {
+                        limit.to_string()
+                    };
+                    (format!("hugetlb.{page_size}.max"), value)
+                };
+                self.fs.write("hugetlb", cgroup, &file, &value)
+            }
+        }
     }
 
     /// Writes `limits` to `cgroup` (v1 or v2 files).
@@ -196,9 +412,10 @@ impl<F: CgroupFs> QosTree<F> {
         Ok(())
     }
 
-    /// Removes a cgroup of this tree (a pod's).
+    /// Removes a cgroup of this tree (a pod's) with everything below it,
+    /// in every hierarchy.
     pub fn remove(&self, cgroup: &str) -> Result<(), CgroupError> {
-        self.fs.remove(cgroup)
+        self.fs.remove_tree(cgroup)
     }
 }
 
@@ -264,7 +481,9 @@ mod tests {
             ),
         ];
         for (uid, resources, want_path, shares, quota, memory) in cases {
-            let path = tree.create_pod(uid, &resources).unwrap();
+            let path = tree
+                .create_pod(uid, &resources, &PodExtras::default())
+                .unwrap();
             assert_eq!(path, want_path);
             let fs = tree.fs();
             assert_eq!(
@@ -299,7 +518,8 @@ mod tests {
                 .unwrap(),
             "2"
         );
-        tree.create_pod("b2", &pod(256, -1, 0)).unwrap();
+        tree.create_pod("b2", &pod(256, -1, 0), &PodExtras::default())
+            .unwrap();
         tree.refresh_burstable().unwrap();
         assert_eq!(
             fs.read("cpu", "/caisson-kubepods/burstable", "cpu.shares")
@@ -334,7 +554,9 @@ mod tests {
     fn v2_tree() {
         let dir = tempfile::tempdir().unwrap();
         let tree = tree(dir.path(), CgroupMode::Unified);
-        let path = tree.create_pod("g", &pod(512, 50_000, 64 * MI)).unwrap();
+        let path = tree
+            .create_pod("g", &pod(512, 50_000, 64 * MI), &PodExtras::default())
+            .unwrap();
         assert_eq!(path, "/caisson-kubepods/podg");
         let fs = tree.fs();
         assert_eq!(fs.read("", &path, "cpu.weight").unwrap(), "20");
@@ -349,9 +571,195 @@ mod tests {
             fs.read("", "/", "cgroup.subtree_control").unwrap(),
             "+cpu +memory +pids"
         );
-        let be = tree.create_pod("e", &PodResources::default()).unwrap();
+        let be = tree
+            .create_pod("e", &PodResources::default(), &PodExtras::default())
+            .unwrap();
         assert_eq!(fs.read("", &be, "cpu.weight").unwrap(), "1");
         assert_eq!(fs.read("", &be, "cpu.max").unwrap(), "max 100000");
         assert_eq!(fs.read("", &be, "memory.max").unwrap(), "max");
+    }
+
+    fn extras() -> PodExtras {
+        PodExtras {
+            pids_limit: Some(128),
+            cpuset_cpus: Some("0".into()),
+            cpuset_mems: Some("0".into()),
+            memory_swap: Some(96 * MI as i64),
+            hugepages: vec![("2MB".into(), 4 * MI)],
+            unified: vec![],
+        }
+    }
+
+    #[test]
+    fn v2_pod_extras_and_unified() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = tree(dir.path(), CgroupMode::Unified);
+        let mut extras = extras();
+        extras.unified = vec![
+            ("memory.high".into(), "50000000".into()),
+            ("pids.max".into(), "100".into()),
+        ];
+        let path = tree
+            .create_pod("g", &pod(1024, 100_000, 64 * MI), &extras)
+            .unwrap();
+        let fs = tree.fs();
+        for (file, want) in [
+            ("memory.max", (64 * MI).to_string()),
+            ("memory.swap.max", (32 * MI).to_string()),
+            ("cpuset.cpus", "0".to_string()),
+            ("cpuset.mems", "0".to_string()),
+            ("hugetlb.2MB.max", (4 * MI).to_string()),
+            ("memory.high", "50000000".to_string()),
+            // unified wins over the config's pids limit: written last.
+            ("pids.max", "100".to_string()),
+            ("cpu.weight", "39".to_string()),
+            ("cpu.max", "100000 100000".to_string()),
+        ] {
+            assert_eq!(fs.read("", &path, file).unwrap(), want, "{file}");
+        }
+        let refused = PodExtras {
+            unified: vec![("cgroup.procs".into(), "1".into())],
+            ..PodExtras::default()
+        };
+        let err = tree
+            .create_pod("bad", &pod(2, -1, 0), &refused)
+            .unwrap_err();
+        assert!(err.to_string().contains("cgroup.procs"), "{err}");
+        assert!(
+            !dir.path()
+                .join("caisson-kubepods/besteffort/podbad")
+                .exists(),
+            "a refused pod leaves nothing"
+        );
+    }
+
+    #[test]
+    fn v1_pod_extras_and_unified() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = tree(dir.path(), CgroupMode::Hybrid);
+        // A controller that is not mounted is refused, and nothing is made.
+        let huge = PodExtras {
+            hugepages: vec![("2MB".into(), MI)],
+            ..PodExtras::default()
+        };
+        let err = tree.create_pod("h", &pod(512, -1, 0), &huge).unwrap_err();
+        assert!(err.to_string().contains("hugetlb"), "{err}");
+        assert!(!dir.path().join("hugetlb").exists());
+        assert!(!dir
+            .path()
+            .join("cpu/caisson-kubepods/burstable/podh")
+            .exists());
+        std::fs::create_dir_all(dir.path().join("hugetlb")).unwrap();
+        // A fake v1 root: cpuset's root holds the node's CPUs and nodes.
+        std::fs::create_dir_all(dir.path().join("cpuset")).unwrap();
+        std::fs::write(dir.path().join("cpuset/cpuset.cpus"), "0-1\n").unwrap();
+        std::fs::write(dir.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        let mut extras = extras();
+        extras.cpuset_cpus = Some("1".into());
+        extras.unified = vec![
+            ("cpu.weight".into(), "100".into()),
+            ("pids.max".into(), "max".into()),
+        ];
+        let path = tree
+            .create_pod("b", &pod(512, -1, 64 * MI), &extras)
+            .unwrap();
+        let fs = tree.fs();
+        for (controller, file, want) in [
+            ("memory", "memory.limit_in_bytes", (64 * MI).to_string()),
+            (
+                "memory",
+                "memory.memsw.limit_in_bytes",
+                (96 * MI).to_string(),
+            ),
+            ("pids", "pids.max", "max".to_string()),
+            ("cpuset", "cpuset.cpus", "1".to_string()),
+            ("cpuset", "cpuset.mems", "0".to_string()),
+            (
+                "hugetlb",
+                "hugetlb.2MB.limit_in_bytes",
+                (4 * MI).to_string(),
+            ),
+            ("cpu", "cpu.shares", "2597".to_string()),
+        ] {
+            assert_eq!(
+                fs.read(controller, &path, file).unwrap(),
+                want,
+                "{controller}/{file}"
+            );
+        }
+        // Each new cpuset level inherited its parent's before the pod's own.
+        assert_eq!(
+            fs.read("cpuset", "/caisson-kubepods/burstable", "cpuset.cpus")
+                .unwrap(),
+            "0-1"
+        );
+        // v2-only keys are refused on v1, naming the key; nothing is left.
+        let refused = PodExtras {
+            unified: vec![("memory.high".into(), "1".into())],
+            ..PodExtras::default()
+        };
+        let err = tree
+            .create_pod("x", &pod(512, -1, 0), &refused)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("memory.high") && err.to_string().contains("v1"),
+            "{err}"
+        );
+        assert!(!dir
+            .path()
+            .join("cpu/caisson-kubepods/burstable/podx")
+            .exists());
+        // Swap without a memory limit is refused.
+        let swap_only = PodExtras {
+            memory_swap: Some(MI as i64),
+            ..PodExtras::default()
+        };
+        assert!(tree.create_pod("s", &pod(512, -1, 0), &swap_only).is_err());
+        // The root is never removed.
+        assert!(fs.remove_tree("/").is_err());
+        assert!(fs.remove_one("//").is_err());
+        assert!(dir.path().join("cpu/caisson-kubepods").is_dir());
+        // remove_one leaves a cgroup with children alone (a fake tree says
+        // ENOTEMPTY where cgroupfs says EBUSY).
+        fs.create(&format!("{path}/task")).unwrap();
+        let _ = fs.remove_one(&path);
+        assert!(dir
+            .path()
+            .join("cpu")
+            .join(&path[1..])
+            .join("task")
+            .is_dir());
+        // Removal takes every hierarchy, children first.
+        fs.create(&format!("{path}/task")).unwrap();
+        tree.remove(&path).unwrap();
+        for controller in ["cpu", "memory", "pids", "cpuset", "hugetlb"] {
+            assert!(
+                !dir.path().join(controller).join(&path[1..]).exists(),
+                "{controller}"
+            );
+        }
+    }
+
+    #[test]
+    fn widest_limits() {
+        let a = Limits {
+            cpu_shares: Some(512),
+            cpu_quota: Some(50_000),
+            memory: Some(64 * MI),
+        };
+        let b = Limits {
+            cpu_shares: Some(1024),
+            cpu_quota: Some(20_000),
+            memory: None,
+        };
+        assert_eq!(
+            a.widest(&b),
+            Limits {
+                cpu_shares: Some(1024),
+                cpu_quota: Some(50_000),
+                memory: None,
+            }
+        );
+        assert_eq!(a.widest(&a), a);
     }
 }

@@ -51,6 +51,16 @@ pub struct CgroupsConfig {
     /// CPU all pods together are weighted by, in milli-CPU.
     #[serde(default)]
     pub allocatable_cpu_milli: u64,
+    /// containerd's setting of that name: no container gets a lower
+    /// `oom_score_adj` than caissond's own. Off: only scores the kernel
+    /// would refuse (negative ones without CAP_SYS_RESOURCE) are raised,
+    /// with one warning.
+    #[serde(default)]
+    pub restrict_oom_score_adj: bool,
+    /// `pids.max` of every pod cgroup caissond makes (kubelet's
+    /// `--pod-max-pids`); 0 = unlimited.
+    #[serde(default)]
+    pub pod_pids_limit: u64,
 }
 
 impl CgroupsConfig {
@@ -325,6 +335,26 @@ mod tests {
         assert!(Config::parse(&bad_backend, Path::new("t"))
             .unwrap_err()
             .contains("qemu"));
+    }
+
+    #[test]
+    fn cgroups_table_is_read() {
+        let c = Config::default_config();
+        assert_eq!(c.cgroups, CgroupsConfig::default());
+        assert!(!c.cgroups.restrict_oom_score_adj);
+        let text = DEFAULT_CONFIG
+            .replace(
+                "restrict_oom_score_adj = false",
+                "restrict_oom_score_adj = true",
+            )
+            .replace("allocatable_memory = 0", "allocatable_memory = 268435456")
+            .replace("pod_pids_limit = 0", "pod_pids_limit = 1024");
+        let c = Config::parse(&text, Path::new("t")).unwrap();
+        assert!(c.cgroups.restrict_oom_score_adj);
+        assert_eq!(c.cgroups.allocatable_memory, 256 << 20);
+        assert_eq!(c.cgroups.pod_pids_limit, 1024);
+        let bad = DEFAULT_CONFIG.replace("pod_pids_limit = 0", "pod_pids_limit = -1");
+        assert!(Config::parse(&bad, Path::new("t")).is_err());
     }
 
     #[test]

@@ -378,20 +378,19 @@ impl RuntimeService for RuntimeApi {
         &self,
         _r: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Rsp<cri::ListMetricDescriptorsResponse> {
-        Err(unimplemented(
-            "ListMetricDescriptors",
-            "metrics arrive with the QoS and cgroups issue",
-        ))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: crate::runtime::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _r: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Rsp<cri::ListPodSandboxMetricsResponse> {
-        Err(unimplemented(
-            "ListPodSandboxMetrics",
-            "metrics arrive with the QoS and cgroups issue",
-        ))
+        let pod_metrics = self.rt.list_pod_sandbox_metrics().await;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
     }
 
     async fn runtime_config(

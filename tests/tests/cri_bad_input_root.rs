@@ -559,20 +559,6 @@ fn unimplemented_rpcs_say_so() {
                 cri::CheckpointContainerRequest::default()
             ),
         ),
-        unimplemented(
-            "ListMetricDescriptors",
-            rpc!(
-                list_metric_descriptors,
-                cri::ListMetricDescriptorsRequest::default()
-            ),
-        ),
-        unimplemented(
-            "ListPodSandboxMetrics",
-            rpc!(
-                list_pod_sandbox_metrics,
-                cri::ListPodSandboxMetricsRequest::default()
-            ),
-        ),
     ];
     d.check_rejections(cases, &baseline);
 }

@@ -325,3 +325,551 @@ fn container_stats_grow_with_work() {
     d.stop_pod(&pod);
     d.remove_pod(&pod);
 }
+
+fn update(d: &Caissond, id: &str, r: cri::LinuxContainerResources) -> Result<(), tonic::Status> {
+    let mut rt = d.runtime();
+    d.rt.block_on(
+        rt.update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(r),
+            ..Default::default()
+        }),
+    )
+    .map(|_| ())
+}
+
+/// (cpu.shares, cpu.cfs_quota_us, memory.limit_in_bytes) of a pod cgroup.
+fn pod_limits(d: &Caissond, uid: &str) -> (String, String, String) {
+    let cpu = d.pod_cgroup("cpu", uid);
+    let mem = d.pod_cgroup("memory", uid);
+    (
+        read(&cpu.join("cpu.shares")),
+        read(&cpu.join("cpu.cfs_quota_us")),
+        read(&mem.join("memory.limit_in_bytes")),
+    )
+}
+
+const UNLIMITED: &str = "9223372036854771712";
+
+#[test]
+fn pod_sums_follow_container_creates_updates_and_removals() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    // No pod-level resources (crictl): the pod is sized from its containers.
+    let config = d.pod_config("sums");
+    let pod = d.run_pod(&config);
+    assert_eq!(
+        pod_limits(&d, "uid-sums"),
+        ("2".into(), "-1".into(), UNLIMITED.into())
+    );
+    let mut c1 = container_config("c1", &["sleep", "1000"]);
+    c1.linux.get_or_insert_with(Default::default).resources = Some(resources(256, 50_000, 64 * MI));
+    let c1 = d.create_started_container(&pod, &config, c1);
+    assert_eq!(
+        pod_limits(&d, "uid-sums"),
+        ("256".into(), "50000".into(), (64 * MI).to_string())
+    );
+    let mut c2 = container_config("c2", &["sleep", "1000"]);
+    c2.linux.get_or_insert_with(Default::default).resources =
+        Some(resources(512, 100_000, 32 * MI));
+    let c2 = d.create_started_container(&pod, &config, c2);
+    assert_eq!(
+        pod_limits(&d, "uid-sums"),
+        ("768".into(), "150000".into(), (96 * MI).to_string())
+    );
+    // Growing a container grows the pod first (v1 refuses a child quota
+    // above its parent's): the container gets its new quota.
+    update(&d, &c1, resources(1024, 200_000, 128 * MI)).unwrap();
+    assert_eq!(
+        pod_limits(&d, "uid-sums"),
+        ("1536".into(), "300000".into(), (160 * MI).to_string())
+    );
+    let c1_cpu = d.task_cgroup("cpu", "uid-sums", &c1);
+    assert_eq!(read(&c1_cpu.join("cpu.cfs_quota_us")), "200000");
+    // ContainerStatus reports the live figures.
+    let status = d.container_status(&c1);
+    let live = status.resources.unwrap().linux.unwrap();
+    assert_eq!((live.cpu_shares, live.cpu_quota), (1024, 200_000));
+    // Shrinking.
+    update(&d, &c1, resources(128, 20_000, 16 * MI)).unwrap();
+    assert_eq!(
+        pod_limits(&d, "uid-sums"),
+        ("640".into(), "120000".into(), (48 * MI).to_string())
+    );
+    // A container without limits makes the pod's unlimited.
+    update(&d, &c2, resources(512, 0, 0)).unwrap();
+    assert_eq!(
+        pod_limits(&d, "uid-sums"),
+        ("640".into(), "-1".into(), UNLIMITED.into())
+    );
+    // Removal shrinks the pod back to what is left.
+    d.stop_container(&c2, 0);
+    let mut rt = d.runtime();
+    let r =
+        d.rt.block_on(rt.remove_container(cri::RemoveContainerRequest {
+            container_id: c2.clone(),
+        }));
+    d.ok("RemoveContainer", r);
+    assert_eq!(
+        pod_limits(&d, "uid-sums"),
+        ("128".into(), "20000".into(), (16 * MI).to_string()),
+        "{}",
+        d.log_tail()
+    );
+    assert!(!d.task_cgroup("cpu", "uid-sums", &c2).exists());
+
+    // kubelet-style pod-level figures: moved by the container's change; the
+    // burstable tier's shares follow.
+    let mut config = d.pod_config("kubelet-sums");
+    config.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 0));
+    let kpod = d.run_pod(&config);
+    let mut c = container_config("c", &["sleep", "1000"]);
+    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 0));
+    let c = d.create_started_container(&kpod, &config, c);
+    let tier = std::path::Path::new("/sys/fs/cgroup/cpu")
+        .join(d.cgroup_parent.trim_start_matches('/'))
+        .join("burstable");
+    assert_eq!(read(&tier.join("cpu.shares")), "512");
+    update(&d, &c, resources(1536, 0, 0)).unwrap();
+    assert_eq!(pod_limits(&d, "uid-kubelet-sums").0, "1536");
+    assert_eq!(read(&tier.join("cpu.shares")), "1536");
+    assert_eq!(
+        d.pod_cgroup("cpu", "uid-kubelet-sums"),
+        tier.join("poduid-kubelet-sums")
+    );
+    for p in [pod, kpod] {
+        d.stop_pod(&p);
+        d.remove_pod(&p);
+    }
+    assert_eq!(read(&tier.join("cpu.shares")), "2");
+}
+
+fn create_err(
+    d: &Caissond,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    c: cri::ContainerConfig,
+) -> tonic::Status {
+    let mut rt = d.runtime();
+    d.rt.block_on(rt.create_container(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(c),
+        sandbox_config: Some(config.clone()),
+    }))
+    .expect_err("CreateContainer should fail")
+}
+
+fn with_unified(pairs: &[(&str, &str)]) -> cri::LinuxContainerResources {
+    cri::LinuxContainerResources {
+        memory_limit_in_bytes: 64 * MI,
+        unified: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn unified_keys_are_checked_and_mapped_to_cgroup_v1() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    // The cgroup mode is detected and logged with the driver at start.
+    let log = std::fs::read_to_string(&d.log_path).unwrap();
+    let hybrid = std::path::Path::new("/sys/fs/cgroup/cpu").is_dir()
+        && std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.contains(" /sys/fs/cgroup/unified cgroup2 "));
+    let mode = if hybrid { "hybrid" } else { "" };
+    assert!(
+        log.lines()
+            .any(|l| l.contains("driver=\"cgroupfs\"") && l.contains(&format!("mode=\"{mode}"))),
+        "no cgroups line with mode {mode:?}:\n{}",
+        d.log_tail()
+    );
+    let config = d.pod_config("unified");
+    let pod = d.run_pod(&config);
+    let baseline = d.footprint();
+    for (key, want) in [
+        ("memory.bogus", "not a cgroup v2 file"),
+        ("cgroup.procs", "not a cgroup v2 file"),
+        ("memory.high", "no cgroup v1 equivalent"),
+    ] {
+        let mut c = container_config("c", &["sleep", "1000"]);
+        c.linux.get_or_insert_with(Default::default).resources = Some(with_unified(&[(key, "1")]));
+        let err = create_err(&d, &pod, &config, c);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}: {err:?}");
+        assert!(
+            err.message()
+                .contains(&format!("config.linux.resources.unified[{key}]"))
+                && err.message().contains(want),
+            "{key}: {}",
+            err.message()
+        );
+    }
+    let now = d.footprint();
+    assert!(now == baseline, "{}", now.diff(&baseline));
+    // Keys with a v1 equivalent land in the v1 files.
+    let mut c = container_config("c", &["sleep", "1000"]);
+    c.linux.get_or_insert_with(Default::default).resources = Some(with_unified(&[
+        ("pids.max", "50"),
+        ("cpu.max", "20000 100000"),
+        ("cpu.weight", "100"),
+    ]));
+    let id = d.create_started_container(&pod, &config, c);
+    let cg = |ctl: &str, file: &str| read(&d.task_cgroup(ctl, "uid-unified", &id).join(file));
+    assert_eq!(cg("pids", "pids.max"), "50");
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "20000");
+    assert_eq!(cg("cpu", "cpu.shares"), "2597");
+    update(&d, &id, with_unified(&[("pids.max", "60")])).unwrap();
+    assert_eq!(cg("pids", "pids.max"), "60");
+    let err = update(&d, &id, with_unified(&[("cgroup.procs", "1")])).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("linux.unified[cgroup.procs]"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(cg("pids", "pids.max"), "60");
+
+    // Pod-level keys: checked before anything is made.
+    let before = d.footprint();
+    let mut bad = d.pod_config("bad-unified");
+    bad.linux.get_or_insert_with(Default::default).resources =
+        Some(with_unified(&[("io.bogus", "1")]));
+    let mut rt = d.runtime();
+    let err =
+        d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(bad),
+            runtime_handler: String::new(),
+        }))
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("config.linux.resources.unified[io.bogus]"),
+        "{}",
+        err.message()
+    );
+    let now = d.footprint();
+    assert!(now == before, "{}", now.diff(&before));
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+}
+
+#[test]
+fn pod_level_pids_cpuset_and_swap_reach_the_pod_cgroup() {
+    let d = Caissond::start("cgroups.pod_pids_limit = 100");
+    d.import_busybox();
+    let mut config = d.pod_config("extras");
+    config.linux.get_or_insert_with(Default::default).resources =
+        Some(cri::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 * MI,
+            memory_swap_limit_in_bytes: 96 * MI,
+            cpuset_cpus: "0".into(),
+            cpuset_mems: "0".into(),
+            unified: [("pids.max".to_string(), "80".to_string())].into(),
+            ..Default::default()
+        });
+    let pod = d.run_pod(&config);
+    let cg = |ctl: &str, file: &str| read(&d.pod_cgroup(ctl, "uid-extras").join(file));
+    // unified is applied last: its pids.max wins over the config's.
+    assert_eq!(cg("pids", "pids.max"), "80");
+    assert_eq!(cg("cpuset", "cpuset.cpus"), "0");
+    assert_eq!(cg("cpuset", "cpuset.mems"), "0");
+    assert_eq!(cg("memory", "memory.limit_in_bytes"), (64 * MI).to_string());
+    assert_eq!(
+        cg("memory", "memory.memsw.limit_in_bytes"),
+        (96 * MI).to_string()
+    );
+    // A container without a cpuset of its own runs on the pod's.
+    let id = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+    let pid = d.container_pid(&id);
+    assert_eq!(
+        caisson_tests::daemon::proc_status_field(pid, "Cpus_allowed_list").as_deref(),
+        Some("0")
+    );
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+
+    // The config's limit alone, on a pod without pod-level figures.
+    let plain = d.pod_config("plain");
+    let p = d.run_pod(&plain);
+    assert_eq!(
+        read(&d.pod_cgroup("pids", "uid-plain").join("pids.max")),
+        "100"
+    );
+    d.stop_pod(&p);
+    d.remove_pod(&p);
+
+    // hugetlb is not mounted here: refused clearly, nothing left.
+    let before = d.footprint();
+    let mut huge = d.pod_config("huge");
+    huge.linux.get_or_insert_with(Default::default).resources =
+        Some(cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            ..Default::default()
+        });
+    let mut rt = d.runtime();
+    let r = d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(huge),
+        runtime_handler: String::new(),
+    }));
+    if std::path::Path::new("/sys/fs/cgroup/hugetlb").is_dir() {
+        let id = d.ok("RunPodSandbox (hugetlb)", r).pod_sandbox_id;
+        assert_eq!(
+            read(
+                &d.pod_cgroup("hugetlb", "uid-huge")
+                    .join("hugetlb.2MB.limit_in_bytes")
+            ),
+            (4 << 20).to_string()
+        );
+        d.stop_pod(&id);
+        d.remove_pod(&id);
+    } else {
+        let err = r.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("hugetlb"), "{}", err.message());
+    }
+    let now = d.footprint();
+    assert!(now == before, "{}", now.diff(&before));
+}
+
+fn set_oom_score_adj(pid: u32, score: i32) {
+    std::fs::write(format!("/proc/{pid}/oom_score_adj"), score.to_string())
+        .unwrap_or_else(|e| panic!("raising {pid}'s oom_score_adj: {e}"));
+}
+
+fn container_oom_score(
+    d: &Caissond,
+    pod: &str,
+    config: &cri::PodSandboxConfig,
+    name: &str,
+    r: cri::LinuxContainerResources,
+) -> i32 {
+    let mut c = container_config(name, &["sleep", "1000"]);
+    c.linux.get_or_insert_with(Default::default).resources = Some(r);
+    let id = d.create_started_container(pod, config, c);
+    read(std::path::Path::new(&format!(
+        "/proc/{}/oom_score_adj",
+        d.container_pid(&id)
+    )))
+    .parse()
+    .unwrap()
+}
+
+/// caissond's own score is raised after the pod's shim started (the shim
+/// keeps the score it inherited, 0): only `restrict_oom_score_adj` makes
+/// caissond's own the floor.
+#[test]
+fn restrict_oom_score_adj_keeps_scores_at_or_above_caissonds_own() {
+    let with_score = |oom_score_adj| cri::LinuxContainerResources {
+        oom_score_adj,
+        ..resources(512, 0, 0)
+    };
+    let guaranteed = resources(1024, 100_000, 64 * MI);
+    let floor: i32 = read(std::path::Path::new("/proc/self/oom_score_adj"))
+        .parse()
+        .unwrap();
+
+    let restricted = Caissond::start("cgroups.restrict_oom_score_adj = true");
+    restricted.import_busybox();
+    let config = restricted.pod_config("restricted");
+    set_oom_score_adj(restricted.pid(), 200);
+    let pod = restricted.run_pod(&config);
+    // The pause (kubelet's -998) too.
+    let pause: i32 = read(std::path::Path::new(&format!(
+        "/proc/{}/oom_score_adj",
+        restricted.pod_pid(&pod)
+    )))
+    .parse()
+    .unwrap();
+    assert_eq!(pause, 200, "restricted pause");
+    set_oom_score_adj(restricted.pid(), 300);
+    for (name, r, want) in [
+        ("low", with_score(100), 300),
+        ("high", with_score(700), 700),
+        ("g", guaranteed.clone(), 300),
+    ] {
+        assert_eq!(
+            container_oom_score(&restricted, &pod, &config, name, r),
+            want,
+            "restricted {name}"
+        );
+    }
+    restricted.stop_pod(&pod);
+    restricted.remove_pod(&pod);
+    drop(restricted);
+
+    // Off (the default): only what the kernel refuses is raised, once warned.
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("unrestricted");
+    let pod = d.run_pod(&config);
+    set_oom_score_adj(d.pid(), 300);
+    assert_eq!(
+        container_oom_score(&d, &pod, &config, "low", with_score(100)),
+        100.max(floor)
+    );
+    for name in ["g1", "g2"] {
+        assert_eq!(
+            container_oom_score(&d, &pod, &config, name, guaranteed.clone()),
+            (-997).max(floor),
+            "{name}"
+        );
+    }
+    if floor > -997 {
+        let log = std::fs::read_to_string(&d.log_path).unwrap();
+        let warnings = log
+            .lines()
+            .filter(|l| l.contains("oom_score_adj below what this node allows"))
+            .collect::<Vec<_>>();
+        assert_eq!(warnings.len(), 1, "one warning:\n{}", d.log_tail());
+        assert!(
+            warnings[0].contains("CAP_SYS_RESOURCE"),
+            "saying why: {}",
+            warnings[0]
+        );
+    }
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+}
+
+#[test]
+fn every_cgroup_goes_after_failures_and_a_restart() {
+    let mut d = Caissond::start("");
+    d.import_busybox();
+    let empty = d.footprint();
+    assert!(empty.cgroups.is_empty(), "{:?}", empty.cgroups);
+
+    // CreateContainer that fails after libcontainer made its cgroup (the
+    // container's init looks up its binary inside it).
+    let config = d.pod_config("failures");
+    let pod = d.run_pod(&config);
+    let with_pod = d.footprint();
+    let mut rt = d.runtime();
+    let r =
+        d.rt.block_on(rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("bad", &["/no/such/binary"])),
+            sandbox_config: Some(config.clone()),
+        }));
+    let err = r.expect_err("CreateContainer of a missing binary succeeded");
+    assert!(err.message().contains("not found"), "{}", err.message());
+    assert_eq!(
+        d.footprint().cgroups,
+        with_pod.cgroups,
+        "{}",
+        d.footprint().diff(&with_pod)
+    );
+
+    // RunPodSandbox that fails after the pause's cgroup was made: a
+    // sysctl the kernel does not have fails the pause's init.
+    let mut bad = d.pod_config("bad-sysctl");
+    bad.linux
+        .get_or_insert_with(Default::default)
+        .sysctls
+        .insert("net.ipv4.caisson_no_such_sysctl".into(), "1".into());
+    let mut rt = d.runtime();
+    let r = d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(bad),
+        runtime_handler: String::new(),
+    }));
+    assert!(r.is_err(), "RunPodSandbox with a missing sysctl succeeded");
+    assert_eq!(
+        d.footprint().cgroups,
+        with_pod.cgroups,
+        "{}",
+        d.footprint().diff(&with_pod)
+    );
+
+    // After caissond is SIGKILLed and restarted, stop + remove leave nothing.
+    let id = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+    assert!(d.task_cgroup("memory", "uid-failures", &id).is_dir());
+    d.restart_after_sigkill();
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+    let after = d.footprint();
+    assert!(after.cgroups.is_empty(), "{}", after.diff(&empty));
+}
+
+/// Removes what a test made under kubelet's `/kubepods` (the pod's cgroup,
+/// and the tiers if they were not there before), after the daemon (declared
+/// later, dropped first) killed its processes.
+struct KubepodsGuard {
+    pod: String,
+    tiers_existed: bool,
+}
+
+impl Drop for KubepodsGuard {
+    fn drop(&mut self) {
+        fn remove_tree(dir: &std::path::Path) {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        remove_tree(&e.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        let Ok(ctls) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for ctl in ctls.flatten() {
+            remove_tree(&ctl.path().join(&self.pod));
+            if !self.tiers_existed {
+                for dir in ["kubepods/burstable", "kubepods"] {
+                    let _ = std::fs::remove_dir(ctl.path().join(dir));
+                }
+            }
+        }
+    }
+}
+
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "memory", "pids", "cpuset", "devices", "freezer", "blkio",
+];
+
+#[test]
+fn a_systemd_cgroup_parent_lands_under_kubepods_in_every_controller() {
+    let uid = format!("caisson_sd_{}", std::process::id());
+    let rel = format!("kubepods/burstable/pod{}", uid.replace('_', "-"));
+    let _guard = KubepodsGuard {
+        pod: rel.clone(),
+        tiers_existed: std::path::Path::new("/sys/fs/cgroup/cpu/kubepods").exists(),
+    };
+    let d = Caissond::start("");
+    d.import_busybox();
+    let mut config = d.pod_config("systemd");
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = format!("kubepods-burstable-pod{uid}.slice");
+    let pod = d.run_pod(&config);
+    let id = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+    for controller in V1_CONTROLLERS {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&rel);
+        for task in [&pod, &id] {
+            assert!(dir.join(task).is_dir(), "{}/{task} missing", dir.display());
+        }
+    }
+    let pid = d.container_pid(&id);
+    let cgroups = read(std::path::Path::new(&format!("/proc/{pid}/cgroup")));
+    assert!(cgroups.contains(&format!("/{rel}/{id}")), "{cgroups}");
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+    for controller in V1_CONTROLLERS {
+        let dir = std::path::Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(&rel);
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}

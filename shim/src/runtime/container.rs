@@ -126,6 +126,15 @@ impl Runtime {
             });
         }
         let log_path = log_file(&pod_config, &config.log_path)?;
+        // `unified` keys are checked (and on v1 translated) before anything is made.
+        super::update::check_unified(
+            &config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .unwrap_or_default(),
+            "config.linux.resources",
+        )?;
         let image = self.images.get(&image_name).map_err(|e| match e {
             caisson_image::ImageError::NotFound(_) => CriError::NotFound {
                 what: "image",
@@ -172,6 +181,10 @@ impl Runtime {
             let _ = std::fs::remove_dir_all(&bundle);
             let _ = self.store.remove_container(&id);
             self.records().containers.remove(&id);
+            self.remove_task_cgroup(&pod, &id).await;
+            if let Err(e) = self.resize_pod_from_containers(&pod.id).await {
+                tracing::warn!(pod_id = %pod.id, error = %e, "re-sizing the pod cgroup");
+            }
         }
         result
     }
@@ -209,7 +222,7 @@ impl Runtime {
             })
             .transpose()?;
         let ctx = pod_context(self, pod);
-        let oci = spec::container_spec(
+        let mut oci = spec::container_spec(
             config,
             pod_config,
             &image.config,
@@ -218,6 +231,7 @@ impl Runtime {
             &id,
             target_pid,
         )?;
+        self.finish_container_spec(config, &mut oci)?;
         record.user = oci
             .process()
             .as_ref()
@@ -244,6 +258,8 @@ impl Runtime {
             (uri.clone(), if config.tty { String::new() } else { uri })
         };
         self.save_container(record.clone())?;
+        // A pod sized from its containers grows before this one starts.
+        self.resize_pod_from_containers(&pod.id).await?;
         let client = self.client(pod)?;
         let req = api::CreateTaskRequest {
             id: id.clone(),
@@ -406,6 +422,12 @@ impl Runtime {
             .remove_container(id)
             .map_err(|e| CriError::internal("removing the container record", e))?;
         self.records().containers.remove(id);
+        if let Some(pod) = self.find_pod(&c.pod_id) {
+            self.remove_task_cgroup(&pod, id).await;
+            if let Err(e) = self.resize_pod_from_containers(&pod.id).await {
+                tracing::warn!(pod_id = %pod.id, error = %e, "re-sizing the pod cgroup");
+            }
+        }
         tracing::info!(container_id = %id, "container removed");
         Ok(())
     }

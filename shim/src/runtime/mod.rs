@@ -4,6 +4,7 @@
 
 pub mod container;
 pub mod exec;
+pub mod metrics;
 pub mod network;
 pub mod pod;
 pub mod stats;
@@ -111,7 +112,14 @@ impl Runtime {
         }
         // The QoS tiers exist from the start, like kubelet's (a pod's
         // cgroup creation retries and reports failures).
-        if let Err(e) = config.cgroups.qos_tree(&config.cgroup_parent).ensure() {
+        let tree = config.cgroups.qos_tree(&config.cgroup_parent);
+        tracing::info!(
+            driver = "cgroupfs",
+            mode = caisson_cgroups::CgroupFs::mode(tree.fs()).as_str(),
+            top = tree.top(),
+            "cgroups"
+        );
+        if let Err(e) = tree.ensure() {
             tracing::warn!(error = %e, "creating the QoS cgroup hierarchy");
         }
         let (changes, _) = broadcast::channel(1024);

@@ -94,7 +94,7 @@ fn cgroup_parent(rt: &Runtime, config: &cri::PodSandboxConfig, uid: &str) -> Cri
 
 /// The pod's QoS figures: its pod-level resources (the sums of its
 /// containers' as kubelet sends them) and its overhead.
-fn pod_resources(config: &cri::PodSandboxConfig) -> caisson_cgroups::PodResources {
+pub(super) fn pod_resources(config: &cri::PodSandboxConfig) -> caisson_cgroups::PodResources {
     let linux = config.linux.clone().unwrap_or_default();
     let view = |r: Option<cri::LinuxContainerResources>| {
         r.map(|r| crate::spec::qos_resources(&r))
@@ -104,6 +104,60 @@ fn pod_resources(config: &cri::PodSandboxConfig) -> caisson_cgroups::PodResource
         resources: view(linux.resources),
         overhead: view(linux.overhead),
     }
+}
+
+/// The pod-level limits besides CPU and memory: cpuset, swap, hugetlb and
+/// `unified` from `linux.resources` (checked here, before anything is
+/// made), pids from `[cgroups] pod_pids_limit`.
+fn pod_extras(
+    rt: &Runtime,
+    config: &cri::PodSandboxConfig,
+) -> CriResult<caisson_cgroups::PodExtras> {
+    let r = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.clone())
+        .unwrap_or_default();
+    let field = "config.linux.resources";
+    caisson_cgroups::unified::check_all(&r.unified)
+        .map_err(|e| CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string()))?;
+    for (name, list) in [
+        ("cpuset_cpus", &r.cpuset_cpus),
+        ("cpuset_mems", &r.cpuset_mems),
+    ] {
+        if !list.is_empty() && !caisson_cgroups::unified::valid_cpu_list(list) {
+            return Err(CriError::invalid(
+                format!("{field}.{name}"),
+                format!("{list:?} is not a list like \"0-3,8\""),
+            ));
+        }
+    }
+    if r.memory_swap_limit_in_bytes < -1 {
+        return Err(CriError::invalid(
+            format!("{field}.memory_swap_limit_in_bytes"),
+            "is below -1",
+        ));
+    }
+    let mut unified: Vec<(String, String)> = r
+        .unified
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    unified.sort();
+    let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Ok(caisson_cgroups::PodExtras {
+        pids_limit: (rt.config.cgroups.pod_pids_limit != 0)
+            .then_some(rt.config.cgroups.pod_pids_limit),
+        cpuset_cpus: nonempty(&r.cpuset_cpus),
+        cpuset_mems: nonempty(&r.cpuset_mems),
+        memory_swap: (r.memory_swap_limit_in_bytes != 0).then_some(r.memory_swap_limit_in_bytes),
+        hugepages: r
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
+        unified,
+    })
 }
 
 /// Creates and sizes the pod's cgroup when it is in Caisson's QoS hierarchy
@@ -118,8 +172,21 @@ fn create_pod_cgroup(
     if pod.cgroup_parent != tree.pod_cgroup(resources.class(), &pod.uid) {
         return Ok(());
     }
-    tree.create_pod(&pod.uid, &resources)
-        .map_err(|e| CriError::internal("creating the pod cgroup", e))?;
+    let extras = pod_extras(rt, config)?;
+    tree.create_pod(&pod.uid, &resources, &extras)
+        .map_err(|e| match e {
+            caisson_cgroups::UnifiedApplyError::Unified(e) => CriError::invalid(
+                format!("config.linux.resources.unified[{}]", e.key()),
+                e.to_string(),
+            ),
+            caisson_cgroups::UnifiedApplyError::Invalid { field, reason } => {
+                CriError::invalid(format!("config.linux.resources.{field}"), reason)
+            }
+            caisson_cgroups::UnifiedApplyError::Cgroup(
+                e @ caisson_cgroups::CgroupError::ControllerMissing { .. },
+            ) => CriError::FailedPrecondition(format!("config.linux.resources: {e}")),
+            e => CriError::internal("creating the pod cgroup", e),
+        })?;
     if let Err(e) = tree.refresh_burstable() {
         tracing::warn!(error = %e, "updating the burstable tier's cpu shares");
     }
@@ -231,18 +298,23 @@ pub fn remove_pod_dir(dir: &Path) {
     }
 }
 
-/// Removes the pod's cgroup parent dirs (children are removed with their tasks).
-fn remove_pod_cgroups(parent: &str) {
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+/// Removes the pause's cgroup and then the pod's own, from every hierarchy
+/// (the shim removes a task's when it deletes the task; a failed create or
+/// a lost shim can leave one; containers' go with RemoveContainer). The pod
+/// cgroup is removed only once empty: a kubelet `cgroup_parent` that holds
+/// more than this pod is left alone.
+fn remove_pod_cgroups(parent: &str, pod_id: &str) {
+    use caisson_cgroups::CgroupFs;
+    let root = caisson_cgroups::fs::CgroupRoot::host();
+    let pause = format!("{}/{pod_id}", parent.trim_end_matches('/'));
+    if let Err(e) = root.remove_tree(&pause) {
+        tracing::warn!(cgroup = pause, error = %e, "pause cgroup not removed");
+    }
+    if parent.trim_matches('/').is_empty() {
         return;
-    };
-    for c in controllers.flatten() {
-        let dir = c.path().join(parent.trim_start_matches('/'));
-        if dir.is_dir() {
-            if let Err(e) = std::fs::remove_dir(&dir) {
-                tracing::debug!(dir = %dir.display(), error = %e, "pod cgroup not removed");
-            }
-        }
+    }
+    if let Err(e) = root.remove_one(parent) {
+        tracing::debug!(cgroup = parent, error = %e, "pod cgroup not removed");
     }
 }
 
@@ -378,7 +450,10 @@ impl Runtime {
         pod.shm = shm;
         let ctx = pod_context(self, pod);
         let pause_args = self.prepare_pause_rootfs(pod)?;
-        let spec = spec::sandbox_spec(config, &ctx, pause_args)?;
+        let mut spec = spec::sandbox_spec(config, &ctx, pause_args)?;
+        if let Some(process) = spec.process_mut().as_mut() {
+            self.restrict_oom_score_adj(process);
+        }
         write_pause_bundle(self, &pod.bundle, &spec, self.config.pause_image.is_empty())
             .map_err(|e| CriError::internal("writing the pause bundle", e))?;
         // The handler's options (e.g. the oci backend's runtime_path) go to the shim.
@@ -450,7 +525,7 @@ impl Runtime {
         }
         self.remove_pod_network(pod).await;
         remove_pod_dir(&pod_dir(self, &pod.id));
-        remove_pod_cgroups(&pod.cgroup_parent);
+        remove_pod_cgroups(&pod.cgroup_parent, &pod.id);
         let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
         if let Err(e) = tree.refresh_burstable() {
             tracing::debug!(error = %e, "updating the burstable tier's cpu shares");

@@ -1,7 +1,8 @@
 //! ContainerStats / ListContainerStats: a running container's cgroup
 //! metrics from its shim's Task `Stats` (cgroups v1 `Metrics`), turned into
 //! the CRI's figures, plus its writable layer's disk usage. PodSandboxStats:
-//! the pod cgroup read from cgroupfs (`caisson_cgroups::stats`).
+//! the pod cgroup read from cgroupfs (`caisson_cgroups::stats`) and the
+//! interface counters of the pod's network namespace (`/proc/<pause>/net/dev`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,106 @@ impl Sample {
             major_page_faults: m.memory.total_pg_maj_fault,
         }
     }
+}
+
+/// Counters of one network interface, as `/proc/net/dev` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// The interfaces of a `/proc/net/dev` listing, without `lo` (as cAdvisor
+/// and containerd leave it out). Lines that do not parse are skipped.
+pub fn parse_net_dev(text: &str) -> Vec<InterfaceCounters> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let name = name.trim();
+            let n: Vec<u64> = counters
+                .split_whitespace()
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            // rx: bytes packets errs drop fifo frame compressed multicast,
+            // then tx: bytes packets errs drop fifo colls carrier compressed.
+            (n.len() >= 16 && name != "lo").then(|| InterfaceCounters {
+                name: name.to_string(),
+                rx_bytes: n[0],
+                rx_packets: n[1],
+                rx_errors: n[2],
+                rx_dropped: n[3],
+                tx_bytes: n[8],
+                tx_packets: n[9],
+                tx_errors: n[10],
+                tx_dropped: n[11],
+            })
+        })
+        .collect()
+}
+
+/// Whether two paths are the same namespace (nsfs inode).
+fn same_namespace(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// The interfaces of the pod's own network namespace, read through its
+/// pause process (`/proc/<pid>/net/dev` shows that process's netns, no
+/// setns needed). `None` for hostNetwork pods: their interfaces are the
+/// node's, not the pod's, so (like containerd, which only reads a pod's
+/// netns when it has one) no per-pod network is reported. Also `None`
+/// once the pause is gone, or if its pid no longer holds the pod's pinned
+/// netns (a reused pid).
+pub fn pod_interfaces(pod: &PodRecord) -> Option<Vec<InterfaceCounters>> {
+    if pod.host_network || pod.pause_exited || pod.pause_pid == 0 {
+        return None;
+    }
+    let pinned = pod.netns.as_ref()?;
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pod.pause_pid));
+    if !same_namespace(&proc_dir.join("ns/net"), pinned) {
+        return None;
+    }
+    let text = std::fs::read_to_string(proc_dir.join("net/dev")).ok()?;
+    Some(parse_net_dev(&text))
+}
+
+/// The CRI's NetworkUsage: the CNI interface (`eth0`) as the default, the
+/// others in `interfaces`. `None` without any interface but `lo`.
+pub fn network_usage(
+    interfaces: &[InterfaceCounters],
+    timestamp: i64,
+) -> Option<cri::NetworkUsage> {
+    let usage = |i: &InterfaceCounters| cri::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: value(i.rx_bytes),
+        rx_errors: value(i.rx_errors),
+        tx_bytes: value(i.tx_bytes),
+        tx_errors: value(i.tx_errors),
+    };
+    let default = interfaces
+        .iter()
+        .position(|i| i.name == crate::network::cni::IFNAME)
+        .or((!interfaces.is_empty()).then_some(0))?;
+    Some(cri::NetworkUsage {
+        timestamp,
+        default_interface: Some(usage(&interfaces[default])),
+        interfaces: interfaces
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| *n != default)
+            .map(|(_, i)| usage(i))
+            .collect(),
+    })
 }
 
 /// Nano-cores between two `(timestamp ns, cpu ns)` samples.
@@ -140,7 +241,7 @@ impl Runtime {
                     page_faults: usage.page_faults.and_then(value),
                     major_page_faults: usage.major_page_faults.and_then(value),
                 }),
-                network: None,
+                network: pod_interfaces(pod).and_then(|i| network_usage(&i, timestamp)),
                 process: Some(cri::ProcessUsage {
                     timestamp,
                     process_count: usage.processes.and_then(value),
@@ -187,6 +288,20 @@ impl Runtime {
         out
     }
 
+    /// A running container's cgroup metrics from its pod's shim (Task
+    /// `Stats`, whatever the backend).
+    pub async fn task_metrics(self: &Arc<Self>, c: &ContainerRecord) -> CriResult<Metrics> {
+        let pod = self.pod(&c.pod_id)?;
+        let client = self.client(&pod)?;
+        let response = client.stats(&c.id).await?;
+        let any = response
+            .stats
+            .as_ref()
+            .ok_or_else(|| CriError::Internal("task stats: empty answer".into()))?;
+        Metrics::parse_from_bytes(&any.value)
+            .map_err(|e| CriError::internal("decoding task stats", e))
+    }
+
     async fn stats_of(self: &Arc<Self>, c: &ContainerRecord) -> CriResult<cri::ContainerStats> {
         let config: cri::ContainerConfig = crate::store::decode(&c.config).unwrap_or_default();
         let attributes = Some(cri::ContainerAttributes {
@@ -215,15 +330,7 @@ impl Runtime {
                 ..Default::default()
             });
         }
-        let pod = self.pod(&c.pod_id)?;
-        let client = self.client(&pod)?;
-        let response = client.stats(&c.id).await?;
-        let any = response
-            .stats
-            .as_ref()
-            .ok_or_else(|| CriError::Internal("task stats: empty answer".into()))?;
-        let metrics = Metrics::parse_from_bytes(&any.value)
-            .map_err(|e| CriError::internal("decoding task stats", e))?;
+        let metrics = self.task_metrics(c).await?;
         let sample = Sample::from_metrics(&metrics);
         let nano = record_cpu(&c.id, timestamp, sample.cpu_usage_ns);
         Ok(cri::ContainerStats {
@@ -262,6 +369,80 @@ mod tests {
         ] {
             assert_eq!(nano_cores(previous, now), want, "{previous:?} → {now:?}");
         }
+    }
+
+    const NET_DEV: &str = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     140       2    0    0    0     0          0         0      140       2    0    0    0     0       0          0
+  eth0:    9182      77    1    2    0     0          0         0     3716      41    3    4    0     0       0          0
+ net1: 18446744073709551615 5 0 0 0 0 0 0 7 8 0 0 0 0 0 0
+  bad: 1 2 3
+";
+
+    #[test]
+    fn net_dev_interfaces_without_lo() {
+        let got = parse_net_dev(NET_DEV);
+        let want = [
+            InterfaceCounters {
+                name: "eth0".into(),
+                rx_bytes: 9182,
+                rx_packets: 77,
+                rx_errors: 1,
+                rx_dropped: 2,
+                tx_bytes: 3716,
+                tx_packets: 41,
+                tx_errors: 3,
+                tx_dropped: 4,
+            },
+            InterfaceCounters {
+                name: "net1".into(),
+                rx_bytes: u64::MAX,
+                rx_packets: 5,
+                tx_bytes: 7,
+                tx_packets: 8,
+                ..Default::default()
+            },
+        ];
+        assert_eq!(got, want);
+        assert_eq!(parse_net_dev(""), vec![]);
+    }
+
+    #[test]
+    fn eth0_is_the_default_interface() {
+        let all = parse_net_dev(NET_DEV);
+        for (interfaces, default, others) in [
+            (
+                vec![all[1].clone(), all[0].clone()],
+                Some("eth0"),
+                vec!["net1"],
+            ),
+            (vec![all[1].clone()], Some("net1"), vec![]),
+            (vec![], None, vec![]),
+        ] {
+            let usage = network_usage(&interfaces, 5);
+            assert_eq!(
+                usage
+                    .as_ref()
+                    .and_then(|u| u.default_interface.as_ref())
+                    .map(|i| i.name.as_str()),
+                default
+            );
+            let names: Vec<&str> = usage
+                .as_ref()
+                .map(|u| u.interfaces.iter().map(|i| i.name.as_str()).collect())
+                .unwrap_or_default();
+            assert_eq!(names, others);
+        }
+        let usage = network_usage(&all, 5).unwrap();
+        let eth0 = usage.default_interface.unwrap();
+        assert_eq!(
+            (
+                usage.timestamp,
+                eth0.rx_bytes.unwrap().value,
+                eth0.tx_errors.unwrap().value
+            ),
+            (5, 9182, 3)
+        );
     }
 
     #[test]

@@ -1,18 +1,309 @@
-//! UpdateContainerResources: a running container's cgroup limits changed in
-//! place through its shim's Task `Update` (OCI `LinuxResources` as JSON).
+//! UpdateContainerResources, and what follows a container's resources
+//! wherever they change:
+//!
+//! - the live cgroup, through the pod's shim (Task `Update`, OCI
+//!   `LinuxResources` as JSON);
+//! - the pod cgroup's sums, when the pod is in caissond's QoS hierarchy:
+//!   a pod without kubelet's `linux.resources` is sized from its containers'
+//!   sums plus overhead at each CreateContainer, update and RemoveContainer;
+//!   a pod with them has its figures moved by the container's change; the
+//!   burstable tier's shares follow;
+//! - `unified` keys, checked against [`caisson_cgroups::unified`]'s
+//!   allow-list and, on a cgroup v1 node, translated to v1 settings (or
+//!   refused when there is none);
+//! - `[cgroups] restrict_oom_score_adj`.
 
 use std::sync::Arc;
 
+use caisson_cgroups::tree::Limits;
+use caisson_cgroups::unified::{self, Setting};
+use caisson_cgroups::{CgroupFs, PodResources};
 use caisson_proto::cri;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory, LinuxPids, LinuxResources};
 
 use super::Runtime;
 use crate::status::{CriError, CriResult};
-use crate::store::ContainerState;
+use crate::store::{decode, encode, ContainerState, PodRecord};
+
+/// How long a task cgroup's last processes get to leave it.
+const TASK_CGROUP_REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How a pod's cgroup is sized when caissond owns it.
+enum PodSizing {
+    /// No kubelet figures: the sum of its containers plus overhead.
+    FromContainers,
+    /// kubelet's `linux.resources`, moved by each container update.
+    FromPodResources(cri::LinuxContainerResources),
+}
+
+/// The CRI resources of a container config.
+fn resources_of(config: &cri::ContainerConfig) -> cri::LinuxContainerResources {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.clone())
+        .unwrap_or_default()
+}
+
+/// Checks `r.unified` against the allow-list and, on a cgroup v1 node, that
+/// each key has a v1 equivalent. `field` names the request's resources.
+pub(crate) fn check_unified(r: &cri::LinuxContainerResources, field: &str) -> CriResult<()> {
+    let refused = |e: caisson_cgroups::UnifiedError| {
+        CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string())
+    };
+    unified::check_all(&r.unified).map_err(refused)?;
+    if caisson_cgroups::fs::CgroupRoot::host().mode().is_v1() {
+        let mut keys: Vec<(&String, &String)> = r.unified.iter().collect();
+        keys.sort();
+        for (key, value) in keys {
+            unified::to_v1(key, value).map_err(refused)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks `r.unified` against the allow-list; on a cgroup v1 node moves the
+/// entries into their v1 equivalents in `res` (libcontainer's v1 manager
+/// ignores `unified`). `field` names the request's resources message.
+pub(crate) fn apply_unified(
+    r: &cri::LinuxContainerResources,
+    field: &str,
+    res: &mut LinuxResources,
+) -> CriResult<()> {
+    let refused = |e: caisson_cgroups::UnifiedError| {
+        CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string())
+    };
+    unified::check_all(&r.unified).map_err(refused)?;
+    if r.unified.is_empty() || !caisson_cgroups::fs::CgroupRoot::host().mode().is_v1() {
+        return Ok(());
+    }
+    let mut keys: Vec<(&String, &String)> = r.unified.iter().collect();
+    keys.sort();
+    let mut cpu = res.cpu().clone().unwrap_or_default();
+    let mut memory = res.memory().unwrap_or_default();
+    let mut swap = None;
+    let mut hugepages = res.hugepage_limits().clone().unwrap_or_default();
+    for (key, value) in keys {
+        match unified::to_v1(key, value).map_err(refused)? {
+            Setting::CpuShares(shares) => {
+                cpu.set_shares(Some(shares));
+            }
+            Setting::CpuQuota { quota, period } => {
+                cpu.set_quota(Some(quota));
+                if let Some(p) = period {
+                    cpu.set_period(Some(p));
+                }
+            }
+            Setting::MemoryLimit(limit) => {
+                memory.set_limit(Some(limit));
+            }
+            Setting::Swap(s) => swap = Some((key.clone(), s)),
+            Setting::Pids(limit) => {
+                let mut pids = LinuxPids::default();
+                pids.set_limit(limit);
+                res.set_pids(Some(pids));
+            }
+            Setting::CpusetCpus(list) => {
+                cpu.set_cpus(Some(list));
+            }
+            Setting::CpusetMems(list) => {
+                cpu.set_mems(Some(list));
+            }
+            Setting::Hugetlb { page_size, limit } => {
+                let mut h = LinuxHugepageLimit::default();
+                h.set_page_size(page_size.clone());
+                h.set_limit(i64::try_from(limit).unwrap_or(-1));
+                hugepages.retain(|x| x.page_size() != &page_size);
+                hugepages.push(h);
+            }
+        }
+    }
+    // v1 limits memory + swap together: swap goes on top of the limit.
+    if let Some((key, s)) = swap {
+        let total = match (s, memory.limit()) {
+            (-1, _) => -1,
+            (s, Some(limit)) if limit > 0 => limit + s,
+            _ => {
+                return Err(CriError::invalid(
+                    format!("{field}.unified[{key}]"),
+                    "on cgroup v1 a swap limit needs a memory limit",
+                ))
+            }
+        };
+        memory.set_swap(Some(total));
+    }
+    if cpu != LinuxCpu::default() {
+        res.set_cpu(Some(cpu));
+    }
+    if memory != LinuxMemory::default() {
+        res.set_memory(Some(memory));
+    }
+    if !hugepages.is_empty() {
+        res.set_hugepage_limits(Some(hugepages));
+    }
+    res.set_unified(None);
+    Ok(())
+}
 
 impl Runtime {
-    /// Applies `resources` to container `id`'s live cgroup.
+    /// What caissond's runtime adds to a container's spec: its `unified`
+    /// keys checked (and translated on v1), and its `oom_score_adj` raised
+    /// to caissond's own under `restrict_oom_score_adj`.
+    pub(super) fn finish_container_spec(
+        &self,
+        config: &cri::ContainerConfig,
+        oci: &mut oci_spec::runtime::Spec,
+    ) -> CriResult<()> {
+        let r = resources_of(config);
+        if let Some(res) = oci
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.resources_mut().as_mut())
+        {
+            apply_unified(&r, "config.linux.resources", res)?;
+        }
+        if let Some(process) = oci.process_mut().as_mut() {
+            self.restrict_oom_score_adj(process);
+        }
+        Ok(())
+    }
+
+    /// `[cgroups] restrict_oom_score_adj`: no lower score than caissond's.
+    pub(super) fn restrict_oom_score_adj(&self, process: &mut oci_spec::runtime::Process) {
+        if !self.config.cgroups.restrict_oom_score_adj {
+            return;
+        }
+        if let (Some(wanted), Some(own)) = (
+            process.oom_score_adj(),
+            caisson_cgroups::oom::own_oom_score_adj(),
+        ) {
+            let granted = caisson_cgroups::oom::restrict_to_own(wanted, own);
+            if granted != wanted {
+                tracing::debug!(
+                    wanted,
+                    granted,
+                    "restrict_oom_score_adj: raised to caissond's own"
+                );
+            }
+            process.set_oom_score_adj(Some(granted));
+        }
+    }
+
+    /// How `pod`'s cgroup is sized, when caissond made it (kubelet sizes
+    /// the pods it gives a `cgroup_parent` for).
+    fn pod_sizing(&self, pod: &PodRecord) -> Option<(PodSizing, cri::PodSandboxConfig)> {
+        let config: cri::PodSandboxConfig = decode(&pod.config)?;
+        let linux = config.linux.clone().unwrap_or_default();
+        if !linux.cgroup_parent.is_empty() {
+            return None;
+        }
+        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
+        let class = super::pod::pod_resources(&config).class();
+        if pod.cgroup_parent != tree.pod_cgroup(class, &pod.uid) {
+            return None;
+        }
+        Some(match linux.resources {
+            Some(r) => (PodSizing::FromPodResources(r), config),
+            None => (PodSizing::FromContainers, config),
+        })
+    }
+
+    /// The pod cgroup limits from its containers' resources (`changed`
+    /// replaces one container's), plus overhead.
+    fn summed_limits(
+        &self,
+        pod: &PodRecord,
+        config: &cri::PodSandboxConfig,
+        changed: Option<(&str, &cri::LinuxContainerResources)>,
+    ) -> Limits {
+        let mut all: Vec<caisson_cgroups::Resources> = self
+            .records()
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod.id && changed.is_none_or(|(id, _)| id != c.id))
+            .map(|c| {
+                let config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
+                crate::spec::qos_resources(&resources_of(&config))
+            })
+            .collect();
+        if let Some((_, r)) = changed {
+            all.push(crate::spec::qos_resources(r));
+        }
+        let overhead = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.overhead.as_ref())
+            .map(crate::spec::qos_resources)
+            .unwrap_or_default();
+        caisson_cgroups::QosTree::<caisson_cgroups::fs::CgroupRoot>::pod_limits(&PodResources {
+            resources: PodResources::from_containers(&all),
+            overhead,
+        })
+    }
+
+    /// Writes `limits` to the pod's cgroup and lets the burstable tier's
+    /// shares follow.
+    fn write_pod_limits(&self, pod: &PodRecord, limits: &Limits) -> CriResult<()> {
+        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
+        tree.apply(&pod.cgroup_parent, limits).map_err(|e| {
+            CriError::internal("resizing the pod cgroup", crate::status::error_chain(&e))
+        })?;
+        if let Err(e) = tree.refresh_burstable() {
+            tracing::warn!(error = %e, "updating the burstable tier's cpu shares");
+        }
+        tracing::debug!(pod_id = %pod.id, ?limits, "pod cgroup sized");
+        Ok(())
+    }
+
+    /// Re-sizes a pod sized from its containers to their current sums
+    /// (after CreateContainer added one, or one was removed). A removed
+    /// container's cgroup lingers in the kernel for a moment after its
+    /// rmdir, and v1 refuses a pod quota below its quota until it is gone
+    /// (EINVAL): the write is retried for a while.
+    pub(super) async fn resize_pod_from_containers(&self, pod_id: &str) -> CriResult<()> {
+        let Some(pod) = self.find_pod(pod_id) else {
+            return Ok(());
+        };
+        let Some((PodSizing::FromContainers, config)) = self.pod_sizing(&pod) else {
+            return Ok(());
+        };
+        let limits = self.summed_limits(&pod, &config, None);
+        let deadline = std::time::Instant::now() + TASK_CGROUP_REMOVE_WAIT;
+        loop {
+            match self.write_pod_limits(&pod, &limits) {
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::debug!(pod_id, error = %e, "pod cgroup not sized yet: retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// Removes a task's cgroup (`<pod cgroup>/<task>`) from every hierarchy:
+    /// the shim removes it when the task is deleted; this catches what a
+    /// failed create or a lost shim left behind.
+    /// Its last processes may still be exiting (EBUSY): retried for a while.
+    pub(super) async fn remove_task_cgroup(&self, pod: &PodRecord, task_id: &str) {
+        let cgroup = format!("{}/{task_id}", pod.cgroup_parent.trim_end_matches('/'));
+        let root = caisson_cgroups::fs::CgroupRoot::host();
+        let deadline = std::time::Instant::now() + TASK_CGROUP_REMOVE_WAIT;
+        loop {
+            match root.remove_tree(&cgroup) {
+                Ok(()) => return,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    tracing::warn!(cgroup, error = %e, "removing a task cgroup");
+                    return;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// Applies `resources` to container `id`'s live cgroup, and re-sizes its
+    /// pod's.
     pub async fn update_container_resources(
         self: &Arc<Self>,
         id: &str,
@@ -28,7 +319,8 @@ impl Runtime {
             )));
         }
         let resources = resources.ok_or_else(|| CriError::invalid("linux", "must be set"))?;
-        let oci = crate::spec::update_resources(&resources)?;
+        let mut oci = crate::spec::update_resources(&resources)?;
+        apply_unified(&resources, "linux", &mut oci)?;
         let mut any = Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
         any.value = serde_json::to_vec(&oci)
@@ -36,14 +328,149 @@ impl Runtime {
         let pod = self.pod(&c.pod_id)?;
         let client = self.client(&pod)?;
         drop(_enter);
-        client
+        let lock = self.lock_for(&pod.id);
+        let _guard = lock.lock().await;
+
+        // The pod's limits before and after, when caissond sizes it.
+        let container_config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
+        let old_resources = resources_of(&container_config);
+        let pod_plan = self.pod_sizing(&pod).map(|(sizing, config)| {
+            let overhead = super::pod::pod_resources(&config).overhead;
+            match sizing {
+                PodSizing::FromContainers => (
+                    self.summed_limits(&pod, &config, None),
+                    self.summed_limits(&pod, &config, Some((&c.id, &resources))),
+                    None,
+                ),
+                PodSizing::FromPodResources(pod_r) => {
+                    let before = crate::spec::qos_resources(&pod_r);
+                    let after = before.with_container_changed(
+                        &crate::spec::qos_resources(&old_resources),
+                        &crate::spec::qos_resources(&resources),
+                    );
+                    let limits = |r| {
+                        caisson_cgroups::QosTree::<caisson_cgroups::fs::CgroupRoot>::pod_limits(
+                            &PodResources {
+                                resources: r,
+                                overhead: overhead.clone(),
+                            },
+                        )
+                    };
+                    let new_pod_r = cri::LinuxContainerResources {
+                        cpu_shares: after.cpu_shares as i64,
+                        cpu_quota: after.cpu_quota,
+                        cpu_period: after.cpu_period as i64,
+                        memory_limit_in_bytes: after.memory_limit as i64,
+                        ..pod_r.clone()
+                    };
+                    (limits(before), limits(after), Some(new_pod_r))
+                }
+            }
+        });
+        // Widen the pod first so the container's new limits fit in it
+        // (v1 refuses a child CFS quota above its parent's) ...
+        if let Some((before, after, _)) = &pod_plan {
+            self.write_pod_limits(&pod, &before.widest(after))?;
+        }
+        let updated = client
             .update(api::UpdateTaskRequest {
                 id: c.id.clone(),
                 resources: Some(any).into(),
                 ..Default::default()
             })
-            .await?;
+            .await;
+        if let Err(e) = updated {
+            if let Some((before, _, _)) = &pod_plan {
+                if let Err(e) = self.write_pod_limits(&pod, before) {
+                    tracing::warn!(pod_id = %pod.id, error = %e, "restoring the pod cgroup's size");
+                }
+            }
+            return Err(e);
+        }
+        // ... and narrow it to its new size once the container fits.
+        self.update_container(&c.id, |record| {
+            let mut config: cri::ContainerConfig = decode(&record.config).unwrap_or_default();
+            config.linux.get_or_insert_with(Default::default).resources = Some(resources.clone());
+            record.config = encode(&config);
+        });
+        if let Some((_, after, new_pod_resources)) = pod_plan {
+            self.write_pod_limits(&pod, &after)?;
+            if let Some(r) = new_pod_resources {
+                let mut record = self.pod(&pod.id)?;
+                let mut config: cri::PodSandboxConfig = decode(&record.config).unwrap_or_default();
+                config.linux.get_or_insert_with(Default::default).resources = Some(r);
+                record.config = encode(&config);
+                self.save_pod(record)?;
+            }
+        }
         tracing::info!(container_id = %c.id, "container resources updated");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn field(e: &CriError) -> Option<&str> {
+        match e {
+            CriError::InvalidArgument { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    fn with_unified(pairs: &[(&str, &str)]) -> cri::LinuxContainerResources {
+        cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            unified: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unknown_unified_keys_are_refused_by_name() {
+        for key in ["cgroup.procs", "memory.bogus", "../release_agent"] {
+            let r = with_unified(&[(key, "1")]);
+            let mut res = LinuxResources::default();
+            let err = apply_unified(&r, "linux", &mut res).unwrap_err();
+            assert_eq!(
+                field(&err).map(String::from),
+                Some(format!("linux.unified[{key}]")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unified_keys_on_this_node() {
+        let mut memory = LinuxMemory::default();
+        memory.set_limit(Some(64 << 20));
+        let mut res = LinuxResources::default();
+        res.set_memory(Some(memory));
+        let r = with_unified(&[
+            ("pids.max", "50"),
+            ("cpu.max", "20000 100000"),
+            ("memory.swap.max", "0"),
+            ("cpuset.cpus", "0"),
+        ]);
+        apply_unified(&r, "linux", &mut res).unwrap();
+        if caisson_cgroups::fs::CgroupRoot::host().mode().is_v1() {
+            assert_eq!(res.pids().unwrap().limit(), 50);
+            let cpu = res.cpu().clone().unwrap();
+            assert_eq!((cpu.quota(), cpu.period()), (Some(20_000), Some(100_000)));
+            assert_eq!(cpu.cpus().as_deref(), Some("0"));
+            assert_eq!(res.memory().unwrap().swap(), Some(64 << 20));
+            assert!(res.unified().is_none());
+            let err =
+                apply_unified(&with_unified(&[("memory.high", "1")]), "x", &mut res).unwrap_err();
+            assert_eq!(field(&err), Some("x.unified[memory.high]"));
+            assert!(err.to_string().contains("v1"), "{err}");
+        } else {
+            assert!(res.pids().is_none(), "v2: written as given by libcontainer");
+        }
     }
 }

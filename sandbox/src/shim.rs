@@ -263,10 +263,14 @@ pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>
             // The running image itself, even if the file was replaced since.
             PathBuf::from("/proc/self/exe"),
         )?)),
-        "hardened" => Ok(Arc::new(HardenedBackend::new(
+        "hardened" => Ok(Arc::new(HardenedBackend::with_options(
             state_dir(namespace),
             exits,
             PathBuf::from("/proc/self/exe"),
+            &crate::backend::hardened::HardenedOptions::from_json(
+                &std::env::var(BACKEND_OPTIONS_ENV).unwrap_or_default(),
+                BACKEND_OPTIONS_ENV,
+            )?,
         )?)),
         "oci" => {
             let options = match std::env::var(BACKEND_OPTIONS_ENV) {
@@ -356,6 +360,14 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
     }
     if let Err(e) = crate::mounts::unmount_all(&bundle.join("rootfs")) {
         tracing::warn!(id = %flags.id, error = %e, "unmounting the task's rootfs");
+    }
+    if std::env::var(BACKEND_ENV).as_deref() == Ok("hardened") {
+        let options = crate::backend::hardened::HardenedOptions::from_json(
+            &std::env::var(BACKEND_OPTIONS_ENV).unwrap_or_default(),
+            BACKEND_OPTIONS_ENV,
+        )
+        .unwrap_or_default();
+        HardenedBackend::force_cleanup(&state, &flags.id, &options);
     }
     let response = api::DeleteResponse {
         pid: 0,

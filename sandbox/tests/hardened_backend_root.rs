@@ -4,13 +4,14 @@
 //! errors denied syscalls return inside the container.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 
 use caisson_sandbox::backend::hardened::policy::ADDED_CAPABILITIES_ANNOTATION;
-use caisson_sandbox::backend::hardened::HardenedBackend;
+use caisson_sandbox::backend::hardened::{HardenedBackend, HardenedOptions};
 use caisson_sandbox::backend::{Backend, BackendError, ExecSpec, Stdio, TaskKind};
 use oci_spec::runtime::{
-    Capability, LinuxCapabilities, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder,
-    Spec,
+    Capability, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction,
+    LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, Spec,
 };
 
 mod support;
@@ -23,17 +24,25 @@ type Harness = support::Harness<HardenedBackend>;
 
 impl Harness {
     fn new() -> Harness {
-        Harness::start(
+        Harness::with_options(&HardenedOptions::default())
+    }
+
+    fn with_options(options: &HardenedOptions) -> Harness {
+        let h = Harness::start(
             "the hardened backend makes namespaces, cgroups, mounts and seccomp filters",
             |state, sink| {
-                HardenedBackend::new(
+                HardenedBackend::with_options(
                     state,
                     sink,
                     env!("CARGO_BIN_EXE_containerd-shim-caisson-v2").into(),
+                    options,
                 )
                 .expect("starting the backend")
             },
-        )
+        );
+        // The pod's mapped root must be able to reach the bundles' rootfs.
+        fs::set_permissions(h.dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        h
     }
 
     /// Deletes an exited task and checks nothing of it is left.
@@ -248,4 +257,458 @@ fn landlock_keeps_the_process_beneath_its_root() {
     assert!(!out.contains("via-path"), "{out}");
     assert!(out.contains("reopen-denied"), "{out}");
     assert!(out.contains("x\n"), "{out}");
+}
+
+// ------------------------------------------------- per-pod user namespaces
+
+/// Field `n` (0: real) of the `Uid:`/`Gid:` line of /proc/<pid>/status.
+fn status_id(pid: u32, line: &str) -> u32 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(line))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {line} in /proc/{pid}/status"))
+}
+
+/// The inode of /proc/<pid>/ns/<name> (`self` for this process).
+fn ns_inode(pid: &str, name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}/ns/{name}"))
+        .unwrap()
+        .ino()
+}
+
+/// `/proc/<pid>/uid_map` (or gid_map) as (inside, outside, count) rows.
+fn id_map(pid: u32, file: &str) -> Vec<(u32, u32, u32)> {
+    fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Vec<u32> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            (v[0], v[1], v[2])
+        })
+        .collect()
+}
+
+/// A network namespace made by `ip netns add` (as caissond or containerd
+/// make a pod's), removed on drop.
+struct HostNetns(String);
+
+impl HostNetns {
+    fn new() -> HostNetns {
+        let name = unique("caisson-userns");
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("running ip (iproute2)")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        HostNetns(name)
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from("/run/netns").join(&self.0)
+    }
+}
+
+impl Drop for HostNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn namespace(typ: LinuxNamespaceType, path: Option<String>) -> LinuxNamespace {
+    let mut ns = LinuxNamespace::default();
+    ns.set_typ(typ);
+    ns.set_path(path.map(Into::into));
+    ns
+}
+
+/// A pause-like sandbox joining `netns` by path, as the CRI layer makes it.
+fn sandbox_bundle(h: &Harness, name: &str, netns: &HostNetns) -> std::path::PathBuf {
+    let netns = netns.path().display().to_string();
+    h.bundle(name, &["sleep", "1000"], |spec| {
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![
+            namespace(LinuxNamespaceType::Mount, None),
+            namespace(LinuxNamespaceType::Network, Some(netns)),
+            namespace(LinuxNamespaceType::Uts, None),
+            namespace(LinuxNamespaceType::Ipc, None),
+            namespace(LinuxNamespaceType::Pid, None),
+        ]));
+        spec.set_linux(Some(linux));
+    })
+}
+
+/// Runs `args` as an exec in task `id`; returns its exit status and output.
+fn exec_in(h: &Harness, id: &str, exec_id: &str, args: &[&str]) -> (u32, String) {
+    let out = h.path(&format!("{id}-{exec_id}.out"));
+    let exec = ExecSpec {
+        container_id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        process: process(args),
+        stdio: Stdio {
+            stdout: file_uri(&out),
+            stderr: file_uri(&out),
+            ..Stdio::default()
+        },
+    };
+    h.backend.exec(&exec).unwrap();
+    h.backend.start_exec(id, exec_id).unwrap();
+    let exit = h.wait_exit(id, Some(exec_id));
+    h.backend.delete(id, Some(exec_id)).unwrap();
+    (exit.status, fs::read_to_string(&out).unwrap_or_default())
+}
+
+fn kill_and_delete(h: &Harness, id: &str, pid: u32, bundle: &std::path::Path) {
+    h.backend
+        .kill(id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    h.wait_exit(id, None);
+    h.delete_and_check(id, pid, &cgroup_of(bundle));
+}
+
+fn idmapped_mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let prefix = dir.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f[4].starts_with(&prefix) && f[5].split(',').any(|o| o == "idmapped")
+        })
+        .map(String::from)
+        .collect()
+}
+
+fn slots(h: &Harness) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(h.backend.userns_pool_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("slot-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
+    let h = Harness::new();
+    let netns = HostNetns::new();
+    let pod = unique("pod");
+    let sandbox = sandbox_bundle(&h, "pause", &netns);
+    let pause = h.run(&pod, &sandbox, Stdio::default());
+    let (first, count) = h.backend.pod_id_range(&pod).expect("the pod has a range");
+    assert!(first >= 1_000_000 && count == 65_536, "{first} {count}");
+
+    // From the host: the pause process runs as the pod's first id, in a
+    // user namespace mapping root to the range, in the pod's netns.
+    assert_eq!(status_id(pause, "Uid:"), first);
+    assert_eq!(status_id(pause, "Gid:"), first);
+    assert_eq!(id_map(pause, "uid_map"), vec![(0, first, count)]);
+    assert_eq!(id_map(pause, "gid_map"), vec![(0, first, count)]);
+    let host_userns = ns_inode("self", "user");
+    let pod_userns = ns_inode(&pause.to_string(), "user");
+    assert_ne!(pod_userns, host_userns);
+    {
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            ns_inode(&pause.to_string(), "net"),
+            fs::metadata(netns.path()).unwrap().ino(),
+            "the sandbox is in the pod's network namespace"
+        );
+    }
+
+    // A container of the pod joins its namespaces by path and writes to a
+    // hostPath volume (a world-writable host dir, not idmapped).
+    let volume = tempfile::tempdir().unwrap();
+    fs::set_permissions(volume.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let volume_path = volume.path().to_path_buf();
+    let ns_of = |name: &str| Some(format!("/proc/{pause}/ns/{name}"));
+    let script = "id -u; id -g; stat -c 'busybox-owner=%u' /bin/busybox; \
+        echo made > /made-inside && stat -c 'made-owner=%u' /made-inside; \
+        touch /data/from-pod && echo volume-ok; ls /sys/class/net >/dev/null && echo sys-ok; \
+        sleep 1000";
+    let ctr_bundle = h.bundle("ctr", &["sh", "-c", script], |spec| {
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![
+            namespace(LinuxNamespaceType::Mount, None),
+            namespace(LinuxNamespaceType::Network, ns_of("net")),
+            namespace(LinuxNamespaceType::Uts, ns_of("uts")),
+            namespace(LinuxNamespaceType::Ipc, ns_of("ipc")),
+            namespace(LinuxNamespaceType::Pid, ns_of("pid")),
+        ]));
+        spec.set_linux(Some(linux));
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/data")
+                .typ("bind")
+                .source(volume_path.clone())
+                .options(vec!["rbind".to_string(), "rw".to_string()])
+                .build()
+                .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+        let mut root = spec.root().clone().unwrap();
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+    });
+    let ctr = unique("ctr");
+    let out = h.path("ctr.out");
+    let ctr_pid = h.create(
+        &ctr,
+        &ctr_bundle,
+        TaskKind::Container {
+            sandbox_id: pod.clone(),
+        },
+        Stdio {
+            stdout: file_uri(&out),
+            stderr: file_uri(&out),
+            ..Stdio::default()
+        },
+    );
+    h.backend.start(&ctr).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = fs::read_to_string(&out).unwrap_or_default();
+        if text.contains("sys-ok") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Inside: root, image files root's, the rootfs writable.
+    for want in [
+        "0\n0\n",
+        "busybox-owner=0",
+        "made-owner=0",
+        "volume-ok",
+        "sys-ok",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+    // From the host: the container's process has the mapped ids, the
+    // pod's user namespace, and its hostPath file is owned by the mapped uid.
+    assert_eq!(status_id(ctr_pid, "Uid:"), first);
+    assert_eq!(ns_inode(&ctr_pid.to_string(), "user"), pod_userns);
+    assert_eq!(
+        ns_inode(&ctr_pid.to_string(), "net"),
+        ns_inode(&pause.to_string(), "net")
+    );
+    {
+        use std::os::unix::fs::MetadataExt;
+        let made = fs::metadata(volume.path().join("from-pod")).unwrap();
+        assert_eq!((made.uid(), made.gid()), (first, first));
+        // Through the idmapped rootfs the host sees the pod's file as the
+        // pod's root.
+        let inside = fs::metadata(ctr_bundle.join("rootfs/made-inside")).unwrap();
+        assert_eq!(inside.uid(), first);
+    }
+    assert_eq!(idmapped_mounts_under(h.dir.path()).len(), 2);
+
+    // An exec joins the same user and network namespaces.
+    let (status, text) = exec_in(
+        &h,
+        &ctr,
+        "e1",
+        &[
+            "sh",
+            "-c",
+            "id -u; readlink /proc/self/ns/user; readlink /proc/self/ns/net",
+        ],
+    );
+    assert_eq!(status, 0, "{text}");
+    assert!(text.starts_with("0\n"), "{text}");
+    assert!(text.contains(&format!("user:[{pod_userns}]")), "{text}");
+    assert!(
+        text.contains(&format!("net:[{}]", ns_inode(&pause.to_string(), "net"))),
+        "{text}"
+    );
+
+    kill_and_delete(&h, &ctr, ctr_pid, &ctr_bundle);
+    assert_eq!(
+        slots(&h).len(),
+        1,
+        "the range is held while the sandbox lives"
+    );
+    kill_and_delete(&h, &pod, pause, &sandbox);
+    assert!(slots(&h).is_empty(), "the range is freed with the sandbox");
+    assert!(idmapped_mounts_under(h.dir.path()).is_empty());
+    {
+        use std::os::unix::fs::MetadataExt;
+        // On disk (the idmapped mount gone) the pod's file is root's: the
+        // layer is shared, not chowned.
+        let on_disk = fs::metadata(ctr_bundle.join("rootfs/made-inside")).unwrap();
+        assert_eq!(on_disk.uid(), 0);
+    }
+}
+
+#[test]
+fn pods_get_disjoint_ranges_freed_on_delete_and_never_shared() {
+    let h = Harness::with_options(&HardenedOptions {
+        userns_pods: 2,
+        userns_first_id: 2_000_000,
+        ..HardenedOptions::default()
+    });
+    let start = |name: &str| {
+        let bundle = h.bundle(name, &["sleep", "1000"], |_| {});
+        let id = unique(name);
+        let pid = h.run(&id, &bundle, Stdio::default());
+        (id, pid, bundle)
+    };
+    let (a, a_pid, a_bundle) = start("a");
+    let (b, b_pid, b_bundle) = start("b");
+    let range_a = h.backend.pod_id_range(&a).unwrap();
+    let range_b = h.backend.pod_id_range(&b).unwrap();
+    assert_eq!(status_id(a_pid, "Uid:"), range_a.0);
+    assert_eq!(status_id(b_pid, "Uid:"), range_b.0);
+    assert!(
+        range_a.0 + range_a.1 <= range_b.0 || range_b.0 + range_b.1 <= range_a.0,
+        "{range_a:?} and {range_b:?} overlap"
+    );
+    assert_ne!(
+        ns_inode(&a_pid.to_string(), "user"),
+        ns_inode(&b_pid.to_string(), "user")
+    );
+    assert_eq!(slots(&h).len(), 2);
+
+    // The pool is exhausted: a third pod fails clearly, leaving nothing.
+    let c_bundle = h.bundle("c", &["sleep", "1000"], |_| {});
+    let c = unique("c");
+    let err = h
+        .try_create(&c, &c_bundle, TaskKind::Sandbox, Stdio::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("exhausted"), "{err}");
+    assert_eq!(slots(&h).len(), 2);
+    assert!(!h.backend.native().state_root().join(&c).exists());
+    assert_eq!(idmapped_mounts_under(h.dir.path()).len(), 2);
+
+    // Once a is removed its range is free again; b's stays b's.
+    kill_and_delete(&h, &a, a_pid, &a_bundle);
+    assert_eq!(slots(&h).len(), 1);
+    let c_pid = h.create(&c, &c_bundle, TaskKind::Sandbox, Stdio::default());
+    h.backend.start(&c).unwrap();
+    let range_c = h.backend.pod_id_range(&c).unwrap();
+    assert_eq!(range_c, range_a, "a's range is reused only after a is gone");
+    assert_eq!(status_id(c_pid, "Uid:"), range_c.0);
+    assert_eq!(h.backend.pod_id_range(&b), Some(range_b));
+    kill_and_delete(&h, &b, b_pid, &b_bundle);
+    kill_and_delete(&h, &c, c_pid, &c_bundle);
+    assert!(slots(&h).is_empty());
+    assert!(idmapped_mounts_under(h.dir.path()).is_empty());
+}
+
+/// Unmounts an overlay the test mounted (and whatever is stacked on it),
+/// even when the test fails.
+struct OverlayGuard(std::path::PathBuf);
+
+impl Drop for OverlayGuard {
+    fn drop(&mut self) {
+        while nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    }
+}
+
+#[test]
+fn an_overlay_rootfs_is_idmapped_through_its_layers() {
+    let h = Harness::new();
+    // The image as an overlay (what caissond and containerd mount): busybox
+    // as the lower layer, an empty upper.
+    let bundle = h.bundle("overlay", &["sh", "-c", "sleep 1000"], |spec| {
+        let mut root = spec.root().clone().unwrap();
+        root.set_readonly(Some(false));
+        spec.set_root(Some(root));
+    });
+    let rootfs = bundle.join("rootfs");
+    let lower = h.path("overlay-lower");
+    fs::rename(&rootfs, &lower).unwrap();
+    let (upper, work) = (h.path("snap/fs"), h.path("snap/work"));
+    for dir in [&rootfs, &upper, &work] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    fs::set_permissions(h.path("snap"), fs::Permissions::from_mode(0o700)).unwrap();
+    nix::mount::mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            )
+            .as_str(),
+        ),
+    )
+    .unwrap();
+    let _overlay = OverlayGuard(rootfs.clone());
+    let id = unique("overlay");
+    let pid = h.run(&id, &bundle, Stdio::default());
+    let (first, _) = h.backend.pod_id_range(&id).unwrap();
+    let (status, out) = exec_in(
+        &h,
+        &id,
+        "e1",
+        &[
+            "sh",
+            "-c",
+            "id -u; stat -c 'busybox-owner=%u' /bin/busybox; \
+             echo x > /new && stat -c 'new-owner=%u' /new",
+        ],
+    );
+    assert_eq!(status, 0, "{out}");
+    for want in ["0\n", "busybox-owner=0", "new-owner=0"] {
+        assert!(out.contains(want), "{want:?} missing in:\n{out}");
+    }
+    assert_eq!(status_id(pid, "Uid:"), first);
+    {
+        use std::os::unix::fs::MetadataExt;
+        // The new file is in the upper dir as the pod's mapped uid; the
+        // lower layer is untouched (idmapped, not chowned).
+        assert_eq!(fs::metadata(upper.join("new")).unwrap().uid(), first);
+        assert_eq!(fs::metadata(lower.join("bin/busybox")).unwrap().uid(), 0);
+    }
+    kill_and_delete(&h, &id, pid, &bundle);
+    assert!(
+        idmapped_mounts_under(h.dir.path()).is_empty(),
+        "idmapped layer mounts left"
+    );
+}
+
+#[test]
+fn a_rootfs_that_cannot_be_idmapped_is_refused_clearly_leaving_nothing() {
+    let h = Harness::new();
+    // ramfs has no idmapped mounts (as an old kernel would have none).
+    let bundle = h.bundle("ramfs", &["true"], |_| {});
+    let rootfs = bundle.join("rootfs");
+    nix::mount::mount(
+        Some("none"),
+        &rootfs,
+        Some("ramfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _ramfs = OverlayGuard(rootfs.clone());
+    let id = unique("ramfs");
+    let err = h
+        .try_create(&id, &bundle, TaskKind::Sandbox, Stdio::default())
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("cannot idmap the rootfs") && text.contains("native handler"),
+        "{text}"
+    );
+    assert!(slots(&h).is_empty(), "the range is given back");
+    assert!(h.backend.pod_id_range(&id).is_none());
+    assert!(!h.backend.native().state_root().join(&id).exists());
+    assert!(idmapped_mounts_under(h.dir.path()).is_empty());
 }

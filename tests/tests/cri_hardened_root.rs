@@ -2,7 +2,9 @@
 //! and an ExecSync in its container sees the syscall filter, no_new_privs
 //! and no capabilities in /proc/self/status. Needs root.
 
-use caisson_tests::daemon::{container_config, Caissond};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use caisson_tests::daemon::{container_config, ns_inode, proc_status_field, Caissond};
 use k8s_cri::v1 as cri;
 
 #[test]
@@ -37,4 +39,128 @@ fn a_hardened_pod_runs_with_seccomp_and_no_capabilities() {
         String::from_utf8_lossy(&out.stderr)
     );
     d.remove_all_pods();
+}
+
+// ------------------------------------------------- per-pod user namespaces
+
+/// The first (real) id of `Uid`/`Gid` in /proc/<pid>/status.
+fn status_id(pid: u32, field: &str) -> u32 {
+    proc_status_field(pid, field)
+        .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+}
+
+fn uid_map(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
+        .unwrap()
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+fn slots(d: &Caissond) -> usize {
+    std::fs::read_dir(d.dir.path().join("run/shim/state/.userns-pool"))
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("slot-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn run_hardened_pod(d: &Caissond, name: &str) -> (String, cri::PodSandboxConfig) {
+    let config = d.pod_config(name);
+    let mut rt = d.runtime();
+    let pod =
+        d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: "hardened".into(),
+        }))
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", d.log_tail()))
+        .into_inner()
+        .pod_sandbox_id;
+    (pod, config)
+}
+
+#[test]
+fn a_hardened_pods_root_is_an_unprivileged_range_of_its_own() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let volume = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(volume.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let (pod_a, config_a) = run_hardened_pod(&d, "userns-a");
+    let mut ctr_config = container_config("sleeper", &["sleep", "1000"]);
+    ctr_config.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: volume.path().display().to_string(),
+        ..Default::default()
+    }];
+    let ctr = d.create_started_container(&pod_a, &config_a, ctr_config);
+    let pause_a = d.pod_pid(&pod_a);
+    let ctr_pid = d.container_pid(&ctr);
+
+    // From the host: the pod's processes run as its first mapped id, in one
+    // user namespace (not the host's) mapping root to 65,536 ids.
+    let first_a = uid_map(pause_a)[1];
+    assert!(first_a >= 1_000_000, "pod root is host uid {first_a}");
+    assert_eq!(status_id(ctr_pid, "Uid"), first_a, "the container's root");
+    // The pause process runs as its image's user (65535), mapped as well.
+    let pause_uid = status_id(pause_a, "Uid");
+    assert!(
+        (first_a..first_a + 65_536).contains(&pause_uid),
+        "pause uid {pause_uid}"
+    );
+    // (its group is whatever the image and the runtime chose, mapped too)
+    let gid = status_id(ctr_pid, "Gid");
+    assert!((first_a..first_a + 65_536).contains(&gid), "gid {gid}");
+    assert_eq!(uid_map(ctr_pid), vec![0, first_a, 65_536]);
+    let userns = ns_inode(ctr_pid, "user");
+    assert_eq!(userns, ns_inode(pause_a, "user"));
+    assert_ne!(userns, ns_inode(std::process::id(), "user"));
+    assert_eq!(ns_inode(ctr_pid, "net"), ns_inode(pause_a, "net"));
+
+    // Inside: root, the image's files root's, the rootfs writable; an exec
+    // is in the same user namespace.
+    let out = d.exec(
+        &ctr,
+        &[
+            "sh",
+            "-c",
+            "id -u; stat -c %u /bin/busybox; echo x > /made && stat -c %u /made; \
+             readlink /proc/self/ns/user; touch /data/from-pod && echo volume-ok",
+        ],
+    );
+    assert_eq!(
+        out,
+        format!("0\n0\n0\n{userns}\nvolume-ok\n"),
+        "inside the pod"
+    );
+    // A hostPath volume is not idmapped: the file is the mapped uid's.
+    let made = std::fs::metadata(volume.path().join("from-pod")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (first_a, first_a));
+
+    // A second pod gets a disjoint range, and its own namespace.
+    let (pod_b, _) = run_hardened_pod(&d, "userns-b");
+    let pause_b = d.pod_pid(&pod_b);
+    let first_b = uid_map(pause_b)[1];
+    assert!(
+        first_b >= first_a + 65_536 || first_a >= first_b + 65_536,
+        "{first_a} and {first_b} overlap"
+    );
+    assert_ne!(ns_inode(pause_b, "user"), userns);
+    assert_eq!(slots(&d), 2);
+
+    // Removing pod a frees its range (and only then is it reused); pod b
+    // keeps its own.
+    d.stop_pod(&pod_a);
+    d.remove_pod(&pod_a);
+    assert_eq!(slots(&d), 1, "pod a's range is freed");
+    let (pod_c, _) = run_hardened_pod(&d, "userns-c");
+    let first_c = uid_map(d.pod_pid(&pod_c))[1];
+    assert_eq!(first_c, first_a, "the freed range is reused");
+    assert_eq!(uid_map(pause_b)[1], first_b);
+    d.remove_all_pods();
+    assert_eq!(slots(&d), 0, "every range is freed");
 }

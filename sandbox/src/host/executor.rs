@@ -30,6 +30,8 @@ impl Default for CleanSignals<DefaultExecutor> {
 impl<E: Executor + Clone + 'static> Executor for CleanSignals<E> {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         reset_signal_state();
+        crate::backend::hardened::exec_userns::enter_for_exec(spec)
+            .map_err(ExecutorError::Other)?;
         confine_to_root(spec)?;
         load_exec_filter(spec)?;
         self.0.exec(spec)

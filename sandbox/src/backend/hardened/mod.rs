@@ -9,38 +9,109 @@
 //! default-deny syscall filter ([`seccomp`], listed in [`allowlist`])
 //! intersected with the pod's own profile. libcontainer loads that filter in
 //! every container and exec process, after which it cannot be widened.
+//!
+//! Every pod also gets a user namespace of its own ([`userns`]): its root is
+//! an unprivileged host uid/gid range from a pool, the sandbox and the
+//! pod's containers join it, and their rootfs is an idmapped mount
+//! ([`idmap`]) so the image's root-owned files are root's inside.
 
 pub mod allowlist;
+pub mod exec_userns;
+pub mod idmap;
 pub mod policy;
 pub mod seccomp;
+pub mod userns;
+pub mod userns_spec;
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use oci_spec::runtime::{Capability, LinuxResources, Spec};
 
 use crate::backend::native::NativeBackend;
 use crate::backend::{
-    Backend, BackendError, ExecSpec, ExitSink, ProcessInfo, Result, TaskSpec, TaskStats,
+    Backend, BackendError, ExecSpec, ExitSink, ProcessInfo, Result, TaskKind, TaskSpec, TaskStats,
 };
+pub use userns::HardenedOptions;
+use userns::{PodUserns, UsernsPool};
 
 const NAME: &str = "hardened";
+
+/// A pod's user namespace and the tasks in it: the range is freed when the
+/// last of them (normally the sandbox) is deleted.
+struct Pod {
+    userns: PodUserns,
+    tasks: HashSet<String>,
+}
 
 /// The hardened backend. One per shim; see the module docs.
 pub struct HardenedBackend {
     native: NativeBackend,
     /// Per task, the capabilities its pod added (exec processes get the same).
     added_caps: Mutex<HashMap<String, Vec<Capability>>>,
+    pool: UsernsPool,
+    /// Per sandbox id.
+    pods: Mutex<HashMap<String, Pod>>,
+    /// Per task, the rootfs it has an idmapped mount on.
+    idmapped: Mutex<HashMap<String, idmap::IdmappedRootfs>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A task's pod: its sandbox id.
+fn pod_of(task: &TaskSpec) -> &str {
+    match &task.kind {
+        TaskKind::Sandbox => &task.id,
+        TaskKind::Container { sandbox_id } => sandbox_id,
+    }
 }
 
 impl HardenedBackend {
-    /// Like [`NativeBackend::new`].
+    /// Like [`NativeBackend::new`], with the default options.
     pub fn new(state_root: PathBuf, exits: ExitSink, fork_server: PathBuf) -> Result<Self> {
+        Self::with_options(state_root, exits, fork_server, &HardenedOptions::default())
+    }
+
+    /// Like [`NativeBackend::new`]; `options` configure the user namespace
+    /// pool (by default `.userns-pool` beside the state root).
+    pub fn with_options(
+        state_root: PathBuf,
+        exits: ExitSink,
+        fork_server: PathBuf,
+        options: &HardenedOptions,
+    ) -> Result<Self> {
+        let native = NativeBackend::new(state_root, exits, fork_server)?;
+        let root = native.state_root();
+        let default_dir = root.parent().unwrap_or(root).join(".userns-pool");
+        let pool = UsernsPool::new(options, default_dir)?;
         Ok(HardenedBackend {
-            native: NativeBackend::new(state_root, exits, fork_server)?,
+            native,
             added_caps: Mutex::new(HashMap::new()),
+            pool,
+            pods: Mutex::new(HashMap::new()),
+            idmapped: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Removes what a dead shim left of task `id` beyond the native
+    /// backend's state: the idmapped layer mounts of an overlay rootfs (the
+    /// rootfs itself is unmounted by the caller). A stale range is
+    /// reclaimed by the next allocation, once nothing lives in it.
+    pub fn force_cleanup(state_root: &Path, id: &str, options: &HardenedOptions) {
+        let default_dir = state_root
+            .parent()
+            .unwrap_or(state_root)
+            .join(".userns-pool");
+        let Ok(pool) = UsernsPool::new(options, default_dir) else {
+            return;
+        };
+        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+            return;
+        }
+        idmap::remove_layer_mounts(&pool.dir().join("layers").join(id));
     }
 
     /// The native backend underneath (state root, fork server pid).
@@ -48,7 +119,25 @@ impl HardenedBackend {
         &self.native
     }
 
-    fn harden_bundle(&self, task: &TaskSpec) -> Result<Vec<Capability>> {
+    /// Where the user namespace pool keeps its slots.
+    pub fn userns_pool_dir(&self) -> &Path {
+        self.pool.dir()
+    }
+
+    /// The host uid range (first, count) of a pod's user namespace.
+    pub fn pod_id_range(&self, sandbox_id: &str) -> Option<(u32, u32)> {
+        locked(&self.pods)
+            .get(sandbox_id)
+            .map(|p| (p.userns.first_id(), p.userns.count()))
+    }
+
+    /// Hardens the bundle's spec and puts it in the pod's user namespace;
+    /// returns the added capabilities and the rootfs.
+    fn harden_bundle(
+        &self,
+        task: &TaskSpec,
+        pod: &PodUserns,
+    ) -> Result<(Vec<Capability>, PathBuf)> {
         let path = task.bundle.join("config.json");
         let invalid = |reason: String| BackendError::InvalidArgument {
             what: format!("OCI spec {}", path.display()),
@@ -57,12 +146,77 @@ impl HardenedBackend {
         let mut spec = Spec::load(&path).map_err(|e| invalid(e.to_string()))?;
         let added = policy::capabilities_added(&spec);
         policy::harden_spec(&mut spec)?;
+        let joined =
+            userns_spec::join_pod_userns(&mut spec, &pod.path(), pod.first_id(), pod.count())?;
+        if let Some(netns) = &joined.fork_netns {
+            userns_spec::set_net_sysctls(netns, &joined.net_sysctls)?;
+        }
+        let rootfs = userns_spec::rootfs_of(&task.bundle, &spec);
+        userns_spec::make_rootfs_reachable(&task.bundle, &rootfs)?;
+        userns_spec::check_bind_sources(&spec)?;
         crate::backend::native::write_spec(&path, &spec).map_err(|e| BackendError::Failed {
             op: "rewrite spec",
             id: task.id.clone(),
             reason: format!("{}: {e}", path.display()),
         })?;
-        Ok(added)
+        Ok((added, rootfs))
+    }
+
+    /// Makes the task: spec, idmapped rootfs, native create. Undoes the
+    /// mount if a later step fails.
+    fn create_in_pod(
+        &self,
+        task: &TaskSpec,
+        pods: &HashMap<String, Pod>,
+    ) -> Result<(u32, Vec<Capability>)> {
+        let pod = pods.get(pod_of(task)).ok_or_else(|| BackendError::Failed {
+            op: "create",
+            id: task.id.clone(),
+            reason: format!(
+                "pod {} has no user namespace in this shim (its sandbox was not created here)",
+                pod_of(task)
+            ),
+        })?;
+        let (added, rootfs) = self.harden_bundle(task, &pod.userns)?;
+        let scratch = self.pool.dir().join("layers").join(&task.id);
+        let mounted =
+            idmap::mount_idmapped(&rootfs, pod.userns.fd(), pod.userns.first_id(), &scratch)
+                .map_err(|e| BackendError::Failed {
+                    op: "idmap the rootfs",
+                    id: task.id.clone(),
+                    reason: e.to_string(),
+                })?;
+        match self.native.create(task) {
+            Ok(pid) => {
+                locked(&self.idmapped).insert(task.id.clone(), mounted);
+                Ok((pid, added))
+            }
+            Err(e) => {
+                if let Err(u) = mounted.unmount() {
+                    tracing::warn!(id = task.id, error = %u, "unmounting the idmapped rootfs");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets `id`; frees its pod's range when it was the pod's last task.
+    fn leave_pod(&self, id: &str) {
+        let mut pods = locked(&self.pods);
+        let Some(sandbox) = pods
+            .iter()
+            .find(|(_, p)| p.tasks.contains(id))
+            .map(|(s, _)| s.clone())
+        else {
+            return;
+        };
+        let pod = pods.get_mut(&sandbox).expect("found above");
+        pod.tasks.remove(id);
+        if pod.tasks.is_empty() {
+            if let Some(pod) = pods.remove(&sandbox) {
+                pod.userns.release();
+            }
+        }
     }
 }
 
@@ -72,9 +226,58 @@ impl Backend for HardenedBackend {
     }
 
     fn create(&self, task: &TaskSpec) -> Result<u32> {
-        let added = self.harden_bundle(task)?;
-        let pid = self.native.create(task)?;
-        tracing::info!(id = task.id, ?added, "hardened task created");
+        // Held across the create: a pod's tasks are created one at a time.
+        let mut pods = locked(&self.pods);
+        // Before anything touches its bundle or mounts (the id names a
+        // directory of the pool; libcontainer checks it again).
+        if task.id.is_empty() || task.id.contains('/') || task.id.starts_with('.') {
+            return Err(BackendError::InvalidArgument {
+                what: "task id".into(),
+                reason: format!("{:?} is not a valid container id", task.id),
+            });
+        }
+        if locked(&self.idmapped).contains_key(&task.id) {
+            return Err(BackendError::AlreadyExists {
+                what: "task",
+                id: task.id.clone(),
+            });
+        }
+        let new_pod = task.kind == TaskKind::Sandbox;
+        if new_pod {
+            if pods.contains_key(&task.id) {
+                return Err(BackendError::AlreadyExists {
+                    what: "pod",
+                    id: task.id.clone(),
+                });
+            }
+            let slot = self.pool.allocate(&task.id)?;
+            let userns = PodUserns::create(slot)?;
+            pods.insert(
+                task.id.clone(),
+                Pod {
+                    userns,
+                    tasks: HashSet::new(),
+                },
+            );
+        }
+        let (pid, added) = match self.create_in_pod(task, &pods) {
+            Ok(made) => made,
+            Err(e) => {
+                if new_pod {
+                    if let Some(pod) = pods.remove(&task.id) {
+                        pod.userns.release();
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let pod = pods
+            .get_mut(pod_of(task))
+            .expect("checked in create_in_pod");
+        pod.tasks.insert(task.id.clone());
+        let (first_id, ids) = (pod.userns.first_id(), pod.userns.count());
+        drop(pods);
+        tracing::info!(id = task.id, ?added, first_id, ids, "hardened task created");
         self.added_caps
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -96,6 +299,18 @@ impl Backend for HardenedBackend {
             .unwrap_or_default();
         let mut exec = exec.clone();
         policy::harden_process(&mut exec.process, &added);
+        // Enough to join the pod's user namespace from the executor, which
+        // then drops to the container's capabilities (see [`exec_userns`]).
+        let mut caps = exec.process.capabilities().clone().unwrap_or_default();
+        let with_admin = |set: &Option<oci_spec::runtime::Capabilities>| {
+            let mut set = set.clone().unwrap_or_default();
+            set.insert(Capability::SysAdmin);
+            Some(set)
+        };
+        caps.set_bounding(with_admin(caps.bounding()));
+        caps.set_effective(with_admin(caps.effective()));
+        caps.set_permitted(with_admin(caps.permitted()));
+        exec.process.set_capabilities(Some(caps));
         self.native.exec(&exec)
     }
 
@@ -114,6 +329,12 @@ impl Backend for HardenedBackend {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(id);
+            if let Some(mounted) = locked(&self.idmapped).remove(id) {
+                if let Err(e) = mounted.unmount() {
+                    tracing::warn!(id, error = %e, "unmounting the idmapped rootfs");
+                }
+            }
+            self.leave_pod(id);
         }
         Ok(())
     }

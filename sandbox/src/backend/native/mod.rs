@@ -58,6 +58,7 @@ use errors::{
     signal_number,
 };
 pub use process_io::serve_fork_requests;
+pub use spec::FORK_NETNS_ANNOTATION;
 
 /// Writes a spec to `path` atomically (for backends built on this one).
 pub(crate) fn write_spec(path: &Path, spec: &oci_spec::runtime::Spec) -> std::io::Result<()> {
@@ -266,6 +267,7 @@ impl Backend for NativeBackend {
             bundle: std::path::absolute(&task.bundle)
                 .map_err(|e| failed("create", id, format!("bundle path: {e}")))?,
             stdio: request_stdio,
+            netns: prepared.fork_netns.clone(),
         };
         // The returned pid is this process's child, not reaped while the
         // guard is held.
@@ -306,6 +308,7 @@ impl Backend for NativeBackend {
                 init: started,
                 cgroup_path: prepared.cgroup_path,
                 oom_score_adj: prepared.oom_score_adj,
+                fork_netns: prepared.fork_netns,
                 execs: HashMap::new(),
             },
         );
@@ -369,7 +372,7 @@ impl Backend for NativeBackend {
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
-        let (exec, default_oom) = {
+        let (exec, default_oom, fork_netns) = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
             let exec = task
@@ -386,7 +389,11 @@ impl Backend for NativeBackend {
             if task.phase != Phase::Running {
                 return Err(invalid_state(id, task.phase.name(), "exec in it"));
             }
-            (exec.spec.clone(), task.oom_score_adj)
+            (
+                exec.spec.clone(),
+                task.oom_score_adj,
+                task.fork_netns.clone(),
+            )
         };
         let mut process = exec.process.clone();
         spec::sanitize_process(
@@ -407,6 +414,7 @@ impl Backend for NativeBackend {
             state_root: self.state_root.clone(),
             process_json: process_file.path().to_path_buf(),
             stdio: request_stdio,
+            netns: fork_netns,
         };
         let built = self
             .forker

@@ -35,6 +35,10 @@ pub(super) enum ForkRequest {
         state_root: PathBuf,
         bundle: PathBuf,
         stdio: RequestStdio,
+        /// A network namespace to enter for the build (see
+        /// [`super::spec::FORK_NETNS_ANNOTATION`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<PathBuf>,
     },
     /// `ContainerBuilder::as_tenant()`: runs `process_json` in container `id`.
     Exec {
@@ -42,6 +46,8 @@ pub(super) enum ForkRequest {
         state_root: PathBuf,
         process_json: PathBuf,
         stdio: RequestStdio,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<PathBuf>,
     },
 }
 
@@ -146,12 +152,45 @@ pub fn serve_fork_requests() -> std::result::Result<(), String> {
 }
 
 fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
+    let netns = match &request {
+        ForkRequest::CreateInit { netns, .. } | ForkRequest::Exec { netns, .. } => netns.clone(),
+    };
+    let Some(netns) = netns else {
+        return build_here(request, fds);
+    };
+    // The build's processes inherit this thread's network namespace; the
+    // server goes back to its own afterwards.
+    let own = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| Refused::new(RefusalKind::Failed, format!("own network namespace: {e}")))?;
+    let target = std::fs::File::open(&netns).map_err(|e| {
+        Refused::new(
+            RefusalKind::Invalid,
+            format!("network namespace {}: {e}", netns.display()),
+        )
+    })?;
+    nix::sched::setns(&target, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+        Refused::new(
+            RefusalKind::Failed,
+            format!("entering network namespace {}: {e}", netns.display()),
+        )
+    })?;
+    let built = build_here(request, fds);
+    if let Err(e) = nix::sched::setns(&own, nix::sched::CloneFlags::CLONE_NEWNET) {
+        // A server left in a pod's namespace must not serve another build.
+        tracing::error!(error = %e, "could not return to the fork server's network namespace");
+        std::process::exit(1);
+    }
+    built
+}
+
+fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
     match request {
         ForkRequest::CreateInit {
             id,
             state_root,
             bundle,
             stdio,
+            netns: _,
         } => {
             let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let container = builder
@@ -172,6 +211,7 @@ fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Re
             state_root,
             process_json,
             stdio,
+            netns: _,
         } => {
             let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let pid = builder
@@ -264,6 +304,7 @@ mod tests {
             stdio: RequestStdio::Console {
                 socket: "/tmp/tty/console.sock".into(),
             },
+            netns: None,
         };
         let json = serde_json::to_value(&request).unwrap();
         assert_eq!(

@@ -126,7 +126,16 @@ pub(crate) struct PreparedSpec {
     pub cgroup_path: PathBuf,
     /// The init's (sanitised) `oomScoreAdj`, inherited by its execs.
     pub oom_score_adj: Option<i32>,
+    /// [`FORK_NETNS_ANNOTATION`], if the spec has it.
+    pub fork_netns: Option<PathBuf>,
 }
+
+/// Annotation naming a network namespace the fork server enters before
+/// building the task (and its execs), which then inherit it instead of
+/// joining it by path. For a backend that puts tasks in a user namespace of
+/// their own (hardened): once in it, a task can no longer `setns` into a
+/// network namespace owned by the host's. Native specs never carry it.
+pub const FORK_NETNS_ANNOTATION: &str = "io.caisson.fork-netns";
 
 fn invalid_spec(path: &Path, reason: impl std::fmt::Display) -> BackendError {
     BackendError::InvalidArgument {
@@ -191,6 +200,11 @@ pub(crate) fn prepare_bundle(
         }
     }
     let oom_score_adj = process.oom_score_adj();
+    let fork_netns = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(FORK_NETNS_ANNOTATION))
+        .map(PathBuf::from);
     if changed {
         spec.set_process(Some(process));
         write_json_atomically(&path, &spec).map_err(|e| BackendError::Failed {
@@ -202,6 +216,7 @@ pub(crate) fn prepare_bundle(
     Ok(PreparedSpec {
         cgroup_path,
         oom_score_adj,
+        fork_netns,
     })
 }
 

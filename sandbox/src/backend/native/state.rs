@@ -54,6 +54,9 @@ pub(super) struct Task {
     pub(super) cgroup_path: PathBuf,
     /// The init's `oomScoreAdj` (after sanitising), inherited by execs.
     pub(super) oom_score_adj: Option<i32>,
+    /// The network namespace the fork server enters for this task's
+    /// builds ([`super::spec::FORK_NETNS_ANNOTATION`]); none for native.
+    pub(super) fork_netns: Option<PathBuf>,
     pub(super) execs: HashMap<String, ExecProcess>,
 }
 

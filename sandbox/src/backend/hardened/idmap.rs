@@ -1,0 +1,380 @@
+//! Idmapped rootfs mounts: the image's files, owned by host root, appear
+//! owned by root inside the pod's user namespace, without copying or
+//! chowning a layer.
+//!
+//! `open_tree(OPEN_TREE_CLONE)` makes a detached copy of the rootfs mount
+//! (the overlay the shim or caissond mounted, or a plain directory),
+//! `mount_setattr(MOUNT_ATTR_IDMAP)` maps it through the pod's user
+//! namespace, and `move_mount` stacks it on the rootfs path, where
+//! libcontainer's bind of the rootfs finds it: a file with on-disk uid 0 is
+//! seen as the pod's first host id (root inside), and one the pod's root
+//! creates is written as on-disk uid 0. An overlay cannot be idmapped as a
+//! whole on this kernel (`EINVAL`), but its lower layers can: an overlay
+//! rootfs gets a new overlay of idmapped clones of its lower layers, with
+//! the same upper and work dirs, stacked on it ([`mount_idmapped`]); what
+//! the pod writes lands in the upper dir as its mapped host ids. The image
+//! layers stay shared and untouched. The backend unmounts what it stacked
+//! when the task is deleted, before the rootfs itself goes.
+//!
+//! Mounts from the request (hostPath volumes) are not idmapped: a file the
+//! pod's root creates there belongs to its mapped host uid.
+//!
+//! **Fallback**: kernels before 5.12 have no `mount_setattr`, and a
+//! filesystem may not support idmapping (overlayfs layers can be idmapped
+//! since 5.19). Then
+//! the task is refused with an error naming the rootfs and the kernel's
+//! answer; no chowned copy is made (it would cost a full copy of the image
+//! per pod and break layer sharing). An operator on such a kernel uses the
+//! `native` handler.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// `struct mount_attr` (<linux/mount.h>).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("path has a NUL byte"))
+}
+
+/// Why idmapping failed, for the error the task gets.
+#[derive(Debug, thiserror::Error)]
+pub enum IdmapError {
+    #[error("{step} {path}: {source}")]
+    Io {
+        step: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error(
+        "this kernel cannot idmap the rootfs {path} ({source}); the hardened handler's \
+         per-pod user namespace needs idmapped mounts (Linux 5.12+, overlayfs 5.19+): \
+         use the native handler on this node"
+    )]
+    Unsupported { path: String, source: io::Error },
+}
+
+/// A detached, idmapped copy of the mount tree at `path`.
+fn clone_idmapped(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, IdmapError> {
+    let shown = path.display().to_string();
+    let io_err = |step: &'static str, source: io::Error| IdmapError::Io {
+        step,
+        path: shown.clone(),
+        source,
+    };
+    let c = cpath(path).map_err(|e| io_err("open_tree", e))?;
+    // SAFETY: a valid C string; returns a new fd or -1.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if tree < 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::ENOSYS) {
+            IdmapError::Unsupported {
+                path: shown,
+                source: e,
+            }
+        } else {
+            io_err("open_tree", e)
+        });
+    }
+    // SAFETY: just returned by open_tree.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: attr is a valid mount_attr of the size passed.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if set < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP) => IdmapError::Unsupported {
+                path: shown,
+                source: e,
+            },
+            _ => io_err("mount_setattr(MOUNT_ATTR_IDMAP)", e),
+        });
+    }
+    Ok(tree)
+}
+
+/// Attaches a detached mount `tree` at `target`.
+fn attach(tree: &OwnedFd, target: &Path) -> Result<(), IdmapError> {
+    let io_err = |source: io::Error| IdmapError::Io {
+        step: "move_mount",
+        path: target.display().to_string(),
+        source,
+    };
+    let c = cpath(target).map_err(io_err)?;
+    let empty = c"";
+    // SAFETY: valid fds and C strings.
+    let moved = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if moved < 0 {
+        return Err(io_err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// What the topmost mount at a path is (`/proc/self/mountinfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TopMount {
+    mount_options: String,
+    fstype: String,
+    super_options: String,
+}
+
+fn top_mount(path: &Path) -> Option<TopMount> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    top_mount_in(&info, path)
+}
+
+fn top_mount_in(info: &str, path: &Path) -> Option<TopMount> {
+    let want = path.display().to_string().replace(' ', "\\040");
+    info.lines().rev().find_map(|line| {
+        let (head, tail) = line.split_once(" - ")?;
+        let fields: Vec<&str> = head.split(' ').collect();
+        if fields.get(4) != Some(&want.as_str()) {
+            return None;
+        }
+        let mut tail = tail.split(' ');
+        let fstype = tail.next()?.to_string();
+        let _source = tail.next()?;
+        Some(TopMount {
+            mount_options: fields.get(5)?.to_string(),
+            fstype,
+            super_options: tail.next().unwrap_or_default().to_string(),
+        })
+    })
+}
+
+/// The layers of an overlay's super options.
+fn overlay_layers(options: &str) -> Option<(Vec<PathBuf>, PathBuf, PathBuf)> {
+    let get = |key: &str| {
+        options
+            .split(',')
+            .find_map(|o| o.strip_prefix(key))
+            .map(str::to_string)
+    };
+    let lowers = get("lowerdir=")?
+        .split(':')
+        .filter(|l| !l.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    Some((lowers, get("upperdir=")?.into(), get("workdir=")?.into()))
+}
+
+/// An idmapped rootfs: what [`mount_idmapped`] stacked and must remove.
+#[derive(Debug)]
+pub struct IdmappedRootfs {
+    rootfs: PathBuf,
+    /// For an overlay: the directory holding the idmapped layer mounts.
+    layers: Option<PathBuf>,
+}
+
+/// Makes the rootfs at `rootfs` appear through the pod's user namespace.
+///
+/// * A plain filesystem (ext4, xfs, tmpfs, btrfs; the rootfs a directory or
+///   a bind mount) is cloned, idmapped and stacked on `rootfs`.
+/// * An overlay cannot be idmapped itself (`EINVAL`); its **lower layers**
+///   can: each gets an idmapped clone under `scratch`, the upper dir's root
+///   is chowned to the pod's root (`root_id`: the upper layer is the
+///   container's own, and overlayfs works in it with the mounter's
+///   credentials, so it cannot be idmapped too), and a new overlay of those
+///   is stacked on `rootfs` with the same upper and work dirs. The
+///   original, covered, is left for its owner to unmount (the kernel warns
+///   that the two share an upper dir; nothing reaches the covered one).
+pub fn mount_idmapped(
+    rootfs: &Path,
+    userns: &OwnedFd,
+    root_id: u32,
+    scratch: &Path,
+) -> Result<IdmappedRootfs, IdmapError> {
+    let top = top_mount(rootfs);
+    match top.as_ref().filter(|t| t.fstype == "overlay") {
+        None => {
+            let tree = clone_idmapped(rootfs, userns)?;
+            attach(&tree, rootfs)?;
+            Ok(IdmappedRootfs {
+                rootfs: rootfs.to_path_buf(),
+                layers: None,
+            })
+        }
+        Some(overlay) => {
+            let made = IdmappedRootfs {
+                rootfs: rootfs.to_path_buf(),
+                layers: Some(scratch.to_path_buf()),
+            };
+            match idmap_overlay(rootfs, overlay, userns, root_id, scratch) {
+                Ok(()) => Ok(made),
+                Err(e) => {
+                    made.layers_cleanup();
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+fn idmap_overlay(
+    rootfs: &Path,
+    overlay: &TopMount,
+    userns: &OwnedFd,
+    root_id: u32,
+    scratch: &Path,
+) -> Result<(), IdmapError> {
+    let io_err = |step: &'static str, path: &Path, source: io::Error| IdmapError::Io {
+        step,
+        path: path.display().to_string(),
+        source,
+    };
+    let (lowers, upper, work) = overlay_layers(&overlay.super_options).ok_or_else(|| {
+        io_err(
+            "reading the overlay's layers",
+            rootfs,
+            io::Error::other(format!(
+                "no lowerdir/upperdir/workdir in {:?}",
+                overlay.super_options
+            )),
+        )
+    })?;
+    std::fs::create_dir_all(scratch).map_err(|e| io_err("mkdir", scratch, e))?;
+    let mut lower_dirs = Vec::new();
+    for (i, lower) in lowers.iter().enumerate() {
+        let target = scratch.join(format!("l{i}"));
+        std::fs::create_dir(&target).map_err(|e| io_err("mkdir", &target, e))?;
+        attach(&clone_idmapped(lower, userns)?, &target)?;
+        lower_dirs.push(target.display().to_string());
+    }
+    // The upper layer is the container's own: its root becomes the pod's
+    // root's, and what the pod writes lands there as its mapped ids.
+    std::os::unix::fs::chown(&upper, Some(root_id), Some(root_id))
+        .map_err(|e| io_err("chown", &upper, e))?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_dirs.join(":"),
+        upper.display(),
+        work.display()
+    );
+    let mut flags = nix::mount::MsFlags::empty();
+    if overlay.mount_options.split(',').any(|o| o == "ro") {
+        flags |= nix::mount::MsFlags::MS_RDONLY;
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(|e| IdmapError::Io {
+        step: "mounting the overlay of idmapped layers on",
+        path: rootfs.display().to_string(),
+        source: e.into(),
+    })
+}
+
+impl IdmappedRootfs {
+    /// Removes what [`mount_idmapped`] stacked (the mount below stays).
+    pub fn unmount(self) -> io::Result<()> {
+        let ours = match &self.layers {
+            None => top_mount_is_idmapped(&self.rootfs),
+            Some(scratch) => top_mount(&self.rootfs)
+                .filter(|t| t.fstype == "overlay")
+                .and_then(|t| overlay_layers(&t.super_options))
+                .is_some_and(|(lowers, _, _)| lowers.iter().all(|l| l.starts_with(scratch))),
+        };
+        let top = if ours {
+            match nix::mount::umount2(&self.rootfs, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            Ok(())
+        };
+        self.layers_cleanup();
+        top
+    }
+
+    fn layers_cleanup(&self) {
+        if let Some(scratch) = &self.layers {
+            remove_layer_mounts(scratch);
+        }
+    }
+}
+
+/// Unmounts and removes the idmapped layer mounts under `scratch`.
+pub fn remove_layer_mounts(scratch: &Path) {
+    if let Ok(entries) = std::fs::read_dir(scratch) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&path);
+        }
+    }
+    let _ = std::fs::remove_dir(scratch);
+}
+
+/// Whether the topmost mount at `path` is idmapped (`/proc/self/mountinfo`).
+fn top_mount_is_idmapped(path: &Path) -> bool {
+    top_mount(path).is_some_and(|t| t.mount_options.split(',').any(|o| o == "idmapped"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_top_mount_and_overlay_layers_are_read_from_mountinfo() {
+        let info = "\
+22 1 8:1 / /b/rootfs rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:50 / /b/rootfs rw,relatime - overlay overlay rw,lowerdir=/l/2:/l/1,upperdir=/s/fs,workdir=/s/work,uuid=on
+";
+        let top = top_mount_in(info, Path::new("/b/rootfs")).unwrap();
+        assert_eq!(top.fstype, "overlay");
+        let (lowers, upper, work) = overlay_layers(&top.super_options).unwrap();
+        assert_eq!(lowers, [PathBuf::from("/l/2"), PathBuf::from("/l/1")]);
+        assert_eq!((upper, work), ("/s/fs".into(), "/s/work".into()));
+        assert!(top_mount_in(info, Path::new("/elsewhere")).is_none());
+    }
+}

@@ -1,0 +1,592 @@
+//! Per-pod user namespaces: root in a hardened pod is an unprivileged host
+//! uid/gid range, allocated from a configured pool, never shared with
+//! another living pod.
+//!
+//! * **The pool** is a directory (by default `.userns-pool` beside the
+//!   backend's state root, i.e. `$CAISSON_SHIM_RUN_DIR/state/.userns-pool`,
+//!   shared by every shim of the host whether caissond or containerd runs
+//!   it). Slot `i` covers host ids `first_id + i * ids_per_pod` onwards and
+//!   is taken by hard-linking a complete record (the pod id, the owning
+//!   shim's pid and start time, later the user namespace's inode) to
+//!   `slot-<i>`: `link(2)` fails with `EEXIST` if the slot is taken, so
+//!   two shims never get the same range, and a record is never seen half
+//!   written. Allocations are serialised by a `flock` on `.lock`, which
+//!   makes reclaiming a stale slot race-free.
+//! * **Freed** when the pod's sandbox task is deleted. A slot whose shim
+//!   died is reclaimed only once no process on the host is left in its user
+//!   namespace (the inode is looked up in every `/proc/<pid>/ns/user`), so
+//!   a range is never reused while anything of its pod lives.
+//! * **The namespace** is made by the backend before the pause container:
+//!   a child cloned with `CLONE_NEWUSER`, whose `uid_map`/`gid_map` the shim
+//!   writes (`0 <first> <count>`), kept by an fd after the child is gone.
+//!   Tasks join it by path (`/proc/<shim>/fd/<n>`), so libcontainer never
+//!   makes (nor maps) one itself, and the rootfs can be idmapped with it
+//!   before the task exists ([`super::idmap`]).
+//! * **Exhaustion**: the pod's sandbox fails with an error naming the pool
+//!   (its size, its directory); nothing is allocated.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{BackendError, Result};
+
+/// The hardened handler's options (`CAISSON_BACKEND_OPTIONS`, from
+/// `[runtimes.handlers.hardened] options = {...}`), every key optional.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HardenedOptions {
+    /// The first host uid/gid of the pool. Default 1,000,000, above the
+    /// ranges `useradd` hands out in /etc/subuid (100,000 + 65,536 per user).
+    pub userns_first_id: u32,
+    /// Ids per pod (the pod sees uids `0..ids_per_pod`). Default 65,536.
+    pub userns_ids_per_pod: u32,
+    /// How many pods the pool holds at once. Default 4,096 (ids up to
+    /// 269,435,456).
+    pub userns_pods: u32,
+    /// The pool's directory; default `.userns-pool` beside the state root.
+    pub userns_pool_dir: Option<PathBuf>,
+}
+
+impl Default for HardenedOptions {
+    fn default() -> Self {
+        HardenedOptions {
+            userns_first_id: 1_000_000,
+            userns_ids_per_pod: 65_536,
+            userns_pods: 4_096,
+            userns_pool_dir: None,
+        }
+    }
+}
+
+impl HardenedOptions {
+    /// Parses the options JSON (empty: defaults). `what` names the source.
+    pub fn from_json(json: &str, what: &str) -> Result<HardenedOptions> {
+        if json.trim().is_empty() {
+            return Ok(HardenedOptions::default());
+        }
+        serde_json::from_str(json).map_err(|e| BackendError::InvalidArgument {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// The validated pool.
+#[derive(Debug, Clone)]
+pub struct UsernsPool {
+    dir: PathBuf,
+    first_id: u32,
+    ids_per_pod: u32,
+    pods: u32,
+}
+
+fn option_error(key: &str, reason: impl Into<String>) -> BackendError {
+    BackendError::InvalidArgument {
+        what: format!("hardened option {key}"),
+        reason: reason.into(),
+    }
+}
+
+impl UsernsPool {
+    /// Validates `options`; the pool lives in `default_dir` unless they name
+    /// one. Warns about overlaps with /etc/subuid and /etc/subgid.
+    pub fn new(options: &HardenedOptions, default_dir: PathBuf) -> Result<UsernsPool> {
+        if options.userns_first_id == 0 {
+            return Err(option_error(
+                "userns_first_id",
+                "must be above 0: the pool must not contain host root",
+            ));
+        }
+        if options.userns_ids_per_pod == 0 {
+            return Err(option_error("userns_ids_per_pod", "must be at least 1"));
+        }
+        if options.userns_pods == 0 {
+            return Err(option_error("userns_pods", "must be at least 1"));
+        }
+        let end = options.userns_first_id as u64
+            + options.userns_pods as u64 * options.userns_ids_per_pod as u64;
+        // 2^32 - 1 is (uid_t)-1, never a valid id.
+        if end > u32::MAX as u64 {
+            return Err(option_error(
+                "userns_pods",
+                format!(
+                    "{} pods of {} ids from {} end at {end}, past the last uid {}",
+                    options.userns_pods,
+                    options.userns_ids_per_pod,
+                    options.userns_first_id,
+                    u32::MAX - 1
+                ),
+            ));
+        }
+        let pool = UsernsPool {
+            dir: options.userns_pool_dir.clone().unwrap_or(default_dir),
+            first_id: options.userns_first_id,
+            ids_per_pod: options.userns_ids_per_pod,
+            pods: options.userns_pods,
+        };
+        for file in ["/etc/subuid", "/etc/subgid"] {
+            if let Ok(text) = fs::read_to_string(file) {
+                for (owner, start, count) in subid_overlaps(&text, pool.first_id as u64, end) {
+                    tracing::warn!(
+                        file,
+                        owner,
+                        start,
+                        count,
+                        "this subordinate id range overlaps the hardened pods' user namespace pool"
+                    );
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn slot_path(&self, index: u32) -> PathBuf {
+        self.dir.join(format!("slot-{index}"))
+    }
+
+    /// Takes a free slot for `pod`.
+    pub fn allocate(&self, pod: &str) -> Result<Slot> {
+        let fail = |reason: String| BackendError::Failed {
+            op: "allocate a user namespace range",
+            id: pod.to_string(),
+            reason,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| fail(format!("{}: {e}", self.dir.display())))?;
+        let lock_path = self.dir.join(".lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| fail(format!("{}: {e}", lock_path.display())))?;
+        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| fail(format!("locking {}: {e}", lock_path.display())))?;
+        let record = SlotRecord {
+            pod: pod.to_string(),
+            owner_pid: std::process::id(),
+            owner_start: process_start_time(std::process::id()).unwrap_or(0),
+            userns_inode: None,
+        };
+        for index in 0..self.pods {
+            let path = self.slot_path(index);
+            match write_exclusive(&self.dir, &path, &record) {
+                Ok(()) => {
+                    let slot = Slot {
+                        path,
+                        record,
+                        first_id: self.first_id + index * self.ids_per_pod,
+                        count: self.ids_per_pod,
+                    };
+                    tracing::info!(
+                        pod,
+                        index,
+                        first_id = slot.first_id,
+                        count = slot.count,
+                        "user namespace range allocated"
+                    );
+                    return Ok(slot);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if self.reclaim_if_stale(index) {
+                        if let Ok(()) = write_exclusive(&self.dir, &path, &record) {
+                            return Ok(Slot {
+                                path,
+                                record,
+                                first_id: self.first_id + index * self.ids_per_pod,
+                                count: self.ids_per_pod,
+                            });
+                        }
+                    }
+                }
+                Err(e) => return Err(fail(format!("{}: {e}", path.display()))),
+            }
+        }
+        Err(fail(format!(
+            "the user namespace pool is exhausted: all {} ranges of {} ids from uid {} (slots in {}) belong to living pods",
+            self.pods,
+            self.ids_per_pod,
+            self.first_id,
+            self.dir.display()
+        )))
+    }
+
+    /// Removes slot `index` if its shim is gone and nothing is left in its
+    /// user namespace. Called with the pool lock held.
+    fn reclaim_if_stale(&self, index: u32) -> bool {
+        let path = self.slot_path(index);
+        let Ok(text) = fs::read_to_string(&path) else {
+            return false;
+        };
+        let record: Option<SlotRecord> = serde_json::from_str(&text).ok();
+        if let Some(record) = &record {
+            let owner_alive = process_start_time(record.owner_pid)
+                .is_some_and(|start| start == record.owner_start);
+            if owner_alive {
+                return false;
+            }
+            if let Some(inode) = record.userns_inode {
+                if let Some(pid) = process_in_userns(inode) {
+                    tracing::warn!(
+                        slot = %path.display(),
+                        pod = record.pod,
+                        pid,
+                        "the shim that owned this user namespace range is gone but process {pid} still uses it: not reusing it"
+                    );
+                    return false;
+                }
+            }
+        }
+        tracing::warn!(slot = %path.display(), ?record, "reclaiming a user namespace range whose pod is gone");
+        fs::remove_file(&path).is_ok()
+    }
+}
+
+/// Lines of an /etc/subuid-style `text` whose range meets `[start, end)`.
+fn subid_overlaps(text: &str, start: u64, end: u64) -> Vec<(String, u64, u64)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(':');
+            let owner = parts.next()?.to_string();
+            let first: u64 = parts.next()?.parse().ok()?;
+            let count: u64 = parts.next()?.parse().ok()?;
+            (first < end && start < first + count).then_some((owner, first, count))
+        })
+        .collect()
+}
+
+/// What a slot file says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SlotRecord {
+    pod: String,
+    owner_pid: u32,
+    /// The owner's start time (clock ticks after boot), against pid reuse.
+    owner_start: u64,
+    /// The pod's user namespace, once made.
+    userns_inode: Option<u64>,
+}
+
+/// Writes `record` to a temp file in `dir`, then links it to `path`:
+/// `AlreadyExists` if the slot is taken.
+fn write_exclusive(dir: &Path, path: &Path, record: &SlotRecord) -> io::Result<()> {
+    let mut tmp = tempfile::Builder::new().prefix(".slot-").tempfile_in(dir)?;
+    serde_json::to_writer(tmp.as_file_mut(), record)?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all()?;
+    fs::hard_link(tmp.path(), path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// Rewrites a slot this process owns.
+fn rewrite(path: &Path, record: &SlotRecord) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".slot-").tempfile_in(dir)?;
+    serde_json::to_writer(tmp.as_file_mut(), record)?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Field 22 of `/proc/<pid>/stat`.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Some process whose user namespace has this inode.
+fn process_in_userns(inode: u64) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let ns = fs::metadata(entry.path().join("ns/user")).ok()?;
+        (ns.ino() == inode).then_some(pid)
+    })
+}
+
+/// An allocated range; freed by [`Slot::free`].
+#[derive(Debug)]
+pub struct Slot {
+    path: PathBuf,
+    record: SlotRecord,
+    pub first_id: u32,
+    pub count: u32,
+}
+
+impl Slot {
+    /// Gives the range back to the pool (if this pod still holds it).
+    pub fn free(self) {
+        let ours = fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<SlotRecord>(&t).ok())
+            .is_some_and(|r| r.pod == self.record.pod && r.owner_pid == self.record.owner_pid);
+        if !ours {
+            tracing::warn!(slot = %self.path.display(), pod = self.record.pod, "user namespace slot no longer ours; leaving it");
+            return;
+        }
+        match fs::remove_file(&self.path) {
+            Ok(()) => tracing::info!(
+                pod = self.record.pod,
+                first_id = self.first_id,
+                "user namespace range freed"
+            ),
+            Err(e) => {
+                tracing::warn!(slot = %self.path.display(), error = %e, "freeing a user namespace range")
+            }
+        }
+    }
+}
+
+/// A pod's user namespace: its range and an fd holding it.
+#[derive(Debug)]
+pub struct PodUserns {
+    slot: Slot,
+    fd: OwnedFd,
+    inode: u64,
+}
+
+impl PodUserns {
+    /// Makes a user namespace mapping root to `slot`'s range. On error the
+    /// slot is freed.
+    pub fn create(mut slot: Slot) -> Result<PodUserns> {
+        let pod = slot.record.pod.clone();
+        let made = make_userns(slot.first_id, slot.count).and_then(|fd| {
+            let inode = fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.ino();
+            slot.record.userns_inode = Some(inode);
+            rewrite(&slot.path, &slot.record)?;
+            Ok((fd, inode))
+        });
+        match made {
+            Ok((fd, inode)) => Ok(PodUserns { slot, fd, inode }),
+            Err(e) => {
+                slot.free();
+                Err(BackendError::Failed {
+                    op: "create the pod's user namespace",
+                    id: pod,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The path tasks join it by: this process's fd.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.fd.as_raw_fd()
+        ))
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    pub fn first_id(&self) -> u32 {
+        self.slot.first_id
+    }
+
+    pub fn count(&self) -> u32 {
+        self.slot.count
+    }
+
+    /// Closes the namespace's fd and frees the range.
+    pub fn release(self) {
+        drop(self.fd);
+        self.slot.free();
+    }
+}
+
+/// Clones a child into a new user namespace, maps `0 first count` for uids
+/// and gids, and returns an fd of the namespace (the child is gone).
+fn make_userns(first: u32, count: u32) -> io::Result<OwnedFd> {
+    let reaper = crate::host::reaper::Reaper::global()?;
+    // The child is ours to wait for: the reaper does not reap while the
+    // fork lock is held.
+    let _guard = reaper.lock();
+    let (hold_read, hold_write) = nix::unistd::pipe()?;
+    // SAFETY: a raw clone without a new stack is fork(2) with
+    // CLONE_NEWUSER; the child only makes async-signal-safe syscalls.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // Child: wait until the parent closes the pipe, then go.
+        // SAFETY: async-signal-safe calls only.
+        unsafe {
+            libc::close(hold_write.as_raw_fd());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut byte = 0u8;
+            libc::read(hold_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let pid = pid as i32;
+    drop(hold_read);
+    let result = (|| {
+        let map = format!("0 {first} {count}\n");
+        fs::write(format!("/proc/{pid}/uid_map"), &map)?;
+        fs::write(format!("/proc/{pid}/gid_map"), &map)?;
+        let ns = File::open(format!("/proc/{pid}/ns/user"))?;
+        Ok(OwnedFd::from(ns))
+    })();
+    drop(hold_write);
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(dir: &Path, pods: u32) -> UsernsPool {
+        UsernsPool::new(
+            &HardenedOptions {
+                userns_pods: pods,
+                ..HardenedOptions::default()
+            },
+            dir.to_path_buf(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn options_parse_with_defaults_and_refuse_bad_values() {
+        let o = HardenedOptions::from_json("", "env").unwrap();
+        assert_eq!(o, HardenedOptions::default());
+        let o = HardenedOptions::from_json(r#"{"userns_pods": 8}"#, "env").unwrap();
+        assert_eq!((o.userns_pods, o.userns_ids_per_pod), (8, 65_536));
+        assert!(HardenedOptions::from_json(r#"{"bogus": 1}"#, "env").is_err());
+        let dir = PathBuf::from("/nonexistent");
+        let cases: &[(&str, HardenedOptions)] = &[
+            (
+                "userns_first_id",
+                HardenedOptions {
+                    userns_first_id: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "userns_ids_per_pod",
+                HardenedOptions {
+                    userns_ids_per_pod: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "userns_pods",
+                HardenedOptions {
+                    userns_pods: 70_000,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (key, options) in cases {
+            match UsernsPool::new(options, dir.clone()) {
+                Err(BackendError::InvalidArgument { what, .. }) => {
+                    assert!(what.contains(key), "{what} should name {key}")
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn subid_overlaps_are_found() {
+        let text = "alice:100000:65536\nbob:1000000:65536\nbad line\ncarol:2000000:10\n";
+        let found = subid_overlaps(text, 1_000_000, 1_131_072);
+        assert_eq!(found, vec![("bob".to_string(), 1_000_000, 65_536)]);
+        assert!(subid_overlaps(text, 165_536, 1_000_000).is_empty());
+    }
+
+    #[test]
+    fn slots_are_exclusive_freed_and_exhaust_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 2);
+        let a = pool.allocate("a").unwrap();
+        let b = pool.allocate("b").unwrap();
+        assert_eq!((a.first_id, b.first_id), (1_000_000, 1_065_536));
+        // Both slots are held by a living shim (this process).
+        let err = pool.allocate("c").unwrap_err();
+        assert!(err.to_string().contains("exhausted"), "{err}");
+        let files = |d: &Path| {
+            let mut v: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with(".lock"))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(files(dir.path()), ["slot-0", "slot-1"], "nothing leaked");
+        a.free();
+        let c = pool.allocate("c").unwrap();
+        assert_eq!(c.first_id, 1_000_000, "a's range is reused once freed");
+        b.free();
+        c.free();
+        assert!(files(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_dead_owners_slot_is_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(dir.path(), 1);
+        let stale = SlotRecord {
+            pod: "gone".into(),
+            // No process has pid u32::MAX - 1.
+            owner_pid: u32::MAX - 1,
+            owner_start: 1,
+            userns_inode: Some(1),
+        };
+        fs::write(
+            dir.path().join("slot-0"),
+            serde_json::to_vec(&stale).unwrap(),
+        )
+        .unwrap();
+        let slot = pool.allocate("new").unwrap();
+        assert_eq!(slot.first_id, 1_000_000);
+        slot.free();
+        // A slot whose owner lives (this process) is not.
+        let live = SlotRecord {
+            owner_pid: std::process::id(),
+            owner_start: process_start_time(std::process::id()).unwrap(),
+            ..stale
+        };
+        fs::write(
+            dir.path().join("slot-0"),
+            serde_json::to_vec(&live).unwrap(),
+        )
+        .unwrap();
+        assert!(pool.allocate("new").is_err());
+    }
+}

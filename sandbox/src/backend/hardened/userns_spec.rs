@@ -1,0 +1,372 @@
+//! What a pod's user namespace changes in a task's spec, and what it needs
+//! of the host's paths.
+//!
+//! * The task joins the pod's user namespace by path; the namespaces it
+//!   makes after that (mount, UTS, IPC, PID, cgroup — the pause container's,
+//!   which the pod's containers join) are owned by it.
+//! * A network namespace joined by path (the pod's, made by caissond or
+//!   containerd in the host's user namespace) cannot be entered from inside
+//!   the pod's user namespace: the fork server enters it before the build
+//!   and the task inherits it ([`FORK_NETNS_ANNOTATION`]).
+//! * sysfs cannot be mounted for a network namespace the pod does not own:
+//!   `/sys` becomes a read-only recursive bind of the host's, as runc does.
+//! * Host PID, IPC and network namespaces are refused, as Kubernetes
+//!   refuses them for pods with `hostUsers: false`: /proc cannot be mounted
+//!   for a PID namespace the pod does not own, and sharing the host's
+//!   namespaces defeats the point.
+//! * Exec processes carry the container's capabilities in
+//!   [`EXEC_USERNS_ANNOTATION`] ([`super::exec_userns`]).
+//! * The pod's mapped root must be able to reach the rootfs: every
+//!   directory above it must be searchable by others (mode `o+x`); the
+//!   bundle directory (the task's own) is made so, anything above it is
+//!   checked and reported.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceType, Mount, Spec,
+};
+
+use super::exec_userns::EXEC_USERNS_ANNOTATION;
+use crate::backend::native::FORK_NETNS_ANNOTATION;
+use crate::backend::BackendError;
+
+fn refused(what: &str, reason: impl Into<String>) -> BackendError {
+    BackendError::InvalidArgument {
+        what: what.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn mapping(first: u32, count: u32) -> LinuxIdMapping {
+    LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(first)
+        .size(count)
+        .build()
+        .expect("an id mapping builds")
+}
+
+/// What [`join_pod_userns`] leaves for the backend to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// The network namespace the task inherits from the fork server.
+    pub fork_netns: Option<PathBuf>,
+    /// `net.*` sysctls taken out of the spec: the pod's root cannot write
+    /// them in a network namespace owned by the host's user namespace (and
+    /// libcontainer would refuse them without a network namespace entry),
+    /// so the backend sets them in that namespace itself.
+    pub net_sysctls: HashMap<String, String>,
+}
+
+/// Puts `spec` in the user namespace at `userns_path` (mapping root to
+/// `first..first+count`). Refuses host PID/IPC/network namespaces.
+pub fn join_pod_userns(
+    spec: &mut Spec,
+    userns_path: &Path,
+    first: u32,
+    count: u32,
+) -> Result<Joined, BackendError> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
+    for (typ, name) in [
+        (LinuxNamespaceType::Pid, "PID"),
+        (LinuxNamespaceType::Ipc, "IPC"),
+        (LinuxNamespaceType::Network, "network"),
+    ] {
+        if !namespaces.iter().any(|ns| ns.typ() == typ) {
+            return Err(refused(
+                "namespace_options",
+                format!(
+                    "the hardened runtime handler runs every pod in its own user namespace, \
+                     which cannot share the host's {name} namespace"
+                ),
+            ));
+        }
+    }
+    let mut fork_netns: Option<PathBuf> = None;
+    namespaces.retain(|ns| match ns.typ() {
+        LinuxNamespaceType::User => false,
+        LinuxNamespaceType::Network if ns.path().is_some() => {
+            fork_netns = ns.path().clone();
+            false
+        }
+        _ => true,
+    });
+    let mut user = LinuxNamespace::default();
+    user.set_typ(LinuxNamespaceType::User);
+    user.set_path(Some(userns_path.to_path_buf()));
+    // First: libcontainer enters it before anything else anyway.
+    namespaces.insert(0, user);
+    linux.set_namespaces(Some(namespaces));
+    let mut net_sysctls = HashMap::new();
+    if fork_netns.is_some() {
+        if let Some(mut sysctls) = linux.sysctl().clone() {
+            sysctls.retain(|key, value| {
+                let net = key.starts_with("net.") || key.starts_with("net/");
+                if net {
+                    net_sysctls.insert(key.clone(), value.clone());
+                }
+                !net
+            });
+            linux.set_sysctl(Some(sysctls));
+        }
+    }
+    linux.set_uid_mappings(Some(vec![mapping(first, count)]));
+    linux.set_gid_mappings(Some(vec![mapping(first, count)]));
+    spec.set_linux(Some(linux));
+
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    let exec_caps = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().clone())
+        .unwrap_or_default();
+    annotations.insert(
+        EXEC_USERNS_ANNOTATION.to_string(),
+        serde_json::to_string(&exec_caps).expect("capabilities serialise"),
+    );
+    spec.set_annotations(Some(annotations));
+    if let Some(netns) = &fork_netns {
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        annotations.insert(
+            FORK_NETNS_ANNOTATION.to_string(),
+            netns.display().to_string(),
+        );
+        spec.set_annotations(Some(annotations));
+    }
+
+    if let Some(mut mounts) = spec.mounts().clone() {
+        for mount in &mut mounts {
+            if mount.typ().as_deref() == Some("sysfs") {
+                *mount = sys_bind(mount);
+            }
+        }
+        spec.set_mounts(Some(mounts));
+    }
+    Ok(Joined {
+        fork_netns,
+        net_sysctls,
+    })
+}
+
+/// Writes `sysctls` in the network namespace at `netns`, from a thread that
+/// enters it (the rest of the process stays where it is).
+pub fn set_net_sysctls(
+    netns: &Path,
+    sysctls: &HashMap<String, String>,
+) -> Result<(), BackendError> {
+    if sysctls.is_empty() {
+        return Ok(());
+    }
+    let failed = |reason: String| BackendError::Failed {
+        op: "set the pod's network sysctls",
+        id: netns.display().to_string(),
+        reason,
+    };
+    let netns = netns.to_path_buf();
+    let sysctls = sysctls.clone();
+    let worker = std::thread::spawn(move || -> Result<(), String> {
+        let ns = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("entering {}: {e}", netns.display()))?;
+        for (key, value) in &sysctls {
+            if key.contains("..") {
+                return Err(format!("sysctl {key:?}: invalid name"));
+            }
+            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+            std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+        }
+        Ok(())
+    });
+    worker
+        .join()
+        .map_err(|_| failed("the sysctl thread panicked".into()))?
+        .map_err(failed)
+}
+
+/// A read-only recursive bind of the host's /sys in place of a sysfs mount.
+fn sys_bind(sysfs: &Mount) -> Mount {
+    let mut bind = sysfs.clone();
+    bind.set_typ(Some("bind".to_string()));
+    bind.set_source(Some(PathBuf::from("/sys")));
+    bind.set_options(Some(
+        ["rbind", "nosuid", "noexec", "nodev", "ro"]
+            .map(String::from)
+            .to_vec(),
+    ));
+    bind
+}
+
+/// The rootfs path of a bundle's spec.
+pub fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .unwrap_or_else(|| PathBuf::from("rootfs"));
+    if root.is_absolute() {
+        root
+    } else {
+        bundle.join(root)
+    }
+}
+
+/// Makes `bundle` searchable by others and checks every directory above
+/// `rootfs` is.
+pub fn make_rootfs_reachable(bundle: &Path, rootfs: &Path) -> Result<(), BackendError> {
+    let unreachable = |dir: &Path, reason: String| BackendError::Failed {
+        op: "reach the rootfs from the pod's user namespace",
+        id: rootfs.display().to_string(),
+        reason: format!("{}: {reason}", dir.display()),
+    };
+    let meta = std::fs::metadata(bundle).map_err(|e| unreachable(bundle, e.to_string()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o001 == 0 {
+        std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(mode | 0o001))
+            .map_err(|e| unreachable(bundle, e.to_string()))?;
+    }
+    let absolute = std::path::absolute(rootfs).map_err(|e| unreachable(rootfs, e.to_string()))?;
+    if let Some(dir) = first_unsearchable(&absolute) {
+        return Err(unreachable(
+            &dir,
+            "not searchable by the pod's mapped root; every directory above a hardened \
+             pod's rootfs needs o+x (e.g. 0711)"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The first directory above `path` that others cannot search.
+fn first_unsearchable(path: &Path) -> Option<PathBuf> {
+    path.ancestors().skip(1).find_map(|dir| {
+        let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+        (mode & 0o001 == 0).then(|| dir.to_path_buf())
+    })
+}
+
+/// Refuses bind mounts whose source the pod's mapped root cannot reach
+/// (libcontainer opens them from inside the pod's user namespace), naming
+/// the mount and the directory in the way.
+pub fn check_bind_sources(spec: &Spec) -> Result<(), BackendError> {
+    for mount in spec.mounts().iter().flatten() {
+        let bind = mount.typ().as_deref() == Some("bind")
+            || mount
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        let Some(source) = mount.source().as_ref().filter(|_| bind) else {
+            continue;
+        };
+        if let Some(dir) = first_unsearchable(source) {
+            return Err(BackendError::InvalidArgument {
+                what: format!("mount {}", mount.destination().display()),
+                reason: format!(
+                    "its source {} is not reachable from the pod's user namespace: {} is \
+                     not searchable by others (the hardened handler maps the pod's root to \
+                     an unprivileged host uid)",
+                    source.display(),
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(typ: LinuxNamespaceType, path: Option<&str>) -> LinuxNamespace {
+        let mut n = LinuxNamespace::default();
+        n.set_typ(typ);
+        n.set_path(path.map(PathBuf::from));
+        n
+    }
+
+    #[test]
+    fn the_spec_joins_the_userns_and_inherits_a_joined_netns() {
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![
+            ns(LinuxNamespaceType::Mount, None),
+            ns(LinuxNamespaceType::Network, Some("/run/netns/pod")),
+            ns(LinuxNamespaceType::Ipc, Some("/proc/7/ns/ipc")),
+            ns(LinuxNamespaceType::Pid, None),
+        ]));
+        spec.set_linux(Some(linux));
+        let mut sysctls = HashMap::new();
+        sysctls.insert(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "0".to_string(),
+        );
+        sysctls.insert("kernel.shmmni".to_string(), "10".to_string());
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_sysctl(Some(sysctls));
+        spec.set_linux(Some(linux));
+        let joined =
+            join_pod_userns(&mut spec, Path::new("/proc/1/fd/9"), 1_000_000, 65_536).unwrap();
+        assert_eq!(joined.fork_netns, Some(PathBuf::from("/run/netns/pod")));
+        assert_eq!(
+            joined.net_sysctls.keys().collect::<Vec<_>>(),
+            ["net.ipv4.ip_unprivileged_port_start"]
+        );
+        let linux = spec.linux().as_ref().unwrap();
+        let nss = linux.namespaces().as_ref().unwrap();
+        assert_eq!(nss[0], ns(LinuxNamespaceType::User, Some("/proc/1/fd/9")));
+        assert!(!nss.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+        assert!(nss.contains(&ns(LinuxNamespaceType::Ipc, Some("/proc/7/ns/ipc"))));
+        let left = linux.sysctl().as_ref().unwrap();
+        assert!(left.contains_key("kernel.shmmni") && left.len() == 1);
+        let map = &linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!(
+            (map.container_id(), map.host_id(), map.size()),
+            (0, 1_000_000, 65_536)
+        );
+        assert_eq!(
+            spec.annotations().as_ref().unwrap()[FORK_NETNS_ANNOTATION],
+            "/run/netns/pod"
+        );
+        let sys = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination() == Path::new("/sys"))
+            .unwrap();
+        assert_eq!(sys.typ().as_deref(), Some("bind"));
+        assert_eq!(sys.source().as_deref(), Some(Path::new("/sys")));
+        assert!(sys.options().as_ref().unwrap().contains(&"ro".to_string()));
+    }
+
+    #[test]
+    fn host_namespaces_are_refused() {
+        for missing in [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Network,
+        ] {
+            let mut spec = Spec::default();
+            let mut linux = spec.linux().clone().unwrap();
+            let nss: Vec<_> = linux
+                .namespaces()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.typ() != missing)
+                .collect();
+            linux.set_namespaces(Some(nss));
+            spec.set_linux(Some(linux));
+            let err = join_pod_userns(&mut spec, Path::new("/x"), 1, 1).unwrap_err();
+            assert!(
+                matches!(&err, BackendError::InvalidArgument { what, .. } if what == "namespace_options"),
+                "{missing:?}: {err}"
+            );
+        }
+    }
+}

@@ -254,6 +254,19 @@ fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String>
 }
 
 /// Makes the backend the environment asks for.
+/// The backend a binary named `containerd-shim-caisson-<backend>-v2`
+/// serves: containerd finds the shim of runtime type
+/// `io.containerd.caisson-<backend>.v2` by that name, so an operator picks
+/// a backend per containerd runtime with a symlink. `None` for the plain
+/// `containerd-shim-caisson-v2` (and any other name).
+pub fn backend_from_binary_name(argv0: &str) -> Option<String> {
+    let name = Path::new(argv0).file_name()?.to_str()?;
+    let backend = name
+        .strip_prefix("containerd-shim-caisson-")?
+        .strip_suffix("-v2")?;
+    (!backend.is_empty()).then(|| backend.to_string())
+}
+
 pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>, BackendError> {
     let name = std::env::var(BACKEND_ENV).unwrap_or_else(|_| "native".to_string());
     match name.as_str() {
@@ -391,6 +404,27 @@ mod tests {
 
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn the_binary_name_can_name_the_backend() {
+        let cases = [
+            (
+                "/usr/local/bin/containerd-shim-caisson-hardened-v2",
+                Some("hardened"),
+            ),
+            ("containerd-shim-caisson-oci-v2", Some("oci")),
+            ("/usr/local/bin/containerd-shim-caisson-v2", None),
+            ("containerd-shim-runc-v2", None),
+            ("/proc/self/exe", None),
+        ];
+        for (argv0, backend) in cases {
+            assert_eq!(
+                backend_from_binary_name(argv0).as_deref(),
+                backend,
+                "{argv0}"
+            );
+        }
     }
 
     #[test]

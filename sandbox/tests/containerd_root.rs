@@ -8,6 +8,10 @@
 //!
 //! `CAISSON_CTR_RUNTIME=io.containerd.runc.v2` runs the same scenarios on
 //! Debian's runc (package `runc`), which checks the harness itself.
+//!
+//! A second test picks the hardened backend the way an operator does under
+//! containerd: runtime type `io.containerd.caisson-hardened.v2`, whose shim
+//! `containerd-shim-caisson-hardened-v2` is a symlink to ours.
 
 use std::fmt::Write as _;
 use std::io::Read;
@@ -42,6 +46,40 @@ fn ctr_runs_containers_on_caisson() {
     cd.run_echo();
     cd.run_exit_code();
     cd.run_detached_exec_kill();
+    cd.finish();
+}
+
+#[test]
+fn ctr_runs_a_hardened_container_through_the_named_shim() {
+    let mut cd = Containerd::start("io.containerd.caisson-hardened.v2");
+    cd.import_busybox();
+    let id = cd.new_id("hardened");
+    let script =
+        "cat /proc/self/uid_map; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status";
+    let out = cd.run(&["--rm"], &id, &["sh", "-c", script]);
+    if !out.status.success() {
+        cd.fail(&format!("expected exit 0: {out}"));
+    }
+    // Root inside is an unprivileged host range (not the identity map),
+    // the allow-list is loaded, no_new_privs is set, no capability is left.
+    let map: Vec<u64> = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let checks = [
+        map.len() == 3 && map[0] == 0 && map[1] >= 1 << 16 && map[2] == 65_536,
+        out.stdout.contains("Seccomp:\t2"),
+        out.stdout.contains("NoNewPrivs:\t1"),
+        out.stdout.contains("CapEff:\t0000000000000000"),
+    ];
+    if checks.contains(&false) {
+        cd.fail(&format!("not a hardened container ({checks:?}): {out}"));
+    }
+    cd.expect_container_gone(&id);
     cd.finish();
 }
 
@@ -105,8 +143,16 @@ impl Containerd {
         let shim_dir = Path::new(SHIM)
             .parent()
             .expect("shim binary has a directory");
+        // The hardened backend's shim, named as containerd looks it up.
+        // The temp dir must be searchable by the pods' mapped root.
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::os::unix::fs::symlink(SHIM, bin.join("containerd-shim-caisson-hardened-v2")).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .unwrap();
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
+            bin.display(),
             shim_dir.display(),
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
         );

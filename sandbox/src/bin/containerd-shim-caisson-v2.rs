@@ -50,6 +50,18 @@ fn init_fork_server_logging(debug: bool) {
 }
 
 fn main() -> ExitCode {
+    // A symlink `containerd-shim-caisson-<backend>-v2` (runtime type
+    // `io.containerd.caisson-<backend>.v2`) picks the backend unless the
+    // environment does; `serve`, `delete` and the fork server inherit it.
+    if std::env::var_os(shim::BACKEND_ENV).is_none() {
+        if let Some(backend) = std::env::args()
+            .next()
+            .and_then(|argv0| shim::backend_from_binary_name(&argv0))
+        {
+            // Still single-threaded: nothing reads the environment concurrently.
+            std::env::set_var(shim::BACKEND_ENV, backend);
+        }
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flags = match parse_flags(&args) {
         Ok(f) => f,

@@ -26,6 +26,7 @@ deps:
 
 build: deps
 	$(CARGO) build --release --manifest-path pause/Cargo.toml
+	cd probe && $(CARGO) build --release
 	$(CARGO) build --workspace --all-targets
 
 # Release binaries side by side: caissond finds the shim and caisson-pause beside itself.
@@ -43,6 +44,7 @@ lint: deps
 	$(CARGO) fmt --manifest-path pause/Cargo.toml --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path pause/Cargo.toml --all-targets -- -D warnings
+	cd probe && $(CARGO) fmt --check && $(CARGO) clippy --all-targets -- -D warnings
 
 test-pause: deps
 	$(CARGO) test --manifest-path pause/Cargo.toml --release
@@ -52,11 +54,14 @@ test: lint build test-pause
 
 bench: release
 	$(CARGO) build --release -p caisson-bench
+	cd probe && $(CARGO) build --release
 	target/release/caisson-bench image-import
 	target/release/caisson-bench shim
 	target/release/caisson-bench cri
+	target/release/caisson-bench hardened
 	target/release/caisson-bench pull
 
 clean:
 	$(CARGO) clean
 	$(CARGO) clean --manifest-path pause/Cargo.toml
+	cd probe && $(CARGO) clean

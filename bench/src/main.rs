@@ -8,11 +8,15 @@
 //!   containerd-shim-runc-v2: container create+start latency and memory.
 //! * [`cri`]: the node runtime through CRI, caissond against containerd 1.6 +
 //!   runc: pod + container start/stop latency, daemon and per-pod memory.
+//! * [`hardened`]: the hardened backend against native and runc (via the
+//!   oci backend): syscall cost, a tar workload, pod start, memory per pod,
+//!   and the share of the syscall table the allow-list denies.
 //! * [`pull`]: CRI PullImage of the synthetic image from a local registry,
 //!   caissond against containerd 1.6's CRI plugin: time, CPU, peak RSS.
 //! * [`measure`]: wall/CPU timing, min and median.
 
 mod cri;
+mod hardened;
 mod image_import;
 mod measure;
 mod pull;
@@ -42,6 +46,14 @@ benchmarks:
       --pods N         pods running at once for the memory reading (default 10)
       --cni            pods on a CNI bridge (bridge, host-local, portmap, loopback from
                        /usr/lib/cni; the same conflist on both) instead of the host network
+      --json FILE      also write the results as JSON
+  hardened       the hardened handler vs native vs runc through the oci handler, in one
+                 caissond: getpid and open/read/close loops and a busybox tar, timed
+                 inside the containers; pod start latency; Pss per pod; the share of
+                 the x86-64 syscall table the allow-list denies (needs root, runc)
+      --runs N         timed pod starts per handler, after one warm-up (default 20)
+      --pods N         pods per handler for the memory reading (default 5)
+      --reps N         repetitions of each in-container benchmark (default 5)
       --json FILE      also write the results as JSON
   pull           CRI PullImage of the synthetic image from a local docker-registry:
                  caissond vs containerd 1.6's CRI plugin (time, daemon CPU, peak RSS;
@@ -99,6 +111,21 @@ fn parse_cri(mut args: impl Iterator<Item = String>) -> Result<cri::Options, Str
     Ok(opts)
 }
 
+fn parse_hardened(mut args: impl Iterator<Item = String>) -> Result<hardened::Options, String> {
+    let mut opts = hardened::Options::default();
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+            "--pods" => opts.pods = value()?.parse().map_err(|e| format!("--pods: {e}"))?,
+            "--reps" => opts.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(opts)
+}
+
 fn parse_pull(mut args: impl Iterator<Item = String>) -> Result<pull::Options, String> {
     let mut opts = pull::Options::default();
     while let Some(flag) = args.next() {
@@ -135,6 +162,13 @@ fn main() -> ExitCode {
         },
         Some("cri") => match parse_cri(args) {
             Ok(opts) => cri::bench(&opts),
+            Err(e) => {
+                eprintln!("caisson-bench: {e}\n\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        Some("hardened") => match parse_hardened(args) {
+            Ok(opts) => hardened::bench(&opts),
             Err(e) => {
                 eprintln!("caisson-bench: {e}\n\n{USAGE}");
                 return ExitCode::from(2);
@@ -197,6 +231,18 @@ mod tests {
         let defaults = parse(&[]).unwrap();
         assert_eq!((defaults.runs, defaults.json), (20, None));
         for bad in [&["--runs"][..], &["--runs", "x"], &["--size-mb", "1"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_hardened_options() {
+        let parse = |args: &[&str]| parse_hardened(args.iter().map(|s| s.to_string()));
+        let opts = parse(&["--runs", "5", "--pods", "2", "--reps", "3"]).unwrap();
+        assert_eq!((opts.runs, opts.pods, opts.reps), (5, 2, 3));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!((defaults.runs, defaults.pods, defaults.reps), (20, 5, 5));
+        for bad in [&["--reps"][..], &["--pods", "x"], &["--cni"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

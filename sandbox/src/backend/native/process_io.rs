@@ -184,6 +184,7 @@ fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Re
 }
 
 fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
+    join_new_session_keyring();
     match request {
         ForkRequest::CreateInit {
             id,
@@ -288,6 +289,32 @@ impl OwnProcessState {
         unsafe {
             libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         }
+    }
+}
+
+/// Gives the next container process a session keyring of its own, as runc
+/// does: processes inherit the session keyring of their parent, and kernel
+/// keyrings are not namespaced, so without this every container would share
+/// the fork server's, which is the host session's (seen: the same keyring
+/// id inside a native container as on the host). A new anonymous keyring
+/// per build; the server's previous one is dropped once no process holds it.
+/// Kernels without keys (ENOSYS) or out of key quota keep the old one, with
+/// a warning.
+fn join_new_session_keyring() {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a null name (an anonymous keyring).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not give the container a session keyring of its own"
+        );
     }
 }
 

@@ -1,0 +1,502 @@
+//! `hardened`: what the hardened backend costs, against the native backend
+//! and against runc run through the `oci` delegation backend, in one run of
+//! one caissond ([`daemon`]: handlers `runc` → native, `hardened` →
+//! hardened and `runc-oci` → oci with `runtime_path = "/usr/sbin/runc"`).
+//!
+//! 1. One pod per handler, each with a busybox + `caisson-probe` container
+//!    sleeping; in each, by ExecSync, `--reps` times round-robin over the
+//!    handlers: `caisson-probe bench getpid`, `bench openread` (open, read
+//!    4 KiB, close `/etc/passwd`), and a busybox `tar` of a tree of small
+//!    files (create an archive, extract it elsewhere), timed inside the
+//!    container by `caisson-probe bench run`. Medians; ratios to native.
+//! 2. Pod start latency: `--runs` times, handlers alternating,
+//!    RunPodSandbox + CreateContainer + StartContainer; p50 and p90.
+//! 3. Memory: `--pods` pods of one handler at a time, each with a sleeping
+//!    container; the Pss of every process they add (shims, pause, container
+//!    processes) from `/proc/<pid>/smaps_rollup`, per pod.
+//! 4. The allow-list's coverage of the x86-64 syscall table: the names the
+//!    hardened filter allows (from `hardened_profile`, the filter the backend
+//!    installs) against `__NR_*` in the installed kernel headers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use caisson_tests::fixtures::{probe_binary, probe_image, PROBE_NAME, PROBE_PATH};
+use k8s_cri::v1 as cri;
+use oci_spec::runtime::LinuxSeccompAction;
+use serde_json::json;
+
+use crate::cri::Result;
+use daemon::Daemon;
+
+mod daemon;
+
+/// Command-line options of `hardened`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Timed pod starts per handler.
+    pub runs: usize,
+    /// Pods per handler for the memory reading.
+    pub pods: usize,
+    /// Repetitions of each in-container benchmark per handler.
+    pub reps: usize,
+    pub json: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runs: 20,
+            pods: 5,
+            reps: 5,
+            json: None,
+        }
+    }
+}
+
+/// (name in the table, runtime handler).
+const HANDLERS: [(&str, &str); 3] = [
+    ("native", "runc"),
+    ("hardened", "hardened"),
+    ("runc (oci)", "runc-oci"),
+];
+const GETPID_ITERATIONS: &str = "2000000";
+const OPENREAD_ITERATIONS: &str = "200000";
+const TREE_FILES: &str = "2000";
+const TAR_RUNS: &str = "3";
+const TAR_SCRIPT: &str = "rm -rf /tmp/x /tmp/tree.tar && mkdir /tmp/x \
+    && tar -cf /tmp/tree.tar -C /tmp tree && tar -xf /tmp/tree.tar -C /tmp/x";
+/// The kernel's x86-64 syscall table as the installed uapi headers give it.
+const UNISTD_64: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
+
+/// Medians of one handler's measurements.
+#[derive(Debug, Clone, Default)]
+struct Results {
+    getpid_ns: Vec<f64>,
+    openread_ns: Vec<f64>,
+    tar_ms: Vec<f64>,
+    start_ms: Vec<f64>,
+    pss_kib_per_pod: f64,
+    processes_per_pod: f64,
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+fn median(values: &[f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+/// Runs a fixture builder of `caisson_tests` (which panics with what to
+/// build or install) and turns its panic into an error.
+fn fixture<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("{what}: {reason}").into()
+    })
+}
+
+fn probe_container(name: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: PROBE_NAME.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        log_path: format!("{name}.log"),
+        // What kubelet sends for a pod without shareProcessNamespace.
+        linux: Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox + CreateContainer + StartContainer: the pod's and the
+/// container's ids and how long the three calls took.
+fn start_pod(d: &Daemon, name: &str, handler: &str) -> Result<(String, String, Duration)> {
+    let config = d.pod_config(name)?;
+    let started = Instant::now();
+    let request = cri::RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.into(),
+    };
+    let pod = d
+        .call(&format!("RunPodSandbox ({handler})"), |mut c| async move {
+            c.run_pod_sandbox(request).await
+        })?
+        .pod_sandbox_id;
+    let request = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(probe_container("probe")),
+        sandbox_config: Some(config),
+    };
+    let ctr = d
+        .call("CreateContainer", |mut c| async move {
+            c.create_container(request).await
+        })?
+        .container_id;
+    let request = cri::StartContainerRequest {
+        container_id: ctr.clone(),
+    };
+    d.call("StartContainer", |mut c| async move {
+        c.start_container(request).await
+    })?;
+    Ok((pod, ctr, started.elapsed()))
+}
+
+/// ns/op from a `caisson-probe bench` line, run by ExecSync.
+fn probe_bench(d: &Daemon, ctr: &str, args: &[&str]) -> Result<f64> {
+    let mut cmd = vec![PROBE_PATH.to_string(), "bench".into()];
+    cmd.extend(args.iter().map(|s| s.to_string()));
+    let request = cri::ExecSyncRequest {
+        container_id: ctr.into(),
+        cmd: cmd.clone(),
+        timeout: 600,
+    };
+    let out = d.call(
+        "ExecSync",
+        |mut c| async move { c.exec_sync(request).await },
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.exit_code != 0 {
+        return Err(format!(
+            "{cmd:?} exited {}: {stdout} {}",
+            out.exit_code,
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    stdout
+        .lines()
+        .last()
+        .and_then(|l| l.split('\t').nth(2))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{cmd:?}: no ns/op in {stdout:?}").into())
+}
+
+/// Pss (KiB) of a process, 0 if it is gone.
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn syscall_costs(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
+    let mut pods = Vec::new();
+    for (_, handler) in HANDLERS {
+        let name = format!("syscalls-{handler}");
+        let (pod, ctr, _) = start_pod(d, &name, handler)?;
+        probe_bench(d, &ctr, &["mktree", "/tmp/tree", TREE_FILES]).map_err(|e| {
+            let log = d.dir().join("logs").join(&name).join("probe.log");
+            let output = std::fs::read_to_string(&log).unwrap_or_default();
+            format!(
+                "{e}\n--- the container's output ({}) ---\n{output}",
+                log.display()
+            )
+        })?;
+        pods.push((pod, ctr));
+    }
+    for rep in 0..opts.reps {
+        eprintln!("syscall costs: repetition {}/{}", rep + 1, opts.reps);
+        // Rotate which handler goes first: the page cache and the
+        // writeback one tar leaves behind land on whoever runs next.
+        for k in 0..pods.len() {
+            let i = (rep + k) % pods.len();
+            let ctr = &pods[i].1;
+            let r = &mut results[i];
+            r.getpid_ns
+                .push(probe_bench(d, ctr, &["getpid", GETPID_ITERATIONS])?);
+            r.openread_ns.push(probe_bench(
+                d,
+                ctr,
+                &["openread", OPENREAD_ITERATIONS, "/etc/passwd"],
+            )?);
+            // Start from clean pages: what the last run wrote is on disk.
+            probe_bench(d, ctr, &["run", "1", "--", "sync"])?;
+            let ns = probe_bench(d, ctr, &["run", TAR_RUNS, "--", "sh", "-c", TAR_SCRIPT])?;
+            r.tar_ms.push(ns / 1e6);
+        }
+    }
+    for (pod, _) in &pods {
+        d.stop_and_remove_pod(pod)?;
+    }
+    Ok(())
+}
+
+fn start_latency(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
+    for run in 0..=opts.runs {
+        let mut order: Vec<usize> = (0..HANDLERS.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let handler = HANDLERS[i].1;
+            let (pod, _, took) = start_pod(d, &format!("start-{handler}-{run}"), handler)?;
+            d.stop_and_remove_pod(&pod)?;
+            // Run 0 is the warm-up.
+            if run > 0 {
+                results[i].start_ms.push(took.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn memory(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
+    for (i, (name, handler)) in HANDLERS.iter().enumerate() {
+        eprintln!("memory: {} {name} pods", opts.pods);
+        let before: BTreeSet<u32> = d.processes().into_iter().collect();
+        let mut pods = Vec::new();
+        for n in 0..opts.pods {
+            pods.push(start_pod(d, &format!("memory-{handler}-{n}"), handler)?.0);
+        }
+        let added: Vec<u32> = d
+            .processes()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        let pss: u64 = added.iter().map(|p| pss_kib(*p)).sum();
+        results[i].pss_kib_per_pod = pss as f64 / opts.pods as f64;
+        results[i].processes_per_pod = added.len() as f64 / opts.pods as f64;
+        for pod in &pods {
+            d.stop_and_remove_pod(pod)?;
+        }
+    }
+    Ok(())
+}
+
+/// How much of the syscall table the hardened filter denies.
+#[derive(Debug, Clone, Default)]
+struct Coverage {
+    table: usize,
+    unconditional: usize,
+    with_arguments: usize,
+    denied: usize,
+    /// Allowed names the header does not know (newer syscalls).
+    not_in_table: Vec<String>,
+}
+
+fn coverage() -> Result<Coverage> {
+    let header = std::fs::read_to_string(UNISTD_64)
+        .map_err(|e| format!("{UNISTD_64}: {e} (linux-libc-dev)"))?;
+    let table: BTreeSet<String> = header
+        .lines()
+        .filter_map(|l| l.strip_prefix("#define __NR_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect();
+    if table.len() < 300 {
+        return Err(format!("{UNISTD_64} names only {} syscalls", table.len()).into());
+    }
+    let profile = caisson_sandbox::backend::hardened::seccomp::hardened_profile(None);
+    let mut allowed: BTreeMap<String, bool> = BTreeMap::new();
+    for rule in profile.syscalls().clone().unwrap_or_default() {
+        if !matches!(
+            rule.action(),
+            LinuxSeccompAction::ScmpActAllow | LinuxSeccompAction::ScmpActLog
+        ) {
+            continue;
+        }
+        let conditional = rule.args().as_ref().is_some_and(|a| !a.is_empty());
+        for name in rule.names() {
+            let entry = allowed.entry(name.clone()).or_insert(conditional);
+            *entry = *entry && conditional;
+        }
+    }
+    let in_table = |n: &String| table.contains(n);
+    Ok(Coverage {
+        table: table.len(),
+        unconditional: allowed.iter().filter(|(n, c)| in_table(n) && !**c).count(),
+        with_arguments: allowed.iter().filter(|(n, c)| in_table(n) && **c).count(),
+        denied: table.iter().filter(|n| !allowed.contains_key(*n)).count(),
+        not_in_table: allowed.keys().filter(|n| !in_table(n)).cloned().collect(),
+    })
+}
+
+/// Runs the benchmark, prints the table and writes the JSON if asked.
+pub fn bench(opts: &Options) -> Result<()> {
+    if opts.runs == 0 || opts.pods == 0 || opts.reps == 0 {
+        return Err("--runs, --pods and --reps must be at least 1".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the hardened bench must run as root (it runs pods)".into());
+    }
+    if !std::path::Path::new("/usr/sbin/runc").is_file() {
+        return Err("/usr/sbin/runc not found: install Debian's runc (`make deps`)".into());
+    }
+    let coverage = coverage()?;
+    let pause = fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
+    let image = fixture("the probe image", || probe_image(&probe_binary()))?;
+    let mut results = vec![Results::default(); HANDLERS.len()];
+    // Dropping the daemon removes every pod, process, mount and cgroup it
+    // made, after an error too.
+    let d = Daemon::start(&pause)?;
+    eprintln!("caissond under {}", d.dir().display());
+    d.import_image(&image)?;
+    syscall_costs(&d, opts, &mut results)?;
+    eprintln!("pod start latency: {} pods per handler", opts.runs);
+    start_latency(&d, opts, &mut results)?;
+    memory(&d, opts, &mut results)?;
+    drop(d);
+    print(opts, &results, &coverage);
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&to_json(opts, &results, &coverage))? + "\n";
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn ratio(value: f64, native: f64) -> String {
+    if native == 0.0 {
+        return "-".into();
+    }
+    format!("{:.2}x", value / native)
+}
+
+fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
+    type Metric = fn(&Results) -> f64;
+    let rows: [(&str, Metric, bool); 6] = [
+        ("getpid, ns/op", |r| median(&r.getpid_ns), true),
+        ("open+read+close, ns/op", |r| median(&r.openread_ns), true),
+        ("tar c+x 2000 files, ms", |r| median(&r.tar_ms), true),
+        ("pod start p50, ms", |r| median(&r.start_ms), true),
+        ("pod start p90, ms", |r| percentile(&r.start_ms, 90.0), true),
+        ("Pss per pod, KiB", |r| r.pss_kib_per_pod, false),
+    ];
+    println!(
+        "\nhardened bench: medians of {} repetitions, {} pod starts and {} pods per handler",
+        opts.reps, opts.runs, opts.pods
+    );
+    print!("{:<26}", "");
+    for (name, _) in HANDLERS {
+        print!("{name:>22}");
+    }
+    println!();
+    for (label, metric, with_ratio) in rows {
+        print!("{label:<26}");
+        let native = metric(&results[0]);
+        for r in results {
+            let v = metric(r);
+            let cell = if with_ratio {
+                format!("{v:.1} ({})", ratio(v, native))
+            } else {
+                format!("{v:.0}")
+            };
+            print!("{cell:>22}");
+        }
+        println!();
+    }
+    println!(
+        "{:<26}{:>22}{:>22}{:>22}",
+        "processes per pod",
+        results[0].processes_per_pod,
+        results[1].processes_per_pod,
+        results[2].processes_per_pod
+    );
+    println!(
+        "extra Pss per pod, hardened - native: {:.0} KiB",
+        results[1].pss_kib_per_pod - results[0].pss_kib_per_pod
+    );
+    println!(
+        "syscall table ({UNISTD_64}): {} syscalls; hardened allows {} unconditionally, {} with argument filters; denies {} ({:.1}%)",
+        coverage.table,
+        coverage.unconditional,
+        coverage.with_arguments,
+        coverage.denied,
+        100.0 * coverage.denied as f64 / coverage.table as f64
+    );
+    if !coverage.not_in_table.is_empty() {
+        println!(
+            "allowed names newer than the header: {}",
+            coverage.not_in_table.join(", ")
+        );
+    }
+}
+
+fn to_json(opts: &Options, results: &[Results], coverage: &Coverage) -> serde_json::Value {
+    let handlers: Vec<serde_json::Value> = HANDLERS
+        .iter()
+        .zip(results)
+        .map(|((name, handler), r)| {
+            json!({
+                "name": name,
+                "runtime_handler": handler,
+                "getpid_ns_per_op": r.getpid_ns,
+                "openread_ns_per_op": r.openread_ns,
+                "tar_ms": r.tar_ms,
+                "pod_start_ms": r.start_ms,
+                "pod_start_p50_ms": median(&r.start_ms),
+                "pod_start_p90_ms": percentile(&r.start_ms, 90.0),
+                "pss_kib_per_pod": r.pss_kib_per_pod,
+                "processes_per_pod": r.processes_per_pod,
+            })
+        })
+        .collect();
+    json!({
+        "options": {"runs": opts.runs, "pods": opts.pods, "reps": opts.reps},
+        "handlers": handlers,
+        "syscall_table": {
+            "source": UNISTD_64,
+            "syscalls": coverage.table,
+            "allowed_unconditionally": coverage.unconditional,
+            "allowed_with_argument_filters": coverage.with_arguments,
+            "denied": coverage.denied,
+            "allowed_names_not_in_table": coverage.not_in_table,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(median(&v), 10.0);
+        assert_eq!(percentile(&v, 90.0), 18.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn the_allow_list_denies_part_of_the_table() {
+        let c = coverage().expect("the x86-64 syscall header (linux-libc-dev)");
+        assert!(c.table > 300, "{c:?}");
+        assert!(c.denied > 0 && c.unconditional > 100, "{c:?}");
+        assert_eq!(c.unconditional + c.with_arguments + c.denied, c.table);
+    }
+}

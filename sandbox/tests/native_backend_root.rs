@@ -504,9 +504,18 @@ fn pause_resume_pids_update_and_stats() {
         .join("pids.max");
     assert_eq!(fs::read_to_string(pids_max).unwrap().trim(), "100");
 
-    // The busy loop has used some CPU once the init has exec'd sleep.
+    // The busy loop has used some CPU once the init has exec'd sleep. The
+    // exec's short-lived intermediate process counts in pids.current until
+    // the reaper has collected it (slower on a loaded machine): wait for it.
     wait_for_exec(pid, "sleep");
-    let stats = h.backend.stats(&id).unwrap();
+    let until = Instant::now() + DEADLINE;
+    let stats = loop {
+        let stats = h.backend.stats(&id).unwrap();
+        if stats.pids_current == 2 || Instant::now() > until {
+            break stats;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
     assert!(stats.cpu_usage_ns > 0, "{stats:?}");
     assert!(stats.memory_usage_bytes > 0, "{stats:?}");
     assert!(stats.memory_limit_bytes > 0, "{stats:?}");

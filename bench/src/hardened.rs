@@ -55,11 +55,39 @@ impl Default for Options {
     }
 }
 
-/// (name in the table, runtime handler).
-const HANDLERS: [(&str, &str); 3] = [
-    ("native", "runc"),
-    ("hardened", "hardened"),
-    ("runc (oci)", "runc-oci"),
+/// One column of the table: a runtime handler, and whether the container
+/// asks for the RuntimeDefault seccomp profile (kubelet's default pod asks
+/// for none; `--seccomp-default` or a pod's securityContext adds it).
+struct Variant {
+    name: &'static str,
+    handler: &'static str,
+    runtime_default: bool,
+}
+
+/// The columns; native first (the ratios' base), hardened second.
+const HANDLERS: [Variant; 4] = [
+    Variant {
+        name: "native",
+        handler: "runc",
+        runtime_default: false,
+    },
+    Variant {
+        name: "hardened",
+        handler: "hardened",
+        runtime_default: false,
+    },
+    Variant {
+        name: "runc (oci)",
+        handler: "runc-oci",
+        runtime_default: false,
+    },
+    // Any seccomp filter sends every syscall through the kernel's slower
+    // entry path: this column separates that cost from the allow-list's.
+    Variant {
+        name: "native+RuntimeDefault",
+        handler: "runc",
+        runtime_default: true,
+    },
 ];
 const GETPID_ITERATIONS: &str = "2000000";
 const OPENREAD_ITERATIONS: &str = "200000";
@@ -108,7 +136,7 @@ fn fixture<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
     })
 }
 
-fn probe_container(name: &str) -> cri::ContainerConfig {
+fn probe_container(name: &str, runtime_default: bool) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
@@ -129,6 +157,10 @@ fn probe_container(name: &str) -> cri::ContainerConfig {
                     ipc: cri::NamespaceMode::Pod as i32,
                     ..Default::default()
                 }),
+                seccomp: runtime_default.then(|| cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -139,7 +171,8 @@ fn probe_container(name: &str) -> cri::ContainerConfig {
 
 /// RunPodSandbox + CreateContainer + StartContainer: the pod's and the
 /// container's ids and how long the three calls took.
-fn start_pod(d: &Daemon, name: &str, handler: &str) -> Result<(String, String, Duration)> {
+fn start_pod(d: &Daemon, name: &str, variant: &Variant) -> Result<(String, String, Duration)> {
+    let handler = variant.handler;
     let config = d.pod_config(name)?;
     let started = Instant::now();
     let request = cri::RunPodSandboxRequest {
@@ -153,7 +186,7 @@ fn start_pod(d: &Daemon, name: &str, handler: &str) -> Result<(String, String, D
         .pod_sandbox_id;
     let request = cri::CreateContainerRequest {
         pod_sandbox_id: pod.clone(),
-        config: Some(probe_container("probe")),
+        config: Some(probe_container("probe", variant.runtime_default)),
         sandbox_config: Some(config),
     };
     let ctr = d
@@ -214,9 +247,9 @@ fn pss_kib(pid: u32) -> u64 {
 
 fn syscall_costs(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
     let mut pods = Vec::new();
-    for (_, handler) in HANDLERS {
-        let name = format!("syscalls-{handler}");
-        let (pod, ctr, _) = start_pod(d, &name, handler)?;
+    for (i, variant) in HANDLERS.iter().enumerate() {
+        let name = format!("syscalls-{}-{i}", variant.handler);
+        let (pod, ctr, _) = start_pod(d, &name, variant)?;
         probe_bench(d, &ctr, &["mktree", "/tmp/tree", TREE_FILES]).map_err(|e| {
             let log = d.dir().join("logs").join(&name).join("probe.log");
             let output = std::fs::read_to_string(&log).unwrap_or_default();
@@ -261,8 +294,9 @@ fn start_latency(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<
             order.reverse();
         }
         for i in order {
-            let handler = HANDLERS[i].1;
-            let (pod, _, took) = start_pod(d, &format!("start-{handler}-{run}"), handler)?;
+            let variant = &HANDLERS[i];
+            let name = format!("start-{}-{i}-{run}", variant.handler);
+            let (pod, _, took) = start_pod(d, &name, variant)?;
             d.stop_and_remove_pod(&pod)?;
             // Run 0 is the warm-up.
             if run > 0 {
@@ -274,12 +308,13 @@ fn start_latency(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<
 }
 
 fn memory(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
-    for (i, (name, handler)) in HANDLERS.iter().enumerate() {
+    for (i, variant) in HANDLERS.iter().enumerate() {
+        let (name, handler) = (variant.name, variant.handler);
         eprintln!("memory: {} {name} pods", opts.pods);
         let before: BTreeSet<u32> = d.processes().into_iter().collect();
         let mut pods = Vec::new();
         for n in 0..opts.pods {
-            pods.push(start_pod(d, &format!("memory-{handler}-{n}"), handler)?.0);
+            pods.push(start_pod(d, &format!("memory-{handler}-{i}-{n}"), variant)?.0);
         }
         let added: Vec<u32> = d
             .processes()
@@ -401,8 +436,8 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
         opts.reps, opts.runs, opts.pods
     );
     print!("{:<26}", "");
-    for (name, _) in HANDLERS {
-        print!("{name:>22}");
+    for variant in &HANDLERS {
+        print!("{:>24}", variant.name);
     }
     println!();
     for (label, metric, with_ratio) in rows {
@@ -415,17 +450,15 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
             } else {
                 format!("{v:.0}")
             };
-            print!("{cell:>22}");
+            print!("{cell:>24}");
         }
         println!();
     }
-    println!(
-        "{:<26}{:>22}{:>22}{:>22}",
-        "processes per pod",
-        results[0].processes_per_pod,
-        results[1].processes_per_pod,
-        results[2].processes_per_pod
-    );
+    print!("{:<26}", "processes per pod");
+    for r in results {
+        print!("{:>24}", r.processes_per_pod);
+    }
+    println!();
     println!(
         "extra Pss per pod, hardened - native: {:.0} KiB",
         results[1].pss_kib_per_pod - results[0].pss_kib_per_pod
@@ -450,10 +483,11 @@ fn to_json(opts: &Options, results: &[Results], coverage: &Coverage) -> serde_js
     let handlers: Vec<serde_json::Value> = HANDLERS
         .iter()
         .zip(results)
-        .map(|((name, handler), r)| {
+        .map(|(variant, r)| {
             json!({
-                "name": name,
-                "runtime_handler": handler,
+                "name": variant.name,
+                "runtime_handler": variant.handler,
+                "runtime_default_seccomp": variant.runtime_default,
                 "getpid_ns_per_op": r.getpid_ns,
                 "openread_ns_per_op": r.openread_ns,
                 "tar_ms": r.tar_ms,

@@ -144,7 +144,7 @@ impl Pod {
         let id = unique(name);
         let dir = self.tmp.path().join(&id);
         let mut b = make(&dir);
-        let cgroup = format!("/caisson-test/{id}");
+        let cgroup = format!("/caisson-test-{id}");
         b.cgroups_path(&cgroup);
         self.cgroups.push(cgroup);
         self.tasks.push((id.clone(), dir.clone()));

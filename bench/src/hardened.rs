@@ -93,8 +93,11 @@ const GETPID_ITERATIONS: &str = "2000000";
 const OPENREAD_ITERATIONS: &str = "200000";
 const TREE_FILES: &str = "2000";
 const TAR_RUNS: &str = "3";
-const TAR_SCRIPT: &str = "rm -rf /tmp/x /tmp/tree.tar && mkdir /tmp/x \
-    && tar -cf /tmp/tree.tar -C /tmp tree && tar -xf /tmp/tree.tar -C /tmp/x";
+/// In the pod's /dev/shm (tmpfs): the disk under the rootfs made the same
+/// tar on overlay vary by 2× between containers of one run, hiding what the
+/// handlers cost; in memory it measures the syscalls and the kernel work.
+const TAR_SCRIPT: &str = "rm -rf /dev/shm/x /dev/shm/tree.tar && mkdir /dev/shm/x \
+    && tar -cf /dev/shm/tree.tar -C /dev/shm tree && tar -xf /dev/shm/tree.tar -C /dev/shm/x";
 /// The kernel's x86-64 syscall table as the installed uapi headers give it.
 const UNISTD_64: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
 
@@ -250,7 +253,7 @@ fn syscall_costs(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<
     for (i, variant) in HANDLERS.iter().enumerate() {
         let name = format!("syscalls-{}-{i}", variant.handler);
         let (pod, ctr, _) = start_pod(d, &name, variant)?;
-        probe_bench(d, &ctr, &["mktree", "/tmp/tree", TREE_FILES]).map_err(|e| {
+        probe_bench(d, &ctr, &["mktree", "/dev/shm/tree", TREE_FILES]).map_err(|e| {
             let log = d.dir().join("logs").join(&name).join("probe.log");
             let output = std::fs::read_to_string(&log).unwrap_or_default();
             format!(
@@ -423,25 +426,42 @@ fn ratio(value: f64, native: f64) -> String {
 
 fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
     type Metric = fn(&Results) -> f64;
-    let rows: [(&str, Metric, bool); 6] = [
-        ("getpid, ns/op", |r| median(&r.getpid_ns), true),
-        ("open+read+close, ns/op", |r| median(&r.openread_ns), true),
-        ("tar c+x 2000 files, ms", |r| median(&r.tar_ms), true),
+    // The fastest repetition is the least disturbed by this VM's noise
+    // (repetitions of one loop vary by ±15 %); the median is shown too.
+    let rows: [(&str, Metric, bool); 9] = [
+        (
+            "getpid, ns/op, min",
+            |r| percentile(&r.getpid_ns, 0.0),
+            true,
+        ),
+        ("getpid, ns/op, median", |r| median(&r.getpid_ns), true),
+        (
+            "open+read+close, min",
+            |r| percentile(&r.openread_ns, 0.0),
+            true,
+        ),
+        ("open+read+close, median", |r| median(&r.openread_ns), true),
+        (
+            "tar c+x 2000 files, ms, min",
+            |r| percentile(&r.tar_ms, 0.0),
+            true,
+        ),
+        ("tar c+x, ms, median", |r| median(&r.tar_ms), true),
         ("pod start p50, ms", |r| median(&r.start_ms), true),
         ("pod start p90, ms", |r| percentile(&r.start_ms, 90.0), true),
         ("Pss per pod, KiB", |r| r.pss_kib_per_pod, false),
     ];
     println!(
-        "\nhardened bench: medians of {} repetitions, {} pod starts and {} pods per handler",
+        "\nhardened bench: {} repetitions, {} pod starts and {} pods per handler",
         opts.reps, opts.runs, opts.pods
     );
-    print!("{:<26}", "");
+    print!("{:<30}", "");
     for variant in &HANDLERS {
         print!("{:>24}", variant.name);
     }
     println!();
     for (label, metric, with_ratio) in rows {
-        print!("{label:<26}");
+        print!("{label:<30}");
         let native = metric(&results[0]);
         for r in results {
             let v = metric(r);
@@ -454,7 +474,7 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
         }
         println!();
     }
-    print!("{:<26}", "processes per pod");
+    print!("{:<30}", "processes per pod");
     for r in results {
         print!("{:>24}", r.processes_per_pod);
     }
@@ -523,6 +543,7 @@ mod tests {
         assert_eq!(median(&v), 10.0);
         assert_eq!(percentile(&v, 90.0), 18.0);
         assert_eq!(percentile(&[], 50.0), 0.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0], 0.0), 1.0);
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
     }
 

@@ -356,6 +356,16 @@ pub fn with_pid_mode(
     config
 }
 
+/// Puts the pod in the node's network namespace (hostNetwork).
+pub fn with_host_network(mut config: cri::PodSandboxConfig) -> cri::PodSandboxConfig {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options
+        .get_or_insert_with(Default::default)
+        .network = cri::NamespaceMode::Node as i32;
+    config
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, failing after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -616,6 +626,28 @@ impl Caissond {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// ContainerStats of `id`, which must answer.
+    pub fn container_stats(&self, id: &str) -> cri::ContainerStats {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.container_stats(cri::ContainerStatsRequest {
+                container_id: id.into(),
+            }));
+        self.ok("ContainerStats", r).stats.expect("no stats")
+    }
+
+    /// PodSandboxStats of `pod`, which must answer.
+    pub fn pod_stats(&self, pod: &str) -> cri::PodSandboxStats {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                pod_sandbox_id: pod.into(),
+            }));
+        self.ok("PodSandboxStats", r).stats.expect("no stats")
     }
 
     pub fn container_status(&self, id: &str) -> cri::ContainerStatus {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use caisson_tests::daemon::{container_config, wait_until, Caissond};
+use caisson_tests::daemon::{container_config, wait_until, with_host_network, Caissond};
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
 
@@ -77,15 +77,6 @@ impl Drop for TestNetwork {
     fn drop(&mut self) {
         self.cleanup();
     }
-}
-
-fn pod_stats(d: &Caissond, pod: &str) -> cri::PodSandboxStats {
-    let mut rt = d.runtime();
-    let r =
-        d.rt.block_on(rt.pod_sandbox_stats(cri::PodSandboxStatsRequest {
-            pod_sandbox_id: pod.into(),
-        }));
-    d.ok("PodSandboxStats", r).stats.expect("no stats")
 }
 
 fn descriptors(d: &Caissond) -> BTreeMap<String, Vec<String>> {
@@ -165,7 +156,7 @@ fn pod_network_counters_follow_traffic() {
     let ip = d.pod_status(&pod).network.unwrap().ip;
     assert!(ip.starts_with("10.231.61."), "{ip}");
 
-    let before = pod_stats(&d, &pod);
+    let before = d.pod_stats(&pod);
     let (rx0, tx0) = eth0_bytes(&before);
     let packets = |pm: &cri::PodSandboxMetrics, name: &str| {
         metric(&pm.metrics, name, &["eth0"]).unwrap_or_else(|| panic!("no {name}: {pm:?}"))
@@ -192,7 +183,7 @@ fn pod_network_counters_follow_traffic() {
     );
     assert!(out.contains(&format!("{COUNT} packets received")), "{out}");
 
-    let after = pod_stats(&d, &pod);
+    let after = d.pod_stats(&pod);
     let (rx1, tx1) = eth0_bytes(&after);
     assert!(
         rx1 - rx0 >= COUNT * FRAME,
@@ -240,19 +231,9 @@ fn pod_network_counters_follow_traffic() {
     assert!(eth0_bytes(&listed[0]).0 >= rx1);
 
     // A hostNetwork pod reports no per-pod network, but its processes.
-    let mut host_config = d.pod_config("netstats-hostnet");
-    host_config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let host_config = with_host_network(d.pod_config("netstats-hostnet"));
     let host_pod = d.run_pod(&host_config);
-    let host_stats = pod_stats(&d, &host_pod);
+    let host_stats = d.pod_stats(&host_pod);
     let linux = host_stats.linux.unwrap();
     assert!(linux.network.is_none(), "{:?}", linux.network);
     assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
@@ -260,7 +241,7 @@ fn pod_network_counters_follow_traffic() {
 
     // Once stopped, the pod reports no network.
     d.stop_pod(&pod);
-    let stopped = pod_stats(&d, &pod);
+    let stopped = d.pod_stats(&pod);
     assert!(stopped.linux.unwrap().network.is_none());
     d.remove_pod(&pod);
     d.stop_pod(&host_pod);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use caisson_tests::daemon::{container_config, wait_until, Caissond};
+use caisson_tests::daemon::{container_config, wait_until, with_host_network, Caissond};
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
 
@@ -377,17 +377,7 @@ fn a_host_port_is_reachable_from_the_host() {
 fn a_host_network_pod_sees_the_host_interfaces() {
     let d = Caissond::start("");
     d.import_busybox();
-    let mut config = d.pod_config("hostnet");
-    config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let config = with_host_network(d.pod_config("hostnet"));
     let pod = d.run_pod(&config);
     let c = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
     let dev = d.exec(&c, &["cat", "/proc/net/dev"]);

@@ -195,15 +195,6 @@ fn update_container_resources_changes_the_live_cgroup() {
     d.remove_pod(&pod);
 }
 
-fn container_stats(d: &Caissond, id: &str) -> cri::ContainerStats {
-    let mut rt = d.runtime();
-    let r =
-        d.rt.block_on(rt.container_stats(cri::ContainerStatsRequest {
-            container_id: id.into(),
-        }));
-    d.ok("ContainerStats", r).stats.expect("no stats")
-}
-
 #[test]
 fn container_stats_grow_with_work() {
     let d = Caissond::start("");
@@ -226,7 +217,7 @@ fn container_stats_grow_with_work() {
             .unwrap()
             .value
     };
-    let first = container_stats(&d, &busy);
+    let first = d.container_stats(&busy);
     assert_eq!(first.attributes.as_ref().unwrap().id, busy);
     let memory = first.memory.as_ref().unwrap();
     assert!(
@@ -239,7 +230,7 @@ fn container_stats_grow_with_work() {
     // Wait on the counter itself (no fixed sleep): it must move by 200 ms.
     let second =
         caisson_tests::daemon::wait_until("busy CPU to grow", Duration::from_secs(10), || {
-            let s = container_stats(&d, &busy);
+            let s = d.container_stats(&busy);
             (cpu(&s) > cpu(&first) + 200_000_000).then_some(s)
         });
     let nano = second

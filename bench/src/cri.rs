@@ -62,19 +62,6 @@ impl Default for Options {
     }
 }
 
-/// Runs a fixture builder of `caisson_tests` (which panics with what to
-/// build or install) and turns its panic into an error.
-fn fixture<T>(what: &str, build: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        format!("building {what}: {reason}").into()
-    })
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -91,7 +78,10 @@ pub fn bench(opts: &Options) -> Result<()> {
                 .into(),
         );
     }
-    let pause = fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
+    let pause = crate::fixture(
+        "building caisson-pause",
+        caisson_tests::fixtures::pause_binary,
+    )?;
     let parents = [caissond::CGROUP_PARENT, containerd::CGROUP_PARENT];
     // What an interrupted run may have left.
     procfs::remove_cgroup_parents(&parents)?;

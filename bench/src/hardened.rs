@@ -1,7 +1,8 @@
 //! `hardened`: what the hardened backend costs, against the native backend
 //! and against runc run through the `oci` delegation backend, in one run of
-//! one caissond ([`daemon`]: handlers `runc` → native, `hardened` →
-//! hardened and `runc-oci` → oci with `runtime_path = "/usr/sbin/runc"`).
+//! one caissond ([`crate::caissond`] with [`HANDLERS_CONFIG`]: handlers
+//! `runc` → native, `hardened` → hardened and `runc-oci` → oci with
+//! `runtime_path = "/usr/sbin/runc"`).
 //!
 //! 1. One pod per handler, each with a busybox + `caisson-probe` container
 //!    sleeping; in each, by ExecSync, `--reps` times round-robin over the
@@ -27,10 +28,17 @@ use k8s_cri::v1 as cri;
 use oci_spec::runtime::LinuxSeccompAction;
 use serde_json::json;
 
+use crate::caissond::{Caissond, Dir, Setup};
 use crate::cri::Result;
-use daemon::Daemon;
 
-mod daemon;
+/// The handlers beside caissond's `runc` → native.
+const HANDLERS_CONFIG: &str = r#"[runtimes.handlers.hardened]
+backend = "hardened"
+[runtimes.handlers.runc-oci]
+backend = "oci"
+[runtimes.handlers.runc-oci.options]
+runtime_path = "/usr/sbin/runc"
+"#;
 
 /// Command-line options of `hardened`.
 #[derive(Debug, Clone)]
@@ -126,19 +134,6 @@ fn median(values: &[f64]) -> f64 {
     percentile(values, 50.0)
 }
 
-/// Runs a fixture builder of `caisson_tests` (which panics with what to
-/// build or install) and turns its panic into an error.
-fn fixture<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        format!("{what}: {reason}").into()
-    })
-}
-
 fn probe_container(name: &str, runtime_default: bool) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -172,11 +167,28 @@ fn probe_container(name: &str, runtime_default: bool) -> cri::ContainerConfig {
     }
 }
 
+/// A pod config with its own log dir (made, as kubelet makes it).
+fn pod_config(d: &Caissond, name: &str) -> Result<cri::PodSandboxConfig> {
+    let logs = d.dir().join("logs").join(name);
+    std::fs::create_dir_all(&logs)?;
+    Ok(cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    })
+}
+
 /// RunPodSandbox + CreateContainer + StartContainer: the pod's and the
 /// container's ids and how long the three calls took.
-fn start_pod(d: &Daemon, name: &str, variant: &Variant) -> Result<(String, String, Duration)> {
+fn start_pod(d: &Caissond, name: &str, variant: &Variant) -> Result<(String, String, Duration)> {
     let handler = variant.handler;
-    let config = d.pod_config(name)?;
+    let config = pod_config(d, name)?;
     let started = Instant::now();
     let request = cri::RunPodSandboxRequest {
         config: Some(config.clone()),
@@ -207,7 +219,7 @@ fn start_pod(d: &Daemon, name: &str, variant: &Variant) -> Result<(String, Strin
 }
 
 /// ns/op from a `caisson-probe bench` line, run by ExecSync.
-fn probe_bench(d: &Daemon, ctr: &str, args: &[&str]) -> Result<f64> {
+fn probe_bench(d: &Caissond, ctr: &str, args: &[&str]) -> Result<f64> {
     let mut cmd = vec![PROBE_PATH.to_string(), "bench".into()];
     cmd.extend(args.iter().map(|s| s.to_string()));
     let request = cri::ExecSyncRequest {
@@ -248,7 +260,7 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn syscall_costs(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
+fn syscall_costs(d: &Caissond, opts: &Options, results: &mut [Results]) -> Result<()> {
     let mut pods = Vec::new();
     for (i, variant) in HANDLERS.iter().enumerate() {
         let name = format!("syscalls-{}-{i}", variant.handler);
@@ -290,7 +302,7 @@ fn syscall_costs(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<
     Ok(())
 }
 
-fn start_latency(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
+fn start_latency(d: &Caissond, opts: &Options, results: &mut [Results]) -> Result<()> {
     for run in 0..=opts.runs {
         let mut order: Vec<usize> = (0..HANDLERS.len()).collect();
         if run % 2 == 1 {
@@ -310,7 +322,7 @@ fn start_latency(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<
     Ok(())
 }
 
-fn memory(d: &Daemon, opts: &Options, results: &mut [Results]) -> Result<()> {
+fn memory(d: &Caissond, opts: &Options, results: &mut [Results]) -> Result<()> {
     for (i, variant) in HANDLERS.iter().enumerate() {
         let (name, handler) = (variant.name, variant.handler);
         eprintln!("memory: {} {name} pods", opts.pods);
@@ -395,12 +407,17 @@ pub fn bench(opts: &Options) -> Result<()> {
         return Err("/usr/sbin/runc not found: install Debian's runc (`make deps`)".into());
     }
     let coverage = coverage()?;
-    let pause = fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
-    let image = fixture("the probe image", || probe_image(&probe_binary()))?;
+    let pause = crate::fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
+    let image = crate::fixture("the probe image", || probe_image(&probe_binary()))?;
     let mut results = vec![Results::default(); HANDLERS.len()];
     // Dropping the daemon removes every pod, process, mount and cgroup it
     // made, after an error too.
-    let d = Daemon::start(&pause)?;
+    let d = Caissond::start(Setup {
+        dir: Dir::Temp("caisson-bench-hardened-"),
+        pause: &pause,
+        cgroup_parent: "/caisson-bench-hardened",
+        extra_config: HANDLERS_CONFIG,
+    })?;
     eprintln!("caissond under {}", d.dir().display());
     d.import_image(&image)?;
     syscall_costs(&d, opts, &mut results)?;

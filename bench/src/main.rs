@@ -14,8 +14,12 @@
 //! * [`pull`]: CRI PullImage of the synthetic image from a local registry,
 //!   caissond against containerd 1.6's CRI plugin: time, CPU, peak RSS.
 //! * [`measure`]: wall/CPU timing, min and median.
+//! * [`caissond`]: the release caissond those benchmarks start, configure
+//!   and clean up after; [`daemon`]: any CRI daemon process they spawn.
 
+mod caissond;
 mod cri;
+mod daemon;
 mod hardened;
 mod image_import;
 mod measure;
@@ -25,6 +29,19 @@ mod synthetic;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// Runs a fixture builder of `caisson_tests` (which panics with what to
+/// build or install) and turns its panic into an error: "{what}: {reason}".
+fn fixture<T>(what: &str, build: impl FnOnce() -> T) -> Result<T, Box<dyn std::error::Error>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).map_err(|panic| {
+        let reason = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("{what}: {reason}").into()
+    })
+}
 
 const USAGE: &str = "\
 usage: caisson-bench <benchmark> [options]

@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 
 mod daemon;
 
+use crate::caissond::{self, Caissond, Dir, Setup};
+use crate::daemon::Process;
 use crate::measure::{mb_per_s, MB};
 use crate::synthetic::{self, SyntheticImage};
 use daemon::Daemon;
@@ -80,19 +82,6 @@ pub struct Run {
     rss_before: u64,
 }
 
-/// Runs a fixture builder of `caisson_tests` (which panics with what to
-/// build or install) and turns its panic into an error.
-fn fixture<T>(what: &str, build: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        format!("{what}: {reason}").into()
-    })
-}
-
 pub fn bench(opts: &Options) -> Result<()> {
     if opts.runs == 0 || opts.size_mb == 0 {
         return Err("--runs and --size-mb must be at least 1".into());
@@ -106,8 +95,8 @@ pub fn bench(opts: &Options) -> Result<()> {
             format!("{CONTAINERD} not found: install the Debian package `containerd`").into(),
         );
     }
-    let (caissond, shim) = caisson_binaries()?;
-    let pause = fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
+    caissond::binaries()?;
+    let pause = crate::fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
     let work = tempfile::Builder::new()
         .prefix("caisson-bench-pull-")
         .tempdir_in(opts.work_dir.as_deref().unwrap_or(Path::new("/var/tmp")))?;
@@ -120,10 +109,10 @@ pub fn bench(opts: &Options) -> Result<()> {
     let archive = dir.join("synthetic.tar");
     let image = synthetic::write_archive(opts.size_mb * 1_000_000, &archive);
     eprintln!("starting docker-registry and pushing the image with skopeo…");
-    let registry = fixture("the registry", || {
+    let registry = crate::fixture("the registry", || {
         caisson_tests::registry::Registry::start(caisson_tests::registry::Setup::PlainHttp)
     })?;
-    fixture("skopeo copy", || registry.push(&archive, None, REPO, None))?;
+    crate::fixture("skopeo copy", || registry.push(&archive, None, REPO, None))?;
     let reference = format!("{}/{REPO}", registry.host());
     let wire_bytes = registry_bytes(&registry)?;
 
@@ -135,7 +124,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         let warmup = n < 2;
         let run_dir = dir.join(format!("{}-{n}", side.name()));
         let daemon = match side {
-            Side::Caisson => start_caissond(&run_dir, &caissond, &shim, &pause, &registry.host())?,
+            Side::Caisson => start_caissond(&run_dir, &pause, &registry.host())?,
             Side::Containerd => start_containerd(&run_dir, &registry.host())?,
         };
         let run = daemon.pull(&reference)?;
@@ -223,67 +212,23 @@ fn command_output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// `caissond` and its shim, beside this executable.
-fn caisson_binaries() -> Result<(PathBuf, PathBuf)> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .ok_or("the bench's executable has no parent dir")?;
-    let (caissond, shim) = (dir.join("caissond"), dir.join("containerd-shim-caisson-v2"));
-    for b in [&caissond, &shim] {
-        if !b.is_file() {
-            return Err(format!(
-                "{} not found: run `cargo build --release -p caisson-shim -p caisson-sandbox`",
-                b.display()
-            )
-            .into());
-        }
-    }
-    Ok((caissond, shim))
-}
-
-fn start_caissond(
-    dir: &Path,
-    caissond: &Path,
-    shim: &Path,
-    pause: &Path,
-    registry: &str,
-) -> Result<Daemon> {
-    fs::create_dir_all(dir)?;
-    let socket = dir.join("run/caissond.sock");
-    let config = format!(
-        r#"root_dir = "{root}"
-run_dir = "{run}"
-socket = "{socket}"
-pause_binary = "{pause}"
-shim_binary = "{shim}"
-cgroup_parent = "/caisson-bench-pull"
-
-[log]
-level = "info"
-format = "text"
-
-[runtimes]
-default_handler = "runc"
-[runtimes.handlers.runc]
-backend = "native"
-
+/// caissond with everything under `dir`, reaching the registry over plain
+/// HTTP with 3 concurrent downloads (containerd's default).
+fn start_caissond(dir: &Path, pause: &Path, registry: &str) -> Result<Daemon> {
+    let registries = format!(
+        r#"
 [registries]
 max_concurrent_downloads = 3
 [registries.hosts."{registry}"]
 plain_http = true
-"#,
-        root = dir.join("root").display(),
-        run = dir.join("run").display(),
-        socket = socket.display(),
-        pause = pause.display(),
-        shim = shim.display(),
+"#
     );
-    let config_path = dir.join("caisson.toml");
-    fs::write(&config_path, config)?;
-    let mut command = Command::new(caissond);
-    command.arg("--config").arg(&config_path);
-    Daemon::start("caissond", command, socket, dir.join("caissond.log"))
+    Ok(Daemon::Caissond(Caissond::start(Setup {
+        dir: Dir::At(dir),
+        pause,
+        cgroup_parent: "/caisson-bench-pull",
+        extra_config: &registries,
+    })?))
 }
 
 /// containerd 1.6 with everything under `dir`; the CRI plugin reaches the
@@ -334,7 +279,13 @@ state = "{state}"
     fs::write(&config_path, config)?;
     let mut command = Command::new(CONTAINERD);
     command.arg("--config").arg(&config_path);
-    Daemon::start("containerd", command, socket, dir.join("containerd.log"))
+    let log = dir.join("containerd.log");
+    Ok(Daemon::Containerd(Process::start(
+        "containerd",
+        command,
+        &socket,
+        log,
+    )?))
 }
 
 struct Report {

@@ -50,19 +50,6 @@ impl Default for Options {
     }
 }
 
-/// Runs a fixture builder of `caisson_tests` (which panics with what to
-/// install) and turns its panic into an error.
-fn fixture<T>(what: &str, build: impl FnOnce() -> T) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(build)).map_err(|panic| {
-        let reason = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
-        format!("building {what}: {reason}").into()
-    })
-}
-
 /// Caisson's release shim, beside this executable.
 fn caisson_shim() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;

@@ -10,6 +10,7 @@ use caisson_tests::fixtures::{busybox_image, pause_image, OciArchive, PAUSE_NAME
 
 use super::daemon::{Daemon, Spec};
 use super::Result;
+use crate::daemon::Process;
 
 /// The `linux.cgroup_parent` of the bench's pods on containerd.
 pub const CGROUP_PARENT: &str = "/caisson-bench-ctrd";
@@ -140,28 +141,34 @@ pub fn start(dir: &Path, pause: &Path, cni: bool) -> Result<Daemon> {
     }
     let mut command = Command::new(CONTAINERD);
     command.arg("--config").arg(&config_path);
-    let daemon = Daemon::start(Spec {
-        name: "containerd",
-        version: format!("containerd {} + {}", version(), runc_version()),
-        binary: CONTAINERD.into(),
+    let process = Process::start(
+        "containerd",
         command,
-        dir: dir.to_path_buf(),
-        socket: socket(dir),
-        log_path: dir.join("containerd.log"),
-        pod_cgroup_parent: CGROUP_PARENT.into(),
-        cgroup_parent: CGROUP_PARENT,
-        shim_name: "containerd-shim-runc-v2",
-        pod_network: cni,
-    })?;
+        &socket(dir),
+        dir.join("containerd.log"),
+    )?;
+    let daemon = Daemon::new(
+        Spec {
+            name: "containerd",
+            version: format!("containerd {} + {}", version(), runc_version()),
+            binary: CONTAINERD.into(),
+            dir: dir.to_path_buf(),
+            pod_cgroup_parent: CGROUP_PARENT.into(),
+            cgroup_parent: CGROUP_PARENT,
+            shim_name: "containerd-shim-runc-v2",
+            pod_network: cni,
+        },
+        process,
+    );
 
     let images = [
         (
             "pause.tar",
-            super::fixture("the pause image", || pause_image(pause))?,
+            crate::fixture("building the pause image", || pause_image(pause))?,
         ),
         (
             "busybox.tar",
-            super::fixture("the busybox image", busybox_image)?,
+            crate::fixture("building the busybox image", busybox_image)?,
         ),
     ];
     for (file, image) in images {

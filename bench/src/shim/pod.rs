@@ -244,7 +244,7 @@ impl<'a> Pod<'a> {
     pub fn start(shim: &'a Shim) -> Result<Pod<'a>> {
         let id = format!("{}-pod-{}", shim.name, std::process::id());
         let dir = shim.work.join(&id);
-        let mut bundle = super::fixture("the pause bundle", || Bundle::pause(&dir))?;
+        let mut bundle = crate::fixture("building the pause bundle", || Bundle::pause(&dir))?;
         bundle = bundle.as_sandbox(&id);
         bundle.cgroups_path(&cgroups_path(&id));
         bundle.write();
@@ -282,7 +282,7 @@ impl<'a> Pod<'a> {
         self.containers_made += 1;
         let id = format!("{}-c{}", self.id, self.containers_made);
         let dir = self.shim.work.join(&id);
-        let mut bundle = super::fixture("the busybox bundle", || {
+        let mut bundle = crate::fixture("building the busybox bundle", || {
             Bundle::busybox(&dir, &["sleep", "1000"])
         })?;
         bundle = bundle.in_sandbox(&self.id);

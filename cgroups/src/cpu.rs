@@ -11,29 +11,34 @@ pub const SHARES_PER_CPU: u64 = 1024;
 pub const DEFAULT_PERIOD_US: u64 = 100_000;
 /// Smallest CFS quota the kernel accepts (µs).
 pub const MIN_QUOTA_US: i64 = 1000;
+/// Largest CFS quota the kernel accepts (µs): `max_cfs_runtime`, 2^44 - 1.
+pub const MAX_QUOTA_US: i64 = (1 << 44) - 1;
+/// The CFS periods the kernel accepts (µs): 1 ms to 1 s.
+pub const PERIOD_RANGE_US: std::ops::RangeInclusive<u64> = 1000..=1_000_000;
 
 /// `cpu.shares` for a CPU request in milli-CPU (`MilliCPUToShares`).
 pub fn cpu_shares_from_request(milli_cpu: u64) -> u64 {
     if milli_cpu == 0 {
         return MIN_SHARES;
     }
-    (milli_cpu * SHARES_PER_CPU / 1000).clamp(MIN_SHARES, MAX_SHARES)
+    (milli_cpu.saturating_mul(SHARES_PER_CPU) / 1000).clamp(MIN_SHARES, MAX_SHARES)
 }
 
 /// The milli-CPU a `cpu.shares` value stands for (inverse of
 /// [`cpu_shares_from_request`], rounded down).
 pub fn milli_cpu_from_shares(shares: u64) -> u64 {
-    shares * 1000 / SHARES_PER_CPU
+    shares.saturating_mul(1000) / SHARES_PER_CPU
 }
 
 /// CFS quota (µs) for a CPU limit in milli-CPU over `period_us`
-/// (`MilliCPUToQuota`); `None` means no limit.
+/// (`MilliCPUToQuota`), at most [`MAX_QUOTA_US`]; `None` means no limit.
 pub fn cpu_quota_from_limit(milli_cpu: u64, period_us: u64) -> Option<i64> {
     if milli_cpu == 0 {
         return None;
     }
-    let quota = (milli_cpu * period_us / 1000) as i64;
-    Some(quota.max(MIN_QUOTA_US))
+    let quota = u128::from(milli_cpu) * u128::from(period_us) / 1000;
+    let quota = i64::try_from(quota).unwrap_or(i64::MAX);
+    Some(quota.clamp(MIN_QUOTA_US, MAX_QUOTA_US))
 }
 
 /// The milli-CPU a quota/period pair stands for; `None` without a limit.
@@ -46,7 +51,8 @@ pub fn milli_cpu_from_quota(quota_us: i64, period_us: u64) -> Option<u64> {
     } else {
         period_us
     };
-    Some(quota_us as u64 * 1000 / period)
+    let milli = u128::from(quota_us as u64) * 1000 / u128::from(period);
+    Some(u64::try_from(milli).unwrap_or(u64::MAX))
 }
 
 /// cgroup v2 `cpu.weight` for v1 `cpu.shares`
@@ -85,6 +91,7 @@ mod tests {
             (1000, 1024),
             (2000, 2048),
             (1_000_000, MAX_SHARES),
+            (u64::MAX, MAX_SHARES),
         ] {
             assert_eq!(cpu_shares_from_request(milli), want, "{milli}m");
         }
@@ -109,6 +116,13 @@ mod tests {
         assert_eq!(milli_cpu_from_quota(50_000, 100_000), Some(500));
         assert_eq!(milli_cpu_from_quota(50_000, 0), Some(500));
         assert_eq!(milli_cpu_from_quota(-1, 100_000), None);
+        // Out-of-range figures saturate instead of overflowing.
+        assert_eq!(milli_cpu_from_quota(i64::MAX, 1), Some(u64::MAX));
+        assert_eq!(
+            cpu_quota_from_limit(u64::MAX, 1_000_000),
+            Some(MAX_QUOTA_US)
+        );
+        assert_eq!(milli_cpu_from_shares(u64::MAX), u64::MAX / SHARES_PER_CPU);
     }
 
     #[test]

@@ -96,21 +96,34 @@ impl Resources {
 
     /// A pod's figures (the sums kubelet sent) after one of its containers
     /// changed from `old` to `new`: shares move by the difference; a CPU or
-    /// memory limit stays only while the pod and the container's new
-    /// figures both have one, and moves by the difference.
+    /// memory limit moves by the difference when the container had one
+    /// before and has one after, and otherwise stays as it is (a pod-level
+    /// limit is kubelet's, not a sum that one container can drop).
     pub fn with_container_changed(&self, old: &Resources, new: &Resources) -> Resources {
-        let shares = (self.cpu_shares + new.shares_in_pod()).saturating_sub(old.shares_in_pod());
-        let quota = match (self.cpu_limit_milli(), new.cpu_limit_milli()) {
-            (Some(pod), Some(n)) => {
-                let milli = pod.saturating_sub(old.cpu_limit_milli().unwrap_or(0)) + n;
+        let shares = self
+            .cpu_shares
+            .saturating_add(new.shares_in_pod())
+            .saturating_sub(old.shares_in_pod());
+        let quota = match (
+            self.cpu_limit_milli(),
+            old.cpu_limit_milli(),
+            new.cpu_limit_milli(),
+        ) {
+            (Some(pod), Some(o), Some(n)) => {
+                let milli = pod.saturating_sub(o).saturating_add(n);
                 cpu::cpu_quota_from_limit(milli, cpu::DEFAULT_PERIOD_US).unwrap_or(-1)
             }
-            _ => -1,
+            (Some(pod), _, _) => {
+                cpu::cpu_quota_from_limit(pod, cpu::DEFAULT_PERIOD_US).unwrap_or(-1)
+            }
+            (None, _, _) => -1,
         };
-        let memory = if self.memory_limit == 0 || new.memory_limit == 0 {
-            0
+        let memory = if self.memory_limit != 0 && old.memory_limit != 0 && new.memory_limit != 0 {
+            self.memory_limit
+                .saturating_sub(old.memory_limit)
+                .saturating_add(new.memory_limit)
         } else {
-            self.memory_limit.saturating_sub(old.memory_limit) + new.memory_limit
+            self.memory_limit
         };
         Resources {
             cpu_shares: shares,
@@ -157,15 +170,15 @@ impl PodResources {
         let mut all_memory = true;
         let mut milli_limit = 0u64;
         for r in containers {
-            sum.cpu_shares += r.shares_in_pod();
+            sum.cpu_shares = sum.cpu_shares.saturating_add(r.shares_in_pod());
             match r.cpu_limit_milli() {
-                Some(m) => milli_limit += m,
+                Some(m) => milli_limit = milli_limit.saturating_add(m),
                 None => all_quota = false,
             }
             if r.memory_limit == 0 {
                 all_memory = false;
             } else {
-                sum.memory_limit += r.memory_limit;
+                sum.memory_limit = sum.memory_limit.saturating_add(r.memory_limit);
             }
         }
         sum.cpu_quota = if all_quota && milli_limit > 0 {
@@ -186,8 +199,11 @@ impl PodResources {
 
     /// `cpu.shares` of the pod cgroup: request plus overhead, at least 2.
     pub fn cpu_shares(&self) -> u64 {
-        (self.resources.cpu_shares + self.overhead.cpu_shares)
-            .clamp(cpu::MIN_SHARES, cpu::MAX_SHARES)
+        (self
+            .resources
+            .cpu_shares
+            .saturating_add(self.overhead.cpu_shares))
+        .clamp(cpu::MIN_SHARES, cpu::MAX_SHARES)
     }
 
     /// CFS quota of the pod cgroup (µs over [`cpu::DEFAULT_PERIOD_US`]):
@@ -195,7 +211,7 @@ impl PodResources {
     pub fn cpu_quota(&self) -> Option<i64> {
         let limit = self.resources.cpu_limit_milli()?;
         let overhead = self.overhead.cpu_limit_milli().unwrap_or(0);
-        cpu::cpu_quota_from_limit(limit + overhead, cpu::DEFAULT_PERIOD_US)
+        cpu::cpu_quota_from_limit(limit.saturating_add(overhead), cpu::DEFAULT_PERIOD_US)
     }
 
     /// Memory limit of the pod cgroup: limit plus overhead, `None` when
@@ -204,7 +220,11 @@ impl PodResources {
         if self.resources.memory_limit == 0 {
             return None;
         }
-        Some(self.resources.memory_limit + self.overhead.memory_limit)
+        Some(
+            self.resources
+                .memory_limit
+                .saturating_add(self.overhead.memory_limit),
+        )
     }
 }
 
@@ -296,10 +316,16 @@ mod tests {
                 r(1024, 100_000, 33 * MI),
             ),
             (
-                "limits dropped",
+                "the container's limits dropped: the pod's stay",
                 r(1024, 100_000, 64 * MI),
                 r(1024, -1, 0),
-                r(1536, -1, 0),
+                r(1536, 150_000, 65 * MI),
+            ),
+            (
+                "the container gains limits: the pod's stay",
+                r(1024, -1, 0),
+                r(1024, 100_000, 64 * MI),
+                r(1536, 150_000, 65 * MI),
             ),
             (
                 "no request: the limit counts",
@@ -314,6 +340,24 @@ mod tests {
         let unlimited = r(512, -1, 0);
         let got = unlimited.with_container_changed(&r(512, -1, 0), &r(256, 50_000, MI));
         assert_eq!(got, r(256, -1, 0));
+    }
+
+    #[test]
+    fn huge_figures_saturate() {
+        let huge = r(u64::MAX, i64::MAX, u64::MAX);
+        let sum = PodResources::from_containers(&[huge.clone(), huge.clone()]);
+        assert_eq!(sum.cpu_quota, cpu::MAX_QUOTA_US);
+        assert_eq!(sum.memory_limit, u64::MAX);
+        let pod = PodResources {
+            resources: sum.clone(),
+            overhead: huge.clone(),
+        };
+        assert_eq!(pod.cpu_quota(), Some(cpu::MAX_QUOTA_US));
+        assert_eq!(pod.memory_limit(), Some(u64::MAX));
+        assert_eq!(pod.cpu_shares(), cpu::MAX_SHARES);
+        let _ = pod.class();
+        let changed = sum.with_container_changed(&r(1024, 100_000, MI), &huge);
+        assert_eq!(changed.cpu_quota, cpu::MAX_QUOTA_US);
     }
 
     #[test]

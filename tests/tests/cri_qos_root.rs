@@ -435,6 +435,171 @@ fn pod_sums_follow_container_creates_updates_and_removals() {
     assert_eq!(read(&tier.join("cpu.shares")), "2");
 }
 
+/// Two updates at once, each to its own container of `pod`.
+fn update_both(
+    d: &Caissond,
+    a: (&str, cri::LinuxContainerResources),
+    b: (&str, cri::LinuxContainerResources),
+) {
+    let (mut ra, mut rb) = (d.runtime(), d.runtime());
+    let req = |id: &str, r| cri::UpdateContainerResourcesRequest {
+        container_id: id.into(),
+        linux: Some(r),
+        ..Default::default()
+    };
+    let (x, y) = d.rt.block_on(async {
+        tokio::join!(
+            ra.update_container_resources(req(a.0, a.1)),
+            rb.update_container_resources(req(b.0, b.1)),
+        )
+    });
+    d.ok("UpdateContainerResources", x);
+    d.ok("UpdateContainerResources", y);
+}
+
+#[test]
+fn pod_level_figures_survive_limitless_updates_concurrent_updates_and_restarts() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    // Guaranteed pod-level figures: a container dropping its limits leaves
+    // the pod's cap in place, and the pod keeps being resized after it.
+    let mut config = d.pod_config("capped");
+    config.linux.get_or_insert_with(Default::default).resources =
+        Some(resources(2048, 200_000, 128 * MI));
+    let pod = d.run_pod(&config);
+    let mut ids = vec![];
+    for name in ["c1", "c2"] {
+        let mut c = container_config(name, &["sleep", "1000"]);
+        c.linux.get_or_insert_with(Default::default).resources =
+            Some(resources(1024, 100_000, 64 * MI));
+        ids.push(d.create_started_container(&pod, &config, c));
+    }
+    let capped = || pod_limits(&d, "uid-capped");
+    assert_eq!(
+        capped(),
+        ("2048".into(), "200000".into(), (128 * MI).to_string())
+    );
+    update(&d, &ids[0], resources(1024, 0, 0)).unwrap();
+    assert_eq!(
+        capped(),
+        ("2048".into(), "200000".into(), (128 * MI).to_string()),
+        "a container without limits dropped the pod's"
+    );
+    update(&d, &ids[1], resources(512, 50_000, 32 * MI)).unwrap();
+    assert_eq!(
+        capped(),
+        ("1536".into(), "150000".into(), (96 * MI).to_string()),
+        "the pod stopped following its containers"
+    );
+    // Concurrent updates in one pod: each moves the pod from the other's
+    // result, not from the figures both started with.
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    for (i, shares) in [2048, 256, 1024, 512].into_iter().enumerate() {
+        update_both(
+            &d,
+            (&a, resources(shares, 0, 0)),
+            (&b, resources(shares, 50_000, 32 * MI)),
+        );
+        assert_eq!(
+            capped().0,
+            (2 * shares).to_string(),
+            "round {i}: concurrent updates lost one"
+        );
+    }
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+
+    // A restarted container counts once: its exited instance (kept until
+    // kubelet removes it) does not add to the new one's.
+    let config = d.pod_config("restarts");
+    let pod = d.run_pod(&config);
+    let mut c = container_config("r", &["true"]);
+    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 50_000, 32 * MI));
+    let first = d.create_started_container(&pod, &config, c.clone());
+    d.wait_exited(&first, Duration::from_secs(10));
+    c.metadata.as_mut().unwrap().attempt = 1;
+    c.command = vec!["sleep".into(), "1000".into()];
+    let _second = d.create_started_container(&pod, &config, c);
+    assert_eq!(
+        pod_limits(&d, "uid-restarts"),
+        ("512".into(), "50000".into(), (32 * MI).to_string())
+    );
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+}
+
+#[test]
+fn pod_level_figures_are_checked_like_a_containers() {
+    use caisson_tests::daemon::{rejection, Call};
+    let d = Caissond::start("");
+    let baseline = d.footprint();
+    let pod_with = |name: &str, f: &dyn Fn(&mut cri::LinuxPodSandboxConfig)| -> Call {
+        let mut config = d.pod_config(name);
+        f(config.linux.get_or_insert_with(Default::default));
+        Box::new(move |d, rt| {
+            d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            }))
+            .map(drop)
+        })
+    };
+    let code = tonic::Code::InvalidArgument;
+    let cases = vec![
+        rejection(
+            "page size with a path",
+            code,
+            "config.linux.resources.hugepage_limits[0].page_size",
+            pod_with("huge-path", &|l| {
+                l.resources = Some(cri::LinuxContainerResources {
+                    hugepage_limits: vec![cri::HugepageLimit {
+                        page_size: "../2MB".into(),
+                        limit: 1 << 21,
+                    }],
+                    ..Default::default()
+                })
+            }),
+        ),
+        rejection(
+            "quota below -1",
+            code,
+            "config.linux.resources.cpu_quota",
+            pod_with("quota", &|l| {
+                l.resources = Some(resources(512, -5, 0));
+            }),
+        ),
+        rejection(
+            "quota above the kernel's",
+            code,
+            "config.linux.resources.cpu_quota",
+            pod_with("quota-max", &|l| {
+                l.resources = Some(resources(512, i64::MAX, 64 * MI));
+            }),
+        ),
+        rejection(
+            "negative shares in the overhead",
+            code,
+            "config.linux.overhead.cpu_shares",
+            pod_with("overhead", &|l| {
+                l.overhead = Some(resources(-1, 0, 0));
+            }),
+        ),
+        rejection(
+            "a period of 1 µs",
+            code,
+            "config.linux.resources.cpu_period",
+            pod_with("period", &|l| {
+                l.resources = Some(cri::LinuxContainerResources {
+                    cpu_period: 1,
+                    cpu_quota: 1000,
+                    ..Default::default()
+                });
+            }),
+        ),
+    ];
+    d.check_rejections(cases, &baseline);
+}
+
 fn create_err(
     d: &Caissond,
     pod: &str,

@@ -121,22 +121,31 @@ fn pod_extras(
     let field = "config.linux.resources";
     caisson_cgroups::unified::check_all(&r.unified)
         .map_err(|e| CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string()))?;
-    for (name, list) in [
-        ("cpuset_cpus", &r.cpuset_cpus),
-        ("cpuset_mems", &r.cpuset_mems),
+    // The container checks (ranges, cpuset lists, page sizes), named as
+    // the pod's fields; the overhead too.
+    for (name, resources) in [
+        (
+            "resources",
+            config.linux.as_ref().and_then(|l| l.resources.as_ref()),
+        ),
+        (
+            "overhead",
+            config.linux.as_ref().and_then(|l| l.overhead.as_ref()),
+        ),
     ] {
-        if !list.is_empty() && !caisson_cgroups::unified::valid_cpu_list(list) {
-            return Err(CriError::invalid(
-                format!("{field}.{name}"),
-                format!("{list:?} is not a list like \"0-3,8\""),
-            ));
-        }
-    }
-    if r.memory_swap_limit_in_bytes < -1 {
-        return Err(CriError::invalid(
-            format!("{field}.memory_swap_limit_in_bytes"),
-            "is below -1",
-        ));
+        let Some(resources) = resources else {
+            continue;
+        };
+        crate::spec::update_resources(resources).map_err(|e| match CriError::from(e) {
+            CriError::InvalidArgument { field, reason } => CriError::InvalidArgument {
+                field: format!(
+                    "config.linux.{name}{}",
+                    field.strip_prefix("linux").unwrap_or(&field)
+                ),
+                reason,
+            },
+            other => other,
+        })?;
     }
     let mut unified: Vec<(String, String)> = r
         .unified

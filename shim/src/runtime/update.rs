@@ -124,7 +124,12 @@ pub(crate) fn apply_unified(
     if let Some((key, s)) = swap {
         let total = match (s, memory.limit()) {
             (-1, _) => -1,
-            (s, Some(limit)) if limit > 0 => limit + s,
+            (s, Some(limit)) if limit > 0 => limit.checked_add(s).ok_or_else(|| {
+                CriError::invalid(
+                    format!("{field}.unified[{key}]"),
+                    "memory limit + swap overflows",
+                )
+            })?,
             _ => {
                 return Err(CriError::invalid(
                     format!("{field}.unified[{key}]"),
@@ -145,6 +150,36 @@ pub(crate) fn apply_unified(
     }
     res.set_unified(None);
     Ok(())
+}
+
+/// Whether a cgroup write or rmdir failed for a reason that passes: a
+/// removed child's cgroup lingering in the kernel (v1 refuses a parent's
+/// quota below it: EINVAL) or a cgroup's last processes still exiting
+/// (EBUSY). Anything else (a cgroup gone, no permission) will not.
+fn is_transient(e: &caisson_cgroups::CgroupError) -> bool {
+    use caisson_cgroups::CgroupError::*;
+    let source = match e {
+        WriteFailed { source, .. } | RemoveFailed { source, .. } => source,
+        _ => return false,
+    };
+    matches!(source.raw_os_error(), Some(libc::EINVAL | libc::EBUSY))
+}
+
+/// Runs `op` until it succeeds, fails for good, or
+/// [`TASK_CGROUP_REMOVE_WAIT`] has passed.
+async fn retry_while_busy(
+    mut op: impl FnMut() -> Result<(), caisson_cgroups::CgroupError>,
+) -> Result<(), caisson_cgroups::CgroupError> {
+    let deadline = std::time::Instant::now() + TASK_CGROUP_REMOVE_WAIT;
+    loop {
+        match op() {
+            Err(e) if is_transient(&e) && std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "cgroup busy: retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 impl Runtime {
@@ -199,9 +234,18 @@ impl Runtime {
         if !linux.cgroup_parent.is_empty() {
             return None;
         }
+        // The class is the one the pod was made with (its cgroup does not
+        // move): recomputing it from figures an update moved could give
+        // another tier's path.
         let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
-        let class = super::pod::pod_resources(&config).class();
-        if pod.cgroup_parent != tree.pod_cgroup(class, &pod.uid) {
+        let ours = [
+            caisson_cgroups::QosClass::Guaranteed,
+            caisson_cgroups::QosClass::Burstable,
+            caisson_cgroups::QosClass::BestEffort,
+        ]
+        .into_iter()
+        .any(|class| pod.cgroup_parent == tree.pod_cgroup(class, &pod.uid));
+        if !ours {
             return None;
         }
         Some(match linux.resources {
@@ -218,19 +262,35 @@ impl Runtime {
         config: &cri::PodSandboxConfig,
         changed: Option<(&str, &cri::LinuxContainerResources)>,
     ) -> Limits {
-        let mut all: Vec<caisson_cgroups::Resources> = self
-            .records()
-            .containers
-            .values()
-            .filter(|c| c.pod_id == pod.id && changed.is_none_or(|(id, _)| id != c.id))
-            .map(|c| {
-                let config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
-                crate::spec::qos_resources(&resources_of(&config))
-            })
-            .collect();
-        if let Some((_, r)) = changed {
-            all.push(crate::spec::qos_resources(r));
+        // One figure per container name: after a restart kubelet keeps the
+        // exited instance until it collects it, and the pod's limit is its
+        // spec's sum, not its instances'. The newest instance counts (the
+        // exited one's cgroup keeps its quota until removal, so it is not
+        // simply left out: v1 refuses a pod quota below a child's).
+        let mut newest: std::collections::BTreeMap<
+            String,
+            (u32, i64, cri::LinuxContainerResources),
+        > = std::collections::BTreeMap::new();
+        for c in self.records().containers.values() {
+            if c.pod_id != pod.id {
+                continue;
+            }
+            let r = match changed {
+                Some((id, r)) if id == c.id => r.clone(),
+                _ => resources_of(&decode(&c.config).unwrap_or_default()),
+            };
+            let key = (c.attempt, c.created_at);
+            match newest.get(&c.name) {
+                Some((attempt, created, _)) if (*attempt, *created) >= key => {}
+                _ => {
+                    newest.insert(c.name.clone(), (key.0, key.1, r));
+                }
+            }
         }
+        let all: Vec<caisson_cgroups::Resources> = newest
+            .values()
+            .map(|(_, _, r)| crate::spec::qos_resources(r))
+            .collect();
         let overhead = config
             .linux
             .as_ref()
@@ -246,10 +306,18 @@ impl Runtime {
     /// Writes `limits` to the pod's cgroup and lets the burstable tier's
     /// shares follow.
     fn write_pod_limits(&self, pod: &PodRecord, limits: &Limits) -> CriResult<()> {
-        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
-        tree.apply(&pod.cgroup_parent, limits).map_err(|e| {
+        self.try_write_pod_limits(pod, limits).map_err(|e| {
             CriError::internal("resizing the pod cgroup", crate::status::error_chain(&e))
-        })?;
+        })
+    }
+
+    fn try_write_pod_limits(
+        &self,
+        pod: &PodRecord,
+        limits: &Limits,
+    ) -> Result<(), caisson_cgroups::CgroupError> {
+        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
+        tree.apply(&pod.cgroup_parent, limits)?;
         if let Err(e) = tree.refresh_burstable() {
             tracing::warn!(error = %e, "updating the burstable tier's cpu shares");
         }
@@ -270,16 +338,11 @@ impl Runtime {
             return Ok(());
         };
         let limits = self.summed_limits(&pod, &config, None);
-        let deadline = std::time::Instant::now() + TASK_CGROUP_REMOVE_WAIT;
-        loop {
-            match self.write_pod_limits(&pod, &limits) {
-                Err(e) if std::time::Instant::now() < deadline => {
-                    tracing::debug!(pod_id, error = %e, "pod cgroup not sized yet: retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                done => return done,
-            }
-        }
+        retry_while_busy(|| self.try_write_pod_limits(&pod, &limits))
+            .await
+            .map_err(|e| {
+                CriError::internal("resizing the pod cgroup", crate::status::error_chain(&e))
+            })
     }
 
     /// Removes a task's cgroup (`<pod cgroup>/<task>`) from every hierarchy:
@@ -289,16 +352,8 @@ impl Runtime {
     pub(super) async fn remove_task_cgroup(&self, pod: &PodRecord, task_id: &str) {
         let cgroup = format!("{}/{task_id}", pod.cgroup_parent.trim_end_matches('/'));
         let root = caisson_cgroups::fs::CgroupRoot::host();
-        let deadline = std::time::Instant::now() + TASK_CGROUP_REMOVE_WAIT;
-        loop {
-            match root.remove_tree(&cgroup) {
-                Ok(()) => return,
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    tracing::warn!(cgroup, error = %e, "removing a task cgroup");
-                    return;
-                }
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-            }
+        if let Err(e) = retry_while_busy(|| root.remove_tree(&cgroup)).await {
+            tracing::warn!(cgroup, error = %e, "removing a task cgroup");
         }
     }
 
@@ -310,6 +365,18 @@ impl Runtime {
         resources: Option<cri::LinuxContainerResources>,
     ) -> CriResult<()> {
         let c = self.container(id)?;
+        let resources = resources.ok_or_else(|| CriError::invalid("linux", "must be set"))?;
+        let mut oci = crate::spec::update_resources(&resources)?;
+        apply_unified(&resources, "linux", &mut oci)?;
+        let mut any = Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+        any.value = serde_json::to_vec(&oci)
+            .map_err(|e| CriError::internal("encoding the resources", e))?;
+        let lock = self.lock_for(&c.pod_id);
+        let _guard = lock.lock().await;
+        // Read under the pod's lock: a concurrent update in this pod may
+        // have moved the pod's figures, or removed the container.
+        let c = self.container(id)?;
         let span = tracing::info_span!("update_container_resources", container_id = %c.id, pod_id = %c.pod_id);
         let _enter = span.enter();
         if !matches!(c.state, ContainerState::Running | ContainerState::Created) {
@@ -318,18 +385,9 @@ impl Runtime {
                 c.id
             )));
         }
-        let resources = resources.ok_or_else(|| CriError::invalid("linux", "must be set"))?;
-        let mut oci = crate::spec::update_resources(&resources)?;
-        apply_unified(&resources, "linux", &mut oci)?;
-        let mut any = Any::new();
-        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
-        any.value = serde_json::to_vec(&oci)
-            .map_err(|e| CriError::internal("encoding the resources", e))?;
         let pod = self.pod(&c.pod_id)?;
         let client = self.client(&pod)?;
         drop(_enter);
-        let lock = self.lock_for(&pod.id);
-        let _guard = lock.lock().await;
 
         // The pod's limits before and after, when caissond sizes it.
         let container_config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
@@ -393,14 +451,23 @@ impl Runtime {
             config.linux.get_or_insert_with(Default::default).resources = Some(resources.clone());
             record.config = encode(&config);
         });
+        // The container has changed: what follows is bookkeeping, and a
+        // failure there is logged, not returned as a failed update.
         if let Some((_, after, new_pod_resources)) = pod_plan {
-            self.write_pod_limits(&pod, &after)?;
+            if let Err(e) = self.write_pod_limits(&pod, &after) {
+                tracing::warn!(pod_id = %pod.id, error = %e, "narrowing the pod cgroup");
+            }
             if let Some(r) = new_pod_resources {
-                let mut record = self.pod(&pod.id)?;
-                let mut config: cri::PodSandboxConfig = decode(&record.config).unwrap_or_default();
-                config.linux.get_or_insert_with(Default::default).resources = Some(r);
-                record.config = encode(&config);
-                self.save_pod(record)?;
+                let saved = self.pod(&pod.id).and_then(|mut record| {
+                    let mut config: cri::PodSandboxConfig =
+                        decode(&record.config).unwrap_or_default();
+                    config.linux.get_or_insert_with(Default::default).resources = Some(r);
+                    record.config = encode(&config);
+                    self.save_pod(record)
+                });
+                if let Err(e) = saved {
+                    tracing::warn!(pod_id = %pod.id, error = %e, "saving the pod's new figures");
+                }
             }
         }
         tracing::info!(container_id = %c.id, "container resources updated");

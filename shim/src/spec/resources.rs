@@ -102,8 +102,25 @@ pub(crate) fn container_resources(
             format!("{} is negative", r.cpu_period),
         ));
     }
+    if r.cpu_period != 0 && !caisson_cgroups::cpu::PERIOD_RANGE_US.contains(&(r.cpu_period as u64))
+    {
+        return Err(invalid(
+            "cpu_period",
+            format!("{} µs is outside 1000..=1000000", r.cpu_period),
+        ));
+    }
     if r.cpu_quota < -1 {
         return Err(invalid("cpu_quota", format!("{} is below -1", r.cpu_quota)));
+    }
+    if r.cpu_quota > caisson_cgroups::cpu::MAX_QUOTA_US {
+        return Err(invalid(
+            "cpu_quota",
+            format!(
+                "{} µs is above the kernel's maximum {}",
+                r.cpu_quota,
+                caisson_cgroups::cpu::MAX_QUOTA_US
+            ),
+        ));
     }
     if r.cpu_shares < 0 {
         return Err(invalid(
@@ -313,6 +330,45 @@ mod tests {
         let (_, oom) =
             container_resources(&r(1024, 100_000, 1 << 30, 0), &privileged, "r").unwrap();
         assert_eq!(oom, Some(-997));
+    }
+
+    #[test]
+    fn cpu_figures_out_of_the_kernels_range_are_refused() {
+        let host = HostFacts::for_tests();
+        for (name, r) in [
+            (
+                "r.cpu_quota",
+                cri::LinuxContainerResources {
+                    cpu_quota: i64::MAX,
+                    ..Default::default()
+                },
+            ),
+            (
+                "r.cpu_period",
+                cri::LinuxContainerResources {
+                    cpu_period: 999,
+                    ..Default::default()
+                },
+            ),
+            (
+                "r.cpu_period",
+                cri::LinuxContainerResources {
+                    cpu_period: 1_000_001,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            match container_resources(&r, &host, "r") {
+                Err(SpecError::InvalidArgument { field, .. }) => assert_eq!(field, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let max = cri::LinuxContainerResources {
+            cpu_quota: caisson_cgroups::cpu::MAX_QUOTA_US,
+            cpu_period: 1_000_000,
+            ..Default::default()
+        };
+        container_resources(&max, &host, "r").unwrap();
     }
 
     #[test]

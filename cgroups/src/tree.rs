@@ -54,6 +54,11 @@ pub struct Limits {
     pub cpu_quota: Option<i64>,
     /// `None` = unlimited.
     pub memory: Option<u64>,
+    /// Swap on top of `memory` in bytes (-1 = unlimited); `None` leaves
+    /// the swap limit alone. v1 keeps it as memory + swap
+    /// (`memory.memsw.limit_in_bytes`, never below the memory limit), so
+    /// the two files are written in the order that keeps that true.
+    pub swap: Option<i64>,
 }
 
 impl Limits {
@@ -66,7 +71,33 @@ impl Limits {
             cpu_shares: self.cpu_shares.max(other.cpu_shares),
             cpu_quota: self.cpu_quota.zip(other.cpu_quota).map(|(a, b)| a.max(b)),
             memory: self.memory.zip(other.memory).map(|(a, b)| a.max(b)),
+            swap: match (self.swap, other.swap) {
+                (Some(a), Some(b)) if a < 0 || b < 0 => Some(-1),
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
         }
+    }
+}
+
+/// The swap on top of `memory` for a CRI memory + swap total
+/// (`memory_swap_limit_in_bytes`, -1 = unlimited swap).
+pub fn swap_over(
+    total: Option<i64>,
+    memory: Option<u64>,
+) -> Result<Option<i64>, UnifiedApplyError> {
+    match (total, memory) {
+        (None, _) => Ok(None),
+        (Some(-1), _) => Ok(Some(-1)),
+        (Some(total), Some(limit)) => Ok(Some(
+            total
+                .saturating_sub(i64::try_from(limit).unwrap_or(i64::MAX))
+                .max(0),
+        )),
+        (Some(_), None) => Err(UnifiedApplyError::Invalid {
+            field: "memory_swap_limit_in_bytes".into(),
+            reason: "a swap limit needs a memory limit".into(),
+        }),
     }
 }
 
@@ -127,6 +158,7 @@ impl<F: CgroupFs> QosTree<F> {
             cpu_shares: self.allocatable.cpu_milli.map(cpu::cpu_shares_from_request),
             cpu_quota: None,
             memory: self.allocatable.memory,
+            swap: None,
         };
         self.apply(&self.top, &top)?;
         for class in [QosClass::Burstable, QosClass::BestEffort] {
@@ -187,6 +219,7 @@ impl<F: CgroupFs> QosTree<F> {
             cpu_shares: Some(pod.cpu_shares()),
             cpu_quota: pod.cpu_quota(),
             memory: pod.memory_limit(),
+            swap: None,
         }
     }
 
@@ -200,12 +233,18 @@ impl<F: CgroupFs> QosTree<F> {
     ) -> Result<String, UnifiedApplyError> {
         self.ensure()?;
         let cgroup = self.pod_cgroup(pod.class(), uid);
-        self.fs.create(&cgroup)?;
-        let limits = Self::pod_limits(pod);
-        let applied = self
-            .apply(&cgroup, &limits)
-            .map_err(UnifiedApplyError::from)
-            .and_then(|()| self.apply_extras(&cgroup, extras, limits.memory));
+        if let Err(e) = self.fs.create(&cgroup) {
+            let _ = self.fs.remove_tree(&cgroup);
+            return Err(e.into());
+        }
+        let applied = swap_over(extras.memory_swap, pod.memory_limit()).and_then(|swap| {
+            let limits = Limits {
+                swap,
+                ..Self::pod_limits(pod)
+            };
+            self.apply(&cgroup, &limits)?;
+            self.apply_extras(&cgroup, extras, &limits)
+        });
         if let Err(e) = applied {
             let _ = self.fs.remove_tree(&cgroup);
             return Err(e);
@@ -213,14 +252,15 @@ impl<F: CgroupFs> QosTree<F> {
         Ok(cgroup)
     }
 
-    /// Writes a pod's [`PodExtras`] to its cgroup. `memory` is the pod's
-    /// memory limit (swap is on top of it). `unified` entries are written
-    /// as given on v2 and as their v1 equivalents on v1.
+    /// Writes a pod's [`PodExtras`] to its cgroup, whose limits are
+    /// `limits` (its `memory_swap` goes with them: [`swap_over`]).
+    /// `unified` entries are written as given on v2 and as their v1
+    /// equivalents on v1, last.
     pub fn apply_extras(
         &self,
         cgroup: &str,
         extras: &PodExtras,
-        memory: Option<u64>,
+        limits: &Limits,
     ) -> Result<(), UnifiedApplyError> {
         let v1 = self.fs.mode().is_v1();
         let mut settings: Vec<Setting> = vec![];
@@ -232,19 +272,6 @@ impl<F: CgroupFs> QosTree<F> {
         }
         if let Some(mems) = &extras.cpuset_mems {
             settings.push(Setting::CpusetMems(mems.clone()));
-        }
-        if let Some(total) = extras.memory_swap {
-            let swap = match (total, memory) {
-                (-1, _) => -1,
-                (total, Some(limit)) => (total - limit as i64).max(0),
-                (_, None) => {
-                    return Err(UnifiedApplyError::Invalid {
-                        field: "memory_swap_limit_in_bytes".into(),
-                        reason: "a swap limit needs a memory limit".into(),
-                    })
-                }
-            };
-            settings.push(Setting::Swap(swap));
         }
         for (page_size, limit) in &extras.hugepages {
             settings.push(Setting::Hugetlb {
@@ -261,7 +288,7 @@ impl<F: CgroupFs> QosTree<F> {
                 settings.push(unified::to_v1(key, value)?);
             }
         }
-        let mut memory = memory;
+        let mut memory = (limits.memory, limits.swap);
         for setting in &settings {
             self.write_setting(cgroup, setting, &mut memory)?;
         }
@@ -277,12 +304,13 @@ impl<F: CgroupFs> QosTree<F> {
         Ok(())
     }
 
-    /// One setting's files. `memory` tracks the limit swap adds to.
+    /// One setting's files. `memory` tracks the memory limit and the swap
+    /// on top of it.
     fn write_setting(
         &self,
         cgroup: &str,
         setting: &Setting,
-        memory: &mut Option<u64>,
+        memory: &mut (Option<u64>, Option<i64>),
     ) -> Result<(), CgroupError> {
         let v1 = self.fs.mode().is_v1();
         let max = |n: i64| {
@@ -316,30 +344,17 @@ impl<F: CgroupFs> QosTree<F> {
                 }
             }
             Setting::MemoryLimit(limit) => {
-                *memory = (*limit >= 0).then_some(*limit as u64);
+                memory.0 = (*limit >= 0).then_some(*limit as u64);
                 if v1 {
-                    self.fs.write(
-                        "memory",
-                        cgroup,
-                        "memory.limit_in_bytes",
-                        &limit.to_string(),
-                    )
+                    self.write_v1_memory(cgroup, memory.0, memory.1)
                 } else {
                     self.fs.write("", cgroup, "memory.max", &max(*limit))
                 }
             }
             Setting::Swap(swap) => {
+                memory.1 = Some(*swap);
                 if v1 {
-                    let total = match (*swap, *memory) {
-                        (-1, _) | (_, None) => -1,
-                        (swap, Some(limit)) => limit as i64 + swap,
-                    };
-                    self.fs.write(
-                        "memory",
-                        cgroup,
-                        "memory.memsw.limit_in_bytes",
-                        &total.to_string(),
-                    )
+                    self.write_v1_memory(cgroup, memory.0, memory.1)
                 } else {
                     self.fs.write("", cgroup, "memory.swap.max", &max(*swap))
                 }
@@ -396,9 +411,7 @@ impl<F: CgroupFs> QosTree<F> {
             let quota = limits.cpu_quota.unwrap_or(-1);
             self.fs
                 .write("cpu", cgroup, "cpu.cfs_quota_us", &quota.to_string())?;
-            let memory = limits.memory.map_or("-1".to_string(), |m| m.to_string());
-            self.fs
-                .write("memory", cgroup, "memory.limit_in_bytes", &memory)?;
+            self.write_v1_memory(cgroup, limits.memory, limits.swap)?;
         } else {
             self.fs.write(
                 "cpu",
@@ -408,8 +421,65 @@ impl<F: CgroupFs> QosTree<F> {
             )?;
             let memory = limits.memory.map_or("max".to_string(), |m| m.to_string());
             self.fs.write("memory", cgroup, "memory.max", &memory)?;
+            if let Some(swap) = limits.swap {
+                let swap = if swap < 0 {
+                    "max".to_string()
+                } else {
+                    swap.to_string()
+                };
+                self.fs.write("memory", cgroup, "memory.swap.max", &swap)?;
+            }
         }
         Ok(())
+    }
+
+    /// v1 `memory.limit_in_bytes` and, when `swap` is given,
+    /// `memory.memsw.limit_in_bytes` (limit + swap). The kernel refuses a
+    /// memory limit above memsw at every moment: memsw is written first
+    /// when it is not below the current limit, last otherwise.
+    fn write_v1_memory(
+        &self,
+        cgroup: &str,
+        memory: Option<u64>,
+        swap: Option<i64>,
+    ) -> Result<(), CgroupError> {
+        let limit = memory.map_or(-1, |m| i64::try_from(m).unwrap_or(i64::MAX));
+        let write_limit = || {
+            self.fs.write(
+                "memory",
+                cgroup,
+                "memory.limit_in_bytes",
+                &limit.to_string(),
+            )
+        };
+        let Some(swap) = swap else {
+            return write_limit();
+        };
+        let memsw = match memory {
+            Some(_) if swap >= 0 => limit.saturating_add(swap),
+            _ => -1,
+        };
+        let unlimited_as_max = |v: i64| if v < 0 { i64::MAX } else { v };
+        let current = self
+            .fs
+            .read("memory", cgroup, "memory.limit_in_bytes")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(i64::MAX);
+        let write_memsw = || {
+            self.fs.write(
+                "memory",
+                cgroup,
+                "memory.memsw.limit_in_bytes",
+                &memsw.to_string(),
+            )
+        };
+        if unlimited_as_max(memsw) >= unlimited_as_max(current) {
+            write_memsw()?;
+            write_limit()
+        } else {
+            write_limit()?;
+            write_memsw()
+        }
     }
 
     /// Removes a cgroup of this tree (a pod's) with everything below it,
@@ -746,11 +816,13 @@ mod tests {
             cpu_shares: Some(512),
             cpu_quota: Some(50_000),
             memory: Some(64 * MI),
+            swap: Some(32 * MI as i64),
         };
         let b = Limits {
             cpu_shares: Some(1024),
             cpu_quota: Some(20_000),
             memory: None,
+            swap: Some(-1),
         };
         assert_eq!(
             a.widest(&b),
@@ -758,8 +830,136 @@ mod tests {
                 cpu_shares: Some(1024),
                 cpu_quota: Some(50_000),
                 memory: None,
+                swap: Some(-1),
             }
         );
         assert_eq!(a.widest(&a), a);
+        let c = Limits { swap: None, ..a };
+        assert_eq!(a.widest(&c).swap, a.swap);
+    }
+
+    #[test]
+    fn a_pod_cgroup_made_in_some_hierarchies_only_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = tree(dir.path(), CgroupMode::Hybrid);
+        tree.ensure().unwrap();
+        // The memory hierarchy refuses the pod's dir (a file is in the way):
+        // the dirs already made in cpu and cpuacct must go.
+        let blocker = dir.path().join("memory/caisson-kubepods/burstable/podp");
+        std::fs::write(&blocker, "").unwrap();
+        assert!(tree
+            .create_pod("p", &pod(512, -1, 0), &PodExtras::default())
+            .is_err());
+        for controller in ["cpu", "cpuacct"] {
+            let left = dir
+                .path()
+                .join(controller)
+                .join("caisson-kubepods/burstable/podp");
+            assert!(!left.exists(), "{} left behind", left.display());
+        }
+    }
+
+    /// A fake v1 tree that, like the kernel, refuses a memory limit above
+    /// `memory.memsw.limit_in_bytes` (EINVAL).
+    #[derive(Debug)]
+    struct StrictMemsw(CgroupRoot);
+
+    impl CgroupFs for StrictMemsw {
+        fn dir(&self, controller: &str, cgroup: &str) -> std::path::PathBuf {
+            self.0.dir(controller, cgroup)
+        }
+        fn mode(&self) -> CgroupMode {
+            self.0.mode()
+        }
+        fn write(
+            &self,
+            controller: &str,
+            cgroup: &str,
+            file: &str,
+            value: &str,
+        ) -> Result<(), CgroupError> {
+            let bytes = |v: Option<String>| {
+                v.and_then(|v| v.parse::<i64>().ok()).map_or(i64::MAX, |v| {
+                    if v < 0 {
+                        i64::MAX
+                    } else {
+                        v
+                    }
+                })
+            };
+            let (limit, memsw) = match file {
+                "memory.limit_in_bytes" => (
+                    bytes(Some(value.into())),
+                    bytes(self.read(controller, cgroup, "memory.memsw.limit_in_bytes")),
+                ),
+                "memory.memsw.limit_in_bytes" => (
+                    bytes(self.read(controller, cgroup, "memory.limit_in_bytes")),
+                    bytes(Some(value.into())),
+                ),
+                _ => (0, 0),
+            };
+            if limit > memsw {
+                return Err(CgroupError::WriteFailed {
+                    path: self.dir(controller, cgroup).join(file),
+                    value: value.into(),
+                    source: std::io::Error::from_raw_os_error(22),
+                });
+            }
+            self.0.write(controller, cgroup, file, value)
+        }
+    }
+
+    #[test]
+    fn v1_swap_follows_the_memory_limit_in_the_kernels_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = QosTree::new(
+            StrictMemsw(CgroupRoot::at(dir.path(), CgroupMode::Hybrid)),
+            "caisson-kubepods",
+            NodeAllocatable::default(),
+        );
+        let extras = PodExtras {
+            memory_swap: Some(96 * MI as i64),
+            ..PodExtras::default()
+        };
+        let path = tree
+            .create_pod("s", &pod(512, -1, 64 * MI), &extras)
+            .unwrap();
+        let read = |file| tree.fs().read("memory", &path, file).unwrap();
+        let memsw = "memory.memsw.limit_in_bytes";
+        assert_eq!(read(memsw), (96 * MI).to_string());
+        let swap = Some(32 * MI as i64);
+        for (memory, want_limit, want_memsw) in [
+            (
+                Some(128 * MI),
+                (128 * MI).to_string(),
+                (160 * MI).to_string(),
+            ),
+            (Some(16 * MI), (16 * MI).to_string(), (48 * MI).to_string()),
+            (None, "-1".to_string(), "-1".to_string()),
+            (Some(64 * MI), (64 * MI).to_string(), (96 * MI).to_string()),
+        ] {
+            let limits = Limits {
+                cpu_shares: Some(512),
+                cpu_quota: None,
+                memory,
+                swap,
+            };
+            tree.apply(&path, &limits)
+                .unwrap_or_else(|e| panic!("{memory:?}: {e}"));
+            assert_eq!(read("memory.limit_in_bytes"), want_limit, "{memory:?}");
+            assert_eq!(read(memsw), want_memsw, "{memory:?}");
+        }
+        // A pod-level unified memory.max above the memory + swap total.
+        let extras = PodExtras {
+            memory_swap: Some(96 * MI as i64),
+            unified: vec![("memory.max".into(), (256 * MI).to_string())],
+            ..PodExtras::default()
+        };
+        let path = tree
+            .create_pod("u", &pod(512, -1, 64 * MI), &extras)
+            .unwrap();
+        let read = |file| tree.fs().read("memory", &path, file).unwrap();
+        assert_eq!(read("memory.limit_in_bytes"), (256 * MI).to_string());
+        assert_eq!(read(memsw), (288 * MI).to_string());
     }
 }

@@ -529,6 +529,65 @@ fn pod_level_figures_survive_limitless_updates_concurrent_updates_and_restarts()
 }
 
 #[test]
+fn pod_swap_and_unified_memory_follow_container_updates() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    // memory + swap = 96 MiB over a 64 MiB pod: 32 MiB of swap, which stays
+    // on top of the pod's limit as it moves (v1 refuses a memory limit
+    // above memory.memsw.limit_in_bytes).
+    let mut config = d.pod_config("swap");
+    config.linux.get_or_insert_with(Default::default).resources =
+        Some(cri::LinuxContainerResources {
+            memory_swap_limit_in_bytes: 96 * MI,
+            ..resources(512, 0, 64 * MI)
+        });
+    let pod = d.run_pod(&config);
+    let mut c = container_config("c", &["sleep", "1000"]);
+    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 64 * MI));
+    let id = d.create_started_container(&pod, &config, c);
+    let mem = |file: &str| read(&d.pod_cgroup("memory", "uid-swap").join(file));
+    for (limit, want_pod) in [(128 * MI, 128 * MI), (16 * MI, 16 * MI), (64 * MI, 64 * MI)] {
+        update(&d, &id, resources(512, 0, limit))
+            .unwrap_or_else(|e| panic!("growing to {limit}: {}\n{}", e.message(), d.log_tail()));
+        assert_eq!(mem("memory.limit_in_bytes"), want_pod.to_string());
+        assert_eq!(
+            mem("memory.memsw.limit_in_bytes"),
+            (want_pod + 32 * MI).to_string()
+        );
+    }
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+
+    // A pod-level unified memory.max is written last at RunPodSandbox and
+    // stays in force when a container update resizes the pod.
+    let mut config = d.pod_config("unified-max");
+    config.linux.get_or_insert_with(Default::default).resources =
+        Some(cri::LinuxContainerResources {
+            unified: [("memory.max".to_string(), (100 * MI).to_string())].into(),
+            ..resources(512, 0, 64 * MI)
+        });
+    let pod = d.run_pod(&config);
+    let mem = || {
+        read(
+            &d.pod_cgroup("memory", "uid-unified-max")
+                .join("memory.limit_in_bytes"),
+        )
+    };
+    assert_eq!(mem(), (100 * MI).to_string());
+    let mut c = container_config("c", &["sleep", "1000"]);
+    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 64 * MI));
+    let id = d.create_started_container(&pod, &config, c);
+    update(&d, &id, resources(512, 0, 32 * MI)).unwrap();
+    assert_eq!(
+        mem(),
+        (100 * MI).to_string(),
+        "the resize overwrote memory.max"
+    );
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+}
+
+#[test]
 fn pod_level_figures_are_checked_like_a_containers() {
     use caisson_tests::daemon::{rejection, Call};
     let d = Caissond::start("");

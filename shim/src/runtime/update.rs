@@ -30,6 +30,28 @@ use crate::store::{decode, encode, ContainerState, PodRecord};
 /// How long a task cgroup's last processes get to leave it.
 const TASK_CGROUP_REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A pod's limits around one container's update: widened to cover both,
+/// then narrowed to `after`.
+struct PodPlan {
+    before: Limits,
+    after: Limits,
+    /// The pod-level figures to save (pods with kubelet's figures).
+    new_pod_resources: Option<cri::LinuxContainerResources>,
+    /// The pod-level `unified` entries, re-applied after each resize.
+    unified: Vec<(String, String)>,
+}
+
+/// A pod cgroup's limits for `resources` plus `overhead`.
+fn pod_limits(
+    resources: caisson_cgroups::Resources,
+    overhead: caisson_cgroups::Resources,
+) -> Limits {
+    caisson_cgroups::QosTree::<caisson_cgroups::fs::CgroupRoot>::pod_limits(&PodResources {
+        resources,
+        overhead,
+    })
+}
+
 /// How a pod's cgroup is sized when caissond owns it.
 enum PodSizing {
     /// No kubelet figures: the sum of its containers plus overhead.
@@ -297,10 +319,7 @@ impl Runtime {
             .and_then(|l| l.overhead.as_ref())
             .map(crate::spec::qos_resources)
             .unwrap_or_default();
-        caisson_cgroups::QosTree::<caisson_cgroups::fs::CgroupRoot>::pod_limits(&PodResources {
-            resources: PodResources::from_containers(&all),
-            overhead,
-        })
+        pod_limits(PodResources::from_containers(&all), overhead)
     }
 
     /// Writes `limits` to the pod's cgroup and lets the burstable tier's
@@ -309,6 +328,33 @@ impl Runtime {
         self.try_write_pod_limits(pod, limits).map_err(|e| {
             CriError::internal("resizing the pod cgroup", crate::status::error_chain(&e))
         })
+    }
+
+    /// Writes `limits` to the pod's cgroup, then its pod-level `unified`
+    /// entries again: written last at RunPodSandbox, they win over the
+    /// figures (a `memory.max` or `cpu.max` of kubelet's).
+    fn size_pod(
+        &self,
+        pod: &PodRecord,
+        limits: &Limits,
+        unified: &[(String, String)],
+    ) -> CriResult<()> {
+        self.write_pod_limits(pod, limits)?;
+        if unified.is_empty() {
+            return Ok(());
+        }
+        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
+        let extras = caisson_cgroups::PodExtras {
+            unified: unified.to_vec(),
+            ..Default::default()
+        };
+        tree.apply_extras(&pod.cgroup_parent, &extras, limits)
+            .map_err(|e| {
+                CriError::internal(
+                    "writing the pod's unified entries",
+                    crate::status::error_chain(&e),
+                )
+            })
     }
 
     fn try_write_pod_limits(
@@ -395,40 +441,62 @@ impl Runtime {
         let pod_plan = self.pod_sizing(&pod).map(|(sizing, config)| {
             let overhead = super::pod::pod_resources(&config).overhead;
             match sizing {
-                PodSizing::FromContainers => (
-                    self.summed_limits(&pod, &config, None),
-                    self.summed_limits(&pod, &config, Some((&c.id, &resources))),
-                    None,
-                ),
+                PodSizing::FromContainers => PodPlan {
+                    before: self.summed_limits(&pod, &config, None),
+                    after: self.summed_limits(&pod, &config, Some((&c.id, &resources))),
+                    new_pod_resources: None,
+                    unified: vec![],
+                },
                 PodSizing::FromPodResources(pod_r) => {
                     let before = crate::spec::qos_resources(&pod_r);
                     let after = before.with_container_changed(
                         &crate::spec::qos_resources(&old_resources),
                         &crate::spec::qos_resources(&resources),
                     );
-                    let limits = |r| {
-                        caisson_cgroups::QosTree::<caisson_cgroups::fs::CgroupRoot>::pod_limits(
-                            &PodResources {
-                                resources: r,
-                                overhead: overhead.clone(),
-                            },
-                        )
+                    let mut before = pod_limits(before, overhead.clone());
+                    let mut after_limits = pod_limits(after.clone(), overhead);
+                    // The pod's swap (a memory + swap total in the CRI) stays
+                    // the same amount on top of its moved memory limit.
+                    let total = (pod_r.memory_swap_limit_in_bytes != 0)
+                        .then_some(pod_r.memory_swap_limit_in_bytes);
+                    let swap = caisson_cgroups::tree::swap_over(total, before.memory)
+                        .ok()
+                        .flatten();
+                    before.swap = swap;
+                    after_limits.swap = swap;
+                    let new_total = match (swap, after_limits.memory) {
+                        (Some(s), Some(m)) if s >= 0 => {
+                            i64::try_from(m).unwrap_or(i64::MAX).saturating_add(s)
+                        }
+                        _ => pod_r.memory_swap_limit_in_bytes,
                     };
+                    let mut unified: Vec<(String, String)> = pod_r
+                        .unified
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    unified.sort();
                     let new_pod_r = cri::LinuxContainerResources {
                         cpu_shares: after.cpu_shares as i64,
                         cpu_quota: after.cpu_quota,
                         cpu_period: after.cpu_period as i64,
                         memory_limit_in_bytes: after.memory_limit as i64,
+                        memory_swap_limit_in_bytes: new_total,
                         ..pod_r.clone()
                     };
-                    (limits(before), limits(after), Some(new_pod_r))
+                    PodPlan {
+                        before,
+                        after: after_limits,
+                        new_pod_resources: Some(new_pod_r),
+                        unified,
+                    }
                 }
             }
         });
         // Widen the pod first so the container's new limits fit in it
         // (v1 refuses a child CFS quota above its parent's) ...
-        if let Some((before, after, _)) = &pod_plan {
-            self.write_pod_limits(&pod, &before.widest(after))?;
+        if let Some(plan) = &pod_plan {
+            self.size_pod(&pod, &plan.before.widest(&plan.after), &plan.unified)?;
         }
         let updated = client
             .update(api::UpdateTaskRequest {
@@ -438,8 +506,8 @@ impl Runtime {
             })
             .await;
         if let Err(e) = updated {
-            if let Some((before, _, _)) = &pod_plan {
-                if let Err(e) = self.write_pod_limits(&pod, before) {
+            if let Some(plan) = &pod_plan {
+                if let Err(e) = self.size_pod(&pod, &plan.before, &plan.unified) {
                     tracing::warn!(pod_id = %pod.id, error = %e, "restoring the pod cgroup's size");
                 }
             }
@@ -453,11 +521,11 @@ impl Runtime {
         });
         // The container has changed: what follows is bookkeeping, and a
         // failure there is logged, not returned as a failed update.
-        if let Some((_, after, new_pod_resources)) = pod_plan {
-            if let Err(e) = self.write_pod_limits(&pod, &after) {
+        if let Some(plan) = pod_plan {
+            if let Err(e) = self.size_pod(&pod, &plan.after, &plan.unified) {
                 tracing::warn!(pod_id = %pod.id, error = %e, "narrowing the pod cgroup");
             }
-            if let Some(r) = new_pod_resources {
+            if let Some(r) = plan.new_pod_resources {
                 let saved = self.pod(&pod.id).and_then(|mut record| {
                     let mut config: cri::PodSandboxConfig =
                         decode(&record.config).unwrap_or_default();

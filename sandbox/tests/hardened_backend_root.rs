@@ -712,3 +712,154 @@ fn a_rootfs_that_cannot_be_idmapped_is_refused_clearly_leaving_nothing() {
     assert!(!h.backend.native().state_root().join(&id).exists());
     assert!(idmapped_mounts_under(h.dir.path()).is_empty());
 }
+
+/// `CapEff` of `/proc/<pid>/status`, read from the host.
+fn cap_eff(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap()
+        .trim();
+    u64::from_str_radix(hex, 16).unwrap()
+}
+
+#[test]
+fn an_exec_runs_in_the_pods_user_namespace_without_capabilities_seen_from_the_host() {
+    let h = Harness::new();
+    let netns = HostNetns::new();
+    let pod = unique("pod");
+    let sandbox = sandbox_bundle(&h, "pause", &netns);
+    let pause = h.run(&pod, &sandbox, Stdio::default());
+    let (first, count) = h.backend.pod_id_range(&pod).unwrap();
+    let exec = ExecSpec {
+        container_id: pod.clone(),
+        exec_id: "long".into(),
+        process: process(&["sleep", "1000"]),
+        stdio: Stdio::default(),
+    };
+    h.backend.exec(&exec).unwrap();
+    let pid = h.backend.start_exec(&pod, "long").unwrap();
+    // All read from the host's /proc, which the pod cannot touch.
+    assert_eq!(id_map(pid, "uid_map"), vec![(0, first, count)]);
+    assert_eq!(id_map(pid, "gid_map"), vec![(0, first, count)]);
+    assert_eq!(
+        ns_inode(&pid.to_string(), "user"),
+        ns_inode(&pause.to_string(), "user")
+    );
+    assert_eq!(status_id(pid, "Uid:"), first);
+    assert_eq!(status_id(pid, "Gid:"), first);
+    assert_eq!(
+        cap_eff(pid),
+        0,
+        "no capability, not even the CAP_SYS_ADMIN it joined with"
+    );
+    h.backend
+        .kill(&pod, Some("long"), libc::SIGKILL as u32, false)
+        .unwrap();
+    h.wait_exit(&pod, Some("long"));
+    h.backend.delete(&pod, Some("long")).unwrap();
+    kill_and_delete(&h, &pod, pause, &sandbox);
+}
+
+#[test]
+fn a_volume_over_proc_is_refused() {
+    let h = Harness::new();
+    let netns = HostNetns::new();
+    let fake = tempfile::tempdir().unwrap();
+    fs::set_permissions(fake.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir_all(fake.path().join("self")).unwrap();
+    fs::write(fake.path().join("self/uid_map"), "0 0 4294967295\n").unwrap();
+    for (name, dest, typ) in [
+        ("tmpfs", "/proc", "tmpfs"),
+        ("bind", "/proc", "bind"),
+        ("under", "/proc/self", "bind"),
+    ] {
+        let bundle = h.bundle(name, &["sleep", "1000"], |spec| {
+            let mut linux = spec.linux().clone().unwrap();
+            linux.set_namespaces(Some(vec![
+                namespace(LinuxNamespaceType::Mount, None),
+                namespace(
+                    LinuxNamespaceType::Network,
+                    Some(netns.path().display().to_string()),
+                ),
+                namespace(LinuxNamespaceType::Uts, None),
+                namespace(LinuxNamespaceType::Ipc, None),
+                namespace(LinuxNamespaceType::Pid, None),
+            ]));
+            spec.set_linux(Some(linux));
+            // As the CRI layer puts a requested volume: in place of the
+            // default mount at the same destination.
+            let mut mounts: Vec<_> = spec
+                .mounts()
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|m| m.destination() != std::path::Path::new(dest))
+                .collect();
+            let source = if typ == "bind" {
+                fake.path().to_path_buf()
+            } else {
+                "tmpfs".into()
+            };
+            mounts.push(
+                MountBuilder::default()
+                    .destination(dest)
+                    .typ(typ)
+                    .source(source)
+                    .options(vec!["rbind".to_string()])
+                    .build()
+                    .unwrap(),
+            );
+            spec.set_mounts(Some(mounts));
+        });
+        let id = unique(name);
+        let err = h
+            .try_create(&id, &bundle, TaskKind::Sandbox, Stdio::default())
+            .unwrap_err();
+        match &err {
+            BackendError::InvalidArgument { what, reason } => {
+                assert_eq!(what, &format!("mount {dest}"), "{err}");
+                assert!(reason.contains("/proc"), "{reason}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(slots(&h).is_empty(), "{name}: the range is given back");
+        assert!(!h.backend.native().state_root().join(&id).exists());
+    }
+    assert!(idmapped_mounts_under(h.dir.path()).is_empty());
+}
+
+#[test]
+fn a_forged_fork_netns_annotation_is_ignored() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Harness::new();
+    let forged = HostNetns::new();
+    let bundle = h.bundle("forged", &["sleep", "1000"], |spec| {
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![
+            namespace(LinuxNamespaceType::Mount, None),
+            // A new one, not joined by path: nothing for the server to enter.
+            namespace(LinuxNamespaceType::Network, None),
+            namespace(LinuxNamespaceType::Uts, None),
+            namespace(LinuxNamespaceType::Ipc, None),
+            namespace(LinuxNamespaceType::Pid, None),
+        ]));
+        spec.set_linux(Some(linux));
+        spec.set_annotations(Some(
+            [(
+                "io.caisson.fork-netns".to_string(),
+                forged.path().display().to_string(),
+            )]
+            .into(),
+        ));
+    });
+    let id = unique("forged");
+    let pid = h.run(&id, &bundle, Stdio::default());
+    let forged_ino = fs::metadata(forged.path()).unwrap().ino();
+    assert_ne!(ns_inode(&pid.to_string(), "net"), forged_ino);
+    assert_ne!(ns_inode(&pid.to_string(), "net"), ns_inode("self", "net"));
+    let config = fs::read_to_string(bundle.join("config.json")).unwrap();
+    assert!(!config.contains("io.caisson.fork-netns"), "{config}");
+    kill_and_delete(&h, &id, pid, &bundle);
+}

@@ -787,3 +787,87 @@ fn reaper_run_collects_output_without_racing_the_reaper() {
         assert_eq!(out.stderr, b"e\n");
     }
 }
+
+#[test]
+fn forged_internal_annotations_do_not_take_effect() {
+    let h = Harness::new();
+    // A network namespace the spec's author names, hoping the fork server
+    // enters it for the build.
+    let name = unique("caisson-forged");
+    assert!(std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap()
+        .success());
+    struct DelNetns(String);
+    impl Drop for DelNetns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _netns = DelNetns(name.clone());
+    let bundle = h.bundle("forged", &["sleep", "1000"], |spec| {
+        use LinuxNamespaceType::*;
+        // The host's network namespace (no entry).
+        namespaces(
+            spec,
+            vec![new_ns(Mount), new_ns(Pid), new_ns(Ipc), new_ns(Uts)],
+        );
+        spec.set_annotations(Some(
+            [
+                ("io.caisson.fork-netns", format!("/run/netns/{name}")),
+                ("io.caisson.exec-userns-caps", "{}".to_string()),
+            ]
+            .map(|(k, v)| (k.to_string(), v))
+            .into(),
+        ));
+    });
+    let id = unique("forged");
+    let pid = h.run(&id, &bundle, Stdio::default());
+    assert_eq!(ns(pid, "net"), ns(std::process::id(), "net"));
+    // Neither kept in the spec libcontainer recorded...
+    let config = fs::read_to_string(bundle.join("config.json")).unwrap();
+    assert!(!config.contains("io.caisson."), "{config}");
+    // ...nor taken by an exec (which a hardened marker would stop).
+    let exec = ExecSpec {
+        container_id: id.clone(),
+        exec_id: "e".into(),
+        process: process(&["true"]),
+        stdio: Stdio::default(),
+    };
+    h.backend.exec(&exec).unwrap();
+    h.backend.start_exec(&id, "e").unwrap();
+    assert_eq!(h.wait_exit(&id, Some("e")).status, 0);
+    h.backend.delete(&id, Some("e")).unwrap();
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    h.wait_exit(&id, None);
+    h.delete_and_check(&id, pid, &cgroup_of(&bundle));
+}
+
+#[test]
+fn a_user_namespace_is_refused_pointing_at_the_hardened_handler() {
+    let h = Harness::new();
+    let bundle = h.bundle("userns", &["true"], |spec| {
+        use LinuxNamespaceType::*;
+        namespaces(
+            spec,
+            vec![new_ns(User), new_ns(Mount), new_ns(Pid), new_ns(Network)],
+        );
+    });
+    let id = unique("userns");
+    let err = h
+        .try_create(&id, &bundle, TaskKind::Sandbox, Stdio::default())
+        .unwrap_err();
+    match &err {
+        BackendError::InvalidArgument { what, reason } => {
+            assert!(what.contains("linux.namespaces"), "{err}");
+            assert!(reason.contains("hardened runtime handler"), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!h.backend.state_root().join(&id).exists());
+}

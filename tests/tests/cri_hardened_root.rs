@@ -164,3 +164,68 @@ fn a_hardened_pods_root_is_an_unprivileged_range_of_its_own() {
     d.remove_all_pods();
     assert_eq!(slots(&d), 0, "every range is freed");
 }
+
+/// An ExecSync's process, seen from the host: the pod's user namespace and
+/// no capabilities. And a volume over /proc (which would let the pod feed
+/// the runtime a fake /proc/self/uid_map) is refused.
+#[test]
+fn an_exec_is_in_the_pods_user_namespace_and_proc_cannot_be_replaced() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let (pod, config) = run_hardened_pod(&d, "exec-userns");
+    let ctr = d.create_started_container(
+        &pod,
+        &config,
+        container_config("sleeper", &["sleep", "1000"]),
+    );
+    let first = uid_map(d.pod_pid(&pod))[1];
+    // The exec leaves a marked child behind (it has the exec's credentials).
+    d.exec(&ctr, &["sh", "-c", "sleep 4242 >/dev/null 2>&1 &"]);
+    let pid = caisson_tests::daemon::wait_until(
+        "the exec's sleep",
+        std::time::Duration::from_secs(10),
+        || {
+            d.processes()
+                .into_iter()
+                .find(|(_, cmd)| cmd == "sleep 4242")
+                .map(|(pid, _)| pid)
+        },
+    );
+    assert_eq!(uid_map(pid), vec![0, first, 65_536]);
+    assert_eq!(status_id(pid, "Uid"), first);
+    assert_eq!(
+        ns_inode(pid, "user"),
+        ns_inode(d.container_pid(&ctr), "user")
+    );
+    assert_eq!(
+        proc_status_field(pid, "CapEff").as_deref(),
+        Some("0000000000000000")
+    );
+
+    let fake = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(fake.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(fake.path().join("self")).unwrap();
+    std::fs::write(fake.path().join("self/uid_map"), "0 0 4294967295\n").unwrap();
+    for container_path in ["/proc", "/proc/self"] {
+        let mut ctr_config = container_config("fake-proc", &["sleep", "1000"]);
+        ctr_config.mounts = vec![cri::Mount {
+            container_path: container_path.into(),
+            host_path: fake.path().display().to_string(),
+            ..Default::default()
+        }];
+        let mut rt = d.runtime();
+        let err =
+            d.rt.block_on(rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(ctr_config),
+                sandbox_config: Some(config.clone()),
+            }))
+            .expect_err("a volume over /proc");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(
+            err.message().contains(&format!("mount {container_path}")),
+            "{err}"
+        );
+    }
+    d.remove_all_pods();
+}

@@ -29,7 +29,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use oci_spec::runtime::{Capability, LinuxResources, Spec};
 
-use crate::backend::native::NativeBackend;
+use crate::backend::native::{CreateExtras, ExecUserns, NativeBackend};
 use crate::backend::{
     Backend, BackendError, ExecSpec, ExitSink, ProcessInfo, Result, TaskKind, TaskSpec, TaskStats,
 };
@@ -132,18 +132,29 @@ impl HardenedBackend {
     }
 
     /// Hardens the bundle's spec and puts it in the pod's user namespace;
-    /// returns the added capabilities and the rootfs.
+    /// returns the added capabilities, the rootfs and the network namespace
+    /// the fork server enters for the task.
     fn harden_bundle(
         &self,
         task: &TaskSpec,
         pod: &PodUserns,
-    ) -> Result<(Vec<Capability>, PathBuf)> {
+    ) -> Result<(Vec<Capability>, PathBuf, Option<PathBuf>)> {
         let path = task.bundle.join("config.json");
         let invalid = |reason: String| BackendError::InvalidArgument {
             what: format!("OCI spec {}", path.display()),
             reason,
         };
         let mut spec = Spec::load(&path).map_err(|e| invalid(e.to_string()))?;
+        // Only this backend sets them (the executor trusts them).
+        let forged = crate::backend::native::strip_internal_annotations(&mut spec);
+        if !forged.is_empty() {
+            tracing::warn!(
+                id = task.id,
+                ?forged,
+                "ignoring internal annotations in an incoming spec"
+            );
+        }
+        userns_spec::check_proc_mounts(&spec)?;
         let added = policy::capabilities_added(&spec);
         policy::harden_spec(&mut spec)?;
         let joined =
@@ -159,7 +170,7 @@ impl HardenedBackend {
             id: task.id.clone(),
             reason: format!("{}: {e}", path.display()),
         })?;
-        Ok((added, rootfs))
+        Ok((added, rootfs, joined.fork_netns))
     }
 
     /// Makes the task: spec, idmapped rootfs, native create. Undoes the
@@ -177,7 +188,7 @@ impl HardenedBackend {
                 pod_of(task)
             ),
         })?;
-        let (added, rootfs) = self.harden_bundle(task, &pod.userns)?;
+        let (added, rootfs, fork_netns) = self.harden_bundle(task, &pod.userns)?;
         let scratch = self.pool.dir().join("layers").join(&task.id);
         let mounted =
             idmap::mount_idmapped(&rootfs, pod.userns.fd(), pod.userns.first_id(), &scratch)
@@ -186,7 +197,14 @@ impl HardenedBackend {
                     id: task.id.clone(),
                     reason: e.to_string(),
                 })?;
-        match self.native.create(task) {
+        let extras = CreateExtras {
+            fork_netns,
+            exec_userns: Some(ExecUserns {
+                path: pod.userns.path(),
+                inode: pod.userns.inode(),
+            }),
+        };
+        match self.native.create_with(task, extras) {
             Ok(pid) => {
                 locked(&self.idmapped).insert(task.id.clone(), mounted);
                 Ok((pid, added))

@@ -7,7 +7,8 @@
 //! * A network namespace joined by path (the pod's, made by caissond or
 //!   containerd in the host's user namespace) cannot be entered from inside
 //!   the pod's user namespace: the fork server enters it before the build
-//!   and the task inherits it ([`FORK_NETNS_ANNOTATION`]).
+//!   and the task inherits it ([`Joined::fork_netns`], handed to the native
+//!   backend out of band).
 //! * sysfs cannot be mounted for a network namespace the pod does not own:
 //!   `/sys` becomes a read-only recursive bind of the host's, as runc does.
 //! * Host PID, IPC and network namespaces are refused, as Kubernetes
@@ -30,7 +31,6 @@ use oci_spec::runtime::{
 };
 
 use super::exec_userns::EXEC_USERNS_ANNOTATION;
-use crate::backend::native::FORK_NETNS_ANNOTATION;
 use crate::backend::BackendError;
 
 fn refused(what: &str, reason: impl Into<String>) -> BackendError {
@@ -129,14 +129,6 @@ pub fn join_pod_userns(
         serde_json::to_string(&exec_caps).expect("capabilities serialise"),
     );
     spec.set_annotations(Some(annotations));
-    if let Some(netns) = &fork_netns {
-        let mut annotations = spec.annotations().clone().unwrap_or_default();
-        annotations.insert(
-            FORK_NETNS_ANNOTATION.to_string(),
-            netns.display().to_string(),
-        );
-        spec.set_annotations(Some(annotations));
-    }
 
     if let Some(mut mounts) = spec.mounts().clone() {
         for mount in &mut mounts {
@@ -150,6 +142,28 @@ pub fn join_pod_userns(
         fork_netns,
         net_sysctls,
     })
+}
+
+/// Refuses mounts over `/proc` or beneath it other than the spec's own
+/// procfs: the pod would control what its processes (and anything run in
+/// them before `execve`) read there.
+pub fn check_proc_mounts(spec: &Spec) -> Result<(), BackendError> {
+    for mount in spec.mounts().iter().flatten() {
+        let dest: PathBuf = mount
+            .destination()
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
+        let under_proc = dest.starts_with("/proc");
+        let own_procfs = dest == Path::new("/proc") && mount.typ().as_deref() == Some("proc");
+        if under_proc && !own_procfs {
+            return Err(refused(
+                &format!("mount {}", mount.destination().display()),
+                "the hardened runtime handler does not mount volumes over /proc or beneath it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Writes `sysctls` in the network namespace at `netns`, from a thread that
@@ -328,10 +342,7 @@ mod tests {
             (map.container_id(), map.host_id(), map.size()),
             (0, 1_000_000, 65_536)
         );
-        assert_eq!(
-            spec.annotations().as_ref().unwrap()[FORK_NETNS_ANNOTATION],
-            "/run/netns/pod"
-        );
+        assert!(spec.annotations().as_ref().unwrap()[EXEC_USERNS_ANNOTATION].starts_with('{'));
         let sys = spec
             .mounts()
             .as_ref()
@@ -368,5 +379,28 @@ mod tests {
                 "{missing:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn mounts_over_proc_are_refused() {
+        let mut spec = Spec::default();
+        check_proc_mounts(&spec).expect("the default spec's procfs");
+        for dest in ["/proc", "/proc/self", "//proc/./sys", "/proc/1/ns"] {
+            let mut mounts = spec.mounts().clone().unwrap();
+            let mut tmpfs = Mount::default();
+            tmpfs.set_destination(PathBuf::from(dest));
+            tmpfs.set_typ(Some("tmpfs".into()));
+            mounts.push(tmpfs);
+            let mut with = spec.clone();
+            with.set_mounts(Some(mounts));
+            let err = check_proc_mounts(&with).unwrap_err();
+            assert!(err.to_string().contains(dest), "{dest}: {err}");
+        }
+        let mut mounts = spec.mounts().clone().unwrap();
+        let mut elsewhere = Mount::default();
+        elsewhere.set_destination(PathBuf::from("/procfoo"));
+        mounts.push(elsewhere);
+        spec.set_mounts(Some(mounts));
+        check_proc_mounts(&spec).unwrap();
     }
 }

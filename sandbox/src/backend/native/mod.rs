@@ -58,17 +58,29 @@ use errors::{
     signal_number,
 };
 pub use process_io::serve_fork_requests;
-pub use spec::FORK_NETNS_ANNOTATION;
+pub(crate) use process_io::ExecUserns;
+pub use spec::{strip_internal_annotations, INTERNAL_ANNOTATIONS};
 
 /// Writes a spec to `path` atomically (for backends built on this one).
 pub(crate) fn write_spec(path: &Path, spec: &oci_spec::runtime::Spec) -> std::io::Result<()> {
     spec::write_json_atomically(path, spec)
 }
 use process_io::{request_fds, write_process_file, ForkRequest, PreparedStdio};
-use spec::HostLimits;
+use spec::{HostLimits, SpecOrigin};
 use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
 
 const NAME: &str = "native";
+
+/// What a backend built on this one asks of the fork server for a task.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CreateExtras {
+    /// A network namespace the server enters before the task's builds
+    /// (and its execs'), which then inherit it: a task in a user namespace
+    /// of its own can no longer `setns` into one owned by the host's.
+    pub fork_netns: Option<PathBuf>,
+    /// The user namespace the task's execs join.
+    pub exec_userns: Option<ExecUserns>,
+}
 
 /// The native backend. One per shim; see the module docs.
 pub struct NativeBackend {
@@ -160,6 +172,92 @@ impl NativeBackend {
             .map_err(|e| from_libcontainer(op, id, e))
     }
 
+    /// [`Backend::create`] for a backend built on this one (hardened): its
+    /// spec is trusted to carry the internal annotations it set itself, and
+    /// `extras` say what the fork server does for the task's builds.
+    pub(crate) fn create_with(&self, task: &TaskSpec, extras: CreateExtras) -> Result<u32> {
+        self.create_task(task, SpecOrigin::Backend, extras)
+    }
+
+    fn create_task(
+        &self,
+        task: &TaskSpec,
+        origin: SpecOrigin,
+        extras: CreateExtras,
+    ) -> Result<u32> {
+        let id = task.id.as_str();
+        if self.tasks.lock().contains_key(id) {
+            return Err(BackendError::AlreadyExists {
+                what: "task",
+                id: id.to_string(),
+            });
+        }
+        Self::validate_id("create", id)?;
+        let prepared =
+            spec::prepare_bundle(id, &task.bundle, task.stdio.terminal, self.limits, origin)?;
+        // The stdio is opened under the fork lock, and handed over and closed
+        // within it (the fork server gets its own copies for one request).
+        let guard = self.reaper.lock();
+        let stdio = PreparedStdio::open(id, &task.stdio)?;
+        let (request_stdio, child_stdio, pending) = stdio.into_request();
+        let request = ForkRequest::CreateInit {
+            id: id.to_string(),
+            state_root: self.state_root.clone(),
+            // The server resolves paths from the directory it started in.
+            bundle: std::path::absolute(&task.bundle)
+                .map_err(|e| failed("create", id, format!("bundle path: {e}")))?,
+            stdio: request_stdio,
+            netns: extras.fork_netns.clone(),
+        };
+        // The returned pid is this process's child, not reaped while the
+        // guard is held.
+        let built = self
+            .forker
+            .call(&guard, &request, &request_fds(child_stdio.as_ref()));
+        drop(child_stdio);
+        let pid = match built {
+            Ok(pid) => pid,
+            Err(ForkError::Refused(refused)) => return Err(from_refusal("create", id, refused)),
+            Err(lost) => {
+                // The server may have died half-way: remove what it made.
+                self.discard(id);
+                return Err(failed("create", id, lost));
+            }
+        };
+        let started = Pidfd::open(pid)
+            .map_err(|e| format!("pidfd of {pid}: {e}"))
+            .and_then(|pidfd| {
+                let stdio = pending.finish(id).map_err(|e| format!("terminal: {e}"))?;
+                Ok(Started { pidfd, stdio })
+            });
+        let started = match started {
+            Ok(started) => started,
+            Err(reason) => {
+                self.discard(id);
+                return Err(failed("create", id, reason));
+            }
+        };
+        let pid = started.pidfd.pid();
+        self.watch(&guard, id, None, pid);
+        self.tasks.lock().insert(
+            id.to_string(),
+            Task {
+                kind: task.kind.clone(),
+                phase: Phase::Created,
+                paused: false,
+                init: started,
+                cgroup_path: prepared.cgroup_path,
+                oom_score_adj: prepared.oom_score_adj,
+                fork_netns: extras.fork_netns,
+                exec_userns: extras.exec_userns,
+                execs: HashMap::new(),
+            },
+        );
+        drop(guard);
+        tracing::info!(id, pid, kind = ?task.kind, "task created");
+        Ok(pid)
+    }
+
     /// The pid of the running fork server (none between its death and the
     /// next request).
     pub fn fork_server_pid(&self) -> Option<u32> {
@@ -246,75 +344,7 @@ impl Backend for NativeBackend {
     }
 
     fn create(&self, task: &TaskSpec) -> Result<u32> {
-        let id = task.id.as_str();
-        if self.tasks.lock().contains_key(id) {
-            return Err(BackendError::AlreadyExists {
-                what: "task",
-                id: id.to_string(),
-            });
-        }
-        Self::validate_id("create", id)?;
-        let prepared = spec::prepare_bundle(id, &task.bundle, task.stdio.terminal, self.limits)?;
-        // The stdio is opened under the fork lock, and handed over and closed
-        // within it (the fork server gets its own copies for one request).
-        let guard = self.reaper.lock();
-        let stdio = PreparedStdio::open(id, &task.stdio)?;
-        let (request_stdio, child_stdio, pending) = stdio.into_request();
-        let request = ForkRequest::CreateInit {
-            id: id.to_string(),
-            state_root: self.state_root.clone(),
-            // The server resolves paths from the directory it started in.
-            bundle: std::path::absolute(&task.bundle)
-                .map_err(|e| failed("create", id, format!("bundle path: {e}")))?,
-            stdio: request_stdio,
-            netns: prepared.fork_netns.clone(),
-        };
-        // The returned pid is this process's child, not reaped while the
-        // guard is held.
-        let built = self
-            .forker
-            .call(&guard, &request, &request_fds(child_stdio.as_ref()));
-        drop(child_stdio);
-        let pid = match built {
-            Ok(pid) => pid,
-            Err(ForkError::Refused(refused)) => return Err(from_refusal("create", id, refused)),
-            Err(lost) => {
-                // The server may have died half-way: remove what it made.
-                self.discard(id);
-                return Err(failed("create", id, lost));
-            }
-        };
-        let started = Pidfd::open(pid)
-            .map_err(|e| format!("pidfd of {pid}: {e}"))
-            .and_then(|pidfd| {
-                let stdio = pending.finish(id).map_err(|e| format!("terminal: {e}"))?;
-                Ok(Started { pidfd, stdio })
-            });
-        let started = match started {
-            Ok(started) => started,
-            Err(reason) => {
-                self.discard(id);
-                return Err(failed("create", id, reason));
-            }
-        };
-        let pid = started.pidfd.pid();
-        self.watch(&guard, id, None, pid);
-        self.tasks.lock().insert(
-            id.to_string(),
-            Task {
-                kind: task.kind.clone(),
-                phase: Phase::Created,
-                paused: false,
-                init: started,
-                cgroup_path: prepared.cgroup_path,
-                oom_score_adj: prepared.oom_score_adj,
-                fork_netns: prepared.fork_netns,
-                execs: HashMap::new(),
-            },
-        );
-        drop(guard);
-        tracing::info!(id, pid, kind = ?task.kind, "task created");
-        Ok(pid)
+        self.create_task(task, SpecOrigin::Incoming, CreateExtras::default())
     }
 
     fn start(&self, id: &str) -> Result<u32> {
@@ -372,7 +402,7 @@ impl Backend for NativeBackend {
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
-        let (exec, default_oom, fork_netns) = {
+        let (exec, default_oom, fork_netns, exec_userns) = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
             let exec = task
@@ -393,6 +423,7 @@ impl Backend for NativeBackend {
                 exec.spec.clone(),
                 task.oom_score_adj,
                 task.fork_netns.clone(),
+                task.exec_userns.clone(),
             )
         };
         let mut process = exec.process.clone();
@@ -415,6 +446,7 @@ impl Backend for NativeBackend {
             process_json: process_file.path().to_path_buf(),
             stdio: request_stdio,
             netns: fork_netns,
+            userns: exec_userns,
         };
         let built = self
             .forker

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::errors::{failed, refusal, stdio_error};
 use super::spec;
+use crate::backend::hardened::exec_userns::BuildScope;
 use crate::backend::{Result, Stdio};
 use crate::host::console::ConsoleSocket;
 use crate::host::executor::CleanSignals;
@@ -36,7 +37,7 @@ pub(super) enum ForkRequest {
         bundle: PathBuf,
         stdio: RequestStdio,
         /// A network namespace to enter for the build (see
-        /// [`super::spec::FORK_NETNS_ANNOTATION`]).
+        /// [`super::CreateExtras`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<PathBuf>,
     },
@@ -48,7 +49,43 @@ pub(super) enum ForkRequest {
         stdio: RequestStdio,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<PathBuf>,
+        /// The user namespace the exec must end in (a hardened pod's): the
+        /// server opens it before the build and the executor joins it
+        /// ([`crate::backend::hardened::exec_userns`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        userns: Option<ExecUserns>,
     },
+}
+
+/// A user namespace an exec joins: a path the fork server can open (on the
+/// host's `/proc`) and the namespace's inode, checked when opened and again
+/// when joined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ExecUserns {
+    pub path: PathBuf,
+    pub inode: u64,
+}
+
+impl ExecUserns {
+    /// Opens the namespace (close-on-exec) and checks its inode.
+    fn open(&self) -> std::result::Result<(OwnedFd, u64), Refused> {
+        use std::os::unix::fs::MetadataExt;
+        let what = |e: &dyn std::fmt::Display| {
+            Refused::new(
+                RefusalKind::Failed,
+                format!("the pod's user namespace {}: {e}", self.path.display()),
+            )
+        };
+        let file = std::fs::File::open(&self.path).map_err(|e| what(&e))?;
+        let inode = file.metadata().map_err(|e| what(&e))?.ino();
+        if inode != self.inode {
+            return Err(what(&format!(
+                "inode {inode}, not the recorded {}",
+                self.inode
+            )));
+        }
+        Ok((OwnedFd::from(file), inode))
+    }
 }
 
 /// How a requested process gets its stdio.
@@ -193,6 +230,7 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             stdio,
             netns: _,
         } => {
+            let _scope = BuildScope::init();
             let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let container = builder
                 .as_init(&bundle)
@@ -213,7 +251,12 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             process_json,
             stdio,
             netns: _,
+            userns,
         } => {
+            let userns = userns.as_ref().map(ExecUserns::open).transpose()?;
+            // Until the build returns: the exec process is a copy of this
+            // one and finds the namespace's fd there.
+            let _scope = BuildScope::exec(userns);
             let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let pid = builder
                 .as_tenant()
@@ -332,6 +375,7 @@ mod tests {
                 socket: "/tmp/tty/console.sock".into(),
             },
             netns: None,
+            userns: None,
         };
         let json = serde_json::to_value(&request).unwrap();
         assert_eq!(

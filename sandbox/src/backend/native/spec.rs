@@ -13,7 +13,9 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Process, Spec};
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxCapabilities, LinuxNamespaceType, Process, Spec,
+};
 
 use crate::backend::{BackendError, Result};
 
@@ -126,16 +128,50 @@ pub(crate) struct PreparedSpec {
     pub cgroup_path: PathBuf,
     /// The init's (sanitised) `oomScoreAdj`, inherited by its execs.
     pub oom_score_adj: Option<i32>,
-    /// [`FORK_NETNS_ANNOTATION`], if the spec has it.
-    pub fork_netns: Option<PathBuf>,
 }
 
-/// Annotation naming a network namespace the fork server enters before
-/// building the task (and its execs), which then inherit it instead of
-/// joining it by path. For a backend that puts tasks in a user namespace of
-/// their own (hardened): once in it, a task can no longer `setns` into a
-/// network namespace owned by the host's. Native specs never carry it.
-pub const FORK_NETNS_ANNOTATION: &str = "io.caisson.fork-netns";
+/// Annotations only Caisson's backends set, read by the executor inside
+/// container processes (or by the backend): anything an incoming spec
+/// carries under these keys is removed before a backend adds its own, so a
+/// spec from containerd or a CRI client can never choose them.
+pub const INTERNAL_ANNOTATIONS: &[&str] = &[
+    crate::host::executor::EXEC_SECCOMP_ANNOTATION,
+    crate::host::executor::LANDLOCK_ANNOTATION,
+    crate::backend::hardened::exec_userns::EXEC_USERNS_ANNOTATION,
+    // Once read by the fork server; now carried out of band, refused here
+    // so an old name cannot come back.
+    "io.caisson.fork-netns",
+];
+
+/// Removes [`INTERNAL_ANNOTATIONS`] from `spec`; the keys removed.
+pub fn strip_internal_annotations(spec: &mut Spec) -> Vec<String> {
+    let Some(mut annotations) = spec.annotations().clone() else {
+        return Vec::new();
+    };
+    let mut removed: Vec<String> = INTERNAL_ANNOTATIONS
+        .iter()
+        .filter(|key| annotations.remove(**key).is_some())
+        .map(|key| key.to_string())
+        .collect();
+    removed.sort();
+    if !removed.is_empty() {
+        spec.set_annotations(Some(annotations));
+    }
+    removed
+}
+
+/// Who wrote a bundle's spec as [`prepare_bundle`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpecOrigin {
+    /// As it came in (native): internal annotations are removed, and a
+    /// user namespace is refused (libcontainer's exec builder never joins
+    /// it, so execs would run in the host's).
+    Incoming,
+    /// Rewritten by a backend built on this one (hardened), which removed
+    /// incoming internal annotations, set its own, and makes execs join
+    /// the user namespace itself.
+    Backend,
+}
 
 fn invalid_spec(path: &Path, reason: impl std::fmt::Display) -> BackendError {
     BackendError::InvalidArgument {
@@ -152,9 +188,37 @@ pub(crate) fn prepare_bundle(
     bundle: &Path,
     terminal: bool,
     limits: HostLimits,
+    origin: SpecOrigin,
 ) -> Result<PreparedSpec> {
     let path = bundle.join("config.json");
     let mut spec = Spec::load(&path).map_err(|e| invalid_spec(&path, e))?;
+    let mut changed = false;
+    if origin == SpecOrigin::Incoming {
+        let user_ns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|nss| nss.iter().any(|n| n.typ() == LinuxNamespaceType::User));
+        if user_ns {
+            return Err(BackendError::InvalidArgument {
+                what: format!("linux.namespaces of OCI spec {}", path.display()),
+                reason: "the native runtime handler does not run containers in a user \
+                         namespace (its exec processes would not join it and would run as \
+                         the host's root); use the hardened runtime handler, which gives \
+                         every pod a user namespace of its own"
+                    .into(),
+            });
+        }
+        let removed = strip_internal_annotations(&mut spec);
+        if !removed.is_empty() {
+            tracing::warn!(
+                id,
+                ?removed,
+                "ignoring internal annotations in an incoming spec"
+            );
+            changed = true;
+        }
+    }
     let mut process = spec
         .process()
         .clone()
@@ -166,7 +230,7 @@ pub(crate) fn prepare_bundle(
         .ok_or_else(|| invalid_spec(&path, "no linux section"))?;
     let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
 
-    let mut changed = sanitize_process(&format!("task {id}"), &mut process, limits, None);
+    changed |= sanitize_process(&format!("task {id}"), &mut process, limits, None);
     if process.terminal().unwrap_or(false) != terminal {
         tracing::debug!(
             id,
@@ -200,11 +264,6 @@ pub(crate) fn prepare_bundle(
         }
     }
     let oom_score_adj = process.oom_score_adj();
-    let fork_netns = spec
-        .annotations()
-        .as_ref()
-        .and_then(|a| a.get(FORK_NETNS_ANNOTATION))
-        .map(PathBuf::from);
     if changed {
         spec.set_process(Some(process));
         write_json_atomically(&path, &spec).map_err(|e| BackendError::Failed {
@@ -216,7 +275,6 @@ pub(crate) fn prepare_bundle(
     Ok(PreparedSpec {
         cgroup_path,
         oom_score_adj,
-        fork_netns,
     })
 }
 
@@ -376,14 +434,16 @@ mod tests {
         spec.set_process(Some(process_with(&[Capability::Kill], Some(5))));
         spec.save(&path).unwrap();
         let before = fs::read(&path).unwrap();
-        let prepared = prepare_bundle("t", dir.path(), false, LIMITED).unwrap();
+        let prepared =
+            prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap();
         assert_eq!(fs::read(&path).unwrap(), before, "nothing to change");
         assert_eq!(prepared.oom_score_adj, Some(5));
         assert_eq!(prepared.cgroup_path, PathBuf::from(":youki:t"));
 
         spec.set_process(Some(process_with(&[Capability::SysResource], Some(-100))));
         spec.save(&path).unwrap();
-        let prepared = prepare_bundle("t", dir.path(), true, LIMITED).unwrap();
+        let prepared =
+            prepare_bundle("t", dir.path(), true, LIMITED, SpecOrigin::Incoming).unwrap();
         assert_eq!(prepared.oom_score_adj, Some(0));
         let written = Spec::load(&path).unwrap();
         let process = written.process().as_ref().unwrap();
@@ -398,10 +458,56 @@ mod tests {
     #[test]
     fn a_missing_or_broken_spec_is_invalid_argument() {
         let dir = tempfile::tempdir().unwrap();
-        let err = prepare_bundle("t", dir.path(), false, LIMITED).unwrap_err();
+        let err =
+            prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap_err();
         assert!(matches!(err, BackendError::InvalidArgument { .. }), "{err}");
         fs::write(dir.path().join("config.json"), b"{not json").unwrap();
-        let err = prepare_bundle("t", dir.path(), false, LIMITED).unwrap_err();
+        let err =
+            prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap_err();
         assert!(matches!(err, BackendError::InvalidArgument { .. }), "{err}");
+    }
+
+    #[test]
+    fn incoming_internal_annotations_are_removed_and_user_namespaces_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let mut spec = Spec::default();
+        spec.set_process(Some(process_with(&[Capability::Kill], None)));
+        let forged: std::collections::HashMap<String, String> = INTERNAL_ANNOTATIONS
+            .iter()
+            .map(|k| (k.to_string(), "forged".to_string()))
+            .chain([("io.example/kept".to_string(), "yes".to_string())])
+            .collect();
+        spec.set_annotations(Some(forged.clone()));
+        spec.save(&path).unwrap();
+        prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap();
+        let written = Spec::load(&path).unwrap();
+        let annotations = written.annotations().clone().unwrap();
+        assert_eq!(annotations.len(), 1, "{annotations:?}");
+        assert_eq!(annotations["io.example/kept"], "yes");
+        // A backend's own are kept.
+        spec.save(&path).unwrap();
+        prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Backend).unwrap();
+        let written = Spec::load(&path).unwrap();
+        assert_eq!(written.annotations().clone().unwrap(), forged);
+
+        let mut linux = spec.linux().clone().unwrap();
+        let mut nss = linux.namespaces().clone().unwrap();
+        let mut user = oci_spec::runtime::LinuxNamespace::default();
+        user.set_typ(LinuxNamespaceType::User);
+        nss.push(user);
+        linux.set_namespaces(Some(nss));
+        spec.set_linux(Some(linux));
+        spec.save(&path).unwrap();
+        let err =
+            prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap_err();
+        match &err {
+            BackendError::InvalidArgument { what, reason } => {
+                assert!(what.contains("linux.namespaces"), "{what}");
+                assert!(reason.contains("hardened"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Backend).unwrap();
     }
 }

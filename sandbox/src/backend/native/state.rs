@@ -55,8 +55,10 @@ pub(super) struct Task {
     /// The init's `oomScoreAdj` (after sanitising), inherited by execs.
     pub(super) oom_score_adj: Option<i32>,
     /// The network namespace the fork server enters for this task's
-    /// builds ([`super::spec::FORK_NETNS_ANNOTATION`]); none for native.
+    /// builds ([`super::CreateExtras`]); none for native.
     pub(super) fork_netns: Option<PathBuf>,
+    /// The user namespace this task's execs join (hardened).
+    pub(super) exec_userns: Option<super::ExecUserns>,
     pub(super) execs: HashMap<String, ExecProcess>,
 }
 

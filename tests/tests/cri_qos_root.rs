@@ -1013,15 +1013,15 @@ fn every_cgroup_goes_after_failures_and_a_restart() {
     assert!(after.cgroups.is_empty(), "{}", after.diff(&empty));
 }
 
-/// Removes what a test made under kubelet's `/kubepods` (the pod's cgroup,
-/// and the tiers if they were not there before), after the daemon (declared
-/// later, dropped first) killed its processes.
-struct KubepodsGuard {
-    pod: String,
-    tiers_existed: bool,
+/// Removes a test's own top cgroup (a unique `caissontest-<pid>`, so that
+/// parallel runs and a real kubelet's `/kubepods` are never touched) with
+/// everything below it, after the daemon (declared later, dropped first)
+/// killed its processes.
+struct TopGuard {
+    top: String,
 }
 
-impl Drop for KubepodsGuard {
+impl Drop for TopGuard {
     fn drop(&mut self) {
         fn remove_tree(dir: &std::path::Path) {
             if let Ok(entries) = std::fs::read_dir(dir) {
@@ -1037,12 +1037,7 @@ impl Drop for KubepodsGuard {
             return;
         };
         for ctl in ctls.flatten() {
-            remove_tree(&ctl.path().join(&self.pod));
-            if !self.tiers_existed {
-                for dir in ["kubepods/burstable", "kubepods"] {
-                    let _ = std::fs::remove_dir(ctl.path().join(dir));
-                }
-            }
+            remove_tree(&ctl.path().join(&self.top));
         }
     }
 }
@@ -1051,40 +1046,84 @@ const V1_CONTROLLERS: &[&str] = &[
     "cpu", "cpuacct", "memory", "pids", "cpuset", "devices", "freezer", "blkio",
 ];
 
-#[test]
-fn a_systemd_cgroup_parent_lands_under_kubepods_in_every_controller() {
-    let uid = format!("caisson_sd_{}", std::process::id());
-    let rel = format!("kubepods/burstable/pod{}", uid.replace('_', "-"));
-    let _guard = KubepodsGuard {
-        pod: rel.clone(),
-        tiers_existed: std::path::Path::new("/sys/fs/cgroup/cpu/kubepods").exists(),
-    };
-    let d = Caissond::start("");
-    d.import_busybox();
-    let mut config = d.pod_config("systemd");
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .cgroup_parent = format!("kubepods-burstable-pod{uid}.slice");
-    let pod = d.run_pod(&config);
-    let id = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+/// Makes `rel` in every controller as kubelet would (cpuset levels get
+/// their parent's CPUs and nodes).
+fn make_like_kubelet(rel: &str) {
     for controller in V1_CONTROLLERS {
-        let dir = std::path::Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join(&rel);
-        for task in [&pod, &id] {
-            assert!(dir.join(task).is_dir(), "{}/{task} missing", dir.display());
+        let root = std::path::Path::new("/sys/fs/cgroup").join(controller);
+        let mut dir = root.clone();
+        for component in rel.split('/') {
+            let parent = dir.clone();
+            dir.push(component);
+            if dir.is_dir() {
+                continue;
+            }
+            std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            if *controller == "cpuset" {
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    std::fs::write(dir.join(file), read(&parent.join(file))).unwrap();
+                }
+            }
         }
     }
-    let pid = d.container_pid(&id);
-    let cgroups = read(std::path::Path::new(&format!("/proc/{pid}/cgroup")));
-    assert!(cgroups.contains(&format!("/{rel}/{id}")), "{cgroups}");
-    d.stop_pod(&pod);
-    d.remove_pod(&pod);
-    for controller in V1_CONTROLLERS {
-        let dir = std::path::Path::new("/sys/fs/cgroup")
-            .join(controller)
-            .join(&rel);
-        assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[test]
+fn a_systemd_cgroup_parent_lands_under_its_slices_and_only_caissonds_own_goes() {
+    let top = format!("caissontest-{}", std::process::id());
+    let _guard = TopGuard { top: top.clone() };
+    let d = Caissond::start("");
+    d.import_busybox();
+    // (pod name, whether kubelet made the pod cgroup before RunPodSandbox)
+    for (name, kubelet_made) in [("kubeletmade", true), ("caissondmade", false)] {
+        let uid = format!("caisson_sd_{name}");
+        // `_` is systemd's escape for `-`: the conversion turns it back.
+        let slice = format!("{}-burstable-pod{uid}.slice", top.replace('-', "_"));
+        let rel = format!("{top}/burstable/pod{}", uid.replace('_', "-"));
+        if kubelet_made {
+            make_like_kubelet(&rel);
+        }
+        let mut config = d.pod_config(name);
+        config
+            .linux
+            .get_or_insert_with(Default::default)
+            .cgroup_parent = slice;
+        let pod = d.run_pod(&config);
+        let id =
+            d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+        for controller in V1_CONTROLLERS {
+            let dir = std::path::Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&rel);
+            for task in [&pod, &id] {
+                assert!(
+                    dir.join(task).is_dir(),
+                    "{}/{task} missing (pod {pod}, container {id}); there: {:?}\n{}",
+                    dir.display(),
+                    std::fs::read_dir(&dir)
+                        .map(|r| r.flatten().map(|e| e.file_name()).collect::<Vec<_>>()),
+                    d.log_tail()
+                );
+            }
+        }
+        let pid = d.container_pid(&id);
+        let cgroups = read(std::path::Path::new(&format!("/proc/{pid}/cgroup")));
+        assert!(cgroups.contains(&format!("/{rel}/{id}")), "{cgroups}");
+        d.stop_pod(&pod);
+        d.remove_pod(&pod);
+        for controller in V1_CONTROLLERS {
+            let dir = std::path::Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&rel);
+            for task in [&pod, &id] {
+                assert!(!dir.join(task).exists(), "{}/{task} left", dir.display());
+            }
+            assert_eq!(
+                dir.exists(),
+                kubelet_made,
+                "{name}: {} (kubelet's is kubelet's to remove; caissond's goes)",
+                dir.display()
+            );
+        }
     }
 }

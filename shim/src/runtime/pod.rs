@@ -307,19 +307,58 @@ pub fn remove_pod_dir(dir: &Path) {
     }
 }
 
-/// Removes the pause's cgroup and then the pod's own, from every hierarchy
-/// (the shim removes a task's when it deletes the task; a failed create or
-/// a lost shim can leave one; containers' go with RemoveContainer). The pod
-/// cgroup is removed only once empty: a kubelet `cgroup_parent` that holds
-/// more than this pod is left alone.
-fn remove_pod_cgroups(parent: &str, pod_id: &str) {
+/// Marks, in the pod's dir, a pod cgroup that kubelet named but had not
+/// made (crictl, a standalone node): libcontainer makes it with the pause's
+/// cgroup, and teardown removes it. One kubelet made is kubelet's to
+/// remove, as with containerd and CRI-O (it may already hold a replacement
+/// sandbox's pause).
+const PARENT_MADE_MARKER: &str = "cgroup-parent-made";
+
+/// Whether caissond (or the shim for it) made the pod's cgroup: its own
+/// QoS hierarchy's, or a `cgroup_parent` marked at RunPodSandbox.
+fn made_pod_cgroup(rt: &Runtime, pod: &PodRecord) -> bool {
+    let tree = rt.config.cgroups.qos_tree(&rt.config.cgroup_parent);
+    let ours = [
+        caisson_cgroups::QosClass::Guaranteed,
+        caisson_cgroups::QosClass::Burstable,
+        caisson_cgroups::QosClass::BestEffort,
+    ]
+    .into_iter()
+    .any(|class| pod.cgroup_parent == tree.pod_cgroup(class, &pod.uid));
+    ours || pod_dir(rt, &pod.id).join(PARENT_MADE_MARKER).exists()
+}
+
+/// Marks the pod's `cgroup_parent` as caissond's when it does not exist
+/// yet (before anything makes it).
+fn mark_new_cgroup_parent(rt: &Runtime, pod: &PodRecord) -> CriResult<()> {
+    use caisson_cgroups::CgroupFs;
+    if pod.cgroup_parent.trim_matches('/').is_empty() || made_pod_cgroup(rt, pod) {
+        return Ok(());
+    }
+    let root = caisson_cgroups::fs::CgroupRoot::host();
+    let controller = if root.mode().is_v1() { "memory" } else { "" };
+    if root.dir(controller, &pod.cgroup_parent).exists() {
+        return Ok(());
+    }
+    let dir = pod_dir(rt, &pod.id);
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join(PARENT_MADE_MARKER), &pod.cgroup_parent))
+        .map_err(|e| CriError::internal("writing the pod dir", e))
+}
+
+/// Removes the pause's cgroup and then, when caissond made it
+/// (`remove_parent`), the pod's own, from every hierarchy (the shim
+/// removes a task's when it deletes the task; a failed create or a lost
+/// shim can leave one; containers' go with RemoveContainer). The pod
+/// cgroup is removed only once empty.
+fn remove_pod_cgroups(parent: &str, pod_id: &str, remove_parent: bool) {
     use caisson_cgroups::CgroupFs;
     let root = caisson_cgroups::fs::CgroupRoot::host();
     let pause = format!("{}/{pod_id}", parent.trim_end_matches('/'));
     if let Err(e) = root.remove_tree(&pause) {
         tracing::warn!(cgroup = pause, error = %e, "pause cgroup not removed");
     }
-    if parent.trim_matches('/').is_empty() {
+    if !remove_parent || parent.trim_matches('/').is_empty() {
         return;
     }
     if let Err(e) = root.remove_one(parent) {
@@ -391,7 +430,9 @@ impl Runtime {
             network_released: false,
         };
         drop(_enter);
-        let started = match create_pod_cgroup(self, &pod, &config) {
+        let started = match mark_new_cgroup_parent(self, &pod)
+            .and_then(|()| create_pod_cgroup(self, &pod, &config))
+        {
             Ok(()) => self.start_pod(&mut pod, &config).await,
             Err(e) => Err(e),
         };
@@ -533,8 +574,9 @@ impl Runtime {
             }
         }
         self.remove_pod_network(pod).await;
+        let made_parent = made_pod_cgroup(self, pod);
         remove_pod_dir(&pod_dir(self, &pod.id));
-        remove_pod_cgroups(&pod.cgroup_parent, &pod.id);
+        remove_pod_cgroups(&pod.cgroup_parent, &pod.id, made_parent);
         let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
         if let Err(e) = tree.refresh_burstable() {
             tracing::debug!(error = %e, "updating the burstable tier's cpu shares");

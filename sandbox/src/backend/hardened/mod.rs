@@ -165,10 +165,12 @@ impl HardenedBackend {
         let rootfs = userns_spec::rootfs_of(&task.bundle, &spec);
         userns_spec::make_rootfs_reachable(&task.bundle, &rootfs)?;
         userns_spec::check_bind_sources(&spec)?;
-        crate::backend::native::write_spec(&path, &spec).map_err(|e| BackendError::Failed {
-            op: "rewrite spec",
-            id: task.id.clone(),
-            reason: format!("{}: {e}", path.display()),
+        crate::backend::native::write_json_atomically(&path, &spec).map_err(|e| {
+            BackendError::Failed {
+                op: "rewrite spec",
+                id: task.id.clone(),
+                reason: format!("{}: {e}", path.display()),
+            }
         })?;
         Ok((added, rootfs, joined.fork_netns))
     }

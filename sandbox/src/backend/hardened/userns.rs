@@ -11,7 +11,11 @@
 //!   `slot-<i>`: `link(2)` fails with `EEXIST` if the slot is taken, so
 //!   two shims never get the same range, and a record is never seen half
 //!   written. Allocations are serialised by a `flock` on `.lock`, which
-//!   makes reclaiming a stale slot race-free.
+//!   makes reclaiming a stale slot race-free. The directory must be a
+//!   real directory of root's (it is made, and kept, 0700), and the first
+//!   allocation records the pool's geometry (first id, ids per pod, pods)
+//!   in it: a shim configured otherwise is refused while any slot is
+//!   taken, since its slot `i` would be another range.
 //! * **Freed** when the pod's sandbox task is deleted. A slot whose shim
 //!   died is reclaimed only once no process on the host is left in its user
 //!   namespace (the inode is looked up in every `/proc/<pid>/ns/user`), so
@@ -85,6 +89,23 @@ pub struct UsernsPool {
     pods: u32,
 }
 
+/// The lowest first id of a pool: below are the host's root, system and
+/// ordinary users.
+const MIN_FIRST_ID: u32 = 65_536;
+
+/// The pool's geometry, recorded in its directory by the first allocation:
+/// slot `i` means a range only under one geometry, so shims configured
+/// differently (two hardened handlers, caissond's and containerd's shims)
+/// must not share a pool while any slot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Geometry {
+    first_id: u32,
+    ids_per_pod: u32,
+    pods: u32,
+}
+
+const GEOMETRY_FILE: &str = "geometry.json";
+
 fn option_error(key: &str, reason: impl Into<String>) -> BackendError {
     BackendError::InvalidArgument {
         what: format!("hardened option {key}"),
@@ -96,10 +117,14 @@ impl UsernsPool {
     /// Validates `options`; the pool lives in `default_dir` unless they name
     /// one. Warns about overlaps with /etc/subuid and /etc/subgid.
     pub fn new(options: &HardenedOptions, default_dir: PathBuf) -> Result<UsernsPool> {
-        if options.userns_first_id == 0 {
+        if options.userns_first_id < MIN_FIRST_ID {
             return Err(option_error(
                 "userns_first_id",
-                "must be above 0: the pool must not contain host root",
+                format!(
+                    "{} is below {MIN_FIRST_ID}: the pool must stay clear of the host's \
+                     root and system and login users",
+                    options.userns_first_id
+                ),
             ));
         }
         if options.userns_ids_per_pod == 0 {
@@ -165,6 +190,7 @@ impl UsernsPool {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| fail(format!("{}: {e}", self.dir.display())))?;
+        check_pool_dir(&self.dir).map_err(fail)?;
         let lock_path = self.dir.join(".lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -175,14 +201,17 @@ impl UsernsPool {
             .map_err(|e| fail(format!("{}: {e}", lock_path.display())))?;
         let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| fail(format!("locking {}: {e}", lock_path.display())))?;
-        let record = SlotRecord {
-            pod: pod.to_string(),
-            owner_pid: std::process::id(),
-            owner_start: process_start_time(std::process::id()).unwrap_or(0),
-            userns_inode: None,
-        };
+        self.check_geometry().map_err(fail)?;
         for index in 0..self.pods {
             let path = self.slot_path(index);
+            let record = SlotRecord {
+                pod: pod.to_string(),
+                owner_pid: std::process::id(),
+                owner_start: process_start_time(std::process::id()).unwrap_or(0),
+                userns_inode: None,
+                first_id: Some(self.first_id + index * self.ids_per_pod),
+                count: Some(self.ids_per_pod),
+            };
             match write_exclusive(&self.dir, &path, &record) {
                 Ok(()) => {
                     let slot = Slot {
@@ -203,6 +232,12 @@ impl UsernsPool {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if self.reclaim_if_stale(index) {
                         if let Ok(()) = write_exclusive(&self.dir, &path, &record) {
+                            tracing::info!(
+                                pod,
+                                index,
+                                first_id = record.first_id,
+                                "user namespace range allocated (reclaimed)"
+                            );
                             return Ok(Slot {
                                 path,
                                 record,
@@ -222,6 +257,50 @@ impl UsernsPool {
             self.first_id,
             self.dir.display()
         )))
+    }
+
+    /// Records this pool's geometry in its directory, or checks it matches
+    /// the recorded one. A different geometry is taken over only while no
+    /// slot is taken. Called with the pool lock held.
+    fn check_geometry(&self) -> std::result::Result<(), String> {
+        let ours = Geometry {
+            first_id: self.first_id,
+            ids_per_pod: self.ids_per_pod,
+            pods: self.pods,
+        };
+        let path = self.dir.join(GEOMETRY_FILE);
+        let recorded: Option<Geometry> = match fs::read_to_string(&path) {
+            Ok(text) => {
+                Some(serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        if recorded == Some(ours) {
+            return Ok(());
+        }
+        if let Some(theirs) = recorded {
+            let taken = fs::read_dir(&self.dir)
+                .map_err(|e| format!("{}: {e}", self.dir.display()))?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("slot-"));
+            if taken {
+                return Err(format!(
+                    "the user namespace pool {} is in use with another geometry ({} pods of {} \
+                     ids from uid {}) than this handler's ({} pods of {} ids from uid {}): \
+                     give each configuration its own userns_pool_dir, or the same options",
+                    self.dir.display(),
+                    theirs.pods,
+                    theirs.ids_per_pod,
+                    theirs.first_id,
+                    ours.pods,
+                    ours.ids_per_pod,
+                    ours.first_id
+                ));
+            }
+        }
+        crate::backend::native::write_json_atomically(&path, &ours)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Removes slot `index` if its shim is gone and nothing is left in its
@@ -277,6 +356,11 @@ struct SlotRecord {
     owner_start: u64,
     /// The pod's user namespace, once made.
     userns_inode: Option<u64>,
+    /// The host range (for whoever reads the pool; absent in older slots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    first_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    count: Option<u32>,
 }
 
 /// Writes `record` to a temp file in `dir`, then links it to `path`:
@@ -287,17 +371,43 @@ fn write_exclusive(dir: &Path, path: &Path, record: &SlotRecord) -> io::Result<(
     tmp.as_file_mut().flush()?;
     tmp.as_file().sync_all()?;
     fs::hard_link(tmp.path(), path)?;
-    File::open(dir)?.sync_all()
+    // Linked: the slot is ours whatever happens next (failing now would
+    // leave it taken with nobody to free it).
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(slot = %path.display(), error = %e, "syncing the user namespace pool directory");
+    }
+    Ok(())
 }
 
 /// Rewrites a slot this process owns.
 fn rewrite(path: &Path, record: &SlotRecord) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".slot-").tempfile_in(dir)?;
-    serde_json::to_writer(tmp.as_file_mut(), record)?;
-    tmp.as_file_mut().flush()?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    crate::backend::native::write_json_atomically(path, record)
+}
+
+/// The pool directory must be a real directory of this (root) user that no
+/// one else can write: its slots decide which host ids pods get.
+fn check_pool_dir(dir: &Path) -> std::result::Result<(), String> {
+    let meta = fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !meta.file_type().is_dir() {
+        return Err(format!(
+            "{} is not a directory (a symlink is refused)",
+            dir.display()
+        ));
+    }
+    // SAFETY: geteuid has no failure mode.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(format!(
+            "{} is owned by uid {}, not by uid {euid} running the shim",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("making {} 0700: {e}", dir.display()))?;
+    }
     Ok(())
 }
 
@@ -422,7 +532,10 @@ fn make_userns(first: u32, count: u32) -> io::Result<OwnedFd> {
     // The child is ours to wait for: the reaper does not reap while the
     // fork lock is held.
     let _guard = reaper.lock();
-    let (hold_read, hold_write) = nix::unistd::pipe()?;
+    // Close-on-exec: a process spawned concurrently must not inherit the
+    // write end (the child below would then never see EOF, and the waitpid
+    // below would block with the reaper's lock held).
+    let (hold_read, hold_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     // SAFETY: a raw clone without a new stack is fork(2) with
     // CLONE_NEWUSER; the child only makes async-signal-safe syscalls.
     let pid = unsafe {
@@ -543,7 +656,7 @@ mod tests {
             let mut v: Vec<String> = fs::read_dir(d)
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with(".lock"))
+                .filter(|n| n.starts_with("slot-"))
                 .collect();
             v.sort();
             v
@@ -567,6 +680,8 @@ mod tests {
             owner_pid: u32::MAX - 1,
             owner_start: 1,
             userns_inode: Some(1),
+            first_id: None,
+            count: None,
         };
         fs::write(
             dir.path().join("slot-0"),
@@ -588,5 +703,80 @@ mod tests {
         )
         .unwrap();
         assert!(pool.allocate("new").is_err());
+    }
+
+    #[test]
+    fn shims_with_another_geometry_cannot_share_a_pool_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = pool(dir.path(), 2);
+        let other = UsernsPool::new(
+            &HardenedOptions {
+                userns_pods: 2,
+                userns_ids_per_pod: 1_000,
+                ..HardenedOptions::default()
+            },
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        let slot = a.allocate("a").unwrap();
+        let record: SlotRecord =
+            serde_json::from_str(&fs::read_to_string(&slot.path).unwrap()).unwrap();
+        assert_eq!(
+            (record.first_id, record.count),
+            (Some(1_000_000), Some(65_536))
+        );
+        // Its slot-1 would be 1,001,000.., inside a's slot-0.
+        let err = other.allocate("b").unwrap_err().to_string();
+        assert!(err.contains("another geometry"), "{err}");
+        assert!(!dir.path().join("slot-1").exists(), "nothing allocated");
+        // The same geometry shares it; once empty, another takes it over.
+        let same = pool(dir.path(), 2).allocate("c").unwrap();
+        assert_eq!(same.first_id, 1_065_536);
+        slot.free();
+        same.free();
+        let taken_over = other.allocate("b").unwrap();
+        assert_eq!((taken_over.first_id, taken_over.count), (1_000_000, 1_000));
+        assert!(
+            a.allocate("a").is_err(),
+            "now a's geometry is the other one"
+        );
+        taken_over.free();
+    }
+
+    #[test]
+    fn low_first_ids_and_unsafe_pool_dirs_are_refused() {
+        let low = HardenedOptions {
+            userns_first_id: 1_000,
+            ..HardenedOptions::default()
+        };
+        let err = UsernsPool::new(&low, PathBuf::from("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("65536"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = pool(&link, 1).allocate("a").unwrap_err().to_string();
+        assert!(err.contains("symlink"), "{err}");
+        assert!(fs::read_dir(&real).unwrap().next().is_none());
+
+        let loose = dir.path().join("loose");
+        fs::create_dir(&loose).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o777)).unwrap();
+        pool(&loose, 1).allocate("a").unwrap().free();
+        assert_eq!(fs::metadata(&loose).unwrap().mode() & 0o777, 0o700);
+        let fresh = dir.path().join("fresh/pool");
+        pool(&fresh, 1).allocate("a").unwrap().free();
+        assert_eq!(fs::metadata(&fresh).unwrap().mode() & 0o777, 0o700);
+
+        if unsafe { libc::geteuid() } == 0 {
+            let foreign = dir.path().join("foreign");
+            fs::create_dir(&foreign).unwrap();
+            std::os::unix::fs::chown(&foreign, Some(1234), Some(1234)).unwrap();
+            let err = pool(&foreign, 1).allocate("a").unwrap_err().to_string();
+            assert!(err.contains("owned by uid 1234"), "{err}");
+        }
     }
 }

@@ -61,11 +61,9 @@ pub use process_io::serve_fork_requests;
 pub(crate) use process_io::ExecUserns;
 pub use spec::{strip_internal_annotations, INTERNAL_ANNOTATIONS};
 
-/// Writes a spec to `path` atomically (for backends built on this one).
-pub(crate) fn write_spec(path: &Path, spec: &oci_spec::runtime::Spec) -> std::io::Result<()> {
-    spec::write_json_atomically(path, spec)
-}
 use process_io::{request_fds, write_process_file, ForkRequest, PreparedStdio};
+/// Writes JSON to `path` atomically (for backends built on this one).
+pub(crate) use spec::write_json_atomically;
 use spec::{HostLimits, SpecOrigin};
 use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
 

@@ -265,7 +265,7 @@ impl<F: CgroupFs> QosTree<F> {
         let v1 = self.fs.mode().is_v1();
         let mut settings: Vec<Setting> = vec![];
         if let Some(pids) = extras.pids_limit {
-            settings.push(Setting::Pids(pids as i64));
+            settings.push(Setting::Pids(i64::try_from(pids).unwrap_or(i64::MAX)));
         }
         if let Some(cpus) = &extras.cpuset_cpus {
             settings.push(Setting::CpusetCpus(cpus.clone()));

@@ -269,7 +269,9 @@ fn burstable_cpu_shares_split_one_cpu_two_to_one() {
         "the tier weighs its pods' requests"
     );
 
-    // Both are burning before the window opens; then a fixed window.
+    // Both are burning before the window opens; the window closes once
+    // they have used 3 s of CPU together, however long that takes (another
+    // test on CPU 0 slows both alike and leaves their ratio alone).
     wait_until("both burners to run", Duration::from_secs(10), || {
         burners
             .iter()
@@ -278,8 +280,15 @@ fn burstable_cpu_shares_split_one_cpu_two_to_one() {
     });
     let before: Vec<u64> = burners.iter().map(|id| cpu_ns(&d, id)).collect();
     let window = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
-    let after: Vec<u64> = burners.iter().map(|id| cpu_ns(&d, id)).collect();
+    let used = |after: &[u64]| after[0] - before[0] + after[1] - before[1];
+    let after = wait_until(
+        "the burners to use 3 s of CPU",
+        Duration::from_secs(120),
+        || {
+            let now: Vec<u64> = burners.iter().map(|id| cpu_ns(&d, id)).collect();
+            (used(&now) >= 3_000_000_000).then_some(now)
+        },
+    );
     let elapsed = window.elapsed();
     let heavy = after[0] - before[0];
     let light = after[1] - before[1];
@@ -294,10 +303,6 @@ fn burstable_cpu_shares_split_one_cpu_two_to_one() {
     assert!(
         (1.6..=2.5).contains(&ratio),
         "CPU time should split about 2:1, got {heavy} / {light} = {ratio:.2}"
-    );
-    assert!(
-        (heavy + light) as f64 > 0.5 * elapsed.as_nanos() as f64,
-        "the two burners had most of the CPU: {heavy} + {light} over {elapsed:?}"
     );
     for pod in pods {
         d.stop_pod(&pod);

@@ -691,15 +691,23 @@ fn unified_keys_are_checked_and_mapped_to_cgroup_v1() {
     d.import_busybox();
     // The cgroup mode is detected and logged with the driver at start.
     let log = std::fs::read_to_string(&d.log_path).unwrap();
-    let hybrid = std::path::Path::new("/sys/fs/cgroup/cpu").is_dir()
-        && std::fs::read_to_string("/proc/self/mounts")
-            .unwrap()
+    // The mode as the mounts show it (CgroupMode::detect's names).
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let cgroup2_at = |dir: &str| {
+        mounts
             .lines()
-            .any(|l| l.contains(" /sys/fs/cgroup/unified cgroup2 "));
-    let mode = if hybrid { "hybrid" } else { "" };
+            .any(|l| l.contains(&format!(" {dir} cgroup2 ")))
+    };
+    let mode = if cgroup2_at("/sys/fs/cgroup") {
+        "unified"
+    } else if cgroup2_at("/sys/fs/cgroup/unified") {
+        "hybrid"
+    } else {
+        "v1"
+    };
     assert!(
         log.lines()
-            .any(|l| l.contains("driver=\"cgroupfs\"") && l.contains(&format!("mode=\"{mode}"))),
+            .any(|l| l.contains("driver=\"cgroupfs\"") && l.contains(&format!("mode=\"{mode}\""))),
         "no cgroups line with mode {mode:?}:\n{}",
         d.log_tail()
     );

@@ -144,7 +144,8 @@ impl Containerd {
             .parent()
             .expect("shim binary has a directory");
         // The hardened backend's shim, named as containerd looks it up.
-        // The temp dir must be searchable by the pods' mapped root.
+        // The temp dir must be searchable by the pods' mapped root: 0711
+        // (traverse, not list), never more.
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(SHIM, bin.join("containerd-shim-caisson-hardened-v2")).unwrap();

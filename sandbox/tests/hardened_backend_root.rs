@@ -863,3 +863,34 @@ fn a_forged_fork_netns_annotation_is_ignored() {
     assert!(!config.contains("io.caisson.fork-netns"), "{config}");
     kill_and_delete(&h, &id, pid, &bundle);
 }
+
+#[test]
+fn only_root_and_the_pod_can_enter_a_hardened_bundle() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let h = Harness::new();
+    let netns = HostNetns::new();
+    let pod = unique("pod");
+    let bundle = sandbox_bundle(&h, "pause", &netns);
+    let pid = h.run(&pod, &bundle, Stdio::default());
+    let (first, _) = h.backend.pod_id_range(&pod).unwrap();
+    let meta = fs::metadata(&bundle).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.gid()), (0o710, first));
+    // Another host user reaches neither the rootfs nor its setuid-able
+    // files; the pod's root group can traverse.
+    let busybox = bundle.join("rootfs/bin/busybox");
+    let stat_as = |uid: u32, gid: u32| {
+        std::process::Command::new("stat")
+            .arg(&busybox)
+            .uid(uid)
+            .gid(gid)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(!stat_as(12_345, 12_345), "an unrelated host user");
+    assert!(stat_as(first, first), "the pod's root");
+    kill_and_delete(&h, &pod, pid, &bundle);
+}

@@ -163,8 +163,8 @@ impl HardenedBackend {
             userns_spec::set_net_sysctls(netns, &joined.net_sysctls)?;
         }
         let rootfs = userns_spec::rootfs_of(&task.bundle, &spec);
-        userns_spec::make_rootfs_reachable(&task.bundle, &rootfs)?;
-        userns_spec::check_bind_sources(&spec)?;
+        userns_spec::make_rootfs_reachable(&task.bundle, &rootfs, pod.first_id())?;
+        userns_spec::check_bind_sources(&spec, pod.first_id())?;
         crate::backend::native::write_json_atomically(&path, &spec).map_err(|e| {
             BackendError::Failed {
                 op: "rewrite spec",

@@ -17,10 +17,12 @@
 //!   namespaces defeats the point.
 //! * Exec processes carry the container's capabilities in
 //!   [`EXEC_USERNS_ANNOTATION`] ([`super::exec_userns`]).
-//! * The pod's mapped root must be able to reach the rootfs: every
-//!   directory above it must be searchable by others (mode `o+x`); the
-//!   bundle directory (the task's own) is made so, anything above it is
-//!   checked and reported.
+//! * The pod's mapped root must be able to reach the rootfs: the bundle
+//!   directory (the task's own) is given to the pod's root group with mode
+//!   0710 (no other host user may enter it: the rootfs holds files of the
+//!   pod's uids, setuid ones among them); every directory above it must be
+//!   searchable by others (root's 0711 is enough), which is checked and
+//!   reported.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -228,44 +230,59 @@ pub fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
     }
 }
 
-/// Makes `bundle` searchable by others and checks every directory above
-/// `rootfs` is.
-pub fn make_rootfs_reachable(bundle: &Path, rootfs: &Path) -> Result<(), BackendError> {
+/// Lets the pod's mapped root (host gid `pod_gid`) reach `rootfs`: the
+/// bundle (the task's own directory) is given to that group with mode
+/// 0710, so no other host user can enter it (its rootfs holds files owned
+/// by the pod's uids, setuid ones among them); every directory above is
+/// checked to be searchable (root's 0711 is enough: traverse, not list).
+pub fn make_rootfs_reachable(
+    bundle: &Path,
+    rootfs: &Path,
+    pod_gid: u32,
+) -> Result<(), BackendError> {
+    use std::os::unix::fs::MetadataExt;
     let unreachable = |dir: &Path, reason: String| BackendError::Failed {
         op: "reach the rootfs from the pod's user namespace",
         id: rootfs.display().to_string(),
         reason: format!("{}: {reason}", dir.display()),
     };
     let meta = std::fs::metadata(bundle).map_err(|e| unreachable(bundle, e.to_string()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o001 == 0 {
-        std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(mode | 0o001))
+    if meta.gid() != pod_gid {
+        std::os::unix::fs::chown(bundle, None, Some(pod_gid))
+            .map_err(|e| unreachable(bundle, format!("chgrp {pod_gid}: {e}")))?;
+    }
+    if meta.permissions().mode() & 0o7777 != 0o710 {
+        std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o710))
             .map_err(|e| unreachable(bundle, e.to_string()))?;
     }
     let absolute = std::path::absolute(rootfs).map_err(|e| unreachable(rootfs, e.to_string()))?;
-    if let Some(dir) = first_unsearchable(&absolute) {
+    if let Some(dir) = first_unsearchable(&absolute, pod_gid) {
         return Err(unreachable(
             &dir,
             "not searchable by the pod's mapped root; every directory above a hardened \
-             pod's rootfs needs o+x (e.g. 0711)"
+             pod's bundle needs o+x (root's 0711 is enough)"
                 .to_string(),
         ));
     }
     Ok(())
 }
 
-/// The first directory above `path` that others cannot search.
-fn first_unsearchable(path: &Path) -> Option<PathBuf> {
+/// The first directory above `path` the pod's mapped root (whose host
+/// gid is `pod_gid`) cannot search.
+fn first_unsearchable(path: &Path, pod_gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     path.ancestors().skip(1).find_map(|dir| {
-        let mode = std::fs::metadata(dir).ok()?.permissions().mode();
-        (mode & 0o001 == 0).then(|| dir.to_path_buf())
+        let meta = std::fs::metadata(dir).ok()?;
+        let mode = meta.permissions().mode();
+        let searchable = mode & 0o001 != 0 || (meta.gid() == pod_gid && mode & 0o010 != 0);
+        (!searchable).then(|| dir.to_path_buf())
     })
 }
 
 /// Refuses bind mounts whose source the pod's mapped root cannot reach
 /// (libcontainer opens them from inside the pod's user namespace), naming
 /// the mount and the directory in the way.
-pub fn check_bind_sources(spec: &Spec) -> Result<(), BackendError> {
+pub fn check_bind_sources(spec: &Spec, pod_gid: u32) -> Result<(), BackendError> {
     for mount in spec.mounts().iter().flatten() {
         let bind = mount.typ().as_deref() == Some("bind")
             || mount
@@ -276,7 +293,7 @@ pub fn check_bind_sources(spec: &Spec) -> Result<(), BackendError> {
         let Some(source) = mount.source().as_ref().filter(|_| bind) else {
             continue;
         };
-        if let Some(dir) = first_unsearchable(source) {
+        if let Some(dir) = first_unsearchable(source, pod_gid) {
             return Err(BackendError::InvalidArgument {
                 what: format!("mount {}", mount.destination().display()),
                 reason: format!(

@@ -68,11 +68,20 @@ fn hugetlb_key(key: &str) -> Option<(&str, bool)> {
         Some(size) => (size, true),
         None => (rest.strip_suffix(".max")?, false),
     };
-    let digits = size
+    valid_page_size(size).then_some((size, rsvd))
+}
+
+/// A hugetlb page size as the kernel names its files (`"64KB"`, `"2MB"`,
+/// `"1GB"`): digits and KB, MB or GB.
+pub fn valid_page_size(size: &str) -> bool {
+    let Some(digits) = size
         .strip_suffix("KB")
         .or_else(|| size.strip_suffix("MB"))
-        .or_else(|| size.strip_suffix("GB"))?;
-    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some((size, rsvd))
+        .or_else(|| size.strip_suffix("GB"))
+    else {
+        return false;
+    };
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Checks one entry against the allow-list.
@@ -193,6 +202,12 @@ pub fn to_v1(key: &str, value: &str) -> Result<Setting, UnifiedError> {
             if parts.next().is_some() {
                 return Err(bad(key, value, "must be \"<quota|max> [period]\""));
             }
+            if quota > cpu::MAX_QUOTA_US {
+                return Err(bad(key, value, "quota is above the kernel's 2^44-1 µs"));
+            }
+            if period.is_some_and(|p| !cpu::PERIOD_RANGE_US.contains(&p)) {
+                return Err(bad(key, value, "period must be in 1000..=1000000 µs"));
+            }
             Setting::CpuQuota { quota, period }
         }
         "memory.max" => Setting::MemoryLimit(max_or_number(key, value)?),
@@ -292,6 +307,9 @@ mod tests {
             ("cpu.weight", "0", None),
             ("cpu.max", "x 100000", None),
             ("cpu.max", "1000 0", None),
+            ("cpu.max", "1000 999", None),
+            ("cpu.max", "9223372036854775807 100000", None),
+            ("hugetlb.2TB.max", "1", None),
             ("pids.max", "-5", None),
             ("cpuset.cpus", "0-", None),
         ] {

@@ -120,7 +120,7 @@ fn pod_extras(
         .unwrap_or_default();
     let field = "config.linux.resources";
     caisson_cgroups::unified::check_all(&r.unified)
-        .map_err(|e| CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string()))?;
+        .map_err(|e| super::update::unified_refused(field, &e))?;
     // The container checks (ranges, cpuset lists, page sizes), named as
     // the pod's fields; the overhead too.
     for (name, resources) in [
@@ -184,10 +184,9 @@ fn create_pod_cgroup(
     let extras = pod_extras(rt, config)?;
     tree.create_pod(&pod.uid, &resources, &extras)
         .map_err(|e| match e {
-            caisson_cgroups::UnifiedApplyError::Unified(e) => CriError::invalid(
-                format!("config.linux.resources.unified[{}]", e.key()),
-                e.to_string(),
-            ),
+            caisson_cgroups::UnifiedApplyError::Unified(e) => {
+                super::update::unified_refused("config.linux.resources", &e)
+            }
             caisson_cgroups::UnifiedApplyError::Invalid { field, reason } => {
                 CriError::invalid(format!("config.linux.resources.{field}"), reason)
             }

@@ -69,21 +69,24 @@ fn resources_of(config: &cri::ContainerConfig) -> cri::LinuxContainerResources {
         .unwrap_or_default()
 }
 
-/// Checks `r.unified` against the allow-list and, on a cgroup v1 node, that
-/// each key has a v1 equivalent. `field` names the request's resources.
+/// A refused `unified` entry, named under `field` (the request's
+/// resources message).
+pub(crate) fn unified_refused(field: &str, e: &caisson_cgroups::UnifiedError) -> CriError {
+    CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string())
+}
+
+/// Checks `r.unified` as [`apply_unified`] will (the allow-list and, on a
+/// cgroup v1 node, a v1 equivalent), before anything is made for it.
 pub(crate) fn check_unified(r: &cri::LinuxContainerResources, field: &str) -> CriResult<()> {
-    let refused = |e: caisson_cgroups::UnifiedError| {
-        CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string())
-    };
-    unified::check_all(&r.unified).map_err(refused)?;
-    if caisson_cgroups::fs::CgroupRoot::host().mode().is_v1() {
-        let mut keys: Vec<(&String, &String)> = r.unified.iter().collect();
-        keys.sort();
-        for (key, value) in keys {
-            unified::to_v1(key, value).map_err(refused)?;
-        }
+    // What apply_unified reads of the spec's resources: the memory limit
+    // (a v1 swap limit goes on top of it).
+    let mut scratch = LinuxResources::default();
+    if r.memory_limit_in_bytes > 0 {
+        let mut memory = LinuxMemory::default();
+        memory.set_limit(Some(r.memory_limit_in_bytes));
+        scratch.set_memory(Some(memory));
     }
-    Ok(())
+    apply_unified(r, field, &mut scratch)
 }
 
 /// Checks `r.unified` against the allow-list; on a cgroup v1 node moves the
@@ -94,9 +97,7 @@ pub(crate) fn apply_unified(
     field: &str,
     res: &mut LinuxResources,
 ) -> CriResult<()> {
-    let refused = |e: caisson_cgroups::UnifiedError| {
-        CriError::invalid(format!("{field}.unified[{}]", e.key()), e.to_string())
-    };
+    let refused = |e: caisson_cgroups::UnifiedError| unified_refused(field, &e);
     unified::check_all(&r.unified).map_err(refused)?;
     if r.unified.is_empty() || !caisson_cgroups::fs::CgroupRoot::host().mode().is_v1() {
         return Ok(());

@@ -58,29 +58,7 @@ pub(crate) fn sandbox_resources() -> LinuxResources {
     resources
 }
 
-/// `"0-3,8"`-style lists.
-fn valid_cpuset(list: &str) -> bool {
-    list.split(',').all(|range| {
-        let mut ends = range.splitn(2, '-');
-        let first = ends.next().unwrap_or("");
-        let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        ok(first) && ends.next().is_none_or(ok)
-    })
-}
-
-/// `"2MB"`, `"1GB"`, `"64KB"`: hugetlb's page size spelling.
-fn valid_page_size(size: &str) -> bool {
-    let Some(number) = size
-        .strip_suffix("KB")
-        .or_else(|| size.strip_suffix("MB"))
-        .or_else(|| size.strip_suffix("GB"))
-        .or_else(|| size.strip_suffix("TB"))
-        .or_else(|| size.strip_suffix("PB"))
-    else {
-        return false;
-    };
-    !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())
-}
+use caisson_cgroups::unified::{valid_cpu_list, valid_page_size};
 
 /// A cgroup v2 file name: no path separators, nothing hidden.
 fn valid_unified_key(key: &str) -> bool {
@@ -150,7 +128,7 @@ pub(crate) fn container_resources(
         ("cpuset_cpus", &r.cpuset_cpus),
         ("cpuset_mems", &r.cpuset_mems),
     ] {
-        if !list.is_empty() && !valid_cpuset(list) {
+        if !list.is_empty() && !valid_cpu_list(list) {
             return Err(invalid(
                 name,
                 format!("{list:?} is not a list like \"0-3,8\""),
@@ -473,6 +451,17 @@ mod tests {
                 "r.cpuset_mems",
             ),
             (
+                // The kernel names no hugetlb files in TB: unified's rule.
+                cri::LinuxContainerResources {
+                    hugepage_limits: vec![cri::HugepageLimit {
+                        page_size: "1TB".into(),
+                        limit: 1,
+                    }],
+                    ..full()
+                },
+                "r.hugepage_limits[0].page_size",
+            ),
+            (
                 cri::LinuxContainerResources {
                     hugepage_limits: vec![cri::HugepageLimit {
                         page_size: "2M".into(),
@@ -505,7 +494,7 @@ mod tests {
             assert_eq!(err.field(), Some(field), "{err}");
         }
         for ok in ["0", "0-3", "0,2,4-7"] {
-            assert!(valid_cpuset(ok), "{ok}");
+            assert!(valid_cpu_list(ok), "{ok}");
         }
     }
 

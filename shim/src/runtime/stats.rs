@@ -83,32 +83,39 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceCounters> {
         .collect()
 }
 
-/// Whether two paths are the same namespace (nsfs inode).
-fn same_namespace(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-        _ => false,
-    }
-}
-
 /// The interfaces of the pod's own network namespace, read through its
 /// pause process (`/proc/<pid>/net/dev` shows that process's netns, no
 /// setns needed). `None` for hostNetwork pods: their interfaces are the
 /// node's, not the pod's, so (like containerd, which only reads a pod's
 /// netns when it has one) no per-pod network is reported. Also `None`
 /// once the pause is gone, or if its pid no longer holds the pod's pinned
-/// netns (a reused pid).
+/// netns (a reused pid). `/proc/<pid>` is opened once and both the netns
+/// check and the read go through that directory: it stays the process
+/// it was opened for (reads fail once it exits), so a pid reused between
+/// the two cannot slip in.
 pub fn pod_interfaces(pod: &PodRecord) -> Option<Vec<InterfaceCounters>> {
+    use nix::fcntl::{open, openat, AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
     if pod.host_network || pod.pause_exited || pod.pause_pid == 0 {
         return None;
     }
-    let pinned = pod.netns.as_ref()?;
-    let proc_dir = std::path::PathBuf::from(format!("/proc/{}", pod.pause_pid));
-    if !same_namespace(&proc_dir.join("ns/net"), pinned) {
+    let pinned = std::fs::metadata(pod.netns.as_ref()?).ok()?;
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let proc_dir = open(
+        format!("/proc/{}", pod.pause_pid).as_str(),
+        flags | OFlag::O_DIRECTORY,
+        Mode::empty(),
+    )
+    .ok()?;
+    let ns = fstatat(&proc_dir, "ns/net", AtFlags::empty()).ok()?;
+    if (ns.st_dev as u64, ns.st_ino as u64) != (pinned.dev(), pinned.ino()) {
         return None;
     }
-    let text = std::fs::read_to_string(proc_dir.join("net/dev")).ok()?;
+    let dev = openat(&proc_dir, "net/dev", flags, Mode::empty()).ok()?;
+    let mut text = String::new();
+    std::fs::File::from(dev).read_to_string(&mut text).ok()?;
     Some(parse_net_dev(&text))
 }
 

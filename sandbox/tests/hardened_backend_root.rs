@@ -894,3 +894,74 @@ fn only_root_and_the_pod_can_enter_a_hardened_bundle() {
     assert!(stat_as(first, first), "the pod's root");
     kill_and_delete(&h, &pod, pid, &bundle);
 }
+
+#[test]
+fn every_mount_under_sys_is_read_only_inside() {
+    let h = Harness::new();
+    let netns = HostNetns::new();
+    let pod = unique("pod");
+    let sandbox = sandbox_bundle(&h, "pause", &netns);
+    let pause = h.run(&pod, &sandbox, Stdio::default());
+    let ns_of = |name: &str| Some(format!("/proc/{pause}/ns/{name}"));
+    let script = "awk '$5 ~ /^\\/sys/ {print $5, $6}' /proc/self/mountinfo; \
+        mkdir /sys/fs/cgroup/memory/escape 2>/dev/null && echo mkdir-ok; \
+        touch /sys/kernel/x 2>/dev/null && echo touch-ok; echo done";
+    let bundle = h.bundle("sys", &["sh", "-c", script], |spec| {
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![
+            namespace(LinuxNamespaceType::Mount, None),
+            namespace(LinuxNamespaceType::Network, ns_of("net")),
+            namespace(LinuxNamespaceType::Uts, ns_of("uts")),
+            namespace(LinuxNamespaceType::Ipc, ns_of("ipc")),
+            namespace(LinuxNamespaceType::Pid, ns_of("pid")),
+        ]));
+        spec.set_linux(Some(linux));
+    });
+    let id = unique("sys");
+    let out = h.path("sys.out");
+    let stdio = Stdio {
+        stdout: file_uri(&out),
+        stderr: file_uri(&out),
+        ..Stdio::default()
+    };
+    let pid = h.create(
+        &id,
+        &bundle,
+        TaskKind::Container {
+            sandbox_id: pod.clone(),
+        },
+        stdio,
+    );
+    h.backend.start(&id).unwrap();
+    let exit = h.wait_exit(&id, None);
+    h.delete_and_check(&id, pid, &cgroup_of(&bundle));
+    let text = fs::read_to_string(&out).unwrap();
+    assert_eq!(exit.status, 0, "{text}");
+    let mounts: Vec<(&str, &str)> = text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(m, _)| m.starts_with("/sys"))
+        .collect();
+    assert!(
+        mounts.iter().any(|(m, _)| m.starts_with("/sys/fs/cgroup/")),
+        "the host's cgroup submounts come along: {text}"
+    );
+    // The host's sysfs and its submounts, as the /sys bind brings them (the
+    // first time each mount point shows; libcontainer stacks the
+    // container's own cgroup v1 hierarchies on top afterwards).
+    let mut seen = std::collections::HashSet::new();
+    for (mount, options) in &mounts {
+        if !seen.insert(*mount) {
+            continue;
+        }
+        assert!(
+            options.split(',').any(|o| o == "ro"),
+            "{mount} is not read-only ({options}):\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("mkdir-ok") && !text.contains("touch-ok"),
+        "{text}"
+    );
+    kill_and_delete(&h, &pod, pause, &sandbox);
+}

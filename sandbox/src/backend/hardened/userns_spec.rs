@@ -203,13 +203,17 @@ pub fn set_net_sysctls(
         .map_err(failed)
 }
 
-/// A read-only recursive bind of the host's /sys in place of a sysfs mount.
+/// A recursively read-only recursive bind of the host's /sys in place of a
+/// sysfs mount.
 fn sys_bind(sysfs: &Mount) -> Mount {
     let mut bind = sysfs.clone();
     bind.set_typ(Some("bind".to_string()));
     bind.set_source(Some(PathBuf::from("/sys")));
     bind.set_options(Some(
-        ["rbind", "nosuid", "noexec", "nodev", "ro"]
+        // `rro`: read-only recursively (mount_setattr AT_RECURSIVE), not
+        // only the top mount: the host's sysfs submounts (cgroups,
+        // debugfs, ...) come along with `rbind`.
+        ["rbind", "nosuid", "noexec", "nodev", "ro", "rro"]
             .map(String::from)
             .to_vec(),
     ));
@@ -370,6 +374,7 @@ mod tests {
         assert_eq!(sys.typ().as_deref(), Some("bind"));
         assert_eq!(sys.source().as_deref(), Some(Path::new("/sys")));
         assert!(sys.options().as_ref().unwrap().contains(&"ro".to_string()));
+        assert!(sys.options().as_ref().unwrap().contains(&"rro".to_string()));
     }
 
     #[test]

@@ -567,6 +567,46 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn only_transient_cgroup_errors_are_retried() {
+        let failed = |errno| caisson_cgroups::CgroupError::WriteFailed {
+            path: "/x".into(),
+            value: "1".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        for (errno, transient) in [
+            (libc::EINVAL, true),
+            (libc::EBUSY, true),
+            (libc::ENOENT, false),
+            (libc::EACCES, false),
+        ] {
+            assert_eq!(is_transient(&failed(errno)), transient, "errno {errno}");
+        }
+        // A missing cgroup fails at once; a busy one is tried until it passes.
+        let started = std::time::Instant::now();
+        let mut calls = 0;
+        let r = retry_while_busy(|| {
+            calls += 1;
+            Err(failed(libc::ENOENT))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        let mut calls = 0;
+        retry_while_busy(|| {
+            calls += 1;
+            if calls < 3 {
+                Err(failed(libc::EBUSY))
+            } else {
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(calls, 3);
+    }
+
     #[test]
     fn unknown_unified_keys_are_refused_by_name() {
         for key in ["cgroup.procs", "memory.bogus", "../release_agent"] {

@@ -267,6 +267,14 @@ pub fn backend_from_binary_name(argv0: &str) -> Option<String> {
     (!backend.is_empty()).then(|| backend.to_string())
 }
 
+/// The hardened backend's options from [`BACKEND_OPTIONS_ENV`].
+fn hardened_options() -> Result<crate::backend::hardened::HardenedOptions, BackendError> {
+    crate::backend::hardened::HardenedOptions::from_json(
+        &std::env::var(BACKEND_OPTIONS_ENV).unwrap_or_default(),
+        BACKEND_OPTIONS_ENV,
+    )
+}
+
 pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>, BackendError> {
     let name = std::env::var(BACKEND_ENV).unwrap_or_else(|_| "native".to_string());
     match name.as_str() {
@@ -280,10 +288,7 @@ pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>
             state_dir(namespace),
             exits,
             PathBuf::from("/proc/self/exe"),
-            &crate::backend::hardened::HardenedOptions::from_json(
-                &std::env::var(BACKEND_OPTIONS_ENV).unwrap_or_default(),
-                BACKEND_OPTIONS_ENV,
-            )?,
+            &hardened_options()?,
         )?)),
         "oci" => {
             let options = match std::env::var(BACKEND_OPTIONS_ENV) {
@@ -375,12 +380,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
         tracing::warn!(id = %flags.id, error = %e, "unmounting the task's rootfs");
     }
     if std::env::var(BACKEND_ENV).as_deref() == Ok("hardened") {
-        let options = crate::backend::hardened::HardenedOptions::from_json(
-            &std::env::var(BACKEND_OPTIONS_ENV).unwrap_or_default(),
-            BACKEND_OPTIONS_ENV,
-        )
-        .unwrap_or_default();
-        HardenedBackend::force_cleanup(&state, &flags.id, &options);
+        HardenedBackend::force_cleanup(&state, &flags.id);
     }
     let response = api::DeleteResponse {
         pid: 0,

@@ -615,24 +615,32 @@ impl Drop for OverlayGuard {
     }
 }
 
-#[test]
-fn an_overlay_rootfs_is_idmapped_through_its_layers() {
-    let h = Harness::new();
-    // The image as an overlay (what caissond and containerd mount): busybox
-    // as the lower layer, an empty upper.
-    let bundle = h.bundle("overlay", &["sh", "-c", "sleep 1000"], |spec| {
+/// A bundle whose rootfs is an overlay (what caissond and containerd
+/// mount): busybox as the lower layer, an empty upper. Returns the bundle,
+/// the guard unmounting it, the upper and the lower dir.
+fn overlay_bundle(
+    h: &Harness,
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    OverlayGuard,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let bundle = h.bundle(name, &["sh", "-c", "sleep 1000"], |spec| {
         let mut root = spec.root().clone().unwrap();
         root.set_readonly(Some(false));
         spec.set_root(Some(root));
     });
     let rootfs = bundle.join("rootfs");
-    let lower = h.path("overlay-lower");
+    let lower = h.path(&format!("{name}-lower"));
     fs::rename(&rootfs, &lower).unwrap();
-    let (upper, work) = (h.path("snap/fs"), h.path("snap/work"));
+    let snap = h.path(&format!("{name}-snap"));
+    let (upper, work) = (snap.join("fs"), snap.join("work"));
     for dir in [&rootfs, &upper, &work] {
         fs::create_dir_all(dir).unwrap();
     }
-    fs::set_permissions(h.path("snap"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(&snap, fs::Permissions::from_mode(0o700)).unwrap();
     nix::mount::mount(
         Some("overlay"),
         &rootfs,
@@ -649,7 +657,13 @@ fn an_overlay_rootfs_is_idmapped_through_its_layers() {
         ),
     )
     .unwrap();
-    let _overlay = OverlayGuard(rootfs.clone());
+    (bundle, OverlayGuard(rootfs), upper, lower)
+}
+
+#[test]
+fn an_overlay_rootfs_is_idmapped_through_its_layers() {
+    let h = Harness::new();
+    let (bundle, _overlay, upper, lower) = overlay_bundle(&h, "overlay");
     let id = unique("overlay");
     let pid = h.run(&id, &bundle, Stdio::default());
     let (first, _) = h.backend.pod_id_range(&id).unwrap();
@@ -964,4 +978,36 @@ fn every_mount_under_sys_is_read_only_inside() {
         "{text}"
     );
     kill_and_delete(&h, &pod, pause, &sandbox);
+}
+
+/// Two containerd namespaces (two state roots) share the pool, and may
+/// reuse a task id: each task's idmapped layers are its own namespace's.
+#[test]
+fn the_same_task_id_in_two_namespaces_keeps_its_own_layer_mounts() {
+    let pool = tempfile::tempdir().unwrap();
+    let options = HardenedOptions {
+        userns_pool_dir: Some(pool.path().join("pool")),
+        ..HardenedOptions::default()
+    };
+    let (a, b) = (
+        Harness::with_options(&options),
+        Harness::with_options(&options),
+    );
+    let id = unique("same");
+    let (bundle_a, _overlay_a, ..) = overlay_bundle(&a, "overlay");
+    let (bundle_b, _overlay_b, ..) = overlay_bundle(&b, "overlay");
+    let pid_a = a.run(&id, &bundle_a, Stdio::default());
+    let pid_b = b.run(&id, &bundle_b, Stdio::default());
+    let layers_of = |h: &Harness| idmapped_mounts_under(h.backend.native().state_root()).len();
+    let (before_a, before_b) = (layers_of(&a), layers_of(&b));
+    assert!(before_a > 0 && before_b > 0, "{before_a} {before_b}");
+    // What `shim delete` does after namespace a's shim died.
+    HardenedBackend::force_cleanup(a.backend.native().state_root(), &id);
+    assert_eq!(layers_of(&b), before_b, "b's layers untouched");
+    let (status, out) = exec_in(&b, &id, "e1", &["ls", "/bin/busybox"]);
+    assert_eq!(status, 0, "{out}");
+    kill_and_delete(&a, &id, pid_a, &bundle_a);
+    kill_and_delete(&b, &id, pid_b, &bundle_b);
+    assert!(idmapped_mounts_under(a.dir.path()).is_empty());
+    assert!(idmapped_mounts_under(b.dir.path()).is_empty());
 }

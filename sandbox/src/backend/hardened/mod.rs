@@ -61,6 +61,28 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The pool's default directory: `.userns-pool` beside the state root,
+/// shared by every shim of the host (whatever its namespace).
+fn default_pool_dir(state_root: &Path) -> PathBuf {
+    state_root
+        .parent()
+        .unwrap_or(state_root)
+        .join(".userns-pool")
+}
+
+/// Where the idmapped layer mounts of task `id`'s overlay rootfs live:
+/// under the (per-namespace) state root, so the same task id in two
+/// containerd namespaces never shares (nor cleans up) the other's.
+fn layers_dir(state_root: &Path, id: &str) -> PathBuf {
+    state_root.join(".idmap-layers").join(id)
+}
+
+/// A task id that can name a directory: checked before anything touches
+/// the bundle or mounts (libcontainer checks it again).
+fn valid_task_id(id: &str) -> bool {
+    !(id.is_empty() || id.contains('/') || id.starts_with('.'))
+}
+
 /// A task's pod: its sandbox id.
 fn pod_of(task: &TaskSpec) -> &str {
     match &task.kind {
@@ -84,9 +106,7 @@ impl HardenedBackend {
         options: &HardenedOptions,
     ) -> Result<Self> {
         let native = NativeBackend::new(state_root, exits, fork_server)?;
-        let root = native.state_root();
-        let default_dir = root.parent().unwrap_or(root).join(".userns-pool");
-        let pool = UsernsPool::new(options, default_dir)?;
+        let pool = UsernsPool::new(options, default_pool_dir(native.state_root()))?;
         Ok(HardenedBackend {
             native,
             added_caps: Mutex::new(HashMap::new()),
@@ -100,18 +120,15 @@ impl HardenedBackend {
     /// backend's state: the idmapped layer mounts of an overlay rootfs (the
     /// rootfs itself is unmounted by the caller). A stale range is
     /// reclaimed by the next allocation, once nothing lives in it.
-    pub fn force_cleanup(state_root: &Path, id: &str, options: &HardenedOptions) {
-        let default_dir = state_root
-            .parent()
-            .unwrap_or(state_root)
-            .join(".userns-pool");
-        let Ok(pool) = UsernsPool::new(options, default_dir) else {
-            return;
-        };
-        if id.is_empty() || id.contains('/') || id.starts_with('.') {
+    pub fn force_cleanup(state_root: &Path, id: &str) {
+        if !valid_task_id(id) {
             return;
         }
-        idmap::remove_layer_mounts(&pool.dir().join("layers").join(id));
+        // As the backend saw it (NativeBackend canonicalises its root).
+        let root = state_root
+            .canonicalize()
+            .unwrap_or_else(|_| state_root.to_path_buf());
+        idmap::remove_layer_mounts(&layers_dir(&root, id));
     }
 
     /// The native backend underneath (state root, fork server pid).
@@ -191,7 +208,7 @@ impl HardenedBackend {
             ),
         })?;
         let (added, rootfs, fork_netns) = self.harden_bundle(task, &pod.userns)?;
-        let scratch = self.pool.dir().join("layers").join(&task.id);
+        let scratch = layers_dir(self.native.state_root(), &task.id);
         let mounted =
             idmap::mount_idmapped(&rootfs, pod.userns.fd(), pod.userns.first_id(), &scratch)
                 .map_err(|e| BackendError::Failed {
@@ -249,8 +266,8 @@ impl Backend for HardenedBackend {
         // Held across the create: a pod's tasks are created one at a time.
         let mut pods = locked(&self.pods);
         // Before anything touches its bundle or mounts (the id names a
-        // directory of the pool; libcontainer checks it again).
-        if task.id.is_empty() || task.id.contains('/') || task.id.starts_with('.') {
+        // directory).
+        if !valid_task_id(&task.id) {
             return Err(BackendError::InvalidArgument {
                 what: "task id".into(),
                 reason: format!("{:?} is not a valid container id", task.id),
@@ -298,10 +315,7 @@ impl Backend for HardenedBackend {
         let (first_id, ids) = (pod.userns.first_id(), pod.userns.count());
         drop(pods);
         tracing::info!(id = task.id, ?added, first_id, ids, "hardened task created");
-        self.added_caps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(task.id.clone(), added);
+        locked(&self.added_caps).insert(task.id.clone(), added);
         Ok(pid)
     }
 
@@ -310,10 +324,7 @@ impl Backend for HardenedBackend {
     }
 
     fn exec(&self, exec: &ExecSpec) -> Result<()> {
-        let added = self
-            .added_caps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let added = locked(&self.added_caps)
             .get(&exec.container_id)
             .cloned()
             .unwrap_or_default();
@@ -345,10 +356,7 @@ impl Backend for HardenedBackend {
     fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
         self.native.delete(id, exec_id)?;
         if exec_id.is_none() {
-            self.added_caps
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
+            locked(&self.added_caps).remove(id);
             if let Some(mounted) = locked(&self.idmapped).remove(id) {
                 if let Err(e) = mounted.unmount() {
                     tracing::warn!(id, error = %e, "unmounting the idmapped rootfs");

@@ -1011,3 +1011,25 @@ fn the_same_task_id_in_two_namespaces_keeps_its_own_layer_mounts() {
     assert!(idmapped_mounts_under(a.dir.path()).is_empty());
     assert!(idmapped_mounts_under(b.dir.path()).is_empty());
 }
+
+/// A bundle reached through a symlink: mountinfo shows the canonical path,
+/// and the overlay must still be recognised (and everything unmounted).
+#[test]
+fn an_overlay_bundle_reached_through_a_symlink_is_idmapped_and_cleaned_up() {
+    let h = Harness::new();
+    let (bundle, _overlay, ..) = overlay_bundle(&h, "linked");
+    let link = h.path("link");
+    std::os::unix::fs::symlink(h.dir.path(), &link).unwrap();
+    let via_link = link.join("linked");
+    let id = unique("linked");
+    let pid = h.run(&id, &via_link, Stdio::default());
+    assert!(
+        !idmapped_mounts_under(h.backend.native().state_root()).is_empty(),
+        "the overlay's layers are idmapped"
+    );
+    kill_and_delete(&h, &id, pid, &bundle);
+    assert!(
+        idmapped_mounts_under(h.dir.path()).is_empty(),
+        "idmapped mounts left"
+    );
+}

@@ -681,16 +681,12 @@ fn bundle_cgroup_path(bundle: &Path) -> Option<PathBuf> {
 /// `/sys/fs/cgroup/unified`), read from mountinfo's mount-point and
 /// filesystem-type fields.
 fn cgroup2_mounts_below(mountinfo: &str, root: &str) -> Vec<String> {
-    let prefix = format!("{}/", root.trim_end_matches('/'));
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let fstype = right.split(' ').next()?;
-            (fstype == "cgroup2" && mount_point.starts_with(&prefix))
-                .then(|| mount_point.replace("\\040", " "))
-        })
+    let root = Path::new(root);
+    crate::host::mountinfo::parse(mountinfo)
+        .into_iter()
+        .filter(|m| m.fstype == "cgroup2" && m.mount_point != root)
+        .filter(|m| m.mount_point.starts_with(root))
+        .map(|m| m.mount_point.display().to_string())
         .collect()
 }
 

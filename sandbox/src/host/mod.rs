@@ -17,12 +17,14 @@
 //! * [`forker`]: the single-threaded fork server that makes libcontainer's
 //!   `clone` calls on the shim's behalf (a child cloned from a threaded
 //!   process can deadlock on a lock another thread held).
+//! * [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
 
 pub mod cgroups;
 pub mod console;
 pub mod crilog;
 pub mod executor;
 pub mod forker;
+pub mod mountinfo;
 pub mod pidfd;
 pub mod reaper;
 pub mod stdio;

@@ -166,25 +166,19 @@ struct TopMount {
 
 fn top_mount(path: &Path) -> Option<TopMount> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    top_mount_in(&info, path)
+    // mountinfo shows canonical paths: a bundle reached through a symlink
+    // or `..` would otherwise never match.
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    top_mount_in(&info, &path)
 }
 
 fn top_mount_in(info: &str, path: &Path) -> Option<TopMount> {
-    let want = path.display().to_string().replace(' ', "\\040");
-    info.lines().rev().find_map(|line| {
-        let (head, tail) = line.split_once(" - ")?;
-        let fields: Vec<&str> = head.split(' ').collect();
-        if fields.get(4) != Some(&want.as_str()) {
-            return None;
-        }
-        let mut tail = tail.split(' ');
-        let fstype = tail.next()?.to_string();
-        let _source = tail.next()?;
-        Some(TopMount {
-            mount_options: fields.get(5)?.to_string(),
-            fstype,
-            super_options: tail.next().unwrap_or_default().to_string(),
-        })
+    let entries = crate::host::mountinfo::parse(info);
+    let top = crate::host::mountinfo::top_at(&entries, path)?;
+    Some(TopMount {
+        mount_options: top.mount_options.clone(),
+        fstype: top.fstype.clone(),
+        super_options: top.super_options.clone(),
     })
 }
 

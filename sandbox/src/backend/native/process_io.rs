@@ -221,7 +221,7 @@ fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Re
 }
 
 fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
-    join_new_session_keyring();
+    join_new_session_keyring()?;
     match request {
         ForkRequest::CreateInit {
             id,
@@ -341,9 +341,9 @@ impl OwnProcessState {
 /// the fork server's, which is the host session's (seen: the same keyring
 /// id inside a native container as on the host). A new anonymous keyring
 /// per build; the server's previous one is dropped once no process holds it.
-/// Kernels without keys (ENOSYS) or out of key quota keep the old one, with
-/// a warning.
-fn join_new_session_keyring() {
+/// A kernel without keys (ENOSYS) has nothing to share; any other failure
+/// refuses the build rather than sharing silently.
+fn join_new_session_keyring() -> std::result::Result<(), Refused> {
     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
     // SAFETY: keyctl with a null name (an anonymous keyring).
     let r = unsafe {
@@ -353,12 +353,21 @@ fn join_new_session_keyring() {
             std::ptr::null::<libc::c_char>(),
         )
     };
-    if r < 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "could not give the container a session keyring of its own"
-        );
+    if r >= 0 {
+        return Ok(());
     }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOSYS) {
+        tracing::debug!("no kernel keyrings: no session keyring to give the container");
+        return Ok(());
+    }
+    Err(Refused::new(
+        RefusalKind::Failed,
+        format!(
+            "could not give the container a session keyring of its own (it would share \
+             the host's): {e}"
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -248,3 +248,56 @@ fn exec_and_kill_through_runc() {
     assert_eq!(h.wait_exit(&id, None).status, 137);
     h.delete_and_check(&id, pid, &cgroup_of(&bundle));
 }
+
+/// A runtime whose `create` hangs: past the deadline the CLI is killed
+/// (not left running) and the call fails.
+#[test]
+fn a_runtime_cli_past_its_deadline_is_killed() {
+    use std::os::unix::fs::PermissionsExt;
+    let scripts = tempfile::tempdir().unwrap();
+    let pid_file = scripts.path().join("cli.pid");
+    let runtime = scripts.path().join("hanging-runtime");
+    fs::write(
+        &runtime,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" create \"*) echo $$ > {}; exec sleep 1000;; esac\nexit 0\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&runtime, fs::Permissions::from_mode(0o755)).unwrap();
+    let h = Harness::start("the oci backend's CLI deadline", |state, sink| {
+        OciBackend::new(
+            state,
+            sink,
+            OciOptions {
+                runtime_path: runtime.clone(),
+                runtime_args: Vec::new(),
+                hide_cgroup2: false,
+            },
+        )
+        .expect("starting the backend")
+        .with_cli_deadline(std::time::Duration::from_millis(500))
+    });
+    let bundle = h.bundle("hang", &["true"], |_| {});
+    let started = std::time::Instant::now();
+    let err = h
+        .try_create(
+            &unique("hang"),
+            &bundle,
+            TaskKind::Sandbox,
+            Stdio::default(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("killed"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let pid: u32 = fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the CLI ({pid}) is still there"
+    );
+}

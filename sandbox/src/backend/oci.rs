@@ -24,6 +24,13 @@
 //!   without the cgroup2 mounts under `/sys/fs/cgroup`, so a runtime that
 //!   refuses hybrid hosts (crun 1.8 when cgroup2 holds a controller, as
 //!   hugetlb here) sees a legacy v1 host and uses the v1 controllers.
+//!   That namespace is a slave of the host's (`MS_REC | MS_SLAVE`): host
+//!   mounts still reach it, but nothing mounted in it propagates back, so a
+//!   spec mount with `rshared` propagation made by the runtime is not seen
+//!   on the host (bidirectional mount propagation does not work with
+//!   `hide_cgroup2`).
+//! * Every CLI call that forks the container (create, exec) has a deadline
+//!   (60 s): past it the CLI is killed through a pidfd and the call fails.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -106,6 +113,9 @@ pub struct OciBackend {
     tasks: Arc<Mutex<HashMap<String, OciTask>>>,
     /// The cgroup2 mount points to hide from the runtime (`hide_cgroup2`).
     hidden_mounts: Arc<Vec<CString>>,
+    /// How long a CLI call that forks the container may take before it is
+    /// killed ([`CLI_DEADLINE`] unless [`OciBackend::with_cli_deadline`]).
+    cli_deadline: Duration,
 }
 
 fn failed(op: &'static str, id: &str, reason: impl std::fmt::Display) -> BackendError {
@@ -150,7 +160,15 @@ impl OciBackend {
             reaper,
             tasks: Arc::default(),
             hidden_mounts: Arc::new(hidden_mounts),
+            cli_deadline: CLI_DEADLINE,
         })
+    }
+
+    /// Another deadline for the CLI calls that fork the container (create,
+    /// exec), after which the CLI is killed and the call fails.
+    pub fn with_cli_deadline(mut self, deadline: Duration) -> OciBackend {
+        self.cli_deadline = deadline;
+        self
     }
 
     fn cli(&self) -> Command {
@@ -186,24 +204,48 @@ impl OciBackend {
         }
     }
 
-    /// Spawns `cmd` with `stdio` as its own and returns a channel that
-    /// receives its exit (the reaper watches it from the start).
+    /// Spawns `cmd` with `stdio` as its own and returns a pidfd of it (to
+    /// kill it past a deadline without hitting a reused pid) and a channel
+    /// that receives its exit (the reaper watches it from the start).
     fn spawn_with(
         &self,
         cmd: &mut Command,
         stdin: OwnedFd,
         stdout: OwnedFd,
         stderr: OwnedFd,
-    ) -> std::io::Result<(u32, mpsc::Receiver<Reaped>)> {
+    ) -> std::io::Result<(Pidfd, mpsc::Receiver<Reaped>)> {
         cmd.stdin(stdin).stdout(stdout).stderr(stderr);
         let (tx, rx) = mpsc::channel();
         let guard = self.reaper.lock();
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
         let pid = child.id();
+        // Not reaped while the fork lock is held: the pid is still ours.
+        let pidfd = match Pidfd::open(pid) {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         guard.watch(pid, move |reaped| {
             let _ = tx.send(reaped);
         });
-        Ok((pid, rx))
+        Ok((pidfd, rx))
+    }
+
+    /// Kills a CLI call that overran [`CLI_DEADLINE`] and waits (briefly)
+    /// for the reaper to collect it.
+    fn kill_overdue(cli: &Pidfd, rx: &mpsc::Receiver<Reaped>, id: &str) {
+        tracing::warn!(
+            id,
+            pid = cli.pid(),
+            "the runtime CLI overran its deadline: killing it"
+        );
+        if let Err(e) = cli.send_signal(libc::SIGKILL) {
+            tracing::warn!(id, error = %e, "killing the runtime CLI");
+        }
+        let _ = rx.recv_timeout(Duration::from_secs(5));
     }
 
     fn open(
@@ -264,12 +306,21 @@ impl Backend for OciBackend {
         }
         cmd.arg(id);
         let child = stdio.child_fds(id)?;
-        let (_, rx) = self
+        let (cli, rx) = self
             .spawn_with(&mut cmd, child.stdin, child.stdout, child.stderr)
             .map_err(|e| failed("create", id, e))?;
-        let reaped = rx
-            .recv_timeout(CLI_DEADLINE)
-            .map_err(|_| failed("create", id, "the runtime did not finish"))?;
+        let Ok(reaped) = rx.recv_timeout(self.cli_deadline) else {
+            Self::kill_overdue(&cli, &rx, id);
+            let _ = self.run("delete", id, &["delete", "--force", id]);
+            return Err(failed(
+                "create",
+                id,
+                format!(
+                    "the runtime did not finish within {:?} (killed)",
+                    self.cli_deadline
+                ),
+            ));
+        };
         if reaped.code() != 0 {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             let _ = self.run("delete", id, &["delete", "--force", id]);
@@ -369,11 +420,12 @@ impl Backend for OciBackend {
             .arg("--pid-file")
             .arg(&pid_file)
             .arg(id);
-        let (cli_pid, rx) = self
+        let (cli, rx) = self
             .spawn_with(&mut cmd, child.stdin, child.stdout, child.stderr)
             .map_err(|e| failed("start exec", id, e))?;
+        let cli_pid = cli.pid();
         // The pid file appears once the process exists (or the CLI failed).
-        let until = std::time::Instant::now() + CLI_DEADLINE;
+        let until = std::time::Instant::now() + self.cli_deadline;
         let pid = loop {
             if let Ok(pid) = Self::read_pid(&pid_file) {
                 break pid;
@@ -388,15 +440,19 @@ impl Backend for OciBackend {
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < until => {}
                 Err(_) => {
+                    Self::kill_overdue(&cli, &rx, id);
                     return Err(failed(
                         "start exec",
                         id,
-                        "the runtime did not start the process",
-                    ))
+                        format!(
+                            "the runtime did not start the process within {:?} (killed)",
+                            self.cli_deadline
+                        ),
+                    ));
                 }
             }
         };
-        let pidfd = Pidfd::open(cli_pid).map_err(|e| failed("start exec", id, e))?;
+        let pidfd = cli;
         if let Some(task) = self
             .tasks
             .lock()
@@ -691,7 +747,9 @@ fn cgroup2_mounts_below(mountinfo: &str, root: &str) -> Vec<String> {
 }
 
 /// In the forked CLI before exec: a private mount namespace, slave to the
-/// host's so the bundle's rootfs stays visible, without `mounts`.
+/// host's so the bundle's rootfs stays visible, without `mounts`. Being a
+/// slave, it propagates nothing back: `rshared` mounts the runtime makes
+/// stay in it.
 fn hide_mounts(mounts: &[CString]) -> std::io::Result<()> {
     // SAFETY: plain syscalls with valid pointers.
     unsafe {

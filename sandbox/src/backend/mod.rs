@@ -24,10 +24,16 @@
 //!   `LinuxResources`), not a cgroup API, since a VM's cgroups are in the guest.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use oci_spec::runtime::{LinuxResources, Process};
+
+/// Locks `m`, taking over a poisoned lock (a panicked holder leaves the
+/// maps consistent: every update is a single insert or remove).
+pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub mod hardened;
 pub mod native;

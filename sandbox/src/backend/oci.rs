@@ -44,7 +44,7 @@ use std::time::{Duration, SystemTime};
 use oci_spec::runtime::LinuxResources;
 
 use crate::backend::{
-    Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, Stdio, TaskSpec,
+    locked, Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, Stdio, TaskSpec,
     TaskStats,
 };
 use crate::host::cgroups;
@@ -277,12 +277,7 @@ impl Backend for OciBackend {
 
     fn create(&self, task: &TaskSpec) -> Result<u32> {
         let id = task.id.as_str();
-        if self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id)
-        {
+        if locked(&self.tasks).contains_key(id) {
             return Err(BackendError::AlreadyExists {
                 what: "task",
                 id: id.to_string(),
@@ -360,7 +355,7 @@ impl Backend for OciBackend {
                 this.report(&id2, None, pid, reaped.code(), reaped.at)
             });
         }
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        locked(&self.tasks).insert(
             id.to_string(),
             OciTask {
                 init: Some(Proc { pidfd, stdio: held }),
@@ -379,7 +374,7 @@ impl Backend for OciBackend {
     }
 
     fn exec(&self, exec: &ExecSpec) -> Result<()> {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = locked(&self.tasks);
         let task = tasks
             .get_mut(&exec.container_id)
             .ok_or_else(|| not_found(&exec.container_id))?;
@@ -395,7 +390,7 @@ impl Backend for OciBackend {
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
         let exec = {
-            let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+            let tasks = locked(&self.tasks);
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
             task.execs
                 .get(exec_id)
@@ -453,12 +448,7 @@ impl Backend for OciBackend {
             }
         };
         let pidfd = cli;
-        if let Some(task) = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(id)
-        {
+        if let Some(task) = locked(&self.tasks).get_mut(id) {
             task.running_execs
                 .insert(exec_id.to_string(), Proc { pidfd, stdio: held });
         }
@@ -475,7 +465,7 @@ impl Backend for OciBackend {
     fn kill(&self, id: &str, exec_id: Option<&str>, signal: u32, all: bool) -> Result<()> {
         match exec_id {
             Some(exec_id) => {
-                let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                let tasks = locked(&self.tasks);
                 let task = tasks.get(id).ok_or_else(|| not_found(id))?;
                 let proc = task
                     .running_execs
@@ -489,7 +479,7 @@ impl Backend for OciBackend {
             }
             None => {
                 let exited = {
-                    let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                    let tasks = locked(&self.tasks);
                     tasks.get(id).ok_or_else(|| not_found(id))?.exited
                 };
                 if exited && !all {
@@ -510,7 +500,7 @@ impl Backend for OciBackend {
     }
 
     fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tasks = locked(&self.tasks);
         let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
         if let Some(exec_id) = exec_id {
             task.execs
@@ -521,10 +511,7 @@ impl Backend for OciBackend {
         }
         drop(tasks);
         self.run("delete", id, &["delete", "--force", id])?;
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        locked(&self.tasks).remove(id);
         Ok(())
     }
 
@@ -570,7 +557,7 @@ impl Backend for OciBackend {
                 backend: NAME,
             });
         }
-        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let tasks = locked(&self.tasks);
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
         let master = task
             .init
@@ -594,7 +581,7 @@ impl Backend for OciBackend {
 
 impl OciBackend {
     fn task_cgroup(&self, id: &str) -> Result<PathBuf> {
-        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let tasks = locked(&self.tasks);
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
         task.cgroup_path.clone().ok_or(BackendError::Unsupported {
             op: "stats without linux.cgroupsPath",
@@ -603,7 +590,7 @@ impl OciBackend {
     }
 
     fn init_pid(&self, id: &str) -> Result<u32> {
-        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        let tasks = locked(&self.tasks);
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
         task.init
             .as_ref()
@@ -631,7 +618,7 @@ impl ExitReporter {
             return;
         };
         let mut oom_killed = false;
-        if let Some(task) = tasks.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id) {
+        if let Some(task) = locked(&tasks).get_mut(id) {
             if exec_id.is_none() {
                 task.exited = true;
                 // Read before delete removes the cgroup: did the OOM killer act?

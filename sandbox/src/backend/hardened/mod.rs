@@ -25,13 +25,14 @@ pub mod userns_spec;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use oci_spec::runtime::{Capability, LinuxResources, Spec};
 
 use crate::backend::native::{CreateExtras, ExecUserns, NativeBackend};
 use crate::backend::{
-    Backend, BackendError, ExecSpec, ExitSink, ProcessInfo, Result, TaskKind, TaskSpec, TaskStats,
+    locked, Backend, BackendError, ExecSpec, ExitSink, ProcessInfo, Result, TaskKind, TaskSpec,
+    TaskStats,
 };
 pub use userns::HardenedOptions;
 use userns::{PodUserns, UsernsPool};
@@ -55,10 +56,6 @@ pub struct HardenedBackend {
     pods: Mutex<HashMap<String, Pod>>,
     /// Per task, the rootfs it has an idmapped mount on.
     idmapped: Mutex<HashMap<String, idmap::IdmappedRootfs>>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The pool's default directory: `.userns-pool` beside the state root,

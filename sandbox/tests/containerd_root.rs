@@ -502,6 +502,12 @@ impl Containerd {
                 }
             }
         }
+        // The namespace's parent cgroup, made along with the first container
+        // (if the other test of this file still has containers in it, the
+        // removal fails and that test's own cleanup removes it).
+        for c in CGROUP_CONTROLLERS {
+            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(c).join(NS));
+        }
         if let Some(tmp) = self.tmp.take() {
             if let Err(e) = tmp.close() {
                 problems.push(format!("removing {}: {e}", self.dir.display()));

@@ -151,6 +151,18 @@ impl<F: CgroupFs> QosTree<F> {
         format!("{}/{}", self.tier(class), pod_cgroup_name(uid))
     }
 
+    /// Whether `cgroup` is pod `uid`'s cgroup in one of this tree's tiers
+    /// (a pod caissond placed itself, not one under a kubelet parent).
+    pub fn holds_pod_cgroup(&self, cgroup: &str, uid: &str) -> bool {
+        [
+            QosClass::Guaranteed,
+            QosClass::Burstable,
+            QosClass::BestEffort,
+        ]
+        .into_iter()
+        .any(|class| cgroup == self.pod_cgroup(class, uid))
+    }
+
     /// Creates the top and tiers with their limits (idempotent).
     pub fn ensure(&self) -> Result<(), CgroupError> {
         self.fs.create(&self.top)?;
@@ -518,6 +530,22 @@ mod tests {
                 cpu_milli: Some(2000),
             },
         )
+    }
+
+    #[test]
+    fn holds_only_its_own_tiers_pod_cgroups() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = tree(dir.path(), CgroupMode::Hybrid);
+        for (cgroup, uid, held) in [
+            ("/caisson-kubepods/podu1", "u1", true),
+            ("/caisson-kubepods/burstable/podu1", "u1", true),
+            ("/caisson-kubepods/besteffort/podu1", "u1", true),
+            ("/caisson-kubepods/besteffort/podu1", "u2", false),
+            ("/kubepods/burstable/podu1", "u1", false),
+            ("/caisson-kubepods/other/podu1", "u1", false),
+        ] {
+            assert_eq!(tree.holds_pod_cgroup(cgroup, uid), held, "{cgroup} {uid}");
+        }
     }
 
     #[test]

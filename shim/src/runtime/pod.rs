@@ -317,14 +317,8 @@ const PARENT_MADE_MARKER: &str = "cgroup-parent-made";
 /// QoS hierarchy's, or a `cgroup_parent` marked at RunPodSandbox.
 fn made_pod_cgroup(rt: &Runtime, pod: &PodRecord) -> bool {
     let tree = rt.config.cgroups.qos_tree(&rt.config.cgroup_parent);
-    let ours = [
-        caisson_cgroups::QosClass::Guaranteed,
-        caisson_cgroups::QosClass::Burstable,
-        caisson_cgroups::QosClass::BestEffort,
-    ]
-    .into_iter()
-    .any(|class| pod.cgroup_parent == tree.pod_cgroup(class, &pod.uid));
-    ours || pod_dir(rt, &pod.id).join(PARENT_MADE_MARKER).exists()
+    tree.holds_pod_cgroup(&pod.cgroup_parent, &pod.uid)
+        || pod_dir(rt, &pod.id).join(PARENT_MADE_MARKER).exists()
 }
 
 /// Marks the pod's `cgroup_parent` as caissond's when it does not exist

@@ -261,14 +261,7 @@ impl Runtime {
         // move): recomputing it from figures an update moved could give
         // another tier's path.
         let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
-        let ours = [
-            caisson_cgroups::QosClass::Guaranteed,
-            caisson_cgroups::QosClass::Burstable,
-            caisson_cgroups::QosClass::BestEffort,
-        ]
-        .into_iter()
-        .any(|class| pod.cgroup_parent == tree.pod_cgroup(class, &pod.uid));
-        if !ours {
+        if !tree.holds_pod_cgroup(&pod.cgroup_parent, &pod.uid) {
             return None;
         }
         Some(match linux.resources {

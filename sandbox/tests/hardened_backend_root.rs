@@ -665,8 +665,57 @@ fn an_overlay_rootfs_is_idmapped_through_its_layers() {
     let h = Harness::new();
     let (bundle, _overlay, upper, lower) = overlay_bundle(&h, "overlay");
     let id = unique("overlay");
+    // One left world-readable (by older code) is repaired.
+    let layers = h.backend.native().state_root().join(".idmap-layers");
+    fs::create_dir_all(&layers).unwrap();
+    fs::set_permissions(&layers, fs::Permissions::from_mode(0o755)).unwrap();
     let pid = h.run(&id, &bundle, Stdio::default());
     let (first, _) = h.backend.pod_id_range(&id).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::process::CommandExt;
+        // Through the idmapped layers busybox is owned by the pod's root:
+        // only host root may reach them.
+        for dir in [layers.clone(), layers.join(&id)] {
+            let meta = fs::symlink_metadata(&dir).unwrap();
+            assert!(meta.is_dir(), "{}", dir.display());
+            assert_eq!(
+                (meta.mode() & 0o7777, meta.uid()),
+                (0o700, 0),
+                "{}",
+                dir.display()
+            );
+        }
+        let busybox = layers.join(&id).join("l0/bin/busybox");
+        assert_eq!(fs::metadata(&busybox).unwrap().uid(), first);
+        let stat_as = |uid: u32| {
+            std::process::Command::new("stat")
+                .arg(&busybox)
+                .uid(uid)
+                .gid(uid)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(stat_as(0), "host root reaches the layers");
+        assert!(
+            !stat_as(12_345),
+            "an unrelated host user reaches the layers"
+        );
+        let opts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let l0 = layers.join(&id).join("l0");
+        let line = opts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(l0.to_str().unwrap()))
+            .unwrap_or_else(|| panic!("{} not mounted", l0.display()));
+        let flags = line.split(' ').nth(5).unwrap();
+        assert!(
+            flags.split(',').any(|f| f == "nosuid") && flags.split(',').any(|f| f == "nodev"),
+            "{line}"
+        );
+    }
     let (status, out) = exec_in(
         &h,
         &id,

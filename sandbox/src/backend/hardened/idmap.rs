@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
@@ -68,8 +70,9 @@ pub enum IdmapError {
     Unsupported { path: String, source: io::Error },
 }
 
-/// A detached, idmapped copy of the mount tree at `path`.
-fn clone_idmapped(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, IdmapError> {
+/// A detached, idmapped copy of the mount tree at `path`, with `extra`
+/// mount attributes set too.
+fn clone_idmapped(path: &Path, userns: &OwnedFd, extra: u64) -> Result<OwnedFd, IdmapError> {
     let shown = path.display().to_string();
     let io_err = |step: &'static str, source: io::Error| IdmapError::Io {
         step,
@@ -100,7 +103,7 @@ fn clone_idmapped(path: &Path, userns: &OwnedFd) -> Result<OwnedFd, IdmapError> 
     // SAFETY: just returned by open_tree.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set: MOUNT_ATTR_IDMAP | extra,
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
@@ -227,7 +230,7 @@ pub fn mount_idmapped(
     let top = top_mount(rootfs);
     match top.as_ref().filter(|t| t.fstype == "overlay") {
         None => {
-            let tree = clone_idmapped(rootfs, userns)?;
+            let tree = clone_idmapped(rootfs, userns, 0)?;
             attach(&tree, rootfs)?;
             Ok(IdmappedRootfs {
                 rootfs: rootfs.to_path_buf(),
@@ -272,12 +275,24 @@ fn idmap_overlay(
             )),
         )
     })?;
-    std::fs::create_dir_all(scratch).map_err(|e| io_err("mkdir", scratch, e))?;
+    // Seen through the idmapped clones, every image file is owned by the
+    // pod's host ids (a setuid-root binary is setuid to the pod's root):
+    // only host root may reach them, and the clones are nosuid and nodev
+    // besides. The container sees the layers only through the overlay
+    // stacked on its rootfs, whose own mount flags govern it (exec's
+    // nosuid check is on the overlay's mount, not the layers').
+    if let Some(parent) = scratch.parent() {
+        private_dir(parent).map_err(|e| io_err("securing", parent, e))?;
+    }
+    private_dir(scratch).map_err(|e| io_err("securing", scratch, e))?;
     let mut lower_dirs = Vec::new();
     for (i, lower) in lowers.iter().enumerate() {
         let target = scratch.join(format!("l{i}"));
         std::fs::create_dir(&target).map_err(|e| io_err("mkdir", &target, e))?;
-        attach(&clone_idmapped(lower, userns)?, &target)?;
+        attach(
+            &clone_idmapped(lower, userns, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?,
+            &target,
+        )?;
         lower_dirs.push(target.display().to_string());
     }
     // The upper layer is the container's own: its root becomes the pod's
@@ -306,6 +321,45 @@ fn idmap_overlay(
         path: rootfs.display().to_string(),
         source: e.into(),
     })
+}
+
+/// Makes `dir` (or checks the one there is) a real directory owned by
+/// host root with mode 0700: made 0700 from the start, an existing one
+/// opened without following a symlink and repaired through its fd.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let c = cpath(dir)?;
+    // SAFETY: a valid C string; returns a new fd or -1.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("not a directory of its own (a symlink?): {e}"),
+        ));
+    }
+    // SAFETY: just opened.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata()?;
+    if meta.uid() != 0 || meta.gid() != 0 {
+        std::os::unix::fs::fchown(&file, Some(0), Some(0))?;
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl IdmappedRootfs {

@@ -22,9 +22,20 @@ use support::{cgroup_of, file_uri, process, unique};
 
 type Harness = support::Harness<HardenedBackend>;
 
+/// The tests' pools: clear of the default range (uids 1,000,000 onwards) a
+/// real hardened handler on this host may use, since pools in different
+/// directories must not overlap.
+fn test_options() -> HardenedOptions {
+    HardenedOptions {
+        userns_first_id: 300_000_000,
+        userns_pods: 64,
+        ..HardenedOptions::default()
+    }
+}
+
 impl Harness {
     fn new() -> Harness {
-        Harness::with_options(&HardenedOptions::default())
+        Harness::with_options(&test_options())
     }
 
     fn with_options(options: &HardenedOptions) -> Harness {
@@ -406,7 +417,7 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
     let sandbox = sandbox_bundle(&h, "pause", &netns);
     let pause = h.run(&pod, &sandbox, Stdio::default());
     let (first, count) = h.backend.pod_id_range(&pod).expect("the pod has a range");
-    assert!(first >= 1_000_000 && count == 65_536, "{first} {count}");
+    assert!(first >= 300_000_000 && count == 65_536, "{first} {count}");
 
     // From the host: the pause process runs as the pod's first id, in a
     // user namespace mapping root to the range, in the pod's netns.
@@ -554,7 +565,7 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
 fn pods_get_disjoint_ranges_freed_on_delete_and_never_shared() {
     let h = Harness::with_options(&HardenedOptions {
         userns_pods: 2,
-        userns_first_id: 2_000_000,
+        userns_first_id: 310_000_000,
         ..HardenedOptions::default()
     });
     let start = |name: &str| {
@@ -1036,7 +1047,7 @@ fn the_same_task_id_in_two_namespaces_keeps_its_own_layer_mounts() {
     let pool = tempfile::tempdir().unwrap();
     let options = HardenedOptions {
         userns_pool_dir: Some(pool.path().join("pool")),
-        ..HardenedOptions::default()
+        ..test_options()
     };
     let (a, b) = (
         Harness::with_options(&options),

@@ -15,7 +15,10 @@
 //!   real directory of root's (it is made, and kept, 0700), and the first
 //!   allocation records the pool's geometry (first id, ids per pod, pods)
 //!   in it: a shim configured otherwise is refused while any slot is
-//!   taken, since its slot `i` would be another range.
+//!   taken, since its slot `i` would be another range. Pools in different
+//!   directories must not overlap: every allocation records its pool in a
+//!   host-wide registry ([`REGISTRY_DIR`]) and is refused while another
+//!   registered pool with a pod alive has an overlapping range.
 //! * **Freed** when the pod's sandbox task is deleted. A slot whose shim
 //!   died is reclaimed only once no process on the host is left in its user
 //!   namespace (the inode is looked up in every `/proc/<pid>/ns/user`), so
@@ -84,6 +87,8 @@ impl HardenedOptions {
 #[derive(Debug, Clone)]
 pub struct UsernsPool {
     dir: PathBuf,
+    /// The host-wide registry of pools ([`REGISTRY_DIR`]; tests use their own).
+    registry: PathBuf,
     first_id: u32,
     ids_per_pod: u32,
     pods: u32,
@@ -105,6 +110,14 @@ struct Geometry {
 }
 
 const GEOMETRY_FILE: &str = "geometry.json";
+
+/// The host-wide registry of pools: every pool directory that allocated,
+/// with its geometry (`pools.json`, under a `flock` on `pools.lock`). Two
+/// pool directories (two handlers' `userns_pool_dir`, caissond's and
+/// containerd's shim run dirs) never see each other's slots, so a pool
+/// whose ids overlap another's that still has a pod alive is refused.
+pub const REGISTRY_DIR: &str = "/run/caisson/userns";
+const REGISTRY_FILE: &str = "pools.json";
 
 fn option_error(key: &str, reason: impl Into<String>) -> BackendError {
     BackendError::InvalidArgument {
@@ -150,6 +163,7 @@ impl UsernsPool {
         }
         let pool = UsernsPool {
             dir: options.userns_pool_dir.clone().unwrap_or(default_dir),
+            registry: PathBuf::from(REGISTRY_DIR),
             first_id: options.userns_first_id,
             ids_per_pod: options.userns_ids_per_pod,
             pods: options.userns_pods,
@@ -191,6 +205,8 @@ impl UsernsPool {
             .create(&self.dir)
             .map_err(|e| fail(format!("{}: {e}", self.dir.display())))?;
         check_pool_dir(&self.dir).map_err(fail)?;
+        // Registry, then pool: the one order every allocation takes them in.
+        let _registry = self.register().map_err(fail)?;
         let lock_path = self.dir.join(".lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -259,6 +275,81 @@ impl UsernsPool {
         )))
     }
 
+    /// Locks the host-wide registry, refuses this pool if its ids overlap
+    /// another registered pool's that still has a pod alive, and records
+    /// this one. The lock is held until the returned guard drops (after the
+    /// allocation), so no other pool can take a slot meanwhile.
+    fn register(&self) -> std::result::Result<nix::fcntl::Flock<File>, String> {
+        // Its parent (/run/caisson) is shared with others: made as any dir.
+        if let Some(parent) = self.registry.parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(&self.registry) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(format!("{}: {e}", self.registry.display()))
+            }
+            _ => {}
+        }
+        check_pool_dir(&self.registry)?;
+        let lock_path = self.registry.join("pools.lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("locking {}: {e}", lock_path.display()))?;
+        let path = self.registry.join(REGISTRY_FILE);
+        let mut pools: std::collections::BTreeMap<PathBuf, Geometry> =
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Default::default(),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+        let ours = self.dir.canonicalize().unwrap_or_else(|_| self.dir.clone());
+        let range = |g: &Geometry| {
+            let start = g.first_id as u64;
+            (start, start + g.pods as u64 * g.ids_per_pod as u64)
+        };
+        let (start, end) = range(&self.geometry());
+        let mut live = std::collections::BTreeMap::new();
+        for (dir, theirs) in pools.into_iter().filter(|(dir, _)| *dir != ours) {
+            // A pool with no pod alive is forgotten (its dir may be gone).
+            if !pool_in_use(&dir) {
+                continue;
+            }
+            let (their_start, their_end) = range(&theirs);
+            if start < their_end && their_start < end {
+                return Err(format!(
+                    "the user namespace pool {} (uids {start}..{end}) overlaps the pool {} \
+                     (uids {their_start}..{their_end}), which has pods alive: pools in \
+                     different directories must have disjoint ranges (set userns_first_id), \
+                     or share one userns_pool_dir",
+                    self.dir.display(),
+                    dir.display()
+                ));
+            }
+            live.insert(dir, theirs);
+        }
+        live.insert(ours, self.geometry());
+        pools = live;
+        crate::backend::native::write_json_atomically(&path, &pools)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(lock)
+    }
+
+    fn geometry(&self) -> Geometry {
+        Geometry {
+            first_id: self.first_id,
+            ids_per_pod: self.ids_per_pod,
+            pods: self.pods,
+        }
+    }
+
     /// Records this pool's geometry in its directory, or checks it matches
     /// the recorded one. A different geometry is taken over only while no
     /// slot is taken. Called with the pool lock held.
@@ -288,7 +379,8 @@ impl UsernsPool {
                 return Err(format!(
                     "the user namespace pool {} is in use with another geometry ({} pods of {} \
                      ids from uid {}) than this handler's ({} pods of {} ids from uid {}): \
-                     give each configuration its own userns_pool_dir, or the same options",
+                     give each configuration its own userns_pool_dir with a disjoint range \
+                     (userns_first_id), or the same options",
                     self.dir.display(),
                     theirs.pods,
                     theirs.ids_per_pod,
@@ -312,26 +404,49 @@ impl UsernsPool {
         };
         let record: Option<SlotRecord> = serde_json::from_str(&text).ok();
         if let Some(record) = &record {
-            let owner_alive = process_start_time(record.owner_pid)
-                .is_some_and(|start| start == record.owner_start);
-            if owner_alive {
+            if slot_in_use(&path, record) {
                 return false;
-            }
-            if let Some(inode) = record.userns_inode {
-                if let Some(pid) = process_in_userns(inode) {
-                    tracing::warn!(
-                        slot = %path.display(),
-                        pod = record.pod,
-                        pid,
-                        "the shim that owned this user namespace range is gone but process {pid} still uses it: not reusing it"
-                    );
-                    return false;
-                }
             }
         }
         tracing::warn!(slot = %path.display(), ?record, "reclaiming a user namespace range whose pod is gone");
         fs::remove_file(&path).is_ok()
     }
+}
+
+/// Whether the pod of a slot may live: its shim runs, or (the shim gone)
+/// a process is still in its user namespace.
+fn slot_in_use(path: &Path, record: &SlotRecord) -> bool {
+    let owner_alive =
+        process_start_time(record.owner_pid).is_some_and(|start| start == record.owner_start);
+    if owner_alive {
+        return true;
+    }
+    if let Some(pid) = record.userns_inode.and_then(process_in_userns) {
+        tracing::warn!(
+            slot = %path.display(),
+            pod = record.pod,
+            pid,
+            "the shim that owned this user namespace range is gone but process {pid} still uses it: not reusing it"
+        );
+        return true;
+    }
+    false
+}
+
+/// Whether any slot of the pool in `dir` may belong to a living pod (an
+/// unreadable slot counts as one).
+fn pool_in_use(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        entry.file_name().to_string_lossy().starts_with("slot-")
+            && fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| serde_json::from_str::<SlotRecord>(&text).ok())
+                .is_none_or(|record| slot_in_use(&path, &record))
+    })
 }
 
 /// Lines of an /etc/subuid-style `text` whose range meets `[start, end)`.
@@ -583,14 +698,63 @@ mod tests {
     use super::*;
 
     fn pool(dir: &Path, pods: u32) -> UsernsPool {
-        UsernsPool::new(
+        let pool = UsernsPool::new(
             &HardenedOptions {
                 userns_pods: pods,
                 ..HardenedOptions::default()
             },
             dir.to_path_buf(),
         )
-        .unwrap()
+        .unwrap();
+        with_registry(pool, dir)
+    }
+
+    /// A registry of the test's own (in `dir`), not the host's.
+    fn with_registry(pool: UsernsPool, dir: &Path) -> UsernsPool {
+        UsernsPool {
+            registry: dir.join(".registry"),
+            ..pool
+        }
+    }
+
+    #[test]
+    fn pools_in_two_dirs_with_overlapping_ranges_are_refused_while_in_use() {
+        let top = tempfile::tempdir().unwrap();
+        let registry = top.path().join("registry");
+        let make = |name: &str, first_id: u32| UsernsPool {
+            registry: registry.clone(),
+            ..UsernsPool::new(
+                &HardenedOptions {
+                    userns_first_id: first_id,
+                    userns_pods: 4,
+                    ..HardenedOptions::default()
+                },
+                top.path().join(name),
+            )
+            .unwrap()
+        };
+        let a = make("a", 1_000_000);
+        let b = make("b", 1_100_000);
+        let disjoint = make("c", 1_100_000 + 4 * 65_536);
+        let slot = a.allocate("pod-a").unwrap();
+        let err = b.allocate("pod-b").unwrap_err().to_string();
+        assert!(
+            err.contains("disjoint") && err.contains("overlaps"),
+            "{err}"
+        );
+        assert!(!top.path().join("b/slot-0").exists(), "nothing allocated");
+        // A disjoint range is fine; so is a second pod in the same pool.
+        let c = disjoint.allocate("pod-c").unwrap();
+        let a2 = a.allocate("pod-a2").unwrap();
+        // Once a has no pod alive, b may take the range.
+        slot.free();
+        a2.free();
+        let b_slot = b.allocate("pod-b").unwrap();
+        assert_eq!(b_slot.first_id, 1_100_000);
+        let err = a.allocate("pod-a").unwrap_err().to_string();
+        assert!(err.contains("overlaps"), "{err}");
+        b_slot.free();
+        c.free();
     }
 
     #[test]
@@ -709,15 +873,18 @@ mod tests {
     fn shims_with_another_geometry_cannot_share_a_pool_in_use() {
         let dir = tempfile::tempdir().unwrap();
         let a = pool(dir.path(), 2);
-        let other = UsernsPool::new(
-            &HardenedOptions {
-                userns_pods: 2,
-                userns_ids_per_pod: 1_000,
-                ..HardenedOptions::default()
-            },
-            dir.path().to_path_buf(),
-        )
-        .unwrap();
+        let other = with_registry(
+            UsernsPool::new(
+                &HardenedOptions {
+                    userns_pods: 2,
+                    userns_ids_per_pod: 1_000,
+                    ..HardenedOptions::default()
+                },
+                dir.path().to_path_buf(),
+            )
+            .unwrap(),
+            dir.path(),
+        );
         let slot = a.allocate("a").unwrap();
         let record: SlotRecord =
             serde_json::from_str(&fs::read_to_string(&slot.path).unwrap()).unwrap();

@@ -787,6 +787,63 @@ fn a_rootfs_that_cannot_be_idmapped_is_refused_clearly_leaving_nothing() {
     assert!(idmapped_mounts_under(h.dir.path()).is_empty());
 }
 
+/// A rootfs outside its bundle would hold the pod's idmapped files where
+/// any host user can reach them; a bundle not root's is not taken over.
+#[test]
+fn a_rootfs_outside_the_bundle_and_a_foreign_bundle_are_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Harness::new();
+    let outside = h.bundle("outside", &["true"], |_| {});
+    let bundle = h.bundle("elsewhere", &["true"], |spec| {
+        let mut root = spec.root().clone().unwrap();
+        root.set_path(outside.join("rootfs"));
+        spec.set_root(Some(root));
+    });
+    let id = unique("elsewhere");
+    let err = h
+        .try_create(&id, &bundle, TaskKind::Sandbox, Stdio::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::InvalidArgument { what, .. } if what == "root.path"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("not inside the bundle"), "{err}");
+    assert!(slots(&h).is_empty(), "the range is given back");
+    assert!(!h.backend.native().state_root().join(&id).exists());
+    assert!(idmapped_mounts_under(h.dir.path()).is_empty());
+    // `..` out of the bundle is the same.
+    let dotdot = h.bundle("dotdot", &["true"], |spec| {
+        let mut root = spec.root().clone().unwrap();
+        root.set_path("../outside/rootfs".into());
+        spec.set_root(Some(root));
+    });
+    let err = h
+        .try_create(
+            &unique("dotdot"),
+            &dotdot,
+            TaskKind::Sandbox,
+            Stdio::default(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("root.path"), "{err}");
+
+    let foreign = h.bundle("foreign", &["true"], |_| {});
+    std::os::unix::fs::chown(&foreign, Some(1234), None).unwrap();
+    let mode = fs::metadata(&foreign).unwrap().mode();
+    let err = h
+        .try_create(
+            &unique("foreign"),
+            &foreign,
+            TaskKind::Sandbox,
+            Stdio::default(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("must be root's"), "{err}");
+    let meta = fs::metadata(&foreign).unwrap();
+    assert_eq!((meta.uid(), meta.mode()), (1234, mode), "left as it was");
+    assert!(slots(&h).is_empty());
+}
+
 /// `CapEff` of `/proc/<pid>/status`, read from the host.
 fn cap_eff(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -239,28 +239,84 @@ pub fn rootfs_of(bundle: &Path, spec: &Spec) -> PathBuf {
 /// 0710, so no other host user can enter it (its rootfs holds files owned
 /// by the pod's uids, setuid ones among them); every directory above is
 /// checked to be searchable (root's 0711 is enough: traverse, not list).
+///
+/// The rootfs must therefore be inside the bundle: an absolute `root.path`
+/// elsewhere (`ctr run --rootfs`, the raw task API) would put the pod's
+/// idmapped files where any host user can reach them, and is refused.
 pub fn make_rootfs_reachable(
     bundle: &Path,
     rootfs: &Path,
     pod_gid: u32,
 ) -> Result<(), BackendError> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let unreachable = |dir: &Path, reason: String| BackendError::Failed {
         op: "reach the rootfs from the pod's user namespace",
         id: rootfs.display().to_string(),
         reason: format!("{}: {reason}", dir.display()),
     };
-    let meta = std::fs::metadata(bundle).map_err(|e| unreachable(bundle, e.to_string()))?;
+    let canonical_bundle = bundle
+        .canonicalize()
+        .map_err(|e| unreachable(bundle, e.to_string()))?;
+    let canonical_rootfs = rootfs
+        .canonicalize()
+        .map_err(|e| BackendError::InvalidArgument {
+            what: "root.path".to_string(),
+            reason: format!("{}: {e}", rootfs.display()),
+        })?;
+    if canonical_rootfs == canonical_bundle || !canonical_rootfs.starts_with(&canonical_bundle) {
+        return Err(BackendError::InvalidArgument {
+            what: "root.path".to_string(),
+            reason: format!(
+                "{} (really {}) is not inside the bundle {}: the hardened handler needs the \
+                 rootfs in the bundle, which only root and the pod can enter",
+                rootfs.display(),
+                canonical_rootfs.display(),
+                canonical_bundle.display()
+            ),
+        });
+    }
+    // Changed through an fd of the real directory (not a symlink swapped
+    // in after the check), and only if it is root's.
+    let c = std::ffi::CString::new(canonical_bundle.as_os_str().as_bytes())
+        .map_err(|e| unreachable(bundle, e.to_string()))?;
+    // SAFETY: a valid C string; returns a new fd or -1.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(unreachable(
+            bundle,
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    // SAFETY: just opened.
+    let dir = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let meta = dir
+        .metadata()
+        .map_err(|e| unreachable(bundle, e.to_string()))?;
+    if meta.uid() != 0 {
+        return Err(unreachable(
+            bundle,
+            format!(
+                "owned by uid {}: a hardened bundle must be root's",
+                meta.uid()
+            ),
+        ));
+    }
     if meta.gid() != pod_gid {
-        std::os::unix::fs::chown(bundle, None, Some(pod_gid))
+        std::os::unix::fs::fchown(&dir, None, Some(pod_gid))
             .map_err(|e| unreachable(bundle, format!("chgrp {pod_gid}: {e}")))?;
     }
     if meta.permissions().mode() & 0o7777 != 0o710 {
-        std::fs::set_permissions(bundle, std::fs::Permissions::from_mode(0o710))
+        dir.set_permissions(std::fs::Permissions::from_mode(0o710))
             .map_err(|e| unreachable(bundle, e.to_string()))?;
     }
-    let absolute = std::path::absolute(rootfs).map_err(|e| unreachable(rootfs, e.to_string()))?;
-    if let Some(dir) = first_unsearchable(&absolute, pod_gid) {
+    if let Some(dir) = first_unsearchable(&canonical_rootfs, pod_gid) {
         return Err(unreachable(
             &dir,
             "not searchable by the pod's mapped root; every directory above a hardened \

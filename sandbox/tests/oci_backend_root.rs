@@ -249,19 +249,23 @@ fn exec_and_kill_through_runc() {
     h.delete_and_check(&id, pid, &cgroup_of(&bundle));
 }
 
-/// A runtime whose `create` hangs: past the deadline the CLI is killed
-/// (not left running) and the call fails.
+/// A runtime whose `create` and `delete` hang: past the deadline each CLI
+/// call is killed (not left running) and the call fails, so the cleanup
+/// `delete --force` after a killed create cannot hang create either.
 #[test]
 fn a_runtime_cli_past_its_deadline_is_killed() {
     use std::os::unix::fs::PermissionsExt;
     let scripts = tempfile::tempdir().unwrap();
     let pid_file = scripts.path().join("cli.pid");
+    let delete_pid_file = scripts.path().join("delete.pid");
     let runtime = scripts.path().join("hanging-runtime");
     fs::write(
         &runtime,
         format!(
-            "#!/bin/sh\ncase \" $* \" in *\" create \"*) echo $$ > {}; exec sleep 1000;; esac\nexit 0\n",
-            pid_file.display()
+            "#!/bin/sh\ncase \" $* \" in\n *\" create \"*) echo $$ > {}; exec sleep 1000;;\n \
+             *\" delete \"*) echo $$ > {}; exec sleep 1000;;\nesac\nexit 0\n",
+            pid_file.display(),
+            delete_pid_file.display()
         ),
     )
     .unwrap();
@@ -291,13 +295,16 @@ fn a_runtime_cli_past_its_deadline_is_killed() {
         .unwrap_err();
     assert!(err.to_string().contains("killed"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    let pid: u32 = fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "the CLI ({pid}) is still there"
-    );
+    for file in [&pid_file, &delete_pid_file] {
+        let pid: u32 = fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the CLI ({pid}, {}) is still there",
+            file.display()
+        );
+    }
 }

@@ -29,8 +29,9 @@
 //!   spec mount with `rshared` propagation made by the runtime is not seen
 //!   on the host (bidirectional mount propagation does not work with
 //!   `hide_cgroup2`).
-//! * Every CLI call that forks the container (create, exec) has a deadline
-//!   (60 s): past it the CLI is killed through a pidfd and the call fails.
+//! * Every CLI call has a deadline (60 s): past it the CLI is killed
+//!   through a pidfd and the call fails (an exec's process too, if its pid
+//!   file appeared).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -54,7 +55,7 @@ use crate::host::reaper::{Reaped, Reaper};
 use crate::host::stdio::{open_stdio, ChildStdio, HeldStdio, TerminalStdio};
 
 const NAME: &str = "oci";
-/// How long a CLI call that forks the container may take.
+/// How long a runtime CLI call may take.
 const CLI_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The backend's options (the handler's `options`, as JSON in
@@ -113,7 +114,7 @@ pub struct OciBackend {
     tasks: Arc<Mutex<HashMap<String, OciTask>>>,
     /// The cgroup2 mount points to hide from the runtime (`hide_cgroup2`).
     hidden_mounts: Arc<Vec<CString>>,
-    /// How long a CLI call that forks the container may take before it is
+    /// How long a runtime CLI call may take before it is
     /// killed ([`CLI_DEADLINE`] unless [`OciBackend::with_cli_deadline`]).
     cli_deadline: Duration,
 }
@@ -189,18 +190,50 @@ impl OciBackend {
 
     /// Runs a short CLI call to completion.
     fn run(&self, op: &'static str, id: &str, args: &[&str]) -> Result<()> {
-        let out = self
-            .reaper
-            .run(self.cli().args(args))
-            .map_err(|e| failed(op, id, e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(failed(
+        self.output(op, id, args).map(drop)
+    }
+
+    /// Runs a CLI call to completion within the deadline (past it the CLI
+    /// is killed through its pidfd and the call fails) and returns its
+    /// stdout; a failure carries its stderr. Output goes to unnamed temp
+    /// files, so a CLI that hangs cannot also block on a full pipe.
+    fn output(&self, op: &'static str, id: &str, args: &[&str]) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let io = |e: std::io::Error| failed(op, id, e);
+        let stdin = std::fs::File::open("/dev/null").map_err(io)?;
+        let mut stdout = tempfile::tempfile().map_err(io)?;
+        let mut stderr = tempfile::tempfile().map_err(io)?;
+        let (cli, rx) = self
+            .spawn_with(
+                self.cli().args(args),
+                stdin.into(),
+                stdout.try_clone().map_err(io)?.into(),
+                stderr.try_clone().map_err(io)?.into(),
+            )
+            .map_err(io)?;
+        let Ok(reaped) = rx.recv_timeout(self.cli_deadline) else {
+            Self::kill_overdue(&cli, &rx, id);
+            return Err(failed(
                 op,
                 id,
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ))
+                format!(
+                    "the runtime's {} did not finish within {:?} (killed)",
+                    args.first().unwrap_or(&op),
+                    self.cli_deadline
+                ),
+            ));
+        };
+        let read = |file: &mut std::fs::File| -> std::io::Result<Vec<u8>> {
+            let mut buf = Vec::new();
+            file.rewind()?;
+            file.read_to_end(&mut buf)?;
+            Ok(buf)
+        };
+        if reaped.code() == 0 {
+            read(&mut stdout).map_err(io)
+        } else {
+            let text = read(&mut stderr).unwrap_or_default();
+            Err(failed(op, id, String::from_utf8_lossy(&text).trim()))
         }
     }
 
@@ -436,6 +469,19 @@ impl Backend for OciBackend {
                 Err(mpsc::RecvTimeoutError::Timeout) if std::time::Instant::now() < until => {}
                 Err(_) => {
                     Self::kill_overdue(&cli, &rx, id);
+                    // The process may exist by now (its pid file written
+                    // as the CLI died): it must not run on untracked.
+                    if let Ok(pid) = Self::read_pid(&pid_file) {
+                        match Pidfd::open(pid) {
+                            Ok(exec) => {
+                                tracing::warn!(id, pid, "killing the overdue exec's process");
+                                let _ = exec.send_signal(libc::SIGKILL);
+                            }
+                            Err(e) => {
+                                tracing::debug!(id, pid, error = %e, "the overdue exec's process is gone")
+                            }
+                        }
+                    }
                     return Err(failed(
                         "start exec",
                         id,
@@ -516,11 +562,8 @@ impl Backend for OciBackend {
     }
 
     fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
-        let out = self
-            .reaper
-            .run(self.cli().args(["ps", "--format", "json", id]))
-            .map_err(|e| failed("pids", id, e))?;
-        let pids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let out = self.output("pids", id, &["ps", "--format", "json", id])?;
+        let pids: Vec<u32> = serde_json::from_slice(&out).unwrap_or_default();
         Ok(pids
             .into_iter()
             .map(|pid| ProcessInfo { pid, exec_id: None })

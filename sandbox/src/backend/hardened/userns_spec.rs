@@ -151,11 +151,22 @@ pub fn join_pod_userns(
 /// them before `execve`) read there.
 pub fn check_proc_mounts(spec: &Spec) -> Result<(), BackendError> {
     for mount in spec.mounts().iter().flatten() {
-        let dest: PathBuf = mount
-            .destination()
-            .components()
-            .filter(|c| !matches!(c, std::path::Component::CurDir))
-            .collect();
+        // As the runtime resolves it: rooted at the container's `/`
+        // whether written relative or not, `.` dropped; a `..` (which
+        // could climb back into /proc) is refused outright.
+        let mut dest = PathBuf::from("/");
+        for component in mount.destination().components() {
+            match component {
+                std::path::Component::Normal(name) => dest.push(name),
+                std::path::Component::ParentDir => {
+                    return Err(refused(
+                        &format!("mount {}", mount.destination().display()),
+                        "the hardened runtime handler does not take `..` in a mount destination",
+                    ))
+                }
+                _ => {}
+            }
+        }
         let under_proc = dest.starts_with("/proc");
         let own_procfs = dest == Path::new("/proc") && mount.typ().as_deref() == Some("proc");
         if under_proc && !own_procfs {
@@ -463,7 +474,21 @@ mod tests {
     fn mounts_over_proc_are_refused() {
         let mut spec = Spec::default();
         check_proc_mounts(&spec).expect("the default spec's procfs");
-        for dest in ["/proc", "/proc/self", "//proc/./sys", "/proc/1/ns"] {
+        for dest in [
+            "/proc",
+            "/proc/self",
+            "//proc/./sys",
+            "/proc/1/ns",
+            // Relative destinations are rooted at the container's `/`.
+            "proc",
+            "./proc/sys",
+            "proc/self/",
+            // `..` is refused wherever it points.
+            "/tmp/../proc",
+            "/../proc",
+            "/a/b/../../proc/sys",
+            "/tmp/..",
+        ] {
             let mut mounts = spec.mounts().clone().unwrap();
             let mut tmpfs = Mount::default();
             tmpfs.set_destination(PathBuf::from(dest));
@@ -475,9 +500,11 @@ mod tests {
             assert!(err.to_string().contains(dest), "{dest}: {err}");
         }
         let mut mounts = spec.mounts().clone().unwrap();
-        let mut elsewhere = Mount::default();
-        elsewhere.set_destination(PathBuf::from("/procfoo"));
-        mounts.push(elsewhere);
+        for dest in ["/procfoo", "procfoo", "/tmp/./proc", "tmp/proc"] {
+            let mut elsewhere = Mount::default();
+            elsewhere.set_destination(PathBuf::from(dest));
+            mounts.push(elsewhere);
+        }
         spec.set_mounts(Some(mounts));
         check_proc_mounts(&spec).unwrap();
     }

@@ -54,6 +54,9 @@ pub(crate) struct BuildScope {
 impl BuildScope {
     /// An init process: libcontainer puts it in the spec's user namespace.
     pub(crate) fn init() -> BuildScope {
+        // No exec's namespace lingers into an init build.
+        EXEC_USERNS_FD.store(-1, Ordering::SeqCst);
+        EXEC_USERNS_INODE.store(0, Ordering::SeqCst);
         BUILD_KIND.store(BUILD_INIT, Ordering::SeqCst);
         BuildScope { _userns: None }
     }

@@ -370,6 +370,17 @@ impl UsernsPool {
         if recorded == Some(ours) {
             return Ok(());
         }
+        // Slots written before geometries were recorded: their ranges are
+        // unknown, so the pool is not stamped while any may be alive.
+        if recorded.is_none() && pool_in_use(&self.dir) {
+            return Err(format!(
+                "the user namespace pool {} has slots of living pods but no {GEOMETRY_FILE} \
+                 (written by an older shim): their ranges are unknown, so nothing is allocated \
+                 from it until those pods are gone (or give this handler another \
+                 userns_pool_dir with a disjoint range)",
+                self.dir.display()
+            ));
+        }
         if let Some(theirs) = recorded {
             let taken = fs::read_dir(&self.dir)
                 .map_err(|e| format!("{}: {e}", self.dir.display()))?
@@ -867,6 +878,38 @@ mod tests {
         )
         .unwrap();
         assert!(pool.allocate("new").is_err());
+    }
+
+    #[test]
+    fn a_pool_with_live_slots_but_no_geometry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = SlotRecord {
+            pod: "old".into(),
+            owner_pid: std::process::id(),
+            owner_start: process_start_time(std::process::id()).unwrap(),
+            userns_inode: None,
+            first_id: None,
+            count: None,
+        };
+        fs::write(dir.path().join("slot-3"), serde_json::to_vec(&old).unwrap()).unwrap();
+        let err = pool(dir.path(), 4).allocate("new").unwrap_err().to_string();
+        assert!(err.contains("no geometry.json"), "{err}");
+        assert!(!dir.path().join(GEOMETRY_FILE).exists(), "not stamped");
+        assert!(!dir.path().join("slot-0").exists(), "nothing allocated");
+        // Once its owner is gone (and nothing is in its namespace), the
+        // pool is stamped and the stale slot reclaimed in turn.
+        let dead = SlotRecord {
+            owner_pid: u32::MAX - 1,
+            ..old
+        };
+        fs::write(
+            dir.path().join("slot-3"),
+            serde_json::to_vec(&dead).unwrap(),
+        )
+        .unwrap();
+        let slot = pool(dir.path(), 4).allocate("new").unwrap();
+        assert!(dir.path().join(GEOMETRY_FILE).exists());
+        slot.free();
     }
 
     #[test]

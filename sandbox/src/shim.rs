@@ -380,7 +380,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
         tracing::warn!(id = %flags.id, error = %e, "unmounting the task's rootfs");
     }
     if std::env::var(BACKEND_ENV).as_deref() == Ok("hardened") {
-        HardenedBackend::force_cleanup(&state, &flags.id);
+        HardenedBackend::force_cleanup(&state, &flags.id, &hardened_options().unwrap_or_default());
     }
     let response = api::DeleteResponse {
         pid: 0,

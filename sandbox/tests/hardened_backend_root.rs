@@ -1119,7 +1119,7 @@ fn the_same_task_id_in_two_namespaces_keeps_its_own_layer_mounts() {
     let (before_a, before_b) = (layers_of(&a), layers_of(&b));
     assert!(before_a > 0 && before_b > 0, "{before_a} {before_b}");
     // What `shim delete` does after namespace a's shim died.
-    HardenedBackend::force_cleanup(a.backend.native().state_root(), &id);
+    HardenedBackend::force_cleanup(a.backend.native().state_root(), &id, &options);
     assert_eq!(layers_of(&b), before_b, "b's layers untouched");
     let (status, out) = exec_in(&b, &id, "e1", &["ls", "/bin/busybox"]);
     assert_eq!(status, 0, "{out}");
@@ -1127,6 +1127,75 @@ fn the_same_task_id_in_two_namespaces_keeps_its_own_layer_mounts() {
     kill_and_delete(&b, &id, pid_b, &bundle_b);
     assert!(idmapped_mounts_under(a.dir.path()).is_empty());
     assert!(idmapped_mounts_under(b.dir.path()).is_empty());
+}
+
+/// Layer mounts an older shim left under `<pool>/layers/<id>` are removed
+/// by `shim delete`, unless an overlay still stacks them.
+#[test]
+fn force_cleanup_removes_layer_mounts_left_in_the_old_pool_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = dir.path().join("pool");
+    let state = dir.path().join("state");
+    fs::create_dir_all(&state).unwrap();
+    let options = HardenedOptions {
+        userns_pool_dir: Some(pool.clone()),
+        ..test_options()
+    };
+    let tmpfs_at = |path: &std::path::Path| {
+        fs::create_dir_all(path).unwrap();
+        nix::mount::mount(
+            Some("none"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        OverlayGuard(path.to_path_buf())
+    };
+    let mounted = |path: &std::path::Path| {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(path.to_str().unwrap()))
+    };
+    // Left by a dead shim: removed.
+    let stale = pool.join("layers/dead/l0");
+    let _stale = tmpfs_at(&stale);
+    HardenedBackend::force_cleanup(&state, "dead", &options);
+    assert!(!mounted(&stale), "the stale layer mount is gone");
+    assert!(!pool.join("layers/dead").exists());
+
+    // Still the lower layer of a mounted overlay: kept.
+    let live = pool.join("layers/live/l0");
+    let _live = tmpfs_at(&live);
+    let (upper, work, merged) = (
+        dir.path().join("upper"),
+        dir.path().join("work"),
+        dir.path().join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        fs::create_dir_all(d).unwrap();
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(
+            format!(
+                "lowerdir={},upperdir={},workdir={}",
+                live.display(),
+                upper.display(),
+                work.display()
+            )
+            .as_str(),
+        ),
+    )
+    .unwrap();
+    let _merged = OverlayGuard(merged.clone());
+    HardenedBackend::force_cleanup(&state, "live", &options);
+    assert!(mounted(&live), "an overlay's layer is left alone");
 }
 
 /// A bundle reached through a symlink: mountinfo shows the canonical path,

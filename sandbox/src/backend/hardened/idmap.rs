@@ -403,6 +403,23 @@ pub fn remove_layer_mounts(scratch: &Path) {
     let _ = std::fs::remove_dir(scratch);
 }
 
+/// Whether a mounted overlay still has a lower layer under `scratch`
+/// (`/proc/self/mountinfo`): its layer mounts belong to a live task.
+pub fn layers_in_use(scratch: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    layers_in_use_in(&info, scratch)
+}
+
+fn layers_in_use_in(info: &str, scratch: &Path) -> bool {
+    crate::host::mountinfo::parse(info)
+        .iter()
+        .filter(|m| m.fstype == "overlay")
+        .filter_map(|m| overlay_layers(&m.super_options))
+        .any(|(lowers, _, _)| lowers.iter().any(|l| l.starts_with(scratch)))
+}
+
 /// Whether the topmost mount at `path` is idmapped (`/proc/self/mountinfo`).
 fn top_mount_is_idmapped(path: &Path) -> bool {
     top_mount(path).is_some_and(|t| t.mount_options.split(',').any(|o| o == "idmapped"))
@@ -424,5 +441,16 @@ mod tests {
         assert_eq!(lowers, [PathBuf::from("/l/2"), PathBuf::from("/l/1")]);
         assert_eq!((upper, work), ("/s/fs".into(), "/s/work".into()));
         assert!(top_mount_in(info, Path::new("/elsewhere")).is_none());
+    }
+
+    #[test]
+    fn layers_in_use_are_those_an_overlay_still_stacks() {
+        let info = "\
+40 22 0:50 / /b/rootfs rw - overlay overlay rw,lowerdir=/p/layers/t1/l0:/p/layers/t1/l1,upperdir=/s/fs,workdir=/s/work
+41 22 0:51 / /p/layers/t2/l0 rw,idmapped - ext4 /dev/vda rw
+";
+        assert!(layers_in_use_in(info, Path::new("/p/layers/t1")));
+        assert!(!layers_in_use_in(info, Path::new("/p/layers/t2")));
+        assert!(!layers_in_use_in(info, Path::new("/p/layers/t")));
     }
 }

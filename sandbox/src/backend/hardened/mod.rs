@@ -117,7 +117,13 @@ impl HardenedBackend {
     /// backend's state: the idmapped layer mounts of an overlay rootfs (the
     /// rootfs itself is unmounted by the caller). A stale range is
     /// reclaimed by the next allocation, once nothing lives in it.
-    pub fn force_cleanup(state_root: &Path, id: &str) {
+    ///
+    /// Shims before the layers moved under the state root kept them in
+    /// `<pool>/layers/<id>` (the pool dir from `options`), shared by every
+    /// containerd namespace: those are removed too, unless a mounted
+    /// overlay still stacks them (the same id's live task in another
+    /// namespace).
+    pub fn force_cleanup(state_root: &Path, id: &str, options: &HardenedOptions) {
         if !valid_task_id(id) {
             return;
         }
@@ -126,6 +132,19 @@ impl HardenedBackend {
             .canonicalize()
             .unwrap_or_else(|_| state_root.to_path_buf());
         idmap::remove_layer_mounts(&layers_dir(&root, id));
+        let pool = options
+            .userns_pool_dir
+            .clone()
+            .unwrap_or_else(|| default_pool_dir(&root));
+        let old = pool.join("layers").join(id);
+        if old.exists() {
+            if idmap::layers_in_use(&old) {
+                tracing::warn!(id, dir = %old.display(), "leaving layer mounts an overlay still uses");
+            } else {
+                idmap::remove_layer_mounts(&old);
+                let _ = std::fs::remove_dir(pool.join("layers"));
+            }
+        }
     }
 
     /// The native backend underneath (state root, fork server pid).

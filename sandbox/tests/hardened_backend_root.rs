@@ -24,10 +24,14 @@ type Harness = support::Harness<HardenedBackend>;
 
 /// The tests' pools: clear of the default range (uids 1,000,000 onwards) a
 /// real hardened handler on this host may use, since pools in different
-/// directories must not overlap.
+/// directories must not overlap. Each call gets a range of its own, 64
+/// pods wide from 400,000,000 on: the tests of this file run in parallel,
+/// each with its own pool directory.
 fn test_options() -> HardenedOptions {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     HardenedOptions {
-        userns_first_id: 300_000_000,
+        userns_first_id: 400_000_000 + n * 64 * 65_536,
         userns_pods: 64,
         ..HardenedOptions::default()
     }
@@ -303,6 +307,18 @@ fn id_map(pid: u32, file: &str) -> Vec<(u32, u32, u32)> {
         .collect()
 }
 
+/// Runs a host command to its end through the shim's reaper (a plain
+/// `status()` would race with the reaper, which collects every child of
+/// this process, and fail with ECHILD).
+fn succeeds(cmd: &mut std::process::Command) -> bool {
+    caisson_sandbox::host::reaper::Reaper::global()
+        .expect("the reaper")
+        .run(cmd)
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+        .status
+        .success()
+}
+
 /// A network namespace made by `ip netns add` (as caissond or containerd
 /// make a pod's), removed on drop.
 struct HostNetns(String);
@@ -310,11 +326,7 @@ struct HostNetns(String);
 impl HostNetns {
     fn new() -> HostNetns {
         let name = unique("caisson-userns");
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("running ip (iproute2)")
-            .success();
+        let ok = succeeds(std::process::Command::new("ip").args(["netns", "add", &name]));
         assert!(ok, "ip netns add {name}");
         HostNetns(name)
     }
@@ -326,9 +338,7 @@ impl HostNetns {
 
 impl Drop for HostNetns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
+        succeeds(std::process::Command::new("ip").args(["netns", "del", &self.0]));
     }
 }
 
@@ -417,7 +427,7 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
     let sandbox = sandbox_bundle(&h, "pause", &netns);
     let pause = h.run(&pod, &sandbox, Stdio::default());
     let (first, count) = h.backend.pod_id_range(&pod).expect("the pod has a range");
-    assert!(first >= 300_000_000 && count == 65_536, "{first} {count}");
+    assert!(first >= 400_000_000 && count == 65_536, "{first} {count}");
 
     // From the host: the pause process runs as the pod's first id, in a
     // user namespace mapping root to the range, in the pod's netns.
@@ -700,15 +710,14 @@ fn an_overlay_rootfs_is_idmapped_through_its_layers() {
         let busybox = layers.join(&id).join("l0/bin/busybox");
         assert_eq!(fs::metadata(&busybox).unwrap().uid(), first);
         let stat_as = |uid: u32| {
-            std::process::Command::new("stat")
-                .arg(&busybox)
-                .uid(uid)
-                .gid(uid)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap()
-                .success()
+            succeeds(
+                std::process::Command::new("stat")
+                    .arg(&busybox)
+                    .uid(uid)
+                    .gid(uid)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null()),
+            )
         };
         assert!(stat_as(0), "host root reaches the layers");
         assert!(
@@ -1011,15 +1020,14 @@ fn only_root_and_the_pod_can_enter_a_hardened_bundle() {
     // files; the pod's root group can traverse.
     let busybox = bundle.join("rootfs/bin/busybox");
     let stat_as = |uid: u32, gid: u32| {
-        std::process::Command::new("stat")
-            .arg(&busybox)
-            .uid(uid)
-            .gid(gid)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap()
-            .success()
+        succeeds(
+            std::process::Command::new("stat")
+                .arg(&busybox)
+                .uid(uid)
+                .gid(gid)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
     };
     assert!(!stat_as(12_345, 12_345), "an unrelated host user");
     assert!(stat_as(first, first), "the pod's root");

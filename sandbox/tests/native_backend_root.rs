@@ -794,17 +794,23 @@ fn forged_internal_annotations_do_not_take_effect() {
     // A network namespace the spec's author names, hoping the fork server
     // enters it for the build.
     let name = unique("caisson-forged");
-    assert!(std::process::Command::new("ip")
-        .args(["netns", "add", &name])
-        .status()
-        .unwrap()
-        .success());
+    // Through the reaper: a plain `status()` races with it (ECHILD).
+    let ip = |args: &[&str]| {
+        Reaper::global()
+            .unwrap()
+            .run(std::process::Command::new("ip").args(args))
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(ip(&["netns", "add", &name]));
     struct DelNetns(String);
     impl Drop for DelNetns {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
+            if let Ok(reaper) = Reaper::global() {
+                let _ =
+                    reaper.run(std::process::Command::new("ip").args(["netns", "del", &self.0]));
+            }
         }
     }
     let _netns = DelNetns(name.clone());

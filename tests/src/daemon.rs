@@ -69,7 +69,8 @@ impl Caissond {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let config = format!(
-            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[network]\ncni_conf_dir = \"{cni}/net.d\"\ncni_bin_dirs = [\"{cni}/bin\", \"/opt/cni/bin\", \"/usr/lib/cni\"]\ninstall_default_cni_config = false\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n[runtimes.handlers.hardened]\nbackend = \"hardened\"\n[runtimes.handlers.runc-oci]\nbackend = \"oci\"\n[runtimes.handlers.runc-oci.options]\nruntime_path = \"/usr/sbin/runc\"\n[runtimes.handlers.crun-oci]\nbackend = \"oci\"\n[runtimes.handlers.crun-oci.options]\nruntime_path = \"/usr/bin/crun\"\nhide_cgroup2 = true\n",
+            "{extra}\nroot_dir = \"{root}\"\nrun_dir = \"{run}\"\nsocket = \"{socket}\"\npause_binary = \"{pause}\"\nshim_binary = \"{shim}\"\ncgroup_parent = \"{cg}\"\n\n[network]\ncni_conf_dir = \"{cni}/net.d\"\ncni_bin_dirs = [\"{cni}/bin\", \"/opt/cni/bin\", \"/usr/lib/cni\"]\ninstall_default_cni_config = false\n\n[log]\nlevel = \"debug\"\nformat = \"text\"\n\n[runtimes]\ndefault_handler = \"runc\"\n[runtimes.handlers.runc]\nbackend = \"native\"\n[runtimes.handlers.hardened]\nbackend = \"hardened\"\n[runtimes.handlers.hardened.options]\nuserns_first_id = {userns_first_id}\nuserns_pods = 64\n[runtimes.handlers.runc-oci]\nbackend = \"oci\"\n[runtimes.handlers.runc-oci.options]\nruntime_path = \"/usr/sbin/runc\"\n[runtimes.handlers.crun-oci]\nbackend = \"oci\"\n[runtimes.handlers.crun-oci.options]\nruntime_path = \"/usr/bin/crun\"\nhide_cgroup2 = true\n",
+            userns_first_id = userns_first_id(),
             root = dir.path().join("root").display(),
             run = dir.path().join("run").display(),
             socket = socket.display(),
@@ -354,6 +355,15 @@ pub fn with_pid_mode(
         .get_or_insert_with(Default::default)
         .pid = mode as i32;
     config
+}
+
+/// The first host uid of this daemon's hardened pods: a range of its own
+/// (64 pods wide, from 500,000,000 on) for each daemon a test process
+/// starts, since the tests of one binary run in parallel with their own
+/// pool directories, and pools in different directories must not overlap.
+fn userns_first_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    500_000_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 64 * 65_536
 }
 
 /// Puts the pod in the node's network namespace (hostNetwork).

@@ -1,6 +1,8 @@
 //! Caisson's end-to-end test support.
 //!
 //! * [`bundle`]: OCI bundles (busybox or pause rootfs, runc-like spec) for shim tests.
+//! * [`cni`]: CNI networks of a test's own, and the removal of what the
+//!   plugins leave behind.
 //! * [`daemon`]: a real `caissond` in temp dirs, driven with the `k8s-cri` client.
 //! * [`fixtures`]: images built with no network — busybox from Debian's
 //!   `busybox-static` (applets as hard links), the pause image from
@@ -12,6 +14,7 @@
 //!   message naming what is missing, instead of skipping it.
 
 pub mod bundle;
+pub mod cni;
 pub mod daemon;
 pub mod fixtures;
 pub mod registry;

@@ -7,77 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use caisson_tests::cni::TestNetwork;
 use caisson_tests::daemon::{container_config, wait_until, with_host_network, Caissond};
-use caisson_tests::require;
 use k8s_cri::v1 as cri;
 
 const MI: u64 = 1 << 20;
-
-/// A bridge + host-local network of this test's own; on drop, the bridge
-/// and host-local's allocations go (the plugins leave both by design).
-/// Declare it before the [`Caissond`] so the pods go first.
-struct TestNetwork {
-    name: String,
-    bridge: String,
-    prefix: String,
-}
-
-impl TestNetwork {
-    fn new(name: &str, bridge: &str, prefix: &str) -> TestNetwork {
-        require::program("ip", "iproute2");
-        assert!(
-            Path::new("/usr/lib/cni/bridge").is_file(),
-            "the CNI plugins are required: install Debian's containernetworking-plugins package (`make deps` does)"
-        );
-        let net = TestNetwork {
-            name: name.into(),
-            bridge: bridge.into(),
-            prefix: prefix.into(),
-        };
-        net.cleanup();
-        net
-    }
-
-    fn gateway(&self) -> String {
-        format!("{}.1", self.prefix)
-    }
-
-    fn install(&self, d: &Caissond) {
-        std::fs::create_dir_all(d.cni_conf_dir()).unwrap();
-        std::fs::write(
-            d.cni_conf_dir().join(format!("10-{}.conflist", self.name)),
-            format!(
-                r#"{{"cniVersion": "1.0.0", "name": "{name}", "plugins": [
-  {{"type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": false,
-    "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{prefix}.0/24"}}]]}}}},
-  {{"type": "loopback"}}
-]}}"#,
-                name = self.name,
-                bridge = self.bridge,
-                prefix = self.prefix,
-            ),
-        )
-        .unwrap();
-    }
-
-    fn cleanup(&self) {
-        if Path::new("/sys/class/net").join(&self.bridge).exists() {
-            let _ = Command::new("ip")
-                .args(["link", "del", &self.bridge])
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(&self.name));
-    }
-}
-
-impl Drop for TestNetwork {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
 
 fn descriptors(d: &Caissond) -> BTreeMap<String, Vec<String>> {
     let mut rt = d.runtime();
@@ -149,7 +85,7 @@ fn pod_network_counters_follow_traffic() {
     let net = TestNetwork::new("cst-netstats", "cst-nstat0", "10.231.61");
     let d = Caissond::start("");
     d.import_busybox();
-    net.install(&d);
+    net.install(&d, r#", {"type": "loopback"}"#);
     let config = d.pod_config("netstats-pod");
     let pod = d.run_pod(&config);
     let c = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
@@ -261,7 +197,7 @@ fn pod_sandbox_metrics_are_described_and_follow_the_containers() {
     let net = TestNetwork::new("cst-metrics", "cst-metr0", "10.231.62");
     let d = Caissond::start("");
     d.import_busybox();
-    net.install(&d);
+    net.install(&d, r#", {"type": "loopback"}"#);
     let config = d.pod_config("metrics-pod");
     let uid = config.metadata.as_ref().unwrap().uid.clone();
     let pod = d.run_pod(&config);

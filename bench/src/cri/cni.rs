@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use super::Result;
 
@@ -48,75 +47,14 @@ pub fn install(conf_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether portmap's shared nat chains exist (made once per host, never
-/// removed by the plugin).
-pub fn portmap_chains_exist() -> bool {
-    Command::new("iptables")
-        .args(["-t", "nat", "-S", "CNI-HOSTPORT-DNAT"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
+pub use caisson_tests::cni::portmap_chains_exist;
 
 /// Removes what the plugins leave by design once the pods are gone: the
 /// bridge, host-local's dir, and portmap's chains if the bench made them.
 pub fn cleanup(remove_portmap_chains: bool) {
-    if Path::new("/sys/class/net").join(BRIDGE).exists() {
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
-    }
-    let _ = fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(NETWORK));
+    caisson_tests::cni::remove_network_leftovers(NETWORK, BRIDGE);
     if remove_portmap_chains {
-        let jumps: [(&str, &[&str]); 3] = [
-            (
-                "PREROUTING",
-                &[
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-j",
-                    "CNI-HOSTPORT-DNAT",
-                ],
-            ),
-            (
-                "OUTPUT",
-                &[
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-j",
-                    "CNI-HOSTPORT-DNAT",
-                ],
-            ),
-            (
-                "POSTROUTING",
-                &[
-                    "-m",
-                    "comment",
-                    "--comment",
-                    "CNI portfwd requiring masquerade",
-                    "-j",
-                    "CNI-HOSTPORT-MASQ",
-                ],
-            ),
-        ];
-        for (chain, rule) in jumps {
-            let _ = Command::new("iptables")
-                .args(["-t", "nat", "-D", chain])
-                .args(rule)
-                .output();
-        }
-        for op in ["-F", "-X"] {
-            for chain in [
-                "CNI-HOSTPORT-DNAT",
-                "CNI-HOSTPORT-MASQ",
-                "CNI-HOSTPORT-SETMARK",
-            ] {
-                let _ = Command::new("iptables")
-                    .args(["-t", "nat", op, chain])
-                    .output();
-            }
-        }
+        caisson_tests::cni::remove_portmap_chains();
     }
 }
 

@@ -81,123 +81,118 @@ benchmarks:
       --json FILE      also write the results as JSON
 ";
 
-fn parse_image_import(
+/// A benchmark's options from its command line: `set` handles one flag,
+/// taking its value (if it has one) from `value`.
+fn parse_options<O: Default>(
     mut args: impl Iterator<Item = String>,
-) -> Result<image_import::Options, String> {
-    let mut opts = image_import::Options::default();
+    mut set: impl FnMut(&mut O, &str, &mut dyn FnMut() -> Result<String, String>) -> Result<(), String>,
+) -> Result<O, String> {
+    let mut opts = O::default();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--size-mb" => {
-                opts.size_mb = value()?.parse().map_err(|e| format!("--size-mb: {e}"))?
-            }
-            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+        set(&mut opts, &flag, &mut value)?;
+    }
+    Ok(opts)
+}
+
+/// A flag's value as a number.
+fn number<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.parse().map_err(|e| format!("{flag}: {e}"))
+}
+
+fn unknown(flag: &str) -> Result<(), String> {
+    Err(format!("unknown option {flag}"))
+}
+
+fn parse_image_import(args: impl Iterator<Item = String>) -> Result<image_import::Options, String> {
+    parse_options(args, |opts: &mut image_import::Options, flag, value| {
+        match flag {
+            "--size-mb" => opts.size_mb = number(flag, value()?)?,
+            "--runs" => opts.runs = number(flag, value()?)?,
             "--work-dir" => opts.work_dir = Some(PathBuf::from(value()?)),
             "--json" => opts.json = Some(PathBuf::from(value()?)),
-            other => return Err(format!("unknown option {other}")),
+            other => return unknown(other),
         }
-    }
-    Ok(opts)
+        Ok(())
+    })
 }
 
-fn parse_shim(mut args: impl Iterator<Item = String>) -> Result<shim::Options, String> {
-    let mut opts = shim::Options::default();
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+fn parse_shim(args: impl Iterator<Item = String>) -> Result<shim::Options, String> {
+    parse_options(args, |opts: &mut shim::Options, flag, value| {
+        match flag {
+            "--runs" => opts.runs = number(flag, value()?)?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
-            other => return Err(format!("unknown option {other}")),
+            other => return unknown(other),
         }
-    }
-    Ok(opts)
+        Ok(())
+    })
 }
 
-fn parse_cri(mut args: impl Iterator<Item = String>) -> Result<cri::Options, String> {
-    let mut opts = cri::Options::default();
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
-            "--pods" => opts.pods = value()?.parse().map_err(|e| format!("--pods: {e}"))?,
+fn parse_cri(args: impl Iterator<Item = String>) -> Result<cri::Options, String> {
+    parse_options(args, |opts: &mut cri::Options, flag, value| {
+        match flag {
+            "--runs" => opts.runs = number(flag, value()?)?,
+            "--pods" => opts.pods = number(flag, value()?)?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
             "--cni" => opts.cni = true,
-            other => return Err(format!("unknown option {other}")),
+            other => return unknown(other),
         }
-    }
-    Ok(opts)
+        Ok(())
+    })
 }
 
-fn parse_hardened(mut args: impl Iterator<Item = String>) -> Result<hardened::Options, String> {
-    let mut opts = hardened::Options::default();
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
-            "--pods" => opts.pods = value()?.parse().map_err(|e| format!("--pods: {e}"))?,
-            "--reps" => opts.reps = value()?.parse().map_err(|e| format!("--reps: {e}"))?,
+fn parse_hardened(args: impl Iterator<Item = String>) -> Result<hardened::Options, String> {
+    parse_options(args, |opts: &mut hardened::Options, flag, value| {
+        match flag {
+            "--runs" => opts.runs = number(flag, value()?)?,
+            "--pods" => opts.pods = number(flag, value()?)?,
+            "--reps" => opts.reps = number(flag, value()?)?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
-            other => return Err(format!("unknown option {other}")),
+            other => return unknown(other),
         }
-    }
-    Ok(opts)
+        Ok(())
+    })
 }
 
-fn parse_pull(mut args: impl Iterator<Item = String>) -> Result<pull::Options, String> {
-    let mut opts = pull::Options::default();
-    while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--size-mb" => {
-                opts.size_mb = value()?.parse().map_err(|e| format!("--size-mb: {e}"))?
-            }
-            "--runs" => opts.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?,
+fn parse_pull(args: impl Iterator<Item = String>) -> Result<pull::Options, String> {
+    parse_options(args, |opts: &mut pull::Options, flag, value| {
+        match flag {
+            "--size-mb" => opts.size_mb = number(flag, value()?)?,
+            "--runs" => opts.runs = number(flag, value()?)?,
             "--work-dir" => opts.work_dir = Some(PathBuf::from(value()?)),
             "--json" => opts.json = Some(PathBuf::from(value()?)),
-            other => return Err(format!("unknown option {other}")),
+            other => return unknown(other),
+        }
+        Ok(())
+    })
+}
+
+/// Runs a benchmark with its parsed options; a command-line error prints
+/// the usage and exits with 2.
+fn run<O>(
+    options: Result<O, String>,
+    bench: impl FnOnce(&O) -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<Result<(), Box<dyn std::error::Error>>, ExitCode> {
+    match options {
+        Ok(opts) => Ok(bench(&opts)),
+        Err(e) => {
+            eprintln!("caisson-bench: {e}\n\n{USAGE}");
+            Err(ExitCode::from(2))
         }
     }
-    Ok(opts)
 }
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let result = match args.next().as_deref() {
-        Some("image-import") => match parse_image_import(args) {
-            Ok(opts) => image_import::bench(&opts),
-            Err(e) => {
-                eprintln!("caisson-bench: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        },
-        Some("shim") => match parse_shim(args) {
-            Ok(opts) => shim::bench(&opts),
-            Err(e) => {
-                eprintln!("caisson-bench: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        },
-        Some("cri") => match parse_cri(args) {
-            Ok(opts) => cri::bench(&opts),
-            Err(e) => {
-                eprintln!("caisson-bench: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        },
-        Some("hardened") => match parse_hardened(args) {
-            Ok(opts) => hardened::bench(&opts),
-            Err(e) => {
-                eprintln!("caisson-bench: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        },
-        Some("pull") => match parse_pull(args) {
-            Ok(opts) => pull::bench(&opts),
-            Err(e) => {
-                eprintln!("caisson-bench: {e}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        },
+    let ran = match args.next().as_deref() {
+        Some("image-import") => run(parse_image_import(args), image_import::bench),
+        Some("shim") => run(parse_shim(args), shim::bench),
+        Some("cri") => run(parse_cri(args), cri::bench),
+        Some("hardened") => run(parse_hardened(args), hardened::bench),
+        Some("pull") => run(parse_pull(args), pull::bench),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -206,6 +201,10 @@ fn main() -> ExitCode {
             eprint!("{USAGE}");
             return ExitCode::from(2);
         }
+    };
+    let result = match ran {
+        Ok(result) => result,
+        Err(usage_error) => return usage_error,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

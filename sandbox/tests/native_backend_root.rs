@@ -25,7 +25,7 @@ use oci_spec::runtime::{
 
 mod support;
 
-use support::{cgroup_of, file_uri, process, unique, DEADLINE};
+use support::{cgroup_of, file_uri, process, unique, wait_for_exec, DEADLINE};
 
 // ---------------------------------------------------------------- harness
 
@@ -78,20 +78,6 @@ fn read_fifo(path: &Path) -> mpsc::Receiver<String> {
         let _ = tx.send(out);
     });
     rx
-}
-
-/// Waits until `pid` runs the program named `comm`: `start` returns once
-/// the init was told to go, not once it has exec'd.
-fn wait_for_exec(pid: u32, comm: &str) {
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let now = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if now.trim() == comm {
-            return;
-        }
-        assert!(Instant::now() < until, "{pid} never ran {comm}");
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Reads what a FIFO holds once its writers are gone (non-blocking: there

@@ -13,7 +13,7 @@ use oci_spec::runtime::{LinuxPidsBuilder, LinuxResourcesBuilder, Process};
 
 mod support;
 
-use support::{cgroup_of, file_uri, unique};
+use support::{cgroup_of, file_uri, unique, wait_for_exec};
 
 const RUNC: &str = "/usr/sbin/runc";
 const CRUN: &str = "/usr/bin/crun";
@@ -127,7 +127,7 @@ fn update_stats_and_terminal(h: Harness) {
         .join(cgroup.trim_start_matches('/'))
         .join("pids.max");
     assert_eq!(fs::read_to_string(pids_max).unwrap().trim(), "100");
-    wait_for_comm(pid, "sleep");
+    wait_for_exec(pid, "sleep");
     let stats = h.backend.stats(&id).unwrap();
     assert!(stats.cpu_usage_ns > 0, "{stats:?}");
     assert!(stats.memory_usage_bytes > 0, "{stats:?}");
@@ -173,18 +173,6 @@ fn update_stats_and_terminal(h: Harness) {
     assert!(lines[0].starts_with("/dev/pts/"), "{text:?}");
     assert_eq!(lines[1], "24 80", "{text:?}");
     h.delete_and_check(&tty, tty_pid, &cgroup_of(&tty_bundle));
-}
-
-fn wait_for_comm(pid: u32, comm: &str) {
-    let until = std::time::Instant::now() + support::DEADLINE;
-    while fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        != comm
-    {
-        assert!(std::time::Instant::now() < until, "{pid} never ran {comm}");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
 }
 
 fn runs_and_exits_with_its_code(h: Harness) {

@@ -268,3 +268,17 @@ pub fn cgroup_of(bundle: &Path) -> String {
         .display()
         .to_string()
 }
+
+/// Waits until `pid` runs the program named `comm`: `start` returns once
+/// the init was told to go, not once it has exec'd.
+pub fn wait_for_exec(pid: u32, comm: &str) {
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        let now = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if now.trim() == comm {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "{pid} never ran {comm}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -46,6 +46,15 @@ struct Pod {
     tasks: HashSet<String>,
 }
 
+/// A task's spec as this backend rewrote it, and what it found in it.
+struct HardenedSpec {
+    spec: Spec,
+    /// The capabilities the pod added (its execs get the same).
+    added: Vec<Capability>,
+    rootfs: PathBuf,
+    fork_netns: Option<PathBuf>,
+}
+
 /// The hardened backend. One per shim; see the module docs.
 pub struct HardenedBackend {
     native: NativeBackend,
@@ -167,11 +176,9 @@ impl HardenedBackend {
     /// Hardens the bundle's spec and puts it in the pod's user namespace;
     /// returns the added capabilities, the rootfs and the network namespace
     /// the fork server enters for the task.
-    fn harden_bundle(
-        &self,
-        task: &TaskSpec,
-        pod: &PodUserns,
-    ) -> Result<(Vec<Capability>, PathBuf, Option<PathBuf>)> {
+    /// Loads the bundle's spec and hardens it for `pod`, in memory: the
+    /// native backend writes it once when it creates the task.
+    fn harden_bundle(&self, task: &TaskSpec, pod: &PodUserns) -> Result<HardenedSpec> {
         let path = task.bundle.join("config.json");
         let invalid = |reason: String| BackendError::InvalidArgument {
             what: format!("OCI spec {}", path.display()),
@@ -198,14 +205,12 @@ impl HardenedBackend {
         let rootfs = userns_spec::rootfs_of(&task.bundle, &spec);
         userns_spec::make_rootfs_reachable(&task.bundle, &rootfs, pod.first_id())?;
         userns_spec::check_bind_sources(&spec, pod.first_id())?;
-        crate::backend::native::write_json_atomically(&path, &spec).map_err(|e| {
-            BackendError::Failed {
-                op: "rewrite spec",
-                id: task.id.clone(),
-                reason: format!("{}: {e}", path.display()),
-            }
-        })?;
-        Ok((added, rootfs, joined.fork_netns))
+        Ok(HardenedSpec {
+            spec,
+            added,
+            rootfs,
+            fork_netns: joined.fork_netns,
+        })
     }
 
     /// Makes the task: spec, idmapped rootfs, native create. Undoes the
@@ -223,7 +228,12 @@ impl HardenedBackend {
                 pod_of(task)
             ),
         })?;
-        let (added, rootfs, fork_netns) = self.harden_bundle(task, &pod.userns)?;
+        let HardenedSpec {
+            spec,
+            added,
+            rootfs,
+            fork_netns,
+        } = self.harden_bundle(task, &pod.userns)?;
         let scratch = layers_dir(self.native.state_root(), &task.id);
         let mounted =
             idmap::mount_idmapped(&rootfs, pod.userns.fd(), pod.userns.first_id(), &scratch)
@@ -239,7 +249,7 @@ impl HardenedBackend {
                 inode: pod.userns.inode(),
             }),
         };
-        match self.native.create_with(task, extras) {
+        match self.native.create_with(task, spec, extras) {
             Ok(pid) => {
                 locked(&self.idmapped).insert(task.id.clone(), mounted);
                 Ok((pid, added))

@@ -170,11 +170,17 @@ impl NativeBackend {
             .map_err(|e| from_libcontainer(op, id, e))
     }
 
-    /// [`Backend::create`] for a backend built on this one (hardened): its
-    /// spec is trusted to carry the internal annotations it set itself, and
+    /// [`Backend::create`] for a backend built on this one (hardened): `spec`
+    /// is its rewrite of the bundle's spec (written to the bundle here),
+    /// trusted to carry the internal annotations it set itself, and
     /// `extras` say what the fork server does for the task's builds.
-    pub(crate) fn create_with(&self, task: &TaskSpec, extras: CreateExtras) -> Result<u32> {
-        self.create_task(task, SpecOrigin::Backend, extras)
+    pub(crate) fn create_with(
+        &self,
+        task: &TaskSpec,
+        spec: oci_spec::runtime::Spec,
+        extras: CreateExtras,
+    ) -> Result<u32> {
+        self.create_task(task, SpecOrigin::Backend(Box::new(spec)), extras)
     }
 
     fn create_task(

@@ -160,17 +160,18 @@ pub fn strip_internal_annotations(spec: &mut Spec) -> Vec<String> {
     removed
 }
 
-/// Who wrote a bundle's spec as [`prepare_bundle`] reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where [`prepare_bundle`] takes a bundle's spec from.
+#[derive(Debug)]
 pub(crate) enum SpecOrigin {
     /// As it came in (native): internal annotations are removed, and a
     /// user namespace is refused (libcontainer's exec builder never joins
     /// it, so execs would run in the host's).
     Incoming,
-    /// Rewritten by a backend built on this one (hardened), which removed
-    /// incoming internal annotations, set its own, and makes execs join
-    /// the user namespace itself.
-    Backend,
+    /// Rewritten in memory by a backend built on this one (hardened), which
+    /// loaded the bundle's spec, removed incoming internal annotations, set
+    /// its own, and makes execs join the user namespace itself: the spec is
+    /// written to the bundle once, here.
+    Backend(Box<Spec>),
 }
 
 fn invalid_spec(path: &Path, reason: impl std::fmt::Display) -> BackendError {
@@ -180,9 +181,9 @@ fn invalid_spec(path: &Path, reason: impl std::fmt::Display) -> BackendError {
     }
 }
 
-/// Loads `bundle/config.json`, makes it grantable here and consistent with
-/// the requested stdio (`terminal`), and writes it back (atomically) when
-/// that changed anything.
+/// Loads `bundle/config.json` (or takes a backend's rewrite of it), makes
+/// it grantable here and consistent with the requested stdio (`terminal`),
+/// and writes it back (atomically) when that changed anything.
 pub(crate) fn prepare_bundle(
     id: &str,
     bundle: &Path,
@@ -191,9 +192,16 @@ pub(crate) fn prepare_bundle(
     origin: SpecOrigin,
 ) -> Result<PreparedSpec> {
     let path = bundle.join("config.json");
-    let mut spec = Spec::load(&path).map_err(|e| invalid_spec(&path, e))?;
-    let mut changed = false;
-    if origin == SpecOrigin::Incoming {
+    let incoming = matches!(origin, SpecOrigin::Incoming);
+    let (mut spec, mut changed) = match origin {
+        // Not on disk yet: always written.
+        SpecOrigin::Backend(spec) => (*spec, true),
+        SpecOrigin::Incoming => (
+            Spec::load(&path).map_err(|e| invalid_spec(&path, e))?,
+            false,
+        ),
+    };
+    if incoming {
         let user_ns = spec
             .linux()
             .as_ref()
@@ -487,7 +495,14 @@ mod tests {
         assert_eq!(annotations["io.example/kept"], "yes");
         // A backend's own are kept.
         spec.save(&path).unwrap();
-        prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Backend).unwrap();
+        prepare_bundle(
+            "t",
+            dir.path(),
+            false,
+            LIMITED,
+            SpecOrigin::Backend(Box::new(spec.clone())),
+        )
+        .unwrap();
         let written = Spec::load(&path).unwrap();
         assert_eq!(written.annotations().clone().unwrap(), forged);
 
@@ -508,6 +523,13 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Backend).unwrap();
+        prepare_bundle(
+            "t",
+            dir.path(),
+            false,
+            LIMITED,
+            SpecOrigin::Backend(Box::new(spec.clone())),
+        )
+        .unwrap();
     }
 }

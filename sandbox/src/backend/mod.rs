@@ -35,6 +35,7 @@ pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+pub mod defaults;
 pub mod hardened;
 pub mod native;
 pub mod oci;

@@ -65,22 +65,7 @@ const BY_BIT: [(u32, Capability); 41] = [
 pub(crate) const SYS_RESOURCE_BIT: u32 = 24;
 
 /// containerd's (and Docker's) default set for containers.
-pub(crate) const DEFAULT_CAPS: [Capability; 14] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
+pub(crate) use caisson_sandbox::backend::defaults::RUNTIME_DEFAULT_CAPS as DEFAULT_CAPS;
 
 /// The capabilities whose bits are set in `mask` (a `CapBnd:` value).
 pub(crate) fn in_mask(mask: u64) -> Vec<Capability> {

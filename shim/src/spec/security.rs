@@ -9,29 +9,10 @@ use cri::security_profile::ProfileType;
 use super::namespaces::NamespaceModes;
 use super::SpecError;
 
-/// Kubernetes' default masked paths (`securitycontext.DefaultMaskedPaths`).
-pub(crate) const DEFAULT_MASKED_PATHS: [&str; 11] = [
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// Kubernetes' default read-only paths.
-pub(crate) const DEFAULT_READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+pub(crate) use caisson_sandbox::backend::defaults::{
+    KUBERNETES_MASKED_PATHS as DEFAULT_MASKED_PATHS,
+    KUBERNETES_READONLY_PATHS as DEFAULT_READONLY_PATHS,
+};
 
 pub(crate) fn default_masked_paths() -> Vec<String> {
     DEFAULT_MASKED_PATHS.iter().map(|s| s.to_string()).collect()

@@ -9,6 +9,9 @@ use std::path::Path;
 
 use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, Process, Spec};
 
+use crate::backend::defaults::{
+    KUBERNETES_MASKED_PATHS, KUBERNETES_READONLY_PATHS, RUNTIME_DEFAULT_CAPS,
+};
 use crate::backend::BackendError;
 
 /// Annotation listing the capabilities the pod asked for (comma-separated,
@@ -16,24 +19,6 @@ use crate::backend::BackendError;
 /// taken as added even without it; the default set cannot be told apart
 /// from an explicit request otherwise, so those are dropped unless named here.
 pub const ADDED_CAPABILITIES_ANNOTATION: &str = "io.caisson.capabilities.added";
-
-/// The CRI runtimes' default capability set (containerd, CRI-O, caissond).
-const RUNTIME_DEFAULT_CAPS: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
 
 /// Capabilities a hardened container may hold when its pod adds them: the
 /// file-ownership and identity ones ordinary images need, low ports, chroot,
@@ -55,17 +40,10 @@ pub const PERMITTED_CAPS: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
-/// Paths masked beyond Kubernetes' defaults (kernel internals, hardware).
+/// Paths masked beyond Kubernetes' defaults (kernel internals, hardware),
+/// which are masked too (repeated so they hold even when the spec came
+/// without them).
 const EXTRA_MASKED: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
     "/proc/kallsyms",
     "/proc/modules",
     "/proc/kmsg",
@@ -77,21 +55,9 @@ const EXTRA_MASKED: &[&str] = &[
     "/proc/zoneinfo",
     "/proc/buddyinfo",
     "/proc/config.gz",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
     "/sys/kernel",
     "/sys/module",
     "/sys/fs/bpf",
-];
-
-/// Paths made read-only (Kubernetes' defaults, repeated so they hold even
-/// when the spec came without them).
-const EXTRA_READONLY: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
 ];
 
 fn refused(what: &str, reason: impl Into<String>) -> BackendError {
@@ -237,10 +203,11 @@ pub fn harden_spec(spec: &mut Spec) -> Result<(), BackendError> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     linux.set_devices(None);
     let mut masked = linux.masked_paths().clone().unwrap_or_default();
+    push_missing(&mut masked, &KUBERNETES_MASKED_PATHS);
     push_missing(&mut masked, EXTRA_MASKED);
     linux.set_masked_paths(Some(masked));
     let mut readonly = linux.readonly_paths().clone().unwrap_or_default();
-    push_missing(&mut readonly, EXTRA_READONLY);
+    push_missing(&mut readonly, &KUBERNETES_READONLY_PATHS);
     linux.set_readonly_paths(Some(readonly));
     let filter = super::seccomp::hardened_profile(linux.seccomp().as_ref());
     // Exec processes get the same filter (libcontainer drops it for them).

@@ -325,35 +325,12 @@ fn clean_up(dir: &Path, cgroup_parent: &str) {
     while Instant::now() < deadline && !processes(dir, cgroup_parent, 0).is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mounts: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .collect();
-    for m in mounts.into_iter().rev() {
-        eprintln!("unmounting what the bench left: {m}");
-        let target = std::ffi::CString::new(m).expect("a mount point without NUL");
-        // SAFETY: umount2 on a NUL-terminated path under the daemon's dir.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    for m in crate::host::unmount_under(dir) {
+        eprintln!("unmounting what the bench left: {}", m.display());
     }
-    if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
-        for h in hierarchies.flatten() {
-            remove_cgroup_tree(&h.path().join(cgroup_parent.trim_start_matches('/')));
-        }
+    if let Err(e) = crate::host::remove_cgroup_parents(&[cgroup_parent]) {
+        eprintln!("removing the bench's cgroups: {e}");
     }
-}
-
-/// Removes `dir` and the cgroups below it, deepest first.
-fn remove_cgroup_tree(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = fs::remove_dir(dir);
 }
 
 #[cfg(test)]

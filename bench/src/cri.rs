@@ -84,7 +84,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     )?;
     let parents = [caissond::CGROUP_PARENT, containerd::CGROUP_PARENT];
     // What an interrupted run may have left.
-    procfs::remove_cgroup_parents(&parents)?;
+    crate::host::remove_cgroup_parents(&parents)?;
     let work = tempfile::Builder::new()
         .prefix("caisson-bench-cri-")
         .tempdir_in("/var/tmp")?;
@@ -98,22 +98,22 @@ pub fn bench(opts: &Options) -> Result<()> {
     for (side, parent) in sides.iter_mut().zip(parents) {
         let dir = work_dir.join(side.name);
         side.processes_left = procfs::processes_under(&dir);
-        side.mounts_left = procfs::mounts_under(&dir);
-        side.cgroups_left = procfs::cgroups_below_parent(parent);
+        side.mounts_left = crate::host::mounts_under(&dir);
+        side.cgroups_left = crate::host::cgroups_below_parent(parent);
     }
     for (pid, argv) in procfs::processes_under(&work_dir) {
         eprintln!("killing a process left by the bench: {pid} {argv}");
         // SAFETY: kill on a process running from the bench's temp dir.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
-    if let Err(e) = procfs::remove_cgroup_parents(&parents) {
+    if let Err(e) = crate::host::remove_cgroup_parents(&parents) {
         cleanup_errors.push(format!("removing the bench's cgroups: {e}"));
     }
-    procfs::unmount_under(&work_dir);
+    crate::host::unmount_under(&work_dir);
     if opts.cni {
         cni::cleanup(!portmap_chains_existed);
     }
-    let still_mounted = procfs::mounts_under(&work_dir);
+    let still_mounted = crate::host::mounts_under(&work_dir);
     if !still_mounted.is_empty() {
         // Removing the dir would recurse into what is mounted there.
         let kept = work.keep();
@@ -156,7 +156,7 @@ fn memory_with_pods(daemon: &mut Daemon, n: usize) -> Result<MemoryReport> {
         pauses = pauses + Memory::of(procs.pause)?;
     }
     let daemon_with_pods = Memory::of(daemon.pid())?;
-    let cgroups_with_pods = procfs::cgroups_below_parent(daemon.spec.cgroup_parent);
+    let cgroups_with_pods = crate::host::cgroups_below_parent(daemon.spec.cgroup_parent);
     for id in &pods {
         daemon.remove_pod(id)?;
     }

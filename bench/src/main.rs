@@ -15,12 +15,14 @@
 //!   caissond against containerd 1.6's CRI plugin: time, CPU, peak RSS.
 //! * [`measure`]: wall/CPU timing, min and median.
 //! * [`caissond`]: the release caissond those benchmarks start, configure
-//!   and clean up after; [`daemon`]: any CRI daemon process they spawn.
+//!   and clean up after; [`daemon`]: any CRI daemon process they spawn;
+//!   [`host`]: the mounts and cgroups they leave, and their removal.
 
 mod caissond;
 mod cri;
 mod daemon;
 mod hardened;
+mod host;
 mod image_import;
 mod measure;
 mod pull;

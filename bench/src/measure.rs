@@ -119,6 +119,32 @@ impl Summary {
     }
 }
 
+/// Nearest-rank percentile `p` (0–100] of sorted values.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `a / b`, 0 when `b` is 0.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        0.0
+    } else {
+        a / b
+    }
+}
+
+/// The value of `key:` in a /proc `Key:   value kB` file.
+pub fn proc_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
 pub fn mb_per_s(bytes: u64, time: Duration) -> f64 {
     let secs = time.as_secs_f64();
     if secs == 0.0 {
@@ -134,6 +160,28 @@ pub fn mb(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let ms = |v: u64| Duration::from_millis(v);
+        let twenty: Vec<Duration> = (1..=20).map(ms).collect();
+        let cases: [(&[Duration], f64, u64); 6] = [
+            (&twenty, 50.0, 10),
+            (&twenty, 90.0, 18),
+            (&twenty, 99.0, 20),
+            (&twenty, 100.0, 20),
+            (&[ms(7)], 50.0, 7),
+            (&[], 50.0, 0),
+        ];
+        for (values, p, want) in cases {
+            assert_eq!(
+                percentile(values, p),
+                ms(want),
+                "p{p} of {} values",
+                values.len()
+            );
+        }
+    }
 
     #[test]
     fn median_of_odd_and_even_series() {

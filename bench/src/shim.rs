@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::measure::{percentile, ratio};
 use pod::{Flavor, Pod, Shim, Timing};
 use procfs::Memory;
 
@@ -105,15 +106,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Nearest-rank percentile `p` (0–100] of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// p50/p90/p99/min of one series.
 #[derive(Debug, Clone)]
 struct Latency {
@@ -166,14 +158,6 @@ struct Side {
     shim_exit: Duration,
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    if b == 0.0 {
-        0.0
-    } else {
-        a / b
-    }
-}
-
 /// Runs the benchmark, prints the table and writes the JSON if asked.
 pub fn bench(opts: &Options) -> Result<()> {
     if opts.runs == 0 {
@@ -189,12 +173,12 @@ pub fn bench(opts: &Options) -> Result<()> {
         ("runc", Flavor::Runc, runc_shim()?),
     ];
     // What an earlier, interrupted run may have left.
-    procfs::remove_bench_cgroups()?;
+    crate::host::remove_cgroup_parents(&[procfs::CGROUP_PARENT])?;
     let work = tempfile::Builder::new()
         .prefix("caisson-bench-shim-")
         .tempdir()?;
     let result = measure(opts, &binaries, work.path());
-    let cleanup = procfs::remove_bench_cgroups();
+    let cleanup = crate::host::remove_cgroup_parents(&[procfs::CGROUP_PARENT]);
     match (&result, &cleanup) {
         (_, Ok(found)) if !found.killed.is_empty() => {
             eprintln!(
@@ -321,7 +305,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn print(opts: &Options, sides: &[Side], leftovers: &procfs::Leftovers) {
+fn print(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanup) {
     let [caisson, runc] = sides else {
         return;
     };
@@ -412,12 +396,12 @@ fn print(opts: &Options, sides: &[Side], leftovers: &procfs::Leftovers) {
     println!(
         "  cgroups left under /sys/fs/cgroup/*/{} (removed): {}; processes left in them: {}",
         procfs::CGROUP_PARENT,
-        leftovers.cgroups.len(),
+        leftovers.left.len(),
         leftovers.killed.len()
     );
 }
 
-fn to_json(opts: &Options, sides: &[Side], leftovers: &procfs::Leftovers) -> Value {
+fn to_json(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanup) -> Value {
     let side_json = |s: &Side| {
         json!({
             "binary": s.binary.display().to_string(),
@@ -449,7 +433,7 @@ fn to_json(opts: &Options, sides: &[Side], leftovers: &procfs::Leftovers) -> Val
             "TTRPC_ADDRESS=unix://<events.sock> GOMAXPROCS=2 CAISSON_SHIM_RUN_DIR=<dir> <shim> -namespace {} -address {} -publish-binary {} -id <id> start  (cwd = bundle)",
             pod::NAMESPACE, pod::CONTAINERD_ADDRESS, pod::PUBLISH_BINARY
         ),
-        "cgroups_left_and_removed": leftovers.cgroups.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "cgroups_left_and_removed": leftovers.left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         "processes_left_and_killed": leftovers.killed,
     });
     for s in sides {
@@ -473,28 +457,6 @@ fn to_json(opts: &Options, sides: &[Side], leftovers: &procfs::Leftovers) -> Val
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let ms = |v: u64| Duration::from_millis(v);
-        let twenty: Vec<Duration> = (1..=20).map(ms).collect();
-        let cases: [(&[Duration], f64, u64); 6] = [
-            (&twenty, 50.0, 10),
-            (&twenty, 90.0, 18),
-            (&twenty, 99.0, 20),
-            (&twenty, 100.0, 20),
-            (&[ms(7)], 50.0, 7),
-            (&[], 50.0, 0),
-        ];
-        for (values, p, want) in cases {
-            assert_eq!(
-                percentile(values, p),
-                ms(want),
-                "p{p} of {} values",
-                values.len()
-            );
-        }
-    }
 
     #[test]
     fn latency_summary() {

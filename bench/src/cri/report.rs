@@ -8,26 +8,10 @@ use serde_json::{json, Value};
 use super::daemon::{StartTimes, StopTimes};
 use super::procfs::Memory;
 use super::Options;
-
-/// Nearest-rank percentile `p` (0–100] of sorted values.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+use crate::measure::{percentile, ratio};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn ratio(a: f64, b: f64) -> f64 {
-    if b == 0.0 {
-        0.0
-    } else {
-        a / b
-    }
 }
 
 /// p50/p90/p99 of one series of runs, which keeps its order.
@@ -344,23 +328,6 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let ms = |v: u64| Duration::from_millis(v);
-        let twenty: Vec<Duration> = (1..=20).map(ms).collect();
-        let cases: [(&[Duration], f64, u64); 6] = [
-            (&twenty, 50.0, 10),
-            (&twenty, 90.0, 18),
-            (&twenty, 99.0, 20),
-            (&twenty, 100.0, 20),
-            (&[ms(7)], 50.0, 7),
-            (&[], 50.0, 0),
-        ];
-        for (values, p, want) in cases {
-            assert_eq!(percentile(values, p), ms(want), "p{p} of {}", values.len());
-        }
-    }
 
     #[test]
     fn phases_keep_run_order() {

@@ -2,12 +2,12 @@
 //! cgroups.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::Result;
+use crate::measure::proc_field as field;
 
 /// Memory of one process, in KiB, as /proc reports it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,14 +18,6 @@ pub struct Memory {
     /// From `smaps_rollup`; `None` when the kernel has none.
     pub pss: Option<u64>,
     pub threads: u64,
-}
-
-/// The value of `key:` in a /proc `Key:   value kB` file.
-fn field(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
 }
 
 impl Memory {
@@ -153,71 +145,6 @@ fn parse_hierarchies_in(text: &str, path: &str) -> Vec<String> {
 /// The parent of every cgroup the bench makes: `cgroupsPath` is
 /// `/caisson-bench/<task id>`.
 pub const CGROUP_PARENT: &str = "caisson-bench";
-
-/// `/sys/fs/cgroup/<controller>/caisson-bench` for every mounted hierarchy
-/// (v1 controllers, the named `systemd` one, and a v2 `unified`), once each.
-fn bench_cgroup_dirs() -> Vec<PathBuf> {
-    let mut seen = Vec::new();
-    let Ok(entries) = fs::read_dir("/sys/fs/cgroup") else {
-        return seen;
-    };
-    for entry in entries.flatten() {
-        // `cpu` and `cpuacct` are symlinks to `cpu,cpuacct`.
-        let Ok(hierarchy) = fs::canonicalize(entry.path()) else {
-            continue;
-        };
-        let dir = hierarchy.join(CGROUP_PARENT);
-        if dir.is_dir() && !seen.contains(&dir) {
-            seen.push(dir);
-        }
-    }
-    seen.sort();
-    seen
-}
-
-/// What the final cleanup found under the bench's cgroups.
-#[derive(Debug, Default)]
-pub struct Leftovers {
-    /// Cgroups below `caisson-bench/` that the runtimes did not remove.
-    pub cgroups: Vec<PathBuf>,
-    /// Processes still in them (a stuck container create), killed.
-    pub killed: Vec<u32>,
-}
-
-/// Removes `dir` and the cgroups under it, deepest first, killing any
-/// process still in them: only the bench's own containers are there.
-fn remove_cgroup_tree(dir: &Path, found: &mut Leftovers) -> Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            remove_cgroup_tree(&entry.path(), found)?;
-        }
-    }
-    let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-    for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-        // SAFETY: kill on a pid read from the bench's own cgroup.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        wait_exit(pid, Duration::from_secs(10))?;
-        if !found.killed.contains(&pid) {
-            found.killed.push(pid);
-        }
-    }
-    fs::remove_dir(dir).map_err(|e| format!("removing cgroup {}: {e}", dir.display()))?;
-    found.cgroups.push(dir.to_path_buf());
-    Ok(())
-}
-
-/// Removes every `/sys/fs/cgroup/*/caisson-bench` tree. The parents
-/// themselves are always left by the runtimes, which remove only their own
-/// leaves, so only what was below them is reported.
-pub fn remove_bench_cgroups() -> Result<Leftovers> {
-    let mut found = Leftovers::default();
-    for dir in bench_cgroup_dirs() {
-        remove_cgroup_tree(&dir, &mut found)?;
-        found.cgroups.retain(|d| *d != dir);
-    }
-    Ok(found)
-}
 
 #[cfg(test)]
 mod tests {

@@ -201,9 +201,23 @@ fn a_host_network_pod_sees_the_host_interfaces() {
     let config = with_host_network(d.pod_config("hostnet"));
     let pod = d.run_pod(&config);
     let c = d.create_started_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+    // Other tests in this binary add and remove bridges and veths while this one runs,
+    // so only the host interfaces present both before and after the read must show.
+    let host_interfaces = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|iface| iface.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let before = host_interfaces();
     let dev = d.exec(&c, &["cat", "/proc/net/dev"]);
-    for iface in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
-        let name = iface.file_name().to_string_lossy().into_owned();
+    let stable: Vec<String> = before.intersection(&host_interfaces()).cloned().collect();
+    assert!(
+        stable.iter().any(|name| name != "lo"),
+        "the host has no interface but lo: {stable:?}"
+    );
+    for name in &stable {
         assert!(
             dev.contains(&format!("{name}:")),
             "{name} missing in the pod:\n{dev}"

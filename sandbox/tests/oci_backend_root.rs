@@ -4,6 +4,7 @@
 //! through the shim's reaper.
 
 use std::fs;
+use std::io::Write;
 use std::path::Path;
 
 use caisson_sandbox::backend::oci::{OciBackend, OciOptions};
@@ -237,6 +238,132 @@ fn exec_and_kill_through_runc() {
     h.delete_and_check(&id, pid, &cgroup_of(&bundle));
 }
 
+#[test]
+fn exec_terminal_and_stdin_through_runc() {
+    exec_terminal_and_stdin(Harness::new());
+}
+
+#[test]
+fn exec_terminal_and_stdin_through_crun() {
+    exec_terminal_and_stdin(Harness::crun(true));
+}
+
+fn mkfifo(path: &Path) -> String {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    path.display().to_string()
+}
+
+/// Waits until `path` holds at least `lines` lines (a pump writes it).
+fn wait_for_lines(path: &Path, lines: usize) -> String {
+    let until = std::time::Instant::now() + support::DEADLINE;
+    loop {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= lines || std::time::Instant::now() > until {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// An exec with a terminal (`exec --detach --console-socket`) gets a pty of
+/// its own, is resized through `resize_pty`, reads the stdin FIFO through
+/// the pty and reports its own exit; a plain exec's stdin ends only at
+/// `close_stdin`.
+fn exec_terminal_and_stdin(h: Harness) {
+    let bundle = h.bundle("sleeper", &["sleep", "1000"], |_| {});
+    let id = unique("sleeper");
+    let pid = h.run(&id, &bundle, Stdio::default());
+
+    let (stdin, out) = (mkfifo(&h.path("tty.in")), h.path("tty.out"));
+    let script = "read line; tty; stty size; echo \"got $line\"; exit 5";
+    let mut process = Process::default();
+    process.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    h.backend
+        .exec(&ExecSpec {
+            container_id: id.clone(),
+            exec_id: "t1".into(),
+            process,
+            stdio: Stdio {
+                stdin: stdin.clone(),
+                stdout: file_uri(&out),
+                terminal: true,
+                ..Stdio::default()
+            },
+        })
+        .unwrap();
+    let exec_pid = h.backend.start_exec(&id, "t1").unwrap();
+    assert_ne!(exec_pid, pid);
+    // Blocked in `read` on its pty: the shim (a subreaper) is its parent now
+    // that the detached CLI is gone.
+    let tty = fs::read_link(format!("/proc/{exec_pid}/fd/0")).unwrap();
+    assert!(tty.starts_with("/dev/pts/"), "{}", tty.display());
+    let parent = fs::read_to_string(format!("/proc/{exec_pid}/stat")).unwrap();
+    let ppid: u32 = parent
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(ppid, std::process::id(), "{parent}");
+    h.backend.resize_pty(&id, Some("t1"), 100, 30).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&stdin)
+        .unwrap()
+        .write_all(b"hello\n")
+        .unwrap();
+    let exit = h.wait_exit(&id, Some("t1"));
+    assert_eq!((exit.pid, exit.status), (exec_pid, 5));
+    // The pty echoes the input line before the script's three lines.
+    let text = wait_for_lines(&out, 4);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{text:?}");
+    assert!(lines.contains(&"30 100"), "{text:?}");
+    assert!(lines.contains(&"got hello"), "{text:?}");
+    h.backend.delete(&id, Some("t1")).unwrap();
+
+    let (stdin, out) = (mkfifo(&h.path("cat.in")), h.path("cat.out"));
+    let mut process = Process::default();
+    process.set_args(Some(vec!["cat".into()]));
+    h.backend
+        .exec(&ExecSpec {
+            container_id: id.clone(),
+            exec_id: "c1".into(),
+            process,
+            stdio: Stdio {
+                stdin: stdin.clone(),
+                stdout: file_uri(&out),
+                ..Stdio::default()
+            },
+        })
+        .unwrap();
+    h.backend.start_exec(&id, "c1").unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&stdin)
+        .unwrap()
+        .write_all(b"ping\n")
+        .unwrap();
+    // The caller's writer is closed, the shim's keep-alive is not: cat runs on.
+    assert!(h
+        .log
+        .wait(&id, Some("c1"), std::time::Duration::from_millis(300))
+        .is_none());
+    h.backend.close_stdin(&id, Some("c1")).unwrap();
+    assert_eq!(h.wait_exit(&id, Some("c1")).status, 0);
+    assert_eq!(wait_for_lines(&out, 1), "ping\n");
+    h.backend.delete(&id, Some("c1")).unwrap();
+
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.wait_exit(&id, None).status, 137);
+    h.delete_and_check(&id, pid, &cgroup_of(&bundle));
+}
+
 /// A runtime whose `create` and `delete` hang: past the deadline each CLI
 /// call is killed (not left running) and the call fails, so the cleanup
 /// `delete --force` after a killed create cannot hang create either.
@@ -269,7 +396,7 @@ fn a_runtime_cli_past_its_deadline_is_killed() {
             },
         )
         .expect("starting the backend")
-        .with_cli_deadline(std::time::Duration::from_millis(500))
+        .with_cli_deadline(std::time::Duration::from_secs(3))
     });
     let bundle = h.bundle("hang", &["true"], |_| {});
     let started = std::time::Instant::now();
@@ -282,7 +409,9 @@ fn a_runtime_cli_past_its_deadline_is_killed() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("killed"), "{err}");
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Two deadlines (create, then the cleanup delete) and the kills: a hang
+    // would take 1000 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
     for file in [&pid_file, &delete_pid_file] {
         let pid: u32 = fs::read_to_string(file)
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()))

@@ -9,14 +9,19 @@
 //! * `exec`: `RUNTIME exec --process F --pid-file P ID` in the foreground:
 //!   the CLI stays the parent of the exec process and exits with its status,
 //!   so the reaper watches the CLI.
+//! * An exec with a terminal: `RUNTIME exec --detach --console-socket S
+//!   ...`, because runc and crun only hand an exec's pty master to a socket
+//!   when detached. The CLI exits and the exec process, orphaned, becomes the
+//!   shim's child. The reaper's fork lock is held from the spawn until that
+//!   process is watched, so its exit cannot be reaped unclaimed in between;
+//!   the CLI's own exit is seen on its pidfd meanwhile (poll, no wait).
 //! * Every other CLI call (`start`, `kill`, `delete`, `ps`, `pause`,
 //!   `resume`) runs through [`Reaper::run`] so the reaper does not steal its
 //!   exit status.
 //!
 //! * A terminal for the init goes through a console socket
-//!   (`create --console-socket`): the runtime sends the pty master, the
-//!   shim pumps it like the native backend does. Exec terminals are not
-//!   supported (the CLI would have to stay detached; UNIMPLEMENTED).
+//!   (`create --console-socket`) too: the runtime sends the pty master, the
+//!   shim pumps it like the native backend does.
 //! * `update` is the runtime's `update --resources`; `stats` and the OOM
 //!   check at exit read the cgroup the runtime made at the spec's
 //!   `linux.cgroupsPath` (cgroupfs layout, as runc and crun use it).
@@ -51,7 +56,7 @@ use crate::backend::{
 use crate::host::cgroups;
 use crate::host::console::{self, ConsoleSocket};
 use crate::host::pidfd::Pidfd;
-use crate::host::reaper::{Reaped, Reaper};
+use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::{open_stdio, ChildStdio, HeldStdio, TerminalStdio};
 
 const NAME: &str = "oci";
@@ -247,9 +252,29 @@ impl OciBackend {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> std::io::Result<(Pidfd, mpsc::Receiver<Reaped>)> {
-        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
-        let (tx, rx) = mpsc::channel();
         let guard = self.reaper.lock();
+        Self::spawn_locked(
+            &guard,
+            cmd,
+            ChildStdio {
+                stdin,
+                stdout,
+                stderr,
+            },
+        )
+    }
+
+    /// [`OciBackend::spawn_with`] under a fork lock the caller holds (and
+    /// may go on holding: the CLI's exit is only reported once it is gone).
+    fn spawn_locked(
+        guard: &ForkGuard<'_>,
+        cmd: &mut Command,
+        stdio: ChildStdio,
+    ) -> std::io::Result<(Pidfd, mpsc::Receiver<Reaped>)> {
+        cmd.stdin(stdio.stdin)
+            .stdout(stdio.stdout)
+            .stderr(stdio.stderr);
+        let (tx, rx) = mpsc::channel();
         let mut child = cmd.spawn()?;
         let pid = child.id();
         // Not reaped while the fork lock is held: the pid is still ours.
@@ -281,18 +306,20 @@ impl OciBackend {
         let _ = rx.recv_timeout(Duration::from_secs(5));
     }
 
-    fn open(
-        op: &'static str,
+    /// Writes an exec's process (with `terminal` as asked) where the CLI's
+    /// `--process` reads it.
+    fn write_process(
+        dir: &Path,
         id: &str,
-        stdio: &Stdio,
-    ) -> Result<(crate::host::stdio::ChildStdio, HeldStdio)> {
-        if stdio.terminal {
-            return Err(BackendError::Unsupported {
-                op: "terminal",
-                backend: NAME,
-            });
-        }
-        open_stdio(stdio).map_err(|e| failed(op, id, format!("stdio: {e}")))
+        process: &oci_spec::runtime::Process,
+        terminal: bool,
+    ) -> Result<PathBuf> {
+        let mut process = process.clone();
+        process.set_terminal(Some(terminal));
+        let file = dir.join("process.json");
+        let json = serde_json::to_vec(&process).map_err(|e| failed("start exec", id, e))?;
+        std::fs::write(&file, json).map_err(|e| failed("start exec", id, e))?;
+        Ok(file)
     }
 
     fn read_pid(path: &Path) -> std::io::Result<u32> {
@@ -430,16 +457,13 @@ impl Backend for OciBackend {
                 .cloned()
                 .ok_or_else(|| not_found(&format!("{id}/{exec_id}")))?
         };
-        let (child, held) = Self::open("start exec", id, &exec.stdio)?;
+        if exec.stdio.terminal {
+            return self.start_exec_terminal(id, exec_id, &exec);
+        }
+        let (child, held) =
+            open_stdio(&exec.stdio).map_err(|e| failed("start exec", id, format!("stdio: {e}")))?;
         let work = tempfile::tempdir().map_err(|e| failed("start exec", id, e))?;
-        let process_file = work.path().join("process.json");
-        let mut process = exec.process.clone();
-        process.set_terminal(Some(false));
-        std::fs::write(
-            &process_file,
-            serde_json::to_vec(&process).map_err(|e| failed("start exec", id, e))?,
-        )
-        .map_err(|e| failed("start exec", id, e))?;
+        let process_file = Self::write_process(work.path(), id, &exec.process, false)?;
         let pid_file = work.path().join("pid");
         let mut cmd = self.cli();
         cmd.arg("exec")
@@ -594,27 +618,22 @@ impl Backend for OciBackend {
     }
 
     fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u16, height: u16) -> Result<()> {
-        if exec_id.is_some() {
-            return Err(BackendError::Unsupported {
-                op: "exec terminal",
-                backend: NAME,
-            });
-        }
-        let tasks = locked(&self.tasks);
-        let task = tasks.get(id).ok_or_else(|| not_found(id))?;
-        let master = task
-            .init
-            .as_ref()
-            .and_then(|p| p.stdio.pty_master())
-            .ok_or_else(|| BackendError::InvalidArgument {
-                what: "resize_pty".into(),
-                reason: format!("task {id} has no terminal"),
-            })?;
-        console::resize(master, width, height).map_err(|e| failed("resize pty", id, e))
+        self.with_stdio(id, exec_id, |stdio| {
+            let master = stdio
+                .pty_master()
+                .ok_or_else(|| BackendError::InvalidArgument {
+                    what: "resize_pty".into(),
+                    reason: format!("process {id} {exec_id:?} has no terminal"),
+                })?;
+            console::resize(master, width, height).map_err(|e| failed("resize pty", id, e))
+        })
     }
 
-    fn close_stdin(&self, id: &str, _exec_id: Option<&str>) -> Result<()> {
-        self.init_pid(id).map(|_| ())
+    fn close_stdin(&self, id: &str, exec_id: Option<&str>) -> Result<()> {
+        self.with_stdio(id, exec_id, |stdio| {
+            stdio.close_stdin();
+            Ok(())
+        })
     }
 
     fn reopen_logs(&self, _id: &str) -> Result<()> {
@@ -623,6 +642,130 @@ impl Backend for OciBackend {
 }
 
 impl OciBackend {
+    /// Runs `f` on the held stdio of the init (`exec_id` None) or of a
+    /// started exec.
+    fn with_stdio<T>(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        f: impl FnOnce(&mut HeldStdio) -> Result<T>,
+    ) -> Result<T> {
+        let mut tasks = locked(&self.tasks);
+        let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
+        let proc = match exec_id {
+            None => task.init.as_mut(),
+            Some(exec_id) => task.running_execs.get_mut(exec_id),
+        };
+        let proc = proc.ok_or_else(|| not_found(&format!("{id}/{}", exec_id.unwrap_or(""))))?;
+        f(&mut proc.stdio)
+    }
+
+    /// An exec with a terminal (see the module docs): `exec --detach` with a
+    /// console socket, under the fork lock until the process is watched.
+    fn start_exec_terminal(&self, id: &str, exec_id: &str, exec: &ExecSpec) -> Result<u32> {
+        const OP: &str = "start exec";
+        let io = |e: std::io::Error| failed(OP, id, format!("terminal: {e}"));
+        let socket = ConsoleSocket::new().map_err(io)?;
+        let streams = TerminalStdio::open(&exec.stdio).map_err(io)?;
+        let work = tempfile::tempdir().map_err(io)?;
+        let process_file = Self::write_process(work.path(), id, &exec.process, true)?;
+        let (pid_file, log) = (work.path().join("pid"), work.path().join("log"));
+        let mut cmd = self.cli();
+        cmd.arg("--log")
+            .arg(&log)
+            .arg("exec")
+            .arg("--detach")
+            .arg("--console-socket")
+            .arg(socket.path())
+            .arg("--process")
+            .arg(&process_file)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id);
+        let guard = self.reaper.lock();
+        let (cli, rx) =
+            Self::spawn_locked(&guard, &mut cmd, null_stdio().map_err(io)?).map_err(io)?;
+        let exited = cli.wait_exited(self.cli_deadline).map_err(io);
+        // Everything below until the watch happens under the fork lock: the
+        // exec process, once orphaned, cannot be reaped unclaimed.
+        let started = exited.and_then(|exited| {
+            if !exited {
+                return Err(failed(
+                    OP,
+                    id,
+                    format!(
+                        "the runtime did not start the process within {:?} (killed)",
+                        self.cli_deadline
+                    ),
+                ));
+            }
+            let pid = Self::read_pid(&pid_file).map_err(|e| {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                failed(
+                    OP,
+                    id,
+                    format!(
+                        "{} exec: {} (pid file: {e})",
+                        self.options.runtime_path.display(),
+                        log.trim()
+                    ),
+                )
+            })?;
+            let pidfd =
+                Pidfd::open(pid).map_err(|e| failed(OP, id, format!("pidfd of {pid}: {e}")))?;
+            let held = socket
+                .receive_master()
+                .and_then(|master| streams.start(&format!("{id}-{exec_id}"), master))
+                .map_err(|e| {
+                    let _ = pidfd.send_signal(libc::SIGKILL);
+                    io(e)
+                })?;
+            let this = self.clone_for_exit();
+            let (id2, exec2) = (id.to_string(), exec_id.to_string());
+            guard.watch(pid, move |reaped| {
+                this.report(&id2, Some(&exec2), pid, reaped.code(), reaped.at)
+            });
+            Ok((pid, Proc { pidfd, stdio: held }))
+        });
+        if started.is_err() {
+            let _ = cli.send_signal(libc::SIGKILL);
+            if let Ok(pid) = Self::read_pid(&pid_file) {
+                // Not reaped while the lock is held: the pid is still that process.
+                if let Ok(process) = Pidfd::open(pid) {
+                    let _ = process.send_signal(libc::SIGKILL);
+                }
+            }
+        }
+        drop(guard);
+        // The CLI is reaped now that the lock is gone.
+        let cli_status = rx.recv_timeout(Duration::from_secs(5)).map(|r| r.code());
+        let (pid, proc) = started?;
+        if let Ok(code @ 1..) = cli_status {
+            let _ = proc.pidfd.send_signal(libc::SIGKILL);
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(failed(
+                OP,
+                id,
+                format!(
+                    "{} exec exited with {code}: {}",
+                    self.options.runtime_path.display(),
+                    log.trim()
+                ),
+            ));
+        }
+        match locked(&self.tasks).get_mut(id) {
+            Some(task) => {
+                task.running_execs.insert(exec_id.to_string(), proc);
+            }
+            None => {
+                let _ = proc.pidfd.send_signal(libc::SIGKILL);
+                return Err(not_found(id));
+            }
+        }
+        tracing::info!(id, exec_id, pid, "exec with a terminal started");
+        Ok(pid)
+    }
+
     fn task_cgroup(&self, id: &str) -> Result<PathBuf> {
         let tasks = locked(&self.tasks);
         let task = tasks.get(id).ok_or_else(|| not_found(id))?;
@@ -715,19 +858,7 @@ impl InitStdio {
                 .take()
                 .ok_or_else(|| failed("create", id, "stdio already used")),
             InitStdio::Terminal { .. } => {
-                let null = || -> Result<OwnedFd> {
-                    std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open("/dev/null")
-                        .map(OwnedFd::from)
-                        .map_err(|e| failed("create", id, format!("/dev/null: {e}")))
-                };
-                Ok(ChildStdio {
-                    stdin: null()?,
-                    stdout: null()?,
-                    stderr: null()?,
-                })
+                null_stdio().map_err(|e| failed("create", id, format!("/dev/null: {e}")))
             }
         }
     }
@@ -751,6 +882,23 @@ impl InitStdio {
             }
         }
     }
+}
+
+/// `/dev/null` as a CLI's stdin, stdout and stderr (with a terminal the
+/// runtime hands the process the pty instead).
+fn null_stdio() -> std::io::Result<ChildStdio> {
+    let null = || -> std::io::Result<OwnedFd> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+    };
+    Ok(ChildStdio {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: null()?,
+    })
 }
 
 /// The spec's `linux.cgroupsPath` in the bundle's `config.json`, if any.

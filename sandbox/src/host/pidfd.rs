@@ -57,6 +57,35 @@ impl Pidfd {
     }
 }
 
+impl Pidfd {
+    /// Waits up to `timeout` for the process to exit, without reaping it
+    /// (its exit status stays for whoever waits for it). `Ok(true)` once it
+    /// has exited.
+    pub fn wait_exited(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let mut poll = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: one valid pollfd, for the duration of the call.
+            match unsafe { libc::poll(&mut poll, 1, ms) } {
+                n if n > 0 => return Ok(true),
+                0 => return Ok(false),
+                _ => {
+                    let err = io::Error::last_os_error();
+                    if err.raw_os_error() != Some(libc::EINTR) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Readable (`poll`) once the process has exited.
 impl AsFd for Pidfd {
     fn as_fd(&self) -> BorrowedFd<'_> {
@@ -73,6 +102,27 @@ mod tests {
         let me = Pidfd::open(std::process::id()).expect("pidfd_open of self");
         assert_eq!(me.pid(), std::process::id());
         assert!(me.send_signal(0).expect("signal 0"));
+    }
+
+    #[test]
+    fn waits_for_an_exit_without_reaping_it() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("spawning sleep");
+        let pidfd = Pidfd::open(child.id()).expect("pidfd_open");
+        let short = std::time::Duration::from_millis(20);
+        assert!(!pidfd.wait_exited(short).unwrap(), "sleep 1000 exited");
+        child.kill().unwrap();
+        assert!(pidfd
+            .wait_exited(std::time::Duration::from_secs(10))
+            .unwrap());
+        // Still unreaped: its status is there for wait().
+        let status = child.wait().expect("the exit status was kept");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
     }
 
     #[test]

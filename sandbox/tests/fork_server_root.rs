@@ -272,8 +272,11 @@ fn a_dead_fork_server_is_replaced() {
     // exit is handled.
     assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
     wait_gone(first);
+    // A bundle (and so a cgroup) of its own: deleting one container must
+    // not find the other's process in its cgroup.
+    let second_bundle = h.bundle("respawn-2", &["sleep", "1000"]);
     let id = unique("respawn");
-    let pid = h.create(&id, &bundle);
+    let pid = h.create(&id, &second_bundle);
     let second = h.backend.fork_server_pid().unwrap();
     assert_ne!(second, first);
     assert_eq!(threads(second), 1);

@@ -20,6 +20,80 @@ const SHM_SIZE: &str = "size=65536k";
 /// How long the pause process gets to exit on SIGTERM before SIGKILL.
 const PAUSE_STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// How long RemovePodSandbox waits for a pod's shim to exit after Shutdown
+/// (it removes its socket, lock and log on the way out).
+const SHIM_EXIT_GRACE: Duration = Duration::from_secs(10);
+
+/// A shim process: its pid and start time (so a reused pid is not waited on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ShimProcess {
+    pid: u32,
+    start_time: u64,
+}
+
+/// `/proc/<pid>/stat`: the process state letter and start time (field 22),
+/// `None` once the process is gone.
+fn proc_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may hold spaces and parentheses: the fields start after the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // state is field 3, starttime field 22.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some((state, start_time))
+}
+
+/// Whether `shim` still runs: a zombie or another process with its pid
+/// does not count.
+fn shim_running(shim: ShimProcess) -> bool {
+    match proc_state(shim.pid) {
+        Some((state, start)) => start == shim.start_time && !matches!(state, 'Z' | 'X'),
+        None => false,
+    }
+}
+
+/// The pod's shim process, asked over its Task API (`Connect`, as containerd
+/// does); `None` when the shim does not answer.
+async fn shim_process(address: &str, pod_id: &str) -> Option<ShimProcess> {
+    let address = address.to_string();
+    let req = api::ConnectRequest {
+        id: pod_id.into(),
+        ..Default::default()
+    };
+    let pid = tokio::task::spawn_blocking(move || {
+        let client =
+            containerd_shim_protos::TaskClient::new(ttrpc::Client::connect(&address).ok()?);
+        let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+        client.connect(ctx, &req).ok().map(|r| r.shim_pid)
+    })
+    .await
+    .ok()
+    .flatten()
+    .filter(|&pid| pid > 0)?;
+    let (_, start_time) = proc_state(pid)?;
+    Some(ShimProcess { pid, start_time })
+}
+
+/// Waits, up to [`SHIM_EXIT_GRACE`], for a shim told to shut down to exit,
+/// so that what it removes on its way out (socket, lock, log) is gone when
+/// RemovePodSandbox returns. A shim that outlives the wait is logged, not an
+/// error: the pod is removed all the same.
+async fn wait_shim_gone(pod_id: &str, shim: ShimProcess) {
+    let deadline = tokio::time::Instant::now() + SHIM_EXIT_GRACE;
+    while shim_running(shim) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                pod_id = %pod_id,
+                shim_pid = shim.pid,
+                "the pod's shim is still running {}s after Shutdown",
+                SHIM_EXIT_GRACE.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The pod's own dir.
 pub fn pod_dir(rt: &Runtime, id: &str) -> PathBuf {
     rt.config.pods_dir().join(id)
@@ -551,7 +625,11 @@ impl Runtime {
                             tracing::warn!(pod_id = %pod.id, error = %e, "deleting the pause task");
                         }
                     }
+                    let shim = shim_process(&pod.shim_address, &pod.id).await;
                     let _ = client.shutdown(&pod.id).await;
+                    if let Some(shim) = shim {
+                        wait_shim_gone(&pod.id, shim).await;
+                    }
                 }
                 Err(_) => {
                     self.shims
@@ -745,5 +823,29 @@ fn pod_state(p: &PodRecord) -> cri::PodSandboxState {
         cri::PodSandboxState::SandboxReady
     } else {
         cri::PodSandboxState::SandboxNotready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_process_is_running_until_its_pid_means_another() {
+        let (state, start_time) = proc_state(std::process::id()).expect("our own stat");
+        assert!(matches!(state, 'R' | 'S'), "{state}");
+        let me = ShimProcess {
+            pid: std::process::id(),
+            start_time,
+        };
+        assert!(shim_running(me));
+        assert!(!shim_running(ShimProcess {
+            start_time: start_time + 1,
+            ..me
+        }));
+        assert!(!shim_running(ShimProcess {
+            pid: u32::MAX,
+            start_time
+        }));
     }
 }

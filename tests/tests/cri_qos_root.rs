@@ -199,13 +199,14 @@ fn update_container_resources_changes_the_live_cgroup() {
 fn container_stats_grow_with_work() {
     let d = Caissond::start("");
     d.import_busybox();
-    let config = d.pod_config("stats");
+    // Burstable with a full core's shares (1024), not BestEffort (2): the
+    // busy loop must get CPU while parallel tests keep the node busy.
+    let mut config = d.pod_config("stats");
+    config.linux.get_or_insert_with(Default::default).resources = Some(resources(1024, 0, 0));
     let pod = d.run_pod(&config);
-    let busy = d.create_started_container(
-        &pod,
-        &config,
-        container_config("busy", &["sh", "-c", "while :; do :; done"]),
-    );
+    let mut busy = container_config("busy", &["sh", "-c", "while :; do :; done"]);
+    busy.linux.get_or_insert_with(Default::default).resources = Some(resources(1024, 0, 0));
+    let busy = d.create_started_container(&pod, &config, busy);
     let idle =
         d.create_started_container(&pod, &config, container_config("idle", &["sleep", "1000"]));
     let cpu = |s: &cri::ContainerStats| {
@@ -227,23 +228,30 @@ fn container_stats_grow_with_work() {
     assert!(memory.usage_bytes.as_ref().unwrap().value > 0, "{first:?}");
     assert!(memory.page_faults.as_ref().unwrap().value > 0, "{first:?}");
     assert!(first.writable_layer.is_some(), "{first:?}");
-    // Wait on the counter itself (no fixed sleep): it must move by 200 ms.
-    let second =
-        caisson_tests::daemon::wait_until("busy CPU to grow", Duration::from_secs(10), || {
-            let s = d.container_stats(&busy);
-            (cpu(&s) > cpu(&first) + 200_000_000).then_some(s)
-        });
-    let nano = second
-        .cpu
-        .as_ref()
-        .unwrap()
+    // nano-cores are over the window since the previous ContainerStats: wait
+    // on the cgroup's own counter (not ContainerStats, which would restart
+    // the window) until the loop used 200 ms of CPU, then sample again.
+    let cpuacct = d
+        .task_cgroup("cpuacct", "uid-stats", &busy)
+        .join("cpuacct.usage");
+    caisson_tests::daemon::wait_until("busy CPU to grow", Duration::from_secs(30), || {
+        let used: u64 = read(&cpuacct).parse().unwrap();
+        (used > cpu(&first) + 200_000_000).then_some(())
+    });
+    let second = d.container_stats(&busy);
+    let used = cpu(&second) - cpu(&first);
+    assert!(used > 200_000_000, "{first:?}\n{second:?}");
+    let usage = second.cpu.as_ref().unwrap();
+    let nano = usage
         .usage_nano_cores
         .as_ref()
-        .unwrap()
+        .expect("no usage_nano_cores on the second sample")
         .value;
+    let elapsed = (usage.timestamp - first.cpu.as_ref().unwrap().timestamp) as u128;
+    let expected = (used as u128 * 1_000_000_000 / elapsed) as u64;
     assert!(
-        nano > 100_000_000,
-        "a busy loop uses more than 0.1 core: {nano}"
+        nano > 0 && nano == expected,
+        "nano-cores over the window: {nano}, expected {used} ns / {elapsed} ns = {expected}"
     );
 
     // ListContainerStats with filters.

@@ -10,6 +10,10 @@ use caisson_tests::daemon::{
 use caisson_tests::fixtures::busybox_image;
 use k8s_cri::v1 as cri;
 
+/// An upper bound on RPCs that should take a few seconds: it catches a hang,
+/// with room for a node slowed by parallel tests.
+const HANG: Duration = Duration::from_secs(20);
+
 /// The pids in a container's cgroup (pids controller).
 fn cgroup_procs(d: &Caissond, pod_name: &str, container: &str) -> Vec<u32> {
     let path = d
@@ -121,7 +125,7 @@ fn exec_sync_timeout_kills_the_exec_and_keeps_the_container() {
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("timed out"), "{status:?}");
     assert!(
-        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(8),
+        elapsed >= Duration::from_secs(2) && elapsed < HANG,
         "DeadlineExceeded after {elapsed:?} for a 2 s timeout"
     );
     // The exec'd process is gone (not left running), the container is not.
@@ -164,7 +168,7 @@ fn stop_container_escalates_to_sigkill_after_the_timeout() {
     d.stop_container(&c, 2);
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+        elapsed >= Duration::from_secs(2) && elapsed < HANG,
         "StopContainer(timeout 2) of a container ignoring SIGTERM took {elapsed:?}"
     );
     let status = d.container_status(&c);
@@ -209,11 +213,8 @@ fn stop_container_sends_sigterm_or_the_images_stop_signal() {
         d.create_started_container(&pod, &config, container_config("term", &["sleep", "1000"]));
     let started = Instant::now();
     d.stop_container(&term, 30);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    // Well short of the 30 s grace: the signal ended it, not SIGKILL.
+    assert!(started.elapsed() < HANG, "{:?}", started.elapsed());
     let status = d.container_status(&term);
     assert_eq!(
         (status.state, status.exit_code),
@@ -229,11 +230,7 @@ fn stop_container_sends_sigterm_or_the_images_stop_signal() {
     let int = d.create_started_container(&pod, &config, int);
     let started = Instant::now();
     d.stop_container(&int, 30);
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < HANG, "{:?}", started.elapsed());
     let status = d.container_status(&int);
     assert_eq!(
         (status.state, status.exit_code),

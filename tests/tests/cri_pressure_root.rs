@@ -300,8 +300,11 @@ fn burstable_cpu_shares_split_one_cpu_two_to_one() {
         light as f64 / 1e9,
         100.0 * (heavy + light) as f64 / elapsed.as_nanos() as f64,
     );
+    // Statistical, not exact: the scheduler converges on 2:1 only on
+    // average, and other tests running in parallel on CPU 0 perturb the
+    // split; the window still tells 2:1 from 1:1 (equal shares) and 4:1.
     assert!(
-        (1.6..=2.5).contains(&ratio),
+        (1.4..=2.8).contains(&ratio),
         "CPU time should split about 2:1, got {heavy} / {light} = {ratio:.2}"
     );
     for pod in pods {

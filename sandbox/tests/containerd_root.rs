@@ -28,8 +28,6 @@ use nix::unistd::Pid;
 
 const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-caisson-v2");
 const RUNTIME: &str = "io.containerd.caisson.v2";
-/// containerd namespace; `ctr` puts containers in cgroup `/<namespace>/<id>`.
-const NS: &str = "caisson";
 const RUN_DIR_ENV: &str = "CAISSON_SHIM_RUN_DIR";
 /// Longest any single `ctr` call may take.
 const CTR_TIMEOUT: Duration = Duration::from_secs(60);
@@ -112,6 +110,10 @@ struct Containerd {
     ctr: PathBuf,
     runtime: String,
     child: Option<Child>,
+    /// containerd namespace, one per test: `ctr` puts containers in cgroup
+    /// `/<namespace>/<id>`, and a parent cgroup shared between the tests
+    /// would let one's cleanup rmdir it while the other makes a container.
+    ns: String,
     /// Every container id used, for cleanup and the cgroup check.
     ids: Vec<String>,
     finished: bool,
@@ -193,6 +195,7 @@ impl Containerd {
             ctr,
             runtime: runtime.to_string(),
             child: Some(child),
+            ns: unique("caisson"),
             ids: Vec::new(),
             finished: false,
         };
@@ -224,13 +227,13 @@ impl Containerd {
         self.ctr_with_timeout(args, CTR_TIMEOUT)
     }
 
-    /// `ctr -a <socket> -n caisson <args>`, killed after `timeout`.
+    /// `ctr -a <socket> -n <namespace> <args>`, killed after `timeout`.
     fn ctr_with_timeout(&self, args: &[&str], timeout: Duration) -> Out {
         let what = format!("ctr {}", args.join(" "));
         let mut child = Command::new(&self.ctr)
             .arg("--address")
             .arg(&self.socket)
-            .args(["--namespace", NS])
+            .args(["--namespace", &self.ns])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -495,7 +498,7 @@ impl Containerd {
             }
         }
         for id in &self.ids {
-            let cgroup = format!("{NS}/{id}");
+            let cgroup = format!("{}/{id}", self.ns);
             let left: Vec<&str> = CGROUP_CONTROLLERS
                 .iter()
                 .copied()
@@ -508,11 +511,14 @@ impl Containerd {
                 }
             }
         }
-        // The namespace's parent cgroup, made along with the first container
-        // (if the other test of this file still has containers in it, the
-        // removal fails and that test's own cleanup removes it).
+        // The namespace's parent cgroup, made along with the first container.
         for c in CGROUP_CONTROLLERS {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(c).join(NS));
+            let parent = Path::new("/sys/fs/cgroup").join(c).join(&self.ns);
+            if let Err(e) = std::fs::remove_dir(&parent) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    problems.push(format!("removing {}: {e}", parent.display()));
+                }
+            }
         }
         if let Some(tmp) = self.tmp.take() {
             if let Err(e) = tmp.close() {

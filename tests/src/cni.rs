@@ -67,7 +67,7 @@ const PORTMAP_CHAINS: &[&str] = &[
 
 fn nat_chain_exists(chain: &str) -> bool {
     Command::new("iptables")
-        .args(["-t", "nat", "-S", chain])
+        .args(["-w", "-t", "nat", "-S", chain])
         .output()
         .is_ok_and(|o| o.status.success())
 }
@@ -183,14 +183,14 @@ pub fn remove_network_leftovers(name: &str, bridge: &str) {
 pub fn remove_portmap_chains() {
     for (chain, rule) in PORTMAP_JUMPS {
         let _ = Command::new("iptables")
-            .args(["-t", "nat", "-D", chain])
+            .args(["-w", "-t", "nat", "-D", chain])
             .args(*rule)
             .output();
     }
     for op in ["-F", "-X"] {
         for chain in PORTMAP_CHAINS {
             let _ = Command::new("iptables")
-                .args(["-t", "nat", op, chain])
+                .args(["-w", "-t", "nat", op, chain])
                 .output();
         }
     }

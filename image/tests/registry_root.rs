@@ -13,7 +13,7 @@ use caisson_image::pull::HostConfig;
 use caisson_image::{Credentials, ImageError, ImageStore, Puller, RegistriesConfig};
 use caisson_tests::fixtures::{busybox_image, ImageSpec, LayerBuilder, OciArchive};
 use caisson_tests::registry::{
-    free_port, multi_platform_archive, Blackhole, CuttingProxy, Registry, Setup,
+    multi_platform_archive, Blackhole, CuttingProxy, DeadPort, Registry, Setup,
 };
 
 fn rt() -> tokio::runtime::Runtime {
@@ -239,12 +239,12 @@ fn pulls_docker_io_images_through_a_mirror() {
     let rt = rt();
     let reg = Registry::start(Setup::PlainHttp);
     let built = reg.push_image(&busybox_image(), "library/busybox:1.36");
-    let dead = free_port();
+    let dead = DeadPort::new();
     let (_dir, store) = new_store();
     let docker_io = HostConfig {
         // A mirror that is down is skipped; the next one serves.
         mirrors: vec![
-            format!("http://127.0.0.1:{dead}"),
+            format!("http://{}", dead.address()),
             format!("http://{}", reg.host()),
         ],
         ..Default::default()
@@ -354,7 +354,8 @@ fn a_registry_that_is_down_fails_within_the_timeout() {
     let rt = rt();
     let (_dir, store) = new_store();
     // Nobody listening: refused at once.
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead_port = DeadPort::new();
+    let dead = dead_port.address();
     let puller = Puller::new(store.clone(), config(vec![(dead.clone(), plain())]));
     let started = Instant::now();
     let err = rt
@@ -670,7 +671,8 @@ mod through_caissond {
         let built = reg.push_image(&busybox_image(), "private/app:1");
         let host = reg.host();
         let name = format!("{host}/private/app:1");
-        let dead = format!("127.0.0.1:{}", free_port());
+        let dead_port = DeadPort::new();
+        let dead = dead_port.address();
         let d = Caissond::start(&registries(&[&host, &dead]));
 
         let wrong = cri::AuthConfig {

@@ -9,7 +9,8 @@
 //! [`Blackhole`] (accepts connections and never answers).
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +51,70 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("binding 127.0.0.1:0")
         .port()
+}
+
+/// A port on 127.0.0.1 that refuses connections for as long as this lives:
+/// bound, so nothing else can take it (unlike a [`free_port`] released
+/// again), but never listening, so a connection gets a reset.
+pub struct DeadPort {
+    _socket: OwnedFd,
+    pub port: u16,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        // SAFETY: socket(2) has no memory arguments; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd nothing else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: addr is a sockaddr_in of len bytes, alive for the call.
+        let bound = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&addr as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        };
+        assert!(
+            bound == 0,
+            "binding 127.0.0.1:0: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: as for bind; getsockname writes at most len bytes.
+        let named = unsafe {
+            libc::getsockname(
+                socket.as_raw_fd(),
+                (&mut addr as *mut libc::sockaddr_in).cast(),
+                &mut len,
+            )
+        };
+        assert!(
+            named == 0,
+            "getsockname: {}",
+            std::io::Error::last_os_error()
+        );
+        DeadPort {
+            _socket: socket,
+            port: u16::from_be(addr.sin_port),
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for DeadPort {
+    fn default() -> DeadPort {
+        DeadPort::new()
+    }
 }
 
 fn run(cmd: &mut Command, what: &str) -> String {

@@ -211,6 +211,16 @@ impl ShimClient {
         call!(self, update, req, "updating task").map(|_: Empty| ())
     }
 
+    /// The shim's own pid (`Connect`, as containerd asks it).
+    pub async fn shim_pid(&self, id: &str) -> CriResult<u32> {
+        let req = api::ConnectRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        call!(self, connect, req, "connecting to the shim")
+            .map(|r: api::ConnectResponse| r.shim_pid)
+    }
+
     pub async fn shutdown(&self, id: &str) -> CriResult<()> {
         let req = api::ShutdownRequest {
             id: id.into(),

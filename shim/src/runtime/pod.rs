@@ -52,24 +52,10 @@ fn shim_running(shim: ShimProcess) -> bool {
     }
 }
 
-/// The pod's shim process, asked over its Task API (`Connect`, as containerd
-/// does); `None` when the shim does not answer.
-async fn shim_process(address: &str, pod_id: &str) -> Option<ShimProcess> {
-    let address = address.to_string();
-    let req = api::ConnectRequest {
-        id: pod_id.into(),
-        ..Default::default()
-    };
-    let pid = tokio::task::spawn_blocking(move || {
-        let client =
-            containerd_shim_protos::TaskClient::new(ttrpc::Client::connect(&address).ok()?);
-        let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-        client.connect(ctx, &req).ok().map(|r| r.shim_pid)
-    })
-    .await
-    .ok()
-    .flatten()
-    .filter(|&pid| pid > 0)?;
+/// The pod's shim process, from the pid it gives over its Task API
+/// (`Connect`); `None` when the shim does not answer.
+async fn shim_process(client: &crate::shims::ShimClient, pod_id: &str) -> Option<ShimProcess> {
+    let pid = client.shim_pid(pod_id).await.ok().filter(|&pid| pid > 0)?;
     let (_, start_time) = proc_state(pid)?;
     Some(ShimProcess { pid, start_time })
 }
@@ -625,7 +611,7 @@ impl Runtime {
                             tracing::warn!(pod_id = %pod.id, error = %e, "deleting the pause task");
                         }
                     }
-                    let shim = shim_process(&pod.shim_address, &pod.id).await;
+                    let shim = shim_process(&client, &pod.id).await;
                     let _ = client.shutdown(&pod.id).await;
                     if let Some(shim) = shim {
                         wait_shim_gone(&pod.id, shim).await;

@@ -556,12 +556,17 @@ impl Caissond {
     }
 
     pub fn run_pod(&self, config: &cri::PodSandboxConfig) -> String {
+        self.run_pod_with_handler(config, "")
+    }
+
+    /// RunPodSandbox under a RuntimeClass handler ("" is the default).
+    pub fn run_pod_with_handler(&self, config: &cri::PodSandboxConfig, handler: &str) -> String {
         let mut rt = self.runtime();
         let r = self
             .rt
             .block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(config.clone()),
-                runtime_handler: String::new(),
+                runtime_handler: handler.into(),
             }));
         self.ok("RunPodSandbox", r).pod_sandbox_id
     }

@@ -208,10 +208,21 @@ fn log_records_are_cri_formatted_and_long_lines_split() {
 
 #[test]
 fn reopen_container_log_starts_a_new_file_after_rotation() {
+    reopen_after_rotation("");
+}
+
+/// The same through the oci handler's runc: its shim holds the log too.
+#[test]
+fn reopen_container_log_works_under_runc() {
+    caisson_tests::require::program("/usr/sbin/runc", "runc");
+    reopen_after_rotation("runc-oci");
+}
+
+fn reopen_after_rotation(handler: &str) {
     let d = Caissond::start("");
     d.import_busybox();
     let config = d.pod_config("rotate");
-    let pod = d.run_pod(&config);
+    let pod = d.run_pod_with_handler(&config, handler);
     let mut c = container_config(
         "c",
         &[

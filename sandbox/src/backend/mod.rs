@@ -29,6 +29,31 @@ use std::time::SystemTime;
 
 use oci_spec::runtime::{LinuxResources, Process};
 
+/// ResizePty on a process's held stdio: `InvalidArgument` when it has no
+/// terminal. Shared by the backends that pump a pty themselves.
+pub(crate) fn resize_held_pty(
+    stdio: &crate::host::stdio::HeldStdio,
+    id: &str,
+    exec_id: Option<&str>,
+    width: u16,
+    height: u16,
+) -> Result<()> {
+    let master = stdio
+        .pty_master()
+        .ok_or_else(|| BackendError::InvalidArgument {
+            what: "resize_pty".into(),
+            reason: match exec_id {
+                Some(exec_id) => format!("exec {id}/{exec_id} has no terminal"),
+                None => format!("task {id} has no terminal"),
+            },
+        })?;
+    crate::host::console::resize(master, width, height).map_err(|e| BackendError::Failed {
+        op: "resize pty",
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Locks `m`, taking over a poisoned lock (a panicked holder leaves the
 /// maps consistent: every update is a single insert or remove).
 pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

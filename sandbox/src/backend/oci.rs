@@ -54,7 +54,7 @@ use crate::backend::{
     TaskStats,
 };
 use crate::host::cgroups;
-use crate::host::console::{self, ConsoleSocket};
+use crate::host::console::ConsoleSocket;
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::{open_stdio, ChildStdio, HeldStdio, TerminalStdio};
@@ -619,13 +619,7 @@ impl Backend for OciBackend {
 
     fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u16, height: u16) -> Result<()> {
         self.with_stdio(id, exec_id, |stdio| {
-            let master = stdio
-                .pty_master()
-                .ok_or_else(|| BackendError::InvalidArgument {
-                    what: "resize_pty".into(),
-                    reason: format!("process {id} {exec_id:?} has no terminal"),
-                })?;
-            console::resize(master, width, height).map_err(|e| failed("resize pty", id, e))
+            super::resize_held_pty(stdio, id, exec_id, width, height)
         })
     }
 
@@ -636,8 +630,12 @@ impl Backend for OciBackend {
         })
     }
 
-    fn reopen_logs(&self, _id: &str) -> Result<()> {
-        Ok(())
+    fn reopen_logs(&self, id: &str) -> Result<()> {
+        self.with_stdio(id, None, |stdio| {
+            stdio
+                .reopen_logs()
+                .map_err(|e| failed("reopen logs", id, e))
+        })
     }
 }
 

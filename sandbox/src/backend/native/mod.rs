@@ -47,11 +47,11 @@ use oci_spec::runtime::LinuxResources;
 use crate::backend::{
     Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, TaskSpec, TaskStats,
 };
+use crate::host::cgroups;
 use crate::host::forker::{ForkError, ForkServer};
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::HeldStdio;
-use crate::host::{cgroups, console};
 
 use errors::{
     chain, exec_not_found, failed, from_libcontainer, from_refusal, invalid_state, not_found,
@@ -668,16 +668,7 @@ impl Backend for NativeBackend {
 
     fn resize_pty(&self, id: &str, exec_id: Option<&str>, width: u16, height: u16) -> Result<()> {
         self.with_stdio(id, exec_id, |stdio| {
-            let master = stdio
-                .pty_master()
-                .ok_or_else(|| BackendError::InvalidArgument {
-                    what: "resize_pty".into(),
-                    reason: match exec_id {
-                        Some(exec_id) => format!("exec {id}/{exec_id} has no terminal"),
-                        None => format!("task {id} has no terminal"),
-                    },
-                })?;
-            console::resize(master, width, height).map_err(|e| failed("resize pty", id, e))
+            super::resize_held_pty(stdio, id, exec_id, width, height)
         })
     }
 

@@ -325,6 +325,65 @@ fn exec_terminal_and_stdin(h: Harness) {
     assert!(lines.contains(&"got hello"), "{text:?}");
     h.backend.delete(&id, Some("t1")).unwrap();
 
+    // Execs that exit at once, before the detached CLI has even exited:
+    // the shim adopts them when it does, and each exit is reported once.
+    for n in 0..5 {
+        let exec_id = format!("quick{n}");
+        let mut process = Process::default();
+        process.set_args(Some(vec!["sh".into(), "-c".into(), "exit 7".into()]));
+        h.backend
+            .exec(&ExecSpec {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+                process,
+                stdio: Stdio {
+                    terminal: true,
+                    ..Stdio::default()
+                },
+            })
+            .unwrap();
+        let quick = h.backend.start_exec(&id, &exec_id).unwrap();
+        let exit = h.wait_exit(&id, Some(&exec_id));
+        assert_eq!((exit.pid, exit.status), (quick, 7));
+        // Once started, its stdio is there even though it has exited.
+        h.backend.close_stdin(&id, Some(&exec_id)).unwrap();
+        h.backend.delete(&id, Some(&exec_id)).unwrap();
+    }
+    // One that cannot start: an error, no exit, nothing left in the cgroup.
+    let mut process = Process::default();
+    process.set_args(Some(vec!["/no/such/binary".into()]));
+    h.backend
+        .exec(&ExecSpec {
+            container_id: id.clone(),
+            exec_id: "missing".into(),
+            process,
+            stdio: Stdio {
+                terminal: true,
+                ..Stdio::default()
+            },
+        })
+        .unwrap();
+    assert!(matches!(
+        h.backend.close_stdin(&id, Some("missing")),
+        Err(BackendError::InvalidState { .. })
+    ));
+    let err = h.backend.start_exec(&id, "missing").unwrap_err();
+    assert!(err.to_string().contains("/no/such/binary"), "{err}");
+    assert!(h
+        .log
+        .wait(&id, Some("missing"), std::time::Duration::from_millis(300))
+        .is_none());
+    let procs = fs::read_to_string(
+        Path::new("/sys/fs/cgroup/pids")
+            .join(cgroup_of(&bundle).trim_start_matches('/'))
+            .join("cgroup.procs"),
+    )
+    .unwrap();
+    assert_eq!(procs.trim(), pid.to_string(), "only the init is left");
+    for n in 0..5 {
+        assert_eq!(h.log.count(&id, Some(&format!("quick{n}"))), 1);
+    }
+
     let (stdin, out) = (mkfifo(&h.path("cat.in")), h.path("cat.out"));
     let mut process = Process::default();
     process.set_args(Some(vec!["cat".into()]));

@@ -12,9 +12,11 @@
 //! * An exec with a terminal: `RUNTIME exec --detach --console-socket S
 //!   ...`, because runc and crun only hand an exec's pty master to a socket
 //!   when detached. The CLI exits and the exec process, orphaned, becomes the
-//!   shim's child. The reaper's fork lock is held from the spawn until that
-//!   process is watched, so its exit cannot be reaped unclaimed in between;
-//!   the CLI's own exit is seen on its pidfd meanwhile (poll, no wait).
+//!   shim's child, possibly already dead. An adoption window
+//!   ([`Reaper::adoption_window`]) keeps the exit of such an unwatched child,
+//!   so once the start has succeeded the process is either watched or its
+//!   kept exit reported; an exec that failed to start is killed and never
+//!   reported.
 //! * Every other CLI call (`start`, `kill`, `delete`, `ps`, `pause`,
 //!   `resume`) runs through [`Reaper::run`] so the reaper does not steal its
 //!   exit status.
@@ -484,8 +486,18 @@ impl Backend for OciBackend {
             }
             match rx.recv_timeout(Duration::from_millis(10)) {
                 Ok(reaped) => {
-                    // Exited before the pid file could be read: report it anyway.
+                    // Exited before the pid file could be read: kept as
+                    // started (CloseIO and Delete find it), and reported.
                     let pid = Self::read_pid(&pid_file).unwrap_or(cli_pid);
+                    if let Some(task) = locked(&self.tasks).get_mut(id) {
+                        task.running_execs.insert(
+                            exec_id.to_string(),
+                            Proc {
+                                pidfd: cli,
+                                stdio: held,
+                            },
+                        );
+                    }
                     self.clone_for_exit()
                         .report(id, Some(exec_id), pid, reaped.code(), reaped.at);
                     return Ok(pid);
@@ -652,14 +664,27 @@ impl OciBackend {
         let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
         let proc = match exec_id {
             None => task.init.as_mut(),
-            Some(exec_id) => task.running_execs.get_mut(exec_id),
+            Some(exec_id) => match task.running_execs.get_mut(exec_id) {
+                Some(proc) => Some(proc),
+                None if task.execs.contains_key(exec_id) => {
+                    return Err(BackendError::InvalidState {
+                        id: format!("{id}/{exec_id}"),
+                        state: "created".into(),
+                        op: "use the stdio of an exec not started",
+                    })
+                }
+                None => None,
+            },
         };
         let proc = proc.ok_or_else(|| not_found(&format!("{id}/{}", exec_id.unwrap_or(""))))?;
         f(&mut proc.stdio)
     }
 
     /// An exec with a terminal (see the module docs): `exec --detach` with a
-    /// console socket, under the fork lock until the process is watched.
+    /// console socket. The process becomes the shim's child when the CLI
+    /// exits, with no lock held, so an adoption window keeps its exit should
+    /// it be reaped before it is watched; it is watched (or its kept exit
+    /// reported) only once the start has succeeded.
     fn start_exec_terminal(&self, id: &str, exec_id: &str, exec: &ExecSpec) -> Result<u32> {
         const OP: &str = "start exec";
         let io = |e: std::io::Error| failed(OP, id, format!("terminal: {e}"));
@@ -680,85 +705,96 @@ impl OciBackend {
             .arg("--pid-file")
             .arg(&pid_file)
             .arg(id);
-        let guard = self.reaper.lock();
-        let (cli, rx) =
-            Self::spawn_locked(&guard, &mut cmd, null_stdio().map_err(io)?).map_err(io)?;
-        let exited = cli.wait_exited(self.cli_deadline).map_err(io);
-        // Everything below until the watch happens under the fork lock: the
-        // exec process, once orphaned, cannot be reaped unclaimed.
-        let started = exited.and_then(|exited| {
-            if !exited {
-                return Err(failed(
-                    OP,
+        let window = self.reaper.adoption_window();
+        let null = null_stdio().map_err(io)?;
+        let (cli, rx) = self
+            .spawn_with(&mut cmd, null.stdin, null.stdout, null.stderr)
+            .map_err(io)?;
+        // Kills what the CLI may have started, on any failure below: the
+        // process must neither run on untracked nor have its exit reported.
+        let abandon = |reason: String| -> BackendError {
+            match Self::read_pid(&pid_file) {
+                Ok(pid) => {
+                    let guard = self.reaper.lock();
+                    if guard.claim(pid).is_none() {
+                        // Not reaped while the lock is held: still that process.
+                        if let Ok(process) = Pidfd::open(pid) {
+                            tracing::warn!(
+                                id,
+                                exec_id,
+                                pid,
+                                "killing the exec that failed to start"
+                            );
+                            let _ = process.send_signal(libc::SIGKILL);
+                        }
+                    }
+                }
+                Err(_) => tracing::warn!(
                     id,
-                    format!(
-                        "the runtime did not start the process within {:?} (killed)",
-                        self.cli_deadline
-                    ),
-                ));
+                    exec_id,
+                    "the runtime gave no pid: a process it started would be reaped unreported"
+                ),
             }
-            let pid = Self::read_pid(&pid_file).map_err(|e| {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                failed(
-                    OP,
-                    id,
-                    format!(
-                        "{} exec: {} (pid file: {e})",
-                        self.options.runtime_path.display(),
-                        log.trim()
-                    ),
-                )
-            })?;
-            let pidfd =
-                Pidfd::open(pid).map_err(|e| failed(OP, id, format!("pidfd of {pid}: {e}")))?;
-            let held = socket
-                .receive_master()
-                .and_then(|master| streams.start(&format!("{id}-{exec_id}"), master))
-                .map_err(|e| {
-                    let _ = pidfd.send_signal(libc::SIGKILL);
-                    io(e)
-                })?;
+            failed(OP, id, reason)
+        };
+        let code = match rx.recv_timeout(self.cli_deadline) {
+            Ok(reaped) => reaped.code(),
+            Err(_) => {
+                Self::kill_overdue(&cli, &rx, id);
+                return Err(abandon(format!(
+                    "the runtime did not start the process within {:?} (killed)",
+                    self.cli_deadline
+                )));
+            }
+        };
+        let runtime = self.options.runtime_path.display();
+        let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+        if code != 0 {
+            return Err(abandon(format!(
+                "{runtime} exec exited with {code}: {}",
+                log_text().trim()
+            )));
+        }
+        let pid = Self::read_pid(&pid_file).map_err(|e| {
+            failed(
+                OP,
+                id,
+                format!("{runtime} exec: no pid file ({e}): {}", log_text().trim()),
+            )
+        })?;
+        let held = match socket
+            .receive_master()
+            .and_then(|master| streams.start(&format!("{id}-{exec_id}"), master))
+        {
+            Ok(held) => held,
+            Err(e) => return Err(abandon(format!("terminal: {e}"))),
+        };
+        let mut tasks = locked(&self.tasks);
+        let Some(task) = tasks.get_mut(id) else {
+            drop(tasks);
+            return Err(abandon(format!("task {id} was deleted meanwhile")));
+        };
+        // The CLI is gone: its pidfd only ever answers ESRCH, so a kill of an
+        // exec that already exited is a no-op, never a stranger's.
+        let mut pidfd = cli;
+        let guard = self.reaper.lock();
+        let exited = guard.claim(pid);
+        if exited.is_none() {
+            pidfd = Pidfd::open(pid).map_err(|e| failed(OP, id, format!("pidfd of {pid}: {e}")))?;
             let this = self.clone_for_exit();
             let (id2, exec2) = (id.to_string(), exec_id.to_string());
             guard.watch(pid, move |reaped| {
                 this.report(&id2, Some(&exec2), pid, reaped.code(), reaped.at)
             });
-            Ok((pid, Proc { pidfd, stdio: held }))
-        });
-        if started.is_err() {
-            let _ = cli.send_signal(libc::SIGKILL);
-            if let Ok(pid) = Self::read_pid(&pid_file) {
-                // Not reaped while the lock is held: the pid is still that process.
-                if let Ok(process) = Pidfd::open(pid) {
-                    let _ = process.send_signal(libc::SIGKILL);
-                }
-            }
         }
         drop(guard);
-        // The CLI is reaped now that the lock is gone.
-        let cli_status = rx.recv_timeout(Duration::from_secs(5)).map(|r| r.code());
-        let (pid, proc) = started?;
-        if let Ok(code @ 1..) = cli_status {
-            let _ = proc.pidfd.send_signal(libc::SIGKILL);
-            let log = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(failed(
-                OP,
-                id,
-                format!(
-                    "{} exec exited with {code}: {}",
-                    self.options.runtime_path.display(),
-                    log.trim()
-                ),
-            ));
-        }
-        match locked(&self.tasks).get_mut(id) {
-            Some(task) => {
-                task.running_execs.insert(exec_id.to_string(), proc);
-            }
-            None => {
-                let _ = proc.pidfd.send_signal(libc::SIGKILL);
-                return Err(not_found(id));
-            }
+        task.running_execs
+            .insert(exec_id.to_string(), Proc { pidfd, stdio: held });
+        drop(tasks);
+        drop(window);
+        if let Some(reaped) = exited {
+            self.clone_for_exit()
+                .report(id, Some(exec_id), pid, reaped.code(), reaped.at);
         }
         tracing::info!(id, exec_id, pid, "exec with a terminal started");
         Ok(pid)

@@ -22,7 +22,10 @@
 //! A pid whose exit matters is registered with [`ForkGuard::watch`] while the
 //! lock that covered its creation is still held, so even a process that exits
 //! at once cannot be reaped before its handler exists. Unknown pids (orphans)
-//! are reaped silently.
+//! are reaped silently, except while an [`AdoptionWindow`] is open: a
+//! process started by a runtime CLI that detaches (`runc exec --detach`)
+//! becomes the shim's child only when the CLI exits, with no lock covering
+//! it, so its exit is kept until it is claimed ([`ForkGuard::claim`]).
 //!
 //! There is one reaper per process ([`Reaper::global`]): several backends in
 //! one process (tests) share it, because any `waitpid(-1)` reaps everyone's
@@ -74,6 +77,32 @@ type ExitHandler = Box<dyn FnOnce(Reaped) + Send>;
 pub struct Reaper {
     fork_lock: Mutex<()>,
     watched: Mutex<HashMap<u32, ExitHandler>>,
+    adoption: Mutex<Adoption>,
+}
+
+/// Exits of unwatched children kept while adoption windows are open.
+#[derive(Default)]
+struct Adoption {
+    windows: usize,
+    unclaimed: HashMap<u32, Reaped>,
+}
+
+/// While one lives, the exit of a child nobody watches is kept rather than
+/// dropped, so that an orphan the shim adopts (a detached CLI's process) can
+/// be claimed after the fact. Open it before starting the CLI; what nobody
+/// claimed is forgotten when the last window closes.
+pub struct AdoptionWindow<'a> {
+    reaper: &'a Reaper,
+}
+
+impl Drop for AdoptionWindow<'_> {
+    fn drop(&mut self) {
+        let mut adoption = lock(&self.reaper.adoption);
+        adoption.windows -= 1;
+        if adoption.windows == 0 {
+            adoption.unclaimed.clear();
+        }
+    }
 }
 
 /// Proof that the fork lock is held: no child is reaped while it lives.
@@ -111,6 +140,7 @@ impl Reaper {
         let reaper = REAPER.get_or_init(|| Reaper {
             fork_lock: Mutex::new(()),
             watched: Mutex::new(HashMap::new()),
+            adoption: Mutex::new(Adoption::default()),
         });
         thread::Builder::new()
             .name("caisson-reaper".into())
@@ -123,6 +153,12 @@ impl Reaper {
             })?;
         tracing::debug!("child subreaper and SIGCHLD reaper started");
         Ok(reaper)
+    }
+
+    /// Opens an [`AdoptionWindow`].
+    pub fn adoption_window(&self) -> AdoptionWindow<'_> {
+        lock(&self.adoption).windows += 1;
+        AdoptionWindow { reaper: self }
     }
 
     /// Takes the fork lock. Hold it across anything that forks a child and
@@ -203,6 +239,10 @@ impl Reaper {
                 let handler = lock(&self.watched).remove(&reaped.pid);
                 if handler.is_none() {
                     tracing::debug!(pid, status = reaped.code(), "reaped an unwatched process");
+                    let mut adoption = lock(&self.adoption);
+                    if adoption.windows > 0 {
+                        adoption.unclaimed.insert(reaped.pid, reaped);
+                    }
                 }
                 done.push((reaped, handler));
             }
@@ -221,7 +261,16 @@ impl ForkGuard<'_> {
     /// has not been released since) was held, so it cannot have been reaped
     /// yet.
     pub fn watch(&self, pid: u32, on_exit: impl FnOnce(Reaped) + Send + 'static) {
+        // A kept exit under this pid belonged to an earlier process.
+        lock(&self.reaper.adoption).unclaimed.remove(&pid);
         lock(&self.reaper.watched).insert(pid, Box::new(on_exit));
+    }
+
+    /// For a child adopted while an [`AdoptionWindow`] was open: its exit if
+    /// it has been reaped already. `None` means it has not (it cannot be
+    /// while this guard lives), so it can be opened by pid and watched.
+    pub fn claim(&self, pid: u32) -> Option<Reaped> {
+        lock(&self.reaper.adoption).unclaimed.remove(&pid)
     }
 }
 

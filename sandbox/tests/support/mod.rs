@@ -53,6 +53,15 @@ impl ExitLog {
         }
     }
 
+    /// How many exits of `id` (or its exec `exec_id`) were reported.
+    pub fn count(&self, id: &str, exec_id: Option<&str>) -> usize {
+        let exits = self.exits.lock().unwrap();
+        exits
+            .iter()
+            .filter(|e| e.container_id == id && e.exec_id.as_deref() == exec_id)
+            .count()
+    }
+
     /// The exit of `id` (or its exec `exec_id`); panics if it does not come
     /// within [`DEADLINE`].
     pub fn wait_exit(&self, id: &str, exec_id: Option<&str>) -> Exit {

@@ -132,6 +132,24 @@ fn exec_opt(exec_id: &str) -> Option<&str> {
     (!exec_id.is_empty()).then_some(exec_id)
 }
 
+/// containerd's `ProcessDetails { exec_id }` (runc's shim types,
+/// `containerd.runc.v1.ProcessDetails`), which `ctr task ps` shows beside an
+/// exec's pid. One string field, encoded by hand: the shim protos crate does
+/// not generate the runc option types.
+fn process_details(exec_id: &str) -> Any {
+    let mut value = Vec::new();
+    let mut out = containerd_shim_protos::protobuf::CodedOutputStream::vec(&mut value);
+    out.write_string(1, exec_id)
+        .and_then(|_| out.flush())
+        .expect("writing to a Vec cannot fail");
+    drop(out);
+    Any {
+        type_url: "containerd.runc.v1.ProcessDetails".into(),
+        value,
+        ..Default::default()
+    }
+}
+
 /// Reads `io.kubernetes.cri.*` annotations from `<bundle>/config.json`.
 pub fn task_kind(bundle: &Path) -> Result<TaskKind, String> {
     let path = bundle.join("config.json");
@@ -281,6 +299,15 @@ impl Task for TaskService {
                 Code::UNIMPLEMENTED,
                 "restoring from a checkpoint is not supported yet",
             ));
+        }
+        if let Some(options) = req.options.as_ref() {
+            // containerd's `[runtimes.<name>.options]`: this shim's backend
+            // was configured before the task existed, so they cannot apply.
+            tracing::warn!(
+                type_url = %options.type_url,
+                "ignoring the task's runtime options: set the backend's options in \
+                 CAISSON_BACKEND_OPTIONS (see integration/containerd/README.md)"
+            );
         }
         let bundle = PathBuf::from(&req.bundle);
         if !bundle.is_absolute() {
@@ -458,6 +485,7 @@ impl Task for TaskService {
             .into_iter()
             .map(|p| api::ProcessInfo {
                 pid: p.pid,
+                info: p.exec_id.as_deref().map(process_details).into(),
                 ..Default::default()
             })
             .collect();
@@ -724,5 +752,18 @@ impl Task for TaskService {
         tracing::info!("shutting down");
         self.request_shutdown();
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_details_is_runc_shims_message() {
+        let any = process_details("exec-1");
+        assert_eq!(any.type_url, "containerd.runc.v1.ProcessDetails");
+        // Field 1, length-delimited (tag 0x0a), 6 bytes: "exec-1".
+        assert_eq!(any.value, b"\x0a\x06exec-1");
     }
 }

@@ -248,6 +248,62 @@ fn exec_terminal_and_stdin_through_crun() {
     exec_terminal_and_stdin(Harness::crun(true));
 }
 
+#[test]
+fn exec_kill_reaches_the_process_through_runc() {
+    exec_kill_reaches_the_process(Harness::new());
+}
+
+#[test]
+fn exec_kill_reaches_the_process_through_crun() {
+    exec_kill_reaches_the_process(Harness::crun(true));
+}
+
+/// SIGKILL for an exec (ExecSync's timeout) kills the exec's process, not
+/// only the foreground CLI, which cannot forward it; Pids names the exec.
+fn exec_kill_reaches_the_process(h: Harness) {
+    let bundle = h.bundle("sleeper", &["sleep", "1000"], |_| {});
+    let id = unique("sleeper");
+    let pid = h.run(&id, &bundle, Stdio::default());
+    let mut process = Process::default();
+    process.set_args(Some(vec!["sleep".into(), "600".into()]));
+    h.backend
+        .exec(&ExecSpec {
+            container_id: id.clone(),
+            exec_id: "s1".into(),
+            process,
+            stdio: Stdio::default(),
+        })
+        .unwrap();
+    let exec_pid = h.backend.start_exec(&id, "s1").unwrap();
+    let pids = h.backend.pids(&id).unwrap();
+    let named: Vec<(u32, Option<String>)> =
+        pids.iter().map(|p| (p.pid, p.exec_id.clone())).collect();
+    assert!(named.contains(&(pid, None)), "{named:?}");
+    assert!(named.contains(&(exec_pid, Some("s1".into()))), "{named:?}");
+    h.backend
+        .kill(&id, Some("s1"), libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.wait_exit(&id, Some("s1")).status, 137);
+    let procs = Path::new("/sys/fs/cgroup/pids")
+        .join(cgroup_of(&bundle).trim_start_matches('/'))
+        .join("cgroup.procs");
+    let until = std::time::Instant::now() + support::DEADLINE;
+    while fs::read_to_string(&procs).unwrap().trim() != pid.to_string() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the exec's process is still running: {}",
+            fs::read_to_string(&procs).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    h.backend.delete(&id, Some("s1")).unwrap();
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.wait_exit(&id, None).status, 137);
+    h.delete_and_check(&id, pid, &cgroup_of(&bundle));
+}
+
 fn mkfifo(path: &Path) -> String {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     path.display().to_string()

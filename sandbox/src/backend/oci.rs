@@ -8,7 +8,9 @@
 //!   run (it waits for `start`).
 //! * `exec`: `RUNTIME exec --process F --pid-file P ID` in the foreground:
 //!   the CLI stays the parent of the exec process and exits with its status,
-//!   so the reaper watches the CLI.
+//!   so the reaper watches the CLI. Signals go to the exec process itself
+//!   (a pidfd opened once it is seen to be the CLI's child): the CLI cannot
+//!   forward SIGKILL, and killing it alone would leave the process running.
 //! * An exec with a terminal: `RUNTIME exec --detach --console-socket S
 //!   ...`, because runc and crun only hand an exec's pty master to a socket
 //!   when detached. The CLI exits and the exec process, orphaned, becomes the
@@ -324,6 +326,31 @@ impl OciBackend {
         Ok(file)
     }
 
+    /// A pidfd of a foreground exec's process, once it is opened and the
+    /// process is seen to be the CLI's child (so not a later process that
+    /// reused the pid). `None` when it has exited already.
+    fn open_exec_process(pid: u32, cli_pid: u32) -> Option<Pidfd> {
+        let pidfd = Pidfd::open(pid).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid: u32 = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        if ppid == cli_pid {
+            Some(pidfd)
+        } else {
+            tracing::debug!(
+                pid,
+                ppid,
+                cli_pid,
+                "the exec's pid is no longer the CLI's child"
+            );
+            None
+        }
+    }
+
     fn read_pid(path: &Path) -> std::io::Result<u32> {
         std::fs::read_to_string(path)?
             .trim()
@@ -529,7 +556,13 @@ impl Backend for OciBackend {
                 }
             }
         };
-        let pidfd = cli;
+        // Signals go to the exec process itself: the CLI cannot forward a
+        // SIGKILL, and killing it would leave the process running on. The
+        // CLI keeps reporting the exit (it exits with the process's status).
+        let pidfd = match Self::open_exec_process(pid, cli.pid()) {
+            Some(process) => process,
+            None => cli,
+        };
         if let Some(task) = locked(&self.tasks).get_mut(id) {
             task.running_execs
                 .insert(exec_id.to_string(), Proc { pidfd, stdio: held });
@@ -553,7 +586,6 @@ impl Backend for OciBackend {
                     .running_execs
                     .get(exec_id)
                     .ok_or_else(|| not_found(exec_id))?;
-                // The CLI forwards signals to the exec process.
                 proc.pidfd
                     .send_signal(signal as i32)
                     .map_err(|e| failed("kill", id, e))?;
@@ -599,10 +631,23 @@ impl Backend for OciBackend {
 
     fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
         let out = self.output("pids", id, &["ps", "--format", "json", id])?;
-        let pids: Vec<u32> = serde_json::from_slice(&out).unwrap_or_default();
+        let pids: Vec<u32> = serde_json::from_slice(&out)
+            .map_err(|e| failed("pids", id, format!("the runtime's ps output: {e}")))?;
+        let execs: HashMap<u32, String> = locked(&self.tasks)
+            .get(id)
+            .map(|task| {
+                task.running_execs
+                    .iter()
+                    .map(|(exec_id, proc)| (proc.pidfd.pid(), exec_id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(pids
             .into_iter()
-            .map(|pid| ProcessInfo { pid, exec_id: None })
+            .map(|pid| ProcessInfo {
+                pid,
+                exec_id: execs.get(&pid).cloned(),
+            })
             .collect())
     }
 

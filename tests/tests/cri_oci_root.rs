@@ -40,6 +40,22 @@ fn runs_under(handler: &str, runtime: &str, package: &str) {
         container_config("sleeper", &["sleep", "1000"]),
     );
     assert_eq!(d.exec(&sleeper, &["echo", "hi"]), "hi\n");
+    // ExecSync past its timeout kills the exec's process itself, not only
+    // the runtime's CLI (which cannot forward SIGKILL): nothing is left
+    // in the container but its init.
+    let status = d
+        .try_exec(&sleeper, &["sleep", "600"], 1)
+        .expect_err("ExecSync past its timeout succeeded");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    let uid = config.metadata.as_ref().unwrap().uid.clone();
+    let procs = d.task_cgroup("pids", &uid, &sleeper).join("cgroup.procs");
+    let left = wait_until("only the init is left", Duration::from_secs(20), || {
+        let procs = std::fs::read_to_string(&procs).unwrap();
+        (procs.lines().count() == 1).then_some(procs)
+    });
+    let init = left.trim();
+    let comm = std::fs::read_to_string(format!("/proc/{init}/cmdline")).unwrap();
+    assert_eq!(comm, "sleep\01000\0", "the one left is the init");
     // UpdateContainerResources goes through the runtime's `update` and
     // lands in the cgroup it made; ContainerStats reads that cgroup.
     let resources = cri::LinuxContainerResources {
@@ -57,7 +73,6 @@ fn runs_under(handler: &str, runtime: &str, package: &str) {
             }),
         ),
     );
-    let uid = config.metadata.as_ref().unwrap().uid.clone();
     let read = |controller: &str, file: &str| {
         std::fs::read_to_string(d.task_cgroup(controller, &uid, &sleeper).join(file))
             .unwrap_or_else(|e| panic!("{controller}/{file}: {e}"))

@@ -1,8 +1,9 @@
 //! A native pod's seccomp profile covers ExecSync processes too: libcontainer
 //! 0.7 leaves `linux.seccomp` out of exec processes, and the shim's executor
-//! loads the container's filter for them.
+//! loads the container's filter for them. AppArmor `Localhost` profiles are
+//! refused on a node without AppArmor rather than silently not applied.
 
-use caisson_tests::daemon::{container_config, Caissond};
+use caisson_tests::daemon::{container_config, rejection, Caissond};
 use k8s_cri::v1 as cri;
 
 fn seccomp_mode(status: &str) -> String {
@@ -51,4 +52,112 @@ fn runtime_default_seccomp_applies_to_the_container_and_its_execs() {
         d.create_started_container(&pod, &config, container_config("plain", &["sleep", "1000"]));
     let exec = d.exec(&unfiltered, &["cat", "/proc/self/status"]);
     assert_eq!(seccomp_mode(&exec), "0", "no profile asked: none applied");
+}
+
+fn apparmor(profile_type: cri::security_profile::ProfileType, name: &str) -> cri::SecurityProfile {
+    cri::SecurityProfile {
+        profile_type: profile_type as i32,
+        localhost_ref: name.into(),
+    }
+}
+
+fn with_apparmor(
+    name: &str,
+    profile: Option<cri::SecurityProfile>,
+    legacy: &str,
+) -> cri::ContainerConfig {
+    let mut c = container_config(name, &["sleep", "1000"]);
+    #[allow(deprecated)] // the CRI still sends the old string form
+    let sc = cri::LinuxContainerSecurityContext {
+        apparmor: profile,
+        apparmor_profile: legacy.into(),
+        ..Default::default()
+    };
+    c.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    });
+    c
+}
+
+#[test]
+fn apparmor_localhost_profiles_are_refused_without_apparmor() {
+    use cri::security_profile::ProfileType::{Localhost, RuntimeDefault, Unconfined};
+    let enabled =
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").unwrap_or_default();
+    assert_ne!(
+        enabled.trim(),
+        "Y",
+        "this test needs a node without AppArmor (/sys/module/apparmor/parameters/enabled is Y)"
+    );
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("apparmor");
+    let pod = d.run_pod(&config);
+    // RuntimeDefault and Unconfined ask for nothing this node lacks.
+    for (name, profile, legacy) in [
+        ("default", Some(apparmor(RuntimeDefault, "")), ""),
+        ("unconfined", Some(apparmor(Unconfined, "")), ""),
+        ("legacy-default", None, "runtime/default"),
+    ] {
+        let c = d.create_started_container(&pod, &config, with_apparmor(name, profile, legacy));
+        assert_eq!(d.exec(&c, &["echo", "ok"]), "ok\n", "{name}");
+    }
+    // (The first container made the pod's containers dir: that stays.)
+    let baseline = d.footprint();
+
+    let create = |c: cri::ContainerConfig| -> caisson_tests::daemon::Call {
+        let (pod, sandbox) = (pod.clone(), config.clone());
+        Box::new(move |d, rt| {
+            d.rt.block_on(rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(c.clone()),
+                sandbox_config: Some(sandbox.clone()),
+            }))
+            .map(drop)
+        })
+    };
+    let mut pod_with_profile = d.pod_config("confined");
+    pod_with_profile.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            apparmor: Some(apparmor(Localhost, "k8s-confined")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    d.check_rejections(
+        vec![
+            rejection(
+                "Localhost profile",
+                tonic::Code::InvalidArgument,
+                "linux.security_context.apparmor: AppArmor profile \"k8s-confined\" asked for, but AppArmor is not enabled on this node",
+                create(with_apparmor("local", Some(apparmor(Localhost, "k8s-confined")), "")),
+            ),
+            rejection(
+                "legacy localhost/ string",
+                tonic::Code::InvalidArgument,
+                "linux.security_context.apparmor_profile",
+                create(with_apparmor("legacy", None, "localhost/k8s-confined")),
+            ),
+            rejection(
+                "pod Localhost profile",
+                tonic::Code::InvalidArgument,
+                "linux.security_context.apparmor",
+                Box::new(move |d, rt| {
+                    d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(pod_with_profile.clone()),
+                        runtime_handler: String::new(),
+                    }))
+                    .map(drop)
+                }),
+            ),
+        ],
+        &baseline,
+    );
+    let mut rt = d.runtime();
+    let listed = d.ok(
+        "ListContainers",
+        d.rt.block_on(rt.list_containers(cri::ListContainersRequest { filter: None })),
+    );
+    assert_eq!(listed.containers.len(), 3, "{:?}", listed.containers);
 }

@@ -1,7 +1,7 @@
 //! Facts about this node that change what a spec may ask for: the
 //! capabilities this process can grant, the cgroup mode, swap accounting,
-//! the lowest `oom_score_adj` it can set, the kernel version and the
-//! architecture. Read once per process; the builders take them as an
+//! the lowest `oom_score_adj` it can set, the kernel version, the
+//! architecture and whether AppArmor is enabled. Read once per process; the builders take them as an
 //! argument so tests can state their own.
 
 use std::path::Path;
@@ -31,6 +31,10 @@ pub(crate) struct HostFacts {
     /// The architecture in Go's spelling (`amd64`, `arm64`), as seccomp
     /// profiles name them.
     pub arch: &'static str,
+    /// AppArmor is enabled in the kernel
+    /// (`/sys/module/apparmor/parameters/enabled` is `Y`): `Localhost`
+    /// profiles can be applied.
+    pub apparmor: bool,
 }
 
 /// This node's facts, read on first use.
@@ -62,7 +66,15 @@ fn read() -> HostFacts {
             &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
         ),
         arch: go_arch(std::env::consts::ARCH),
+        apparmor: apparmor_enabled(
+            &std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").unwrap_or_default(),
+        ),
     }
+}
+
+/// `/sys/module/apparmor/parameters/enabled` says `Y` (absent: no AppArmor).
+fn apparmor_enabled(parameter: &str) -> bool {
+    parameter.trim() == "Y"
 }
 
 /// `MemTotal:` of `/proc/meminfo`, in bytes (0 when unreadable).
@@ -145,6 +157,7 @@ impl HostFacts {
             memory_capacity: 4 << 30,
             kernel: (6, 1),
             arch: "amd64",
+            apparmor: false,
         }
     }
 }
@@ -164,6 +177,13 @@ mod tests {
             ("", (0, 0)),
         ] {
             assert_eq!(kernel_version(release), want, "{release:?}");
+        }
+    }
+
+    #[test]
+    fn apparmor_parameter() {
+        for (text, want) in [("Y\n", true), ("Y", true), ("N\n", false), ("", false)] {
+            assert_eq!(apparmor_enabled(text), want, "{text:?}");
         }
     }
 

@@ -256,7 +256,13 @@ fn build_sandbox(
         host,
     )));
 
-    security::note_unenforced_sandbox(config, &sc);
+    let apparmor = security::apparmor_profile(sc.apparmor.as_ref(), "", SANDBOX_SC, host.apparmor)?;
+    security::note_unenforced_selinux(
+        "pod",
+        &config.metadata.clone().unwrap_or_default().name,
+        sc.selinux_options.as_ref(),
+    );
+    process.set_apparmor_profile(apparmor);
 
     let sysctls = security::sandbox_sysctls(&linux_config.sysctls, &modes, "config.linux")?;
     let seccomp = if sc.privileged {
@@ -340,7 +346,20 @@ fn build_container(
         capabilities::from_request(sc.capabilities.as_ref(), host, CONTAINER_SC)?
     };
 
-    security::note_unenforced_container(config, &sc);
+    #[allow(deprecated)] // the CRI still sends the old string form
+    let apparmor = security::apparmor_profile(
+        sc.apparmor.as_ref(),
+        &sc.apparmor_profile,
+        CONTAINER_SC,
+        host.apparmor,
+    )?;
+    if !privileged {
+        security::note_unenforced_selinux(
+            "container",
+            &config.metadata.clone().unwrap_or_default().name,
+            sc.selinux_options.as_ref(),
+        );
+    }
 
     let seccomp = if privileged {
         None
@@ -365,6 +384,7 @@ fn build_container(
     // no_new_privs; a privileged container never gets it.
     process.set_no_new_privileges(Some(sc.no_new_privs && !privileged));
     process.set_oom_score_adj(oom_score_adj);
+    process.set_apparmor_profile(apparmor);
 
     // Mounts and devices.
     let built_mounts = mounts::container_mounts(config, ctx, &modes, &sc, privileged)?;

@@ -1,5 +1,5 @@
-//! Masked and read-only paths, namespaced sysctls, and the security
-//! options this node accepts but does not enforce (AppArmor, SELinux).
+//! Masked and read-only paths, namespaced sysctls, AppArmor profiles, and
+//! the security options this node accepts but does not enforce (SELinux).
 
 use std::collections::HashMap;
 
@@ -134,16 +134,79 @@ pub(crate) fn sandbox_sysctls(
     Ok(out)
 }
 
-fn profile_enforced(profile: Option<&cri::SecurityProfile>, legacy: &str) -> Option<String> {
-    match profile {
-        Some(p) => match ProfileType::try_from(p.profile_type) {
-            Ok(ProfileType::Unconfined) => None,
-            Ok(ProfileType::Localhost) => Some(format!("localhost/{}", p.localhost_ref)),
-            _ => Some("runtime/default".into()),
-        },
-        None if legacy.is_empty() || legacy == "unconfined" => None,
-        None => Some(legacy.to_string()),
+/// The `process.apparmorProfile` a request asks for, read from `profile`
+/// (the `apparmor` field) or, when unset, the deprecated string form
+/// `legacy` (`runtime/default`, `unconfined`, `localhost/<name>`).
+///
+/// Like containerd, a `Localhost` profile is refused on a node without
+/// AppArmor (`apparmor_enabled`): accepting it would run the container
+/// unconfined while the pod believes otherwise. `Unconfined` sets nothing.
+/// `RuntimeDefault` also sets nothing, enabled or not: Caisson ships no
+/// default AppArmor profile (containerd loads its own, and refuses
+/// `RuntimeDefault` too on a node without AppArmor; kubelet asks for it by
+/// default, so Caisson keeps it a no-op).
+pub(crate) fn apparmor_profile(
+    profile: Option<&cri::SecurityProfile>,
+    legacy: &str,
+    sc_field: &str,
+    apparmor_enabled: bool,
+) -> Result<Option<String>, SpecError> {
+    let (field, name) = match profile {
+        Some(p) => {
+            let field = format!("{sc_field}.apparmor");
+            match ProfileType::try_from(p.profile_type) {
+                Ok(ProfileType::Localhost) => {
+                    let name = p.localhost_ref.trim();
+                    (field, name.strip_prefix("localhost/").unwrap_or(name))
+                }
+                Ok(_) if !p.localhost_ref.is_empty() => {
+                    return Err(SpecError::invalid(
+                        field,
+                        "localhost_ref must only be set with profile_type Localhost",
+                    ))
+                }
+                Ok(ProfileType::Unconfined | ProfileType::RuntimeDefault) => return Ok(None),
+                Err(_) => {
+                    return Err(SpecError::invalid(
+                        field,
+                        format!("unknown profile_type {}", p.profile_type),
+                    ))
+                }
+            }
+        }
+        None => {
+            let field = format!("{sc_field}.apparmor_profile");
+            match legacy {
+                "" | "unconfined" | "runtime/default" => return Ok(None),
+                other => match other.strip_prefix("localhost/") {
+                    Some(name) => (field, name),
+                    None => {
+                        return Err(SpecError::invalid(
+                            field,
+                            format!(
+                            "{other:?}: must be runtime/default, unconfined or localhost/<profile>"
+                        ),
+                        ))
+                    }
+                },
+            }
+        }
+    };
+    if name.is_empty() {
+        return Err(SpecError::invalid(
+            field,
+            "a Localhost profile needs a name",
+        ));
     }
+    if !apparmor_enabled {
+        return Err(SpecError::invalid(
+            field,
+            format!(
+                "AppArmor profile {name:?} asked for, but AppArmor is not enabled on this node"
+            ),
+        ));
+    }
+    Ok(Some(name.to_string()))
 }
 
 fn selinux_label(option: Option<&cri::SeLinuxOption>) -> Option<String> {
@@ -154,50 +217,14 @@ fn selinux_label(option: Option<&cri::SeLinuxOption>) -> Option<String> {
         .map(|o| format!("{}:{}:{}:{}", o.user, o.role, o.r#type, o.level))
 }
 
-/// Logs, once per request, the AppArmor/SELinux settings accepted but not
-/// enforced here.
-pub(crate) fn note_unenforced_sandbox(
-    config: &cri::PodSandboxConfig,
-    sc: &cri::LinuxSandboxSecurityContext,
-) {
-    let apparmor = profile_enforced(sc.apparmor.as_ref(), "");
-    let selinux = selinux_label(sc.selinux_options.as_ref());
-    if apparmor.is_some() || selinux.is_some() {
-        let pod = config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.as_str())
-            .unwrap_or("");
+/// Logs the SELinux options accepted but not enforced here.
+pub(crate) fn note_unenforced_selinux(what: &str, name: &str, option: Option<&cri::SeLinuxOption>) {
+    if let Some(selinux) = selinux_label(option) {
         tracing::info!(
-            pod,
-            apparmor = apparmor.as_deref().unwrap_or("-"),
-            selinux = selinux.as_deref().unwrap_or("-"),
-            "AppArmor/SELinux options accepted but not enforced on this node"
-        );
-    }
-}
-
-pub(crate) fn note_unenforced_container(
-    config: &cri::ContainerConfig,
-    sc: &cri::LinuxContainerSecurityContext,
-) {
-    if sc.privileged {
-        return;
-    }
-    #[allow(deprecated)] // the CRI still sends the old string form
-    let apparmor = profile_enforced(sc.apparmor.as_ref(), &sc.apparmor_profile);
-    let selinux = selinux_label(sc.selinux_options.as_ref());
-    if apparmor.is_some() || selinux.is_some() {
-        let container = config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.as_str())
-            .unwrap_or("");
-        tracing::info!(
-            container,
-            apparmor = apparmor.as_deref().unwrap_or("-"),
-            selinux = selinux.as_deref().unwrap_or("-"),
-            "AppArmor/SELinux options accepted but not enforced on this node"
+            what,
+            name,
+            selinux,
+            "SELinux options accepted but not enforced on this node"
         );
     }
 }
@@ -309,25 +336,106 @@ mod tests {
     }
 
     #[test]
-    fn unenforced_profiles() {
-        let profile = |t: ProfileType, r: &str| cri::SecurityProfile {
-            profile_type: t as i32,
-            localhost_ref: r.into(),
+    fn apparmor_profiles() {
+        let profile = |t: ProfileType, r: &str| {
+            Some(cri::SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: r.into(),
+            })
         };
-        assert_eq!(profile_enforced(None, ""), None);
-        assert_eq!(profile_enforced(None, "unconfined"), None);
-        assert_eq!(
-            profile_enforced(None, "runtime/default").as_deref(),
-            Some("runtime/default")
+        use ProfileType::{Localhost, RuntimeDefault, Unconfined};
+        const SC: &str = "config.linux.security_context";
+        // (profile, legacy, AppArmor enabled, Ok(profile set) or Err(field))
+        type Case = (
+            Option<cri::SecurityProfile>,
+            &'static str,
+            bool,
+            Result<Option<&'static str>, &'static str>,
         );
-        assert_eq!(
-            profile_enforced(Some(&profile(ProfileType::Unconfined, "")), "x"),
-            None
+        let cases: Vec<Case> = vec![
+            (None, "", false, Ok(None)),
+            (None, "unconfined", false, Ok(None)),
+            (None, "runtime/default", false, Ok(None)),
+            (None, "runtime/default", true, Ok(None)),
+            (profile(Unconfined, ""), "", false, Ok(None)),
+            (profile(RuntimeDefault, ""), "", false, Ok(None)),
+            (profile(RuntimeDefault, ""), "", true, Ok(None)),
+            (
+                profile(Localhost, "k8s-nginx"),
+                "",
+                true,
+                Ok(Some("k8s-nginx")),
+            ),
+            (
+                profile(Localhost, "localhost/k8s-nginx"),
+                "",
+                true,
+                Ok(Some("k8s-nginx")),
+            ),
+            (None, "localhost/k8s-nginx", true, Ok(Some("k8s-nginx"))),
+            // The field wins over the deprecated string.
+            (profile(Unconfined, ""), "localhost/x", false, Ok(None)),
+            (
+                profile(Localhost, "k8s-nginx"),
+                "",
+                false,
+                Err("config.linux.security_context.apparmor"),
+            ),
+            (
+                None,
+                "localhost/k8s-nginx",
+                false,
+                Err("config.linux.security_context.apparmor_profile"),
+            ),
+            (
+                profile(Localhost, ""),
+                "",
+                true,
+                Err("config.linux.security_context.apparmor"),
+            ),
+            (
+                None,
+                "localhost/",
+                true,
+                Err("config.linux.security_context.apparmor_profile"),
+            ),
+            (
+                profile(RuntimeDefault, "x"),
+                "",
+                true,
+                Err("config.linux.security_context.apparmor"),
+            ),
+            (
+                None,
+                "bogus",
+                true,
+                Err("config.linux.security_context.apparmor_profile"),
+            ),
+        ];
+        for (p, legacy, enabled, want) in cases {
+            let got = apparmor_profile(p.as_ref(), legacy, SC, enabled);
+            match (got, want) {
+                (Ok(got), Ok(want)) => {
+                    assert_eq!(got.as_deref(), want, "{p:?} {legacy:?} {enabled}")
+                }
+                (Err(e), Err(field)) => {
+                    assert_eq!(e.field(), Some(field), "{p:?} {legacy:?}");
+                    assert!(matches!(e, SpecError::InvalidArgument { .. }), "{e:?}");
+                }
+                (got, want) => panic!("{p:?} {legacy:?} {enabled}: got {got:?}, want {want:?}"),
+            }
+        }
+        let e = apparmor_profile(profile(Localhost, "p").as_ref(), "", SC, false).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("AppArmor is not enabled on this node"),
+            "{e}"
         );
-        assert_eq!(
-            profile_enforced(Some(&profile(ProfileType::Localhost, "p")), "").as_deref(),
-            Some("localhost/p")
-        );
+    }
+
+    #[test]
+    fn selinux_labels() {
+        assert_eq!(selinux_label(None), None);
         assert_eq!(selinux_label(Some(&cri::SeLinuxOption::default())), None);
         let opt = cri::SeLinuxOption {
             level: "s0:c1".into(),

@@ -787,3 +787,87 @@ fn public_entry_points_use_this_node() {
     assert_eq!(sysctls.len(), 1);
     assert!(sandbox_spec(&cri::PodSandboxConfig::default(), &pod_ctx(), vec![]).is_err());
 }
+
+#[test]
+fn apparmor_localhost_profiles_need_apparmor_on_the_node() {
+    let root = rootfs();
+    let localhost = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::Localhost as i32,
+        localhost_ref: "k8s-nginx".into(),
+    });
+    let sandbox = sandbox_config(Default::default(), &[]);
+    let container = container_config(cri::LinuxContainerSecurityContext {
+        apparmor: localhost.clone(),
+        ..pod_sc()
+    });
+    let pod_with_profile = sandbox_config(
+        cri::LinuxSandboxSecurityContext {
+            apparmor: localhost.clone(),
+            ..Default::default()
+        },
+        &[],
+    );
+    let build_pod = |config: &cri::PodSandboxConfig, host: &HostFacts| {
+        build_sandbox(config, &pod_ctx(), vec!["/pause".into()], host)
+    };
+    let build_ctr = |host: &HostFacts| {
+        build_container(
+            &container,
+            &sandbox,
+            &image(),
+            root.path(),
+            &pod_ctx(),
+            "ctr-1",
+            None,
+            host,
+        )
+    };
+    let profile = |spec: &Spec| spec.process().as_ref().unwrap().apparmor_profile().clone();
+
+    // No AppArmor here: refused, naming the field.
+    let without = HostFacts::for_tests();
+    let err = build_ctr(&without).unwrap_err();
+    assert_eq!(err.field(), Some("config.linux.security_context.apparmor"));
+    assert!(
+        err.to_string().contains("not enabled on this node"),
+        "{err}"
+    );
+    let err = build_pod(&pod_with_profile, &without).unwrap_err();
+    assert_eq!(err.field(), Some("config.linux.security_context.apparmor"));
+
+    // AppArmor enabled: the process is confined by the profile.
+    let with = HostFacts {
+        apparmor: true,
+        ..HostFacts::for_tests()
+    };
+    assert_eq!(
+        profile(&build_ctr(&with).unwrap()).as_deref(),
+        Some("k8s-nginx")
+    );
+    let spec = build_pod(&pod_with_profile, &with).unwrap();
+    assert_eq!(profile(&spec).as_deref(), Some("k8s-nginx"));
+    round_trips(&spec);
+
+    // Nothing asked (or RuntimeDefault): no profile, on either node.
+    let runtime_default_apparmor = container_config(cri::LinuxContainerSecurityContext {
+        apparmor: runtime_default(),
+        ..pod_sc()
+    });
+    for host in [&without, &with] {
+        assert_eq!(profile(&build_pod(&sandbox, host).unwrap()), None);
+        for config in [&container_config(pod_sc()), &runtime_default_apparmor] {
+            let spec = build_container(
+                config,
+                &sandbox,
+                &image(),
+                root.path(),
+                &pod_ctx(),
+                "ctr-1",
+                None,
+                host,
+            )
+            .unwrap();
+            assert_eq!(profile(&spec), None);
+        }
+    }
+}

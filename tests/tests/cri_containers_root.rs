@@ -1,11 +1,13 @@
 //! Containers through caissond: ExecSync (streams, exit codes, timeouts
-//! that leave nothing running) and StopContainer (SIGTERM, the image's
-//! StopSignal, SIGKILL after the timeout). Needs root.
+//! that leave nothing running), StopContainer (SIGTERM, the image's
+//! StopSignal, SIGKILL after the timeout), and refused CDI devices. Needs
+//! root.
 
 use std::time::{Duration, Instant};
 
 use caisson_tests::daemon::{
-    cmdline, container_config, pid_alive, proc_status_field, signal_in_mask, wait_until, Caissond,
+    cmdline, container_config, pid_alive, proc_status_field, rejection, signal_in_mask, wait_until,
+    Caissond,
 };
 use caisson_tests::fixtures::busybox_image;
 use k8s_cri::v1 as cri;
@@ -252,4 +254,40 @@ fn stop_container_sends_sigterm_or_the_images_stop_signal() {
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
     d.stop_container(&done, 2);
     assert_eq!(d.container_status(&done).exit_code, 0);
+}
+
+#[test]
+fn cdi_devices_are_refused() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("cdi");
+    let pod = d.run_pod(&config);
+    let baseline = d.footprint();
+    let mut with_cdi = container_config("gpu", &["sleep", "1"]);
+    with_cdi.cdi_devices = vec![cri::CdiDevice {
+        name: "nvidia.com/gpu=0".into(),
+    }];
+    let sandbox = config.clone();
+    d.check_rejections(
+        vec![rejection(
+            "CDI devices",
+            tonic::Code::InvalidArgument,
+            "config.CDI_devices: CDI devices are not supported by caisson",
+            Box::new(move |d, rt| {
+                d.rt.block_on(rt.create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(with_cdi.clone()),
+                    sandbox_config: Some(sandbox.clone()),
+                }))
+                .map(drop)
+            }),
+        )],
+        &baseline,
+    );
+    let mut rt = d.runtime();
+    let listed = d.ok(
+        "ListContainers",
+        d.rt.block_on(rt.list_containers(cri::ListContainersRequest { filter: None })),
+    );
+    assert!(listed.containers.is_empty(), "{:?}", listed.containers);
 }

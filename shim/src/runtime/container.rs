@@ -100,6 +100,12 @@ impl Runtime {
         if pod_id.is_empty() {
             return Err(CriError::invalid("pod_sandbox_id", "must not be empty"));
         }
+        if !config.cdi_devices.is_empty() {
+            return Err(CriError::invalid(
+                "config.CDI_devices",
+                "CDI devices are not supported by caisson",
+            ));
+        }
         let pod = self.pod(pod_id)?;
         let lock = self.lock_for(&pod.id);
         let _guard = lock.lock().await;

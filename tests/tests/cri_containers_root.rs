@@ -1,7 +1,7 @@
 //! Containers through caissond: ExecSync (streams, exit codes, timeouts
 //! that leave nothing running), StopContainer (SIGTERM, the image's
-//! StopSignal, SIGKILL after the timeout), and refused CDI devices. Needs
-//! root.
+//! StopSignal, SIGKILL after the timeout), the user ContainerStatus
+//! reports, and refused CDI devices. Needs root.
 
 use std::time::{Duration, Instant};
 
@@ -254,6 +254,54 @@ fn stop_container_sends_sigterm_or_the_images_stop_signal() {
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
     d.stop_container(&done, 2);
     assert_eq!(d.container_status(&done).exit_code, 0);
+}
+
+#[test]
+fn container_status_reports_the_process_user() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("users");
+    let pod = d.run_pod(&config);
+    let mut app = container_config("app", &["sleep", "1000"]);
+    app.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 2000 }),
+            supplemental_groups: vec![3000],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let app = d.create_started_container(&pod, &config, app);
+    let root =
+        d.create_started_container(&pod, &config, container_config("root", &["sleep", "1000"]));
+
+    for (c, want) in [
+        (&app, (1000, 2000, vec![2000, 3000])),
+        (&root, (0, 0, vec![0])),
+    ] {
+        let user = d
+            .container_status(c)
+            .user
+            .and_then(|u| u.linux)
+            .unwrap_or_else(|| panic!("ContainerStatus of {c} has no user"));
+        let mut groups = user.supplemental_groups.clone();
+        groups.sort_unstable();
+        assert_eq!((user.uid, user.gid, groups.clone()), want, "{c}");
+        // What the process really runs as, by `id` inside the container.
+        let id = |flag: &str| -> Vec<i64> {
+            d.exec(c, &["id", flag])
+                .split_whitespace()
+                .map(|n| n.parse().unwrap())
+                .collect()
+        };
+        assert_eq!(id("-u"), [user.uid], "{c}");
+        assert_eq!(id("-g"), [user.gid], "{c}");
+        let mut real = id("-G");
+        real.sort_unstable();
+        real.dedup();
+        assert_eq!(real, groups, "{c}: `id -G` against ContainerStatus.user");
+    }
 }
 
 #[test]

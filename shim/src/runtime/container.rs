@@ -63,6 +63,41 @@ pub fn parse_signal(name: &str) -> Option<u32> {
         .map(|s| s as i32 as u32)
 }
 
+/// The process user a container was created with, as its record keeps it:
+/// `uid:gid:g1,g2,...` (the supplemental groups, primary group first).
+fn user_record(user: &oci_spec::runtime::User) -> String {
+    let groups: Vec<String> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(u32::to_string)
+        .collect();
+    format!("{}:{}:{}", user.uid(), user.gid(), groups.join(","))
+}
+
+/// ContainerStatus.user from [`user_record`]'s form (records written
+/// before the groups were kept hold `uid:gid`).
+fn container_user(record: &str) -> Option<cri::ContainerUser> {
+    let mut parts = record.splitn(3, ':');
+    let uid = parts.next()?.parse().ok()?;
+    let gid = parts.next()?.parse().ok()?;
+    let supplemental_groups = parts
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .filter(|g| !g.is_empty())
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid,
+            gid,
+            supplemental_groups,
+        }),
+    })
+}
+
 fn cri_state(s: ContainerState) -> cri::ContainerState {
     match s {
         ContainerState::Created => cri::ContainerState::ContainerCreated,
@@ -241,7 +276,7 @@ impl Runtime {
         record.user = oci
             .process()
             .as_ref()
-            .map(|p| format!("{}:{}", p.user().uid(), p.user().gid()))
+            .map(|p| user_record(p.user()))
             .unwrap_or_default();
         std::fs::write(
             record.bundle.join("config.json"),
@@ -473,7 +508,7 @@ impl Runtime {
                     windows: None,
                 }),
             image_id: c.image_id.clone(),
-            user: None,
+            user: container_user(&c.user),
         };
         let mut info = std::collections::HashMap::new();
         if verbose {
@@ -548,6 +583,34 @@ mod tests {
             ("SIGBOGUS", None),
         ] {
             assert_eq!(parse_signal(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn users_round_trip_through_the_record() {
+        let mut user = oci_spec::runtime::User::default();
+        user.set_uid(1000);
+        user.set_gid(2000);
+        user.set_additional_gids(Some(vec![2000, 3000]));
+        assert_eq!(user_record(&user), "1000:2000:2000,3000");
+        let linux = |uid, gid, groups: &[i64]| {
+            Some(cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid,
+                    gid,
+                    supplemental_groups: groups.to_vec(),
+                }),
+            })
+        };
+        assert_eq!(
+            container_user(&user_record(&user)),
+            linux(1000, 2000, &[2000, 3000])
+        );
+        user.set_additional_gids(None);
+        assert_eq!(container_user(&user_record(&user)), linux(1000, 2000, &[]));
+        assert_eq!(container_user("0:0"), linux(0, 0, &[]));
+        for bad in ["", "x:0", "0", "0:0:a"] {
+            assert_eq!(container_user(bad), None, "{bad:?}");
         }
     }
 

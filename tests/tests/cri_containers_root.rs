@@ -1,7 +1,7 @@
 //! Containers through caissond: ExecSync (streams, exit codes, timeouts
 //! that leave nothing running), StopContainer (SIGTERM, the image's
-//! StopSignal, SIGKILL after the timeout), the user ContainerStatus
-//! reports, and refused CDI devices. Needs root.
+//! StopSignal, SIGKILL after the timeout), an open stdin for `stdin: true`,
+//! the user ContainerStatus reports, and refused CDI devices. Needs root.
 
 use std::time::{Duration, Instant};
 
@@ -254,6 +254,99 @@ fn stop_container_sends_sigterm_or_the_images_stop_signal() {
     assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
     d.stop_container(&done, 2);
     assert_eq!(d.container_status(&done).exit_code, 0);
+}
+
+/// Waits until `pid` sleeps reading its stdin (`fd0` is what
+/// `/proc/<pid>/fd/0` must point to), then checks for a second that the
+/// container keeps RUNNING with the process still blocked there.
+fn assert_blocked_in_stdin(d: &Caissond, c: &str, pid: u32, fd0: impl Fn(&str) -> bool) {
+    let what = format!("container {c} (pid {pid}) to block reading its stdin");
+    wait_until(&what, Duration::from_secs(10), || {
+        let state = proc_status_field(pid, "State").unwrap_or_default();
+        let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        (state.starts_with('S') && fd0(&stdin)).then_some(())
+    });
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let status = d.container_status(c);
+        assert_eq!(
+            status.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "a stdin container must wait for input, not see EOF: {status:?}\n{}",
+            d.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pid_alive(pid), "{pid} exited");
+    assert!(
+        proc_status_field(pid, "State")
+            .unwrap_or_default()
+            .starts_with('S'),
+        "{pid} no longer sleeps"
+    );
+}
+
+#[test]
+fn stdin_containers_get_an_open_stdin() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("stdin");
+    let pod = d.run_pod(&config);
+    let reader = |name: &str, stdin: bool, tty: bool| cri::ContainerConfig {
+        stdin,
+        stdin_once: stdin,
+        tty,
+        log_path: format!("{name}.log"),
+        ..container_config(name, &["sh", "-c", "read x; echo got"])
+    };
+
+    // Without stdin, `read` sees EOF at once.
+    let closed = d.create_started_container(&pod, &config, reader("closed", false, false));
+    let status = d.wait_exited(&closed, HANG);
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let log = std::fs::read_to_string(&status.log_path).unwrap();
+    assert!(log.contains(" stdout F got"), "{log:?}");
+
+    // With stdin, it waits on a FIFO in the container's own dir.
+    let open = d.create_started_container(&pod, &config, reader("open", true, false));
+    let fifo = d
+        .pods_dir()
+        .join(&pod)
+        .join("containers")
+        .join(&open)
+        .join("stdin");
+    let fifo_name = fifo.display().to_string();
+    assert_blocked_in_stdin(&d, &open, d.container_pid(&open), |fd0| fd0 == fifo_name);
+    let meta = std::fs::metadata(&fifo).unwrap_or_else(|e| panic!("{}: {e}", fifo.display()));
+    {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        assert!(meta.file_type().is_fifo(), "{}", fifo.display());
+        assert_eq!(
+            (meta.mode() & 0o777, meta.uid()),
+            (0o600, 0),
+            "{}",
+            fifo.display()
+        );
+    }
+
+    // With a terminal too: it reads the pty, fed from the FIFO.
+    let tty = d.create_started_container(&pod, &config, reader("tty", true, true));
+    assert_blocked_in_stdin(&d, &tty, d.container_pid(&tty), |fd0| {
+        fd0.starts_with("/dev/pts/")
+    });
+
+    // The FIFO goes with the container.
+    d.stop_container(&open, 0);
+    let mut rt = d.runtime();
+    d.ok(
+        "RemoveContainer",
+        d.rt.block_on(rt.remove_container(cri::RemoveContainerRequest {
+            container_id: open.clone(),
+        })),
+    );
+    assert!(!fifo.exists(), "{} outlived its container", fifo.display());
 }
 
 #[test]

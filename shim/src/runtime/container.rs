@@ -2,7 +2,8 @@
 //! RemoveContainer, status and listing. A container is an overlay rootfs
 //! mounted in its bundle (`pods/<pod>/containers/<id>/`), an OCI spec built by
 //! [`crate::spec`], and a task in its pod's shim whose stdout and stderr the
-//! shim writes to the CRI log file.
+//! shim writes to the CRI log file (and, for `stdin: true`, whose stdin is a
+//! FIFO in the bundle that stays open).
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -24,6 +25,24 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 /// `<RFC3339Nano> <stream> <P|F> <line>` records there itself.
 pub fn crilog_uri(path: &Path) -> String {
     format!("crilog://{}", path.display())
+}
+
+/// The FIFO a `stdin: true` container reads, in its bundle (removed with it).
+const STDIN_FIFO: &str = "stdin";
+
+/// Makes the container's stdin FIFO (root-only) and returns its name for
+/// the task. The shim holds a writer on it for the task's life, so the
+/// container's reads block (as with containerd or CRI-O) instead of seeing
+/// EOF. Nothing writes to it yet: Attach is not implemented, so
+/// `stdin_once` (close stdin after the first attach ends) has no effect.
+fn open_stdin_fifo(bundle: &Path) -> CriResult<String> {
+    let path = bundle.join(STDIN_FIFO);
+    nix::unistd::mkfifo(
+        &path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .map_err(|e| CriError::internal(&format!("making {}", path.display()), e))?;
+    Ok(path.display().to_string())
 }
 
 /// `log_directory` + `log_path`, refusing anything that could leave the directory.
@@ -298,6 +317,11 @@ impl Runtime {
             let uri = crilog_uri(&record.log_path);
             (uri.clone(), if config.tty { String::new() } else { uri })
         };
+        let stdin = if config.stdin {
+            open_stdin_fifo(&record.bundle)?
+        } else {
+            String::new()
+        };
         self.save_container(record.clone())?;
         // A pod sized from its containers grows before this one starts.
         self.resize_pod_from_containers(&pod.id).await?;
@@ -305,6 +329,7 @@ impl Runtime {
         let req = api::CreateTaskRequest {
             id: id.clone(),
             bundle: record.bundle.display().to_string(),
+            stdin,
             stdout,
             stderr,
             terminal: config.tty,

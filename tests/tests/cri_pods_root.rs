@@ -400,3 +400,49 @@ fn shim_log_is_removed_with_its_pod() {
         "shim logs after RemovePodSandbox"
     );
 }
+
+/// RemovePodSandbox takes its containers with it: GetContainerEvents
+/// reports each of them CONTAINER_DELETED (as containerd does), whether it
+/// was still running or had stopped.
+#[test]
+fn remove_pod_sandbox_reports_its_containers_deleted() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("events");
+    let pod = d.run_pod(&config);
+    let running =
+        d.create_started_container(&pod, &config, container_config("run", &["sleep", "1000"]));
+    let stopped =
+        d.create_started_container(&pod, &config, container_config("stop", &["sleep", "1001"]));
+    d.stop_container(&stopped, 0);
+
+    let mut rt = d.runtime();
+    let mut events = d.ok(
+        "GetContainerEvents",
+        d.rt.block_on(rt.get_container_events(cri::GetEventsRequest {})),
+    );
+    // No StopPodSandbox first: `running` is still running.
+    d.remove_pod(&pod);
+
+    let deleted = cri::ContainerEventType::ContainerDeletedEvent as i32;
+    let mut missing = vec![running.clone(), stopped.clone()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !missing.is_empty() {
+        let next = d.rt.block_on(async {
+            let deadline = tokio::time::Instant::from_std(deadline);
+            tokio::time::timeout_at(deadline, events.message()).await
+        });
+        let event = match next {
+            Ok(Ok(Some(e))) => e,
+            Ok(Ok(None)) => panic!("the event stream ended; still expecting {missing:?} DELETED"),
+            Ok(Err(s)) => panic!("the event stream failed: {s}"),
+            Err(_) => panic!(
+                "no CONTAINER_DELETED_EVENT for {missing:?} after RemovePodSandbox\n{}",
+                d.log_tail()
+            ),
+        };
+        if event.container_event_type == deleted {
+            missing.retain(|id| *id != event.container_id);
+        }
+    }
+}

@@ -586,8 +586,9 @@ impl Runtime {
     }
 
     /// Stops everything a pod runs and releases what it holds, whatever state
-    /// it is in. Idempotent; errors are logged, never returned.
-    async fn teardown_pod(&self, pod: &PodRecord) {
+    /// it is in. Idempotent; errors are logged, never returned. Answers the
+    /// ids of the containers it removed.
+    async fn teardown_pod(&self, pod: &PodRecord) -> Vec<String> {
         let containers: Vec<String> = self
             .records()
             .containers
@@ -595,9 +596,13 @@ impl Runtime {
             .filter(|c| c.pod_id == pod.id)
             .map(|c| c.id.clone())
             .collect();
-        for cid in &containers {
-            if let Err(e) = self.remove_container_inner(cid, true).await {
-                tracing::warn!(container_id = %cid, error = %e, "removing a container of a removed pod");
+        let mut removed = Vec::with_capacity(containers.len());
+        for cid in containers {
+            match self.remove_container_inner(&cid, true).await {
+                Ok(()) => removed.push(cid),
+                Err(e) => {
+                    tracing::warn!(container_id = %cid, error = %e, "removing a container of a removed pod")
+                }
             }
         }
         if !pod.shim_address.is_empty() {
@@ -640,6 +645,7 @@ impl Runtime {
         }
         let _ = self.store.remove_pod(&pod.id);
         self.records().pods.remove(&pod.id);
+        removed
     }
 
     async fn stop_pause(&self, client: &crate::shims::ShimClient, pod: &PodRecord) {
@@ -701,14 +707,9 @@ impl Runtime {
         };
         let lock = self.lock_for(&pod.id);
         let guard = lock.lock().await;
-        self.teardown_pod(&pod).await;
-        for c in self
-            .records()
-            .containers
-            .values()
-            .filter(|c| c.pod_id == pod.id)
-        {
-            self.notify(&c.id, &pod.id, ChangeKind::Deleted);
+        // Like containerd, each container the pod took with it is DELETED.
+        for cid in self.teardown_pod(&pod).await {
+            self.notify(&cid, &pod.id, ChangeKind::Deleted);
         }
         drop(guard);
         self.forget_lock(&pod.id);

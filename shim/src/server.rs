@@ -22,6 +22,15 @@ pub const CRI_VERSION: &str = "v1";
 
 type Rsp<T> = Result<Response<T>, Status>;
 
+/// INVALID_ARGUMENT naming `field` when a required id is empty (an empty id
+/// must not read as "not found").
+fn required<'a>(field: &str, id: &'a str) -> Result<&'a str, Status> {
+    if id.is_empty() {
+        return Err(CriError::invalid(field, "must not be empty").into());
+    }
+    Ok(id)
+}
+
 fn unimplemented(what: &str, when: &str) -> Status {
     Status::unimplemented(format!(
         "{what} is not implemented by caissond yet ({when}); see the README's feature table"
@@ -63,10 +72,9 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::StopPodSandboxRequest>,
     ) -> Rsp<cri::StopPodSandboxResponse> {
         let id = r.into_inner().pod_sandbox_id;
-        if id.is_empty() {
-            return Err(CriError::invalid("pod_sandbox_id", "must not be empty").into());
-        }
-        self.rt.stop_pod_sandbox(&id).await?;
+        self.rt
+            .stop_pod_sandbox(required("pod_sandbox_id", &id)?)
+            .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -75,10 +83,9 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::RemovePodSandboxRequest>,
     ) -> Rsp<cri::RemovePodSandboxResponse> {
         let id = r.into_inner().pod_sandbox_id;
-        if id.is_empty() {
-            return Err(CriError::invalid("pod_sandbox_id", "must not be empty").into());
-        }
-        self.rt.remove_pod_sandbox(&id).await?;
+        self.rt
+            .remove_pod_sandbox(required("pod_sandbox_id", &id)?)
+            .await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -87,9 +94,8 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::PodSandboxStatusRequest>,
     ) -> Rsp<cri::PodSandboxStatusResponse> {
         let r = r.into_inner();
-        Ok(Response::new(
-            self.rt.pod_status(&r.pod_sandbox_id, r.verbose)?,
-        ))
+        let id = required("pod_sandbox_id", &r.pod_sandbox_id)?;
+        Ok(Response::new(self.rt.pod_status(id, r.verbose)?))
     }
 
     async fn list_pod_sandbox(
@@ -122,8 +128,9 @@ impl RuntimeService for RuntimeApi {
         &self,
         r: Request<cri::StartContainerRequest>,
     ) -> Rsp<cri::StartContainerResponse> {
+        let id = r.into_inner().container_id;
         self.rt
-            .start_container(&r.into_inner().container_id)
+            .start_container(required("container_id", &id)?)
             .await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
@@ -133,7 +140,9 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::StopContainerRequest>,
     ) -> Rsp<cri::StopContainerResponse> {
         let r = r.into_inner();
-        self.rt.stop_container(&r.container_id, r.timeout).await?;
+        self.rt
+            .stop_container(required("container_id", &r.container_id)?, r.timeout)
+            .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -142,10 +151,9 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::RemoveContainerRequest>,
     ) -> Rsp<cri::RemoveContainerResponse> {
         let id = r.into_inner().container_id;
-        if id.is_empty() {
-            return Err(CriError::invalid("container_id", "must not be empty").into());
-        }
-        self.rt.remove_container(&id).await?;
+        self.rt
+            .remove_container(required("container_id", &id)?)
+            .await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -163,9 +171,8 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::ContainerStatusRequest>,
     ) -> Rsp<cri::ContainerStatusResponse> {
         let r = r.into_inner();
-        Ok(Response::new(
-            self.rt.container_status(&r.container_id, r.verbose)?,
-        ))
+        let id = required("container_id", &r.container_id)?;
+        Ok(Response::new(self.rt.container_status(id, r.verbose)?))
     }
 
     async fn update_container_resources(
@@ -173,11 +180,8 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Rsp<cri::UpdateContainerResourcesResponse> {
         let r = r.into_inner();
-        if r.container_id.is_empty() {
-            return Err(CriError::invalid("container_id", "must not be empty").into());
-        }
         self.rt
-            .update_container_resources(&r.container_id, r.linux)
+            .update_container_resources(required("container_id", &r.container_id)?, r.linux)
             .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
@@ -186,8 +190,9 @@ impl RuntimeService for RuntimeApi {
         &self,
         r: Request<cri::ReopenContainerLogRequest>,
     ) -> Rsp<cri::ReopenContainerLogResponse> {
+        let id = r.into_inner().container_id;
         self.rt
-            .reopen_container_log(&r.into_inner().container_id)
+            .reopen_container_log(required("container_id", &id)?)
             .await?;
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
@@ -195,7 +200,9 @@ impl RuntimeService for RuntimeApi {
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Rsp<cri::ExecSyncResponse> {
         let r = r.into_inner();
         Ok(Response::new(
-            self.rt.exec_sync(&r.container_id, r.cmd, r.timeout).await?,
+            self.rt
+                .exec_sync(required("container_id", &r.container_id)?, r.cmd, r.timeout)
+                .await?,
         ))
     }
 
@@ -228,10 +235,10 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::ContainerStatsRequest>,
     ) -> Rsp<cri::ContainerStatsResponse> {
         let id = r.into_inner().container_id;
-        if id.is_empty() {
-            return Err(CriError::invalid("container_id", "must not be empty").into());
-        }
-        let stats = self.rt.container_stats(&id).await?;
+        let stats = self
+            .rt
+            .container_stats(required("container_id", &id)?)
+            .await?;
         Ok(Response::new(cri::ContainerStatsResponse {
             stats: Some(stats),
         }))
@@ -250,10 +257,10 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::PodSandboxStatsRequest>,
     ) -> Rsp<cri::PodSandboxStatsResponse> {
         let id = r.into_inner().pod_sandbox_id;
-        if id.is_empty() {
-            return Err(CriError::invalid("pod_sandbox_id", "must not be empty").into());
-        }
-        let stats = self.rt.pod_sandbox_stats(&id).await?;
+        let stats = self
+            .rt
+            .pod_sandbox_stats(required("pod_sandbox_id", &id)?)
+            .await?;
         Ok(Response::new(cri::PodSandboxStatsResponse {
             stats: Some(stats),
         }))
@@ -507,5 +514,18 @@ fn network_condition(dir: &std::path::Path) -> cri::RuntimeCondition {
         status,
         reason,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_ids_are_invalid_arguments_naming_the_field() {
+        let e = required("container_id", "").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("container_id"), "{}", e.message());
+        assert_eq!(required("pod_sandbox_id", "abc").unwrap(), "abc");
     }
 }

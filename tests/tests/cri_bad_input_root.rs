@@ -518,6 +518,82 @@ fn bad_container_requests() {
     d.start_container(&fresh);
 }
 
+/// An empty id is a bad request naming its field, never "not found" (nor
+/// an idempotent OK).
+#[test]
+fn empty_ids_are_invalid_arguments() {
+    let d = Caissond::start("");
+    let baseline = d.footprint();
+    let container =
+        |name: &'static str, call: Call| case(name, Code::InvalidArgument, "container_id", call);
+    let pod =
+        |name: &'static str, call: Call| case(name, Code::InvalidArgument, "pod_sandbox_id", call);
+    let cases = vec![
+        pod(
+            "StopPodSandbox",
+            rpc!(stop_pod_sandbox, cri::StopPodSandboxRequest::default()),
+        ),
+        pod(
+            "RemovePodSandbox",
+            rpc!(remove_pod_sandbox, cri::RemovePodSandboxRequest::default()),
+        ),
+        pod(
+            "PodSandboxStatus",
+            rpc!(pod_sandbox_status, cri::PodSandboxStatusRequest::default()),
+        ),
+        pod(
+            "PodSandboxStats",
+            rpc!(pod_sandbox_stats, cri::PodSandboxStatsRequest::default()),
+        ),
+        container(
+            "StartContainer",
+            rpc!(start_container, cri::StartContainerRequest::default()),
+        ),
+        container(
+            "StopContainer",
+            rpc!(stop_container, cri::StopContainerRequest::default()),
+        ),
+        container(
+            "RemoveContainer",
+            rpc!(remove_container, cri::RemoveContainerRequest::default()),
+        ),
+        container(
+            "ContainerStatus",
+            rpc!(container_status, cri::ContainerStatusRequest::default()),
+        ),
+        container(
+            "ContainerStats",
+            rpc!(container_stats, cri::ContainerStatsRequest::default()),
+        ),
+        container(
+            "UpdateContainerResources",
+            rpc!(
+                update_container_resources,
+                cri::UpdateContainerResourcesRequest::default()
+            ),
+        ),
+        container(
+            "ReopenContainerLog",
+            rpc!(
+                reopen_container_log,
+                cri::ReopenContainerLogRequest::default()
+            ),
+        ),
+        container(
+            "ExecSync",
+            rpc!(
+                exec_sync,
+                cri::ExecSyncRequest {
+                    cmd: vec!["true".into()],
+                    timeout: 5,
+                    ..Default::default()
+                }
+            ),
+        ),
+    ];
+    d.check_rejections(cases, &baseline);
+}
+
 #[test]
 fn unimplemented_rpcs_say_so() {
     let d = Caissond::start("");

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use caisson_image::{Credentials, ImageRecord, ImageStore, Puller, RegistriesConfig};
+use caisson_image::{Credentials, Digest, ImageRecord, ImageStore, Puller, RegistriesConfig};
 use caisson_proto::cri::{self, image_service_server::ImageService};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -16,14 +16,31 @@ use crate::status::CriError;
 pub struct ImageApi {
     pub images: Arc<ImageStore>,
     pub puller: Arc<Puller>,
+    /// The configured `pause_image` (empty: the built-in pause binary).
+    pub pause_image: String,
 }
 
 impl ImageApi {
-    pub fn new(images: Arc<ImageStore>, registries: RegistriesConfig) -> ImageApi {
+    pub fn new(
+        images: Arc<ImageStore>,
+        registries: RegistriesConfig,
+        pause_image: String,
+    ) -> ImageApi {
         ImageApi {
             puller: Arc::new(Puller::new(images.clone(), registries)),
             images,
+            pause_image,
         }
+    }
+
+    /// The id of the pause image if it is in the store: it is reported
+    /// pinned, as containerd pins its sandbox image, so that kubelet's image
+    /// garbage collection leaves it alone.
+    fn pinned_id(&self) -> Option<Digest> {
+        if self.pause_image.is_empty() {
+            return None;
+        }
+        self.images.get(&self.pause_image).ok().map(|i| i.id)
     }
 }
 
@@ -52,7 +69,7 @@ fn image_user(user: &str) -> (Option<i64>, String) {
     }
 }
 
-pub fn to_cri(image: &ImageRecord) -> cri::Image {
+pub fn to_cri(image: &ImageRecord, pinned: bool) -> cri::Image {
     let (uid, username) = image_user(&image.config.user);
     cri::Image {
         id: image.id.to_string(),
@@ -65,7 +82,7 @@ pub fn to_cri(image: &ImageRecord) -> cri::Image {
             image: image.id.to_string(),
             ..Default::default()
         }),
-        pinned: false,
+        pinned,
     }
 }
 
@@ -89,11 +106,16 @@ impl ImageService for ImageApi {
             .and_then(|f| f.image)
             .map(|i| i.image)
             .unwrap_or_default();
+        let pinned = self.pinned_id();
         let images = if wanted.is_empty() {
-            self.images.list().iter().map(to_cri).collect()
+            self.images
+                .list()
+                .iter()
+                .map(|i| to_cri(i, pinned.as_ref() == Some(&i.id)))
+                .collect()
         } else {
             match self.images.get(&wanted) {
-                Ok(image) => vec![to_cri(&image)],
+                Ok(image) => vec![to_cri(&image, pinned.as_ref() == Some(&image.id))],
                 Err(e) if e.is_not_found() => vec![],
                 Err(e) => return Err(CriError::from(e).into()),
             }
@@ -130,7 +152,7 @@ impl ImageService for ImageApi {
             info.insert("info".to_string(), detail.to_string());
         }
         Ok(Response::new(cri::ImageStatusResponse {
-            image: Some(to_cri(&image)),
+            image: Some(to_cri(&image, self.pinned_id().as_ref() == Some(&image.id))),
             info,
         }))
     }

@@ -484,7 +484,11 @@ pub async fn serve(
     tracing::info!(%endpoint, "caissond ready: serving CRI v1");
     println!("caissond is ready. Use it with:\n  crictl --runtime-endpoint {endpoint} --image-endpoint {endpoint} ps");
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let image_api = ImageApi::new(images.clone(), rt.config.registries.clone());
+    let image_api = ImageApi::new(
+        images.clone(),
+        rt.config.registries.clone(),
+        rt.config.pause_image.clone(),
+    );
     tonic::transport::Server::builder()
         .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
             RuntimeApi { rt },

@@ -1,7 +1,8 @@
 //! The shortest real path through caissond: a pod, a busybox container,
-//! ExecSync, stop, remove. Needs root.
+//! ExecSync, stop, remove; and the features Status announces, each checked
+//! against what a container gets. Needs root.
 
-use caisson_tests::daemon::Caissond;
+use caisson_tests::daemon::{container_config, Caissond};
 use k8s_cri::v1 as cri;
 
 fn pod_config(name: &str) -> cri::PodSandboxConfig {
@@ -97,4 +98,129 @@ fn pod_container_exec_stop_remove() {
         pod_sandbox_id: pod,
     }))
     .unwrap();
+}
+
+/// A tmpfs mounted on `dir/sub` for the life of the guard.
+struct Submount(std::path::PathBuf);
+
+impl Submount {
+    fn new(dir: &std::path::Path) -> Submount {
+        let sub = dir.join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap_or_else(|e| panic!("mounting a tmpfs on {}: {e}", sub.display()));
+        Submount(sub)
+    }
+}
+
+impl Drop for Submount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// mount_setattr(2), which recursive read-only mounts are made with.
+fn kernel_has_mount_setattr() -> bool {
+    // SAFETY: no pointer is dereferenced (NULL attr, size 0).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
+/// Status announces recursive read-only mounts for the native handlers
+/// (not for `oci`, whose runtime CLI is unknown) and the Strict
+/// supplemental groups policy; a `recursive_read_only` mount is read-only
+/// down into its submounts, where a plain `readonly` one is not.
+#[test]
+fn status_features_and_recursive_read_only_mounts() {
+    assert!(
+        kernel_has_mount_setattr(),
+        "this test needs a kernel with mount_setattr(2) (Linux 5.12+)"
+    );
+    let d = Caissond::start("");
+    d.import_busybox();
+    let mut rt = d.runtime();
+    let status = d.ok(
+        "Status",
+        d.rt.block_on(rt.status(cri::StatusRequest { verbose: false })),
+    );
+    assert_eq!(
+        status.features.map(|f| f.supplemental_groups_policy),
+        Some(true),
+        "supplemental_groups_policy"
+    );
+    let rro = |name: &str| {
+        status
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name == name)
+            .and_then(|h| h.features.as_ref())
+            .map(|f| f.recursive_read_only_mounts)
+    };
+    for (handler, want) in [
+        ("runc", true),
+        ("hardened", true),
+        ("runc-oci", false),
+        ("crun-oci", false),
+    ] {
+        assert_eq!(
+            rro(handler),
+            Some(want),
+            "recursive_read_only_mounts of {handler}: {:?}",
+            status.runtime_handlers
+        );
+    }
+
+    let host = tempfile::Builder::new()
+        .prefix("caisson-rro-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let submount = Submount::new(host.path());
+    let config = d.pod_config("rro");
+    let pod = d.run_pod(&config);
+    let with_mount = |name: &str, recursive: bool| {
+        let mut c = container_config(name, &["sleep", "1000"]);
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            recursive_read_only: recursive,
+            ..Default::default()
+        }];
+        c
+    };
+    let rro = d.create_started_container(&pod, &config, with_mount("rro", true));
+    let ro = d.create_started_container(&pod, &config, with_mount("ro", false));
+    let write = ["sh", "-c", "echo x > /data/sub/file"];
+
+    let out = d.try_exec(&rro, &write, 10).unwrap();
+    assert_ne!(out.exit_code, 0, "wrote into a submount of an rro mount");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!submount.0.join("file").exists());
+    // Plain readonly: the top is read-only, its submount is not.
+    let out = d
+        .try_exec(&ro, &["sh", "-c", "echo x > /data/top"], 10)
+        .unwrap();
+    assert_ne!(out.exit_code, 0, "wrote into a readonly mount");
+    d.exec(&ro, &write);
+    assert!(submount.0.join("file").exists());
+
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+    drop(submount);
 }

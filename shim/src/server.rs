@@ -14,7 +14,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::image::ImageApi;
-use crate::runtime::{ChangeKind, Runtime};
+use crate::runtime::{ChangeKind, ContainerChange, Runtime};
 use crate::status::CriError;
 
 pub const RUNTIME_NAME: &str = "caisson";
@@ -354,7 +354,7 @@ impl RuntimeService for RuntimeApi {
         let mut rx = self.rt.changes.subscribe();
         let rt = self.rt.clone();
         let stream = async_stream(move |tx| async move {
-            while let Ok(change) = rx.recv().await {
+            while let Some(change) = next_change(&mut rx).await {
                 let kind = match change.kind {
                     ChangeKind::Created => cri::ContainerEventType::ContainerCreatedEvent,
                     ChangeKind::Started => cri::ContainerEventType::ContainerStartedEvent,
@@ -411,6 +411,25 @@ impl RuntimeService for RuntimeApi {
                 cgroup_driver: cri::CgroupDriver::Cgroupfs as i32,
             }),
         }))
+    }
+}
+
+/// The next container change; a subscriber that fell behind skips what it
+/// missed (with a warning) rather than ending its stream. `None` once
+/// the runtime is gone.
+async fn next_change(
+    rx: &mut tokio::sync::broadcast::Receiver<ContainerChange>,
+) -> Option<ContainerChange> {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(change) => return Some(change),
+            Err(RecvError::Lagged(skipped)) => tracing::warn!(
+                skipped,
+                "GetContainerEvents subscriber fell behind: container events skipped"
+            ),
+            Err(RecvError::Closed) => return None,
+        }
     }
 }
 
@@ -556,6 +575,33 @@ fn network_condition(dir: &std::path::Path) -> cri::RuntimeCondition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(id: &str) -> ContainerChange {
+        ContainerChange {
+            container_id: id.into(),
+            pod_id: "pod".into(),
+            kind: ChangeKind::Created,
+            at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_event_subscriber_skips_and_goes_on() {
+        let (tx, mut rx) = tokio::sync::broadcast::channel(2);
+        for id in ["a", "b", "c", "d"] {
+            tx.send(change(id)).unwrap();
+        }
+        // "a" and "b" were overwritten: skipped, not the end of the stream.
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            got.push(next_change(&mut rx).await.unwrap().container_id);
+        }
+        tx.send(change("e")).unwrap();
+        got.push(next_change(&mut rx).await.unwrap().container_id);
+        assert_eq!(got, ["c", "d", "e"]);
+        drop(tx);
+        assert!(next_change(&mut rx).await.is_none());
+    }
 
     #[test]
     fn recursive_read_only_mounts_follow_backend_and_kernel() {

@@ -54,8 +54,9 @@ fn runs_under(handler: &str, runtime: &str, package: &str) {
         (procs.lines().count() == 1).then_some(procs)
     });
     let init = left.trim();
-    let comm = std::fs::read_to_string(format!("/proc/{init}/cmdline")).unwrap();
-    assert_eq!(comm, "sleep\01000\0", "the one left is the init");
+    let cmdline = std::fs::read_to_string(format!("/proc/{init}/cmdline")).unwrap();
+    let args: Vec<&str> = cmdline.trim_end_matches('\0').split('\0').collect();
+    assert_eq!(args, ["sleep", "1000"], "the one left is the init");
     // UpdateContainerResources goes through the runtime's `update` and
     // lands in the cgroup it made; ContainerStats reads that cgroup.
     let resources = cri::LinuxContainerResources {

@@ -301,20 +301,23 @@ impl RuntimeService for RuntimeApi {
             },
             network_condition(&self.rt.config.network.cni_conf_dir),
         ];
-        let handlers = self
-            .rt
-            .config
-            .runtimes
-            .handlers
-            .iter()
-            .map(|(name, handler)| cri::RuntimeHandler {
-                name: name.clone(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: recursive_read_only_mounts(&handler.backend),
-                    user_namespaces: false,
-                }),
-            })
-            .collect();
+        let config = self.rt.config.clone();
+        let handlers = tokio::task::spawn_blocking(move || {
+            config
+                .runtimes
+                .handlers
+                .iter()
+                .map(|(name, handler)| cri::RuntimeHandler {
+                    name: name.clone(),
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: recursive_read_only_mounts(handler),
+                        user_namespaces: false,
+                    }),
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("reading the handlers' features: {e}")))?;
         let mut info = std::collections::HashMap::new();
         if verbose {
             info.insert(
@@ -436,9 +439,86 @@ async fn next_change(
 /// Whether a handler's containers get recursively read-only mounts
 /// (`rro`): the native and hardened backends (libcontainer) apply them with
 /// mount_setattr(2) where the kernel has it. An `oci` handler's runtime CLI
-/// is whatever `runtime_path` names, which may not know `rro`: not claimed.
-fn recursive_read_only_mounts(backend: &str) -> bool {
-    backend != "oci" && kernel_has_mount_setattr()
+/// is whatever `runtime_path` names: claimed only when its `features`
+/// command lists `rro` among its mount options (runc 1.1 does; crun 1.8 has
+/// no `features` command, so it is not claimed).
+fn recursive_read_only_mounts(handler: &crate::config::Handler) -> bool {
+    if !kernel_has_mount_setattr() {
+        return false;
+    }
+    if handler.backend != "oci" {
+        return true;
+    }
+    let runtime = handler
+        .options
+        .get("runtime_path")
+        .and_then(|v| v.as_str())
+        .unwrap_or(DEFAULT_OCI_RUNTIME);
+    runtime_lists_rro(runtime)
+}
+
+/// The `oci` backend's default `runtime_path`.
+const DEFAULT_OCI_RUNTIME: &str = "/usr/sbin/runc";
+
+/// Whether `runtime features` (the OCI runtime features document) lists
+/// `rro`; cached per runtime, and false for a runtime that fails, hangs
+/// (killed after 5 s) or prints something else.
+fn runtime_lists_rro(runtime: &str) -> bool {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static KNOWN: std::sync::OnceLock<Mutex<HashMap<String, bool>>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(Default::default);
+    if let Some(&listed) = known.lock().unwrap_or_else(|e| e.into_inner()).get(runtime) {
+        return listed;
+    }
+    let listed = runtime_features(runtime)
+        .and_then(|doc| {
+            Some(
+                doc.get("mountOptions")?
+                    .as_array()?
+                    .iter()
+                    .any(|o| o.as_str() == Some("rro")),
+            )
+        })
+        .unwrap_or(false);
+    tracing::debug!(runtime, listed, "rro among the runtime's mount options");
+    known
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(runtime.to_string(), listed);
+    listed
+}
+
+/// `runtime features` parsed as JSON, within 5 s.
+fn runtime_features(runtime: &str) -> Option<serde_json::Value> {
+    use std::io::Read;
+    let mut child = std::process::Command::new(runtime)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let mut out = Vec::new();
+    child.stdout.take()?.read_to_end(&mut out).ok()?;
+    if !status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out).ok()
 }
 
 /// mount_setattr(2) (Linux 5.12), probed once: with no valid arguments it
@@ -604,10 +684,26 @@ mod tests {
     }
 
     #[test]
-    fn recursive_read_only_mounts_follow_backend_and_kernel() {
+    fn recursive_read_only_mounts_follow_backend_kernel_and_runtime() {
         let kernel = kernel_has_mount_setattr();
-        for (backend, want) in [("native", kernel), ("hardened", kernel), ("oci", false)] {
-            assert_eq!(recursive_read_only_mounts(backend), want, "{backend}");
+        let handler = |backend: &str, runtime: Option<&str>| crate::config::Handler {
+            backend: backend.into(),
+            options: runtime
+                .map(|r| ("runtime_path".to_string(), toml::Value::String(r.into())))
+                .into_iter()
+                .collect(),
+        };
+        // runc 1.1's `features` lists rro; crun 1.8 has no `features`; a
+        // missing runtime lists nothing.
+        let runc_lists_rro = std::path::Path::new("/usr/sbin/runc").exists();
+        for (h, want) in [
+            (handler("native", None), kernel),
+            (handler("hardened", None), kernel),
+            (handler("oci", None), kernel && runc_lists_rro),
+            (handler("oci", Some("/usr/bin/crun")), false),
+            (handler("oci", Some("/nonexistent/runtime")), false),
+        ] {
+            assert_eq!(recursive_read_only_mounts(&h), want, "{h:?}");
         }
     }
 

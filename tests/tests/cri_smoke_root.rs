@@ -126,7 +126,8 @@ impl Drop for Submount {
 }
 
 /// Status announces recursive read-only mounts for the native handlers
-/// (not for `oci`, whose runtime CLI is unknown) and the Strict
+/// and for an `oci` handler whose runtime's `features` lists `rro` (runc
+/// 1.1, not crun 1.8, which has no `features` command), and the Strict
 /// supplemental groups policy; a `recursive_read_only` mount is read-only
 /// down into its submounts, where a plain `readonly` one is not. (Needs a
 /// kernel with mount_setattr(2), 5.12+, as every machine this runs on.)
@@ -155,7 +156,7 @@ fn status_features_and_recursive_read_only_mounts() {
     for (handler, want) in [
         ("runc", true),
         ("hardened", true),
-        ("runc-oci", false),
+        ("runc-oci", true),
         ("crun-oci", false),
     ] {
         assert_eq!(
@@ -173,6 +174,9 @@ fn status_features_and_recursive_read_only_mounts() {
     let submount = Submount::new(host.path());
     let config = d.pod_config("rro");
     let pod = d.run_pod(&config);
+    // The same claim for runc, through the oci handler.
+    let runc_config = d.pod_config("rro-runc");
+    let runc_pod = d.run_pod_with_handler(&runc_config, "runc-oci");
     let with_mount = |name: &str, recursive: bool| {
         let mut c = container_config(name, &["sleep", "1000"]);
         c.mounts = vec![cri::Mount {
@@ -188,11 +192,14 @@ fn status_features_and_recursive_read_only_mounts() {
     let ro = d.create_started_container(&pod, &config, with_mount("ro", false));
     let write = ["sh", "-c", "echo x > /data/sub/file"];
 
-    let out = d.try_exec(&rro, &write, 10).unwrap();
-    assert_ne!(out.exit_code, 0, "wrote into a submount of an rro mount");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("Read-only file system"), "{err}");
-    assert!(!submount.0.join("file").exists());
+    let runc_rro = d.create_started_container(&runc_pod, &runc_config, with_mount("rro", true));
+    for container in [&rro, &runc_rro] {
+        let out = d.try_exec(container, &write, 10).unwrap();
+        assert_ne!(out.exit_code, 0, "wrote into a submount of an rro mount");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Read-only file system"), "{err}");
+        assert!(!submount.0.join("file").exists());
+    }
     // Plain readonly: the top is read-only, its submount is not.
     let out = d
         .try_exec(&ro, &["sh", "-c", "echo x > /data/top"], 10)
@@ -201,7 +208,9 @@ fn status_features_and_recursive_read_only_mounts() {
     d.exec(&ro, &write);
     assert!(submount.0.join("file").exists());
 
-    d.stop_pod(&pod);
-    d.remove_pod(&pod);
+    for pod in [&pod, &runc_pod] {
+        d.stop_pod(pod);
+        d.remove_pod(pod);
+    }
     drop(submount);
 }

@@ -194,6 +194,9 @@ fn runs_and_exits_with_its_code(h: Harness) {
     assert_eq!(h.backend.start(&id).unwrap(), pid);
     let exit = h.wait_exit(&id, None);
     assert_eq!((exit.pid, exit.status), (pid, 7));
+    // Exited, not deleted: no process (runc's `ps` prints `null`, crun's fails).
+    let pids = h.backend.pids(&id).unwrap();
+    assert!(pids.is_empty(), "{pids:?}");
     assert_eq!(fs::read_to_string(&out).unwrap(), "out\n");
     assert_eq!(fs::read_to_string(&err).unwrap(), "err\n");
     h.delete_and_check(&id, pid, &cgroup_of(&bundle));

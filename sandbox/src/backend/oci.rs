@@ -630,9 +630,19 @@ impl Backend for OciBackend {
     }
 
     fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
+        // An exited init leaves no process (crun's `ps` then fails).
+        if locked(&self.tasks)
+            .get(id)
+            .ok_or_else(|| not_found(id))?
+            .exited
+        {
+            return Ok(Vec::new());
+        }
         let out = self.output("pids", id, &["ps", "--format", "json", id])?;
-        let pids: Vec<u32> = serde_json::from_slice(&out)
-            .map_err(|e| failed("pids", id, format!("the runtime's ps output: {e}")))?;
+        // runc prints `null` for a container with no process left.
+        let pids: Vec<u32> = serde_json::from_slice::<Option<Vec<u32>>>(&out)
+            .map_err(|e| failed("pids", id, format!("the runtime's ps output: {e}")))?
+            .unwrap_or_default();
         let execs: HashMap<u32, String> = locked(&self.tasks)
             .get(id)
             .map(|task| {

@@ -597,10 +597,13 @@ impl Runtime {
             .map(|c| c.id.clone())
             .collect();
         let mut removed = Vec::with_capacity(containers.len());
+        // Whether every task went: a shim with a task left ignores Shutdown.
+        let mut all_deleted = true;
         for cid in containers {
             match self.remove_container_inner(&cid, true).await {
                 Ok(()) => removed.push(cid),
                 Err(e) => {
+                    all_deleted = false;
                     tracing::warn!(container_id = %cid, error = %e, "removing a container of a removed pod")
                 }
             }
@@ -613,13 +616,21 @@ impl Runtime {
                     }
                     if let Err(e) = client.delete(&pod.id, "").await {
                         if !matches!(e, CriError::NotFound { .. }) {
+                            all_deleted = false;
                             tracing::warn!(pod_id = %pod.id, error = %e, "deleting the pause task");
                         }
                     }
                     let shim = shim_process(&client, &pod.id).await;
                     let _ = client.shutdown(&pod.id).await;
-                    if let Some(shim) = shim {
-                        wait_shim_gone(&pod.id, shim).await;
+                    match shim {
+                        Some(shim) if all_deleted => wait_shim_gone(&pod.id, shim).await,
+                        Some(shim) => tracing::warn!(
+                            pod_id = %pod.id,
+                            shim_pid = shim.pid,
+                            "a task of the removed pod could not be deleted: its shim stays up \
+                             with it"
+                        ),
+                        None => {}
                     }
                 }
                 Err(_) => {

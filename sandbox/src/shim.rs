@@ -155,27 +155,18 @@ pub fn start(flags: &Flags) -> Result<String, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
 
     // One start at a time per pod, so two containers never spawn two shims.
-    let lock_path = socket.with_extension("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("opening {}: {e}", lock_path.display()))?;
-    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("locking {}: {e}", lock_path.display()))
-        .and_then(|_guard| {
-            let address = address_of(&socket);
-            // Nothing may be logged here: containerd 1.6 reads stdout and
-            // stderr together as the address.
-            if UnixStream::connect(&socket).is_err() {
-                let _ = std::fs::remove_file(&socket);
-                spawn_server(flags, &group, &socket)?;
-            }
-            // containerd reads it back when it restarts.
-            let _ = std::fs::write(bundle.join("address"), &address);
-            Ok(address)
-        })
+    crate::host::lock_exclusive(&socket.with_extension("lock")).and_then(|_guard| {
+        let address = address_of(&socket);
+        // Nothing may be logged here: containerd 1.6 reads stdout and
+        // stderr together as the address.
+        if UnixStream::connect(&socket).is_err() {
+            let _ = std::fs::remove_file(&socket);
+            spawn_server(flags, &group, &socket)?;
+        }
+        // containerd reads it back when it restarts.
+        let _ = std::fs::write(bundle.join("address"), &address);
+        Ok(address)
+    })
 }
 
 /// The shim log of the pod whose socket is `socket`: `log/<hash>.log`.

@@ -18,6 +18,7 @@
 //!   `clone` calls on the shim's behalf (a child cloned from a threaded
 //!   process can deadlock on a lock another thread held).
 //! * [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
+//! * [`lock_exclusive`]: an exclusive `flock` on a lock file.
 
 pub mod cgroups;
 pub mod console;
@@ -28,3 +29,18 @@ pub mod mountinfo;
 pub mod pidfd;
 pub mod reaper;
 pub mod stdio;
+
+/// Opens `path` (creating it 0600) and takes an exclusive `flock` on it,
+/// held until the returned guard drops.
+pub fn lock_exclusive(path: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("opening {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
+}

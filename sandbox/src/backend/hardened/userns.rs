@@ -32,10 +32,10 @@
 //! * **Exhaustion**: the pod's sandbox fails with an error naming the pool
 //!   (its size, its directory); nothing is allocated.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -207,16 +207,7 @@ impl UsernsPool {
         check_pool_dir(&self.dir).map_err(fail)?;
         // Registry, then pool: the one order every allocation takes them in.
         let _registry = self.register().map_err(fail)?;
-        let lock_path = self.dir.join(".lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| fail(format!("{}: {e}", lock_path.display())))?;
-        let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| fail(format!("locking {}: {e}", lock_path.display())))?;
+        let _lock = crate::host::lock_exclusive(&self.dir.join(".lock")).map_err(fail)?;
         self.check_geometry().map_err(fail)?;
         for index in 0..self.pods {
             let path = self.slot_path(index);
@@ -291,16 +282,7 @@ impl UsernsPool {
             _ => {}
         }
         check_pool_dir(&self.registry)?;
-        let lock_path = self.registry.join("pools.lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| format!("{}: {e}", lock_path.display()))?;
-        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| format!("locking {}: {e}", lock_path.display()))?;
+        let lock = crate::host::lock_exclusive(&self.registry.join("pools.lock"))?;
         let path = self.registry.join(REGISTRY_FILE);
         let mut pools: std::collections::BTreeMap<PathBuf, Geometry> =
             match fs::read_to_string(&path) {

@@ -488,6 +488,7 @@ impl Runtime {
             .remove_container(id)
             .map_err(|e| CriError::internal("removing the container record", e))?;
         self.records().containers.remove(id);
+        self.forget_cpu_sample(id);
         if let Some(pod) = self.find_pod(&c.pod_id) {
             self.remove_task_cgroup(&pod, id).await;
             if let Err(e) = self.resize_pod_from_containers(&pod.id).await {

@@ -90,6 +90,9 @@ pub struct Runtime {
     pub changes: broadcast::Sender<ContainerChange>,
     /// The pod CIDR kubelet sent in UpdateRuntimeConfig (for CNI, later).
     pub pod_cidr: std::sync::Mutex<String>,
+    /// The previous `(timestamp ns, cpu ns)` sample of each container (by id)
+    /// and pod (by `pod/<id>`), for nano-cores; removed with them.
+    cpu_samples: std::sync::Mutex<HashMap<String, (i64, u64)>>,
 }
 
 impl Runtime {
@@ -134,6 +137,7 @@ impl Runtime {
             locks: std::sync::Mutex::new(HashMap::new()),
             changes,
             pod_cidr: std::sync::Mutex::new(String::new()),
+            cpu_samples: std::sync::Mutex::new(HashMap::new()),
         }))
     }
 

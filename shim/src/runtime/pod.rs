@@ -656,6 +656,7 @@ impl Runtime {
         }
         let _ = self.store.remove_pod(&pod.id);
         self.records().pods.remove(&pod.id);
+        self.forget_cpu_sample(&super::stats::pod_sample_key(&pod.id));
         removed
     }
 

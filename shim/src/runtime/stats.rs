@@ -4,8 +4,7 @@
 //! the pod cgroup read from cgroupfs (`caisson_cgroups::stats`) and the
 //! interface counters of the pod's network namespace (`/proc/<pause>/net/dev`).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use caisson_proto::cri;
 use containerd_shim_protos::cgroups::metrics::Metrics;
@@ -155,27 +154,34 @@ pub fn nano_cores(previous: (i64, u64), now: (i64, u64)) -> Option<u64> {
     Some((used * 1_000_000_000 / elapsed) as u64)
 }
 
-/// The previous CPU sample of each container, for nano-cores.
-fn previous_samples() -> &'static Mutex<HashMap<String, (i64, u64)>> {
-    static SAMPLES: std::sync::OnceLock<Mutex<HashMap<String, (i64, u64)>>> =
-        std::sync::OnceLock::new();
-    SAMPLES.get_or_init(Default::default)
-}
-
 fn value(v: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value: v })
 }
 
-/// Nano-cores since the previous sample under `key`, recording this one.
-fn record_cpu(key: &str, timestamp: i64, cpu_ns: u64) -> Option<u64> {
-    let previous = previous_samples()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key.to_string(), (timestamp, cpu_ns));
-    previous.and_then(|p| nano_cores(p, (timestamp, cpu_ns)))
+/// The pod key of [`Runtime::record_cpu`]'s samples (a container's is its id).
+pub(super) fn pod_sample_key(pod_id: &str) -> String {
+    format!("pod/{pod_id}")
 }
 
 impl Runtime {
+    /// Nano-cores since the previous sample under `key`, recording this one.
+    fn record_cpu(&self, key: &str, timestamp: i64, cpu_ns: u64) -> Option<u64> {
+        let previous = self
+            .cpu_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), (timestamp, cpu_ns));
+        previous.and_then(|p| nano_cores(p, (timestamp, cpu_ns)))
+    }
+
+    /// Drops the CPU sample under `key` (a removed container or pod).
+    pub(super) fn forget_cpu_sample(&self, key: &str) {
+        self.cpu_samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
     /// Stats of one pod: its cgroup's usage (pause and containers), process
     /// count, and its containers' stats.
     pub async fn pod_sandbox_stats(self: &Arc<Self>, id: &str) -> CriResult<cri::PodSandboxStats> {
@@ -217,7 +223,7 @@ impl Runtime {
         );
         let nano = usage
             .cpu_usage_ns
-            .and_then(|ns| record_cpu(&format!("pod/{}", pod.id), timestamp, ns));
+            .and_then(|ns| self.record_cpu(&pod_sample_key(&pod.id), timestamp, ns));
         let containers = self
             .list_container_stats(Some(cri::ContainerStatsFilter {
                 pod_sandbox_id: pod.id.clone(),
@@ -339,7 +345,7 @@ impl Runtime {
         }
         let metrics = self.task_metrics(c).await?;
         let sample = Sample::from_metrics(&metrics);
-        let nano = record_cpu(&c.id, timestamp, sample.cpu_usage_ns);
+        let nano = self.record_cpu(&c.id, timestamp, sample.cpu_usage_ns);
         Ok(cri::ContainerStats {
             attributes,
             cpu: Some(cri::CpuUsage {

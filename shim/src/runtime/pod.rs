@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use caisson_proto::cri;
+use caisson_sandbox::host::pidfd::Pidfd;
 use containerd_shim_protos::api;
 
 use super::{new_id, now_ns, sorted, ChangeKind, Runtime};
@@ -24,59 +25,34 @@ const PAUSE_STOP_GRACE: Duration = Duration::from_secs(2);
 /// (it removes its socket, lock and log on the way out).
 const SHIM_EXIT_GRACE: Duration = Duration::from_secs(10);
 
-/// A shim process: its pid and start time (so a reused pid is not waited on).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ShimProcess {
-    pid: u32,
-    start_time: u64,
-}
-
-/// `/proc/<pid>/stat`: the process state letter and start time (field 22),
-/// `None` once the process is gone.
-fn proc_state(pid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may hold spaces and parentheses: the fields start after the last ')'.
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // state is field 3, starttime field 22.
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some((state, start_time))
-}
-
-/// Whether `shim` still runs: a zombie or another process with its pid
-/// does not count.
-fn shim_running(shim: ShimProcess) -> bool {
-    match proc_state(shim.pid) {
-        Some((state, start)) => start == shim.start_time && !matches!(state, 'Z' | 'X'),
-        None => false,
-    }
-}
-
 /// The pod's shim process, from the pid it gives over its Task API
-/// (`Connect`); `None` when the shim does not answer.
-async fn shim_process(client: &crate::shims::ShimClient, pod_id: &str) -> Option<ShimProcess> {
+/// (`Connect`), as a pidfd (a reused pid is not waited on); `None` when the
+/// shim does not answer or is already gone.
+async fn shim_process(client: &crate::shims::ShimClient, pod_id: &str) -> Option<Pidfd> {
     let pid = client.shim_pid(pod_id).await.ok().filter(|&pid| pid > 0)?;
-    let (_, start_time) = proc_state(pid)?;
-    Some(ShimProcess { pid, start_time })
+    Pidfd::open(pid).ok()
 }
 
 /// Waits, up to [`SHIM_EXIT_GRACE`], for a shim told to shut down to exit,
 /// so that what it removes on its way out (socket, lock, log) is gone when
 /// RemovePodSandbox returns. A shim that outlives the wait is logged, not an
 /// error: the pod is removed all the same.
-async fn wait_shim_gone(pod_id: &str, shim: ShimProcess) {
-    let deadline = tokio::time::Instant::now() + SHIM_EXIT_GRACE;
-    while shim_running(shim) {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                pod_id = %pod_id,
-                shim_pid = shim.pid,
-                "the pod's shim is still running {}s after Shutdown",
-                SHIM_EXIT_GRACE.as_secs()
-            );
-            return;
+async fn wait_shim_gone(pod_id: &str, shim: Pidfd) {
+    let pid = shim.pid();
+    let exited = tokio::task::spawn_blocking(move || shim.wait_exited(SHIM_EXIT_GRACE))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    match exited {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            pod_id = %pod_id,
+            shim_pid = pid,
+            "the pod's shim is still running {}s after Shutdown",
+            SHIM_EXIT_GRACE.as_secs()
+        ),
+        Err(e) => {
+            tracing::warn!(pod_id = %pod_id, shim_pid = pid, error = %e, "waiting for the pod's shim to exit")
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -626,7 +602,7 @@ impl Runtime {
                         Some(shim) if all_deleted => wait_shim_gone(&pod.id, shim).await,
                         Some(shim) => tracing::warn!(
                             pod_id = %pod.id,
-                            shim_pid = shim.pid,
+                            shim_pid = shim.pid(),
                             "a task of the removed pod could not be deleted: its shim stays up \
                              with it"
                         ),
@@ -822,29 +798,5 @@ fn pod_state(p: &PodRecord) -> cri::PodSandboxState {
         cri::PodSandboxState::SandboxReady
     } else {
         cri::PodSandboxState::SandboxNotready
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_running_process_is_running_until_its_pid_means_another() {
-        let (state, start_time) = proc_state(std::process::id()).expect("our own stat");
-        assert!(matches!(state, 'R' | 'S'), "{state}");
-        let me = ShimProcess {
-            pid: std::process::id(),
-            start_time,
-        };
-        assert!(shim_running(me));
-        assert!(!shim_running(ShimProcess {
-            start_time: start_time + 1,
-            ..me
-        }));
-        assert!(!shim_running(ShimProcess {
-            pid: u32::MAX,
-            start_time
-        }));
     }
 }

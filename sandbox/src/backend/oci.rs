@@ -425,16 +425,18 @@ impl Backend for OciBackend {
         }
         let created = Self::read_pid(&pid_file)
             .map_err(|e| failed("create", id, format!("pid file: {e}")))
-            .and_then(|pid| Ok((pid, stdio.finish(id)?)));
-        let (pid, held) = match created {
+            .and_then(|pid| {
+                let pidfd = Pidfd::open(pid)
+                    .map_err(|e| failed("create", id, format!("pidfd of {pid}: {e}")))?;
+                Ok((pid, pidfd, stdio.finish(id)?))
+            });
+        let (pid, pidfd, held) = match created {
             Ok(created) => created,
             Err(e) => {
                 let _ = self.run("delete", id, &["delete", "--force", id]);
                 return Err(e);
             }
         };
-        let pidfd =
-            Pidfd::open(pid).map_err(|e| failed("create", id, format!("pidfd of {pid}: {e}")))?;
         // The init waits for `start`: it cannot have exited yet.
         {
             let guard = self.reaper.lock();

@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use caisson_image::RunConfig;
 use caisson_proto::cri;
+use caisson_sandbox::backend::hardened::policy::ADDED_CAPABILITIES_ANNOTATION;
 use oci_spec::runtime::{Linux, LinuxCapabilities, LinuxResources, Process, Root, Spec, User};
 
 use host::HostFacts;
@@ -226,9 +227,6 @@ pub fn container_spec(
 
 const SANDBOX_SC: &str = "config.linux.security_context";
 const CONTAINER_SC: &str = "config.linux.security_context";
-/// The capabilities a container's CRI request added, comma-separated (read
-/// by the shim's hardened backend; same key as `caisson-sandbox`'s).
-const ADDED_CAPABILITIES_ANNOTATION: &str = "io.caisson.capabilities.added";
 
 fn build_sandbox(
     config: &cri::PodSandboxConfig,

@@ -40,6 +40,48 @@ fn unimplemented(what: &str, when: &str) -> Status {
 #[derive(Clone)]
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
+    /// The handlers Status lists with their features, computed on the
+    /// first Status (the config does not change while caissond runs).
+    handlers: Arc<tokio::sync::OnceCell<Vec<cri::RuntimeHandler>>>,
+}
+
+impl RuntimeApi {
+    pub fn new(rt: Arc<Runtime>) -> RuntimeApi {
+        RuntimeApi {
+            rt,
+            handlers: Default::default(),
+        }
+    }
+
+    /// The configured handlers and their features (an `oci` handler's
+    /// runtime CLI is asked once, off the async workers).
+    async fn runtime_handlers(&self) -> Result<Vec<cri::RuntimeHandler>, Status> {
+        let handlers = self
+            .handlers
+            .get_or_try_init(|| {
+                let rt = self.rt.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        rt.config
+                            .runtimes
+                            .handlers
+                            .iter()
+                            .map(|(name, handler)| cri::RuntimeHandler {
+                                name: name.clone(),
+                                features: Some(cri::RuntimeHandlerFeatures {
+                                    recursive_read_only_mounts: recursive_read_only_mounts(handler),
+                                    user_namespaces: false,
+                                }),
+                            })
+                            .collect()
+                    })
+                    .await
+                    .map_err(|e| Status::internal(format!("reading the handlers' features: {e}")))
+                }
+            })
+            .await?;
+        Ok(handlers.clone())
+    }
 }
 
 #[tonic::async_trait]
@@ -301,23 +343,7 @@ impl RuntimeService for RuntimeApi {
             },
             network_condition(&self.rt.config.network.cni_conf_dir),
         ];
-        let config = self.rt.config.clone();
-        let handlers = tokio::task::spawn_blocking(move || {
-            config
-                .runtimes
-                .handlers
-                .iter()
-                .map(|(name, handler)| cri::RuntimeHandler {
-                    name: name.clone(),
-                    features: Some(cri::RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: recursive_read_only_mounts(handler),
-                        user_namespaces: false,
-                    }),
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| Status::internal(format!("reading the handlers' features: {e}")))?;
+        let handlers = self.runtime_handlers().await?;
         let mut info = std::collections::HashMap::new();
         if verbose {
             info.insert(
@@ -449,28 +475,17 @@ fn recursive_read_only_mounts(handler: &crate::config::Handler) -> bool {
     if handler.backend != "oci" {
         return true;
     }
-    let runtime = handler
-        .options
-        .get("runtime_path")
-        .and_then(|v| v.as_str())
-        .unwrap_or(DEFAULT_OCI_RUNTIME);
-    runtime_lists_rro(runtime)
+    let options: caisson_sandbox::backend::oci::OciOptions =
+        toml::Value::Table(handler.options.clone().into_iter().collect())
+            .try_into()
+            .unwrap_or_default();
+    runtime_lists_rro(&options.runtime_path)
 }
 
-/// The `oci` backend's default `runtime_path`.
-const DEFAULT_OCI_RUNTIME: &str = "/usr/sbin/runc";
-
 /// Whether `runtime features` (the OCI runtime features document) lists
-/// `rro`; cached per runtime, and false for a runtime that fails, hangs
-/// (killed after 5 s) or prints something else.
-fn runtime_lists_rro(runtime: &str) -> bool {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static KNOWN: std::sync::OnceLock<Mutex<HashMap<String, bool>>> = std::sync::OnceLock::new();
-    let known = KNOWN.get_or_init(Default::default);
-    if let Some(&listed) = known.lock().unwrap_or_else(|e| e.into_inner()).get(runtime) {
-        return listed;
-    }
+/// `rro`; false for a runtime that fails, hangs (killed after 5 s) or
+/// prints something else.
+fn runtime_lists_rro(runtime: &Path) -> bool {
     let listed = runtime_features(runtime)
         .and_then(|doc| {
             Some(
@@ -481,16 +496,12 @@ fn runtime_lists_rro(runtime: &str) -> bool {
             )
         })
         .unwrap_or(false);
-    tracing::debug!(runtime, listed, "rro among the runtime's mount options");
-    known
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(runtime.to_string(), listed);
+    tracing::debug!(runtime = %runtime.display(), listed, "rro among the runtime's mount options");
     listed
 }
 
 /// `runtime features` parsed as JSON, within 5 s.
-fn runtime_features(runtime: &str) -> Option<serde_json::Value> {
+fn runtime_features(runtime: &Path) -> Option<serde_json::Value> {
     use std::io::Read;
     let mut child = std::process::Command::new(runtime)
         .arg("features")
@@ -622,7 +633,7 @@ pub async fn serve(
     );
     tonic::transport::Server::builder()
         .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
-            RuntimeApi { rt },
+            RuntimeApi::new(rt),
         ))
         .add_service(cri::image_service_server::ImageServiceServer::new(
             image_api,

@@ -194,6 +194,7 @@ impl Runtime {
                 .and_then(|l| l.resources.clone())
                 .unwrap_or_default(),
             "config.linux.resources",
+            caisson_cgroups::CgroupFs::mode(self.qos.fs()),
         )?;
         let image = self.images.get(&image_name).map_err(|e| match e {
             caisson_image::ImageError::NotFound(_) => CriError::NotFound {

@@ -90,6 +90,9 @@ pub struct Runtime {
     pub changes: broadcast::Sender<ContainerChange>,
     /// The pod CIDR kubelet sent in UpdateRuntimeConfig (for CNI, later).
     pub pod_cidr: std::sync::Mutex<String>,
+    /// The QoS hierarchy under `cgroup_parent` on the node's cgroupfs
+    /// (its mode detected once, at start); `qos.fs()` is the cgroupfs.
+    qos: caisson_cgroups::QosTree<caisson_cgroups::fs::CgroupRoot>,
     /// The previous `(timestamp ns, cpu ns)` sample of each container (by id)
     /// and pod (by `pod/<id>`), for nano-cores; removed with them.
     cpu_samples: std::sync::Mutex<HashMap<String, (i64, u64)>>,
@@ -115,14 +118,14 @@ impl Runtime {
         }
         // The QoS tiers exist from the start, like kubelet's (a pod's
         // cgroup creation retries and reports failures).
-        let tree = config.cgroups.qos_tree(&config.cgroup_parent);
+        let qos = config.cgroups.qos_tree(&config.cgroup_parent);
         tracing::info!(
             driver = "cgroupfs",
-            mode = caisson_cgroups::CgroupFs::mode(tree.fs()).as_str(),
-            top = tree.top(),
+            mode = caisson_cgroups::CgroupFs::mode(qos.fs()).as_str(),
+            top = qos.top(),
             "cgroups"
         );
-        if let Err(e) = tree.ensure() {
+        if let Err(e) = qos.ensure() {
             tracing::warn!(error = %e, "creating the QoS cgroup hierarchy");
         }
         let (changes, _) = broadcast::channel(1024);
@@ -137,6 +140,7 @@ impl Runtime {
             locks: std::sync::Mutex::new(HashMap::new()),
             changes,
             pod_cidr: std::sync::Mutex::new(String::new()),
+            qos,
             cpu_samples: std::sync::Mutex::new(HashMap::new()),
         }))
     }

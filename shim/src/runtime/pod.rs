@@ -121,8 +121,7 @@ fn cgroup_parent(rt: &Runtime, config: &cri::PodSandboxConfig, uid: &str) -> Cri
         .map(|l| l.cgroup_parent.clone())
         .unwrap_or_default();
     if requested.is_empty() {
-        let tree = rt.config.cgroups.qos_tree(&rt.config.cgroup_parent);
-        return Ok(tree.pod_cgroup(pod_resources(config).class(), uid));
+        return Ok(rt.qos.pod_cgroup(pod_resources(config).class(), uid));
     }
     caisson_cgroups::path::cgroupfs_parent(&requested)
         .map_err(|e| CriError::invalid("config.linux.cgroup_parent", e.to_string()))
@@ -212,7 +211,7 @@ fn create_pod_cgroup(
     pod: &PodRecord,
     config: &cri::PodSandboxConfig,
 ) -> CriResult<()> {
-    let tree = rt.config.cgroups.qos_tree(&rt.config.cgroup_parent);
+    let tree = &rt.qos;
     let resources = pod_resources(config);
     if pod.cgroup_parent != tree.pod_cgroup(resources.class(), &pod.uid) {
         return Ok(());
@@ -352,8 +351,7 @@ const PARENT_MADE_MARKER: &str = "cgroup-parent-made";
 /// Whether caissond (or the shim for it) made the pod's cgroup: its own
 /// QoS hierarchy's, or a `cgroup_parent` marked at RunPodSandbox.
 fn made_pod_cgroup(rt: &Runtime, pod: &PodRecord) -> bool {
-    let tree = rt.config.cgroups.qos_tree(&rt.config.cgroup_parent);
-    tree.holds_pod_cgroup(&pod.cgroup_parent, &pod.uid)
+    rt.qos.holds_pod_cgroup(&pod.cgroup_parent, &pod.uid)
         || pod_dir(rt, &pod.id).join(PARENT_MADE_MARKER).exists()
 }
 
@@ -364,7 +362,7 @@ fn mark_new_cgroup_parent(rt: &Runtime, pod: &PodRecord) -> CriResult<()> {
     if pod.cgroup_parent.trim_matches('/').is_empty() || made_pod_cgroup(rt, pod) {
         return Ok(());
     }
-    let root = caisson_cgroups::fs::CgroupRoot::host();
+    let root = rt.qos.fs();
     let controller = if root.mode().is_v1() { "memory" } else { "" };
     if root.dir(controller, &pod.cgroup_parent).exists() {
         return Ok(());
@@ -380,9 +378,13 @@ fn mark_new_cgroup_parent(rt: &Runtime, pod: &PodRecord) -> CriResult<()> {
 /// removes a task's when it deletes the task; a failed create or a lost
 /// shim can leave one; containers' go with RemoveContainer). The pod
 /// cgroup is removed only once empty.
-fn remove_pod_cgroups(parent: &str, pod_id: &str, remove_parent: bool) {
+fn remove_pod_cgroups(
+    root: &caisson_cgroups::fs::CgroupRoot,
+    parent: &str,
+    pod_id: &str,
+    remove_parent: bool,
+) {
     use caisson_cgroups::CgroupFs;
-    let root = caisson_cgroups::fs::CgroupRoot::host();
     let pause = format!("{}/{pod_id}", parent.trim_end_matches('/'));
     if let Err(e) = root.remove_tree(&pause) {
         tracing::warn!(cgroup = pause, error = %e, "pause cgroup not removed");
@@ -625,9 +627,8 @@ impl Runtime {
         self.remove_pod_network(pod).await;
         let made_parent = made_pod_cgroup(self, pod);
         remove_pod_dir(&pod_dir(self, &pod.id));
-        remove_pod_cgroups(&pod.cgroup_parent, &pod.id, made_parent);
-        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
-        if let Err(e) = tree.refresh_burstable() {
+        remove_pod_cgroups(self.qos.fs(), &pod.cgroup_parent, &pod.id, made_parent);
+        if let Err(e) = self.qos.refresh_burstable() {
             tracing::debug!(error = %e, "updating the burstable tier's cpu shares");
         }
         let _ = self.store.remove_pod(&pod.id);

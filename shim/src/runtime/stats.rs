@@ -217,10 +217,7 @@ impl Runtime {
     async fn pod_stats_of(self: &Arc<Self>, pod: &PodRecord) -> cri::PodSandboxStats {
         let config: cri::PodSandboxConfig = crate::store::decode(&pod.config).unwrap_or_default();
         let timestamp = now_ns();
-        let usage = caisson_cgroups::stats::read(
-            &caisson_cgroups::fs::CgroupRoot::host(),
-            &pod.cgroup_parent,
-        );
+        let usage = caisson_cgroups::stats::read(self.qos.fs(), &pod.cgroup_parent);
         let nano = usage
             .cpu_usage_ns
             .and_then(|ns| self.record_cpu(&pod_sample_key(&pod.id), timestamp, ns));

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use caisson_cgroups::tree::Limits;
 use caisson_cgroups::unified::{self, Setting};
-use caisson_cgroups::{CgroupFs, PodResources};
+use caisson_cgroups::{CgroupFs, CgroupMode, PodResources};
 use caisson_proto::cri;
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -77,7 +77,11 @@ pub(crate) fn unified_refused(field: &str, e: &caisson_cgroups::UnifiedError) ->
 
 /// Checks `r.unified` as [`apply_unified`] will (the allow-list and, on a
 /// cgroup v1 node, a v1 equivalent), before anything is made for it.
-pub(crate) fn check_unified(r: &cri::LinuxContainerResources, field: &str) -> CriResult<()> {
+pub(crate) fn check_unified(
+    r: &cri::LinuxContainerResources,
+    field: &str,
+    mode: CgroupMode,
+) -> CriResult<()> {
     // What apply_unified reads of the spec's resources: the memory limit
     // (a v1 swap limit goes on top of it).
     let mut scratch = LinuxResources::default();
@@ -86,20 +90,21 @@ pub(crate) fn check_unified(r: &cri::LinuxContainerResources, field: &str) -> Cr
         memory.set_limit(Some(r.memory_limit_in_bytes));
         scratch.set_memory(Some(memory));
     }
-    apply_unified(r, field, &mut scratch)
+    apply_unified(r, field, mode, &mut scratch)
 }
 
-/// Checks `r.unified` against the allow-list; on a cgroup v1 node moves the
-/// entries into their v1 equivalents in `res` (libcontainer's v1 manager
-/// ignores `unified`). `field` names the request's resources message.
+/// Checks `r.unified` against the allow-list; on a cgroup v1 node (`mode`)
+/// moves the entries into their v1 equivalents in `res` (libcontainer's v1
+/// manager ignores `unified`). `field` names the request's resources message.
 pub(crate) fn apply_unified(
     r: &cri::LinuxContainerResources,
     field: &str,
+    mode: CgroupMode,
     res: &mut LinuxResources,
 ) -> CriResult<()> {
     let refused = |e: caisson_cgroups::UnifiedError| unified_refused(field, &e);
     unified::check_all(&r.unified).map_err(refused)?;
-    if r.unified.is_empty() || !caisson_cgroups::fs::CgroupRoot::host().mode().is_v1() {
+    if r.unified.is_empty() || !mode.is_v1() {
         return Ok(());
     }
     let mut keys: Vec<(&String, &String)> = r.unified.iter().collect();
@@ -220,7 +225,7 @@ impl Runtime {
             .as_mut()
             .and_then(|l| l.resources_mut().as_mut())
         {
-            apply_unified(&r, "config.linux.resources", res)?;
+            apply_unified(&r, "config.linux.resources", self.qos.fs().mode(), res)?;
         }
         if let Some(process) = oci.process_mut().as_mut() {
             self.restrict_oom_score_adj(process);
@@ -260,8 +265,7 @@ impl Runtime {
         // The class is the one the pod was made with (its cgroup does not
         // move): recomputing it from figures an update moved could give
         // another tier's path.
-        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
-        if !tree.holds_pod_cgroup(&pod.cgroup_parent, &pod.uid) {
+        if !self.qos.holds_pod_cgroup(&pod.cgroup_parent, &pod.uid) {
             return None;
         }
         Some(match linux.resources {
@@ -337,12 +341,12 @@ impl Runtime {
         if unified.is_empty() {
             return Ok(());
         }
-        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
         let extras = caisson_cgroups::PodExtras {
             unified: unified.to_vec(),
             ..Default::default()
         };
-        tree.apply_extras(&pod.cgroup_parent, &extras, limits)
+        self.qos
+            .apply_extras(&pod.cgroup_parent, &extras, limits)
             .map_err(|e| {
                 CriError::internal(
                     "writing the pod's unified entries",
@@ -356,9 +360,8 @@ impl Runtime {
         pod: &PodRecord,
         limits: &Limits,
     ) -> Result<(), caisson_cgroups::CgroupError> {
-        let tree = self.config.cgroups.qos_tree(&self.config.cgroup_parent);
-        tree.apply(&pod.cgroup_parent, limits)?;
-        if let Err(e) = tree.refresh_burstable() {
+        self.qos.apply(&pod.cgroup_parent, limits)?;
+        if let Err(e) = self.qos.refresh_burstable() {
             tracing::warn!(error = %e, "updating the burstable tier's cpu shares");
         }
         tracing::debug!(pod_id = %pod.id, ?limits, "pod cgroup sized");
@@ -391,7 +394,7 @@ impl Runtime {
     /// Its last processes may still be exiting (EBUSY): retried for a while.
     pub(super) async fn remove_task_cgroup(&self, pod: &PodRecord, task_id: &str) {
         let cgroup = format!("{}/{task_id}", pod.cgroup_parent.trim_end_matches('/'));
-        let root = caisson_cgroups::fs::CgroupRoot::host();
+        let root = self.qos.fs();
         if let Err(e) = retry_while_busy(|| root.remove_tree(&cgroup)).await {
             tracing::warn!(cgroup, error = %e, "removing a task cgroup");
         }
@@ -407,7 +410,7 @@ impl Runtime {
         let c = self.container(id)?;
         let resources = resources.ok_or_else(|| CriError::invalid("linux", "must be set"))?;
         let mut oci = crate::spec::update_resources(&resources)?;
-        apply_unified(&resources, "linux", &mut oci)?;
+        apply_unified(&resources, "linux", self.qos.fs().mode(), &mut oci)?;
         let mut any = Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
         any.value = serde_json::to_vec(&oci)
@@ -549,6 +552,10 @@ mod tests {
         }
     }
 
+    fn host_mode() -> CgroupMode {
+        caisson_cgroups::fs::CgroupRoot::host().mode()
+    }
+
     fn with_unified(pairs: &[(&str, &str)]) -> cri::LinuxContainerResources {
         cri::LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
@@ -605,7 +612,7 @@ mod tests {
         for key in ["cgroup.procs", "memory.bogus", "../release_agent"] {
             let r = with_unified(&[(key, "1")]);
             let mut res = LinuxResources::default();
-            let err = apply_unified(&r, "linux", &mut res).unwrap_err();
+            let err = apply_unified(&r, "linux", host_mode(), &mut res).unwrap_err();
             assert_eq!(
                 field(&err).map(String::from),
                 Some(format!("linux.unified[{key}]")),
@@ -626,16 +633,21 @@ mod tests {
             ("memory.swap.max", "0"),
             ("cpuset.cpus", "0"),
         ]);
-        apply_unified(&r, "linux", &mut res).unwrap();
-        if caisson_cgroups::fs::CgroupRoot::host().mode().is_v1() {
+        apply_unified(&r, "linux", host_mode(), &mut res).unwrap();
+        if host_mode().is_v1() {
             assert_eq!(res.pids().unwrap().limit(), 50);
             let cpu = res.cpu().clone().unwrap();
             assert_eq!((cpu.quota(), cpu.period()), (Some(20_000), Some(100_000)));
             assert_eq!(cpu.cpus().as_deref(), Some("0"));
             assert_eq!(res.memory().unwrap().swap(), Some(64 << 20));
             assert!(res.unified().is_none());
-            let err =
-                apply_unified(&with_unified(&[("memory.high", "1")]), "x", &mut res).unwrap_err();
+            let err = apply_unified(
+                &with_unified(&[("memory.high", "1")]),
+                "x",
+                host_mode(),
+                &mut res,
+            )
+            .unwrap_err();
             assert_eq!(field(&err), Some("x.unified[memory.high]"));
             assert!(err.to_string().contains("v1"), "{err}");
         } else {

@@ -9,74 +9,28 @@
 //! is reported.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use caisson_sandbox::backend::native::NativeBackend;
-use caisson_sandbox::backend::{Backend, ExecSpec, Stdio, TaskKind, TaskSpec};
-use caisson_tests::require;
+use caisson_sandbox::backend::{Backend, ExecSpec, Stdio, TaskKind};
+use caisson_tests::daemon::proc_status_field;
 
 mod support;
 
-use support::{busybox_spec, process, remove_cgroups, unique, ExitLog, DEADLINE};
+use support::{process, unique, DEADLINE};
 
-struct Harness {
-    backend: NativeBackend,
-    log: Arc<ExitLog>,
-    dir: tempfile::TempDir,
-    cgroups: Mutex<Vec<String>>,
-}
+type Harness = support::Harness<NativeBackend>;
 
 impl Harness {
-    fn new() -> Harness {
-        require::root("the native backend makes namespaces, cgroups and mounts");
-        support::init_tracing();
-        let (log, sink) = ExitLog::with_sink();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let backend = NativeBackend::new(
-            dir.path().join("state"),
-            sink,
-            env!("CARGO_BIN_EXE_containerd-shim-caisson-v2").into(),
-        )
-        .expect("starting the backend");
-        Harness {
-            backend,
-            log,
-            dir,
-            cgroups: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// One busybox bundle running `args` in cgroup `cgroup` (a bundle may
-    /// serve many tasks one after the other).
-    fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
-        let bundle = self.dir.path().join(name);
-        let cgroup = unique("/caisson-fork-test");
-        self.cgroups.lock().unwrap().push(cgroup.clone());
-        let spec = busybox_spec(&bundle, args, &cgroup);
-        spec.save(bundle.join("config.json")).unwrap();
-        bundle
-    }
-
-    fn create(&self, id: &str, bundle: &Path) -> u32 {
-        let task = TaskSpec {
-            id: id.to_string(),
-            bundle: bundle.to_path_buf(),
-            kind: TaskKind::Sandbox,
-            stdio: Stdio::default(),
-        };
-        self.backend
-            .create(&task)
+    /// A sandbox task `id` from `bundle` (a bundle may serve many tasks one
+    /// after the other).
+    fn create_sandbox(&self, id: &str, bundle: &Path) -> u32 {
+        self.try_create(id, bundle, TaskKind::Sandbox, Stdio::default())
             .unwrap_or_else(|e| panic!("create {id}: {e}"))
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        remove_cgroups(&self.cgroups.lock().unwrap());
     }
 }
 
@@ -129,8 +83,8 @@ fn creates_and_execs_do_not_hang_while_threads_come_and_go() {
     const CONTAINERS: usize = 150;
     const OVERALL: Duration = Duration::from_secs(120);
     let h = Arc::new(Harness::new());
-    let quick = h.bundle("quick", &["true"]);
-    let long = h.bundle("long", &["sleep", "1000"]);
+    let quick = h.bundle("quick", &["true"], |_| {});
+    let long = h.bundle("long", &["sleep", "1000"], |_| {});
     let churn = ThreadChurn::start(2);
     let started = Instant::now();
     let (done_tx, done_rx) = mpsc::channel();
@@ -142,7 +96,7 @@ fn creates_and_execs_do_not_hang_while_threads_come_and_go() {
                 let id = unique("churn");
                 if i % 3 == 0 {
                     // A running container, an exec in it, then a kill.
-                    let pid = h.create(&id, &long);
+                    let pid = h.create_sandbox(&id, &long);
                     h.backend.start(&id).unwrap();
                     let exec_id = format!("e{i}");
                     h.backend
@@ -162,12 +116,12 @@ fn creates_and_execs_do_not_hang_while_threads_come_and_go() {
                     let exit = h.log.wait_exit(&id, None);
                     assert_eq!((exit.pid, exit.status), (pid, 137));
                 } else {
-                    let pid = h.create(&id, &quick);
+                    let pid = h.create_sandbox(&id, &quick);
                     h.backend.start(&id).unwrap();
                     let exit = h.log.wait_exit(&id, None);
                     assert_eq!((exit.pid, exit.status), (pid, 0));
                 }
-                h.backend.delete(&id, None).unwrap();
+                h.delete(&id).unwrap();
                 progress.fetch_add(1, Ordering::Relaxed);
             }
             let _ = done_tx.send(());
@@ -194,14 +148,7 @@ fn creates_and_execs_do_not_hang_while_threads_come_and_go() {
 }
 
 fn threads(pid: u32) -> u32 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    proc_status_field(pid, "Threads").unwrap().parse().unwrap()
 }
 
 /// Waits until `pid` is gone (reaped by this process's reaper).
@@ -227,9 +174,9 @@ fn inits_and_execs_are_children_of_the_shim_not_of_the_fork_server() {
         1,
         "the fork server must stay single-threaded"
     );
-    let bundle = h.bundle("family", &["sleep", "1000"]);
+    let bundle = h.bundle("family", &["sleep", "1000"], |_| {});
     let id = unique("family");
-    let init = h.create(&id, &bundle);
+    let init = h.create_sandbox(&id, &bundle);
     assert_eq!(ppid(init), me, "the init's parent");
     h.backend.start(&id).unwrap();
     h.backend
@@ -254,7 +201,7 @@ fn inits_and_execs_are_children_of_the_shim_not_of_the_fork_server() {
         .unwrap();
     let exit = h.log.wait_exit(&id, None);
     assert_eq!((exit.pid, exit.status), (init, 137));
-    h.backend.delete(&id, None).unwrap();
+    h.delete(&id).unwrap();
     wait_gone(init);
 }
 
@@ -264,9 +211,9 @@ fn inits_and_execs_are_children_of_the_shim_not_of_the_fork_server() {
 #[test]
 fn a_dead_fork_server_is_replaced() {
     let h = Harness::new();
-    let bundle = h.bundle("respawn", &["sleep", "1000"]);
+    let bundle = h.bundle("respawn", &["sleep", "1000"], |_| {});
     let waiting = unique("respawn");
-    h.create(&waiting, &bundle);
+    h.create_sandbox(&waiting, &bundle);
     let first = h.backend.fork_server_pid().unwrap();
     // SAFETY: kill(2) of our own child, which is not reaped before its
     // exit is handled.
@@ -274,9 +221,9 @@ fn a_dead_fork_server_is_replaced() {
     wait_gone(first);
     // A bundle (and so a cgroup) of its own: deleting one container must
     // not find the other's process in its cgroup.
-    let second_bundle = h.bundle("respawn-2", &["sleep", "1000"]);
+    let second_bundle = h.bundle("respawn-2", &["sleep", "1000"], |_| {});
     let id = unique("respawn");
-    let pid = h.create(&id, &second_bundle);
+    let pid = h.create_sandbox(&id, &second_bundle);
     let second = h.backend.fork_server_pid().unwrap();
     assert_ne!(second, first);
     assert_eq!(threads(second), 1);
@@ -286,6 +233,6 @@ fn a_dead_fork_server_is_replaced() {
         .unwrap();
     assert_eq!(h.log.wait_exit(&id, None).pid, pid);
     for id in [&id, &waiting] {
-        h.backend.delete(id, None).unwrap();
+        h.delete(id).unwrap();
     }
 }

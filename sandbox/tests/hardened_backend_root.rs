@@ -9,6 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use caisson_sandbox::backend::hardened::policy::ADDED_CAPABILITIES_ANNOTATION;
 use caisson_sandbox::backend::hardened::{HardenedBackend, HardenedOptions};
 use caisson_sandbox::backend::{Backend, BackendError, ExecSpec, Stdio, TaskKind};
+use caisson_sandbox::host::mountinfo::{self, MountEntry};
+use caisson_tests::daemon::{id_map, proc_status_field, proc_status_id};
 use oci_spec::runtime::{
     Capability, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, LinuxSeccompAction,
     LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder, Spec,
@@ -276,35 +278,12 @@ fn landlock_keeps_the_process_beneath_its_root() {
 
 // ------------------------------------------------- per-pod user namespaces
 
-/// Field `n` (0: real) of the `Uid:`/`Gid:` line of /proc/<pid>/status.
-fn status_id(pid: u32, line: &str) -> u32 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(line))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {line} in /proc/{pid}/status"))
-}
-
 /// The inode of /proc/<pid>/ns/<name> (`self` for this process).
 fn ns_inode(pid: &str, name: &str) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(format!("/proc/{pid}/ns/{name}"))
         .unwrap()
         .ino()
-}
-
-/// `/proc/<pid>/uid_map` (or gid_map) as (inside, outside, count) rows.
-fn id_map(pid: u32, file: &str) -> Vec<(u32, u32, u32)> {
-    fs::read_to_string(format!("/proc/{pid}/{file}"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: Vec<u32> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
-            (v[0], v[1], v[2])
-        })
-        .collect()
 }
 
 /// Runs a host command to its end through the shim's reaper (a plain
@@ -393,16 +372,13 @@ fn kill_and_delete(h: &Harness, id: &str, pid: u32, bundle: &std::path::Path) {
     h.delete_and_check(id, pid, &cgroup_of(bundle));
 }
 
-fn idmapped_mounts_under(dir: &std::path::Path) -> Vec<String> {
-    let prefix = dir.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo")
+fn idmapped_mounts_under(dir: &std::path::Path) -> Vec<MountEntry> {
+    mountinfo::read()
         .unwrap()
-        .lines()
-        .filter(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            f[4].starts_with(&prefix) && f[5].split(',').any(|o| o == "idmapped")
+        .into_iter()
+        .filter(|m| {
+            m.mount_point.starts_with(dir) && m.mount_options.split(',').any(|o| o == "idmapped")
         })
-        .map(String::from)
         .collect()
 }
 
@@ -431,8 +407,8 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
 
     // From the host: the pause process runs as the pod's first id, in a
     // user namespace mapping root to the range, in the pod's netns.
-    assert_eq!(status_id(pause, "Uid:"), first);
-    assert_eq!(status_id(pause, "Gid:"), first);
+    assert_eq!(proc_status_id(pause, "Uid"), first);
+    assert_eq!(proc_status_id(pause, "Gid"), first);
     assert_eq!(id_map(pause, "uid_map"), vec![(0, first, count)]);
     assert_eq!(id_map(pause, "gid_map"), vec![(0, first, count)]);
     let host_userns = ns_inode("self", "user");
@@ -517,7 +493,7 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
     }
     // From the host: the container's process has the mapped ids, the
     // pod's user namespace, and its hostPath file is owned by the mapped uid.
-    assert_eq!(status_id(ctr_pid, "Uid:"), first);
+    assert_eq!(proc_status_id(ctr_pid, "Uid"), first);
     assert_eq!(ns_inode(&ctr_pid.to_string(), "user"), pod_userns);
     assert_eq!(
         ns_inode(&ctr_pid.to_string(), "net"),
@@ -588,8 +564,8 @@ fn pods_get_disjoint_ranges_freed_on_delete_and_never_shared() {
     let (b, b_pid, b_bundle) = start("b");
     let range_a = h.backend.pod_id_range(&a).unwrap();
     let range_b = h.backend.pod_id_range(&b).unwrap();
-    assert_eq!(status_id(a_pid, "Uid:"), range_a.0);
-    assert_eq!(status_id(b_pid, "Uid:"), range_b.0);
+    assert_eq!(proc_status_id(a_pid, "Uid"), range_a.0);
+    assert_eq!(proc_status_id(b_pid, "Uid"), range_b.0);
     assert!(
         range_a.0 + range_a.1 <= range_b.0 || range_b.0 + range_b.1 <= range_a.0,
         "{range_a:?} and {range_b:?} overlap"
@@ -618,7 +594,7 @@ fn pods_get_disjoint_ranges_freed_on_delete_and_never_shared() {
     h.backend.start(&c).unwrap();
     let range_c = h.backend.pod_id_range(&c).unwrap();
     assert_eq!(range_c, range_a, "a's range is reused only after a is gone");
-    assert_eq!(status_id(c_pid, "Uid:"), range_c.0);
+    assert_eq!(proc_status_id(c_pid, "Uid"), range_c.0);
     assert_eq!(h.backend.pod_id_range(&b), Some(range_b));
     kill_and_delete(&h, &b, b_pid, &b_bundle);
     kill_and_delete(&h, &c, c_pid, &c_bundle);
@@ -751,7 +727,7 @@ fn an_overlay_rootfs_is_idmapped_through_its_layers() {
     for want in ["0\n", "busybox-owner=0", "new-owner=0"] {
         assert!(out.contains(want), "{want:?} missing in:\n{out}");
     }
-    assert_eq!(status_id(pid, "Uid:"), first);
+    assert_eq!(proc_status_id(pid, "Uid"), first);
     {
         use std::os::unix::fs::MetadataExt;
         // The new file is in the upper dir as the pod's mapped uid; the
@@ -855,13 +831,7 @@ fn a_rootfs_outside_the_bundle_and_a_foreign_bundle_are_refused() {
 
 /// `CapEff` of `/proc/<pid>/status`, read from the host.
 fn cap_eff(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .unwrap()
-        .trim();
-    u64::from_str_radix(hex, 16).unwrap()
+    u64::from_str_radix(&proc_status_field(pid, "CapEff").unwrap(), 16).unwrap()
 }
 
 #[test]
@@ -887,8 +857,8 @@ fn an_exec_runs_in_the_pods_user_namespace_without_capabilities_seen_from_the_ho
         ns_inode(&pid.to_string(), "user"),
         ns_inode(&pause.to_string(), "user")
     );
-    assert_eq!(status_id(pid, "Uid:"), first);
-    assert_eq!(status_id(pid, "Gid:"), first);
+    assert_eq!(proc_status_id(pid, "Uid"), first);
+    assert_eq!(proc_status_id(pid, "Gid"), first);
     assert_eq!(
         cap_eff(pid),
         0,

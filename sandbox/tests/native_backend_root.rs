@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use caisson_sandbox::backend::native::NativeBackend;
 use caisson_sandbox::backend::{Backend, BackendError, ExecSpec, Stdio, TaskKind};
 use caisson_sandbox::host::reaper::Reaper;
+use caisson_tests::daemon::{ns_inode, proc_status_field};
 use caisson_tests::fixtures;
 use caisson_tests::require;
 use oci_spec::runtime::{
@@ -25,37 +26,18 @@ use oci_spec::runtime::{
 
 mod support;
 
-use support::{cgroup_of, file_uri, process, unique, wait_for_exec, DEADLINE};
+use support::{cgroup_of, file_uri, mkfifo, process, unique, wait_for_exec, DEADLINE};
 
 // ---------------------------------------------------------------- harness
 
 type Harness = support::Harness<NativeBackend>;
 
 impl Harness {
-    fn new() -> Harness {
-        Harness::start(
-            "the native backend makes namespaces, cgroups and mounts",
-            |state, sink| {
-                NativeBackend::new(
-                    state,
-                    sink,
-                    env!("CARGO_BIN_EXE_containerd-shim-caisson-v2").into(),
-                )
-                .expect("starting the backend")
-            },
-        )
-    }
-
     /// Deletes an exited task and checks nothing of it is left.
     fn delete_and_check(&self, id: &str, pid: u32, cgroup: &str) {
         let state = self.backend.state_root().join(id);
         self.delete_and_check_state(id, pid, cgroup, Some(&state));
     }
-}
-
-fn mkfifo(path: &Path) -> String {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    path.display().to_string()
 }
 
 /// Connects to a FIFO as its reader now (as containerd does before it
@@ -92,23 +74,6 @@ fn drain_fifo(path: &Path) -> String {
     let mut out = String::new();
     fifo.read_to_string(&mut out).expect("read fifo");
     out
-}
-
-fn ns(pid: u32, kind: &str) -> String {
-    fs::read_link(format!("/proc/{pid}/ns/{kind}"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{kind}: {e}"))
-        .display()
-        .to_string()
-}
-
-fn status_field(pid: u32, field: &str) -> String {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-        .trim()
-        .to_string()
 }
 
 fn namespaces(spec: &mut Spec, list: Vec<LinuxNamespace>) {
@@ -201,33 +166,40 @@ fn sandbox_and_containers_share_namespaces_by_path() {
     for pid in [shared_pid, own_pid] {
         wait_for_exec(pid, "sleep");
         for kind in ["uts", "ipc", "net"] {
-            assert_eq!(ns(pid, kind), ns(pause, kind), "{kind} of {pid}");
+            assert_eq!(
+                ns_inode(pid, kind),
+                ns_inode(pause, kind),
+                "{kind} of {pid}"
+            );
         }
-        assert_ne!(ns(pid, "mnt"), ns(pause, "mnt"), "mnt of {pid}");
+        assert_ne!(ns_inode(pid, "mnt"), ns_inode(pause, "mnt"), "mnt of {pid}");
         assert_ne!(
-            ns(pid, "mnt"),
-            ns(std::process::id(), "mnt"),
+            ns_inode(pid, "mnt"),
+            ns_inode(std::process::id(), "mnt"),
             "mnt of {pid}"
         );
         // The shim ignores SIGPIPE; the payload must not inherit that.
         assert_eq!(
-            status_field(pid, "SigIgn"),
+            proc_status_field(pid, "SigIgn").unwrap(),
             "0000000000000000",
             "SigIgn of {pid}"
         );
     }
-    assert_eq!(ns(shared_pid, "pid"), ns(pause, "pid"));
-    let nspid = status_field(shared_pid, "NSpid");
+    assert_eq!(ns_inode(shared_pid, "pid"), ns_inode(pause, "pid"));
+    let nspid = proc_status_field(shared_pid, "NSpid").unwrap();
     let levels: Vec<&str> = nspid.split_whitespace().collect();
     assert_eq!(levels.len(), 2, "NSpid {nspid:?}");
     assert_ne!(levels[1], "1", "pause is pid 1 of the shared namespace");
-    assert_ne!(ns(own_pid, "pid"), ns(pause, "pid"));
+    assert_ne!(ns_inode(own_pid, "pid"), ns_inode(pause, "pid"));
     assert_eq!(
-        status_field(own_pid, "NSpid").split_whitespace().nth(1),
+        proc_status_field(own_pid, "NSpid")
+            .unwrap()
+            .split_whitespace()
+            .nth(1),
         Some("1")
     );
-    assert_ne!(ns(pause, "uts"), ns(std::process::id(), "uts"));
-    assert_ne!(ns(pause, "net"), ns(std::process::id(), "net"));
+    assert_ne!(ns_inode(pause, "uts"), ns_inode(std::process::id(), "uts"));
+    assert_ne!(ns_inode(pause, "net"), ns_inode(std::process::id(), "net"));
 
     // Containers go first, then the sandbox.
     for (id, pid, bundle) in [
@@ -627,7 +599,8 @@ fn privileges_this_host_cannot_grant_are_dropped_not_fatal() {
     wait_for_exec(greedy_pid, "sleep");
     wait_for_exec(polite_pid, "sleep");
 
-    let cap_bnd = u64::from_str_radix(&status_field(greedy_pid, "CapBnd"), 16).unwrap();
+    let cap_bnd =
+        u64::from_str_radix(&proc_status_field(greedy_pid, "CapBnd").unwrap(), 16).unwrap();
     let sys_resource = cap_bnd & (1 << 24) != 0;
     let kill = cap_bnd & (1 << 5) != 0;
     assert!(kill, "CAP_KILL kept: {cap_bnd:#x}");
@@ -818,7 +791,7 @@ fn forged_internal_annotations_do_not_take_effect() {
     });
     let id = unique("forged");
     let pid = h.run(&id, &bundle, Stdio::default());
-    assert_eq!(ns(pid, "net"), ns(std::process::id(), "net"));
+    assert_eq!(ns_inode(pid, "net"), ns_inode(std::process::id(), "net"));
     // Neither kept in the spec libcontainer recorded...
     let config = fs::read_to_string(bundle.join("config.json")).unwrap();
     assert!(!config.contains("io.caisson."), "{config}");

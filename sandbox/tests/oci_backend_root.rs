@@ -14,7 +14,7 @@ use oci_spec::runtime::{LinuxPidsBuilder, LinuxResourcesBuilder, Process};
 
 mod support;
 
-use support::{cgroup_of, file_uri, unique, wait_for_exec};
+use support::{cgroup_of, file_uri, mkfifo, unique, wait_for_exec};
 
 const RUNC: &str = "/usr/sbin/runc";
 const CRUN: &str = "/usr/bin/crun";
@@ -305,11 +305,6 @@ fn exec_kill_reaches_the_process(h: Harness) {
         .unwrap();
     assert_eq!(h.wait_exit(&id, None).status, 137);
     h.delete_and_check(&id, pid, &cgroup_of(&bundle));
-}
-
-fn mkfifo(path: &Path) -> String {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    path.display().to_string()
 }
 
 /// Waits until `path` holds at least `lines` lines (a pump writes it).

@@ -376,6 +376,33 @@ pub fn with_host_network(mut config: cri::PodSandboxConfig) -> cri::PodSandboxCo
     config
 }
 
+/// Sets the container's resources.
+pub fn with_resources(
+    mut config: cri::ContainerConfig,
+    resources: &cri::LinuxContainerResources,
+) -> cri::ContainerConfig {
+    config.linux.get_or_insert_with(Default::default).resources = Some(resources.clone());
+    config
+}
+
+/// One MiB, in the CRI's (signed) byte counts.
+pub const MI: i64 = 1 << 20;
+
+/// A file's content, trimmed (panics naming the file when unreadable).
+pub fn read_trimmed(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_string()
+}
+
+/// A file holding one number, e.g. a cgroup counter.
+pub fn read_u64(path: &Path) -> u64 {
+    read_trimmed(path)
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Polls `f` every 20 ms until it returns `Some`, failing after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -408,6 +435,26 @@ pub fn proc_status_field(pid: u32, field: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
+/// The first (real) id of the `Uid`/`Gid` line of `/proc/<pid>/status`.
+pub fn proc_status_id(pid: u32, field: &str) -> u32 {
+    proc_status_field(pid, field)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// `/proc/<pid>/uid_map` (or `gid_map`) as (inside, outside, count) rows.
+pub fn id_map(pid: u32, file: &str) -> Vec<(u32, u32, u32)> {
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .lines()
+        .map(|l| {
+            let v: Vec<u32> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            (v[0], v[1], v[2])
+        })
+        .collect()
+}
+
 /// True while `pid` exists and is not a zombie.
 pub fn pid_alive(pid: u32) -> bool {
     proc_status_field(pid, "State").is_some_and(|s| !s.starts_with('Z'))
@@ -432,6 +479,30 @@ fn live_pids() -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Live processes (with their command lines) in cgroups below
+/// `cgroup_parent` or naming `dir` on their command line (a daemon's pods
+/// and shims), but `own` (the daemon) and this process.
+pub fn daemon_processes(dir: &Path, cgroup_parent: &str, own: u32) -> BTreeMap<u32, String> {
+    let dir = dir.display().to_string();
+    let below = format!("{cgroup_parent}/");
+    let mut out = BTreeMap::new();
+    for pid in live_pids() {
+        if pid == own || pid == std::process::id() {
+            continue;
+        }
+        let Some(cmd) = cmdline(pid) else { continue };
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let in_cgroup = cgroup
+            .lines()
+            .filter_map(|l| l.splitn(3, ':').nth(2))
+            .any(|p| p.starts_with(&below));
+        if in_cgroup || cmd.contains(&dir) {
+            out.insert(pid, cmd);
+        }
+    }
+    out
 }
 
 /// True when the signal's bit is set in a `/proc/<pid>/status` mask
@@ -568,7 +639,12 @@ impl Caissond {
                 config: Some(config.clone()),
                 runtime_handler: handler.into(),
             }));
-        self.ok("RunPodSandbox", r).pod_sandbox_id
+        let what = if handler.is_empty() {
+            "RunPodSandbox".to_string()
+        } else {
+            format!("RunPodSandbox ({handler})")
+        };
+        self.ok(&what, r).pod_sandbox_id
     }
 
     pub fn create_container(
@@ -779,24 +855,7 @@ impl Caissond {
     /// Processes that belong to this daemon's pods: in its cgroups, or
     /// naming its dirs on their command line (shims). Not caissond itself.
     pub fn processes(&self) -> BTreeMap<u32, String> {
-        let dir = self.dir.path().display().to_string();
-        let own = self.pid();
-        let mut out = BTreeMap::new();
-        for pid in live_pids() {
-            if pid == own || pid == std::process::id() {
-                continue;
-            }
-            let Some(cmd) = cmdline(pid) else { continue };
-            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            let in_cgroup = cgroup
-                .lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2))
-                .any(|p| p.starts_with(&format!("{}/", self.cgroup_parent)));
-            if in_cgroup || cmd.contains(&dir) {
-                out.insert(pid, cmd);
-            }
-        }
-        out
+        daemon_processes(self.dir.path(), &self.cgroup_parent, self.pid())
     }
 
     /// This daemon's processes whose command line is exactly `wanted`.

@@ -4,7 +4,9 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use caisson_tests::daemon::{container_config, ns_inode, proc_status_field, Caissond};
+use caisson_tests::daemon::{
+    container_config, id_map, ns_inode, proc_status_field, proc_status_id, Caissond,
+};
 use k8s_cri::v1 as cri;
 
 #[test]
@@ -12,15 +14,7 @@ fn a_hardened_pod_runs_with_seccomp_and_no_capabilities() {
     let d = Caissond::start("");
     d.import_busybox();
     let config = d.pod_config("hardened");
-    let mut rt = d.runtime();
-    let pod =
-        d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "hardened".into(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", d.log_tail()))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = d.run_pod_with_handler(&config, "hardened");
     let ctr = d.create_started_container(
         &pod,
         &config,
@@ -43,22 +37,6 @@ fn a_hardened_pod_runs_with_seccomp_and_no_capabilities() {
 
 // ------------------------------------------------- per-pod user namespaces
 
-/// The first (real) id of `Uid`/`Gid` in /proc/<pid>/status.
-fn status_id(pid: u32, field: &str) -> u32 {
-    proc_status_field(pid, field)
-        .and_then(|v| v.split_whitespace().next().map(str::to_string))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
-}
-
-fn uid_map(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/uid_map"))
-        .unwrap()
-        .split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect()
-}
-
 fn slots(d: &Caissond) -> usize {
     std::fs::read_dir(d.dir.path().join("run/shim/state/.userns-pool"))
         .map(|r| {
@@ -71,15 +49,7 @@ fn slots(d: &Caissond) -> usize {
 
 fn run_hardened_pod(d: &Caissond, name: &str) -> (String, cri::PodSandboxConfig) {
     let config = d.pod_config(name);
-    let mut rt = d.runtime();
-    let pod =
-        d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: "hardened".into(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", d.log_tail()))
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = d.run_pod_with_handler(&config, "hardened");
     (pod, config)
 }
 
@@ -103,19 +73,23 @@ fn a_hardened_pods_root_is_an_unprivileged_range_of_its_own() {
 
     // From the host: the pod's processes run as its first mapped id, in one
     // user namespace (not the host's) mapping root to 65,536 ids.
-    let first_a = uid_map(pause_a)[1];
+    let first_a = id_map(pause_a, "uid_map")[0].1;
     assert!(first_a >= 1_000_000, "pod root is host uid {first_a}");
-    assert_eq!(status_id(ctr_pid, "Uid"), first_a, "the container's root");
+    assert_eq!(
+        proc_status_id(ctr_pid, "Uid"),
+        first_a,
+        "the container's root"
+    );
     // The pause process runs as its image's user (65535), mapped as well.
-    let pause_uid = status_id(pause_a, "Uid");
+    let pause_uid = proc_status_id(pause_a, "Uid");
     assert!(
         (first_a..first_a + 65_536).contains(&pause_uid),
         "pause uid {pause_uid}"
     );
     // (its group is whatever the image and the runtime chose, mapped too)
-    let gid = status_id(ctr_pid, "Gid");
+    let gid = proc_status_id(ctr_pid, "Gid");
     assert!((first_a..first_a + 65_536).contains(&gid), "gid {gid}");
-    assert_eq!(uid_map(ctr_pid), vec![0, first_a, 65_536]);
+    assert_eq!(id_map(ctr_pid, "uid_map"), vec![(0, first_a, 65_536)]);
     let userns = ns_inode(ctr_pid, "user");
     assert_eq!(userns, ns_inode(pause_a, "user"));
     assert_ne!(userns, ns_inode(std::process::id(), "user"));
@@ -144,7 +118,7 @@ fn a_hardened_pods_root_is_an_unprivileged_range_of_its_own() {
     // A second pod gets a disjoint range, and its own namespace.
     let (pod_b, _) = run_hardened_pod(&d, "userns-b");
     let pause_b = d.pod_pid(&pod_b);
-    let first_b = uid_map(pause_b)[1];
+    let first_b = id_map(pause_b, "uid_map")[0].1;
     assert!(
         first_b >= first_a + 65_536 || first_a >= first_b + 65_536,
         "{first_a} and {first_b} overlap"
@@ -158,9 +132,9 @@ fn a_hardened_pods_root_is_an_unprivileged_range_of_its_own() {
     d.remove_pod(&pod_a);
     assert_eq!(slots(&d), 1, "pod a's range is freed");
     let (pod_c, _) = run_hardened_pod(&d, "userns-c");
-    let first_c = uid_map(d.pod_pid(&pod_c))[1];
+    let first_c = id_map(d.pod_pid(&pod_c), "uid_map")[0].1;
     assert_eq!(first_c, first_a, "the freed range is reused");
-    assert_eq!(uid_map(pause_b)[1], first_b);
+    assert_eq!(id_map(pause_b, "uid_map")[0].1, first_b);
     d.remove_all_pods();
     assert_eq!(slots(&d), 0, "every range is freed");
 }
@@ -178,7 +152,7 @@ fn an_exec_is_in_the_pods_user_namespace_and_proc_cannot_be_replaced() {
         &config,
         container_config("sleeper", &["sleep", "1000"]),
     );
-    let first = uid_map(d.pod_pid(&pod))[1];
+    let first = id_map(d.pod_pid(&pod), "uid_map")[0].1;
     // The exec leaves a marked child behind (it has the exec's credentials).
     d.exec(&ctr, &["sh", "-c", "sleep 4242 >/dev/null 2>&1 &"]);
     let pid = caisson_tests::daemon::wait_until(
@@ -191,8 +165,8 @@ fn an_exec_is_in_the_pods_user_namespace_and_proc_cannot_be_replaced() {
                 .map(|(pid, _)| pid)
         },
     );
-    assert_eq!(uid_map(pid), vec![0, first, 65_536]);
-    assert_eq!(status_id(pid, "Uid"), first);
+    assert_eq!(id_map(pid, "uid_map"), vec![(0, first, 65_536)]);
+    assert_eq!(proc_status_id(pid, "Uid"), first);
     assert_eq!(
         ns_inode(pid, "user"),
         ns_inode(d.container_pid(&ctr), "user")

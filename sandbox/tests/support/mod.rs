@@ -7,12 +7,13 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use caisson_sandbox::backend::native::NativeBackend;
 use caisson_sandbox::backend::{Backend, BackendError, Exit, ExitSink, Stdio, TaskKind, TaskSpec};
 use caisson_sandbox::host::reaper::Reaper;
+pub use caisson_tests::bundle::unique;
 use caisson_tests::fixtures;
 use caisson_tests::require;
 use oci_spec::runtime::{Process, Spec};
@@ -88,16 +89,6 @@ pub struct Harness<B: Backend> {
     cgroups: Mutex<Vec<String>>,
 }
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 impl<B: Backend> Harness<B> {
     /// Needs root (`why` says for what); `make` builds the backend from its
     /// state dir and exit sink.
@@ -165,6 +156,14 @@ impl<B: Backend> Harness<B> {
         self.log.wait_exit(id, exec_id)
     }
 
+    /// Deletes a task; once deleted, it is no longer the harness's to
+    /// clean up.
+    pub fn delete(&self, id: &str) -> Result<(), BackendError> {
+        self.backend.delete(id, None)?;
+        self.live.lock().unwrap().retain(|t| t != id);
+        Ok(())
+    }
+
     /// Deletes an exited task and checks nothing of it is left: no process,
     /// no cgroup and, if the backend keeps one, no `state` dir.
     pub fn delete_and_check_state(&self, id: &str, pid: u32, cgroup: &str, state: Option<&Path>) {
@@ -183,6 +182,24 @@ impl<B: Backend> Harness<B> {
         if let Some(state) = state {
             assert!(!state.exists(), "{} still exists", state.display());
         }
+    }
+}
+
+impl Harness<NativeBackend> {
+    /// A native backend (needs root) running the shim binary as its fork
+    /// server.
+    pub fn new() -> Harness<NativeBackend> {
+        Harness::start(
+            "the native backend makes namespaces, cgroups and mounts",
+            |state, sink| {
+                NativeBackend::new(
+                    state,
+                    sink,
+                    env!("CARGO_BIN_EXE_containerd-shim-caisson-v2").into(),
+                )
+                .expect("starting the backend")
+            },
+        )
     }
 }
 
@@ -260,6 +277,12 @@ pub fn process(args: &[&str]) -> Process {
     let mut process = Process::default();
     process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
     process
+}
+
+/// A FIFO at `path` (0600), as a string for a task's stdio.
+pub fn mkfifo(path: &Path) -> String {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    path.display().to_string()
 }
 
 pub fn file_uri(path: &Path) -> String {

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use caisson_sandbox::backend::defaults::{KUBERNETES_MASKED_PATHS, KUBERNETES_READONLY_PATHS};
 use caisson_tests::daemon::Caissond;
 use caisson_tests::fixtures::{probe_binary, probe_image, PROBE_NAME, PROBE_PATH};
 use k8s_cri::v1 as cri;
@@ -197,46 +198,14 @@ fn probe_container(name: &str, args: &[String]) -> cri::ContainerConfig {
                     profile_type: cri::security_profile::ProfileType::Unconfined as i32,
                     localhost_ref: String::new(),
                 }),
-                masked_paths: [
-                    "/proc/asound",
-                    "/proc/acpi",
-                    "/proc/kcore",
-                    "/proc/keys",
-                    "/proc/latency_stats",
-                    "/proc/timer_list",
-                    "/proc/timer_stats",
-                    "/proc/sched_debug",
-                    "/proc/scsi",
-                    "/sys/firmware",
-                    "/sys/devices/virtual/powercap",
-                ]
-                .map(String::from)
-                .to_vec(),
-                readonly_paths: [
-                    "/proc/bus",
-                    "/proc/fs",
-                    "/proc/irq",
-                    "/proc/sys",
-                    "/proc/sysrq-trigger",
-                ]
-                .map(String::from)
-                .to_vec(),
+                masked_paths: KUBERNETES_MASKED_PATHS.map(String::from).to_vec(),
+                readonly_paths: KUBERNETES_READONLY_PATHS.map(String::from).to_vec(),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     }
-}
-
-fn run_pod(d: &Caissond, config: &cri::PodSandboxConfig, handler: &str) -> String {
-    let mut rt = d.runtime();
-    let r = d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: handler.into(),
-    }));
-    d.ok(&format!("RunPodSandbox ({handler})"), r)
-        .pod_sandbox_id
 }
 
 fn start() -> Caissond {
@@ -273,7 +242,7 @@ fn escape_tables(
     let config = d.pod_config(&format!("escape-{handler}"));
     // kubelet makes the pod's log directory before it creates containers.
     std::fs::create_dir_all(&config.log_directory).unwrap();
-    let pod = run_pod(d, &config, handler);
+    let pod = d.run_pod_with_handler(&config, handler);
     let mut init_args = vec![PROBE_PATH.to_string()];
     init_args.extend(marker.args());
     let init = d.create_started_container(&pod, &config, probe_container("escape", &init_args));
@@ -422,7 +391,7 @@ const UTILITIES: &[(&str, &str)] = &[
 fn compatibility(d: &Caissond, handler: &str) -> Vec<String> {
     let config = d.pod_config(&format!("compat-{handler}"));
     std::fs::create_dir_all(&config.log_directory).unwrap();
-    let pod = run_pod(d, &config, handler);
+    let pod = d.run_pod_with_handler(&config, handler);
     let ctr = d.create_started_container(
         &pod,
         &config,

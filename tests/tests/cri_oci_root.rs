@@ -25,15 +25,8 @@ fn runs_under(handler: &str, runtime: &str, package: &str) {
     let d = Caissond::start("");
     d.import_busybox();
     let config = d.pod_config("oci");
+    let pod = d.run_pod_with_handler(&config, handler);
     let mut rt = d.runtime();
-    let pod =
-        d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        }))
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", d.log_tail()))
-        .into_inner()
-        .pod_sandbox_id;
     let sleeper = d.create_started_container(
         &pod,
         &config,

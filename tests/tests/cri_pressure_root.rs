@@ -15,39 +15,18 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use caisson_tests::daemon::{container_config, wait_until, Caissond};
+use caisson_tests::daemon::{
+    container_config, read_trimmed, read_u64, wait_until, with_resources, Caissond, MI,
+};
 use k8s_cri::v1 as cri;
-
-const MI: i64 = 1 << 20;
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_string()
-}
-
-fn read_u64(path: &Path) -> u64 {
-    read(path)
-        .parse()
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 /// `oom_kill N` of a v1 `memory.oom_control`.
 fn oom_kills(memcg: &Path) -> u64 {
-    read(&memcg.join("memory.oom_control"))
+    read_trimmed(&memcg.join("memory.oom_control"))
         .lines()
         .find_map(|l| l.strip_prefix("oom_kill "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
-}
-
-fn with_resources(
-    mut c: cri::ContainerConfig,
-    r: &cri::LinuxContainerResources,
-) -> cri::ContainerConfig {
-    c.linux.get_or_insert_with(Default::default).resources = Some(r.clone());
-    c
 }
 
 fn pod_with_resources(
@@ -117,7 +96,7 @@ fn besteffort_dies_first_when_the_allocatable_memory_runs_out() {
                 .then_some(())
         },
     );
-    let holder_oom_score = read(Path::new(&format!(
+    let holder_oom_score = read_trimmed(Path::new(&format!(
         "/proc/{}/oom_score_adj",
         d.container_pid(&holder)
     )));
@@ -129,7 +108,7 @@ fn besteffort_dies_first_when_the_allocatable_memory_runs_out() {
         &bconfig,
         container_config("eater", &["tail", "/dev/zero"]),
     );
-    let eater_oom_score = read(Path::new(&format!(
+    let eater_oom_score = read_trimmed(Path::new(&format!(
         "/proc/{}/oom_score_adj",
         d.container_pid(&eater)
     )));
@@ -251,7 +230,7 @@ fn burstable_cpu_shares_split_one_cpu_two_to_one() {
             "{name} is pinned to CPU 0"
         );
         assert_eq!(
-            read(
+            read_trimmed(
                 &d.pod_cgroup("cpu", &format!("uid-{name}"))
                     .join("cpu.shares")
             ),
@@ -264,7 +243,7 @@ fn burstable_cpu_shares_split_one_cpu_two_to_one() {
         .join(d.cgroup_parent.trim_start_matches('/'))
         .join("burstable");
     assert_eq!(
-        read(&tier.join("cpu.shares")),
+        read_trimmed(&tier.join("cpu.shares")),
         "1536",
         "the tier weighs its pods' requests"
     );

@@ -6,10 +6,8 @@
 
 use std::time::Duration;
 
-use caisson_tests::daemon::{container_config, Caissond};
+use caisson_tests::daemon::{container_config, read_trimmed, with_resources, Caissond, MI};
 use k8s_cri::v1 as cri;
-
-const MI: i64 = 1 << 20;
 
 fn resources(cpu_shares: i64, cpu_quota: i64, memory: i64) -> cri::LinuxContainerResources {
     cri::LinuxContainerResources {
@@ -21,20 +19,13 @@ fn resources(cpu_shares: i64, cpu_quota: i64, memory: i64) -> cri::LinuxContaine
     }
 }
 
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_string()
-}
-
 #[test]
 fn pods_land_in_their_qos_tier_with_their_limits_and_oom_scores() {
     let d = Caissond::start("");
     d.import_busybox();
     // This process's own score is the floor caissond can hand out (no
     // CAP_SYS_RESOURCE here).
-    let floor: i32 = read(std::path::Path::new("/proc/self/oom_score_adj"))
+    let floor: i32 = read_trimmed(std::path::Path::new("/proc/self/oom_score_adj"))
         .parse()
         .unwrap();
     let cases = [
@@ -83,24 +74,27 @@ fn pods_land_in_their_qos_tier_with_their_limits_and_oom_scores() {
         );
         assert_eq!(d.pod_cgroup("cpu", &format!("uid-{name}")), cpu, "{name}");
         assert_eq!(
-            read(&cpu.join("cpu.shares")),
+            read_trimmed(&cpu.join("cpu.shares")),
             *shares,
             "{name} cpu.shares\n{}",
             d.log_tail()
         );
-        assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), *quota, "{name} quota");
+        assert_eq!(
+            read_trimmed(&cpu.join("cpu.cfs_quota_us")),
+            *quota,
+            "{name} quota"
+        );
         let mem = d.pod_cgroup("memory", &format!("uid-{name}"));
         assert_eq!(
-            read(&mem.join("memory.limit_in_bytes")),
+            read_trimmed(&mem.join("memory.limit_in_bytes")),
             *memory,
             "{name} memory"
         );
 
-        let mut c = container_config("c", &["sleep", "1000"]);
-        c.linux.get_or_insert_with(Default::default).resources = Some(res.clone());
+        let c = with_resources(container_config("c", &["sleep", "1000"]), res);
         let id = d.create_started_container(&pod, &config, c);
         let pid = d.container_pid(&id);
-        let got: i32 = read(std::path::Path::new(&format!("/proc/{pid}/oom_score_adj")))
+        let got: i32 = read_trimmed(std::path::Path::new(&format!("/proc/{pid}/oom_score_adj")))
             .parse()
             .unwrap();
         assert_eq!(got, *oom, "{name} oom_score_adj");
@@ -112,8 +106,8 @@ fn pods_land_in_their_qos_tier_with_their_limits_and_oom_scores() {
         pods.push((name.to_string(), pod, mem, cpu));
     }
     // The burstable tier is weighted by its pods' requests, besteffort minimal.
-    assert_eq!(read(&top.join("burstable/cpu.shares")), "256");
-    assert_eq!(read(&top.join("besteffort/cpu.shares")), "2");
+    assert_eq!(read_trimmed(&top.join("burstable/cpu.shares")), "256");
+    assert_eq!(read_trimmed(&top.join("besteffort/cpu.shares")), "2");
 
     for (name, pod, mem, cpu) in pods {
         d.stop_pod(&pod);
@@ -121,7 +115,7 @@ fn pods_land_in_their_qos_tier_with_their_limits_and_oom_scores() {
         assert!(!mem.exists(), "{name}: {} left behind", mem.display());
         assert!(!cpu.exists(), "{name}: {} left behind", cpu.display());
     }
-    assert_eq!(read(&top.join("burstable/cpu.shares")), "2");
+    assert_eq!(read_trimmed(&top.join("burstable/cpu.shares")), "2");
 }
 
 #[test]
@@ -130,11 +124,13 @@ fn a_container_over_its_memory_limit_is_oom_killed() {
     d.import_busybox();
     let config = d.pod_config("oom");
     let pod = d.run_pod(&config);
-    let mut c = container_config(
-        "hog",
-        &["dd", "if=/dev/zero", "of=/dev/shm/x", "bs=1M", "count=60"],
+    let c = with_resources(
+        container_config(
+            "hog",
+            &["dd", "if=/dev/zero", "of=/dev/shm/x", "bs=1M", "count=60"],
+        ),
+        &resources(0, 0, 16 * MI),
     );
-    c.linux.get_or_insert_with(Default::default).resources = Some(resources(0, 0, 16 * MI));
     let id = d.create_started_container(&pod, &config, c);
     let status = d.wait_exited(&id, Duration::from_secs(30));
     assert_eq!(
@@ -153,14 +149,16 @@ fn update_container_resources_changes_the_live_cgroup() {
     d.import_busybox();
     let config = d.pod_config("update");
     let pod = d.run_pod(&config);
-    let mut c = container_config("c", &["sleep", "1000"]);
-    c.linux.get_or_insert_with(Default::default).resources = Some(resources(256, 0, 64 * MI));
+    let c = with_resources(
+        container_config("c", &["sleep", "1000"]),
+        &resources(256, 0, 64 * MI),
+    );
     let id = d.create_started_container(&pod, &config, c);
     let cpu = d.task_cgroup("cpu", "uid-update", &id);
     let mem = d.task_cgroup("memory", "uid-update", &id);
-    assert_eq!(read(&cpu.join("cpu.shares")), "256");
+    assert_eq!(read_trimmed(&cpu.join("cpu.shares")), "256");
     assert_eq!(
-        read(&mem.join("memory.limit_in_bytes")),
+        read_trimmed(&mem.join("memory.limit_in_bytes")),
         (64 * MI).to_string()
     );
 
@@ -173,10 +171,10 @@ fn update_container_resources_changes_the_live_cgroup() {
         }),
     );
     d.ok("UpdateContainerResources", r);
-    assert_eq!(read(&cpu.join("cpu.shares")), "512");
-    assert_eq!(read(&cpu.join("cpu.cfs_quota_us")), "50000");
+    assert_eq!(read_trimmed(&cpu.join("cpu.shares")), "512");
+    assert_eq!(read_trimmed(&cpu.join("cpu.cfs_quota_us")), "50000");
     assert_eq!(
-        read(&mem.join("memory.limit_in_bytes")),
+        read_trimmed(&mem.join("memory.limit_in_bytes")),
         (32 * MI).to_string()
     );
     // The container still runs.
@@ -204,8 +202,10 @@ fn container_stats_grow_with_work() {
     let mut config = d.pod_config("stats");
     config.linux.get_or_insert_with(Default::default).resources = Some(resources(1024, 0, 0));
     let pod = d.run_pod(&config);
-    let mut busy = container_config("busy", &["sh", "-c", "while :; do :; done"]);
-    busy.linux.get_or_insert_with(Default::default).resources = Some(resources(1024, 0, 0));
+    let busy = with_resources(
+        container_config("busy", &["sh", "-c", "while :; do :; done"]),
+        &resources(1024, 0, 0),
+    );
     let busy = d.create_started_container(&pod, &config, busy);
     let idle =
         d.create_started_container(&pod, &config, container_config("idle", &["sleep", "1000"]));
@@ -235,7 +235,7 @@ fn container_stats_grow_with_work() {
         .task_cgroup("cpuacct", "uid-stats", &busy)
         .join("cpuacct.usage");
     caisson_tests::daemon::wait_until("busy CPU to grow", Duration::from_secs(30), || {
-        let used: u64 = read(&cpuacct).parse().unwrap();
+        let used: u64 = read_trimmed(&cpuacct).parse().unwrap();
         (used > cpu(&first) + 200_000_000).then_some(())
     });
     let second = d.container_stats(&busy);
@@ -342,9 +342,9 @@ fn pod_limits(d: &Caissond, uid: &str) -> (String, String, String) {
     let cpu = d.pod_cgroup("cpu", uid);
     let mem = d.pod_cgroup("memory", uid);
     (
-        read(&cpu.join("cpu.shares")),
-        read(&cpu.join("cpu.cfs_quota_us")),
-        read(&mem.join("memory.limit_in_bytes")),
+        read_trimmed(&cpu.join("cpu.shares")),
+        read_trimmed(&cpu.join("cpu.cfs_quota_us")),
+        read_trimmed(&mem.join("memory.limit_in_bytes")),
     )
 }
 
@@ -361,16 +361,19 @@ fn pod_sums_follow_container_creates_updates_and_removals() {
         pod_limits(&d, "uid-sums"),
         ("2".into(), "-1".into(), UNLIMITED.into())
     );
-    let mut c1 = container_config("c1", &["sleep", "1000"]);
-    c1.linux.get_or_insert_with(Default::default).resources = Some(resources(256, 50_000, 64 * MI));
+    let c1 = with_resources(
+        container_config("c1", &["sleep", "1000"]),
+        &resources(256, 50_000, 64 * MI),
+    );
     let c1 = d.create_started_container(&pod, &config, c1);
     assert_eq!(
         pod_limits(&d, "uid-sums"),
         ("256".into(), "50000".into(), (64 * MI).to_string())
     );
-    let mut c2 = container_config("c2", &["sleep", "1000"]);
-    c2.linux.get_or_insert_with(Default::default).resources =
-        Some(resources(512, 100_000, 32 * MI));
+    let c2 = with_resources(
+        container_config("c2", &["sleep", "1000"]),
+        &resources(512, 100_000, 32 * MI),
+    );
     let c2 = d.create_started_container(&pod, &config, c2);
     assert_eq!(
         pod_limits(&d, "uid-sums"),
@@ -384,7 +387,7 @@ fn pod_sums_follow_container_creates_updates_and_removals() {
         ("1536".into(), "300000".into(), (160 * MI).to_string())
     );
     let c1_cpu = d.task_cgroup("cpu", "uid-sums", &c1);
-    assert_eq!(read(&c1_cpu.join("cpu.cfs_quota_us")), "200000");
+    assert_eq!(read_trimmed(&c1_cpu.join("cpu.cfs_quota_us")), "200000");
     // ContainerStatus reports the live figures.
     let status = d.container_status(&c1);
     let live = status.resources.unwrap().linux.unwrap();
@@ -422,16 +425,18 @@ fn pod_sums_follow_container_creates_updates_and_removals() {
     let mut config = d.pod_config("kubelet-sums");
     config.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 0));
     let kpod = d.run_pod(&config);
-    let mut c = container_config("c", &["sleep", "1000"]);
-    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 0));
+    let c = with_resources(
+        container_config("c", &["sleep", "1000"]),
+        &resources(512, 0, 0),
+    );
     let c = d.create_started_container(&kpod, &config, c);
     let tier = std::path::Path::new("/sys/fs/cgroup/cpu")
         .join(d.cgroup_parent.trim_start_matches('/'))
         .join("burstable");
-    assert_eq!(read(&tier.join("cpu.shares")), "512");
+    assert_eq!(read_trimmed(&tier.join("cpu.shares")), "512");
     update(&d, &c, resources(1536, 0, 0)).unwrap();
     assert_eq!(pod_limits(&d, "uid-kubelet-sums").0, "1536");
-    assert_eq!(read(&tier.join("cpu.shares")), "1536");
+    assert_eq!(read_trimmed(&tier.join("cpu.shares")), "1536");
     assert_eq!(
         d.pod_cgroup("cpu", "uid-kubelet-sums"),
         tier.join("poduid-kubelet-sums")
@@ -440,7 +445,7 @@ fn pod_sums_follow_container_creates_updates_and_removals() {
         d.stop_pod(&p);
         d.remove_pod(&p);
     }
-    assert_eq!(read(&tier.join("cpu.shares")), "2");
+    assert_eq!(read_trimmed(&tier.join("cpu.shares")), "2");
 }
 
 /// Two updates at once, each to its own container of `pod`.
@@ -477,9 +482,10 @@ fn pod_level_figures_survive_limitless_updates_concurrent_updates_and_restarts()
     let pod = d.run_pod(&config);
     let mut ids = vec![];
     for name in ["c1", "c2"] {
-        let mut c = container_config(name, &["sleep", "1000"]);
-        c.linux.get_or_insert_with(Default::default).resources =
-            Some(resources(1024, 100_000, 64 * MI));
+        let c = with_resources(
+            container_config(name, &["sleep", "1000"]),
+            &resources(1024, 100_000, 64 * MI),
+        );
         ids.push(d.create_started_container(&pod, &config, c));
     }
     let capped = || pod_limits(&d, "uid-capped");
@@ -521,8 +527,10 @@ fn pod_level_figures_survive_limitless_updates_concurrent_updates_and_restarts()
     // kubelet removes it) does not add to the new one's.
     let config = d.pod_config("restarts");
     let pod = d.run_pod(&config);
-    let mut c = container_config("r", &["true"]);
-    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 50_000, 32 * MI));
+    let mut c = with_resources(
+        container_config("r", &["true"]),
+        &resources(512, 50_000, 32 * MI),
+    );
     let first = d.create_started_container(&pod, &config, c.clone());
     d.wait_exited(&first, Duration::from_secs(10));
     c.metadata.as_mut().unwrap().attempt = 1;
@@ -550,10 +558,12 @@ fn pod_swap_and_unified_memory_follow_container_updates() {
             ..resources(512, 0, 64 * MI)
         });
     let pod = d.run_pod(&config);
-    let mut c = container_config("c", &["sleep", "1000"]);
-    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 64 * MI));
+    let c = with_resources(
+        container_config("c", &["sleep", "1000"]),
+        &resources(512, 0, 64 * MI),
+    );
     let id = d.create_started_container(&pod, &config, c);
-    let mem = |file: &str| read(&d.pod_cgroup("memory", "uid-swap").join(file));
+    let mem = |file: &str| read_trimmed(&d.pod_cgroup("memory", "uid-swap").join(file));
     for (limit, want_pod) in [(128 * MI, 128 * MI), (16 * MI, 16 * MI), (64 * MI, 64 * MI)] {
         update(&d, &id, resources(512, 0, limit))
             .unwrap_or_else(|e| panic!("growing to {limit}: {}\n{}", e.message(), d.log_tail()));
@@ -576,14 +586,16 @@ fn pod_swap_and_unified_memory_follow_container_updates() {
         });
     let pod = d.run_pod(&config);
     let mem = || {
-        read(
+        read_trimmed(
             &d.pod_cgroup("memory", "uid-unified-max")
                 .join("memory.limit_in_bytes"),
         )
     };
     assert_eq!(mem(), (100 * MI).to_string());
-    let mut c = container_config("c", &["sleep", "1000"]);
-    c.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0, 64 * MI));
+    let c = with_resources(
+        container_config("c", &["sleep", "1000"]),
+        &resources(512, 0, 64 * MI),
+    );
     let id = d.create_started_container(&pod, &config, c);
     update(&d, &id, resources(512, 0, 32 * MI)).unwrap();
     assert_eq!(
@@ -727,8 +739,10 @@ fn unified_keys_are_checked_and_mapped_to_cgroup_v1() {
         ("cgroup.procs", "not a cgroup v2 file"),
         ("memory.high", "no cgroup v1 equivalent"),
     ] {
-        let mut c = container_config("c", &["sleep", "1000"]);
-        c.linux.get_or_insert_with(Default::default).resources = Some(with_unified(&[(key, "1")]));
+        let c = with_resources(
+            container_config("c", &["sleep", "1000"]),
+            &with_unified(&[(key, "1")]),
+        );
         let err = create_err(&d, &pod, &config, c);
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{key}: {err:?}");
         assert!(
@@ -742,14 +756,17 @@ fn unified_keys_are_checked_and_mapped_to_cgroup_v1() {
     let now = d.footprint();
     assert!(now == baseline, "{}", now.diff(&baseline));
     // Keys with a v1 equivalent land in the v1 files.
-    let mut c = container_config("c", &["sleep", "1000"]);
-    c.linux.get_or_insert_with(Default::default).resources = Some(with_unified(&[
-        ("pids.max", "50"),
-        ("cpu.max", "20000 100000"),
-        ("cpu.weight", "100"),
-    ]));
+    let c = with_resources(
+        container_config("c", &["sleep", "1000"]),
+        &with_unified(&[
+            ("pids.max", "50"),
+            ("cpu.max", "20000 100000"),
+            ("cpu.weight", "100"),
+        ]),
+    );
     let id = d.create_started_container(&pod, &config, c);
-    let cg = |ctl: &str, file: &str| read(&d.task_cgroup(ctl, "uid-unified", &id).join(file));
+    let cg =
+        |ctl: &str, file: &str| read_trimmed(&d.task_cgroup(ctl, "uid-unified", &id).join(file));
     assert_eq!(cg("pids", "pids.max"), "50");
     assert_eq!(cg("cpu", "cpu.cfs_quota_us"), "20000");
     assert_eq!(cg("cpu", "cpu.shares"), "2597");
@@ -805,7 +822,7 @@ fn pod_level_pids_cpuset_and_swap_reach_the_pod_cgroup() {
             ..Default::default()
         });
     let pod = d.run_pod(&config);
-    let cg = |ctl: &str, file: &str| read(&d.pod_cgroup(ctl, "uid-extras").join(file));
+    let cg = |ctl: &str, file: &str| read_trimmed(&d.pod_cgroup(ctl, "uid-extras").join(file));
     // unified is applied last: its pids.max wins over the config's.
     assert_eq!(cg("pids", "pids.max"), "80");
     assert_eq!(cg("cpuset", "cpuset.cpus"), "0");
@@ -829,7 +846,7 @@ fn pod_level_pids_cpuset_and_swap_reach_the_pod_cgroup() {
     let plain = d.pod_config("plain");
     let p = d.run_pod(&plain);
     assert_eq!(
-        read(&d.pod_cgroup("pids", "uid-plain").join("pids.max")),
+        read_trimmed(&d.pod_cgroup("pids", "uid-plain").join("pids.max")),
         "100"
     );
     d.stop_pod(&p);
@@ -854,7 +871,7 @@ fn pod_level_pids_cpuset_and_swap_reach_the_pod_cgroup() {
     if std::path::Path::new("/sys/fs/cgroup/hugetlb").is_dir() {
         let id = d.ok("RunPodSandbox (hugetlb)", r).pod_sandbox_id;
         assert_eq!(
-            read(
+            read_trimmed(
                 &d.pod_cgroup("hugetlb", "uid-huge")
                     .join("hugetlb.2MB.limit_in_bytes")
             ),
@@ -883,10 +900,9 @@ fn container_oom_score(
     name: &str,
     r: cri::LinuxContainerResources,
 ) -> i32 {
-    let mut c = container_config(name, &["sleep", "1000"]);
-    c.linux.get_or_insert_with(Default::default).resources = Some(r);
+    let c = with_resources(container_config(name, &["sleep", "1000"]), &r);
     let id = d.create_started_container(pod, config, c);
-    read(std::path::Path::new(&format!(
+    read_trimmed(std::path::Path::new(&format!(
         "/proc/{}/oom_score_adj",
         d.container_pid(&id)
     )))
@@ -904,7 +920,7 @@ fn restrict_oom_score_adj_keeps_scores_at_or_above_caissonds_own() {
         ..resources(512, 0, 0)
     };
     let guaranteed = resources(1024, 100_000, 64 * MI);
-    let floor: i32 = read(std::path::Path::new("/proc/self/oom_score_adj"))
+    let floor: i32 = read_trimmed(std::path::Path::new("/proc/self/oom_score_adj"))
         .parse()
         .unwrap();
 
@@ -914,7 +930,7 @@ fn restrict_oom_score_adj_keeps_scores_at_or_above_caissonds_own() {
     set_oom_score_adj(restricted.pid(), 200);
     let pod = restricted.run_pod(&config);
     // The pause (kubelet's -998) too.
-    let pause: i32 = read(std::path::Path::new(&format!(
+    let pause: i32 = read_trimmed(std::path::Path::new(&format!(
         "/proc/{}/oom_score_adj",
         restricted.pod_pid(&pod)
     )))
@@ -1077,7 +1093,7 @@ fn make_like_kubelet(rel: &str) {
             std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
             if *controller == "cpuset" {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
-                    std::fs::write(dir.join(file), read(&parent.join(file))).unwrap();
+                    std::fs::write(dir.join(file), read_trimmed(&parent.join(file))).unwrap();
                 }
             }
         }
@@ -1123,7 +1139,7 @@ fn a_systemd_cgroup_parent_lands_under_its_slices_and_only_caissonds_own_goes() 
             }
         }
         let pid = d.container_pid(&id);
-        let cgroups = read(std::path::Path::new(&format!("/proc/{pid}/cgroup")));
+        let cgroups = read_trimmed(std::path::Path::new(&format!("/proc/{pid}/cgroup")));
         assert!(cgroups.contains(&format!("/{rel}/{id}")), "{cgroups}");
         d.stop_pod(&pod);
         d.remove_pod(&pod);

@@ -292,24 +292,8 @@ impl Drop for Caissond {
 /// Processes in cgroups below `cgroup_parent` or naming `dir` on their
 /// command line, but `own` and this one.
 fn processes(dir: &Path, cgroup_parent: &str, own: u32) -> Vec<u32> {
-    let dir = dir.display().to_string();
-    let below = format!("{cgroup_parent}/");
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| pid != own && pid != std::process::id())
-        .filter(|pid| {
-            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            String::from_utf8_lossy(&cmd).contains(&dir)
-                || cgroup
-                    .lines()
-                    .filter_map(|l| l.splitn(3, ':').nth(2))
-                    .any(|p| p.starts_with(&below))
-        })
+    caisson_tests::daemon::daemon_processes(dir, cgroup_parent, own)
+        .into_keys()
         .collect()
 }
 

@@ -120,14 +120,11 @@ struct Results {
     processes_per_pod: f64,
 }
 
+/// Nearest-rank percentile `p` of unsorted values (0 when there is none).
 fn percentile(values: &[f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
+    crate::measure::percentile(&v, p)
 }
 
 fn median(values: &[f64]) -> f64 {
@@ -252,11 +249,7 @@ fn probe_bench(d: &Caissond, ctr: &str, args: &[&str]) -> Result<f64> {
 fn pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
+        .and_then(|t| crate::measure::proc_field(&t, "Pss"))
         .unwrap_or(0)
 }
 

@@ -11,10 +11,10 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 /// Mount points at or under `dir`, from this process's mountinfo, in mount
 /// order.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(PathBuf::from)
+    caisson_sandbox::host::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.mount_point)
         .filter(|m| m.starts_with(dir))
         .collect()
 }

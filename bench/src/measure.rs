@@ -119,10 +119,11 @@ impl Summary {
     }
 }
 
-/// Nearest-rank percentile `p` (0–100] of sorted values.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// Nearest-rank percentile `p` (0–100] of sorted values (the default,
+/// e.g. zero, when there is none).
+pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return T::default();
     }
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]

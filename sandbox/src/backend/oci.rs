@@ -59,6 +59,7 @@ use crate::backend::{
 };
 use crate::host::cgroups;
 use crate::host::console::ConsoleSocket;
+use crate::host::mountinfo::MountEntry;
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::{open_stdio, ChildStdio, HeldStdio, TerminalStdio};
@@ -154,9 +155,9 @@ impl OciBackend {
         }
         let reaper = Reaper::global().map_err(|e| setup(format!("starting the reaper: {e}")))?;
         let hidden_mounts = if options.hide_cgroup2 {
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            let mounts = crate::host::mountinfo::read()
                 .map_err(|e| setup(format!("/proc/self/mountinfo: {e}")))?;
-            cgroup2_mounts_below(&mountinfo, "/sys/fs/cgroup")
+            cgroup2_mounts_below(&mounts, "/sys/fs/cgroup")
                 .into_iter()
                 .map(|m| CString::new(m).map_err(|e| setup(e.to_string())))
                 .collect::<Result<Vec<_>>>()?
@@ -1003,12 +1004,12 @@ fn bundle_cgroup_path(bundle: &Path) -> Option<PathBuf> {
 }
 
 /// cgroup2 mount points strictly below `root` (a hybrid host's
-/// `/sys/fs/cgroup/unified`), read from mountinfo's mount-point and
+/// `/sys/fs/cgroup/unified`), from mountinfo's mount-point and
 /// filesystem-type fields.
-fn cgroup2_mounts_below(mountinfo: &str, root: &str) -> Vec<String> {
+fn cgroup2_mounts_below(mounts: &[MountEntry], root: &str) -> Vec<String> {
     let root = Path::new(root);
-    crate::host::mountinfo::parse(mountinfo)
-        .into_iter()
+    mounts
+        .iter()
         .filter(|m| m.fstype == "cgroup2" && m.mount_point != root)
         .filter(|m| m.mount_point.starts_with(root))
         .map(|m| m.mount_point.display().to_string())
@@ -1047,6 +1048,7 @@ fn hide_mounts(mounts: &[CString]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::cgroup2_mounts_below;
+    use crate::host::mountinfo::parse;
 
     #[test]
     fn finds_the_hybrid_cgroup2_mount_only() {
@@ -1057,10 +1059,10 @@ mod tests {
 40 30 0:30 / /mnt/cg2 rw - cgroup2 cgroup2 rw
 ";
         assert_eq!(
-            cgroup2_mounts_below(mountinfo, "/sys/fs/cgroup"),
+            cgroup2_mounts_below(&parse(mountinfo), "/sys/fs/cgroup"),
             vec!["/sys/fs/cgroup/unified".to_string()]
         );
         let unified = "25 30 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert!(cgroup2_mounts_below(unified, "/sys/fs/cgroup").is_empty());
+        assert!(cgroup2_mounts_below(&parse(unified), "/sys/fs/cgroup").is_empty());
     }
 }

@@ -33,6 +33,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::host::mountinfo::{self, MountEntry};
+
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
@@ -159,30 +161,17 @@ fn attach(tree: &OwnedFd, target: &Path) -> Result<(), IdmapError> {
     Ok(())
 }
 
-/// What the topmost mount at a path is (`/proc/self/mountinfo`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct TopMount {
-    mount_options: String,
-    fstype: String,
-    super_options: String,
-}
-
-fn top_mount(path: &Path) -> Option<TopMount> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+/// The topmost mount at a path (`/proc/self/mountinfo`).
+fn top_mount(path: &Path) -> Option<MountEntry> {
+    let mounts = mountinfo::read().ok()?;
     // mountinfo shows canonical paths: a bundle reached through a symlink
     // or `..` would otherwise never match.
     let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    top_mount_in(&info, &path)
+    top_mount_in(&mounts, &path)
 }
 
-fn top_mount_in(info: &str, path: &Path) -> Option<TopMount> {
-    let entries = crate::host::mountinfo::parse(info);
-    let top = crate::host::mountinfo::top_at(&entries, path)?;
-    Some(TopMount {
-        mount_options: top.mount_options.clone(),
-        fstype: top.fstype.clone(),
-        super_options: top.super_options.clone(),
-    })
+fn top_mount_in(mounts: &[MountEntry], path: &Path) -> Option<MountEntry> {
+    mountinfo::top_at(mounts, path).cloned()
 }
 
 /// The layers of an overlay's super options.
@@ -255,7 +244,7 @@ pub fn mount_idmapped(
 
 fn idmap_overlay(
     rootfs: &Path,
-    overlay: &TopMount,
+    overlay: &MountEntry,
     userns: &OwnedFd,
     root_id: u32,
     scratch: &Path,
@@ -406,14 +395,14 @@ pub fn remove_layer_mounts(scratch: &Path) {
 /// Whether a mounted overlay still has a lower layer under `scratch`
 /// (`/proc/self/mountinfo`): its layer mounts belong to a live task.
 pub fn layers_in_use(scratch: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = mountinfo::read() else {
         return true;
     };
-    layers_in_use_in(&info, scratch)
+    layers_in_use_in(&mounts, scratch)
 }
 
-fn layers_in_use_in(info: &str, scratch: &Path) -> bool {
-    crate::host::mountinfo::parse(info)
+fn layers_in_use_in(mounts: &[MountEntry], scratch: &Path) -> bool {
+    mounts
         .iter()
         .filter(|m| m.fstype == "overlay")
         .filter_map(|m| overlay_layers(&m.super_options))
@@ -435,12 +424,13 @@ mod tests {
 22 1 8:1 / /b/rootfs rw,relatime shared:1 - ext4 /dev/vda rw
 40 22 0:50 / /b/rootfs rw,relatime - overlay overlay rw,lowerdir=/l/2:/l/1,upperdir=/s/fs,workdir=/s/work,uuid=on
 ";
-        let top = top_mount_in(info, Path::new("/b/rootfs")).unwrap();
+        let mounts = mountinfo::parse(info);
+        let top = top_mount_in(&mounts, Path::new("/b/rootfs")).unwrap();
         assert_eq!(top.fstype, "overlay");
         let (lowers, upper, work) = overlay_layers(&top.super_options).unwrap();
         assert_eq!(lowers, [PathBuf::from("/l/2"), PathBuf::from("/l/1")]);
         assert_eq!((upper, work), ("/s/fs".into(), "/s/work".into()));
-        assert!(top_mount_in(info, Path::new("/elsewhere")).is_none());
+        assert!(top_mount_in(&mounts, Path::new("/elsewhere")).is_none());
     }
 
     #[test]
@@ -449,8 +439,9 @@ mod tests {
 40 22 0:50 / /b/rootfs rw - overlay overlay rw,lowerdir=/p/layers/t1/l0:/p/layers/t1/l1,upperdir=/s/fs,workdir=/s/work
 41 22 0:51 / /p/layers/t2/l0 rw,idmapped - ext4 /dev/vda rw
 ";
-        assert!(layers_in_use_in(info, Path::new("/p/layers/t1")));
-        assert!(!layers_in_use_in(info, Path::new("/p/layers/t2")));
-        assert!(!layers_in_use_in(info, Path::new("/p/layers/t")));
+        let mounts = mountinfo::parse(info);
+        assert!(layers_in_use_in(&mounts, Path::new("/p/layers/t1")));
+        assert!(!layers_in_use_in(&mounts, Path::new("/p/layers/t2")));
+        assert!(!layers_in_use_in(&mounts, Path::new("/p/layers/t")));
     }
 }

@@ -104,7 +104,7 @@ fn alternatives_of(rule: &LinuxSyscall) -> Vec<Alternative> {
 
 /// Whether `profile` allows `name`, and under which alternatives.
 fn pod_allows(profile: &LinuxSeccomp, name: &str) -> Vec<Alternative> {
-    let rules = profile.syscalls().clone().unwrap_or_default();
+    let rules = profile.syscalls().as_deref().unwrap_or_default();
     let naming: Vec<&LinuxSyscall> = rules
         .iter()
         .filter(|r| r.names().iter().any(|n| n == name))

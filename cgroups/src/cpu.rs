@@ -24,12 +24,6 @@ pub fn cpu_shares_from_request(milli_cpu: u64) -> u64 {
     (milli_cpu.saturating_mul(SHARES_PER_CPU) / 1000).clamp(MIN_SHARES, MAX_SHARES)
 }
 
-/// The milli-CPU a `cpu.shares` value stands for (inverse of
-/// [`cpu_shares_from_request`], rounded down).
-pub fn milli_cpu_from_shares(shares: u64) -> u64 {
-    shares.saturating_mul(1000) / SHARES_PER_CPU
-}
-
 /// CFS quota (µs) for a CPU limit in milli-CPU over `period_us`
 /// (`MilliCPUToQuota`), at most [`MAX_QUOTA_US`]; `None` means no limit.
 pub fn cpu_quota_from_limit(milli_cpu: u64, period_us: u64) -> Option<i64> {
@@ -122,7 +116,6 @@ mod tests {
             cpu_quota_from_limit(u64::MAX, 1_000_000),
             Some(MAX_QUOTA_US)
         );
-        assert_eq!(milli_cpu_from_shares(u64::MAX), u64::MAX / SHARES_PER_CPU);
     }
 
     #[test]

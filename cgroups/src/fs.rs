@@ -66,15 +66,6 @@ pub trait CgroupFs {
             .map(|s| s.trim().to_string())
     }
 
-    /// Removes `cgroup` from every controller; a missing one is fine.
-    fn remove(&self, cgroup: &str) -> Result<(), CgroupError> {
-        for controller in self.controllers() {
-            let path = self.dir(controller, cgroup);
-            remove_dir(&path).map_err(|source| CgroupError::RemoveFailed { path, source })?;
-        }
-        Ok(())
-    }
-
     /// Removes `cgroup` and every cgroup below it, deepest first, from
     /// every hierarchy mounted at the root (all v1 controllers, not only
     /// [`V1_CONTROLLERS`]: libcontainer makes task cgroups in each). A

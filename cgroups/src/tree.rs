@@ -189,7 +189,7 @@ impl<F: CgroupFs> QosTree<F> {
 
     /// Sets the burstable tier's shares to the sum of its pods' requests,
     /// as kubelet does.
-    pub fn set_burstable_requests(&self, shares: u64) -> Result<(), CgroupError> {
+    fn set_burstable_requests(&self, shares: u64) -> Result<(), CgroupError> {
         self.apply(
             &self.tier(QosClass::Burstable),
             &Limits {

@@ -35,14 +35,10 @@ impl ShimManager {
         cmd
     }
 
-    /// Runs `start` for a task in `bundle`: returns the pod's shim address.
-    pub async fn start(&self, task_id: &str, bundle: &Path, backend: &str) -> CriResult<String> {
-        self.start_with_options(task_id, bundle, backend, "").await
-    }
-
-    /// [`ShimManager::start`] with the handler's backend options (a JSON
-    /// object, `CAISSON_BACKEND_OPTIONS` in the shim; empty for none).
-    pub async fn start_with_options(
+    /// Runs `start` for a task in `bundle` with the handler's backend
+    /// options (a JSON object, `CAISSON_BACKEND_OPTIONS` in the shim; empty
+    /// for none): returns the pod's shim address.
+    pub async fn start(
         &self,
         task_id: &str,
         bundle: &Path,

@@ -546,7 +546,7 @@ impl Runtime {
             .unwrap_or_default();
         pod.shim_address = self
             .shims
-            .start_with_options(&pod.id, &pod.bundle, &pod.backend, &options)
+            .start(&pod.id, &pod.bundle, &pod.backend, &options)
             .await?;
         // Recorded before the task exists, so a crash from here on is
         // cleaned up by recovery rather than leaked.

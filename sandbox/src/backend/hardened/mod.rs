@@ -195,8 +195,7 @@ impl HardenedBackend {
             );
         }
         userns_spec::check_proc_mounts(&spec)?;
-        let added = policy::capabilities_added(&spec);
-        policy::harden_spec(&mut spec)?;
+        let added = policy::harden_spec(&mut spec)?;
         let joined =
             userns_spec::join_pod_userns(&mut spec, &pod.path(), pod.first_id(), pod.count())?;
         if let Some(netns) = &joined.fork_netns {

@@ -142,12 +142,6 @@ pub fn harden_process(process: &mut Process, added: &[Capability]) {
     keep_caps(process, added);
 }
 
-/// The capabilities the pod added to the container with this (original or
-/// hardened) spec; for exec processes.
-pub fn capabilities_added(spec: &Spec) -> Vec<Capability> {
-    added_caps(spec)
-}
-
 fn push_missing(list: &mut Vec<String>, paths: &[&str]) {
     for p in paths {
         if !list.iter().any(|l| l == p) {
@@ -156,8 +150,9 @@ fn push_missing(list: &mut Vec<String>, paths: &[&str]) {
     }
 }
 
-/// Hardens `spec` in place, or refuses it.
-pub fn harden_spec(spec: &mut Spec) -> Result<(), BackendError> {
+/// Hardens `spec` in place, or refuses it; returns the capabilities the pod
+/// added to the container (kept for its exec processes).
+pub fn harden_spec(spec: &mut Spec) -> Result<Vec<Capability>, BackendError> {
     if is_privileged(spec) {
         return Err(refused(
             "privileged",
@@ -223,7 +218,7 @@ pub fn harden_spec(spec: &mut Spec) -> Result<(), BackendError> {
     spec.set_annotations(Some(annotations));
     linux.set_seccomp(Some(filter));
     spec.set_linux(Some(linux));
-    Ok(())
+    Ok(added)
 }
 
 /// /dev/null and friends, which every container gets anyway.

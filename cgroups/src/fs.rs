@@ -27,20 +27,23 @@ pub trait CgroupFs {
                 .map_err(|source| CgroupError::CreateFailed { path, source })?;
         }
         if !self.mode().is_v1() {
-            // Enable the controllers from the root down to the new cgroup's
-            // parent; errors (a controller held elsewhere) are left to the
-            // limit writes to report.
-            let mut prefix = String::new();
-            let components: Vec<&str> = cgroup.split('/').filter(|c| !c.is_empty()).collect();
-            for component in components {
-                let file = self.dir("", &prefix).join("cgroup.subtree_control");
-                if let Err(e) = std::fs::write(&file, V2_CONTROLLERS) {
-                    tracing::debug!(file = %file.display(), error = %e, "subtree_control not written");
-                }
-                prefix = format!("{prefix}/{component}");
-            }
+            self.enable_in_ancestors(cgroup, V2_CONTROLLERS);
         }
         Ok(())
+    }
+
+    /// v2: writes `value` (`+controller ...`) into `cgroup.subtree_control`
+    /// from the root down to `cgroup`'s parent. Errors (a controller held
+    /// elsewhere) are left to the limit writes to report.
+    fn enable_in_ancestors(&self, cgroup: &str, value: &str) {
+        let mut prefix = String::new();
+        for component in cgroup.split('/').filter(|c| !c.is_empty()) {
+            let file = self.dir("", &prefix).join("cgroup.subtree_control");
+            if let Err(e) = std::fs::write(&file, value) {
+                tracing::debug!(file = %file.display(), error = %e, "subtree_control not written");
+            }
+            prefix = format!("{prefix}/{component}");
+        }
     }
 
     /// Writes `value` into `file` of `cgroup` (v1: under `controller`).
@@ -142,14 +145,7 @@ pub trait CgroupFs {
     fn create_in(&self, controller: &str, cgroup: &str) -> Result<(), CgroupError> {
         if !self.mode().is_v1() {
             self.create(cgroup)?;
-            let mut prefix = String::new();
-            for component in cgroup.split('/').filter(|c| !c.is_empty()) {
-                let file = self.dir("", &prefix).join("cgroup.subtree_control");
-                if let Err(e) = std::fs::write(&file, format!("+{controller}")) {
-                    tracing::debug!(file = %file.display(), error = %e, "subtree_control not written");
-                }
-                prefix = format!("{prefix}/{component}");
-            }
+            self.enable_in_ancestors(cgroup, &format!("+{controller}"));
             return Ok(());
         }
         if !self.dir(controller, "/").is_dir() {

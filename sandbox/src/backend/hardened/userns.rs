@@ -211,51 +211,50 @@ impl UsernsPool {
         self.check_geometry().map_err(fail)?;
         for index in 0..self.pods {
             let path = self.slot_path(index);
+            let first_id = self.first_id + index * self.ids_per_pod;
             let record = SlotRecord {
                 pod: pod.to_string(),
                 owner_pid: std::process::id(),
                 owner_start: process_start_time(std::process::id()).unwrap_or(0),
                 userns_inode: None,
-                first_id: Some(self.first_id + index * self.ids_per_pod),
+                first_id: Some(first_id),
                 count: Some(self.ids_per_pod),
             };
-            match write_exclusive(&self.dir, &path, &record) {
-                Ok(()) => {
-                    let slot = Slot {
-                        path,
-                        record,
-                        first_id: self.first_id + index * self.ids_per_pod,
-                        count: self.ids_per_pod,
-                    };
-                    tracing::info!(
-                        pod,
-                        index,
-                        first_id = slot.first_id,
-                        count = slot.count,
-                        "user namespace range allocated"
-                    );
-                    return Ok(slot);
-                }
+            let reclaimed = match write_exclusive(&self.dir, &path, &record) {
+                Ok(()) => false,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if self.reclaim_if_stale(index) {
-                        if let Ok(()) = write_exclusive(&self.dir, &path, &record) {
-                            tracing::info!(
-                                pod,
-                                index,
-                                first_id = record.first_id,
-                                "user namespace range allocated (reclaimed)"
-                            );
-                            return Ok(Slot {
-                                path,
-                                record,
-                                first_id: self.first_id + index * self.ids_per_pod,
-                                count: self.ids_per_pod,
-                            });
-                        }
+                    if !(self.reclaim_if_stale(index)
+                        && write_exclusive(&self.dir, &path, &record).is_ok())
+                    {
+                        continue;
                     }
+                    true
                 }
                 Err(e) => return Err(fail(format!("{}: {e}", path.display()))),
+            };
+            let count = self.ids_per_pod;
+            if reclaimed {
+                tracing::info!(
+                    pod,
+                    index,
+                    first_id,
+                    "user namespace range allocated (reclaimed)"
+                );
+            } else {
+                tracing::info!(
+                    pod,
+                    index,
+                    first_id,
+                    count,
+                    "user namespace range allocated"
+                );
             }
+            return Ok(Slot {
+                path,
+                record,
+                first_id,
+                count,
+            });
         }
         Err(fail(format!(
             "the user namespace pool is exhausted: all {} ranges of {} ids from uid {} (slots in {}) belong to living pods",
@@ -336,11 +335,7 @@ impl UsernsPool {
     /// the recorded one. A different geometry is taken over only while no
     /// slot is taken. Called with the pool lock held.
     fn check_geometry(&self) -> std::result::Result<(), String> {
-        let ours = Geometry {
-            first_id: self.first_id,
-            ids_per_pod: self.ids_per_pod,
-            pods: self.pods,
-        };
+        let ours = self.geometry();
         let path = self.dir.join(GEOMETRY_FILE);
         let recorded: Option<Geometry> = match fs::read_to_string(&path) {
             Ok(text) => {

@@ -80,6 +80,18 @@ impl Limits {
     }
 }
 
+impl PodResources {
+    /// The limits of the pod's cgroup.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            cpu_shares: Some(self.cpu_shares()),
+            cpu_quota: self.cpu_quota(),
+            memory: self.memory_limit(),
+            swap: None,
+        }
+    }
+}
+
 /// The swap on top of `memory` for a CRI memory + swap total
 /// (`memory_swap_limit_in_bytes`, -1 = unlimited swap).
 pub fn swap_over(
@@ -225,16 +237,6 @@ impl<F: CgroupFs> QosTree<F> {
         self.set_burstable_requests(total)
     }
 
-    /// The limits of a pod's cgroup.
-    pub fn pod_limits(pod: &PodResources) -> Limits {
-        Limits {
-            cpu_shares: Some(pod.cpu_shares()),
-            cpu_quota: pod.cpu_quota(),
-            memory: pod.memory_limit(),
-            swap: None,
-        }
-    }
-
     /// Creates pod `uid`'s cgroup in its class's tier, sized from `pod`
     /// with `extras`; returns its path. On failure nothing is left behind.
     pub fn create_pod(
@@ -252,7 +254,7 @@ impl<F: CgroupFs> QosTree<F> {
         let applied = swap_over(extras.memory_swap, pod.memory_limit()).and_then(|swap| {
             let limits = Limits {
                 swap,
-                ..Self::pod_limits(pod)
+                ..pod.limits()
             };
             self.apply(&cgroup, &limits)?;
             self.apply_extras(&cgroup, extras, &limits)

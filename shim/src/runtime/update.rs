@@ -41,17 +41,6 @@ struct PodPlan {
     unified: Vec<(String, String)>,
 }
 
-/// A pod cgroup's limits for `resources` plus `overhead`.
-fn pod_limits(
-    resources: caisson_cgroups::Resources,
-    overhead: caisson_cgroups::Resources,
-) -> Limits {
-    caisson_cgroups::QosTree::<caisson_cgroups::fs::CgroupRoot>::pod_limits(&PodResources {
-        resources,
-        overhead,
-    })
-}
-
 /// How a pod's cgroup is sized when caissond owns it.
 enum PodSizing {
     /// No kubelet figures: the sum of its containers plus overhead.
@@ -317,7 +306,11 @@ impl Runtime {
             .and_then(|l| l.overhead.as_ref())
             .map(crate::spec::qos_resources)
             .unwrap_or_default();
-        pod_limits(PodResources::from_containers(&all), overhead)
+        PodResources {
+            resources: PodResources::from_containers(&all),
+            overhead,
+        }
+        .limits()
     }
 
     /// Writes `limits` to the pod's cgroup and lets the burstable tier's
@@ -450,8 +443,16 @@ impl Runtime {
                         &crate::spec::qos_resources(&old_resources),
                         &crate::spec::qos_resources(&resources),
                     );
-                    let mut before = pod_limits(before, overhead.clone());
-                    let mut after_limits = pod_limits(after.clone(), overhead);
+                    let mut before = PodResources {
+                        resources: before,
+                        overhead: overhead.clone(),
+                    }
+                    .limits();
+                    let mut after_limits = PodResources {
+                        resources: after.clone(),
+                        overhead,
+                    }
+                    .limits();
                     // The pod's swap (a memory + swap total in the CRI) stays
                     // the same amount on top of its moved memory limit.
                     let total = (pod_r.memory_swap_limit_in_bytes != 0)

@@ -19,7 +19,6 @@
 
 use std::sync::Arc;
 
-use caisson_cgroups::fs::CgroupRoot;
 use caisson_cgroups::stats::{read_container_extras, ContainerExtras};
 use caisson_proto::cri;
 use containerd_shim_protos::cgroups::metrics::Metrics;
@@ -263,6 +262,15 @@ impl Emitter {
     }
 }
 
+/// Size of the filesystem at `dir` (statvfs); `None` when it cannot be read.
+fn fs_capacity(dir: &std::path::Path) -> Option<FsCapacity> {
+    nix::sys::statvfs::statvfs(dir).ok().map(|s| FsCapacity {
+        bytes: s.blocks().saturating_mul(s.fragment_size()),
+        inodes: s.files(),
+        inodes_free: s.files_free(),
+    })
+}
+
 /// Size of the filesystem holding the writable layers (statvfs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FsCapacity {
@@ -407,6 +415,11 @@ impl Runtime {
     /// ListPodSandboxMetrics: every pod, with its running containers.
     pub async fn list_pod_sandbox_metrics(self: &Arc<Self>) -> Vec<cri::PodSandboxMetrics> {
         let pods: Vec<PodRecord> = self.records().pods.values().cloned().collect();
+        // The writable layers' filesystem, once for every container.
+        let root_dir = self.config.root_dir.clone();
+        let filesystem = tokio::task::spawn_blocking(move || fs_capacity(&root_dir))
+            .await
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(pods.len());
         for pod in pods {
             let running: Vec<ContainerRecord> = self
@@ -418,7 +431,7 @@ impl Runtime {
                 .collect();
             let mut container_metrics = Vec::with_capacity(running.len());
             for c in running {
-                match self.container_metrics(&pod, &c).await {
+                match self.container_metrics(&pod, &c, filesystem).await {
                     Ok(m) => container_metrics.push(m),
                     Err(e) => tracing::debug!(container_id = %c.id, error = %e, "no metrics"),
                 }
@@ -437,28 +450,21 @@ impl Runtime {
         self: &Arc<Self>,
         pod: &PodRecord,
         c: &ContainerRecord,
+        filesystem: Option<FsCapacity>,
     ) -> CriResult<cri::ContainerMetrics> {
         let task = self.task_metrics(c).await?;
         // The same path the spec builder gives the container's cgroup.
         let cgroup = (!pod.cgroup_parent.is_empty())
             .then(|| format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), c.id));
-        let images = self.images.clone();
-        let root_dir = self.config.root_dir.clone();
+        let rt = self.clone();
         let id = c.id.clone();
         // Directory walks and cgroupfs reads: off the reactor.
-        let (extras, writable_layer_bytes, filesystem) = tokio::task::spawn_blocking(move || {
+        let (extras, writable_layer_bytes) = tokio::task::spawn_blocking(move || {
             let extras = cgroup
-                .map(|cg| read_container_extras(&CgroupRoot::host(), &cg))
+                .map(|cg| read_container_extras(rt.qos.fs(), &cg))
                 .unwrap_or_default();
-            let writable = images.rootfs_usage(&id).ok().map(|u| u.used_bytes);
-            let filesystem = nix::sys::statvfs::statvfs(&root_dir)
-                .ok()
-                .map(|s| FsCapacity {
-                    bytes: s.blocks().saturating_mul(s.fragment_size()),
-                    inodes: s.files(),
-                    inodes_free: s.files_free(),
-                });
-            (extras, writable, filesystem)
+            let writable = rt.images.rootfs_usage(&id).ok().map(|u| u.used_bytes);
+            (extras, writable)
         })
         .await
         .map_err(|e| crate::status::CriError::internal("reading container metrics", e))?;

@@ -130,14 +130,13 @@ fn cgroup_parent(rt: &Runtime, config: &cri::PodSandboxConfig, uid: &str) -> Cri
 /// The pod's QoS figures: its pod-level resources (the sums of its
 /// containers' as kubelet sends them) and its overhead.
 pub(super) fn pod_resources(config: &cri::PodSandboxConfig) -> caisson_cgroups::PodResources {
-    let linux = config.linux.clone().unwrap_or_default();
-    let view = |r: Option<cri::LinuxContainerResources>| {
-        r.map(|r| crate::spec::qos_resources(&r))
-            .unwrap_or_default()
+    let linux = config.linux.as_ref();
+    let view = |r: Option<&cri::LinuxContainerResources>| {
+        r.map(crate::spec::qos_resources).unwrap_or_default()
     };
     caisson_cgroups::PodResources {
-        resources: view(linux.resources),
-        overhead: view(linux.overhead),
+        resources: view(linux.and_then(|l| l.resources.as_ref())),
+        overhead: view(linux.and_then(|l| l.overhead.as_ref())),
     }
 }
 

@@ -258,9 +258,10 @@ pub fn backend_from_binary_name(argv0: &str) -> Option<String> {
     (!backend.is_empty()).then(|| backend.to_string())
 }
 
-/// The hardened backend's options from [`BACKEND_OPTIONS_ENV`].
-fn hardened_options() -> Result<crate::backend::hardened::HardenedOptions, BackendError> {
-    crate::backend::hardened::HardenedOptions::from_json(
+/// A backend's options from [`BACKEND_OPTIONS_ENV`] (unset or blank: the
+/// defaults).
+fn backend_options<T: serde::de::DeserializeOwned + Default>() -> Result<T, BackendError> {
+    crate::backend::options_from_json(
         &std::env::var(BACKEND_OPTIONS_ENV).unwrap_or_default(),
         BACKEND_OPTIONS_ENV,
     )
@@ -279,24 +280,13 @@ pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>
             state_dir(namespace),
             exits,
             PathBuf::from("/proc/self/exe"),
-            &hardened_options()?,
+            &backend_options()?,
         )?)),
-        "oci" => {
-            let options = match std::env::var(BACKEND_OPTIONS_ENV) {
-                Ok(json) if !json.is_empty() => {
-                    serde_json::from_str(&json).map_err(|e| BackendError::InvalidArgument {
-                        what: BACKEND_OPTIONS_ENV.to_string(),
-                        reason: e.to_string(),
-                    })?
-                }
-                _ => OciOptions::default(),
-            };
-            Ok(Arc::new(OciBackend::new(
-                state_dir(namespace),
-                exits,
-                options,
-            )?))
-        }
+        "oci" => Ok(Arc::new(OciBackend::new(
+            state_dir(namespace),
+            exits,
+            backend_options::<OciOptions>()?,
+        )?)),
         other => Err(BackendError::InvalidArgument {
             what: BACKEND_ENV.to_string(),
             reason: format!("unknown backend {other:?} (known: native, hardened, oci)"),
@@ -371,7 +361,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
         tracing::warn!(id = %flags.id, error = %e, "unmounting the task's rootfs");
     }
     if std::env::var(BACKEND_ENV).as_deref() == Ok("hardened") {
-        HardenedBackend::force_cleanup(&state, &flags.id, &hardened_options().unwrap_or_default());
+        HardenedBackend::force_cleanup(&state, &flags.id, &backend_options().unwrap_or_default());
     }
     let response = api::DeleteResponse {
         pid: 0,

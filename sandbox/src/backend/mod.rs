@@ -54,6 +54,21 @@ pub(crate) fn resize_held_pty(
     })
 }
 
+/// A backend's options from their JSON (blank: the defaults); `what` names
+/// the source in the error.
+pub(crate) fn options_from_json<T: serde::de::DeserializeOwned + Default>(
+    json: &str,
+    what: &str,
+) -> Result<T> {
+    if json.trim().is_empty() {
+        return Ok(T::default());
+    }
+    serde_json::from_str(json).map_err(|e| BackendError::InvalidArgument {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 /// Locks `m`, taking over a poisoned lock (a panicked holder leaves the
 /// maps consistent: every update is a single insert or remove).
 pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

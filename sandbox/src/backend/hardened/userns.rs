@@ -70,19 +70,6 @@ impl Default for HardenedOptions {
     }
 }
 
-impl HardenedOptions {
-    /// Parses the options JSON (empty: defaults). `what` names the source.
-    pub fn from_json(json: &str, what: &str) -> Result<HardenedOptions> {
-        if json.trim().is_empty() {
-            return Ok(HardenedOptions::default());
-        }
-        serde_json::from_str(json).map_err(|e| BackendError::InvalidArgument {
-            what: what.to_string(),
-            reason: e.to_string(),
-        })
-    }
-}
-
 /// The validated pool.
 #[derive(Debug, Clone)]
 pub struct UsernsPool {
@@ -747,11 +734,12 @@ mod tests {
 
     #[test]
     fn options_parse_with_defaults_and_refuse_bad_values() {
-        let o = HardenedOptions::from_json("", "env").unwrap();
+        use crate::backend::options_from_json;
+        let o: HardenedOptions = options_from_json("", "env").unwrap();
         assert_eq!(o, HardenedOptions::default());
-        let o = HardenedOptions::from_json(r#"{"userns_pods": 8}"#, "env").unwrap();
+        let o: HardenedOptions = options_from_json(r#"{"userns_pods": 8}"#, "env").unwrap();
         assert_eq!((o.userns_pods, o.userns_ids_per_pod), (8, 65_536));
-        assert!(HardenedOptions::from_json(r#"{"bogus": 1}"#, "env").is_err());
+        assert!(options_from_json::<HardenedOptions>(r#"{"bogus": 1}"#, "env").is_err());
         let dir = PathBuf::from("/nonexistent");
         let cases: &[(&str, HardenedOptions)] = &[
             (

@@ -19,6 +19,7 @@
 //!   process can deadlock on a lock another thread held).
 //! * [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
 //! * [`lock_exclusive`]: an exclusive `flock` on a lock file.
+//! * [`open_dir_nofollow`]: a directory itself, never through a symlink.
 
 pub mod cgroups;
 pub mod console;
@@ -43,4 +44,15 @@ pub fn lock_exclusive(path: &std::path::Path) -> Result<nix::fcntl::Flock<std::f
         .map_err(|e| format!("opening {}: {e}", path.display()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
+}
+
+/// Opens the directory `path` read-only, refusing a symlink as its last
+/// component (`O_DIRECTORY | O_NOFOLLOW`; std adds `O_CLOEXEC`): changes
+/// through the fd reach the directory checked, not one swapped in later.
+pub(crate) fn open_dir_nofollow(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
 }

@@ -322,24 +322,12 @@ fn private_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    let c = cpath(dir)?;
-    // SAFETY: a valid C string; returns a new fd or -1.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
+    let file = crate::host::open_dir_nofollow(dir).map_err(|e| {
+        io::Error::new(
             e.kind(),
             format!("not a directory of its own (a symlink?): {e}"),
-        ));
-    }
-    // SAFETY: just opened.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let file = std::fs::File::from(fd);
+        )
+    })?;
     let meta = file.metadata()?;
     if meta.uid() != 0 || meta.gid() != 0 {
         std::os::unix::fs::fchown(&file, Some(0), Some(0))?;

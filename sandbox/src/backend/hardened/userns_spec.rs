@@ -259,8 +259,6 @@ pub fn make_rootfs_reachable(
     rootfs: &Path,
     pod_gid: u32,
 ) -> Result<(), BackendError> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
     let unreachable = |dir: &Path, reason: String| BackendError::Failed {
         op: "reach the rootfs from the pod's user namespace",
@@ -290,23 +288,8 @@ pub fn make_rootfs_reachable(
     }
     // Changed through an fd of the real directory (not a symlink swapped
     // in after the check), and only if it is root's.
-    let c = std::ffi::CString::new(canonical_bundle.as_os_str().as_bytes())
+    let dir = crate::host::open_dir_nofollow(&canonical_bundle)
         .map_err(|e| unreachable(bundle, e.to_string()))?;
-    // SAFETY: a valid C string; returns a new fd or -1.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(unreachable(
-            bundle,
-            std::io::Error::last_os_error().to_string(),
-        ));
-    }
-    // SAFETY: just opened.
-    let dir = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
     let meta = dir
         .metadata()
         .map_err(|e| unreachable(bundle, e.to_string()))?;

@@ -332,13 +332,7 @@ impl OciBackend {
     /// reused the pid). `None` when it has exited already.
     fn open_exec_process(pid: u32, cli_pid: u32) -> Option<Pidfd> {
         let pidfd = Pidfd::open(pid).ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let ppid: u32 = stat
-            .get(stat.rfind(')')? + 1..)?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
+        let ppid: u32 = crate::host::proc_stat(pid)?.get(1)?.parse().ok()?;
         if ppid == cli_pid {
             Some(pidfd)
         } else {

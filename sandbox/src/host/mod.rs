@@ -20,6 +20,7 @@
 //! * [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
 //! * [`lock_exclusive`]: an exclusive `flock` on a lock file.
 //! * [`open_dir_nofollow`]: a directory itself, never through a symlink.
+//! * [`proc_stat`]: a process's `/proc/<pid>/stat` fields.
 
 pub mod cgroups;
 pub mod console;
@@ -55,4 +56,24 @@ pub(crate) fn open_dir_nofollow(path: &std::path::Path) -> std::io::Result<std::
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
         .open(path)
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold
+/// spaces and parentheses: everything up to the last `)` is skipped), so
+/// `[0]` is field 3 (state), `[1]` the parent pid, `[19]` the start time.
+pub(crate) fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn proc_stat_fields_start_after_the_command_name() {
+        let fields = super::proc_stat(std::process::id()).unwrap();
+        assert_eq!(fields[1], std::os::unix::process::parent_id().to_string());
+        assert!(fields[19].parse::<u64>().is_ok(), "{fields:?}");
+        assert!(super::proc_stat(u32::MAX).is_none());
+    }
 }

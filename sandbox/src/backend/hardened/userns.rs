@@ -503,10 +503,7 @@ fn check_pool_dir(dir: &Path) -> std::result::Result<(), String> {
 
 /// Field 22 of `/proc/<pid>/stat`.
 fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: skip past the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::host::proc_stat(pid)?.get(19)?.parse().ok()
 }
 
 /// Some process whose user namespace has this inode.

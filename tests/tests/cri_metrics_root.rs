@@ -6,11 +6,10 @@
 //! matching label keys. Needs root and containernetworking-plugins.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
 use caisson_tests::cni::TestNetwork;
-use caisson_tests::daemon::{container_config, wait_until, with_host_network, Caissond};
+use caisson_tests::daemon::{container_config, read_u64, wait_until, with_host_network, Caissond};
 use k8s_cri::v1 as cri;
 
 const MI: u64 = 1 << 20;
@@ -182,14 +181,6 @@ fn pod_network_counters_follow_traffic() {
     d.remove_pod(&pod);
     d.stop_pod(&host_pod);
     d.remove_pod(&host_pod);
-}
-
-fn read_u64(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[test]

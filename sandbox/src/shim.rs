@@ -244,7 +244,6 @@ fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String>
     Ok(())
 }
 
-/// Makes the backend the environment asks for.
 /// The backend a binary named `containerd-shim-caisson-<backend>-v2`
 /// serves: containerd finds the shim of runtime type
 /// `io.containerd.caisson-<backend>.v2` by that name, so an operator picks
@@ -267,6 +266,8 @@ fn backend_options<T: serde::de::DeserializeOwned + Default>() -> Result<T, Back
     )
 }
 
+/// Makes the backend the environment asks for ([`BACKEND_ENV`], default
+/// `native`; options from [`BACKEND_OPTIONS_ENV`]).
 pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>, BackendError> {
     let name = std::env::var(BACKEND_ENV).unwrap_or_else(|_| "native".to_string());
     match name.as_str() {

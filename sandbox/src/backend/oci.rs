@@ -20,8 +20,9 @@
 //!   kept exit reported; an exec that failed to start is killed and never
 //!   reported.
 //! * Every other CLI call (`start`, `kill`, `delete`, `ps`, `pause`,
-//!   `resume`) runs through [`Reaper::run`] so the reaper does not steal its
-//!   exit status.
+//!   `resume`, `update`) runs to completion through `output`, which spawns
+//!   the CLI with `spawn_with`: under the reaper's lock and watched from the
+//!   start, so the reaper reports its exit status instead of stealing it.
 //!
 //! * A terminal for the init goes through a console socket
 //!   (`create --console-socket`) too: the runtime sends the pty master, the
@@ -175,8 +176,9 @@ impl OciBackend {
         })
     }
 
-    /// Another deadline for the CLI calls that fork the container (create,
-    /// exec), after which the CLI is killed and the call fails.
+    /// Another deadline for every CLI call (create, exec and, through
+    /// `output`, all the others), after which the CLI is killed and the call
+    /// fails.
     pub fn with_cli_deadline(mut self, deadline: Duration) -> OciBackend {
         self.cli_deadline = deadline;
         self

@@ -19,8 +19,8 @@
 //!   process can deadlock on a lock another thread held).
 //! * [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
 //! * [`lock_exclusive`]: an exclusive `flock` on a lock file.
-//! * [`open_dir_nofollow`]: a directory itself, never through a symlink.
-//! * [`proc_stat`]: a process's `/proc/<pid>/stat` fields.
+//! * `open_dir_nofollow`: a directory itself, never through a symlink.
+//! * `proc_stat`: a process's `/proc/<pid>/stat` fields.
 
 pub mod cgroups;
 pub mod console;

@@ -173,11 +173,10 @@ impl HardenedBackend {
             .map(|p| (p.userns.first_id(), p.userns.count()))
     }
 
-    /// Hardens the bundle's spec and puts it in the pod's user namespace;
-    /// returns the added capabilities, the rootfs and the network namespace
-    /// the fork server enters for the task.
-    /// Loads the bundle's spec and hardens it for `pod`, in memory: the
-    /// native backend writes it once when it creates the task.
+    /// Loads the bundle's spec, hardens it and puts it in `pod`'s user
+    /// namespace, in memory (the native backend writes it once when it
+    /// creates the task); with it the added capabilities, the rootfs and the
+    /// network namespace the fork server enters for the task.
     fn harden_bundle(&self, task: &TaskSpec, pod: &PodUserns) -> Result<HardenedSpec> {
         let path = task.bundle.join("config.json");
         let invalid = |reason: String| BackendError::InvalidArgument {

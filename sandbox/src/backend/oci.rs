@@ -55,15 +55,14 @@ use std::time::{Duration, SystemTime};
 use oci_spec::runtime::LinuxResources;
 
 use crate::backend::{
-    locked, Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, Stdio, TaskSpec,
+    locked, Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, TaskSpec,
     TaskStats,
 };
 use crate::host::cgroups;
-use crate::host::console::ConsoleSocket;
 use crate::host::mountinfo::MountEntry;
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
-use crate::host::stdio::{open_stdio, ChildStdio, HeldStdio, TerminalStdio};
+use crate::host::stdio::{null_stdio, open_stdio, ChildStdio, HeldStdio, PreparedStdio};
 
 const NAME: &str = "oci";
 /// How long a runtime CLI call may take.
@@ -370,7 +369,8 @@ impl Backend for OciBackend {
             });
         }
         let cgroup_path = bundle_cgroup_path(&task.bundle);
-        let mut stdio = InitStdio::open(id, &task.stdio)?;
+        let stdio = PreparedStdio::open(&task.stdio)
+            .map_err(|e| failed("create", id, format!("stdio: {e}")))?;
         let work = tempfile::tempdir().map_err(|e| failed("create", id, e))?;
         let pid_file = work.path().join("pid");
         let log = work.path().join("log");
@@ -382,11 +382,17 @@ impl Backend for OciBackend {
             .arg(&task.bundle)
             .arg("--pid-file")
             .arg(&pid_file);
-        if let InitStdio::Terminal { socket, .. } = &stdio {
-            cmd.arg("--console-socket").arg(socket.path());
+        if let Some(socket) = stdio.console_socket() {
+            cmd.arg("--console-socket").arg(socket);
         }
         cmd.arg(id);
-        let child = stdio.child_fds(id)?;
+        // With a terminal the runtime hands the init the pty: the CLI gets
+        // /dev/null.
+        let (child, pending) = stdio.split();
+        let child = match child {
+            Some(child) => child,
+            None => null_stdio().map_err(|e| failed("create", id, format!("/dev/null: {e}")))?,
+        };
         let (cli, rx) = self
             .spawn_with(&mut cmd, child.stdin, child.stdout, child.stderr)
             .map_err(|e| failed("create", id, e))?;
@@ -425,7 +431,10 @@ impl Backend for OciBackend {
             .and_then(|pid| {
                 let pidfd = Pidfd::open(pid)
                     .map_err(|e| failed("create", id, format!("pidfd of {pid}: {e}")))?;
-                Ok((pid, pidfd, stdio.finish(id)?))
+                let held = pending
+                    .finish(id)
+                    .map_err(|e| failed("create", id, format!("terminal: {e}")))?;
+                Ok((pid, pidfd, held))
             });
         let (pid, pidfd, held) = match created {
             Ok(created) => created,
@@ -742,8 +751,11 @@ impl OciBackend {
     fn start_exec_terminal(&self, id: &str, exec_id: &str, exec: &ExecSpec) -> Result<u32> {
         const OP: &str = "start exec";
         let io = |e: std::io::Error| failed(OP, id, format!("terminal: {e}"));
-        let socket = ConsoleSocket::new().map_err(io)?;
-        let streams = TerminalStdio::open(&exec.stdio).map_err(io)?;
+        let stdio = PreparedStdio::open(&exec.stdio)
+            .map_err(|e| failed(OP, id, format!("terminal: {e}")))?;
+        let Some(socket) = stdio.console_socket().map(Path::to_path_buf) else {
+            return Err(failed(OP, id, "terminal: no console socket"));
+        };
         let work = tempfile::tempdir().map_err(io)?;
         let process_file = Self::write_process(work.path(), id, &exec.process, true)?;
         let (pid_file, log) = (work.path().join("pid"), work.path().join("log"));
@@ -753,7 +765,7 @@ impl OciBackend {
             .arg("exec")
             .arg("--detach")
             .arg("--console-socket")
-            .arg(socket.path())
+            .arg(&socket)
             .arg("--process")
             .arg(&process_file)
             .arg("--pid-file")
@@ -816,10 +828,8 @@ impl OciBackend {
                 format!("{runtime} exec: no pid file ({e}): {}", log_text().trim()),
             )
         })?;
-        let held = match socket
-            .receive_master()
-            .and_then(|master| streams.start(&format!("{id}-{exec_id}"), master))
-        {
+        let (_, pending) = stdio.split();
+        let held = match pending.finish(&format!("{id}-{exec_id}")) {
             Ok(held) => held,
             Err(e) => return Err(abandon(format!("terminal: {e}"))),
         };
@@ -912,81 +922,6 @@ impl ExitReporter {
             oom_killed,
         });
     }
-}
-
-/// The init's stdio while it is being created: plain streams, or a console
-/// socket plus the streams the pty will be pumped to.
-enum InitStdio {
-    Plain(Option<ChildStdio>, Option<HeldStdio>),
-    Terminal {
-        socket: ConsoleSocket,
-        streams: Option<TerminalStdio>,
-    },
-}
-
-impl InitStdio {
-    fn open(id: &str, stdio: &Stdio) -> Result<InitStdio> {
-        let err = |e: std::io::Error| failed("create", id, format!("stdio: {e}"));
-        if stdio.terminal {
-            Ok(InitStdio::Terminal {
-                socket: ConsoleSocket::new().map_err(err)?,
-                streams: Some(TerminalStdio::open(stdio).map_err(err)?),
-            })
-        } else {
-            let (child, held) = open_stdio(stdio).map_err(err)?;
-            Ok(InitStdio::Plain(Some(child), Some(held)))
-        }
-    }
-
-    /// The CLI's own stdin, stdout and stderr (`/dev/null` with a terminal:
-    /// the runtime hands the container the pty instead).
-    fn child_fds(&mut self, id: &str) -> Result<ChildStdio> {
-        match self {
-            InitStdio::Plain(child, _) => child
-                .take()
-                .ok_or_else(|| failed("create", id, "stdio already used")),
-            InitStdio::Terminal { .. } => {
-                null_stdio().map_err(|e| failed("create", id, format!("/dev/null: {e}")))
-            }
-        }
-    }
-
-    /// What the shim keeps once the runtime created the init: for a
-    /// terminal, the pty master the runtime sent, pumped to the streams.
-    fn finish(&mut self, id: &str) -> Result<HeldStdio> {
-        match self {
-            InitStdio::Plain(_, held) => held
-                .take()
-                .ok_or_else(|| failed("create", id, "stdio already used")),
-            InitStdio::Terminal { socket, streams } => {
-                let master = socket
-                    .receive_master()
-                    .map_err(|e| failed("create", id, format!("console socket: {e}")))?;
-                streams
-                    .take()
-                    .ok_or_else(|| failed("create", id, "stdio already used"))?
-                    .start(id, master)
-                    .map_err(|e| failed("create", id, format!("terminal: {e}")))
-            }
-        }
-    }
-}
-
-/// `/dev/null` as a CLI's stdin, stdout and stderr (with a terminal the
-/// runtime hands the process the pty instead).
-fn null_stdio() -> std::io::Result<ChildStdio> {
-    let null = || -> std::io::Result<OwnedFd> {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map(OwnedFd::from)
-    };
-    Ok(ChildStdio {
-        stdin: null()?,
-        stdout: null()?,
-        stderr: null()?,
-    })
 }
 
 /// The spec's `linux.cgroupsPath` in the bundle's `config.json`, if any.

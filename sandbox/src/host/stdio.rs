@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
+use super::console::ConsoleSocket;
 use super::crilog::{spawn_reader, CriLog};
 use crate::backend::Stdio;
 
@@ -135,6 +136,98 @@ impl HeldStdio {
     /// The pty master, when the process has a terminal.
     pub fn pty_master(&self) -> Option<BorrowedFd<'_>> {
         self.terminal.as_ref().map(|t| t.master.as_fd())
+    }
+}
+
+/// `/dev/null` as a process's stdin, stdout and stderr (a runtime CLI's,
+/// when the runtime hands the container a pty instead).
+pub fn null_stdio() -> io::Result<ChildStdio> {
+    let null = || -> io::Result<OwnedFd> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+    };
+    Ok(ChildStdio {
+        stdin: null()?,
+        stdout: null()?,
+        stderr: null()?,
+    })
+}
+
+/// What [`PreparedStdio::open`] failed at.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// Opening the names containerd gave.
+    Streams(io::Error),
+    /// Making the console socket a terminal's pty master comes through.
+    ConsoleSocket(io::Error),
+}
+
+impl std::fmt::Display for PrepareError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepareError::Streams(e) | PrepareError::ConsoleSocket(e) => e.fmt(f),
+        }
+    }
+}
+
+/// A process's stdio, opened before the process is forked: its own fds
+/// and what the shim holds, or for a terminal the host ends and a console
+/// socket the pty master is sent to.
+pub enum PreparedStdio {
+    Plain(ChildStdio, HeldStdio),
+    Terminal(TerminalStdio, ConsoleSocket),
+}
+
+impl PreparedStdio {
+    pub fn open(stdio: &Stdio) -> Result<PreparedStdio, PrepareError> {
+        if stdio.terminal {
+            let host = TerminalStdio::open(stdio).map_err(PrepareError::Streams)?;
+            let socket = ConsoleSocket::new().map_err(PrepareError::ConsoleSocket)?;
+            Ok(PreparedStdio::Terminal(host, socket))
+        } else {
+            let (child, held) = open_stdio(stdio).map_err(PrepareError::Streams)?;
+            Ok(PreparedStdio::Plain(child, held))
+        }
+    }
+
+    /// The console socket, for a terminal.
+    pub fn console_socket(&self) -> Option<&Path> {
+        match self {
+            PreparedStdio::Plain(..) => None,
+            PreparedStdio::Terminal(_, socket) => Some(socket.path()),
+        }
+    }
+
+    /// Splits into the process's own fds (none for a terminal: it gets the
+    /// pty) and what the shim keeps until [`PendingStdio::finish`].
+    pub fn split(self) -> (Option<ChildStdio>, PendingStdio) {
+        match self {
+            PreparedStdio::Plain(child, held) => (Some(child), PendingStdio::Plain(held)),
+            PreparedStdio::Terminal(host, socket) => (None, PendingStdio::Terminal(host, socket)),
+        }
+    }
+}
+
+/// What the shim keeps of a [`PreparedStdio`] while the process is forked.
+pub enum PendingStdio {
+    Plain(HeldStdio),
+    Terminal(TerminalStdio, ConsoleSocket),
+}
+
+impl PendingStdio {
+    /// Once the process exists: for a terminal, receives the pty master and
+    /// starts the pumps (threads named after `name`).
+    pub fn finish(self, name: &str) -> io::Result<HeldStdio> {
+        match self {
+            PendingStdio::Plain(held) => Ok(held),
+            PendingStdio::Terminal(host, socket) => {
+                let master: OwnedFd = socket.receive_master()?;
+                host.start(name, master)
+            }
+        }
     }
 }
 

@@ -61,7 +61,7 @@ pub use process_io::serve_fork_requests;
 pub(crate) use process_io::ExecUserns;
 pub use spec::{strip_internal_annotations, INTERNAL_ANNOTATIONS};
 
-use process_io::{request_fds, write_process_file, ForkRequest, PreparedStdio};
+use process_io::{into_request, prepare_stdio, request_fds, write_process_file, ForkRequest};
 /// Writes JSON to `path` atomically (for backends built on this one).
 pub(crate) use spec::write_json_atomically;
 use spec::{HostLimits, SpecOrigin};
@@ -202,8 +202,8 @@ impl NativeBackend {
         // The stdio is opened under the fork lock, and handed over and closed
         // within it (the fork server gets its own copies for one request).
         let guard = self.reaper.lock();
-        let stdio = PreparedStdio::open(id, &task.stdio)?;
-        let (request_stdio, child_stdio, pending) = stdio.into_request();
+        let stdio = prepare_stdio(id, &task.stdio)?;
+        let (request_stdio, child_stdio, pending) = into_request(stdio);
         let request = ForkRequest::CreateInit {
             id: id.to_string(),
             state_root: self.state_root.clone(),
@@ -442,8 +442,8 @@ impl Backend for NativeBackend {
             .map_err(|e| failed("start exec", id, format!("writing process.json: {e}")))?;
 
         let guard = self.reaper.lock();
-        let stdio = PreparedStdio::open(id, &exec.stdio)?;
-        let (request_stdio, child_stdio, pending) = stdio.into_request();
+        let stdio = prepare_stdio(id, &exec.stdio)?;
+        let (request_stdio, child_stdio, pending) = into_request(stdio);
         let request = ForkRequest::Exec {
             id: id.to_string(),
             state_root: self.state_root.clone(),

@@ -21,10 +21,9 @@ use super::errors::{failed, refusal, stdio_error};
 use super::spec;
 use crate::backend::hardened::exec_userns::BuildScope;
 use crate::backend::{Result, Stdio};
-use crate::host::console::ConsoleSocket;
 use crate::host::executor::CleanSignals;
 use crate::host::forker::{self, RefusalKind, Refused};
-use crate::host::stdio::{self, ChildStdio, HeldStdio, TerminalStdio};
+use crate::host::stdio::{ChildStdio, PendingStdio, PrepareError, PreparedStdio};
 
 /// One request to the fork server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,40 +99,27 @@ pub(super) enum RequestStdio {
 }
 
 /// A process's stdio, opened before libcontainer forks it.
-pub(super) enum PreparedStdio {
-    Plain(ChildStdio, HeldStdio),
-    Terminal(TerminalStdio, ConsoleSocket),
+pub(super) fn prepare_stdio(id: &str, stdio: &Stdio) -> Result<PreparedStdio> {
+    PreparedStdio::open(stdio).map_err(|e| match e {
+        PrepareError::Streams(e) => stdio_error(id, e),
+        PrepareError::ConsoleSocket(e) => failed("make console socket", id, e),
+    })
 }
 
-impl PreparedStdio {
-    pub(super) fn open(id: &str, stdio: &Stdio) -> Result<PreparedStdio> {
-        if stdio.terminal {
-            let host = TerminalStdio::open(stdio).map_err(|e| stdio_error(id, e))?;
-            let socket = ConsoleSocket::new().map_err(|e| failed("make console socket", id, e))?;
-            Ok(PreparedStdio::Terminal(host, socket))
-        } else {
-            let (child, held) = stdio::open_stdio(stdio).map_err(|e| stdio_error(id, e))?;
-            Ok(PreparedStdio::Plain(child, held))
-        }
-    }
-
-    /// Splits into what the request says and carries (the process's fds,
-    /// to close once the server has replied) and what the shim keeps until
-    /// [`PendingStdio::finish`].
-    pub(super) fn into_request(self) -> (RequestStdio, Option<ChildStdio>, PendingStdio) {
-        match self {
-            PreparedStdio::Plain(child, held) => {
-                (RequestStdio::Fds, Some(child), PendingStdio::Plain(held))
-            }
-            PreparedStdio::Terminal(host, socket) => (
-                RequestStdio::Console {
-                    socket: socket.path().to_path_buf(),
-                },
-                None,
-                PendingStdio::Terminal(host, socket),
-            ),
-        }
-    }
+/// Splits `stdio` into what the request says and carries (the process's
+/// fds, to close once the server has replied) and what the shim keeps
+/// until [`PendingStdio::finish`].
+pub(super) fn into_request(
+    stdio: PreparedStdio,
+) -> (RequestStdio, Option<ChildStdio>, PendingStdio) {
+    let request = match stdio.console_socket() {
+        Some(socket) => RequestStdio::Console {
+            socket: socket.to_path_buf(),
+        },
+        None => RequestStdio::Fds,
+    };
+    let (child, pending) = stdio.split();
+    (request, child, pending)
 }
 
 /// The fds a request with [`RequestStdio::Fds`] carries, in order.
@@ -141,25 +127,6 @@ pub(super) fn request_fds(child: Option<&ChildStdio>) -> Vec<BorrowedFd<'_>> {
     child
         .map(|c| vec![c.stdin.as_fd(), c.stdout.as_fd(), c.stderr.as_fd()])
         .unwrap_or_default()
-}
-
-pub(super) enum PendingStdio {
-    Plain(HeldStdio),
-    Terminal(TerminalStdio, ConsoleSocket),
-}
-
-impl PendingStdio {
-    /// After the build: for a terminal, receives the pty master and starts
-    /// the pumps.
-    pub(super) fn finish(self, name: &str) -> std::io::Result<HeldStdio> {
-        match self {
-            PendingStdio::Plain(held) => Ok(held),
-            PendingStdio::Terminal(host, socket) => {
-                let master: OwnedFd = socket.receive_master()?;
-                host.start(name, master)
-            }
-        }
-    }
 }
 
 /// Writes an exec's process to a temp `process.json` for the tenant builder

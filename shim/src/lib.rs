@@ -3,6 +3,9 @@
 //! * [`config`]: TOML configuration with an embedded default.
 //! * [`server`]: the gRPC surface (CRI RuntimeService and ImageService, the
 //!   admin Images service) on one unix socket; [`image`]: ImageService.
+//! * [`authority`]: HTTP/2 `:authority` normalisation, so Go gRPC clients
+//!   that send the socket path (kubelet, crictl) are answered;
+//!   [`call_log`]: a span per call and a log line per failed call.
 //! * [`runtime`]: pods, containers, exec, logs, recovery.
 //! * [`spec`]: the one CRI → OCI runtime spec builder.
 //! * [`network`]: pod network namespaces and CNI.
@@ -10,6 +13,8 @@
 //! * [`store`]: crash-safe pod and container records.
 //! * [`status`]: errors → gRPC statuses, in one place.
 
+pub mod authority;
+pub mod call_log;
 pub mod client;
 pub mod config;
 pub mod image;

@@ -13,6 +13,8 @@ use caisson_proto::cri::{self, runtime_service_server::RuntimeService};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::authority::AuthorityFix;
+use crate::call_log::{record_id, CallLogLayer};
 use crate::image::ImageApi;
 use crate::runtime::{ChangeKind, ContainerChange, Runtime};
 use crate::status::CriError;
@@ -24,10 +26,12 @@ type Rsp<T> = Result<Response<T>, Status>;
 
 /// INVALID_ARGUMENT naming `field` when a required id is empty (an empty id
 /// must not read as "not found").
+/// The id also names the call in its span and failure line.
 fn required<'a>(field: &str, id: &'a str) -> Result<&'a str, Status> {
     if id.is_empty() {
         return Err(CriError::invalid(field, "must not be empty").into());
     }
+    record_id(field, id);
     Ok(id)
 }
 
@@ -154,6 +158,7 @@ impl RuntimeService for RuntimeApi {
         r: Request<cri::CreateContainerRequest>,
     ) -> Rsp<cri::CreateContainerResponse> {
         let r = r.into_inner();
+        record_id("pod_sandbox_id", &r.pod_sandbox_id);
         let config = r
             .config
             .ok_or_else(|| Status::invalid_argument("invalid config: is required"))?;
@@ -625,13 +630,19 @@ pub async fn serve(
     let endpoint = format!("unix://{}", socket.display());
     tracing::info!(%endpoint, "caissond ready: serving CRI v1");
     println!("caissond is ready. Use it with:\n  crictl --runtime-endpoint {endpoint} --image-endpoint {endpoint} ps");
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    // Every connection's client bytes go through the `:authority` fix, so
+    // Go gRPC clients that send the socket path are answered.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::UnixListenerStream::new(listener),
+        |conn| conn.map(AuthorityFix::new),
+    );
     let image_api = ImageApi::new(
         images.clone(),
         rt.config.registries.clone(),
         rt.config.pause_image.clone(),
     );
     tonic::transport::Server::builder()
+        .layer(CallLogLayer)
         .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
             RuntimeApi::new(rt),
         ))

@@ -8,6 +8,8 @@
 //!   `busybox-static` (applets as hard links), the pause image from
 //!   `caisson-pause` — plus builders for layers, OCI and `docker save`
 //!   archives, and raw (hostile) tar entries.
+//! * [`http2`]: a raw HTTP/2 client, frame by frame, that sends any
+//!   `:authority` bytes (as Go's gRPC does on unix sockets).
 //! * [`registry`]: Debian's `docker-registry` on 127.0.0.1 (plain HTTP,
 //!   htpasswd or TLS), filled with `skopeo`, for pull tests.
 //! * [`require`]: prerequisites (root, Debian packages) that fail a test with a
@@ -17,5 +19,6 @@ pub mod bundle;
 pub mod cni;
 pub mod daemon;
 pub mod fixtures;
+pub mod http2;
 pub mod registry;
 pub mod require;

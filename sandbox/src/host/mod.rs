@@ -17,6 +17,8 @@
 //! * [`forker`]: the single-threaded fork server that makes libcontainer's
 //!   `clone` calls on the shim's behalf (a child cloned from a threaded
 //!   process can deadlock on a lock another thread held).
+//! * [`hugetlb`]: hugepage limits this node cannot enforce, skipped (0)
+//!   or refused (positive) before libcontainer sees them.
 //! * [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
 //! * [`lock_exclusive`]: an exclusive `flock` on a lock file.
 //! * `open_dir_nofollow`: a directory itself, never through a symlink.
@@ -27,6 +29,7 @@ pub mod console;
 pub mod crilog;
 pub mod executor;
 pub mod forker;
+pub mod hugetlb;
 pub mod mountinfo;
 pub mod pidfd;
 pub mod reaper;

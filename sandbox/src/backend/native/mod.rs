@@ -658,7 +658,12 @@ impl Backend for NativeBackend {
 
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         let cgroup = self.task_cgroup(id)?;
-        cgroups::update(id, &cgroup, resources).map_err(|e| failed("update", id, e))
+        // Hugepage limits this node cannot enforce: skipped (0) or refused,
+        // as at create.
+        let mut resources = resources.clone();
+        crate::host::hugetlb::fit_resources(&mut resources, self.limits.hugetlb)
+            .map_err(|e| spec::hugetlb_refused("resources", &e, None))?;
+        cgroups::update(id, &cgroup, &resources).map_err(|e| failed("update", id, e))
     }
 
     fn stats(&self, id: &str) -> Result<TaskStats> {

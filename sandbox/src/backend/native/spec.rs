@@ -27,6 +27,9 @@ pub(crate) struct HostLimits {
     /// The shim's own `oom_score_adj` at start: without `CAP_SYS_RESOURCE`
     /// nothing below it can be set.
     pub own_oom_score_adj: i32,
+    /// libcontainer can use the hugetlb controller here
+    /// ([`crate::host::hugetlb::usable`]).
+    pub hugetlb: bool,
 }
 
 impl HostLimits {
@@ -39,6 +42,7 @@ impl HostLimits {
         HostLimits {
             sys_resource,
             own_oom_score_adj: own_oom_score_adj().unwrap_or(0),
+            hugetlb: crate::host::hugetlb::usable(),
         }
     }
 
@@ -227,6 +231,7 @@ pub(crate) fn prepare_bundle(
             changed = true;
         }
     }
+    changed |= fit_hugepage_limits(&mut spec, limits.hugetlb, &path)?;
     let mut process = spec
         .process()
         .clone()
@@ -286,6 +291,42 @@ pub(crate) fn prepare_bundle(
     })
 }
 
+/// Drops the spec's hugepage limits when the hugetlb controller is not
+/// `usable` and none of them restricts anything ([`crate::host::hugetlb`]);
+/// a positive one is refused, naming it. Returns whether the spec changed.
+fn fit_hugepage_limits(spec: &mut Spec, usable: bool, path: &Path) -> Result<bool> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(false);
+    };
+    let Some(mut resources) = linux.resources().clone() else {
+        return Ok(false);
+    };
+    let dropped = crate::host::hugetlb::fit_resources(&mut resources, usable)
+        .map_err(|e| hugetlb_refused("linux.resources", &e, Some(path)))?;
+    if dropped {
+        linux.set_resources(Some(resources));
+        spec.set_linux(Some(linux));
+    }
+    Ok(dropped)
+}
+
+/// A positive hugepage limit this node cannot enforce, named by its field
+/// under `field` (and the spec's path, when it came from one).
+pub(crate) fn hugetlb_refused(
+    field: &str,
+    e: &crate::host::hugetlb::HugetlbUnavailable,
+    path: Option<&Path>,
+) -> BackendError {
+    let what = format!("{field}.hugepageLimits[{}]", e.index);
+    BackendError::InvalidArgument {
+        what: match path {
+            Some(path) => format!("{what} of OCI spec {}", path.display()),
+            None => what,
+        },
+        reason: e.to_string(),
+    }
+}
+
 /// A process must name a program: libcontainer would otherwise index an
 /// empty argv inside the container.
 pub(crate) fn check_args(process: &Process) -> std::result::Result<(), &'static str> {
@@ -316,7 +357,7 @@ pub(crate) fn write_json_atomically(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::LinuxCapabilitiesBuilder;
+    use oci_spec::runtime::{LinuxCapabilitiesBuilder, LinuxHugepageLimit, LinuxResources};
 
     fn caps(list: &[Capability]) -> Capabilities {
         list.iter().copied().collect()
@@ -342,10 +383,12 @@ mod tests {
     const LIMITED: HostLimits = HostLimits {
         sys_resource: false,
         own_oom_score_adj: 0,
+        hugetlb: false,
     };
     const UNLIMITED: HostLimits = HostLimits {
         sys_resource: true,
         own_oom_score_adj: 0,
+        hugetlb: true,
     };
 
     struct Case {
@@ -461,6 +504,66 @@ mod tests {
         assert_eq!(bounding, Some(Capabilities::new()));
         // No temp file left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn hugepage_limits_this_node_cannot_enforce_are_skipped_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let save = |limits: &[(&str, i64)]| {
+            let mut spec = Spec::default();
+            spec.set_process(Some(process_with(&[Capability::Kill], Some(5))));
+            let mut resources = LinuxResources::default();
+            resources.set_hugepage_limits(Some(
+                limits
+                    .iter()
+                    .map(|(size, limit)| {
+                        let mut h = LinuxHugepageLimit::default();
+                        h.set_page_size(size.to_string());
+                        h.set_limit(*limit);
+                        h
+                    })
+                    .collect(),
+            ));
+            let mut linux = spec.linux().clone().unwrap_or_default();
+            linux.set_resources(Some(resources));
+            spec.set_linux(Some(linux));
+            spec.save(&path).unwrap();
+        };
+        let limits_left = || {
+            Spec::load(&path)
+                .unwrap()
+                .linux()
+                .as_ref()
+                .and_then(|l| l.resources().clone())
+                .and_then(|r| r.hugepage_limits().clone())
+                .map(|h| h.len())
+        };
+        // kubelet's zeros on a node without a usable hugetlb: dropped.
+        save(&[("2MB", 0), ("1GB", 0)]);
+        prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap();
+        assert_eq!(limits_left(), None);
+        // With the controller: kept.
+        save(&[("2MB", 0), ("1GB", 0)]);
+        prepare_bundle("t", dir.path(), false, UNLIMITED, SpecOrigin::Incoming).unwrap();
+        assert_eq!(limits_left(), Some(2));
+        // A positive one without the controller: refused, naming it.
+        save(&[("2MB", 0), ("1GB", 1 << 30)]);
+        let err =
+            prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap_err();
+        match &err {
+            BackendError::InvalidArgument { what, reason } => {
+                assert!(
+                    what.starts_with("linux.resources.hugepageLimits[1]"),
+                    "{what}"
+                );
+                assert!(
+                    reason.contains("hugetlb") && reason.contains("1GB"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

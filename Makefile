@@ -8,13 +8,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
 # Debian packages the build and the tests use.
-DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables
+DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables python3-grpcio python3-venv
 
-.PHONY: all deps build release run lint test test-pause bench clean
+.PHONY: all deps deps-apt python-deps build release run lint test test-pause bench clean
 
 all: build
 
-deps:
+deps-apt:
 	@missing=""; \
 	for p in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -24,13 +24,30 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# The interop tests' second gRPC implementation: Debian's python3-grpcio
+# (gRPC's C core) in a venv that adds grpcio-tools from PyPI to generate the
+# CRI stubs. Kept outside the clone; remade when the pin changes.
+PY_GRPC_VENV := /var/cache/caisson-test/py-grpc
+PY_GRPC_TOOLS := grpcio-tools==1.51.1
+
+deps: python-deps
+
+python-deps: deps-apt
+	@if [ "$$(cat $(PY_GRPC_VENV)/.caisson-pin 2>/dev/null)" != "$(PY_GRPC_TOOLS)" ]; then \
+	  echo "making $(PY_GRPC_VENV) ($(PY_GRPC_TOOLS))"; \
+	  rm -rf $(PY_GRPC_VENV) && \
+	  /usr/bin/python3 -m venv --system-site-packages $(PY_GRPC_VENV) && \
+	  $(PY_GRPC_VENV)/bin/pip install --quiet --disable-pip-version-check '$(PY_GRPC_TOOLS)' && \
+	  echo '$(PY_GRPC_TOOLS)' > $(PY_GRPC_VENV)/.caisson-pin; \
+	fi
+
 build: deps
 	$(CARGO) build --release --manifest-path pause/Cargo.toml
 	cd probe && $(CARGO) build --release
 	$(CARGO) build --workspace --all-targets
 
 # Release binaries side by side: caissond finds the shim and caisson-pause beside itself.
-release: deps
+release: deps-apt
 	$(CARGO) build --release --manifest-path pause/Cargo.toml
 	$(CARGO) build --release -p caisson-shim -p caisson-sandbox
 	install -m 0755 pause/target/release/caisson-pause target/release/caisson-pause

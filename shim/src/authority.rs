@@ -88,8 +88,8 @@ pub struct Rewriter {
     block: Option<OpenBlock>,
     decoder: loona_hpack::Decoder<'static>,
     encoder: loona_hpack::Encoder<'static>,
-    /// The authorities replaced on this connection (the first few), for
-    /// the log.
+    /// The distinct authorities replaced on this connection (the first
+    /// few), for the log.
     replaced: Vec<String>,
 }
 
@@ -136,7 +136,8 @@ impl Rewriter {
         Ok(())
     }
 
-    /// Authorities replaced so far on this connection (at most a few).
+    /// The distinct authorities replaced so far on this connection (at
+    /// most a few).
     pub fn replaced(&self) -> &[String] {
         &self.replaced
     }
@@ -253,9 +254,9 @@ impl Rewriter {
             })?;
         for (name, value) in &mut fields {
             if name.as_slice() == b":authority" && !is_valid_authority(value) {
-                if self.replaced.len() < 4 {
-                    self.replaced
-                        .push(String::from_utf8_lossy(value).escape_debug().to_string());
+                let shown = String::from_utf8_lossy(value).escape_debug().to_string();
+                if self.replaced.len() < 4 && !self.replaced.contains(&shown) {
+                    self.replaced.push(shown);
                 }
                 *value = REPLACEMENT_AUTHORITY.to_vec();
             }

@@ -34,3 +34,26 @@ pub fn program(program: &str, debian_package: &str) -> PathBuf {
     }
     panic!("{program} is required: install Debian's {debian_package} package (`make deps` does)");
 }
+
+/// Where `make deps` puts the Python environment of the interop tests: a
+/// venv over Debian's `python3-grpcio` with `grpcio-tools` from PyPI, kept
+/// outside the clone (`CAISSON_TEST_PYTHON` overrides the interpreter).
+pub const PYTHON_GRPC_VENV: &str = "/var/cache/caisson-test/py-grpc";
+
+/// The Python interpreter with grpcio and grpcio-tools, failing with how to
+/// get it.
+pub fn python_grpc() -> PathBuf {
+    let python = std::env::var_os("CAISSON_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(PYTHON_GRPC_VENV).join("bin/python"));
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import grpc, grpc_tools.protoc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} with grpcio (Debian's python3-grpcio) and grpcio-tools (PyPI) is required: `make deps` makes it",
+        python.display()
+    );
+    python
+}

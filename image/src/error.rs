@@ -70,6 +70,11 @@ pub enum ImageError {
     #[error("registry {registry} is unreachable: {reason}")]
     RegistryUnreachable { registry: String, reason: String },
 
+    /// The registry answered the TLS handshake with something that is not
+    /// TLS (a plain HTTP server answers so), or dropped the connection in it.
+    #[error("registry {registry} does not speak HTTPS: {reason}")]
+    RegistryNotTls { registry: String, reason: String },
+
     #[error("{reference} not found in registry {registry}: {reason}")]
     NotInRegistry {
         reference: String,
@@ -183,6 +188,10 @@ impl ImageError {
                 reason: reason.clone(),
             },
             RegistryUnreachable { registry, reason } => RegistryUnreachable {
+                registry: registry.clone(),
+                reason: reason.clone(),
+            },
+            RegistryNotTls { registry, reason } => RegistryNotTls {
                 registry: registry.clone(),
                 reason: reason.clone(),
             },

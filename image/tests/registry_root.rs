@@ -36,7 +36,7 @@ fn new_store() -> (tempfile::TempDir, Arc<ImageStore>) {
 
 fn plain() -> HostConfig {
     HostConfig {
-        plain_http: true,
+        plain_http: Some(true),
         ..Default::default()
     }
 }
@@ -314,7 +314,7 @@ fn htpasswd_auth_and_a_wrong_password_names_the_registry() {
     rt.block_on(puller2.pull(&name, &via_auth)).unwrap();
     let (_dir3, store3) = new_store();
     let with_creds = HostConfig {
-        plain_http: true,
+        plain_http: Some(true),
         username: user.into(),
         password: password.into(),
         ..Default::default()

@@ -1,5 +1,6 @@
 //! A real OCI registry for pull tests: Debian's `docker-registry` on
-//! 127.0.0.1 (a free port), its storage in a temp dir, in one of three
+//! 127.0.0.1 (a free port; or on a [`LocalAddress`] that is not loopback),
+//! its storage in a temp dir, in one of three
 //! setups (plain HTTP, htpasswd auth, TLS with a CA made here with
 //! `openssl`), filled with `skopeo copy` from fixture archives. Dropping it
 //! kills the registry.
@@ -13,6 +14,7 @@ use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,6 +39,8 @@ pub enum Setup {
 /// A running `docker-registry`.
 pub struct Registry {
     pub dir: tempfile::TempDir,
+    /// The address it listens on (127.0.0.1 unless started with [`Registry::start_on`]).
+    pub addr: Ipv4Addr,
     pub port: u16,
     pub setup: Setup,
     /// The CA certificate (PEM) of a [`Setup::Tls`] registry.
@@ -47,9 +51,13 @@ pub struct Registry {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    free_port_on(Ipv4Addr::LOCALHOST)
+}
+
+fn free_port_on(addr: Ipv4Addr) -> u16 {
+    TcpListener::bind((addr, 0))
         .and_then(|l| l.local_addr())
-        .expect("binding 127.0.0.1:0")
+        .unwrap_or_else(|e| panic!("binding {addr}:0: {e}"))
         .port()
 }
 
@@ -132,15 +140,21 @@ fn run(cmd: &mut Command, what: &str) -> String {
 }
 
 impl Registry {
-    /// Starts a registry and waits (with a deadline) until it answers.
+    /// Starts a registry on 127.0.0.1 and waits (with a deadline) until it answers.
     pub fn start(setup: Setup) -> Registry {
+        Registry::start_on(setup, Ipv4Addr::LOCALHOST)
+    }
+
+    /// Starts a registry listening on `addr` (an address of this machine)
+    /// and waits (with a deadline) until it answers.
+    pub fn start_on(setup: Setup, addr: Ipv4Addr) -> Registry {
         let registry = crate::require::program("docker-registry", "docker-registry");
         crate::require::program("skopeo", "skopeo");
         let dir = tempfile::Builder::new()
             .prefix("registry-")
             .tempdir_in("/var/tmp")
             .expect("registry temp dir");
-        let port = free_port();
+        let port = free_port_on(addr);
         let mut ca_file = None;
         let mut extra = String::new();
         match &setup {
@@ -174,7 +188,7 @@ impl Registry {
             (String::new(), extra)
         };
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{http_extra}{top_extra}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}:{port}\n{http_extra}{top_extra}",
             data = dir.path().join("data").display(),
         );
         let config_path = dir.path().join("config.yml");
@@ -191,6 +205,7 @@ impl Registry {
             .expect("starting docker-registry");
         let mut r = Registry {
             dir,
+            addr,
             port,
             setup,
             ca_file,
@@ -221,7 +236,7 @@ impl Registry {
 
     /// True when `/v2/` answers (any HTTP status; for TLS, a connection).
     fn answers_v2(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+        let Ok(mut s) = TcpStream::connect((self.addr, self.port)) else {
             return false;
         };
         if self.setup == Setup::Tls {
@@ -229,8 +244,8 @@ impl Registry {
         }
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let req = format!(
-            "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
+            "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.host()
         );
         if s.write_all(req.as_bytes()).is_err() {
             return false;
@@ -239,9 +254,27 @@ impl Registry {
         s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 ")
     }
 
-    /// `127.0.0.1:<port>`: the registry as image references name it.
+    /// `127.0.0.1:<port>` (`<addr>:<port>`): the registry as image
+    /// references name it.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.addr, self.port)
+    }
+
+    /// `localhost:<port>`: the same registry by the loopback name.
+    pub fn localhost(&self) -> String {
+        format!("localhost:{}", self.port)
+    }
+
+    /// The requests the access log shows, one line each (`"GET /v2/… HTTP/1.1"`).
+    pub fn requests(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let start = l.find("\"GET ").or_else(|| l.find("\"HEAD "))?;
+                let rest = &l[start + 1..];
+                Some(rest[..rest.find('"')?].to_string())
+            })
+            .collect()
     }
 
     /// The registry's log (with its access log: one line per request).
@@ -344,6 +377,62 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// An IPv4 address of this machine that is not loopback, for as long as
+/// this lives: a veth pair made for it (this kernel has no `dummy`
+/// interfaces), the address (in 198.18.0.0/15, the benchmarking range) on
+/// one end, both ends up. Traffic to it is delivered locally and never
+/// leaves the machine. Dropping it deletes the pair (and so the address);
+/// the pair is owned by the guard from the moment it exists.
+pub struct LocalAddress {
+    pub ip: Ipv4Addr,
+    link: String,
+    ip_cmd: PathBuf,
+}
+
+impl LocalAddress {
+    pub fn add() -> LocalAddress {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        crate::require::root("adding a network interface");
+        let ip_cmd = crate::require::program("ip", "iproute2");
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let link = format!("cst{pid}x{n}");
+        let host_part = (pid.wrapping_mul(16).wrapping_add(n) % (1 << 17)).max(1);
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + host_part);
+        run(
+            Command::new(&ip_cmd)
+                .args(["link", "add", &link, "type", "veth", "peer", "name"])
+                .arg(format!("{link}p")),
+            "ip link add (veth)",
+        );
+        let guard = LocalAddress { ip, link, ip_cmd };
+        let ip_cmd = &guard.ip_cmd;
+        let dev = guard.link.clone();
+        run(
+            Command::new(ip_cmd).args(["addr", "add", &format!("{ip}/32"), "dev", &dev]),
+            "ip addr add",
+        );
+        for end in [dev.clone(), format!("{dev}p")] {
+            run(
+                Command::new(ip_cmd).args(["link", "set", &end, "up"]),
+                "ip link set up",
+            );
+        }
+        guard
+    }
+}
+
+impl Drop for LocalAddress {
+    fn drop(&mut self) {
+        let out = Command::new(&self.ip_cmd)
+            .args(["link", "del", &self.link])
+            .output();
+        if !matches!(&out, Ok(o) if o.status.success()) {
+            eprintln!("removing test interface {}: {out:?}", self.link);
+        }
     }
 }
 

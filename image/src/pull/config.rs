@@ -17,6 +17,10 @@
 //! username = "puller"
 //! password = "secret"
 //! ```
+//!
+//! A registry on loopback (`localhost`, `127.0.0.0/8`, `::1`) with neither
+//! `plain_http` nor `ca_file` written falls back from HTTPS to plain HTTP by
+//! itself, as under containerd and Docker: see [`super::loopback`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Credentials;
+use super::loopback::Transport;
 use crate::reference::Reference;
 
 /// The `[registries]` table.
@@ -59,14 +64,19 @@ impl Default for RegistriesConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HostConfig {
     /// Mirrors tried in order before the registry itself: `host[:port]`
-    /// (HTTPS unless that host's own entry says `plain_http`) or
+    /// (HTTPS unless that host's own entry says `plain_http`; a loopback
+    /// host falls back to plain HTTP as the registry itself would) or
     /// `http://host[:port]` / `https://host[:port]`. A mirror that fails or
     /// lacks the image is skipped.
     pub mirrors: Vec<String>,
     /// Only the mirrors are tried, never the registry itself (air-gapped nodes).
     pub skip_upstream: bool,
-    /// Talk plain HTTP to this host.
-    pub plain_http: bool,
+    /// `true`: talk plain HTTP to this host. `false`: HTTPS only. Not
+    /// written: HTTPS, except that a loopback host (`localhost`,
+    /// `127.0.0.0/8`, `::1`) without `ca_file` falls back to plain HTTP when
+    /// it does not speak TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain_http: Option<bool>,
     /// A PEM file of CA certificates trusted for this host, in addition to
     /// the system's CA store.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,7 +97,11 @@ pub struct HostConfig {
 pub struct Endpoint {
     /// host\[:port\] to connect to.
     pub host: String,
+    /// Plain HTTP only.
     pub plain_http: bool,
+    /// HTTPS first, then plain HTTP if the host does not speak TLS (a
+    /// loopback host without configuration); never with `plain_http`.
+    pub http_fallback: bool,
     pub ca_file: Option<PathBuf>,
     /// A mirror of the image's registry (not the registry itself).
     pub mirror: bool,
@@ -135,7 +149,7 @@ impl RegistriesConfig {
             if host.skip_upstream && host.mirrors.is_empty() {
                 return Err(format!("{at}.skip_upstream needs at least one mirror"));
             }
-            if host.plain_http && host.ca_file.is_some() {
+            if host.plain_http == Some(true) && host.ca_file.is_some() {
                 return Err(format!(
                     "{at}: plain_http and ca_file contradict each other (a CA is for HTTPS)"
                 ));
@@ -159,11 +173,14 @@ impl RegistriesConfig {
                 continue;
             };
             let own = self.hosts.get(&mirror_host).cloned().unwrap_or_default();
+            let transport = match scheme {
+                Some("http") => Transport::PlainHttp,
+                Some(_) => Transport::Https,
+                None => Transport::for_host(&mirror_host, own.plain_http, own.ca_file.is_some()),
+            };
             out.push(Endpoint {
-                plain_http: match scheme {
-                    Some(s) => s == "http",
-                    None => own.plain_http,
-                },
+                plain_http: transport == Transport::PlainHttp,
+                http_fallback: transport == Transport::HttpsThenHttp,
                 ca_file: own.ca_file.clone(),
                 credentials: own.credentials().unwrap_or_default(),
                 host: mirror_host,
@@ -171,15 +188,29 @@ impl RegistriesConfig {
             });
         }
         if !host.skip_upstream {
+            let transport = Transport::for_host(registry, host.plain_http, host.ca_file.is_some());
             out.push(Endpoint {
                 host: registry.to_string(),
-                plain_http: host.plain_http,
+                plain_http: transport == Transport::PlainHttp,
+                http_fallback: transport == Transport::HttpsThenHttp,
                 ca_file: host.ca_file.clone(),
                 mirror: false,
                 credentials: host.credentials().unwrap_or_default(),
             });
         }
         out
+    }
+}
+
+impl Endpoint {
+    /// The same endpoint over plain HTTP: where an `http_fallback` endpoint
+    /// goes once it has shown it does not speak TLS.
+    pub fn over_http(&self) -> Endpoint {
+        Endpoint {
+            plain_http: true,
+            http_fallback: false,
+            ..self.clone()
+        }
     }
 }
 
@@ -309,6 +340,69 @@ plain_http = true
         let unknown = c.endpoints("quay.io");
         assert_eq!(unknown.len(), 1);
         assert!(!unknown[0].plain_http);
+    }
+
+    #[test]
+    fn loopback_endpoints_fall_back_to_http_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let c = parse(&format!(
+            r#"
+[registries.hosts."docker.io"]
+mirrors = ["localhost:5001", "https://127.0.0.1:5002", "127.0.0.1:5003", "10.0.0.9:5000"]
+[registries.hosts."127.0.0.1:5003"]
+plain_http = false
+[registries.hosts."localhost:6000"]
+ca_file = "{}"
+[registries.hosts."127.0.0.1:6001"]
+plain_http = false
+"#,
+            ca.display()
+        ))
+        .unwrap();
+        let transports = |registry: &str| -> Vec<(String, bool, bool)> {
+            c.endpoints(registry)
+                .into_iter()
+                .map(|e| (e.host, e.plain_http, e.http_fallback))
+                .collect()
+        };
+        let want = |rows: &[(&str, bool, bool)]| -> Vec<(String, bool, bool)> {
+            rows.iter()
+                .map(|(h, p, f)| (h.to_string(), *p, *f))
+                .collect()
+        };
+        // (host, plain HTTP only, HTTPS then HTTP)
+        assert_eq!(
+            transports("docker.io"),
+            want(&[
+                ("localhost:5001", false, true),
+                ("127.0.0.1:5002", false, false),
+                ("127.0.0.1:5003", false, false),
+                ("10.0.0.9:5000", false, false),
+                ("docker.io", false, false),
+            ])
+        );
+        for (registry, row) in [
+            ("127.0.0.1:5000", (false, true)),
+            ("[::1]:5000", (false, true)),
+            ("localhost", (false, true)),
+            ("localhost:80", (true, false)),
+            ("localhost:443", (false, false)),
+            ("localhost:6000", (false, false)),
+            ("127.0.0.1:6001", (false, false)),
+            ("10.0.0.1:5000", (false, false)),
+            ("localhost.example.com:5000", (false, false)),
+        ] {
+            assert_eq!(
+                transports(registry),
+                want(&[(registry, row.0, row.1)]),
+                "{registry}"
+            );
+        }
+        let e = &c.endpoints("127.0.0.1:5000")[0];
+        let plain = e.over_http();
+        assert!(plain.plain_http && !plain.http_fallback && plain.host == e.host);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Pulling images from OCI/Docker v2 registries into the [`ImageStore`].
 //!
 //! * [`config`]: per-registry settings (mirrors, plain HTTP, CA, credentials)
-//!   and the pull's limits; [`auth`]: credentials.
+//!   and the pull's limits; [`auth`]: credentials; [`loopback`]: the
+//!   HTTPS-then-HTTP rule for registries on this machine's loopback.
 //! * [`manifest`]: indexes resolved to the node's platform, image manifests,
 //!   accepted media types.
 //! * [`registry`]: one endpoint through `oci-client`, its errors named.
@@ -13,14 +14,20 @@
 //! unpacked layers and the index entry land together or not at all. Two
 //! pulls of the same image (same platform manifest, whatever the tag) share
 //! one download.
+//!
+//! An endpoint on loopback without configuration is tried over HTTPS; if it
+//! does not speak TLS (or, named without a port, nothing listens on 443) it
+//! is tried again over plain HTTP, and the puller remembers that host as
+//! plain HTTP until a pull over HTTP fails there.
 
 pub mod auth;
 pub mod config;
 mod download;
+pub mod loopback;
 pub mod manifest;
 pub mod registry;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +71,9 @@ pub struct Puller {
     config: RegistriesConfig,
     /// Downloads in progress, by platform manifest digest.
     inflight: Arc<Mutex<HashMap<Digest, SharedFetch>>>,
+    /// Loopback hosts that answered over plain HTTP after failing HTTPS:
+    /// tried over HTTP first from then on (forgotten when that fails).
+    plain_http_hosts: Mutex<HashSet<String>>,
 }
 
 impl Puller {
@@ -72,6 +82,7 @@ impl Puller {
             store,
             config,
             inflight: Arc::default(),
+            plain_http_hosts: Mutex::default(),
         }
     }
 
@@ -94,9 +105,13 @@ impl Puller {
         let endpoints = self.config.endpoints(reference.domain());
         let mut last_error = None;
         for (n, endpoint) in endpoints.iter().enumerate() {
-            let client = RegistryClient::new(endpoint, &reference, credentials, &self.config)?;
-            match resolve(&client, &reference, &shown).await {
-                Ok(resolved) => return self.fetch(client, reference, resolved, started).await,
+            match self
+                .resolve_at(endpoint, &reference, credentials, &shown)
+                .await
+            {
+                Ok((client, resolved)) => {
+                    return self.fetch(client, reference, resolved, started).await
+                }
                 Err(e) => {
                     if n + 1 < endpoints.len() {
                         tracing::warn!(image = %shown, registry = %endpoint.host, error = %e,
@@ -120,6 +135,82 @@ impl Puller {
             }
         }
         Err(error)
+    }
+
+    /// Resolves the image at one endpoint; for an `http_fallback` endpoint,
+    /// over HTTPS then plain HTTP (containerd's HTTP fallback for loopback
+    /// registries). Returns the client that answered, for the download.
+    async fn resolve_at(
+        &self,
+        endpoint: &Endpoint,
+        reference: &Reference,
+        credentials: &Credentials,
+        shown: &str,
+    ) -> Result<(RegistryClient, Resolved)> {
+        if !endpoint.http_fallback {
+            let client = RegistryClient::new(endpoint, reference, credentials, &self.config)?;
+            let resolved = resolve(&client, reference, shown).await?;
+            return Ok((client, resolved));
+        }
+        let plain = endpoint.over_http();
+        if self.known_plain(&endpoint.host) {
+            let client = RegistryClient::new(&plain, reference, credentials, &self.config)?;
+            match resolve(&client, reference, shown).await {
+                Ok(resolved) => return Ok((client, resolved)),
+                Err(e) if registry_answered(&e) => return Err(e),
+                Err(e) => {
+                    tracing::info!(registry = %endpoint.host, error = %e,
+                        "a loopback registry that spoke plain HTTP failed over it; trying HTTPS first again");
+                    self.set_plain(&endpoint.host, false);
+                }
+            }
+        }
+        let client = RegistryClient::new(endpoint, reference, credentials, &self.config)?;
+        let https_error = match resolve(&client, reference, shown).await {
+            Ok(resolved) => return Ok((client, resolved)),
+            Err(e) if falls_back_to_http(&e, &endpoint.host) => e,
+            Err(e) => return Err(e),
+        };
+        tracing::info!(registry = %endpoint.host, error = %https_error,
+            "loopback registry: HTTPS failed, trying plain HTTP");
+        let client = RegistryClient::new(&plain, reference, credentials, &self.config)?;
+        match resolve(&client, reference, shown).await {
+            Ok(resolved) => {
+                self.set_plain(&endpoint.host, true);
+                Ok((client, resolved))
+            }
+            Err(e) if registry_answered(&e) => {
+                self.set_plain(&endpoint.host, true);
+                Err(e)
+            }
+            Err(ImageError::RegistryUnreachable { registry, reason }) => {
+                // Nothing speaks HTTP there either: say what HTTPS met too.
+                Err(ImageError::RegistryUnreachable {
+                    registry,
+                    reason: format!("{reason} (over plain HTTP; over HTTPS: {https_error})"),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn known_plain(&self, host: &str) -> bool {
+        self.plain_http_hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(host)
+    }
+
+    fn set_plain(&self, host: &str, plain: bool) {
+        let mut hosts = self
+            .plain_http_hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if plain {
+            hosts.insert(host.to_string());
+        } else {
+            hosts.remove(host);
+        }
     }
 
     /// Downloads (or joins the download of) a resolved image, then names it.
@@ -239,6 +330,27 @@ impl Drop for InflightGuard {
     }
 }
 
+/// Whether an HTTPS failure at an `http_fallback` endpoint sends the pull to
+/// plain HTTP: the host does not speak TLS (containerd's `isTLSError`), or,
+/// named without a port, could not be reached on 443 (plain HTTP goes to
+/// port 80 instead: containerd's `isPortError`).
+fn falls_back_to_http(e: &ImageError, host: &str) -> bool {
+    match e {
+        ImageError::RegistryNotTls { .. } => true,
+        ImageError::RegistryUnreachable { .. } => loopback::split_port(host).1.is_none(),
+        _ => false,
+    }
+}
+
+/// The registry answered in its protocol (the image is not there, or the
+/// credentials are refused): the transport that carried it works.
+fn registry_answered(e: &ImageError) -> bool {
+    matches!(
+        e,
+        ImageError::NotInRegistry { .. } | ImageError::RegistryUnauthorized { .. }
+    )
+}
+
 fn local_report(image: ImageRecord, started: Instant) -> PullReport {
     PullReport {
         image,
@@ -298,4 +410,39 @@ async fn resolve(client: &RegistryClient, reference: &Reference, shown: &str) ->
         config,
         layers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tls_not_spoken_or_no_port_falls_back() {
+        let not_tls = || ImageError::RegistryNotTls {
+            registry: "x".into(),
+            reason: "y".into(),
+        };
+        let unreachable = || ImageError::RegistryUnreachable {
+            registry: "x".into(),
+            reason: "refused".into(),
+        };
+        let certificate = || ImageError::Registry {
+            registry: "x".into(),
+            reason: "TLS: the registry's certificate is not trusted".into(),
+        };
+        let cases = [
+            (not_tls(), "127.0.0.1:5000", true),
+            (not_tls(), "localhost", true),
+            // Refused on 443 with no port named: port 80 may serve HTTP.
+            (unreachable(), "localhost", true),
+            (unreachable(), "[::1]", true),
+            // A port named is the same port over HTTP: nothing to gain.
+            (unreachable(), "localhost:5000", false),
+            (certificate(), "localhost:5000", false),
+            (certificate(), "localhost", false),
+        ];
+        for (error, host, want) in cases {
+            assert_eq!(falls_back_to_http(&error, host), want, "{host}: {error}");
+        }
+    }
 }

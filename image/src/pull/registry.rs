@@ -28,6 +28,10 @@ pub struct RegistryClient {
     /// host\[:port\] as errors name it.
     pub host: String,
     pub mirror: bool,
+    /// Spoken over HTTPS (else plain HTTP).
+    https: bool,
+    /// Plain HTTP is tried next if this host turns out not to speak TLS.
+    http_fallback: bool,
     connect_timeout: std::time::Duration,
     read_timeout: std::time::Duration,
 }
@@ -86,6 +90,8 @@ impl RegistryClient {
             repo,
             host: endpoint.host.clone(),
             mirror: endpoint.mirror,
+            https: !endpoint.plain_http,
+            http_fallback: endpoint.http_fallback,
             connect_timeout: config.connect_timeout(),
             read_timeout: config.read_timeout(),
         })
@@ -200,6 +206,29 @@ impl RegistryClient {
             reason,
         };
         match e {
+            OciDistributionError::RequestError(re)
+                if self.https && re.is_connect() && self.handshake_not_tls(&re) =>
+            {
+                let hint = if self.http_fallback {
+                    String::new()
+                } else if super::loopback::is_loopback(&registry) {
+                    format!(
+                        " (HTTPS only was asked for this loopback registry: by plain_http = false \
+                         or a ca_file in registries.hosts.\"{registry}\", port 443, or an \
+                         https:// mirror; without them it falls back to plain HTTP)"
+                    )
+                } else {
+                    format!(
+                        " (the server answered with something that is not TLS, as a plain HTTP \
+                         server does; a registry that is not on loopback is spoken to in plain \
+                         HTTP only with registries.hosts.\"{registry}\".plain_http = true)"
+                    )
+                };
+                ImageError::RegistryNotTls {
+                    reason: format!("the TLS handshake failed: {}{hint}", chain(&re)),
+                    registry,
+                }
+            }
             OciDistributionError::UnauthorizedError { url } => {
                 unauthorized(format!("401 Unauthorized for {url}"))
             }
@@ -268,6 +297,40 @@ impl RegistryClient {
                 reason: format!("{shown}: {}", chain(&other)),
             },
         }
+    }
+}
+
+impl RegistryClient {
+    /// True when an HTTPS connection failed because the server does not
+    /// speak TLS: rustls found no TLS record in its answer (a plain HTTP
+    /// server answers `HTTP/1.1 400`: containerd's `tls.RecordHeaderError`
+    /// with `HTTP/`) or, for a host that may fall back, the connection was
+    /// dropped in the handshake. Certificate errors and alerts are TLS
+    /// spoken and refused: they are not this.
+    fn handshake_not_tls(&self, e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+                return matches!(tls, rustls::Error::InvalidMessage(_));
+            }
+            if let Some(io) = err.downcast_ref::<io::Error>() {
+                if self.http_fallback
+                    && matches!(
+                        io.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                    )
+                {
+                    return true;
+                }
+                // io::Error's source() skips the error it wraps.
+                if let Some(inner) = io.get_ref() {
+                    next = Some(inner);
+                    continue;
+                }
+            }
+            next = err.source();
+        }
+        false
     }
 }
 

@@ -176,6 +176,19 @@ pub trait CgroupFs {
         Ok(())
     }
 
+    /// Whether `controller` can be used for cgroups in this tree: v1, its
+    /// hierarchy is mounted (on a hybrid node a controller bound to the
+    /// cgroup2 tree at `unified/` is not usable: limits go to v1, and
+    /// libcontainer uses v1 there too); v2, it is listed in the root's
+    /// `cgroup.controllers`.
+    fn controller_usable(&self, controller: &str) -> bool {
+        if self.mode().is_v1() {
+            return self.dir(controller, "/").is_dir();
+        }
+        self.read("", "/", "cgroup.controllers")
+            .is_some_and(|list| list.split_whitespace().any(|c| c == controller))
+    }
+
     /// The controllers whose trees are written (one, `""`, on v2).
     fn controllers(&self) -> Vec<&'static str> {
         if self.mode().is_v1() {
@@ -267,5 +280,52 @@ impl CgroupFs for CgroupRoot {
 
     fn mode(&self) -> CgroupMode {
         self.mode
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_controller_is_usable_where_libcontainer_would_write_it() {
+        // (mode, v1 hierarchies made, root cgroup.controllers, hugetlb usable)
+        let cases = [
+            (CgroupMode::Hybrid, &["cpu", "memory"][..], None, false),
+            (CgroupMode::Hybrid, &["cpu", "hugetlb"][..], None, true),
+            // Hybrid with hugetlb bound to the cgroup2 tree (this machine):
+            // the v1 hierarchy is what counts.
+            (
+                CgroupMode::Hybrid,
+                &["cpu", "unified"][..],
+                Some(("unified/cgroup.controllers", "hugetlb\n")),
+                false,
+            ),
+            (CgroupMode::Legacy, &["hugetlb"][..], None, true),
+            (
+                CgroupMode::Unified,
+                &[][..],
+                Some(("cgroup.controllers", "cpuset cpu io memory hugetlb pids\n")),
+                true,
+            ),
+            (
+                CgroupMode::Unified,
+                &[][..],
+                Some(("cgroup.controllers", "cpuset cpu io memory pids\n")),
+                false,
+            ),
+            (CgroupMode::Unified, &[][..], None, false),
+        ];
+        for (i, (mode, dirs, file, want)) in cases.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            for d in dirs {
+                std::fs::create_dir_all(dir.path().join(d)).unwrap();
+            }
+            if let Some((name, text)) = file {
+                std::fs::write(dir.path().join(name), text).unwrap();
+            }
+            let root = CgroupRoot::at(dir.path(), mode);
+            assert_eq!(root.controller_usable("hugetlb"), want, "case {i}");
+        }
     }
 }

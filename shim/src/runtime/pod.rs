@@ -188,19 +188,51 @@ fn pod_extras(
         .collect();
     unified.sort();
     let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    let hugepages = pod_hugepages(rt, &r, field)?;
     Ok(caisson_cgroups::PodExtras {
         pids_limit: (rt.config.cgroups.pod_pids_limit != 0)
             .then_some(rt.config.cgroups.pod_pids_limit),
         cpuset_cpus: nonempty(&r.cpuset_cpus),
         cpuset_mems: nonempty(&r.cpuset_mems),
         memory_swap: (r.memory_swap_limit_in_bytes != 0).then_some(r.memory_swap_limit_in_bytes),
-        hugepages: r
+        hugepages,
+        unified,
+    })
+}
+
+/// The pod's hugepage limits (page size, bytes) as its cgroup gets them:
+/// all of them where the hugetlb controller is usable; none where it is
+/// not and they are all 0 (skipped, as for containers); refused, naming
+/// the limit, where one is positive.
+fn pod_hugepages(
+    rt: &Runtime,
+    r: &cri::LinuxContainerResources,
+    field: &str,
+) -> CriResult<Vec<(String, u64)>> {
+    use caisson_sandbox::host::hugetlb;
+    let pairs: Vec<(&str, i64)> = r
+        .hugepage_limits
+        .iter()
+        .map(|h| {
+            (
+                h.page_size.as_str(),
+                i64::try_from(h.limit).unwrap_or(i64::MAX),
+            )
+        })
+        .collect();
+    match hugetlb::fit(rt.hugetlb_usable(), &pairs)
+        .map_err(|e| super::update::hugetlb_refused(field, &e))?
+    {
+        hugetlb::Fit::Keep => Ok(r
             .hugepage_limits
             .iter()
             .map(|h| (h.page_size.clone(), h.limit))
-            .collect(),
-        unified,
-    })
+            .collect()),
+        hugetlb::Fit::Skip(page_sizes) => {
+            hugetlb::warn_skipped_once(&page_sizes);
+            Ok(vec![])
+        }
+    }
 }
 
 /// Creates and sizes the pod's cgroup when it is in Caisson's QoS hierarchy

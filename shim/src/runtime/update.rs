@@ -169,6 +169,29 @@ pub(crate) fn apply_unified(
     Ok(())
 }
 
+/// Drops hugepage limits this node cannot enforce from `res` (kubelet's
+/// limits of 0 for every page size, on a node whose hugetlb controller is
+/// not usable: one warning per process, as runc and containerd skip them)
+/// and refuses a positive one, naming it under `field` (the request's
+/// resources message): FAILED_PRECONDITION, as a pod-level one is.
+pub(crate) fn fit_hugepage_limits(
+    res: &mut LinuxResources,
+    hugetlb_usable: bool,
+    field: &str,
+) -> CriResult<()> {
+    caisson_sandbox::host::hugetlb::fit_resources(res, hugetlb_usable)
+        .map(|_| ())
+        .map_err(|e| hugetlb_refused(field, &e))
+}
+
+/// A positive hugepage limit this node cannot enforce, named under `field`.
+pub(crate) fn hugetlb_refused(
+    field: &str,
+    e: &caisson_sandbox::host::hugetlb::HugetlbUnavailable,
+) -> CriError {
+    CriError::FailedPrecondition(format!("{field}.hugepage_limits[{}]: {e}", e.index))
+}
+
 /// Whether a cgroup write or rmdir failed for a reason that passes: a
 /// removed child's cgroup lingering in the kernel (v1 refuses a parent's
 /// quota below it: EINVAL) or a cgroup's last processes still exiting
@@ -214,12 +237,22 @@ impl Runtime {
             .as_mut()
             .and_then(|l| l.resources_mut().as_mut())
         {
-            apply_unified(&r, "config.linux.resources", self.qos.fs().mode(), res)?;
+            let field = "config.linux.resources";
+            apply_unified(&r, field, self.qos.fs().mode(), res)?;
+            fit_hugepage_limits(res, self.hugetlb_usable(), field)?;
         }
         if let Some(process) = oci.process_mut().as_mut() {
             self.restrict_oom_score_adj(process);
         }
         Ok(())
+    }
+
+    /// Whether container cgroups on this node can use the hugetlb
+    /// controller (read per request: cheap, and a node may mount it later).
+    pub(super) fn hugetlb_usable(&self) -> bool {
+        self.qos
+            .fs()
+            .controller_usable(caisson_sandbox::host::hugetlb::CONTROLLER)
     }
 
     /// `[cgroups] restrict_oom_score_adj`: no lower score than caissond's.
@@ -404,6 +437,7 @@ impl Runtime {
         let resources = resources.ok_or_else(|| CriError::invalid("linux", "must be set"))?;
         let mut oci = crate::spec::update_resources(&resources)?;
         apply_unified(&resources, "linux", self.qos.fs().mode(), &mut oci)?;
+        fit_hugepage_limits(&mut oci, self.hugetlb_usable(), "linux")?;
         let mut any = Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
         any.value = serde_json::to_vec(&oci)
@@ -606,6 +640,52 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn hugepage_limits_are_fitted_to_the_node() {
+        let with = |limits: &[(&str, i64)]| {
+            let mut res = LinuxResources::default();
+            res.set_hugepage_limits(Some(
+                limits
+                    .iter()
+                    .map(|(size, limit)| {
+                        let mut h = LinuxHugepageLimit::default();
+                        h.set_page_size(size.to_string());
+                        h.set_limit(*limit);
+                        h
+                    })
+                    .collect(),
+            ));
+            res
+        };
+        // (usable, limits, limits left or the field refused)
+        type Case<'a> = (bool, &'a [(&'a str, i64)], Result<usize, &'a str>);
+        let cases: [Case; 4] = [
+            (false, &[("2MB", 0), ("1GB", 0)], Ok(0)),
+            (true, &[("2MB", 0), ("1GB", 0)], Ok(2)),
+            (true, &[("2MB", 1 << 21)], Ok(1)),
+            (
+                false,
+                &[("2MB", 0), ("1GB", 1 << 30)],
+                Err("linux.hugepage_limits[1]"),
+            ),
+        ];
+        for (i, (usable, limits, want)) in cases.into_iter().enumerate() {
+            let mut res = with(limits);
+            match (fit_hugepage_limits(&mut res, usable, "linux"), want) {
+                (Ok(()), Ok(n)) => assert_eq!(
+                    res.hugepage_limits().as_ref().map_or(0, Vec::len),
+                    n,
+                    "case {i}"
+                ),
+                (Err(CriError::FailedPrecondition(msg)), Err(field)) => {
+                    assert!(msg.starts_with(field), "case {i}: {msg}");
+                    assert!(msg.contains("hugetlb"), "case {i}: {msg}");
+                }
+                (got, want) => panic!("case {i}: {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -202,6 +202,32 @@ fn kubelet_pod_lifecycle(d: &Caissond, handler: &str, usable: bool) {
         "{name}"
     );
 
+    // kubelet's static CPU manager pins a container with an update that
+    // carries only cpuset_cpus: the other figures stay, in the cgroup and
+    // in what ContainerStatus reports.
+    let pin = cri::LinuxContainerResources {
+        cpuset_cpus: "0".into(),
+        ..Default::default()
+    };
+    d.ok("UpdateContainerResources (cpuset)", update(d, &id, pin));
+    let cpuset = d.task_cgroup("cpuset", &uid, &id);
+    assert_eq!(cgroup_file(&cpuset, "cpuset.cpus"), "0", "{name}");
+    assert_eq!(cgroup_file(&cpu, "cpu.cfs_quota_us"), "30000", "{name}");
+    let reported = d
+        .container_status(&id)
+        .resources
+        .and_then(|r| r.linux)
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            reported.cpuset_cpus.as_str(),
+            reported.cpu_quota,
+            reported.memory_limit_in_bytes
+        ),
+        ("0", 30_000, 48 * MI),
+        "{name}: {reported:?}"
+    );
+
     if !usable {
         // A container that asked for hugepages the node cannot account.
         let asked = kubelet_resources(50_000, 64 * MI, &[("2MB", 2 << 20), ("1GB", 0)]);

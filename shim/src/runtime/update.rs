@@ -169,6 +169,50 @@ pub(crate) fn apply_unified(
     Ok(())
 }
 
+/// A container's resources after `update`, as containerd merges them: a
+/// field the update leaves at 0 (or empty) keeps its old value, `unified`
+/// entries are added to the old ones. kubelet's CPU manager sends only
+/// `cpuset_cpus` (its memory manager only `cpuset_mems`): the container's
+/// CPU and memory figures must survive that, in its record (ContainerStatus
+/// reports them; kubelet's in-place resize compares them) and in its
+/// pod's sums. The live cgroup is updated from `update` alone (unset
+/// fields are left as they are there too).
+pub(crate) fn merged_update(
+    old: &cri::LinuxContainerResources,
+    update: &cri::LinuxContainerResources,
+) -> cri::LinuxContainerResources {
+    let number = |new: i64, old: i64| if new != 0 { new } else { old };
+    let list = |new: &String, old: &String| {
+        if new.is_empty() {
+            old.clone()
+        } else {
+            new.clone()
+        }
+    };
+    let mut unified = old.unified.clone();
+    unified.extend(update.unified.clone());
+    cri::LinuxContainerResources {
+        cpu_period: number(update.cpu_period, old.cpu_period),
+        cpu_quota: number(update.cpu_quota, old.cpu_quota),
+        cpu_shares: number(update.cpu_shares, old.cpu_shares),
+        memory_limit_in_bytes: number(update.memory_limit_in_bytes, old.memory_limit_in_bytes),
+        memory_swap_limit_in_bytes: number(
+            update.memory_swap_limit_in_bytes,
+            old.memory_swap_limit_in_bytes,
+        ),
+        oom_score_adj: number(update.oom_score_adj, old.oom_score_adj),
+        cpuset_cpus: list(&update.cpuset_cpus, &old.cpuset_cpus),
+        cpuset_mems: list(&update.cpuset_mems, &old.cpuset_mems),
+        hugepage_limits: if update.hugepage_limits.is_empty() {
+            old.hugepage_limits.clone()
+        } else {
+            update.hugepage_limits.clone()
+        },
+        unified,
+        ..update.clone()
+    }
+}
+
 /// Drops hugepage limits this node cannot enforce from `res` (kubelet's
 /// limits of 0 for every page size, on a node whose hugetlb controller is
 /// not usable: one warning per process, as runc and containerd skip them)
@@ -462,6 +506,9 @@ impl Runtime {
         // The pod's limits before and after, when caissond sizes it.
         let container_config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
         let old_resources = resources_of(&container_config);
+        // What the container has once the update is applied: a field the
+        // update leaves at 0 keeps its value.
+        let resources = merged_update(&old_resources, &resources);
         let pod_plan = self.pod_sizing(&pod).map(|(sizing, config)| {
             let overhead = super::pod::pod_resources(&config).overhead;
             match sizing {
@@ -640,6 +687,77 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn an_update_keeps_the_fields_it_leaves_unset() {
+        let old = cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 64 << 20,
+            oom_score_adj: 999,
+            cpuset_cpus: "0-3".into(),
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
+            unified: HashMap::from([("memory.oom.group".to_string(), "1".to_string())]),
+            ..Default::default()
+        };
+        let cases = [
+            (
+                "CPU manager: cpuset only",
+                cri::LinuxContainerResources {
+                    cpuset_cpus: "2".into(),
+                    ..Default::default()
+                },
+                cri::LinuxContainerResources {
+                    cpuset_cpus: "2".into(),
+                    ..old.clone()
+                },
+            ),
+            (
+                "memory manager: mems only",
+                cri::LinuxContainerResources {
+                    cpuset_mems: "0".into(),
+                    ..Default::default()
+                },
+                cri::LinuxContainerResources {
+                    cpuset_mems: "0".into(),
+                    ..old.clone()
+                },
+            ),
+            (
+                "in-place resize: every figure",
+                cri::LinuxContainerResources {
+                    cpu_period: 100_000,
+                    cpu_quota: 20_000,
+                    cpu_shares: 204,
+                    memory_limit_in_bytes: 32 << 20,
+                    memory_swap_limit_in_bytes: 32 << 20,
+                    oom_score_adj: 998,
+                    unified: HashMap::from([("memory.high".to_string(), "1000".to_string())]),
+                    ..Default::default()
+                },
+                cri::LinuxContainerResources {
+                    cpu_quota: 20_000,
+                    cpu_shares: 204,
+                    memory_limit_in_bytes: 32 << 20,
+                    memory_swap_limit_in_bytes: 32 << 20,
+                    oom_score_adj: 998,
+                    unified: HashMap::from([
+                        ("memory.oom.group".to_string(), "1".to_string()),
+                        ("memory.high".to_string(), "1000".to_string()),
+                    ]),
+                    ..old.clone()
+                },
+            ),
+        ];
+        for (name, update, want) in cases {
+            assert_eq!(merged_update(&old, &update), want, "{name}");
+        }
     }
 
     #[test]

@@ -209,7 +209,6 @@ pub(crate) fn merged_update(
             update.hugepage_limits.clone()
         },
         unified,
-        ..update.clone()
     }
 }
 

@@ -86,6 +86,9 @@ impl From<ImageError> for CriError {
             },
             ImageError::RegistryUnauthorized { .. } => CriError::Unauthenticated(e.to_string()),
             ImageError::RegistryUnreachable { .. } => CriError::Unavailable(e.to_string()),
+            // A plain-HTTP registry not configured as such: the node's
+            // config must change first.
+            ImageError::RegistryNotTls { .. } => CriError::FailedPrecondition(e.to_string()),
             ImageError::NotInRegistry { .. } => CriError::FieldNotFound {
                 field: "image".into(),
                 reason: e.to_string(),

@@ -286,6 +286,7 @@ mod through_caissond {
 
         let host = off.host();
         let err = pull(&d, &format!("{host}/dev/app:1")).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
         assert!(
             err.message()
                 .contains(&format!("registry {host} does not speak HTTPS"))

@@ -11,6 +11,7 @@
 //! * [`network`]: pod network namespaces and CNI.
 //! * [`shims`]: per-pod shims (`containerd-shim-caisson-v2`) and their events.
 //! * [`store`]: crash-safe pod and container records.
+//! * [`streaming`]: the Exec/Attach/PortForward server (SPDY and WebSocket).
 //! * [`status`]: errors → gRPC statuses, in one place.
 
 pub mod authority;
@@ -25,3 +26,4 @@ pub mod shims;
 pub mod spec;
 pub mod status;
 pub mod store;
+pub mod streaming;

@@ -22,7 +22,7 @@ use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Bytes from the client (stdin).
 pub type ByteReader = Box<dyn AsyncRead + Send + Unpin>;
@@ -63,6 +63,11 @@ pub struct SessionStreams {
     /// Terminal sizes in the order the client sent them; closed when the
     /// client closes its resize stream or goes away.
     pub resize: Option<mpsc::Receiver<TermSize>>,
+    /// Resolves (with `Ok` or `Err`) once the client's connection is gone:
+    /// the protocol keeps the sender in the task that reads the connection
+    /// and drops it (or sends) when that read ends. An exec is killed then,
+    /// as containerd does; an attach just detaches.
+    pub client_gone: oneshot::Receiver<()>,
 }
 
 /// How an exec or attach ended, which the protocol reports to the client
@@ -86,8 +91,7 @@ pub trait RemoteCommand: Send {
     /// client detaches (attach). Must not return before everything it
     /// wrote to `stdout`/`stderr` has been written (the protocol closes
     /// those streams after it returns). A client that goes away shows up
-    /// as errors writing the output or as stdin's end; an exec's process
-    /// is then left to end on its own input's EOF, as kubelet's does.
+    /// as `client_gone`, as errors writing the output and as stdin's end.
     async fn run(self: Box<Self>, streams: SessionStreams) -> SessionEnd;
 }
 

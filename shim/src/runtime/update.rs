@@ -169,19 +169,34 @@ pub(crate) fn apply_unified(
     Ok(())
 }
 
-/// A container's resources after `update`, as containerd merges them: a
-/// field the update leaves at 0 (or empty) keeps its old value, `unified`
-/// entries are added to the old ones. kubelet's CPU manager sends only
-/// `cpuset_cpus` (its memory manager only `cpuset_mems`): the container's
-/// CPU and memory figures must survive that, in its record (ContainerStatus
-/// reports them; kubelet's in-place resize compares them) and in its
-/// pod's sums. The live cgroup is updated from `update` alone (unset
-/// fields are left as they are there too).
+/// A container's resources after `update`. kubelet's CPU manager sends
+/// only `cpuset_cpus` (its memory manager only `cpuset_mems`): an update
+/// that carries no CPU or memory figure at all keeps the container's, in
+/// its record (ContainerStatus reports them; kubelet's in-place resize
+/// compares them) and in its pod's sums. An update with figures replaces
+/// them all (0: no limit, as the pod's sums have always read it). Empty
+/// cpuset lists and hugepage limits keep theirs, a zero `oom_score_adj`
+/// keeps its, `unified` entries are added to the old ones, as containerd
+/// merges them. The live cgroup is updated from `update` alone (unset
+/// fields are not written there).
 pub(crate) fn merged_update(
     old: &cri::LinuxContainerResources,
     update: &cri::LinuxContainerResources,
 ) -> cri::LinuxContainerResources {
-    let number = |new: i64, old: i64| if new != 0 { new } else { old };
+    let figures = |r: &cri::LinuxContainerResources| {
+        [
+            r.cpu_period,
+            r.cpu_quota,
+            r.cpu_shares,
+            r.memory_limit_in_bytes,
+            r.memory_swap_limit_in_bytes,
+        ]
+    };
+    let from = if figures(update).iter().all(|f| *f == 0) {
+        old
+    } else {
+        update
+    };
     let list = |new: &String, old: &String| {
         if new.is_empty() {
             old.clone()
@@ -192,15 +207,16 @@ pub(crate) fn merged_update(
     let mut unified = old.unified.clone();
     unified.extend(update.unified.clone());
     cri::LinuxContainerResources {
-        cpu_period: number(update.cpu_period, old.cpu_period),
-        cpu_quota: number(update.cpu_quota, old.cpu_quota),
-        cpu_shares: number(update.cpu_shares, old.cpu_shares),
-        memory_limit_in_bytes: number(update.memory_limit_in_bytes, old.memory_limit_in_bytes),
-        memory_swap_limit_in_bytes: number(
-            update.memory_swap_limit_in_bytes,
-            old.memory_swap_limit_in_bytes,
-        ),
-        oom_score_adj: number(update.oom_score_adj, old.oom_score_adj),
+        cpu_period: from.cpu_period,
+        cpu_quota: from.cpu_quota,
+        cpu_shares: from.cpu_shares,
+        memory_limit_in_bytes: from.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes: from.memory_swap_limit_in_bytes,
+        oom_score_adj: if update.oom_score_adj != 0 {
+            update.oom_score_adj
+        } else {
+            old.oom_score_adj
+        },
         cpuset_cpus: list(&update.cpuset_cpus, &old.cpuset_cpus),
         cpuset_mems: list(&update.cpuset_mems, &old.cpuset_mems),
         hugepage_limits: if update.hugepage_limits.is_empty() {
@@ -750,6 +766,21 @@ mod tests {
                         ("memory.oom.group".to_string(), "1".to_string()),
                         ("memory.high".to_string(), "1000".to_string()),
                     ]),
+                    ..old.clone()
+                },
+            ),
+            (
+                "figures given: 0 is no limit",
+                cri::LinuxContainerResources {
+                    cpu_shares: 512,
+                    ..Default::default()
+                },
+                cri::LinuxContainerResources {
+                    cpu_period: 0,
+                    cpu_quota: 0,
+                    cpu_shares: 512,
+                    memory_limit_in_bytes: 0,
+                    memory_swap_limit_in_bytes: 0,
                     ..old.clone()
                 },
             ),

@@ -30,6 +30,9 @@ pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 /// Annotation on an `Update` asking the shim to reopen the task's CRI log
 /// files (caissond's ReopenContainerLog; the task API has no call for it).
 pub const REOPEN_LOG_ANNOTATION: &str = "io.caisson.reopen-log";
+/// A task's attach socket in its bundle: its init's output, live
+/// (`host::attach`), for CRI Attach.
+pub const ATTACH_SOCKET: &str = "attach.sock";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -344,6 +347,9 @@ impl Task for TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
+            // CRI Attach reads the init's output here (served only when
+            // the output goes to a CRI log, which the shim writes).
+            attach: Some(bundle.join(ATTACH_SOCKET)),
         };
         let spec = TaskSpec {
             id: req.id.clone(),
@@ -585,6 +591,7 @@ impl Task for TaskService {
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
+            attach: None,
         };
         self.backend
             .exec(&ExecSpec {

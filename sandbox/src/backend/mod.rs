@@ -99,6 +99,9 @@ pub struct Stdio {
     pub stderr: String,
     /// The process gets a pseudo-terminal; stdout carries it, stderr is unused.
     pub terminal: bool,
+    /// Where to serve the output live to attached clients
+    /// (`host::attach`); only a task's init has one.
+    pub attach: Option<PathBuf>,
 }
 
 /// A task to create from an OCI bundle (`bundle/config.json`, `bundle/rootfs`).

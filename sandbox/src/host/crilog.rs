@@ -12,6 +12,7 @@
 
 use std::fs::File;
 
+use super::attach::Tee;
 use super::stdio::open_append;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -22,11 +23,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The longest record content; longer lines become several records.
 pub const MAX_RECORD: usize = 16 * 1024;
 
-/// One CRI log file.
+/// One CRI log file, and the clients attached to the output it records.
 #[derive(Debug)]
 pub struct CriLog {
     path: PathBuf,
     file: Mutex<File>,
+    tee: Arc<Tee>,
 }
 
 impl CriLog {
@@ -35,11 +37,18 @@ impl CriLog {
         Ok(Arc::new(CriLog {
             path: path.to_path_buf(),
             file: Mutex::new(file),
+            tee: Arc::default(),
         }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The attached clients ([`super::attach`]), who get the raw output
+    /// as it is read.
+    pub fn tee(&self) -> &Arc<Tee> {
+        &self.tee
     }
 
     /// Starts writing to a new file at the same path.
@@ -148,7 +157,9 @@ pub fn spawn_reader(
     stream: &'static str,
     pipe: OwnedFd,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+    log.tee.reader_started();
+    let tee = log.tee.clone();
+    let spawned = std::thread::Builder::new()
         .name(format!("crilog-{stream}"))
         .spawn(move || {
             let mut pipe = File::from(pipe);
@@ -157,9 +168,12 @@ pub fn spawn_reader(
             loop {
                 match pipe.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => splitter.feed(&buf[..n], |partial, content| {
-                        log.write_record(stream, partial, content)
-                    }),
+                    Ok(n) => {
+                        log.tee.send(stream, &buf[..n]);
+                        splitter.feed(&buf[..n], |partial, content| {
+                            log.write_record(stream, partial, content)
+                        })
+                    }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         tracing::warn!(stream, error = %e, "reading container output");
@@ -168,7 +182,12 @@ pub fn spawn_reader(
                 }
             }
             splitter.finish(|partial, content| log.write_record(stream, partial, content));
-        })
+            log.tee.reader_ended();
+        });
+    if spawned.is_err() {
+        tee.reader_ended();
+    }
+    spawned
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! * [`stdio`]: opening containerd's stdio names (FIFOs, `file://` URIs,
 //!   none) for a container process, keeping FIFOs usable before the
 //!   caller's end connects.
+//! * [`attach`]: a task's live output for attached clients (CRI Attach),
+//!   on a socket in its bundle.
 //! * [`console`]: receiving a container's pty master from a console socket,
 //!   pumping it to and from the stdio FIFOs, resizing it.
 //! * [`executor`]: a libcontainer executor that gives the payload a clean
@@ -24,6 +26,7 @@
 //! * `open_dir_nofollow`: a directory itself, never through a symlink.
 //! * `proc_stat`: a process's `/proc/<pid>/stat` fields.
 
+pub mod attach;
 pub mod cgroups;
 pub mod console;
 pub mod crilog;

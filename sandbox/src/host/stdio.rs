@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
+use super::attach::AttachListener;
 use super::console::ConsoleSocket;
 use super::crilog::{spawn_reader, CriLog};
 use crate::backend::Stdio;
@@ -113,6 +114,8 @@ pub struct HeldStdio {
     terminal: Option<TerminalPumps>,
     /// CRI log files this process writes (through reader threads).
     logs: Vec<Arc<CriLog>>,
+    /// The attach socket serving that output live.
+    attach: Option<AttachListener>,
 }
 
 impl HeldStdio {
@@ -349,6 +352,7 @@ pub fn open_stdio(stdio: &Stdio) -> io::Result<(ChildStdio, HeldStdio)> {
     held.fifo_readers.extend(reader);
     let (stderr, reader) = open_output_logged("stderr", &stdio.stderr, &mut held.logs)?;
     held.fifo_readers.extend(reader);
+    held.attach = start_attach(stdio, &held.logs)?;
     Ok((
         ChildStdio {
             stdin,
@@ -357,6 +361,15 @@ pub fn open_stdio(stdio: &Stdio) -> io::Result<(ChildStdio, HeldStdio)> {
         },
         held,
     ))
+}
+
+/// The attach socket `stdio` asks for, over the logs its output goes to
+/// (none without a CRI log: there is nothing of the output to tee).
+fn start_attach(stdio: &Stdio, logs: &[Arc<CriLog>]) -> io::Result<Option<AttachListener>> {
+    match &stdio.attach {
+        Some(path) if !logs.is_empty() => AttachListener::start(path, logs).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// The host ends of a terminal process's stdio, opened before the process
@@ -368,6 +381,7 @@ pub struct TerminalStdio {
     stdout: OwnedFd,
     stdout_reader: Option<OwnedFd>,
     logs: Vec<Arc<CriLog>>,
+    attach: Option<AttachListener>,
 }
 
 impl TerminalStdio {
@@ -376,12 +390,14 @@ impl TerminalStdio {
         let (stdin, stdin_keepalive) = open_input(&stdio.stdin)?;
         let mut logs = Vec::new();
         let (stdout, stdout_reader) = open_output_logged("stdout", &stdio.stdout, &mut logs)?;
+        let attach = start_attach(stdio, &logs)?;
         Ok(TerminalStdio {
             stdin,
             stdin_keepalive,
             stdout,
             stdout_reader,
             logs,
+            attach,
         })
     }
 
@@ -414,6 +430,7 @@ impl TerminalStdio {
                 _stop: stop_tx,
             }),
             logs: self.logs,
+            attach: self.attach,
         })
     }
 }
@@ -427,7 +444,7 @@ struct TerminalPumps {
     _stop: OwnedFd,
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     Ok((rx, tx))
 }
@@ -445,7 +462,7 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Waits until `fd` is ready for `events` or `stop` is readable/hung up.
 /// Returns false when stopped.
-fn wait_ready(fd: BorrowedFd<'_>, events: libc::c_short, stop: BorrowedFd<'_>) -> bool {
+pub(super) fn wait_ready(fd: BorrowedFd<'_>, events: libc::c_short, stop: BorrowedFd<'_>) -> bool {
     let mut fds = [
         libc::pollfd {
             fd: fd.as_raw_fd(),

@@ -28,7 +28,7 @@ deps-apt:
 # (gRPC's C core) in a venv that adds grpcio-tools from PyPI to generate the
 # CRI stubs. Kept outside the clone; remade when the pin changes.
 PY_GRPC_VENV := /var/cache/caisson-test/py-grpc
-PY_GRPC_TOOLS := grpcio-tools==1.51.1
+PY_GRPC_TOOLS := grpcio-tools==1.51.1 kubernetes==37.0.3
 
 deps: python-deps
 
@@ -37,7 +37,7 @@ python-deps: deps-apt
 	  echo "making $(PY_GRPC_VENV) ($(PY_GRPC_TOOLS))"; \
 	  rm -rf $(PY_GRPC_VENV) && \
 	  /usr/bin/python3 -m venv --system-site-packages $(PY_GRPC_VENV) && \
-	  $(PY_GRPC_VENV)/bin/pip install --quiet --disable-pip-version-check '$(PY_GRPC_TOOLS)' && \
+	  $(PY_GRPC_VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_GRPC_TOOLS) && \
 	  echo '$(PY_GRPC_TOOLS)' > $(PY_GRPC_VENV)/.caisson-pin; \
 	fi
 

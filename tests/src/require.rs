@@ -57,3 +57,25 @@ pub fn python_grpc() -> PathBuf {
     );
     python
 }
+
+/// The interop venv's Python interpreter with the `kubernetes` package
+/// (PyPI; its `kubernetes.stream.ws_client` speaks the WebSocket channel
+/// protocols, v5 included), failing with how to get it.
+pub fn python_kubernetes() -> PathBuf {
+    let python = std::env::var_os("CAISSON_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(PYTHON_GRPC_VENV).join("bin/python"));
+    let ok = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "from kubernetes.stream import ws_client; ws_client.V5_CHANNEL_PROTOCOL",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} with the `kubernetes` package (PyPI, pinned in the Makefile's PY_GRPC_TOOLS) is required: `make deps` makes it",
+        python.display()
+    );
+    python
+}

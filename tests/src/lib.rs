@@ -14,6 +14,8 @@
 //!   htpasswd or TLS), filled with `skopeo`, for pull tests.
 //! * [`require`]: prerequisites (root, Debian packages) that fail a test with a
 //!   message naming what is missing, instead of skipping it.
+//! * [`spdy`]: a SPDY/3.1 client, frame by frame, for Kubernetes'
+//!   remotecommand (exec/attach) and portforward protocols.
 
 pub mod bundle;
 pub mod cni;
@@ -22,3 +24,4 @@ pub mod fixtures;
 pub mod http2;
 pub mod registry;
 pub mod require;
+pub mod spdy;

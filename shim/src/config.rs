@@ -38,6 +38,9 @@ pub struct Config {
     /// Pod networking through CNI.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// The Exec/Attach/PortForward server.
+    #[serde(default)]
+    pub streaming: crate::streaming::config::StreamingConfig,
 }
 
 /// `[cgroups]`: the node-allocatable level of the QoS hierarchy (0 =
@@ -183,6 +186,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.streaming.validate()?;
         for (name, path) in [
             ("root_dir", &self.root_dir),
             ("run_dir", &self.run_dir),

@@ -18,6 +18,7 @@ use crate::call_log::{record_id, CallLogLayer};
 use crate::image::ImageApi;
 use crate::runtime::{ChangeKind, ContainerChange, Runtime};
 use crate::status::CriError;
+use crate::streaming::server::{StreamRequest, StreamingError, StreamingServer};
 
 pub const RUNTIME_NAME: &str = "caisson";
 pub const CRI_VERSION: &str = "v1";
@@ -44,15 +45,18 @@ fn unimplemented(what: &str, when: &str) -> Status {
 #[derive(Clone)]
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
+    /// Where Exec, Attach and PortForward URLs point.
+    streaming: Arc<StreamingServer>,
     /// The handlers Status lists with their features, computed on the
     /// first Status (the config does not change while caissond runs).
     handlers: Arc<tokio::sync::OnceCell<Vec<cri::RuntimeHandler>>>,
 }
 
 impl RuntimeApi {
-    pub fn new(rt: Arc<Runtime>) -> RuntimeApi {
+    pub fn new(rt: Arc<Runtime>, streaming: Arc<StreamingServer>) -> RuntimeApi {
         RuntimeApi {
             rt,
+            streaming,
             handlers: Default::default(),
         }
     }
@@ -85,6 +89,16 @@ impl RuntimeApi {
             })
             .await?;
         Ok(handlers.clone())
+    }
+}
+
+impl RuntimeApi {
+    /// A single-use URL on the streaming server.
+    fn stream_url(&self, request: StreamRequest) -> Result<String, Status> {
+        self.streaming.url_for(request).map_err(|e| match e {
+            StreamingError::TooManyPending => Status::resource_exhausted(e.to_string()),
+            other => Status::internal(other.to_string()),
+        })
     }
 }
 
@@ -253,28 +267,34 @@ impl RuntimeService for RuntimeApi {
         ))
     }
 
-    async fn exec(&self, _r: Request<cri::ExecRequest>) -> Rsp<cri::ExecResponse> {
-        Err(unimplemented(
-            "Exec (streaming)",
-            "the streaming server is a later issue; ExecSync works",
-        ))
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Rsp<cri::ExecResponse> {
+        let r = r.into_inner();
+        required("container_id", &r.container_id)?;
+        let request = self.rt.exec_request(&r)?;
+        Ok(Response::new(cri::ExecResponse {
+            url: self.stream_url(request)?,
+        }))
     }
 
-    async fn attach(&self, _r: Request<cri::AttachRequest>) -> Rsp<cri::AttachResponse> {
-        Err(unimplemented(
-            "Attach",
-            "the streaming server is a later issue",
-        ))
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Rsp<cri::AttachResponse> {
+        let r = r.into_inner();
+        required("container_id", &r.container_id)?;
+        let request = self.rt.attach_request(&r)?;
+        Ok(Response::new(cri::AttachResponse {
+            url: self.stream_url(request)?,
+        }))
     }
 
     async fn port_forward(
         &self,
-        _r: Request<cri::PortForwardRequest>,
+        r: Request<cri::PortForwardRequest>,
     ) -> Rsp<cri::PortForwardResponse> {
-        Err(unimplemented(
-            "PortForward",
-            "the streaming server is a later issue",
-        ))
+        let r = r.into_inner();
+        required("pod_sandbox_id", &r.pod_sandbox_id)?;
+        let request = self.rt.port_forward_request(&r)?;
+        Ok(Response::new(cri::PortForwardResponse {
+            url: self.stream_url(request)?,
+        }))
     }
 
     async fn container_stats(
@@ -641,10 +661,12 @@ pub async fn serve(
         rt.config.registries.clone(),
         rt.config.pause_image.clone(),
     );
+    let sessions = Arc::new(crate::runtime::streams::RuntimeSessions(rt.clone()));
+    let streaming = StreamingServer::start(&rt.config.streaming, sessions).await?;
     tonic::transport::Server::builder()
         .layer(CallLogLayer)
         .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
-            RuntimeApi::new(rt),
+            RuntimeApi::new(rt, streaming),
         ))
         .add_service(cri::image_service_server::ImageServiceServer::new(
             image_api,

@@ -203,6 +203,36 @@ impl ShimClient {
         call!(self, exec, req, "exec").map(|_: Empty| ())
     }
 
+    /// Resizes the terminal of a process (`exec_id` "" for the init).
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> CriResult<()> {
+        let req = api::ResizePtyRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            width,
+            height,
+            ..Default::default()
+        };
+        call!(self, resize_pty, req, "resizing the terminal").map(|_: Empty| ())
+    }
+
+    /// Closes a process's stdin (`exec_id` "" for the init): it reads EOF
+    /// once every writer of its stdin FIFO has closed too.
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> CriResult<()> {
+        let req = api::CloseIORequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            stdin: true,
+            ..Default::default()
+        };
+        call!(self, close_io, req, "closing stdin").map(|_: Empty| ())
+    }
+
     pub async fn update(&self, req: api::UpdateTaskRequest) -> CriResult<()> {
         call!(self, update, req, "updating task").map(|_: Empty| ())
     }

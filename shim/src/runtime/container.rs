@@ -28,7 +28,7 @@ pub fn crilog_uri(path: &Path) -> String {
 }
 
 /// The FIFO a `stdin: true` container reads, in its bundle (removed with it).
-const STDIN_FIFO: &str = "stdin";
+pub(crate) const STDIN_FIFO: &str = "stdin";
 
 /// Makes the container's stdin FIFO (root-only) and returns its name for
 /// the task. The shim holds a writer on it for the task's life, so the

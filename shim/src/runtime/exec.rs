@@ -10,7 +10,7 @@ use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use super::pod::pod_dir;
 use super::Runtime;
 use crate::status::{CriError, CriResult};
-use crate::store::ContainerState;
+use crate::store::{ContainerRecord, ContainerState};
 
 /// Output kept per stream, like kubelet's own cap for exec probes.
 const MAX_EXEC_OUTPUT: u64 = 16 << 20;
@@ -25,6 +25,29 @@ fn read_capped(path: &std::path::Path) -> Vec<u8> {
         let _ = f.take(MAX_EXEC_OUTPUT).read_to_end(&mut out);
     }
     out
+}
+
+/// A new exec id.
+pub fn new_exec_id() -> String {
+    format!("exec-{}", &super::new_id()[..16])
+}
+
+/// The process of an exec in `c`: the container's own process (user,
+/// environment, capabilities, cwd…) with another command, as the task
+/// API's Exec takes it.
+pub fn exec_process(c: &ContainerRecord, cmd: &[String], terminal: bool) -> CriResult<Any> {
+    let spec: serde_json::Value = std::fs::read(c.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| CriError::Internal(format!("container {} has no readable spec", c.id)))?;
+    let mut process = spec["process"].clone();
+    process["args"] = serde_json::json!(cmd);
+    process["terminal"] = serde_json::json!(terminal);
+    let mut any = Any::new();
+    any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+    any.value = serde_json::to_vec(&process)
+        .map_err(|e| CriError::internal("encoding the exec spec", e))?;
+    Ok(any)
 }
 
 impl Runtime {
@@ -49,26 +72,13 @@ impl Runtime {
         }
         let pod = self.pod(&c.pod_id)?;
         let client = self.client(&pod)?;
-        // The exec runs as the container's own process does, with another command.
-        let spec: serde_json::Value = std::fs::read(c.bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| {
-                CriError::Internal(format!("container {} has no readable spec", c.id))
-            })?;
-        let mut process = spec["process"].clone();
-        process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(false);
-        let exec_id = format!("exec-{}", &super::new_id()[..16]);
+        let any = exec_process(&c, &cmd, false)?;
+        let exec_id = new_exec_id();
         let dir = tempfile::Builder::new()
             .prefix("exec-")
             .tempdir_in(pod_dir(self, &pod.id))
             .map_err(|e| CriError::internal("creating the exec output dir", e))?;
         let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-        let mut any = Any::new();
-        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
-        any.value = serde_json::to_vec(&process)
-            .map_err(|e| CriError::internal("encoding the exec spec", e))?;
         client
             .exec(api::ExecProcessRequest {
                 id: c.id.clone(),

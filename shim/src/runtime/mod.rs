@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod network;
 pub mod pod;
 pub mod stats;
+pub mod streams;
 pub mod update;
 
 use std::collections::{BTreeMap, HashMap};

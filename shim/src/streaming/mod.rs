@@ -15,7 +15,10 @@
 //! through a [`PortDialer`] (the pod's network namespace). So a protocol
 //! knows nothing of containers, and a session nothing of framing.
 
+pub mod config;
+pub mod server;
 pub mod spdy;
+mod tls;
 pub mod websocket;
 
 use std::io;
@@ -186,6 +189,12 @@ mod tests {
     #[test]
     fn term_sizes_read_as_kubernetes_sends_them() {
         let size: TermSize = serde_json::from_str(r#"{"Width":100,"Height":30}"#).unwrap();
-        assert_eq!(size, TermSize { width: 100, height: 30 });
+        assert_eq!(
+            size,
+            TermSize {
+                width: 100,
+                height: 30
+            }
+        );
     }
 }

@@ -312,12 +312,15 @@ impl Runtime {
             std::fs::create_dir_all(log)
                 .map_err(|e| CriError::internal("creating the log directory", e))?;
         }
-        let (stdout, stderr) = if record.log_path.as_os_str().is_empty() {
-            (String::new(), String::new())
+        // Without a log path the output still flows through the shim (to
+        // /dev/null), so Attach can follow it.
+        let log = if record.log_path.as_os_str().is_empty() {
+            Path::new("/dev/null")
         } else {
-            let uri = crilog_uri(&record.log_path);
-            (uri.clone(), if config.tty { String::new() } else { uri })
+            record.log_path.as_path()
         };
+        let uri = crilog_uri(log);
+        let (stdout, stderr) = (uri.clone(), if config.tty { String::new() } else { uri });
         let stdin = if config.stdin {
             open_stdin_fifo(&record.bundle)?
         } else {

@@ -482,11 +482,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SpdyClient<S> {
 /// Upgrades `tcp` to SPDY/3.1 with a `POST path` offering `protocols`;
 /// returns the client and the protocol the server chose.
 pub async fn upgrade(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     path: &str,
     protocols: &[&str],
 ) -> io::Result<(SpdyClient<TcpStream>, String)> {
-    let host = tcp.peer_addr()?;
+    let host = tcp.peer_addr()?.to_string();
+    upgrade_over(tcp, &host, path, protocols).await
+}
+
+/// [`upgrade`] over any byte stream (a TLS one, say), naming `host`.
+pub async fn upgrade_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: S,
+    host: &str,
+    path: &str,
+    protocols: &[&str],
+) -> io::Result<(SpdyClient<S>, String)> {
     let mut request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
     );

@@ -222,3 +222,102 @@ fn urls_are_single_use_loopback_and_expire() {
     let (code, _) = upgrade(&late, SPDY_V4);
     assert_eq!(code, 404, "an expired URL");
 }
+
+/// A self-signed certificate for 127.0.0.1 (Debian's openssl), as PEM
+/// files in `dir`.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("streaming.crt"), dir.join("streaming.key"));
+    let openssl = caisson_tests::require::program("openssl", "openssl");
+    let status = std::process::Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=caisson-streaming"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl req");
+    (cert, key)
+}
+
+#[test]
+fn with_a_certificate_the_urls_are_https_and_sessions_run_over_tls() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(certs.path());
+    let d = Caissond::start(&format!(
+        "streaming.tls_cert_file = \"{}\"\nstreaming.tls_key_file = \"{}\"",
+        cert.display(),
+        key.display()
+    ));
+    d.import_busybox();
+    d.import_pause_image();
+    let (_pod, id) = running_container(&d, "stream-tls");
+    let mut rt = d.runtime();
+    let url = d
+        .ok(
+            "Exec",
+            d.rt.block_on(rt.exec(exec_request(&id, &["echo", "over tls"]))),
+        )
+        .url;
+    let rest = url.strip_prefix("https://").expect("an https URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&cert).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let got = d.rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(host).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect("127.0.0.1".try_into().unwrap(), tcp)
+            .await
+            .expect("a TLS handshake with the configured certificate");
+        let (mut client, protocol) =
+            caisson_tests::spdy::upgrade_over(tls, host, path, &["v4.channel.k8s.io"])
+                .await
+                .unwrap();
+        assert_eq!(protocol, "v4.channel.k8s.io");
+        caisson_tests::spdy::exec(
+            &mut client,
+            &caisson_tests::spdy::ExecRequest {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "over tls\n");
+    assert_eq!(got.status()["status"], "Success");
+    // Plain HTTP is not answered on that port.
+    let plain = url.replacen("https://", "http://", 1);
+    let (host, path) = split_url(&plain);
+    let mut tcp = TcpStream::connect(&host).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut tcp, &mut answer);
+    assert!(!answer.starts_with("HTTP/1.1 1"), "{answer:?}");
+}

@@ -1023,3 +1023,31 @@ impl Caissond {
         );
     }
 }
+
+impl Caissond {
+    /// [`Caissond::start`] on the harness's config as `edit` rewrites it
+    /// (another `[log]` format, a handler appended, ...): the daemon starts
+    /// once on the harness's config, is killed before it runs anything, and
+    /// starts again on the edited config with an empty log.
+    pub fn start_edited(extra: &str, edit: impl FnOnce(&str) -> String) -> Caissond {
+        let mut d = Caissond::start(extra);
+        d.sigkill();
+        let text = std::fs::read_to_string(&d.config_path).unwrap();
+        std::fs::write(&d.config_path, edit(&text)).unwrap();
+        std::fs::write(&d.log_path, "").unwrap();
+        d.respawn();
+        d
+    }
+
+    /// [`Caissond::start`] with `[log] format` set to `format` (`"json"`
+    /// or `"text"`, the harness's own).
+    pub fn start_with_log_format(extra: &str, format: &str) -> Caissond {
+        Caissond::start_edited(extra, |text| {
+            assert!(text.contains("\n[log]\nlevel = \"debug\"\nformat = \"text\"\n"));
+            text.replace(
+                "\n[log]\nlevel = \"debug\"\nformat = \"text\"\n",
+                &format!("\n[log]\nlevel = \"debug\"\nformat = {format:?}\n"),
+            )
+        })
+    }
+}

@@ -16,6 +16,10 @@ use caisson_shim::config::{Config, LogFormat, DEFAULT_CONFIG};
 use caisson_shim::runtime::Runtime;
 use caisson_shim::shims::{serve_events, ShimManager};
 
+/// Logs to stderr as text, or as one JSON object per line: the event's
+/// fields at the top level (`message`, ...), the innermost span's fields
+/// under `span` (a CRI call's `cri` span: `method`, `pod_id`,
+/// `container_id`) and every enclosing span under `spans`.
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAISSON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -23,7 +27,12 @@ fn init_logging(config: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match config.log.format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
 }

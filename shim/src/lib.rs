@@ -1,6 +1,8 @@
 //! `caissond`: Caisson's CRI v1 server.
 //!
 //! * [`config`]: TOML configuration with an embedded default.
+//! * [`admin`]: the admin Runtime service (`caissond status`): config in
+//!   use, handlers and their readiness, pods and containers per handler.
 //! * [`server`]: the gRPC surface (CRI RuntimeService and ImageService, the
 //!   admin Images service) on one unix socket; [`image`]: ImageService.
 //! * [`authority`]: HTTP/2 `:authority` normalisation, so Go gRPC clients
@@ -14,6 +16,7 @@
 //! * [`streaming`]: the Exec/Attach/PortForward server (SPDY and WebSocket).
 //! * [`status`]: errors → gRPC statuses, in one place.
 
+pub mod admin;
 pub mod authority;
 pub mod call_log;
 pub mod client;

@@ -665,6 +665,9 @@ pub async fn serve(
     let streaming = StreamingServer::start(&rt.config.streaming, sessions).await?;
     tonic::transport::Server::builder()
         .layer(CallLogLayer)
+        .add_service(admin::runtime_server::RuntimeServer::new(
+            crate::admin::AdminRuntime::new(rt.clone()),
+        ))
         .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
             RuntimeApi::new(rt, streaming),
         ))

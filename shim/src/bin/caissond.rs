@@ -5,6 +5,8 @@
 //! caissond --print-default-config          print the embedded default config
 //! caissond images import FILE [--name REF] [--socket PATH]
 //!                                          load an image archive into the running daemon
+//! caissond status [--json] [--socket PATH] the running daemon's health, handlers and
+//!                                          their readiness, pods and containers, config
 //! ```
 
 use std::path::PathBuf;
@@ -15,6 +17,9 @@ use caisson_image::ImageStore;
 use caisson_shim::config::{Config, LogFormat, DEFAULT_CONFIG};
 use caisson_shim::runtime::Runtime;
 use caisson_shim::shims::{serve_events, ShimManager};
+
+#[path = "caissond/status.rs"]
+mod status;
 
 /// Logs to stderr as text, or as one JSON object per line: the event's
 /// fields at the top level (`message`, ...), the innermost span's fields
@@ -39,7 +44,7 @@ fn init_logging(config: &Config) {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: caissond [--config FILE] | --print-default-config | images import FILE [--name REF] [--socket PATH]"
+        "usage: caissond [--config FILE] | --print-default-config | images import FILE [--name REF] [--socket PATH] | status [--json] [--socket PATH]"
     );
     std::process::exit(2)
 }
@@ -66,6 +71,7 @@ fn main() -> anyhow::Result<()> {
                 return Ok(());
             }
             "images" => return images_command(&args[i + 1..], config_path.as_deref()),
+            "status" => return status::command(&args[i + 1..], config_path.as_deref()),
             "-h" | "--help" => usage(),
             other => bail!("unknown argument {other:?}"),
         }
@@ -75,6 +81,9 @@ fn main() -> anyhow::Result<()> {
         None => Config::default_config(),
     };
     init_logging(&config);
+    if let Some(path) = &config_path {
+        caisson_shim::admin::set_config_path(path);
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -130,10 +139,7 @@ fn images_command(args: &[String], config_path: Option<&std::path::Path>) -> any
     }
     let mut file = None;
     let mut name = String::new();
-    let mut socket = match config_path {
-        Some(p) => Config::load(p).map_err(anyhow::Error::msg)?.socket,
-        None => Config::default_config().socket,
-    };
+    let mut socket = configured_socket(config_path)?;
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--name" => name = it.next().cloned().unwrap_or_else(|| usage()),
@@ -163,4 +169,13 @@ fn images_command(args: &[String], config_path: Option<&std::path::Path>) -> any
             }
             Ok(())
         })
+}
+
+/// The CRI socket of the config at `config_path` (the embedded default's
+/// without one).
+fn configured_socket(config_path: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    Ok(match config_path {
+        Some(p) => Config::load(p).map_err(anyhow::Error::msg)?.socket,
+        None => Config::default_config().socket,
+    })
 }

@@ -7,7 +7,8 @@
 //!   finding it through `cargo metadata`). Both the `RuntimeService` and `ImageService` servers and
 //!   clients are there.
 //! * [`admin`]: Caisson's own admin API (`caisson.admin.v1`, `admin/admin.proto`):
-//!   image archive import into a running `caissond`.
+//!   image archive import into a running `caissond`, and the runtime's
+//!   health and handlers for `caissond status`.
 
 /// CRI v1 (`runtime.v1`): messages, enums, `runtime_service_*` and
 /// `image_service_*` servers and clients, re-exported from `k8s-cri`.

@@ -437,8 +437,9 @@ impl Drop for LocalAddress {
 }
 
 /// A CA and a server certificate for 127.0.0.1/localhost signed by it
-/// (EC P-256, valid two days), made with the `openssl` CLI.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// (EC P-256, valid two days), made with the `openssl` CLI: the paths of
+/// the CA certificate, the server certificate and its key.
+pub fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let openssl = crate::require::program("openssl", "openssl");
     let ca_key = dir.join("ca.key");
     let ca = dir.join("ca.crt");

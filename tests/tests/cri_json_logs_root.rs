@@ -68,7 +68,7 @@ fn json_log_lines_carry_the_calls_span() {
     }
 
     // The state change, inside CreateContainer's span: the span names the
-    // pod, the event names the container.
+    // pod and, once made, the container.
     let created = lines
         .iter()
         .find(|l| l["message"] == "container created" && l["container_id"] == container)
@@ -76,6 +76,7 @@ fn json_log_lines_carry_the_calls_span() {
     let span = cri_span(created).unwrap_or_else(|| panic!("no cri span on {created}"));
     assert_eq!(span["method"], "CreateContainer", "{created}");
     assert_eq!(span["pod_id"], pod, "{created}");
+    assert_eq!(span["container_id"], container, "{created}");
     assert_eq!(created["pod_id"], pod, "{created}");
 
     // A call that names the container in its request carries it in its span.

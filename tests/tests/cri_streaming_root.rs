@@ -223,41 +223,13 @@ fn urls_are_single_use_loopback_and_expire() {
     assert_eq!(code, 404, "an expired URL");
 }
 
-/// A self-signed certificate for 127.0.0.1 (Debian's openssl), as PEM
-/// files in `dir`.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("streaming.crt"), dir.join("streaming.key"));
-    let openssl = caisson_tests::require::program("openssl", "openssl");
-    let status = std::process::Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=caisson-streaming"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "openssl req");
-    (cert, key)
-}
-
 #[test]
 fn with_a_certificate_the_urls_are_https_and_sessions_run_over_tls() {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
 
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(certs.path());
+    let (ca, cert, key) = caisson_tests::registry::make_certificates(certs.path());
     let d = Caissond::start(&format!(
         "streaming.tls_cert_file = \"{}\"\nstreaming.tls_key_file = \"{}\"",
         cert.display(),
@@ -277,7 +249,7 @@ fn with_a_certificate_the_urls_are_https_and_sessions_run_over_tls() {
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut roots = rustls::RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_file(&cert).unwrap())
+        .add(CertificateDer::from_pem_file(&ca).unwrap())
         .unwrap();
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),

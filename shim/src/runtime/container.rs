@@ -205,6 +205,7 @@ impl Runtime {
         })?;
 
         let id = new_id();
+        crate::call_log::record_id("container_id", &id);
         let bundle = pod_dir(self, &pod.id).join("containers").join(&id);
         let record = ContainerRecord {
             id: id.clone(),

@@ -24,10 +24,10 @@
 mod caissond;
 mod cni;
 mod containerd;
-mod daemon;
+pub(crate) mod daemon;
 mod procfs;
-mod report;
-mod workload;
+pub(crate) mod report;
+pub(crate) mod workload;
 
 use std::error::Error;
 use std::fs;
@@ -62,7 +62,7 @@ impl Default for Options {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -78,6 +78,58 @@ pub fn bench(opts: &Options) -> Result<()> {
                 .into(),
         );
     }
+    let mut sides = Vec::new();
+    let (config, leftovers) = in_work_dir("caisson-bench-cri-", opts.cni, |work_dir, pause| {
+        measure(opts, work_dir, pause, &mut sides)
+    })?;
+    for (side, left) in sides.iter_mut().zip(leftovers) {
+        side.processes_left = left.processes;
+        side.mounts_left = left.mounts;
+        side.cgroups_left = left.cgroups;
+    }
+    report::print(opts, &sides);
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&report::to_json(opts, &sides, &config))? + "\n";
+        fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Names of the two daemons, in the order [`start_daemons`] starts them;
+/// each one's dir is `<work dir>/<name>`.
+pub const DAEMONS: [&str; 2] = ["caisson", "containerd"];
+
+/// What one daemon left after it was stopped (or dropped).
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Processes running from its dir (shims).
+    pub processes: Vec<(u32, String)>,
+    pub mounts: Vec<PathBuf>,
+    /// Cgroups below its cgroup parent.
+    pub cgroups: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    /// Whether anything was left.
+    pub fn any(&self) -> bool {
+        !(self.processes.is_empty() && self.mounts.is_empty() && self.cgroups.is_empty())
+    }
+}
+
+/// Runs `body` with a fresh work dir in /var/tmp (named with `prefix`) and
+/// the `caisson-pause` binary, for benchmarks that run both daemons there
+/// ([`start_daemons`]). Whatever `body` returns, its daemons are stopped by
+/// then (or dropped, which removes their pods and stops them); this then
+/// records what each left ([`DAEMONS`] order), kills, unmounts and removes
+/// it, the bench's cgroup parents and, with `cni`, the CNI network's
+/// leftovers, and removes the work dir unless something is still mounted
+/// there. An error of `body` comes first; then any cleanup that failed.
+pub fn in_work_dir<T>(
+    prefix: &str,
+    cni: bool,
+    body: impl FnOnce(&Path, &Path) -> Result<T>,
+) -> Result<(T, Vec<Leftovers>)> {
     let pause = crate::fixture(
         "building caisson-pause",
         caisson_tests::fixtures::pause_binary,
@@ -86,21 +138,24 @@ pub fn bench(opts: &Options) -> Result<()> {
     // What an interrupted run may have left.
     crate::host::remove_cgroup_parents(&parents)?;
     let work = tempfile::Builder::new()
-        .prefix("caisson-bench-cri-")
+        .prefix(prefix)
         .tempdir_in("/var/tmp")?;
     let work_dir = work.path().to_path_buf();
-    let mut sides = Vec::new();
     let portmap_chains_existed = cni::portmap_chains_exist();
-    let result = measure(opts, &work_dir, &pause, &mut sides);
-    // The daemons are stopped (or dropped, which removes their pods and
-    // stops them): clean up whatever is left, and say what it was.
+    let result = body(&work_dir, &pause);
     let mut cleanup_errors = Vec::new();
-    for (side, parent) in sides.iter_mut().zip(parents) {
-        let dir = work_dir.join(side.name);
-        side.processes_left = procfs::processes_under(&dir);
-        side.mounts_left = crate::host::mounts_under(&dir);
-        side.cgroups_left = crate::host::cgroups_below_parent(parent);
-    }
+    let leftovers: Vec<Leftovers> = DAEMONS
+        .iter()
+        .zip(parents)
+        .map(|(name, parent)| {
+            let dir = work_dir.join(name);
+            Leftovers {
+                processes: procfs::processes_under(&dir),
+                mounts: crate::host::mounts_under(&dir),
+                cgroups: crate::host::cgroups_below_parent(parent),
+            }
+        })
+        .collect();
     for (pid, argv) in procfs::processes_under(&work_dir) {
         eprintln!("killing a process left by the bench: {pid} {argv}");
         // SAFETY: kill on a process running from the bench's temp dir.
@@ -110,7 +165,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         cleanup_errors.push(format!("removing the bench's cgroups: {e}"));
     }
     crate::host::unmount_under(&work_dir);
-    if opts.cni {
+    if cni {
         cni::cleanup(!portmap_chains_existed);
     }
     let still_mounted = crate::host::mounts_under(&work_dir);
@@ -125,17 +180,22 @@ pub fn bench(opts: &Options) -> Result<()> {
     for e in &cleanup_errors {
         eprintln!("{e}");
     }
-    let config = result?;
+    let value = result?;
     if !cleanup_errors.is_empty() {
         return Err(cleanup_errors.join("; ").into());
     }
-    report::print(opts, &sides);
-    if let Some(path) = &opts.json {
-        let text = serde_json::to_string_pretty(&report::to_json(opts, &sides, &config))? + "\n";
-        fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
-    Ok(())
+    Ok((value, leftovers))
+}
+
+/// Starts caissond and containerd, each under `<work>/<name>` ([`DAEMONS`]),
+/// with the busybox image (and, for containerd, the pause image) imported.
+/// If containerd fails to start, the caissond already started is dropped
+/// (its pods removed, stopped).
+pub fn start_daemons(work: &Path, pause: &Path, cni: bool) -> Result<Vec<Daemon>> {
+    eprintln!("starting caissond and containerd under {}", work.display());
+    let caisson = caissond::start(&work.join(DAEMONS[0]), pause, cni)?;
+    let containerd = containerd::start(&work.join(DAEMONS[1]), pause, cni)?;
+    Ok(vec![caisson, containerd])
 }
 
 /// Brings up `n` pods, reads the daemon's and their processes' memory,
@@ -180,16 +240,10 @@ fn measure(
     pause: &Path,
     sides: &mut Vec<Side>,
 ) -> Result<serde_json::Value> {
-    eprintln!("starting caissond and containerd under {}", work.display());
-    let caisson_dir = work.join("caisson");
-    let containerd_dir = work.join("containerd");
-    let mut daemons = vec![
-        caissond::start(&caisson_dir, pause, opts.cni)?,
-        containerd::start(&containerd_dir, pause, opts.cni)?,
-    ];
+    let mut daemons = start_daemons(work, pause, opts.cni)?;
     let config = json!({
-        "caissond": fs::read_to_string(caisson_dir.join("caisson.toml"))?,
-        "containerd": fs::read_to_string(containerd_dir.join("config.toml"))?,
+        "caissond": fs::read_to_string(work.join(DAEMONS[0]).join("caisson.toml"))?,
+        "containerd": fs::read_to_string(work.join(DAEMONS[1]).join("config.toml"))?,
     });
     for d in &daemons {
         sides.push(Side {

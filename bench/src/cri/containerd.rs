@@ -39,6 +39,9 @@ fn binaries() -> Result<()> {
 /// The config: version 2, the CRI plugin on, runc with cgroupfs, overlayfs,
 /// and nothing outside `dir` (root, state, sockets, runc's state, the `opt`
 /// plugin's dir, CNI dirs, which stay empty: the pods use the host network).
+/// The streaming server (Exec/Attach/PortForward URLs) listens on a free
+/// loopback port, as caissond's does by default (containerd 1.6's defaults
+/// too, written out so the bench does not depend on them).
 ///
 /// `restrict_oom_score_adj` is needed where root lacks CAP_SYS_RESOURCE:
 /// without it, runc fails to lower the pause's oom_score_adj to -998.
@@ -64,6 +67,8 @@ state = "{state}"
 [{cri}]
   sandbox_image = "{PAUSE_NAME}"
   restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
 
 [{cri}.containerd]
   snapshotter = "overlayfs"

@@ -83,13 +83,13 @@ impl Daemon {
     }
 
     /// A client for one call (tonic clients are cheap handles on one channel).
-    fn client(&self) -> RuntimeServiceClient<Channel> {
+    pub fn client(&self) -> RuntimeServiceClient<Channel> {
         self.process.runtime()
     }
 
     /// Runs one CRI call with a deadline and times it; a failure names the
     /// call and carries the end of the daemon's log.
-    fn call<T>(
+    pub fn call<T>(
         &self,
         what: &str,
         call: impl Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -102,6 +102,13 @@ impl Daemon {
     /// RunPodSandbox, CreateContainer (busybox `sleep 3600`), StartContainer,
     /// each timed. Returns the pod's id.
     pub fn start_pod(&mut self) -> Result<(String, StartTimes)> {
+        let (pod_id, _, times) = self.start_pod_running(&workload::COMMAND)?;
+        Ok((pod_id, times))
+    }
+
+    /// [`Daemon::start_pod`] with a container running `command`. Returns
+    /// the pod's and the container's ids.
+    pub fn start_pod_running(&mut self, command: &[&str]) -> Result<(String, String, StartTimes)> {
         self.pods_made += 1;
         let name = format!("bench-{}", self.pods_made);
         let log_dir = self.spec.dir.join("pod-logs").join(&name);
@@ -132,16 +139,17 @@ impl Daemon {
         let mut c = self.client();
         let request = cri::CreateContainerRequest {
             pod_sandbox_id: pod_id.clone(),
-            config: Some(workload::container_config(self.spec.pod_network)),
+            config: Some(workload::container_running(self.spec.pod_network, command)),
             sandbox_config: Some(pod_config),
         };
         let (reply, create) = self.call("CreateContainer", async move {
             c.create_container(request).await
         })?;
 
+        let container_id = reply.container_id;
         let mut c = self.client();
         let request = cri::StartContainerRequest {
-            container_id: reply.container_id,
+            container_id: container_id.clone(),
         };
         let (_, start) = self.call(
             "StartContainer",
@@ -153,7 +161,7 @@ impl Daemon {
             start,
             total: run_pod + create + start,
         };
-        Ok((pod_id, times))
+        Ok((pod_id, container_id, times))
     }
 
     /// StopPodSandbox + RemovePodSandbox, each timed.

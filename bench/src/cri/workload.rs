@@ -66,8 +66,9 @@ pub fn pod_config(
     }
 }
 
-/// busybox `sleep 3600`, logging to [`LOG_PATH`].
-pub fn container_config(pod_network: bool) -> cri::ContainerConfig {
+/// busybox running `command` ([`COMMAND`] in the `cri` bench), logging
+/// to [`LOG_PATH`].
+pub fn container_running(pod_network: bool, command: &[&str]) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: "sleeper".into(),
@@ -77,7 +78,7 @@ pub fn container_config(pod_network: bool) -> cri::ContainerConfig {
             image: BUSYBOX.into(),
             ..Default::default()
         }),
-        command: COMMAND.iter().map(|s| s.to_string()).collect(),
+        command: command.iter().map(|s| s.to_string()).collect(),
         log_path: LOG_PATH.into(),
         linux: Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -100,7 +101,7 @@ mod tests {
         let linux = pod.linux.unwrap();
         assert_eq!(linux.cgroup_parent, "/parent");
         let pod_ns = linux.security_context.unwrap().namespace_options.unwrap();
-        let ctr_ns = container_config(false)
+        let ctr_ns = container_running(false, &COMMAND)
             .linux
             .unwrap()
             .security_context

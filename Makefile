@@ -8,7 +8,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
 # Debian packages the build and the tests use.
-DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables python3-grpcio python3-venv golang-go golang-google-grpc-dev
+DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables python3-grpcio python3-venv golang-go golang-google-grpc-dev systemd
 
 .PHONY: all deps deps-apt python-deps build release run lint test test-pause bench clean
 
@@ -28,7 +28,7 @@ deps-apt:
 # (gRPC's C core) in a venv that adds grpcio-tools from PyPI to generate the
 # CRI stubs. Kept outside the clone; remade when the pin changes.
 PY_GRPC_VENV := /var/cache/caisson-test/py-grpc
-PY_GRPC_TOOLS := grpcio-tools==1.51.1 kubernetes==37.0.3
+PY_GRPC_TOOLS := grpcio-tools==1.51.1 kubernetes==37.0.3 kubernetes-validate==1.37.0
 
 deps: python-deps
 

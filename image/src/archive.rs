@@ -28,6 +28,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const META_FILES: [&str; 4] = ["index.json", "oci-layout", "manifest.json", "repositories"];
@@ -252,13 +253,15 @@ fn docker_images(
         let mut layers = Vec::new();
         for layer in &entry.layers {
             let digest = file(layer, "layer named by manifest.json")?;
-            let mut head = [0u8; 2];
+            let mut head = [0u8; 4];
             let n = staging
                 .open(&digest, layer)?
                 .read(&mut head)
                 .map_err(|e| ImageError::malformed(layer.as_str(), e))?;
-            let media_type = if n == 2 && head == [0x1f, 0x8b] {
+            let media_type = if n >= 2 && head[..2] == [0x1f, 0x8b] {
                 OCI_LAYER_GZIP
+            } else if n == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
+                OCI_LAYER_ZSTD
             } else {
                 OCI_LAYER
             };

@@ -49,8 +49,8 @@ impl LayerStore {
         self.fs_dir(chain_id).is_dir()
     }
 
-    /// Unpacks a layer blob (gzip or plain tar, told apart by its magic
-    /// number) into a temp dir and checks the uncompressed digest against
+    /// Unpacks a layer blob (gzip, zstd or plain tar, told apart by its
+    /// magic number) into a temp dir and checks the uncompressed digest against
     /// `diff_id`.
     pub fn unpack(&self, blob: impl Read, diff_id: &Digest, what: &str) -> Result<UnpackedLayer> {
         let dir = tempfile::Builder::new()
@@ -67,10 +67,11 @@ impl LayerStore {
         let decompressed: Box<dyn Read> = if head.starts_with(GZIP_MAGIC) {
             Box::new(flate2::bufread::MultiGzDecoder::new(buffered))
         } else if head.starts_with(ZSTD_MAGIC) {
-            return Err(ImageError::Unsupported {
-                what: "layer compression",
-                value: format!("zstd ({what})"),
-            });
+            // Every frame in turn (zstd:chunked is a series of frames).
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(buffered)
+                    .map_err(|e| ImageError::malformed(format!("{what} (zstd)"), e))?,
+            )
         } else {
             Box::new(buffered)
         };

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use caisson_image::archive::host_platform;
 use caisson_image::{ImageError, ImageStore, ImportOptions};
 use caisson_tests::fixtures::{
-    docker_save_archive, gzip, sha256, ImageSpec, LayerBuilder, OciArchive, RawTar,
+    docker_save_archive, gzip, sha256, zstd, ImageSpec, LayerBuilder, OciArchive, RawTar,
 };
 use caisson_tests::require;
 use serde_json::json;
@@ -267,6 +267,45 @@ fn cases() -> Vec<Case> {
                 |_| {},
             );
             hostile(archive.to_tar(), Kind::Malformed, "\"big\"")
+        }),
+        ("dotdot traversal in a zstd layer", |_| {
+            let name = "../../../../outside/zstd-dotdot";
+            let layer = RawTar::new().file(name, b"x").finish();
+            let mut archive = OciArchive::new();
+            custom_image(
+                &mut archive,
+                &[(zstd(&layer), "application/vnd.oci.image.layer.v1.tar+zstd")],
+                &[sha256(&layer)],
+                |_| {},
+            );
+            hostile(archive.to_tar(), Kind::Unsafe, name)
+        }),
+        ("truncated zstd layer", |_| {
+            let layer = LayerBuilder::new()
+                .file("big", &noise(256 * 1024), 0o644)
+                .build();
+            let mut blob = zstd(&layer);
+            blob.truncate(blob.len() / 2);
+            let mut archive = OciArchive::new();
+            custom_image(
+                &mut archive,
+                &[(blob, "application/vnd.oci.image.layer.v1.tar+zstd")],
+                &[sha256(&layer)],
+                |_| {},
+            );
+            hostile(archive.to_tar(), Kind::Malformed, "\"big\"")
+        }),
+        ("zstd layer whose content is not its diff id", |_| {
+            let layer = good_layer();
+            let other = LayerBuilder::new().file("other", b"y", 0o644).build();
+            let mut archive = OciArchive::new();
+            custom_image(
+                &mut archive,
+                &[(zstd(&layer), "application/vnd.oci.image.layer.v1.tar+zstd")],
+                &[sha256(&other)],
+                |_| {},
+            );
+            hostile(archive.to_tar(), Kind::DigestMismatch, "diff id")
         }),
         ("truncated gzip archive", |_| {
             let layer = LayerBuilder::new()

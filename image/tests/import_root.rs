@@ -7,7 +7,8 @@ use std::path::Path;
 
 use caisson_image::{ImageStore, ImportOptions};
 use caisson_tests::fixtures::{
-    busybox_image, docker_save_archive, gzip, ImageSpec, LayerBuilder, OciArchive, BUSYBOX_NAME,
+    busybox_image, docker_save_archive, gzip, ImageSpec, LayerBuilder, LayerCompression,
+    OciArchive, BUSYBOX_NAME,
 };
 use caisson_tests::require;
 
@@ -76,6 +77,47 @@ fn busybox_oci_archive_imports_with_hard_linked_applets() {
     assert_eq!((home.uid(), home.gid()), (1000, 1000));
     let passwd = std::fs::read_to_string(fs_dir.join("etc/passwd")).unwrap();
     assert!(passwd.contains("user:x:1000:1000"));
+}
+
+#[test]
+fn zstd_layers_unpack_as_gzip_ones_do() {
+    let (dir, store) = store();
+    let mut unpacked = Vec::new();
+    for compression in [LayerCompression::Gzip, LayerCompression::Zstd] {
+        let mut image = ImageSpec {
+            name: Some(format!("localhost/busybox-{compression:?}:1").to_lowercase()),
+            compression,
+            ..busybox_image()
+        };
+        // Two images (two configs) sharing one uncompressed layer.
+        image.config["Labels"] = serde_json::json!({"compression": format!("{compression:?}")});
+        let mut archive = OciArchive::new();
+        let built = archive.add_image(&image);
+        let path = dir.path().join(format!("busybox-{compression:?}.tar"));
+        archive.write(&path, false);
+        let report = store.import_file(&path, &ImportOptions::default()).unwrap();
+        let record = &report.images[0];
+        assert_eq!(record.id.to_string(), built.config.digest);
+        let media: Vec<&str> = record
+            .layers
+            .iter()
+            .map(|l| l.media_type.as_str())
+            .collect();
+        let fs_dir = store.layers().fs_dir(&record.layers[0].chain_id);
+        let busybox = std::fs::metadata(fs_dir.join("bin/busybox")).unwrap();
+        let ls = std::fs::metadata(fs_dir.join("bin/ls")).unwrap();
+        assert_eq!(busybox.ino(), ls.ino(), "{compression:?}: hard links kept");
+        unpacked.push((
+            media.join(","),
+            report.layers_unpacked,
+            record.layers[0].chain_id.clone(),
+        ));
+    }
+    assert_eq!(unpacked[0].0, "application/vnd.oci.image.layer.v1.tar+gzip");
+    assert_eq!(unpacked[1].0, "application/vnd.oci.image.layer.v1.tar+zstd");
+    // The same uncompressed layer: one chain id, unpacked once.
+    assert_eq!(unpacked[0].2, unpacked[1].2);
+    assert_eq!((unpacked[0].1, unpacked[1].1), (1, 0));
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use caisson_image::pull::HostConfig;
 use caisson_image::{Credentials, ImageError, ImageStore, Puller, RegistriesConfig};
-use caisson_tests::fixtures::busybox_image;
+use caisson_tests::fixtures::{busybox_image, ImageSpec};
 use caisson_tests::registry::{LocalAddress, Registry, Setup};
 
 fn rt() -> tokio::runtime::Runtime {
@@ -234,6 +234,44 @@ mod through_caissond {
             .lines()
             .filter(|l| l.contains(FALLBACK_LINE) && l.contains(&format!("registry={host} ")))
             .count()
+    }
+
+    #[test]
+    fn a_zstd_image_is_pulled_and_runs() {
+        let reg = Registry::start(Setup::PlainHttp);
+        let image = ImageSpec {
+            compression: caisson_tests::fixtures::LayerCompression::Zstd,
+            ..busybox_image()
+        };
+        let built = reg.push_image(&image, "dev/zstd:1");
+        assert_eq!(
+            built.layers[0].media_type,
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        let d = Caissond::start(NO_REGISTRY_CONFIG);
+        d.import_pause_image();
+        let name = format!("{}/dev/zstd:1", reg.host());
+        let image_ref = pull(&d, &name).unwrap_or_else(|e| panic!("{name}: {e}\n{}", d.log_tail()));
+        assert_eq!(image_ref, built.config.digest);
+        // The zstd blob itself was fetched from the registry.
+        assert_eq!(reg.gets(&built.layers[0].digest), 1, "{}", reg.log());
+        let config = d.pod_config("zstd");
+        let pod = d.run_pod(&config);
+        let id = d.create_started_container(
+            &pod,
+            &config,
+            cri::ContainerConfig {
+                image: Some(cri::ImageSpec {
+                    image: name.clone(),
+                    ..Default::default()
+                }),
+                ..caisson_tests::daemon::container_config("z", &["sleep", "600"])
+            },
+        );
+        assert_eq!(
+            d.exec(&id, &["sh", "-c", "echo zstd-ok; ls /bin/busybox"]),
+            "zstd-ok\n/bin/busybox\n"
+        );
     }
 
     #[test]

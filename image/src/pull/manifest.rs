@@ -21,12 +21,16 @@ const CONFIG_TYPES: &[&str] = &[
     "application/vnd.docker.container.image.v1+json",
 ];
 
-/// Layers Caisson's unpacker reads (gzip or plain tar).
+/// Layers Caisson's unpacker reads (gzip, zstd or plain tar; zstd:chunked
+/// layers carry the zstd type and read as plain zstd).
 const LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.diff.tar.zstd",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
 ];
 
@@ -187,12 +191,7 @@ fn check_layer_type(layer: &Blob) -> Result<()> {
     if LAYER_TYPES.contains(&media) {
         return Ok(());
     }
-    let value = if media.ends_with("+zstd") {
-        format!(
-            "{media} (layer {}): Caisson unpacks gzip and plain tar layers, not zstd",
-            layer.digest
-        )
-    } else if media.contains("foreign") {
+    let value = if media.contains("foreign") {
         format!("{media} (layer {}): foreign (Windows) layers", layer.digest)
     } else {
         format!("{media} (layer {})", layer.digest)
@@ -246,14 +245,14 @@ mod tests {
     fn image_manifests_of_every_flavour() {
         let cases = [
             (image(Some(OCI_MANIFEST), LAYER_TYPES[0]), true),
-            (image(None, LAYER_TYPES[1]), true),
-            (image(Some(DOCKER_MANIFEST), LAYER_TYPES[2]), true),
+            (image(None, LAYER_TYPES[2]), true),
+            (image(Some(DOCKER_MANIFEST), LAYER_TYPES[3]), true),
             (
                 image(
                     Some(OCI_MANIFEST),
                     "application/vnd.oci.image.layer.v1.tar+zstd",
                 ),
-                false,
+                true,
             ),
             (
                 image(
@@ -272,15 +271,15 @@ mod tests {
                 assert_eq!(layers[0].size, 20);
             }
         }
-        let zstd = parse(
+        let foreign = parse(
             &image(
-                Some(OCI_MANIFEST),
-                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Some(DOCKER_MANIFEST),
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
             ),
             "m",
         )
         .unwrap_err();
-        assert!(zstd.to_string().contains("not zstd"), "{zstd}");
+        assert!(foreign.to_string().contains("foreign"), "{foreign}");
     }
 
     #[test]

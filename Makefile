@@ -80,6 +80,7 @@ bench: release
 	target/release/caisson-bench cri
 	target/release/caisson-bench hardened
 	target/release/caisson-bench pull
+	target/release/caisson-bench streaming
 
 clean:
 	$(CARGO) clean

@@ -13,6 +13,9 @@
 //!   and the share of the syscall table the allow-list denies.
 //! * [`pull`]: CRI PullImage of the synthetic image from a local registry,
 //!   caissond against containerd 1.6's CRI plugin: time, CPU, peak RSS.
+//! * [`streaming`]: CRI Exec and PortForward through each daemon's
+//!   streaming server over SPDY/3.1, caissond against containerd 1.6: exec
+//!   round trip latency, port-forward throughput.
 //! * [`measure`]: wall/CPU timing, min and median.
 //! * [`caissond`]: the release caissond those benchmarks start, configure
 //!   and clean up after; [`daemon`]: any CRI daemon process they spawn;
@@ -27,6 +30,7 @@ mod image_import;
 mod measure;
 mod pull;
 mod shim;
+mod streaming;
 mod synthetic;
 
 use std::path::PathBuf;
@@ -80,6 +84,14 @@ benchmarks:
       --size-mb N      file content of the synthetic image, in MB (default 100)
       --runs N         timed pulls on each daemon, after one warm-up (default 3)
       --work-dir DIR   where a temporary bench dir is made (default /var/tmp)
+      --json FILE      also write the results as JSON
+  streaming      CRI Exec and PortForward over SPDY/3.1: caissond vs containerd 1.6's CRI
+                 plugin (exec round trip of `true`, p50/p99; port-forward throughput of a
+                 file served by busybox httpd in a host-network pod; needs root)
+      --runs N         timed exec round trips on each daemon, after 5 warm-ups (default 50)
+      --forwards N     timed port-forwards of each kind on each daemon, after one
+                       warm-up (default 5)
+      --size-mb N      size of the forwarded file, in MB (default 100)
       --json FILE      also write the results as JSON
 ";
 
@@ -172,6 +184,19 @@ fn parse_pull(args: impl Iterator<Item = String>) -> Result<pull::Options, Strin
     })
 }
 
+fn parse_streaming(args: impl Iterator<Item = String>) -> Result<streaming::Options, String> {
+    parse_options(args, |opts: &mut streaming::Options, flag, value| {
+        match flag {
+            "--runs" => opts.runs = number(flag, value()?)?,
+            "--forwards" => opts.forwards = number(flag, value()?)?,
+            "--size-mb" => opts.size_mb = number(flag, value()?)?,
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
+            other => return unknown(other),
+        }
+        Ok(())
+    })
+}
+
 /// Runs a benchmark with its parsed options; a command-line error prints
 /// the usage and exits with 2.
 fn run<O>(
@@ -195,6 +220,7 @@ fn main() -> ExitCode {
         Some("cri") => run(parse_cri(args), cri::bench),
         Some("hardened") => run(parse_hardened(args), hardened::bench),
         Some("pull") => run(parse_pull(args), pull::bench),
+        Some("streaming") => run(parse_streaming(args), streaming::bench),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -294,6 +320,26 @@ mod tests {
             (20, 10, None)
         );
         for bad in [&["--pods"][..], &["--pods", "x"], &["--size-mb", "1"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_streaming_options() {
+        let parse = |args: &[&str]| parse_streaming(args.iter().map(|s| s.to_string()));
+        let opts = parse(&["--runs", "7", "--forwards", "2", "--size-mb", "10"]).unwrap();
+        assert_eq!((opts.runs, opts.forwards, opts.size_mb), (7, 2, 10));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(
+            (
+                defaults.runs,
+                defaults.forwards,
+                defaults.size_mb,
+                defaults.json
+            ),
+            (50, 5, 100, None)
+        );
+        for bad in [&["--forwards"][..], &["--runs", "x"], &["--pods", "1"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

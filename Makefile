@@ -8,7 +8,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
 # Debian packages the build and the tests use.
-DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables python3-grpcio python3-venv golang-go golang-google-grpc-dev systemd
+DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun runsc docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables python3-grpcio python3-venv golang-go golang-google-grpc-dev systemd
 
 .PHONY: all deps deps-apt python-deps build release run lint test test-pause bench clean
 

@@ -42,6 +42,8 @@
 //! * Every CLI call has a deadline (60 s): past it the CLI is killed
 //!   through a pidfd and the call fails (an exec's process too, if its pid
 //!   file appeared).
+//! * A runtime that runs a pod's containers in one process (gVisor's
+//!   `runsc`): see `oci/shared_sandbox.rs`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -59,10 +61,13 @@ use crate::backend::{
     TaskStats,
 };
 use crate::host::cgroups;
-use crate::host::mountinfo::MountEntry;
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::{null_stdio, open_stdio, ChildStdio, HeldStdio, PreparedStdio};
+use hide_cgroup2::{cgroup2_mounts_below, hide_mounts};
+
+mod hide_cgroup2;
+mod shared_sandbox;
 
 const NAME: &str = "oci";
 /// How long a runtime CLI call may take.
@@ -111,6 +116,10 @@ struct OciTask {
     /// The spec's `linux.cgroupsPath`, where the runtime made the cgroup.
     cgroup_path: Option<PathBuf>,
     exited: bool,
+    /// The runtime's pid is another task's init (`oci/shared_sandbox.rs`).
+    shares_init: bool,
+    /// Such a task's stdio, kept for the `start` CLI.
+    start_stdio: Option<ChildStdio>,
     execs: HashMap<String, ExecSpec>,
     running_execs: HashMap<String, Proc>,
 }
@@ -389,6 +398,8 @@ impl Backend for OciBackend {
         // With a terminal the runtime hands the init the pty: the CLI gets
         // /dev/null.
         let (child, pending) = stdio.split();
+        let kept_stdio =
+            shared_sandbox::clone_stdio(&child).map_err(|e| failed("create", id, e))?;
         let child = match child {
             Some(child) => child,
             None => null_stdio().map_err(|e| failed("create", id, format!("/dev/null: {e}")))?,
@@ -443,8 +454,9 @@ impl Backend for OciBackend {
                 return Err(e);
             }
         };
+        let shares_init = self.is_an_init(pid);
         // The init waits for `start`: it cannot have exited yet.
-        {
+        if !shares_init {
             let guard = self.reaper.lock();
             let this = self.clone_for_exit();
             let id2 = id.to_string();
@@ -457,6 +469,8 @@ impl Backend for OciBackend {
             OciTask {
                 init: Some(Proc { pidfd, stdio: held }),
                 cgroup_path,
+                shares_init,
+                start_stdio: kept_stdio.filter(|_| shares_init),
                 ..OciTask::default()
             },
         );
@@ -466,7 +480,9 @@ impl Backend for OciBackend {
 
     fn start(&self, id: &str) -> Result<u32> {
         let pid = self.init_pid(id)?;
-        self.run("start", id, &["start", id])?;
+        if !self.start_in_shared_sandbox(id, pid)? {
+            self.run("start", id, &["start", id])?;
+        }
         Ok(pid)
     }
 
@@ -932,68 +948,4 @@ fn bundle_cgroup_path(bundle: &Path) -> Option<PathBuf> {
         .as_ref()?
         .cgroups_path()
         .clone()
-}
-
-/// cgroup2 mount points strictly below `root` (a hybrid host's
-/// `/sys/fs/cgroup/unified`), from mountinfo's mount-point and
-/// filesystem-type fields.
-fn cgroup2_mounts_below(mounts: &[MountEntry], root: &str) -> Vec<String> {
-    let root = Path::new(root);
-    mounts
-        .iter()
-        .filter(|m| m.fstype == "cgroup2" && m.mount_point != root)
-        .filter(|m| m.mount_point.starts_with(root))
-        .map(|m| m.mount_point.display().to_string())
-        .collect()
-}
-
-/// In the forked CLI before exec: a private mount namespace, slave to the
-/// host's so the bundle's rootfs stays visible, without `mounts`. Being a
-/// slave, it propagates nothing back: `rshared` mounts the runtime makes
-/// stay in it.
-fn hide_mounts(mounts: &[CString]) -> std::io::Result<()> {
-    // SAFETY: plain syscalls with valid pointers.
-    unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::mount(
-            std::ptr::null(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_SLAVE,
-            std::ptr::null(),
-        ) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        for mount in mounts {
-            if libc::umount2(mount.as_ptr(), libc::MNT_DETACH) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cgroup2_mounts_below;
-    use crate::host::mountinfo::parse;
-
-    #[test]
-    fn finds_the_hybrid_cgroup2_mount_only() {
-        let mountinfo = "\
-25 30 0:22 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-26 25 0:23 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
-27 25 0:24 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
-40 30 0:30 / /mnt/cg2 rw - cgroup2 cgroup2 rw
-";
-        assert_eq!(
-            cgroup2_mounts_below(&parse(mountinfo), "/sys/fs/cgroup"),
-            vec!["/sys/fs/cgroup/unified".to_string()]
-        );
-        let unified = "25 30 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        assert!(cgroup2_mounts_below(&parse(unified), "/sys/fs/cgroup").is_empty());
-    }
 }

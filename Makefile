@@ -28,7 +28,7 @@ deps-apt:
 # (gRPC's C core) in a venv that adds grpcio-tools from PyPI to generate the
 # CRI stubs. Kept outside the clone; remade when the pin changes.
 PY_GRPC_VENV := /var/cache/caisson-test/py-grpc
-PY_GRPC_TOOLS := grpcio-tools==1.51.1 kubernetes==37.0.3 kubernetes-validate==1.37.0
+PY_GRPC_TOOLS := grpcio-tools==1.51.1 kubernetes==37.0.3 prometheus-client==0.26.0 kubernetes-validate==1.37.0
 
 deps: python-deps
 

@@ -8,6 +8,8 @@
 //! the rest (the caller's), with the method, the ids and the status message,
 //! which carries the cause chain. So an operator sees in caissond's log why
 //! a kubelet pod is stuck in CreateContainerError, as containerd shows.
+//! Every answered call is also counted, with its latency, by method and
+//! code in [`crate::metrics_http`].
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -96,6 +98,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let started = std::time::Instant::now();
         let method = method_name(req.uri().path()).to_owned();
         let span = tracing::info_span!(
             "cri",
@@ -114,11 +117,19 @@ where
         Box::pin(
             async move {
                 let (answer, ids) = answer.await;
-                if let Ok(rsp) = &answer {
-                    if let Some(status) = tonic::Status::from_header_map(rsp.headers()) {
-                        log_failure(&method, &ids, &status);
-                    }
-                }
+                // A failure is a trailers-only answer: its status is in the
+                // headers. A streaming call's status comes later: OK here.
+                let code = match &answer {
+                    Ok(rsp) => match tonic::Status::from_header_map(rsp.headers()) {
+                        Some(status) => {
+                            log_failure(&method, &ids, &status);
+                            status.code()
+                        }
+                        None => Code::Ok,
+                    },
+                    Err(_) => Code::Unknown,
+                };
+                crate::metrics_http::metrics().record_call(&method, code, started.elapsed());
                 answer
             }
             .instrument(span),

@@ -41,6 +41,9 @@ pub struct Config {
     /// The Exec/Attach/PortForward server.
     #[serde(default)]
     pub streaming: crate::streaming::config::StreamingConfig,
+    /// The Prometheus endpoint (off unless `[metrics] address` is set).
+    #[serde(default)]
+    pub metrics: crate::metrics_http::MetricsConfig,
 }
 
 /// `[cgroups]`: the node-allocatable level of the QoS hierarchy (0 =
@@ -187,6 +190,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         self.streaming.validate()?;
+        self.metrics.validate()?;
         for (name, path) in [
             ("root_dir", &self.root_dir),
             ("run_dir", &self.run_dir),

@@ -165,12 +165,12 @@ impl ImageService for ImageApi {
         let name = image_name(r.image, "image.image")?;
         let credentials = credentials(r.auth)?;
         let span = tracing::info_span!("pull_image", image = %name);
-        let report = self
-            .puller
-            .pull(&name, &credentials)
-            .instrument(span)
-            .await
-            .map_err(CriError::from)?;
+        let started = std::time::Instant::now();
+        let pulled = self.puller.pull(&name, &credentials).instrument(span).await;
+        // Bytes of a download shared with a concurrent pull count once.
+        let bytes = |r: &caisson_image::PullReport| if r.shared { 0 } else { r.bytes_downloaded };
+        crate::metrics_http::metrics().record_pull(pulled.as_ref().map(bytes), started.elapsed());
+        let report = pulled.map_err(CriError::from)?;
         Ok(Response::new(cri::PullImageResponse {
             image_ref: report.image.id.to_string(),
         }))

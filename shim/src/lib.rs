@@ -14,6 +14,7 @@
 //! * [`shims`]: per-pod shims (`containerd-shim-caisson-v2`) and their events.
 //! * [`store`]: crash-safe pod and container records.
 //! * [`streaming`]: the Exec/Attach/PortForward server (SPDY and WebSocket).
+//! * [`metrics_http`]: Prometheus metrics on the opt-in `[metrics] address`.
 //! * [`status`]: errors → gRPC statuses, in one place.
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod call_log;
 pub mod client;
 pub mod config;
 pub mod image;
+pub mod metrics_http;
 pub mod network;
 pub mod runtime;
 pub mod server;

@@ -663,6 +663,7 @@ pub async fn serve(
     );
     let sessions = Arc::new(crate::runtime::streams::RuntimeSessions(rt.clone()));
     let streaming = StreamingServer::start(&rt.config.streaming, sessions).await?;
+    crate::metrics_http::start(&rt.config.metrics, rt.clone()).await?;
     tonic::transport::Server::builder()
         .layer(CallLogLayer)
         .add_service(admin::runtime_server::RuntimeServer::new(

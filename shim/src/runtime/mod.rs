@@ -387,11 +387,14 @@ impl Runtime {
                 },
                 _ => None,
             };
+            let recovered = crate::metrics_http::metrics();
             let Some((client, pause)) = probe else {
                 tracing::warn!(pod_id = %pod.id, "the pod's shim is gone: marking its containers exited");
+                recovered.recovered_pod("lost");
                 self.drop_client(&pod.id);
                 for c in &tasks {
                     if c.state != ContainerState::Exited {
+                        recovered.recovered_container("lost");
                         self.update_container(&c.id, |c| {
                             c.state = ContainerState::Exited;
                             c.exit_code = 137;
@@ -410,13 +413,19 @@ impl Runtime {
                 self.on_exit(&pod.id, 137, now_ns());
                 continue;
             };
+            recovered.recovered_pod("reconnected");
             for c in tasks {
                 if c.state == ContainerState::Exited {
                     continue;
                 }
                 match client.state(&c.id).await {
-                    Ok(s) => self.record_if_stopped(&c.id, &s),
+                    Ok(s) => recovered.recovered_container(if self.record_if_stopped(&c.id, &s) {
+                        "exited"
+                    } else {
+                        "running"
+                    }),
                     Err(e) => {
+                        recovered.recovered_container("lost");
                         tracing::warn!(container_id = %c.id, error = %e, "task unknown to its shim");
                         self.on_exit(&c.id, 137, now_ns());
                     }
@@ -429,11 +438,18 @@ impl Runtime {
         Ok(())
     }
 
-    /// Records an exit that happened while caissond was down.
-    fn record_if_stopped(&self, task_id: &str, state: &containerd_shim_protos::api::StateResponse) {
-        if state.status.enum_value_or_default() == containerd_shim_protos::api::Status::STOPPED {
+    /// Records an exit that happened while caissond was down; whether it did.
+    fn record_if_stopped(
+        &self,
+        task_id: &str,
+        state: &containerd_shim_protos::api::StateResponse,
+    ) -> bool {
+        let stopped =
+            state.status.enum_value_or_default() == containerd_shim_protos::api::Status::STOPPED;
+        if stopped {
             self.on_exit(task_id, state.exit_status as i32, ns_of(&state.exited_at));
         }
+        stopped
     }
 
     /// Container rootfs and bundles without a record: a CreateContainer that

@@ -272,6 +272,7 @@ impl StreamingServer {
                     return;
                 }
             };
+            let _session = crate::metrics_http::streaming_session(request.path_kind(), "spdy");
             match request {
                 StreamRequest::PortForward { pod_id, .. } => {
                     match server.factory.port_dialer(&pod_id) {
@@ -338,6 +339,7 @@ impl StreamingServer {
                     return;
                 }
             };
+            let _session = crate::metrics_http::streaming_session(request.path_kind(), "websocket");
             let served = match request {
                 StreamRequest::PortForward { pod_id, .. } => {
                     match server.factory.port_dialer(&pod_id) {

@@ -218,6 +218,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         .prefix("caisson-bench-")
         .tempdir_in(&base)?;
     let archive = work.path().join("synthetic-oci.tar");
+    let zstd_archive = work.path().join("synthetic-oci-zstd.tar");
 
     eprintln!(
         "generating a {} MB synthetic image in {} …",
@@ -225,7 +226,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         work.path().display()
     );
     let (image, gen) = timed(CpuOf::SelfProcess, || {
-        synthetic::write_archive(opts.size_mb * MB as u64, &archive)
+        synthetic::write_archives(opts.size_mb * MB as u64, &archive, Some(&zstd_archive))
     });
     eprintln!("  done in {:.1} s", gen.wall.as_secs_f64());
 
@@ -247,11 +248,19 @@ pub fn bench(opts: &Options) -> Result<()> {
     }
     flush();
 
+    let dir = work.path().join("caisson-zstd-warmup");
+    caisson_once(&zstd_archive, &dir, &image)?;
+    flush();
+
     let (mut ours, mut skopeo, mut umoci, mut total) = (vec![], vec![], vec![], vec![]);
+    let mut ours_zstd = vec![];
     for i in 0..opts.runs {
         eprintln!("run {}/{} …", i + 1, opts.runs);
         let dir = work.path().join(format!("caisson-{i}"));
         ours.push(caisson_once(&archive, &dir, &image)?);
+        flush();
+        let dir = work.path().join(format!("caisson-zstd-{i}"));
+        ours_zstd.push(caisson_once(&zstd_archive, &dir, &image)?);
         flush();
         let dir = work.path().join(format!("reference-{i}"));
         let (s, u) = reference.once(&archive, &dir)?;
@@ -263,6 +272,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     let results = Results {
         image,
         ours: Summary::of(ours),
+        ours_zstd: Summary::of(ours_zstd),
         reference: Summary::of(total),
         skopeo: Summary::of(skopeo),
         umoci: Summary::of(umoci),
@@ -280,6 +290,8 @@ pub fn bench(opts: &Options) -> Result<()> {
 struct Results {
     image: SyntheticImage,
     ours: Summary,
+    /// The same image with zstd layers.
+    ours_zstd: Summary,
     reference: Summary,
     skopeo: Summary,
     umoci: Summary,
@@ -299,10 +311,11 @@ impl Results {
             im.layers, im.files, im.dirs, im.symlinks
         );
         println!(
-            "  file content {}, layer tars {}, gzip layers {}, archive {}",
+            "  file content {}, layer tars {}, gzip layers {}, zstd layers {}, archive {}",
             mb(im.file_bytes),
             mb(im.layer_tar_bytes),
             mb(im.layer_gzip_bytes),
+            mb(im.layer_zstd_bytes),
             mb(im.archive_bytes)
         );
         println!(
@@ -326,6 +339,7 @@ impl Results {
             );
         };
         row("caisson import", &self.ours);
+        row("caisson, zstd layers", &self.ours_zstd);
         row("skopeo copy + umoci", &self.reference);
         row("  skopeo copy", &self.skopeo);
         row("  umoci unpack", &self.umoci);
@@ -334,6 +348,11 @@ impl Results {
         println!(
             "  caisson / reference wall time: {ratio_med:.2} (median), {ratio_min:.2} (min)  →  speedup {:.2}× (median)",
             1.0 / ratio_med
+        );
+        println!(
+            "  caisson zstd / gzip wall time: {:.2} (median)",
+            self.ours_zstd.median.as_secs_f64()
+                / self.ours.median.as_secs_f64().max(f64::MIN_POSITIVE)
         );
     }
 
@@ -373,12 +392,14 @@ impl Results {
                 "file_bytes": im.file_bytes,
                 "layer_tar_bytes": im.layer_tar_bytes,
                 "layer_gzip_bytes": im.layer_gzip_bytes,
+                "layer_zstd_bytes": im.layer_zstd_bytes,
                 "archive_bytes": im.archive_bytes,
             },
             "throughput_basis": "regular-file content bytes of the image (image.file_bytes), decimal MB (10^6)",
             "caisson": {
                 "what": "ImageStore::open(fresh dir) + import_file(archive, ImportOptions::default())",
                 "result": self.ours.json(basis),
+                "zstd_layers": self.ours_zstd.json(basis),
             },
             "reference": {
                 "tools": {"skopeo": tool_version(&reference.skopeo), "umoci": tool_version(&reference.umoci)},

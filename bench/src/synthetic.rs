@@ -64,6 +64,8 @@ pub struct SyntheticImage {
     pub layer_tar_bytes: u64,
     /// Gzip-compressed layer blobs, all layers.
     pub layer_gzip_bytes: u64,
+    /// zstd-compressed layer blobs, all layers (when a zstd twin was asked).
+    pub layer_zstd_bytes: u64,
     /// The archive file.
     pub archive_bytes: u64,
 }
@@ -202,6 +204,16 @@ fn build_layer(index: usize, budget: u64, rng: &mut Rng, stats: &mut SyntheticIm
 /// Generates the image for about `size_bytes` of file content and writes it
 /// as an (uncompressed) OCI-layout archive at `archive`.
 pub fn write_archive(size_bytes: u64, archive: &Path) -> SyntheticImage {
+    write_archives(size_bytes, archive, None)
+}
+
+/// [`write_archive`], and with `zstd_archive` the same image with zstd
+/// layers instead of gzip ones (same layer tars, so the same unpack work).
+pub fn write_archives(
+    size_bytes: u64,
+    archive: &Path,
+    zstd_archive: Option<&Path>,
+) -> SyntheticImage {
     let mut rng = Rng(SEED);
     let mut stats = SyntheticImage {
         layers: LAYERS,
@@ -219,8 +231,15 @@ pub fn write_archive(size_bytes: u64, archive: &Path) -> SyntheticImage {
     let mut oci = OciArchive::new();
     let built = oci.add_image(&spec);
     stats.layer_gzip_bytes = built.layers.iter().map(|d| d.size).sum();
-    drop(spec);
     oci.write(archive, false);
+    if let Some(path) = zstd_archive {
+        spec.compression = caisson_tests::fixtures::LayerCompression::Zstd;
+        let mut oci = OciArchive::new();
+        let built = oci.add_image(&spec);
+        stats.layer_zstd_bytes = built.layers.iter().map(|d| d.size).sum();
+        oci.write(path, false);
+    }
+    drop(spec);
     stats.archive_bytes = std::fs::metadata(archive).map(|m| m.len()).unwrap_or(0);
     stats
 }

@@ -5,6 +5,7 @@ implementation of Kubernetes' channel protocols independent of ours.
     ws_client.py exec URL [--protocol P] [--resize WxH]... [--wait-stdout TEXT]
                  [--stdin TEXT]... [--close-stdin] [--timeout S]
     ws_client.py portforward URL --port PORT[:PAYLOAD]... [--protocol P] [--timeout S]
+                 [--read-to-end]
 
 exec (and attach): connects with `Sec-WebSocket-Protocol: P` (the
 package's default, `v5.channel.k8s.io,v4.channel.k8s.io`, without it),
@@ -16,7 +17,7 @@ status, or null), "closed"}.
 
 portforward: opens the ports with `PortForward`, and for each port, in a
 thread of its own, sends PAYLOAD and reads until as many bytes came back or
-the port closed. Prints JSON: {"ports": {"PORT": {"received", "error"}}}.
+the port closed (with --read-to-end: until the port closed). Prints JSON: {"ports": {"PORT": {"received", "error"}}}.
 """
 
 import argparse
@@ -97,14 +98,14 @@ def run_exec(args):
     }))
 
 
-def forward_one(pf, port, payload, timeout, results):
+def forward_one(pf, port, payload, timeout, results, to_end):
     sock = pf.socket(port)
     sock.settimeout(timeout)
     received = b""
     try:
         if payload:
             sock.sendall(payload)
-        while len(received) < len(payload) or not payload:
+        while to_end or len(received) < len(payload) or not payload:
             chunk = sock.recv(65536)
             if not chunk:
                 break
@@ -125,7 +126,7 @@ def run_portforward(args):
     pf = ws_client.PortForward(websocket, [port for port, _ in specs])
     results = {}
     threads = [
-        threading.Thread(target=forward_one, args=(pf, port, payload, args.timeout, results))
+        threading.Thread(target=forward_one, args=(pf, port, payload, args.timeout, results, args.read_to_end))
         for port, payload in specs
     ]
     for thread in threads:
@@ -146,6 +147,8 @@ def main():
     parser.add_argument("--resize", action="append", default=[])
     parser.add_argument("--wait-stdout")
     parser.add_argument("--port", action="append", default=[])
+    parser.add_argument("--read-to-end", action="store_true",
+                        help="portforward: read each port until it closes (an HTTP/1.0 answer), not just as many bytes as were sent")
     args = parser.parse_args()
     if args.mode == "exec":
         run_exec(args)

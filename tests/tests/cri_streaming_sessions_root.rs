@@ -517,6 +517,7 @@ fn the_kubernetes_python_client_execs_and_forwards_over_websocket() {
             &format!("9090:{request}"),
             "--port",
             "7070:x",
+            "--read-to-end",
         ]);
         let a = got["ports"]["8080"]["received"]
             .as_str()

@@ -186,6 +186,9 @@ impl StreamingServer {
                     continue;
                 }
             };
+            // Interactive sessions: no Nagle delay on keystrokes and echoes
+            // (Go's servers, kubelet's and containerd's, do the same).
+            let _ = tcp.set_nodelay(true);
             let server = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {

@@ -836,3 +836,102 @@ fn a_user_namespace_is_refused_pointing_at_the_hardened_handler() {
     }
     assert!(!h.backend.state_root().join(&id).exists());
 }
+
+/// The process's environment with `PATH` left out (what containerd's CRI
+/// builds for an image whose config has no `Env`).
+fn without_path(process: &mut Process) {
+    process.set_env(Some(vec!["HOME=/root".to_string(), "MARK=1".to_string()]));
+}
+
+#[test]
+fn a_process_without_path_runs_as_under_runc_and_keeps_its_environment() {
+    let h = Harness::new();
+    // A bare name, looked up in the default PATH; the environment the
+    // program sees is the spec's, without a PATH added.
+    let script = "tr '\\0' '\\n' < /proc/$$/environ; echo \"argv0=$0\"";
+    for (name, args) in [
+        ("bare", vec!["sh", "-c", script]),
+        ("absolute", vec!["/bin/sh", "-c", script]),
+    ] {
+        let bundle = h.bundle(name, &args, |spec| {
+            let mut process = spec.process().clone().unwrap();
+            without_path(&mut process);
+            spec.set_process(Some(process));
+        });
+        let out = h.path(&format!("{name}.out"));
+        let id = unique(name);
+        let stdio = Stdio {
+            stdout: file_uri(&out),
+            stderr: file_uri(&out),
+            ..Stdio::default()
+        };
+        let pid = h.run(&id, &bundle, stdio);
+        let exit = h.wait_exit(&id, None);
+        let out = fs::read_to_string(&out).unwrap();
+        assert_eq!(exit.status, 0, "{name}: {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines.contains(&"HOME=/root") && lines.contains(&"MARK=1"),
+            "{name}: {out}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.starts_with("PATH=")),
+            "{name}: no PATH is added to the environment: {out}"
+        );
+        // argv[0] is the spec's, as runc execs it.
+        assert!(
+            lines.contains(&format!("argv0={}", args[0]).as_str()),
+            "{name}: {out}"
+        );
+        h.delete_and_check(&id, pid, &cgroup_of(&bundle));
+    }
+
+    // A program the default PATH does not have is a create-time error.
+    let missing = h.bundle("missing", &["caisson-no-such-program"], |spec| {
+        let mut process = spec.process().clone().unwrap();
+        without_path(&mut process);
+        spec.set_process(Some(process));
+    });
+    assert!(h
+        .try_create(
+            &unique("missing"),
+            &missing,
+            TaskKind::Sandbox,
+            Stdio::default()
+        )
+        .is_err());
+
+    // An exec without PATH too.
+    let bundle = h.bundle("sleeper", &["sleep", "1000"], |_| {});
+    let id = unique("sleeper");
+    let pid = h.run(&id, &bundle, Stdio::default());
+    let out = h.path("exec.out");
+    let mut exec_process = process(&["sh", "-c", script]);
+    without_path(&mut exec_process);
+    h.backend
+        .exec(&ExecSpec {
+            container_id: id.clone(),
+            exec_id: "e1".into(),
+            process: exec_process,
+            stdio: Stdio {
+                stdout: file_uri(&out),
+                stderr: file_uri(&out),
+                ..Stdio::default()
+            },
+        })
+        .unwrap();
+    h.backend.start_exec(&id, "e1").unwrap();
+    let exit = h.wait_exit(&id, Some("e1"));
+    let out = fs::read_to_string(&out).unwrap();
+    assert_eq!(exit.status, 0, "{out}");
+    assert!(
+        out.lines().any(|l| l == "MARK=1") && !out.lines().any(|l| l.starts_with("PATH=")),
+        "{out}"
+    );
+    h.backend.delete(&id, Some("e1")).unwrap();
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    h.wait_exit(&id, None);
+    h.delete_and_check(&id, pid, &cgroup_of(&bundle));
+}

@@ -119,15 +119,10 @@ impl Containerd {
     }
 
     /// The pause and busybox images, into the CRI plugin's namespace. The
-    /// pause image gets the `PATH` every built image carries (Docker's and
-    /// buildah's builders add it; registry.k8s.io/pause has it): the shim's
-    /// libcontainer refuses to exec a process whose spec has no `PATH`,
-    /// where runc does not mind.
+    /// pause image's config has no `Env`, so containerd's CRI gives its
+    /// sandbox spec no `PATH` (runc and the shims run it all the same).
     pub fn import_images(&self) {
-        let mut pause = pause_image(&pause_binary());
-        pause.config["Env"] = serde_json::json!([
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        ]);
+        let pause = pause_image(&pause_binary());
         for (file, image) in [("pause.tar", pause), ("busybox.tar", busybox_image())] {
             let archive = self.ctrd.join(file);
             let mut oci = OciArchive::new();

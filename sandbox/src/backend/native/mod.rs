@@ -21,6 +21,9 @@
 //!   (freeze, signal every process of the cgroup, thaw).
 //! * **stdio**: [`crate::host::stdio`] (FIFOs, `file://`, none) and, with a
 //!   terminal, a console socket and pty pumps ([`crate::host::console`]).
+//! * **A process without `PATH`** in its environment has a bare program
+//!   name looked up in containerd's default `PATH`, without adding one to
+//!   its environment; runc takes such specs ([`default_path`]).
 //! * **The spec** is first made grantable on this host ([`spec`]): no
 //!   `CAP_SYS_RESOURCE` and no `oom_score_adj` below the shim's own when the
 //!   shim's bounding set lacks that capability.
@@ -29,6 +32,7 @@
 //!   non-dumpable. That is now the fork server, which restores both after
 //!   each build.
 
+mod default_path;
 mod errors;
 mod process_io;
 mod spec;
@@ -53,6 +57,7 @@ use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::HeldStdio;
 
+pub use default_path::DEFAULT_PATH;
 use errors::{
     chain, exec_not_found, failed, from_libcontainer, from_refusal, invalid_state, not_found,
     signal_number,

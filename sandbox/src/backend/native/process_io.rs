@@ -17,6 +17,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
+use super::default_path::DefaultPathExecutor;
 use super::errors::{failed, refusal, stdio_error};
 use super::spec;
 use crate::backend::hardened::exec_userns::BuildScope;
@@ -241,7 +242,7 @@ fn builder(id: &str, state_root: &Path) -> std::result::Result<ContainerBuilder,
     ContainerBuilder::new(id.to_string(), SyscallType::default())
         .validate_id()
         .map_err(refusal)?
-        .with_executor(CleanSignals::default())
+        .with_executor(CleanSignals(DefaultPathExecutor))
         .with_root_path(state_root)
         .map_err(refusal)
 }

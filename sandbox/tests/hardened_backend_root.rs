@@ -1197,3 +1197,138 @@ fn an_overlay_bundle_reached_through_a_symlink_is_idmapped_and_cleaned_up() {
         "idmapped mounts left"
     );
 }
+
+/// Mounts whose mount point is under `dir`.
+fn mounts_under(dir: &std::path::Path) -> Vec<MountEntry> {
+    mountinfo::read()
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .collect()
+}
+
+/// `spec` with bind mounts of `binds` (source, destination, options) in
+/// place of whatever it had at those destinations.
+fn with_binds(spec: &mut Spec, binds: &[(&std::path::Path, &str, &[&str])]) {
+    let mut mounts: Vec<_> = spec
+        .mounts()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .filter(|m| {
+            !binds
+                .iter()
+                .any(|(_, dest, _)| m.destination() == std::path::Path::new(dest))
+        })
+        .collect();
+    for (source, dest, options) in binds {
+        mounts.push(
+            MountBuilder::default()
+                .destination(*dest)
+                .typ("bind")
+                .source(*source)
+                .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+                .build()
+                .unwrap(),
+        );
+    }
+    spec.set_mounts(Some(mounts));
+}
+
+#[test]
+fn bind_sources_under_root_only_dirs_reach_the_container_and_leave_nothing_mounted() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Harness::new();
+    // As containerd 1.6 keeps a pod's resolv.conf and /dev/shm: under its
+    // root, 0700, which the pod's mapped root cannot traverse.
+    let hidden = h.path("containerd-root");
+    let sandbox = hidden.join("io.containerd.grpc.v1.cri/sandboxes/pod");
+    let shm = sandbox.join("shm");
+    fs::create_dir_all(&shm).unwrap();
+    fs::write(sandbox.join("resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+    fs::write(shm.join("marker"), "in shm\n").unwrap();
+    fs::set_permissions(&shm, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(&hidden, fs::Permissions::from_mode(0o700)).unwrap();
+    let resolv = sandbox.join("resolv.conf");
+    let bundle = h.bundle(
+        "relay",
+        &[
+            "sh",
+            "-c",
+            "cat /etc/resolv.conf /dev/shm/marker && echo pod > /dev/shm/written && echo ok",
+        ],
+        |spec| {
+            with_binds(
+                spec,
+                &[
+                    (&resolv, "/etc/resolv.conf", &["rbind", "ro"]),
+                    (&shm, "/dev/shm", &["rbind", "nosuid", "nodev"]),
+                ],
+            )
+        },
+    );
+    let out = h.path("relay.out");
+    let id = unique("relay");
+    let stdio = Stdio {
+        stdout: file_uri(&out),
+        stderr: file_uri(&out),
+        ..Stdio::default()
+    };
+    let pid = h.create(&id, &bundle, TaskKind::Sandbox, stdio);
+    // Created: the container holds its own mounts; the relays are gone.
+    assert!(
+        !bundle.join(".caisson-binds").exists(),
+        "the relay directory is removed once the task is created"
+    );
+    assert!(mounts_under(&bundle.join(".caisson-binds")).is_empty());
+    assert!(!h
+        .backend
+        .native()
+        .state_root()
+        .join(".bind-relays")
+        .join(&id)
+        .exists());
+    assert_eq!(h.backend.start(&id).unwrap(), pid);
+    let exit = h.wait_exit(&id, None);
+    let text = fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(exit.status, 0, "{text}");
+    assert_eq!(text, "nameserver 192.0.2.53\nin shm\nok\n");
+    assert_eq!(fs::read_to_string(shm.join("written")).unwrap(), "pod\n");
+    h.delete_and_check(&id, pid, &cgroup_of(&bundle));
+    // Nothing of it stays mounted, and the host dir was not loosened.
+    assert!(
+        mounts_under(&bundle).is_empty(),
+        "{:?}",
+        mounts_under(&bundle)
+    );
+    assert!(mounts_under(&hidden).is_empty());
+    assert_eq!(fs::metadata(&hidden).unwrap().mode() & 0o7777, 0o700);
+    assert!(slots(&h).is_empty());
+
+    // A source the shim would reach only by following a symlink stays
+    // refused (the pod might have planted it), leaving nothing behind.
+    let link = h.path("link-to-hidden");
+    std::os::unix::fs::symlink(&sandbox, &link).unwrap();
+    let via_link = link.join("resolv.conf");
+    let bundle = h.bundle("via-link", &["true"], |spec| {
+        with_binds(spec, &[(&via_link, "/etc/resolv.conf", &["rbind", "ro"])])
+    });
+    let id = unique("via-link");
+    let err = h
+        .try_create(&id, &bundle, TaskKind::Sandbox, Stdio::default())
+        .unwrap_err();
+    match &err {
+        BackendError::InvalidArgument { what, reason } => {
+            assert_eq!(what, "mount /etc/resolv.conf", "{err}");
+            assert!(
+                reason.contains("not reachable") && reason.contains("symlinks"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!bundle.join(".caisson-binds").exists());
+    assert!(mounts_under(&bundle).is_empty());
+    assert!(slots(&h).is_empty(), "the range is given back");
+    assert!(!h.backend.native().state_root().join(&id).exists());
+}

@@ -120,15 +120,15 @@ fn installer_registers_handlers_with_containerd_and_uninstall_restores_the_node(
             "a native pod's process runs as the host's root (identity map): {map:?}\n{}",
             cd.diagnostics()
         );
-        // The hardened shim needs every directory above a pod's mount
-        // sources searchable by the pod's unprivileged root, and containerd
-        // 1.6 makes its root and its CRI state dir 0700: a node running
-        // hardened pods under containerd makes them 0711 (traverse, not
-        // list) after each containerd start.
-        for dir in cd.cri_state_dirs() {
-            std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o711)).unwrap();
-        }
+        // containerd 1.6 makes its root and its CRI state dir 0700, above
+        // the pod's resolv.conf, hostname and /dev/shm: the hardened shim
+        // relays those sources through the task's bundle, and the host's
+        // dirs stay as containerd made them.
         let hardened = cd.run_pod("caisson-hardened");
+        for dir in cd.cri_state_dirs() {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o700, "{} was loosened", dir.display());
+        }
         let map = cd.exec_in_pod(
             &hardened,
             &["sh", "-c", "echo $((6*7)); cat /proc/self/uid_map"],

@@ -13,9 +13,13 @@
 //! Every pod also gets a user namespace of its own ([`userns`]): its root is
 //! an unprivileged host uid/gid range from a pool, the sandbox and the
 //! pod's containers join it, and their rootfs is an idmapped mount
-//! ([`idmap`]) so the image's root-owned files are root's inside.
+//! ([`idmap`]) so the image's root-owned files are root's inside. Bind
+//! mount sources under directories that root only may search (containerd
+//! 1.6 keeps the pods' `resolv.conf` and `/dev/shm` under 0700 dirs) are
+//! relayed through the task's bundle while it is created ([`bind_relay`]).
 
 pub mod allowlist;
+pub mod bind_relay;
 pub mod exec_userns;
 pub mod idmap;
 pub mod policy;
@@ -53,6 +57,9 @@ struct HardenedSpec {
     added: Vec<Capability>,
     rootfs: PathBuf,
     fork_netns: Option<PathBuf>,
+    /// Bind sources relayed through the bundle, removed once the task is
+    /// created (or not).
+    relay: Option<bind_relay::BindRelay>,
 }
 
 /// The hardened backend. One per shim; see the module docs.
@@ -124,7 +131,8 @@ impl HardenedBackend {
 
     /// Removes what a dead shim left of task `id` beyond the native
     /// backend's state: the idmapped layer mounts of an overlay rootfs (the
-    /// rootfs itself is unmounted by the caller). A stale range is
+    /// rootfs itself is unmounted by the caller) and the bind relays of a
+    /// create it died in. A stale range is
     /// reclaimed by the next allocation, once nothing lives in it.
     ///
     /// Shims before the layers moved under the state root kept them in
@@ -141,6 +149,7 @@ impl HardenedBackend {
             .canonicalize()
             .unwrap_or_else(|_| state_root.to_path_buf());
         idmap::remove_layer_mounts(&layers_dir(&root, id));
+        bind_relay::remove_recorded(&bind_relay::record_path(&root, id));
         let pool = options
             .userns_pool_dir
             .clone()
@@ -177,6 +186,9 @@ impl HardenedBackend {
     /// namespace, in memory (the native backend writes it once when it
     /// creates the task); with it the added capabilities, the rootfs and the
     /// network namespace the fork server enters for the task.
+    ///
+    /// Bind sources the pod cannot reach are relayed through the bundle
+    /// (the last step, so nothing is left mounted if an earlier one fails).
     fn harden_bundle(&self, task: &TaskSpec, pod: &PodUserns) -> Result<HardenedSpec> {
         let path = task.bundle.join("config.json");
         let invalid = |reason: String| BackendError::InvalidArgument {
@@ -202,17 +214,26 @@ impl HardenedBackend {
         }
         let rootfs = userns_spec::rootfs_of(&task.bundle, &spec);
         userns_spec::make_rootfs_reachable(&task.bundle, &rootfs, pod.first_id())?;
-        userns_spec::check_bind_sources(&spec, pod.first_id())?;
+        let state_root = self.native.state_root();
+        let relay = bind_relay::relay_unreachable_sources(
+            &mut spec,
+            &task.bundle,
+            pod.first_id(),
+            &bind_relay::record_path(state_root, &task.id),
+            &[state_root, self.pool.dir()],
+        )?;
         Ok(HardenedSpec {
             spec,
             added,
             rootfs,
             fork_netns: joined.fork_netns,
+            relay,
         })
     }
 
     /// Makes the task: spec, idmapped rootfs, native create. Undoes the
-    /// mount if a later step fails.
+    /// mount if a later step fails; removes the bind relays either way
+    /// (the container has its own mounts once created).
     fn create_in_pod(
         &self,
         task: &TaskSpec,
@@ -231,7 +252,25 @@ impl HardenedBackend {
             added,
             rootfs,
             fork_netns,
+            relay,
         } = self.harden_bundle(task, &pod.userns)?;
+        let made = self.create_hardened(task, pod, spec, rootfs, fork_netns);
+        if let Some(relay) = relay {
+            relay.remove();
+        }
+        made.map(|pid| (pid, added))
+    }
+
+    /// [`Self::create_in_pod`] once the spec is ready: the idmapped rootfs
+    /// and the native create.
+    fn create_hardened(
+        &self,
+        task: &TaskSpec,
+        pod: &Pod,
+        spec: Spec,
+        rootfs: PathBuf,
+        fork_netns: Option<PathBuf>,
+    ) -> Result<u32> {
         let scratch = layers_dir(self.native.state_root(), &task.id);
         let mounted =
             idmap::mount_idmapped(&rootfs, pod.userns.fd(), pod.userns.first_id(), &scratch)
@@ -250,7 +289,7 @@ impl HardenedBackend {
         match self.native.create_with(task, spec, extras) {
             Ok(pid) => {
                 locked(&self.idmapped).insert(task.id.clone(), mounted);
-                Ok((pid, added))
+                Ok(pid)
             }
             Err(e) => {
                 if let Err(u) = mounted.unmount() {

@@ -22,7 +22,8 @@
 //!   0710 (no other host user may enter it: the rootfs holds files of the
 //!   pod's uids, setuid ones among them); every directory above it must be
 //!   searchable by others (root's 0711 is enough), which is checked and
-//!   reported.
+//!   reported. Bind-mount sources it cannot reach are relayed through the
+//!   bundle instead ([`super::bind_relay`]).
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -323,7 +324,7 @@ pub fn make_rootfs_reachable(
 
 /// The first directory above `path` the pod's mapped root (whose host
 /// gid is `pod_gid`) cannot search.
-fn first_unsearchable(path: &Path, pod_gid: u32) -> Option<PathBuf> {
+pub(super) fn first_unsearchable(path: &Path, pod_gid: u32) -> Option<PathBuf> {
     use std::os::unix::fs::MetadataExt;
     path.ancestors().skip(1).find_map(|dir| {
         let meta = std::fs::metadata(dir).ok()?;
@@ -331,36 +332,6 @@ fn first_unsearchable(path: &Path, pod_gid: u32) -> Option<PathBuf> {
         let searchable = mode & 0o001 != 0 || (meta.gid() == pod_gid && mode & 0o010 != 0);
         (!searchable).then(|| dir.to_path_buf())
     })
-}
-
-/// Refuses bind mounts whose source the pod's mapped root cannot reach
-/// (libcontainer opens them from inside the pod's user namespace), naming
-/// the mount and the directory in the way.
-pub fn check_bind_sources(spec: &Spec, pod_gid: u32) -> Result<(), BackendError> {
-    for mount in spec.mounts().iter().flatten() {
-        let bind = mount.typ().as_deref() == Some("bind")
-            || mount
-                .options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        let Some(source) = mount.source().as_ref().filter(|_| bind) else {
-            continue;
-        };
-        if let Some(dir) = first_unsearchable(source, pod_gid) {
-            return Err(BackendError::InvalidArgument {
-                what: format!("mount {}", mount.destination().display()),
-                reason: format!(
-                    "its source {} is not reachable from the pod's user namespace: {} is \
-                     not searchable by others (the hardened handler maps the pod's root to \
-                     an unprivileged host uid)",
-                    source.display(),
-                    dir.display()
-                ),
-            });
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

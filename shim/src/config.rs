@@ -44,6 +44,9 @@ pub struct Config {
     /// The Prometheus endpoint (off unless `[metrics] address` is set).
     #[serde(default)]
     pub metrics: crate::metrics_http::MetricsConfig,
+    /// `[cdi]`: where CDI spec files are read for `CDI_devices`.
+    #[serde(default)]
+    pub cdi: crate::spec::cdi::CdiConfig,
 }
 
 /// `[cgroups]`: the node-allocatable level of the QoS hierarchy (0 =

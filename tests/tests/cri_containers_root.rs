@@ -1,13 +1,13 @@
 //! Containers through caissond: ExecSync (streams, exit codes, timeouts
 //! that leave nothing running), StopContainer (SIGTERM, the image's
 //! StopSignal, SIGKILL after the timeout), an open stdin for `stdin: true`,
-//! the user ContainerStatus reports, and refused CDI devices. Needs root.
+//! and the user ContainerStatus reports. Needs root. (CDI devices:
+//! `cri_cdi_root.rs`.)
 
 use std::time::{Duration, Instant};
 
 use caisson_tests::daemon::{
-    cmdline, container_config, pid_alive, proc_status_field, rejection, signal_in_mask, wait_until,
-    Caissond,
+    cmdline, container_config, pid_alive, proc_status_field, signal_in_mask, wait_until, Caissond,
 };
 use caisson_tests::fixtures::busybox_image;
 use k8s_cri::v1 as cri;
@@ -395,40 +395,4 @@ fn container_status_reports_the_process_user() {
         real.dedup();
         assert_eq!(real, groups, "{c}: `id -G` against ContainerStatus.user");
     }
-}
-
-#[test]
-fn cdi_devices_are_refused() {
-    let d = Caissond::start("");
-    d.import_busybox();
-    let config = d.pod_config("cdi");
-    let pod = d.run_pod(&config);
-    let baseline = d.footprint();
-    let mut with_cdi = container_config("gpu", &["sleep", "1"]);
-    with_cdi.cdi_devices = vec![cri::CdiDevice {
-        name: "nvidia.com/gpu=0".into(),
-    }];
-    let sandbox = config.clone();
-    d.check_rejections(
-        vec![rejection(
-            "CDI devices",
-            tonic::Code::InvalidArgument,
-            "config.CDI_devices: CDI devices are not supported by caisson",
-            Box::new(move |d, rt| {
-                d.rt.block_on(rt.create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: pod.clone(),
-                    config: Some(with_cdi.clone()),
-                    sandbox_config: Some(sandbox.clone()),
-                }))
-                .map(drop)
-            }),
-        )],
-        &baseline,
-    );
-    let mut rt = d.runtime();
-    let listed = d.ok(
-        "ListContainers",
-        d.rt.block_on(rt.list_containers(cri::ListContainersRequest { filter: None })),
-    );
-    assert!(listed.containers.is_empty(), "{:?}", listed.containers);
 }

@@ -154,12 +154,7 @@ impl Runtime {
         if pod_id.is_empty() {
             return Err(CriError::invalid("pod_sandbox_id", "must not be empty"));
         }
-        if !config.cdi_devices.is_empty() {
-            return Err(CriError::invalid(
-                "config.CDI_devices",
-                "CDI devices are not supported by caisson",
-            ));
-        }
+        let cdi = self.resolve_cdi_devices(&config)?;
         let pod = self.pod(pod_id)?;
         let lock = self.lock_for(&pod.id);
         let _guard = lock.lock().await;
@@ -236,7 +231,7 @@ impl Runtime {
             user: String::new(),
         };
         let result = self
-            .create_task(&pod, &pod_config, &config, &image, record)
+            .create_task(&pod, &pod_config, &config, &image, &cdi, record)
             .await;
         if result.is_err() {
             let _ = self.images.remove_rootfs(&id);
@@ -251,12 +246,25 @@ impl Runtime {
         result
     }
 
+    /// The CDI devices `config` asks for (`CDI_devices`, `cdi.k8s.io/*`
+    /// annotations), resolved against `[cdi] spec_dirs` before anything is
+    /// made; the spec files are read only when a device is asked for.
+    fn resolve_cdi_devices(&self, config: &cri::ContainerConfig) -> CriResult<spec::cdi::Resolved> {
+        let names: Vec<String> = config.cdi_devices.iter().map(|d| d.name.clone()).collect();
+        let requests = spec::cdi::requests(&names, &config.annotations)?;
+        if requests.is_empty() {
+            return Ok(spec::cdi::Resolved::default());
+        }
+        Ok(spec::cdi::Registry::load(&self.config.cdi.spec_dirs).resolve(&requests)?)
+    }
+
     async fn create_task(
         &self,
         pod: &crate::store::PodRecord,
         pod_config: &cri::PodSandboxConfig,
         config: &cri::ContainerConfig,
         image: &caisson_image::ImageRecord,
+        cdi: &spec::cdi::Resolved,
         mut record: ContainerRecord,
     ) -> CriResult<String> {
         let id = record.id.clone();
@@ -293,6 +301,7 @@ impl Runtime {
             &id,
             target_pid,
         )?;
+        cdi.apply(&mut oci)?;
         self.finish_container_spec(config, &mut oci)?;
         record.user = oci
             .process()

@@ -20,6 +20,7 @@
 //! tasks into pods.
 
 mod capabilities;
+pub mod cdi;
 mod devices;
 mod host;
 mod mounts;

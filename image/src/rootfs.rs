@@ -204,6 +204,19 @@ impl RootfsStore {
         Ok(target)
     }
 
+    /// Adds `chains` to the layers rootfs `id` pins: the layers of images
+    /// its container mounts as image volumes, kept by garbage collection
+    /// (even if their image is removed) until the rootfs is removed.
+    pub fn pin_chain_ids(&self, id: &str, chains: &[Digest]) -> Result<()> {
+        let mut rootfs = self.get(id)?;
+        for chain in chains {
+            if !rootfs.chain_ids.contains(chain) {
+                rootfs.chain_ids.push(chain.clone());
+            }
+        }
+        self.save(&rootfs)
+    }
+
     /// Unmounts the rootfs if it is mounted.
     pub fn unmount(&self, id: &str) -> Result<()> {
         let mut rootfs = self.get(id)?;
@@ -245,6 +258,59 @@ impl RootfsStore {
     }
 }
 
+/// The options of a read-only overlay of `lowers` (bottom layer first) over
+/// an empty directory `empty`: without an upper dir the kernel wants at
+/// least two lower dirs, and a one-layer image has one.
+pub fn read_only_overlay_options(lowers: &[PathBuf], empty: &Path) -> Result<String> {
+    let mut paths: Vec<&Path> = lowers.iter().rev().map(PathBuf::as_path).collect();
+    paths.push(empty);
+    let mut parts = Vec::with_capacity(paths.len());
+    for p in paths {
+        match p.to_str() {
+            Some(s) if !s.contains([',', ':']) => parts.push(s),
+            _ => {
+                return Err(ImageError::MountFailed {
+                    target: p.to_path_buf(),
+                    reason: "overlay paths must be UTF-8 without ',' or ':'".into(),
+                })
+            }
+        }
+    }
+    let options = format!("lowerdir={}", parts.join(":"));
+    if options.len() > MAX_MOUNT_DATA {
+        return Err(ImageError::MountFailed {
+            target: empty.to_path_buf(),
+            reason: format!(
+                "{} layers make overlay options longer than a page ({} bytes)",
+                lowers.len(),
+                options.len()
+            ),
+        });
+    }
+    Ok(options)
+}
+
+/// Mounts a read-only, nosuid, nodev overlay of `lowers` (bottom layer
+/// first, no upper dir) at `target`, making `target` and the empty bottom
+/// dir `empty` if missing.
+pub fn mount_read_only_overlay(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<()> {
+    let options = read_only_overlay_options(lowers, empty)?;
+    for dir in [empty, target] {
+        fs::create_dir_all(dir).map_err(|e| ImageError::io("creating", dir, e))?;
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|e| ImageError::MountFailed {
+        target: target.to_path_buf(),
+        reason: format!("read-only overlay: {e}"),
+    })
+}
+
 /// Unmounts `target`; not being mounted is fine. A busy mount is detached.
 pub fn unmount_path(target: &Path) -> Result<()> {
     match umount2(target, MntFlags::empty()) {
@@ -260,5 +326,30 @@ pub fn unmount_path(target: &Path) -> Result<()> {
             target: target.to_path_buf(),
             reason: format!("unmount: {e}"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_overlays_stack_topmost_first_over_the_empty_dir() {
+        let lowers = [PathBuf::from("/l/bottom"), PathBuf::from("/l/top")];
+        assert_eq!(
+            read_only_overlay_options(&lowers, Path::new("/v/empty")).unwrap(),
+            "lowerdir=/l/top:/l/bottom:/v/empty"
+        );
+        assert_eq!(
+            read_only_overlay_options(&lowers[..1], Path::new("/v/empty")).unwrap(),
+            "lowerdir=/l/bottom:/v/empty"
+        );
+        for bad in ["/l/a,b", "/l/a:b"] {
+            assert!(read_only_overlay_options(&[PathBuf::from(bad)], Path::new("/e")).is_err());
+        }
+        let many: Vec<PathBuf> = (0..200)
+            .map(|i| PathBuf::from(format!("/var/lib/caisson/images/layers/{i:040}")))
+            .collect();
+        assert!(read_only_overlay_options(&many, Path::new("/e")).is_err());
     }
 }

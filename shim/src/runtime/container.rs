@@ -12,6 +12,8 @@ use std::time::Duration;
 use caisson_proto::cri;
 use containerd_shim_protos::api;
 
+mod image_volumes;
+
 use super::pod::{pod_context, pod_dir};
 use super::{new_id, now_ns, sorted, ChangeKind, Runtime};
 use crate::spec;
@@ -234,6 +236,7 @@ impl Runtime {
             .create_task(&pod, &pod_config, &config, &image, &cdi, record)
             .await;
         if result.is_err() {
+            image_volumes::unmount_image_volumes(&bundle);
             let _ = self.images.remove_rootfs(&id);
             let _ = std::fs::remove_dir_all(&bundle);
             let _ = self.store.remove_container(&id);
@@ -273,6 +276,8 @@ impl Runtime {
         let rootfs = record.bundle.join(spec::ROOTFS_DIR);
         self.images.create_rootfs(&id, &image.id.to_string())?;
         self.images.mount_rootfs(&id, Some(&rootfs))?;
+        let volumes_config =
+            image_volumes::mount_image_volumes(&self.images, &id, &record.bundle, config)?;
         let target_pid = config
             .linux
             .as_ref()
@@ -293,7 +298,7 @@ impl Runtime {
             .transpose()?;
         let ctx = pod_context(self, pod);
         let mut oci = spec::container_spec(
-            config,
+            &volumes_config,
             pod_config,
             &image.config,
             &rootfs,
@@ -480,18 +485,18 @@ impl Runtime {
                 }
             }
         }
+        image_volumes::unmount_image_volumes(&c.bundle);
         if let Err(e) = self.images.remove_rootfs(id) {
             if !e.is_not_found() {
                 tracing::warn!(container_id = %id, error = %e, "removing the rootfs");
             }
         }
-        // An image removed while this container ran kept its layers for the
-        // rootfs; nothing else would collect them once the container goes.
-        if self
-            .images
-            .get(&c.image_id)
-            .is_err_and(|e| e.is_not_found())
-        {
+        // An image removed while this container ran (its own or one it
+        // mounted as a volume) kept its layers for the rootfs; nothing else
+        // would collect them once the container goes.
+        let config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
+        let gone = |image: &str| self.images.get(image).is_err_and(|e| e.is_not_found());
+        if gone(&c.image_id) || image_volumes::volume_images(&config).into_iter().any(gone) {
             let images = self.images.clone();
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || images.gc()).await {
                 tracing::warn!(container_id = %id, error = %e, "collecting a removed image's layers");

@@ -1,6 +1,7 @@
 //! Mounts: the system filesystems every container gets, the pod's files
 //! (`/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`, `/dev/shm`) and the
-//! CRI request's bind mounts with their read-only and propagation settings.
+//! CRI request's bind mounts with their read-only and propagation settings,
+//! and its image volumes (read-only binds of images caissond mounted).
 //!
 //! As in containerd: a CRI mount replaces a default one at the same path
 //! (and a CRI `/dev` replaces every default under `/dev`); the pod's files
@@ -217,11 +218,8 @@ fn propagation_option(
 fn cri_mount(m: &cri::Mount, i: usize) -> Result<(Mount, MountPropagation), SpecError> {
     let field = |name: &str| format!("config.mounts[{i}].{name}");
     let destination = clean_container_path(&m.container_path, &field("container_path"))?;
-    if m.image.as_ref().is_some_and(|img| !img.image.is_empty()) {
-        return Err(SpecError::invalid(
-            field("image"),
-            "image volume mounts are not supported",
-        ));
+    if let Some(image) = m.image.as_ref().filter(|img| !img.image.is_empty()) {
+        return image_volume_mount(m, &image.image, destination, &field);
     }
     if m.host_path.is_empty() {
         return Err(SpecError::invalid(field("host_path"), "empty host path"));
@@ -252,6 +250,45 @@ fn cri_mount(m: &cri::Mount, i: usize) -> Result<(Mount, MountPropagation), Spec
     options.push(if m.readonly { "ro" } else { "rw" }.into());
     let source = host_source(&m.host_path, &field("host_path"))?;
     Ok((bind(&destination, &source, options), propagation))
+}
+
+/// An image volume (KEP-4639): caissond has mounted the image read-only
+/// and put the mount point in `host_path` (anything a client sent there is
+/// overwritten first). Always read-only, nosuid, nodev and private, as in
+/// containerd and CRI-O.
+fn image_volume_mount(
+    m: &cri::Mount,
+    image: &str,
+    destination: PathBuf,
+    field: &dyn Fn(&str) -> String,
+) -> Result<(Mount, MountPropagation), SpecError> {
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(SpecError::invalid(
+            field("uidMappings"),
+            "id-mapped image volumes are not supported",
+        ));
+    }
+    let (propagation, _) = propagation_option(m.propagation, &field("propagation"))?;
+    if propagation != MountPropagation::PropagationPrivate {
+        return Err(SpecError::invalid(
+            field("propagation"),
+            "image volumes are read-only images: only PROPAGATION_PRIVATE",
+        ));
+    }
+    if m.host_path.is_empty() || !m.host_path.starts_with('/') {
+        return Err(SpecError::invalid(
+            field("image"),
+            format!("image {image:?} was not mounted for this container"),
+        ));
+    }
+    let options = ["rbind", "rprivate", "nosuid", "nodev", "ro"]
+        .iter()
+        .map(|o| o.to_string())
+        .collect();
+    Ok((
+        bind(&destination, Path::new(&m.host_path), options),
+        propagation,
+    ))
 }
 
 fn depth(m: &Mount) -> usize {
@@ -537,6 +574,88 @@ mod tests {
         .unwrap();
         assert_eq!(got.rootfs_propagation.as_deref(), Some("shared"));
         assert_eq!(options(find(&got.mounts, "/b").unwrap())[1], "rshared");
+    }
+
+    #[test]
+    fn image_volumes_bind_read_only_private() {
+        let image = |propagation: MountPropagation, readonly: bool| cri::Mount {
+            container_path: "/mnt/img/".into(),
+            host_path: "/run/caisson/pods/p/containers/c/image-volumes/0".into(),
+            image: Some(cri::ImageSpec {
+                image: "data:1".into(),
+                ..Default::default()
+            }),
+            readonly,
+            propagation: propagation as i32,
+            ..Default::default()
+        };
+        // readonly is forced whatever the request says.
+        for readonly in [false, true] {
+            let config = cri::ContainerConfig {
+                mounts: vec![image(MountPropagation::PropagationPrivate, readonly)],
+                ..Default::default()
+            };
+            let got = container_mounts(
+                &config,
+                &ctx(),
+                &NamespaceModes::default(),
+                &Default::default(),
+                false,
+            )
+            .unwrap();
+            let m = find(&got.mounts, "/mnt/img").unwrap();
+            assert_eq!(
+                m.source().as_deref(),
+                Some(Path::new(
+                    "/run/caisson/pods/p/containers/c/image-volumes/0"
+                ))
+            );
+            assert_eq!(m.typ().as_deref(), Some("bind"));
+            assert_eq!(options(m), ["rbind", "rprivate", "nosuid", "nodev", "ro"]);
+            assert_eq!(got.rootfs_propagation, None);
+        }
+        for (bad, field) in [
+            (
+                image(MountPropagation::PropagationHostToContainer, true),
+                "config.mounts[0].propagation",
+            ),
+            (
+                image(MountPropagation::PropagationBidirectional, true),
+                "config.mounts[0].propagation",
+            ),
+            (
+                cri::Mount {
+                    host_path: String::new(),
+                    ..image(MountPropagation::PropagationPrivate, true)
+                },
+                "config.mounts[0].image",
+            ),
+            (
+                cri::Mount {
+                    gid_mappings: vec![cri::IdMapping {
+                        host_id: 1000,
+                        container_id: 0,
+                        length: 1,
+                    }],
+                    ..image(MountPropagation::PropagationPrivate, true)
+                },
+                "config.mounts[0].uidMappings",
+            ),
+        ] {
+            let config = cri::ContainerConfig {
+                mounts: vec![bad],
+                ..Default::default()
+            };
+            let err = container_mounts(
+                &config,
+                &ctx(),
+                &NamespaceModes::default(),
+                &Default::default(),
+                false,
+            )
+            .unwrap_err();
+            assert_eq!(err.field(), Some(field), "{err}");
+        }
     }
 
     #[test]

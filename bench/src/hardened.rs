@@ -1,8 +1,10 @@
-//! `hardened`: what the hardened backend costs, against the native backend
-//! and against runc run through the `oci` delegation backend, in one run of
-//! one caissond ([`crate::caissond`] with [`HANDLERS_CONFIG`]: handlers
-//! `runc` → native, `hardened` → hardened and `runc-oci` → oci with
-//! `runtime_path = "/usr/sbin/runc"`).
+//! `hardened`: what the hardened backend costs, against the native backend,
+//! gVisor (Debian's `runsc` through the `oci` backend, [`runsc`]) and runc
+//! run through the `oci` delegation backend, in one run of one caissond
+//! ([`crate::caissond`] with [`HANDLERS_CONFIG`] and
+//! [`runsc::HANDLER_CONFIG`]: handlers `runc` → native, `hardened` →
+//! hardened, `runsc` → oci with `runtime_path = "/usr/bin/runsc"` and
+//! `runc-oci` → oci with `runtime_path = "/usr/sbin/runc"`).
 //!
 //! 1. One pod per handler, each with a busybox + `caisson-probe` container
 //!    sleeping; in each, by ExecSync, `--reps` times round-robin over the
@@ -10,11 +12,14 @@
 //!    4 KiB, close `/etc/passwd`), and a busybox `tar` of a tree of small
 //!    files (create an archive, extract it elsewhere), timed inside the
 //!    container by `caisson-probe bench run`. Medians; ratios to native.
+//!    Under runsc the two loops run [`runsc::ITERATION_DIVISOR`] times
+//!    fewer iterations (ns/op is per iteration whatever their number).
 //! 2. Pod start latency: `--runs` times, handlers alternating,
 //!    RunPodSandbox + CreateContainer + StartContainer; p50 and p90.
 //! 3. Memory: `--pods` pods of one handler at a time, each with a sleeping
 //!    container; the Pss of every process they add (shims, pause, container
-//!    processes) from `/proc/<pid>/smaps_rollup`, per pod.
+//!    processes; runsc's Sentry, Gofers and ptrace stubs) from
+//!    `/proc/<pid>/smaps_rollup`, per pod, and by kind of process.
 //! 4. The allow-list's coverage of the x86-64 syscall table: the names the
 //!    hardened filter allows (from `hardened_profile`, the filter the backend
 //!    installs) against `__NR_*` in the installed kernel headers.
@@ -30,6 +35,8 @@ use serde_json::json;
 
 use crate::caissond::{Caissond, Dir, Setup};
 use crate::cri::Result;
+
+mod runsc;
 
 /// The handlers beside caissond's `runc` → native.
 const HANDLERS_CONFIG: &str = r#"[runtimes.handlers.hardened]
@@ -70,24 +77,36 @@ struct Variant {
     name: &'static str,
     handler: &'static str,
     runtime_default: bool,
+    /// Divides the syscall loops' iterations (gVisor's ptrace platform
+    /// is hundreds of times slower per syscall).
+    iteration_divisor: u64,
 }
 
 /// The columns; native first (the ratios' base), hardened second.
-const HANDLERS: [Variant; 4] = [
+const HANDLERS: [Variant; 5] = [
     Variant {
         name: "native",
         handler: "runc",
         runtime_default: false,
+        iteration_divisor: 1,
     },
     Variant {
         name: "hardened",
         handler: "hardened",
         runtime_default: false,
+        iteration_divisor: 1,
+    },
+    Variant {
+        name: "runsc (gVisor)",
+        handler: "runsc",
+        runtime_default: false,
+        iteration_divisor: runsc::ITERATION_DIVISOR,
     },
     Variant {
         name: "runc (oci)",
         handler: "runc-oci",
         runtime_default: false,
+        iteration_divisor: 1,
     },
     // Any seccomp filter sends every syscall through the kernel's slower
     // entry path: this column separates that cost from the allow-list's.
@@ -95,10 +114,11 @@ const HANDLERS: [Variant; 4] = [
         name: "native+RuntimeDefault",
         handler: "runc",
         runtime_default: true,
+        iteration_divisor: 1,
     },
 ];
-const GETPID_ITERATIONS: &str = "2000000";
-const OPENREAD_ITERATIONS: &str = "200000";
+const GETPID_ITERATIONS: u64 = 2_000_000;
+const OPENREAD_ITERATIONS: u64 = 200_000;
 const TREE_FILES: &str = "2000";
 const TAR_RUNS: &str = "3";
 /// In the pod's /dev/shm (tmpfs): the disk under the rootfs made the same
@@ -118,6 +138,8 @@ struct Results {
     start_ms: Vec<f64>,
     pss_kib_per_pod: f64,
     processes_per_pod: f64,
+    /// Pss per pod by kind of process ([`runsc::process_kind`]).
+    pss_kib_by_kind: BTreeMap<String, f64>,
 }
 
 /// Nearest-rank percentile `p` of unsorted values (0 when there is none).
@@ -276,12 +298,14 @@ fn syscall_costs(d: &Caissond, opts: &Options, results: &mut [Results]) -> Resul
             let i = (rep + k) % pods.len();
             let ctr = &pods[i].1;
             let r = &mut results[i];
-            r.getpid_ns
-                .push(probe_bench(d, ctr, &["getpid", GETPID_ITERATIONS])?);
+            let divisor = HANDLERS[i].iteration_divisor;
+            let getpid = (GETPID_ITERATIONS / divisor).to_string();
+            let openread = (OPENREAD_ITERATIONS / divisor).to_string();
+            r.getpid_ns.push(probe_bench(d, ctr, &["getpid", &getpid])?);
             r.openread_ns.push(probe_bench(
                 d,
                 ctr,
-                &["openread", OPENREAD_ITERATIONS, "/etc/passwd"],
+                &["openread", &openread, "/etc/passwd"],
             )?);
             // Start from clean pages: what the last run wrote is on disk.
             probe_bench(d, ctr, &["run", "1", "--", "sync"])?;
@@ -329,7 +353,16 @@ fn memory(d: &Caissond, opts: &Options, results: &mut [Results]) -> Result<()> {
             .into_iter()
             .filter(|p| !before.contains(p))
             .collect();
-        let pss: u64 = added.iter().map(|p| pss_kib(*p)).sum();
+        let mut pss = 0;
+        for pid in &added {
+            let kib = pss_kib(*pid);
+            pss += kib;
+            let cmdline = caisson_tests::daemon::cmdline(*pid).unwrap_or_default();
+            *results[i]
+                .pss_kib_by_kind
+                .entry(runsc::process_kind(&cmdline))
+                .or_default() += kib as f64 / opts.pods as f64;
+        }
         results[i].pss_kib_per_pod = pss as f64 / opts.pods as f64;
         results[i].processes_per_pod = added.len() as f64 / opts.pods as f64;
         for pod in &pods {
@@ -399,17 +432,25 @@ pub fn bench(opts: &Options) -> Result<()> {
     if !std::path::Path::new("/usr/sbin/runc").is_file() {
         return Err("/usr/sbin/runc not found: install Debian's runc (`make deps`)".into());
     }
+    if !std::path::Path::new(runsc::RUNSC).is_file() {
+        return Err(format!(
+            "{} not found: install Debian's runsc (`make deps`)",
+            runsc::RUNSC
+        )
+        .into());
+    }
     let coverage = coverage()?;
     let pause = crate::fixture("caisson-pause", caisson_tests::fixtures::pause_binary)?;
     let image = crate::fixture("the probe image", || probe_image(&probe_binary()))?;
     let mut results = vec![Results::default(); HANDLERS.len()];
     // Dropping the daemon removes every pod, process, mount and cgroup it
     // made, after an error too.
+    let config = format!("{HANDLERS_CONFIG}{}", runsc::HANDLER_CONFIG);
     let d = Caissond::start(Setup {
         dir: Dir::Temp("caisson-bench-hardened-"),
         pause: &pause,
         cgroup_parent: "/caisson-bench-hardened",
-        extra_config: HANDLERS_CONFIG,
+        extra_config: &config,
     })?;
     eprintln!("caissond under {}", d.dir().display());
     d.import_image(&image)?;
@@ -493,6 +534,21 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
         "extra Pss per pod, hardened - native: {:.0} KiB",
         results[1].pss_kib_per_pod - results[0].pss_kib_per_pod
     );
+    println!("Pss per pod by process, KiB:");
+    for (variant, r) in HANDLERS.iter().zip(results) {
+        let kinds: Vec<String> = r
+            .pss_kib_by_kind
+            .iter()
+            .map(|(kind, kib)| format!("{kind} {kib:.0}"))
+            .collect();
+        println!("  {:<24}{}", variant.name, kinds.join(", "));
+    }
+    println!(
+        "runsc: {}, --platform={}; its syscall loops ran 1/{} of the iterations",
+        runsc::version(),
+        runsc::PLATFORM,
+        runsc::ITERATION_DIVISOR
+    );
     println!(
         "syscall table ({UNISTD_64}): {} syscalls; hardened allows {} unconditionally, {} with argument filters; denies {} ({:.1}%)",
         coverage.table,
@@ -518,6 +574,7 @@ fn to_json(opts: &Options, results: &[Results], coverage: &Coverage) -> serde_js
                 "name": variant.name,
                 "runtime_handler": variant.handler,
                 "runtime_default_seccomp": variant.runtime_default,
+                "iteration_divisor": variant.iteration_divisor,
                 "getpid_ns_per_op": r.getpid_ns,
                 "openread_ns_per_op": r.openread_ns,
                 "tar_ms": r.tar_ms,
@@ -526,11 +583,13 @@ fn to_json(opts: &Options, results: &[Results], coverage: &Coverage) -> serde_js
                 "pod_start_p90_ms": percentile(&r.start_ms, 90.0),
                 "pss_kib_per_pod": r.pss_kib_per_pod,
                 "processes_per_pod": r.processes_per_pod,
+                "pss_kib_per_pod_by_process": r.pss_kib_by_kind,
             })
         })
         .collect();
     json!({
         "options": {"runs": opts.runs, "pods": opts.pods, "reps": opts.reps},
+        "runsc": {"version": runsc::version(), "platform": runsc::PLATFORM},
         "handlers": handlers,
         "syscall_table": {
             "source": UNISTD_64,

@@ -12,7 +12,7 @@ use std::time::Duration;
 use caisson_proto::cri;
 use containerd_shim_protos::api;
 
-mod image_volumes;
+pub(crate) mod image_volumes;
 
 use super::pod::{pod_context, pod_dir};
 use super::{new_id, now_ns, sorted, ChangeKind, Runtime};

@@ -478,6 +478,9 @@ impl Runtime {
             for entry in entries.flatten() {
                 let id = entry.file_name().to_string_lossy().into_owned();
                 if !self.records().containers.contains_key(&id) {
+                    // Image volumes first: remove_dir_all stops at a
+                    // read-only mount.
+                    container::image_volumes::unmount_image_volumes(&entry.path());
                     let _ = nix::mount::umount2(
                         &entry.path().join(crate::spec::ROOTFS_DIR),
                         nix::mount::MntFlags::MNT_DETACH,

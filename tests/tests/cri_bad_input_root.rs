@@ -601,10 +601,22 @@ fn unimplemented_rpcs_say_so() {
     let unimplemented =
         |name: &'static str, call: Call| case(name, Code::Unimplemented, name, call);
     let cases = vec![
-        unimplemented("Attach", rpc!(attach, cri::AttachRequest::default())),
-        unimplemented("Exec", rpc!(exec, cri::ExecRequest::default())),
-        unimplemented(
-            "PortForward",
+        case(
+            "Attach without an id",
+            Code::InvalidArgument,
+            "container_id",
+            rpc!(attach, cri::AttachRequest::default()),
+        ),
+        case(
+            "Exec without an id",
+            Code::InvalidArgument,
+            "container_id",
+            rpc!(exec, cri::ExecRequest::default()),
+        ),
+        case(
+            "PortForward without an id",
+            Code::InvalidArgument,
+            "pod_sandbox_id",
             rpc!(port_forward, cri::PortForwardRequest::default()),
         ),
         case(

@@ -40,11 +40,21 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113 §6.5.2); tonic keeps it.
+/// SETTINGS_MAX_FRAME_SIZE's initial value (RFC 9113 §6.5.2); tonic keeps
+/// it, so h2 refuses a larger frame too (FRAME_SIZE_ERROR).
 const MAX_FRAME_SIZE: usize = 16_384;
 /// A header block (all of its fragments) larger than this closes the
-/// connection; gRPC metadata is a few hundred bytes.
-const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// connection: a HEADERS frame and five CONTINUATIONs, what h2 takes at its
+/// 16 KiB header list limit. gRPC metadata is a few hundred bytes.
+const MAX_HEADER_BLOCK: usize = 6 * MAX_FRAME_SIZE;
+/// The decoded header list (RFC 7541 sizes: name + value + 32 each) larger
+/// than this closes the connection before it is copied: a block of one-byte
+/// references to a large table entry must not expand into gigabytes. Above
+/// the 16 KiB list limit h2 advertises, so h2 still answers lists between.
+const MAX_HEADER_LIST: usize = 64 * 1024;
+/// The HPACK table size h2 advertises (SETTINGS_HEADER_TABLE_SIZE's initial
+/// value): a client's table may not be larger.
+const HEADER_TABLE_SIZE: usize = 4096;
 
 /// A header block the rewriter could not take apart: the connection ends
 /// (the HTTP/2 server would have ended it with a connection error too).
@@ -58,6 +68,10 @@ pub enum RewriteError {
     InterruptedBlock { kind: u8, stream: u32, open: u32 },
     #[error("header block of stream {stream} exceeds {MAX_HEADER_BLOCK} bytes")]
     BlockTooLarge { stream: u32 },
+    #[error("header frame on stream {stream} of {len} bytes exceeds the {MAX_FRAME_SIZE}-byte maximum frame size")]
+    FrameTooLarge { stream: u32, len: usize },
+    #[error("header list of stream {stream} decodes past {MAX_HEADER_LIST} bytes")]
+    ListTooLarge { stream: u32 },
     #[error("HPACK decoding the header block of stream {stream}: {cause}")]
     Hpack { stream: u32, cause: String },
 }
@@ -100,7 +114,11 @@ impl Default for Rewriter {
             passthrough_left: 0,
             pending: BytesMut::new(),
             block: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: {
+                let mut d = loona_hpack::Decoder::new();
+                d.set_max_allowed_table_size(HEADER_TABLE_SIZE);
+                d
+            },
             encoder: loona_hpack::Encoder::new(),
             replaced: Vec::new(),
         }
@@ -175,8 +193,8 @@ impl Rewriter {
                 }
                 continue;
             }
-            if len > MAX_HEADER_BLOCK {
-                return Err(RewriteError::BlockTooLarge { stream });
+            if len > MAX_FRAME_SIZE {
+                return Err(RewriteError::FrameTooLarge { stream, len });
             }
             if self.pending.len() < FRAME_HEADER_LEN + len {
                 return Ok(());
@@ -244,14 +262,23 @@ impl Rewriter {
     /// made valid.
     fn reencode(&mut self, open: &OpenBlock) -> Result<Vec<u8>, RewriteError> {
         let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut list_size = 0usize;
         self.decoder
             .decode_with_cb(&open.fragment, |name, value| {
-                fields.push((name.into_owned(), value.into_owned()))
+                list_size += name.len() + value.len() + 32;
+                if list_size <= MAX_HEADER_LIST {
+                    fields.push((name.into_owned(), value.into_owned()))
+                }
             })
             .map_err(|e| RewriteError::Hpack {
                 stream: open.stream,
                 cause: format!("{e:?}"),
             })?;
+        if list_size > MAX_HEADER_LIST {
+            return Err(RewriteError::ListTooLarge {
+                stream: open.stream,
+            });
+        }
         for (name, value) in &mut fields {
             if name.as_slice() == b":authority" && !is_valid_authority(value) {
                 let shown = String::from_utf8_lossy(value).escape_debug().to_string();

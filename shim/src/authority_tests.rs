@@ -169,6 +169,27 @@ fn the_servers_table_follows_ours_across_blocks_of_a_connection() {
     }
 }
 
+/// `fields` as a HEADERS frame and CONTINUATIONs of at most 16 KiB.
+fn split_block(encoder: &mut loona_hpack::Encoder, stream: u32, fields: &Fields) -> Vec<u8> {
+    let block = encoder.encode(fields.iter().map(|(n, v)| (n.as_slice(), v.as_slice())));
+    let chunks: Vec<&[u8]> = block.chunks(16_384).collect();
+    let mut out = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let kind = if i == 0 {
+            http2::HEADERS
+        } else {
+            http2::CONTINUATION
+        };
+        let flags = if i + 1 == chunks.len() {
+            http2::END_HEADERS
+        } else {
+            0
+        };
+        out.extend(Frame::new(kind, flags, stream, chunk.to_vec()).encode());
+    }
+    out
+}
+
 #[test]
 fn a_block_larger_than_a_frame_is_split_into_continuations() {
     let mut fields = grpc_request_fields(PATH, Some(b"/a/path"));
@@ -177,7 +198,7 @@ fn a_block_larger_than_a_frame_is_split_into_continuations() {
         fields.push((format!("x-big-{i}").into_bytes(), vec![b'a' + i; 9000]));
     }
     let mut bytes = PREFACE.to_vec();
-    bytes.extend(headers_frame(&mut loona_hpack::Encoder::new(), 1, &fields).encode());
+    bytes.extend(split_block(&mut loona_hpack::Encoder::new(), 1, &fields));
     let frames = Frame::parse_all(&rewrite(&bytes, usize::MAX).unwrap());
     assert!(frames.len() >= 3, "{} frames", frames.len());
     assert!(frames.iter().all(|f| f.payload.len() <= 16_384));
@@ -190,6 +211,59 @@ fn a_block_larger_than_a_frame_is_split_into_continuations() {
     assert_eq!(ends.iter().filter(|e| **e).count(), 1);
     assert!(ends.last().unwrap());
     assert_eq!(decoded_blocks(&frames)[0].len(), fields.len());
+}
+
+#[test]
+fn blocks_that_would_expand_or_overflow_end_the_connection() {
+    // A 4000-byte entry in the table, then a block of 5000 one-byte
+    // references to it: 20 MB decoded from 5 KB on the wire.
+    let mut table = vec![0x40, 0x01, b'x'];
+    table.extend(loona_hpack::encoder::encode_integer(4000, 7));
+    table.extend(vec![b'v'; 4000]);
+    let one = loona_hpack::Decoder::new().decode(&table).unwrap();
+    assert_eq!((one.len(), one[0].1.len()), (1, 4000), "the table entry");
+    let mut refs = table.clone();
+    refs.extend(vec![0x80 | 62; 5000]);
+    // A dynamic table size update past what h2 advertises (4096).
+    let mut resize = vec![0x3f];
+    resize.extend(
+        loona_hpack::encoder::encode_integer(1 << 20, 5)
+            .into_iter()
+            .skip(1),
+    );
+    let cases: Vec<(Vec<Frame>, &str)> = vec![
+        (
+            vec![Frame::new(http2::HEADERS, http2::END_HEADERS, 1, refs)],
+            "decodes past",
+        ),
+        (
+            vec![Frame::new(http2::HEADERS, http2::END_HEADERS, 1, resize)],
+            "HPACK",
+        ),
+        (
+            vec![Frame::new(
+                http2::HEADERS,
+                http2::END_HEADERS,
+                1,
+                vec![0; 16_385],
+            )],
+            "maximum frame size",
+        ),
+        (
+            std::iter::once(Frame::new(http2::HEADERS, 0, 1, vec![0; 16_384]))
+                .chain((0..6).map(|_| Frame::new(http2::CONTINUATION, 0, 1, vec![0; 16_384])))
+                .collect(),
+            "exceeds",
+        ),
+    ];
+    for (frames, expected) in cases {
+        let mut bytes = PREFACE.to_vec();
+        for f in &frames {
+            bytes.extend(f.encode());
+        }
+        let err = rewrite(&bytes, usize::MAX).unwrap_err().to_string();
+        assert!(err.contains(expected), "{err:?} should name {expected:?}");
+    }
 }
 
 #[test]

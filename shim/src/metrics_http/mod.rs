@@ -121,7 +121,14 @@ pub struct Metrics {
     recovered_containers: Family<OutcomeLabels, Counter>,
     sessions: Family<SessionLabels, Counter>,
     sessions_in_flight: Family<SessionLabels, Gauge>,
+    /// Method labels given out so far: a client calling made-up paths
+    /// must not grow the series without end.
+    methods: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct `method` labels at most (CRI v1 and the admin API have about
+/// 50); later ones are counted as `other`.
+pub const MAX_METHOD_LABELS: usize = 100;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -139,6 +146,7 @@ impl Metrics {
             pull_failures: Family::default(),
             pull_bytes: Counter::default(),
             pull_duration: Family::new_with_constructor(pull_histogram),
+            methods: Default::default(),
             recovered_pods: Family::default(),
             recovered_containers: Family::default(),
             sessions: Family::default(),
@@ -232,8 +240,17 @@ impl Metrics {
 
     /// One answered gRPC call.
     pub fn record_call(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let method = {
+            let mut seen = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(method) || seen.len() < MAX_METHOD_LABELS {
+                seen.insert(method.to_owned());
+                method.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
         let labels = CallLabels {
-            method: method.to_owned(),
+            method,
             code: code_name(code),
         };
         self.cri_requests.get_or_create(&labels).inc();

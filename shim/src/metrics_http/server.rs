@@ -70,6 +70,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>)
                 async move { Ok::<_, std::convert::Infallible>(endpoint.handle(req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(tcp), service)
                 .await
             {

@@ -294,3 +294,24 @@ fn every_pull_failure_has_a_listed_cause() {
         assert!(PULL_FAILURE_CAUSES.contains(&cause));
     }
 }
+
+#[test]
+fn made_up_methods_share_one_label_past_the_cap() {
+    let m = Metrics::new();
+    for i in 0..(MAX_METHOD_LABELS + 50) {
+        m.record_call(
+            &format!("Made{i}"),
+            tonic::Code::Unimplemented,
+            Duration::ZERO,
+        );
+    }
+    // A method seen before the cap keeps its own label.
+    m.record_call("Made0", tonic::Code::Ok, Duration::ZERO);
+    let seen = m.methods.lock().unwrap().len();
+    assert_eq!(seen, MAX_METHOD_LABELS);
+    let other = CallLabels {
+        method: "other".into(),
+        code: code_name(tonic::Code::Unimplemented),
+    };
+    assert_eq!(m.cri_requests.get_or_create(&other).get(), 50);
+}

@@ -315,7 +315,10 @@ impl ExecSession {
             let from = open_reader(path).map_err(|e| open("opening the exec's stderr", e))?;
             outputs.push(tokio::spawn(pump(from, to)));
         }
-        client.start(id, exec_id).await?;
+        if let Err(e) = client.start(id, exec_id).await {
+            outputs.iter().for_each(|t| t.abort());
+            return Err(e);
+        }
         // The shim opens its ends (the stdin keep-alive among them) when it
         // starts the process: only then has stdin a reader for ours.
         let stdin_writer = match stdin.as_deref().map(open_writer).transpose() {
@@ -337,24 +340,33 @@ impl ExecSession {
             });
         }
         let waited = tokio::select! {
-            w = client.wait(id, exec_id, EXEC_WAIT) => w?,
+            w = client.wait(id, exec_id, EXEC_WAIT) => w,
             _ = &mut client_gone => {
                 tracing::info!(container_id = %id, exec_id, "exec client went away: killing its process");
-                let _ = client.kill(id, exec_id, libc::SIGKILL as u32, false).await;
-                client.wait(id, exec_id, Duration::from_secs(10)).await?
+                Ok(None)
             }
         };
-        let code = waited
-            .map(|w| w.exit_status as i32)
-            .ok_or_else(|| CriError::Internal(format!("exec {exec_id} in {id} did not end")))?;
-        // Output written before the exit is still in the FIFOs.
+        // Gone client, a wait past EXEC_WAIT, or a failed wait: the
+        // process is killed and reaped, never left behind.
+        let waited = match waited {
+            Ok(Some(w)) => Ok(Some(w)),
+            _ => {
+                let _ = client.kill(id, exec_id, libc::SIGKILL as u32, false).await;
+                client.wait(id, exec_id, Duration::from_secs(10)).await
+            }
+        };
+        // Output written before the exit is still in the FIFOs; on an
+        // error the pumps are stopped all the same.
+        let drain = matches!(waited, Ok(Some(_)));
         for task in outputs {
             let abort = task.abort_handle();
-            if tokio::time::timeout(OUTPUT_DRAIN, task).await.is_err() {
+            if !drain || tokio::time::timeout(OUTPUT_DRAIN, task).await.is_err() {
                 abort.abort();
             }
         }
-        Ok(code)
+        waited?
+            .map(|w| w.exit_status as i32)
+            .ok_or_else(|| CriError::Internal(format!("exec {exec_id} in {id} did not end")))
     }
 }
 

@@ -95,8 +95,8 @@ pub struct StreamingServer {
     factory: Arc<dyn SessionFactory>,
 }
 
-/// 128 random bits, hex.
-fn new_token() -> String {
+/// 128 random bits, hex (getrandom(2); only EINTR is retried).
+fn new_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
     let mut filled = 0;
     while filled < bytes.len() {
@@ -107,10 +107,19 @@ fn new_token() -> String {
         };
         if n > 0 {
             filled += n as usize;
+        } else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
         }
     }
-    hex::encode(bytes)
+    Ok(hex::encode(bytes))
 }
+
+/// How long a client may take to send its request head or finish a TLS
+/// handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl StreamingServer {
     /// Binds the configured address and serves until the process ends.
@@ -147,13 +156,13 @@ impl StreamingServer {
 
     /// The single-use URL for `request`.
     pub fn url_for(&self, request: StreamRequest) -> Result<String, StreamingError> {
+        let token = new_token()?;
         let now = Instant::now();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, p| p.expires > now);
         if pending.len() >= MAX_PENDING {
             return Err(StreamingError::TooManyPending);
         }
-        let token = new_token();
         let url = format!("{}/{}/{token}", self.base_url, request.path_kind());
         pending.insert(
             token,
@@ -193,7 +202,10 @@ impl StreamingServer {
             let tls = tls.clone();
             tokio::spawn(async move {
                 let served = match tls {
-                    Some(tls) => match tls.accept(tcp).await {
+                    Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp))
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                    {
                         Ok(stream) => server.serve_connection(stream).await,
                         Err(e) => {
                             tracing::debug!(%peer, error = %e, "streaming server: TLS handshake");
@@ -218,6 +230,8 @@ impl StreamingServer {
             async move { Ok::<_, std::convert::Infallible>(server.handle(req)) }
         });
         hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
             .await
@@ -325,8 +339,12 @@ impl StreamingServer {
                 // request's.
                 match websocket::ports_from_query(query) {
                     Ok(from_url) if !from_url.is_empty() => from_url,
-                    _ if !ports.is_empty() => ports.clone(),
-                    Ok(_) => return plain(StatusCode::BAD_REQUEST, "no port to forward"),
+                    Ok(_) | Err(websocket::PortQueryError::Missing) if !ports.is_empty() => {
+                        ports.clone()
+                    }
+                    Ok(_) | Err(websocket::PortQueryError::Missing) => {
+                        return plain(StatusCode::BAD_REQUEST, "no port to forward")
+                    }
                     Err(e) => return plain(StatusCode::BAD_REQUEST, &e.to_string()),
                 }
             }
@@ -483,8 +501,8 @@ mod tests {
 
     #[test]
     fn tokens_are_long_random_and_distinct() {
-        let a = new_token();
+        let a = new_token().unwrap();
         assert_eq!(a.len(), 32);
-        assert_ne!(a, new_token());
+        assert_ne!(a, new_token().unwrap());
     }
 }

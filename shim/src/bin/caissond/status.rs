@@ -38,7 +38,25 @@ pub fn command(args: &[String], config_path: Option<&Path>) -> anyhow::Result<()
     Ok(())
 }
 
+/// How long `caissond status` waits for the whole answer (Info asks each
+/// oci runtime for its version, 5 s at most each).
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn ask(socket: &Path) -> anyhow::Result<(Vec<cri::RuntimeCondition>, admin::InfoResponse)> {
+    tokio::time::timeout(ASK_TIMEOUT, ask_now(socket))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "caissond did not answer on {} within {} s",
+                socket.display(),
+                ASK_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+async fn ask_now(
+    socket: &Path,
+) -> anyhow::Result<(Vec<cri::RuntimeCondition>, admin::InfoResponse)> {
     let unreachable = |e: &dyn std::fmt::Display| {
         anyhow::anyhow!("caissond is not answering on {}: {e}", socket.display())
     };

@@ -269,31 +269,19 @@ fn user_namespaces() -> Result<String, String> {
     Ok(format!("max_user_namespaces {max}"))
 }
 
-/// mount_setattr(2) (Linux 5.12), which idmaps the pods' rootfs: with no
-/// valid arguments it fails EINVAL or EBADF where it exists, ENOSYS (or
-/// EPERM under a seccomp filter) where it does not.
+/// mount_setattr(2) (Linux 5.12), which idmaps the pods' rootfs (probed
+/// once, by the same probe Status's features use).
 fn idmapped_mounts() -> Result<String, String> {
-    // SAFETY: no pointer is dereferenced (NULL path and attr, size 0).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            -1,
-            std::ptr::null::<libc::c_char>(),
-            0,
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    let errno = std::io::Error::last_os_error();
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    if r != 0 && matches!(errno.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) {
-        return Err(format!(
-            "mount_setattr(2) is not available on Linux {release}: {errno}"
-        ));
+    if crate::server::kernel_has_mount_setattr() {
+        Ok(format!("mount_setattr(2) on Linux {release}"))
+    } else {
+        Err(format!(
+            "mount_setattr(2) is not available on Linux {release}"
+        ))
     }
-    Ok(format!("mount_setattr(2) on Linux {release}"))
 }
 
 /// The kernel filters syscalls (CONFIG_SECCOMP_FILTER shows as a

@@ -560,7 +560,7 @@ fn runtime_features(runtime: &Path) -> Option<serde_json::Value> {
 /// mount_setattr(2) (Linux 5.12), probed once: with no valid arguments it
 /// fails EINVAL or EBADF where it exists, ENOSYS (or EPERM under a
 /// seccomp filter) where it does not.
-fn kernel_has_mount_setattr() -> bool {
+pub(crate) fn kernel_has_mount_setattr() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         // SAFETY: no pointer is dereferenced (NULL attr, size 0).

@@ -147,19 +147,37 @@ impl AttachListener {
     }
 }
 
-/// Binds `path` even past `sun_path`'s 108 bytes (a bundle under
-/// `/run/caisson/pods/<id>/containers/<id>/` is longer): through
-/// `/proc/self/fd/<dir>/<name>`, the parent directory held open.
+/// A socket path usable past `sun_path`'s 108 bytes (a bundle under
+/// `/run/caisson/pods/<id>/containers/<id>/` is longer): the parent
+/// directory held open, and `/proc/self/fd/<dir>/<name>` naming the path
+/// through it while the returned `File` lives.
+pub struct ShortPath {
+    _dir: Option<std::fs::File>,
+    pub path: PathBuf,
+}
+
+impl ShortPath {
+    pub fn of(path: &Path) -> io::Result<ShortPath> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(ShortPath {
+                _dir: None,
+                path: path.to_path_buf(),
+            });
+        };
+        let dir = std::fs::File::open(dir)?;
+        let path = Path::new("/proc/self/fd")
+            .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+            .join(name);
+        Ok(ShortPath {
+            _dir: Some(dir),
+            path,
+        })
+    }
+}
+
+/// Binds `path` through a [`ShortPath`].
 pub fn bind_long(path: &Path) -> io::Result<UnixListener> {
-    let (dir, name) = match (path.parent(), path.file_name()) {
-        (Some(d), Some(n)) => (d, n),
-        _ => return UnixListener::bind(path),
-    };
-    let dir = std::fs::File::open(dir)?;
-    let short = Path::new("/proc/self/fd")
-        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
-        .join(name);
-    UnixListener::bind(short)
+    UnixListener::bind(&ShortPath::of(path)?.path)
 }
 
 fn accept_loop(listener: UnixListener, tees: Vec<Arc<Tee>>, stop: OwnedFd) {
@@ -255,12 +273,8 @@ mod tests {
         let listener = AttachListener::start(&path, std::slice::from_ref(&log)).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_fd = std::fs::File::open(&deep).unwrap();
-        let short = format!(
-            "/proc/self/fd/{}/attach.sock",
-            std::os::fd::AsRawFd::as_raw_fd(&dir_fd)
-        );
-        let mut client = UnixStream::connect(short).unwrap();
+        let short = ShortPath::of(&path).unwrap();
+        let mut client = UnixStream::connect(&short.path).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while log.tee().clients() == 0 {
             assert!(std::time::Instant::now() < deadline, "never attached");

@@ -32,18 +32,23 @@ pub fn crilog_uri(path: &Path) -> String {
 /// The FIFO a `stdin: true` container reads, in its bundle (removed with it).
 pub(crate) const STDIN_FIFO: &str = "stdin";
 
+/// A FIFO only root can open (0600).
+pub(crate) fn make_private_fifo(path: &Path) -> std::io::Result<()> {
+    nix::unistd::mkfifo(
+        path,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .map_err(std::io::Error::from)
+}
+
 /// Makes the container's stdin FIFO (root-only) and returns its name for
 /// the task. The shim holds a writer on it for the task's life, so the
 /// container's reads block (as with containerd or CRI-O) instead of seeing
-/// EOF. Nothing writes to it yet: Attach is not implemented, so
-/// `stdin_once` (close stdin after the first attach ends) has no effect.
+/// EOF; Attach writes the client's input into it (`streams.rs`).
 fn open_stdin_fifo(bundle: &Path) -> CriResult<String> {
     let path = bundle.join(STDIN_FIFO);
-    nix::unistd::mkfifo(
-        &path,
-        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
-    )
-    .map_err(|e| CriError::internal(&format!("making {}", path.display()), e))?;
+    make_private_fifo(&path)
+        .map_err(|e| CriError::internal(&format!("making {}", path.display()), e))?;
     Ok(path.display().to_string())
 }
 

@@ -51,6 +51,18 @@ pub fn exec_process(c: &ContainerRecord, cmd: &[String], terminal: bool) -> CriR
 }
 
 impl Runtime {
+    /// The container `id`, FAILED_PRECONDITION unless it is running.
+    pub fn running_container(&self, id: &str) -> CriResult<ContainerRecord> {
+        let c = self.container(id)?;
+        if c.state != ContainerState::Running {
+            return Err(CriError::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        Ok(c)
+    }
+
     pub async fn exec_sync(
         self: &Arc<Self>,
         id: &str,
@@ -63,13 +75,7 @@ impl Runtime {
         if timeout < 0 {
             return Err(CriError::invalid("timeout", "must not be negative"));
         }
-        let c = self.container(id)?;
-        if c.state != ContainerState::Running {
-            return Err(CriError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
+        let c = self.running_container(id)?;
         let pod = self.pod(&c.pod_id)?;
         let client = self.client(&pod)?;
         let any = exec_process(&c, &cmd, false)?;
@@ -125,13 +131,7 @@ impl Runtime {
     /// Asks the shim to start a new log file at the container's log path
     /// (kubelet has renamed the old one).
     pub async fn reopen_container_log(self: &Arc<Self>, id: &str) -> CriResult<()> {
-        let c = self.container(id)?;
-        if c.state != ContainerState::Running {
-            return Err(CriError::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
+        let c = self.running_container(id)?;
         if c.log_path.as_os_str().is_empty() {
             return Err(CriError::FailedPrecondition(format!(
                 "container {} has no log path",

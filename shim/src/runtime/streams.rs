@@ -29,7 +29,7 @@ use super::pod::pod_dir;
 use super::Runtime;
 use crate::shims::ShimClient;
 use crate::status::{CriError, CriResult};
-use crate::store::{decode, ContainerRecord, ContainerState};
+use crate::store::decode;
 use crate::streaming::server::{SessionFactory, StreamRequest};
 use crate::streaming::{
     ByteReader, ByteWriter, Duplex, PortDialer, RemoteCommand, SessionEnd, SessionStreams,
@@ -42,17 +42,6 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// An exec waits for its process this long at most (kubelet's idle
 /// timeout ends idle sessions well before).
 const EXEC_WAIT: Duration = Duration::from_secs(24 * 3600);
-
-fn running(rt: &Runtime, id: &str) -> CriResult<ContainerRecord> {
-    let c = rt.container(id)?;
-    if c.state != ContainerState::Running {
-        return Err(CriError::FailedPrecondition(format!(
-            "container {} is not running",
-            c.id
-        )));
-    }
-    Ok(c)
-}
 
 fn check_streams(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> CriResult<()> {
     if !(stdin || stdout || stderr) {
@@ -77,7 +66,7 @@ impl Runtime {
             return Err(CriError::invalid("cmd", "must not be empty"));
         }
         check_streams(r.stdin, r.stdout, r.stderr, r.tty)?;
-        let c = running(self, &r.container_id)?;
+        let c = self.running_container(&r.container_id)?;
         Ok(StreamRequest::Exec {
             container_id: c.id,
             cmd: r.cmd.clone(),
@@ -94,7 +83,7 @@ impl Runtime {
     /// container has no separate stderr.
     pub fn attach_request(&self, r: &cri::AttachRequest) -> CriResult<StreamRequest> {
         check_streams(r.stdin, r.stdout, r.stderr, r.tty)?;
-        let c = running(self, &r.container_id)?;
+        let c = self.running_container(&r.container_id)?;
         let config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();
         if r.stdin && !config.stdin {
             return Err(CriError::invalid(
@@ -210,11 +199,6 @@ fn spawn_resizes(
     });
 }
 
-fn mkfifo(path: &Path) -> io::Result<()> {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .map_err(io::Error::from)
-}
-
 fn open_reader(path: &Path) -> io::Result<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::OpenOptions::new().open_receiver(path)
 }
@@ -243,7 +227,7 @@ impl RemoteCommand for ExecSession {
 
 impl ExecSession {
     async fn exec(&self, streams: SessionStreams) -> CriResult<i32> {
-        let c = running(&self.rt, &self.container_id)?;
+        let c = self.rt.running_container(&self.container_id)?;
         let pod = self.rt.pod(&c.pod_id)?;
         let client = self.rt.client(&pod)?;
         let tty = self.opts.tty;
@@ -256,7 +240,8 @@ impl ExecSession {
                 return Ok(None);
             }
             let path = dir.path().join(name);
-            mkfifo(&path).map_err(|e| CriError::internal("making an exec FIFO", e))?;
+            super::container::make_private_fifo(&path)
+                .map_err(|e| CriError::internal("making an exec FIFO", e))?;
             Ok(Some(path))
         };
         let stdin = fifo("stdin", streams.stdin.is_some())?;
@@ -386,24 +371,15 @@ impl RemoteCommand for AttachSession {
     }
 }
 
-/// Connects to a unix socket whose path may be longer than `sun_path`
-/// (through `/proc/self/fd/<dir>/<name>`).
+/// Connects to a unix socket whose path may be longer than `sun_path`.
 async fn connect_long(path: &Path) -> io::Result<tokio::net::UnixStream> {
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
-        return tokio::net::UnixStream::connect(path).await;
-    };
-    let dir = std::fs::File::open(dir)?;
-    let short = Path::new("/proc/self/fd")
-        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
-        .join(name);
-    let stream = tokio::net::UnixStream::connect(short).await;
-    drop(dir);
-    stream
+    let short = caisson_sandbox::host::attach::ShortPath::of(path)?;
+    tokio::net::UnixStream::connect(&short.path).await
 }
 
 impl AttachSession {
     async fn attach(&self, streams: SessionStreams) -> CriResult<()> {
-        let c = running(&self.rt, &self.container_id)?;
+        let c = self.rt.running_container(&self.container_id)?;
         let pod = self.rt.pod(&c.pod_id)?;
         let client = self.rt.client(&pod)?;
         let config: cri::ContainerConfig = decode(&c.config).unwrap_or_default();

@@ -242,7 +242,9 @@ impl Metrics {
     pub fn record_call(&self, method: &str, code: tonic::Code, elapsed: Duration) {
         let method = {
             let mut seen = self.methods.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.contains(method) || seen.len() < MAX_METHOD_LABELS {
+            if seen.contains(method) {
+                method.to_owned()
+            } else if seen.len() < MAX_METHOD_LABELS {
                 seen.insert(method.to_owned());
                 method.to_owned()
             } else {

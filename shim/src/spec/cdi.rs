@@ -369,7 +369,7 @@ impl Registry {
             Ok(value) => value,
             Err(reason) => return self.skip(path, reason, Vec::new()),
         };
-        let file = serde_json::from_value::<SpecFile>(value.clone())
+        let file = SpecFile::deserialize(&value)
             .map_err(|e| e.to_string())
             .and_then(|f| validate_file(&f).map(|()| f));
         let file = match file {
@@ -550,14 +550,8 @@ fn apply_edits(spec: &mut OciSpec, edits: &Edits) -> Result<(), String> {
     let mut process = spec.process().clone().unwrap_or_default();
     let mut env = process.env().clone().unwrap_or_default();
     for e in &edits.env {
-        let key = e.split_once('=').map(|(k, _)| k).unwrap_or(e);
-        match env
-            .iter_mut()
-            .find(|old| old.split_once('=').map(|(k, _)| k) == Some(key))
-        {
-            Some(old) => old.clone_from(e),
-            None => env.push(e.clone()),
-        }
+        // Every entry is KEY=VALUE (checked when the file was read).
+        super::process::set_env(&mut env, e);
     }
     process.set_env(Some(env));
     let mut gids = process.user().additional_gids().clone().unwrap_or_default();

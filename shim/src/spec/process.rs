@@ -5,9 +5,9 @@ use caisson_proto::cri;
 
 use super::SpecError;
 
-/// The `PATH` a container gets when its image sets none (containerd's).
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The `PATH` a container gets when its image sets none (containerd's);
+/// the shim resolves a bare program name with the same one.
+pub(crate) use caisson_sandbox::backend::native::DEFAULT_PATH;
 
 pub(crate) fn default_path_env() -> String {
     format!("PATH={DEFAULT_PATH}")
@@ -40,7 +40,7 @@ pub(crate) fn args(
 
 /// Replaces `entry`'s key in `env` in place, or appends it; an entry with
 /// no `=` removes the key (containerd's `WithEnv`).
-fn set_env(env: &mut Vec<String>, entry: &str) {
+pub(super) fn set_env(env: &mut Vec<String>, entry: &str) {
     let key = entry.split_once('=').map(|(k, _)| k).unwrap_or(entry);
     let has_value = entry.contains('=');
     let position = env

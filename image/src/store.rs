@@ -235,6 +235,24 @@ impl ImageStore {
     pub fn create_rootfs(&self, id: &str, image: &str) -> Result<Rootfs> {
         let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
         let record = self.get(image)?;
+        let lowers = self.unpacked_layers(&record)?;
+        self.rootfs
+            .create(id, &record.id, record.chain_ids(), lowers)
+    }
+
+    /// Pins `image`'s layers to rootfs `id` (an image volume of its
+    /// container) and returns their directories, topmost last; garbage
+    /// collection keeps them until that rootfs is removed.
+    pub fn pin_image_layers(&self, id: &str, image: &str) -> Result<Vec<PathBuf>> {
+        let _shared = self.gc_lock.read().unwrap_or_else(|p| p.into_inner());
+        let record = self.get(image)?;
+        let lowers = self.unpacked_layers(&record)?;
+        self.rootfs.pin_chain_ids(id, &record.chain_ids())?;
+        Ok(lowers)
+    }
+
+    /// The unpacked directory of each of `record`'s layers, all present.
+    fn unpacked_layers(&self, record: &ImageRecord) -> Result<Vec<PathBuf>> {
         let lowers = record
             .layers
             .iter()
@@ -248,8 +266,7 @@ impl ImageStore {
                 });
             }
         }
-        self.rootfs
-            .create(id, &record.id, record.chain_ids(), lowers)
+        Ok(lowers)
     }
 
     /// Mounts a rootfs at `target` (default `rootfs/<id>/merged`).

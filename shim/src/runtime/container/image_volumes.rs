@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use caisson_image::rootfs::{mount_read_only_overlay, unmount_path, RootfsStore};
+use caisson_image::rootfs::{mount_read_only_overlay, unmount_path};
 use caisson_image::{ImageError, ImageStore};
 use caisson_proto::cri;
 
@@ -33,12 +33,6 @@ fn volume_image(m: &cri::Mount) -> Option<&str> {
 /// The names of the images `config` mounts as volumes.
 pub(crate) fn volume_images(config: &cri::ContainerConfig) -> Vec<&str> {
     config.mounts.iter().filter_map(volume_image).collect()
-}
-
-/// The short-lived rootfs record that pins volume `i`'s layers while they
-/// are copied into the container's own record.
-fn staging_id(container_id: &str, i: usize) -> String {
-    format!("{container_id}.image-volume.{i}")
 }
 
 /// Mounts every image volume of `config` under `bundle`, pins its layers in
@@ -80,22 +74,16 @@ fn mount_one(
     image: &str,
 ) -> CriResult<PathBuf> {
     let field = format!("config.mounts[{i}].image");
-    let staging = staging_id(id, i);
-    let volume = images.create_rootfs(&staging, image).map_err(|e| match e {
+    // The container's rootfs record pins the layers (under the store's
+    // GC lock, so no collection can take them in between).
+    let lowers = images.pin_image_layers(id, image).map_err(|e| match e {
         ImageError::NotFound(_) => CriError::FieldNotFound {
             field: field.clone(),
             reason: format!("image {image:?} not found (pull it first)"),
         },
         other => CriError::internal(&format!("resolving {field} {image:?}"), other),
     })?;
-    let pinned = RootfsStore::open(&images.root().join("rootfs"))
-        .and_then(|store| store.pin_chain_ids(id, &volume.chain_ids));
-    // The container's record pins the layers now (or the call failed).
-    if let Err(e) = images.remove_rootfs(&staging) {
-        tracing::warn!(container_id = %id, error = %e, "removing an image volume's staging rootfs");
-    }
-    pinned.map_err(|e| CriError::internal(&format!("pinning the layers of {field}"), e))?;
-    if volume.lowers.is_empty() {
+    if lowers.is_empty() {
         return Err(CriError::invalid(
             field,
             format!("image {image:?} has no layers"),
@@ -103,7 +91,7 @@ fn mount_one(
     }
     let dir = bundle.join(IMAGE_VOLUMES_DIR);
     let target = dir.join(i.to_string());
-    mount_read_only_overlay(&volume.lowers, &dir.join(format!(".{i}.empty")), &target)
+    mount_read_only_overlay(&lowers, &dir.join(format!(".{i}.empty")), &target)
         .map_err(|e| CriError::internal(&format!("mounting {field} {image:?}"), e))?;
     tracing::info!(container_id = %id, image, target = %target.display(), "image volume mounted");
     Ok(target)
@@ -157,7 +145,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(volume_images(&config), ["data:1"]);
-        assert_eq!(staging_id("abc", 2), "abc.image-volume.2");
-        caisson_image::rootfs::validate_id(&staging_id(&"f".repeat(64), 99)).unwrap();
     }
 }

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use caisson_proto::admin;
 use caisson_proto::cri;
@@ -298,37 +298,12 @@ fn seccomp_filters() -> Result<String, String> {
 
 /// The first line of `runtime --version`, within `timeout` (killed after).
 fn runtime_version(runtime: &Path, timeout: Duration) -> Result<String, String> {
-    use std::io::Read;
     let shown = runtime.display();
-    let mut child = std::process::Command::new(runtime)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("{shown}: {e}"))?;
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{shown} --version did not answer within {timeout:?}"
-                ));
-            }
-            Err(e) => return Err(format!("{shown}: {e}")),
-        }
-    };
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = stdout.read_to_string(&mut out);
-    }
+    let (status, out) = crate::server::run_with_deadline(runtime, "--version", timeout)?;
     if !status.success() {
         return Err(format!("{shown} --version: {status}"));
     }
+    let out = String::from_utf8_lossy(&out);
     let first = out.lines().next().unwrap_or("").trim();
     Ok(format!("{shown}: {first}"))
 }

@@ -527,34 +527,54 @@ fn runtime_lists_rro(runtime: &Path) -> bool {
 
 /// `runtime features` parsed as JSON, within 5 s.
 fn runtime_features(runtime: &Path) -> Option<serde_json::Value> {
+    let (status, out) =
+        run_with_deadline(runtime, "features", std::time::Duration::from_secs(5)).ok()?;
+    if !status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out).ok()
+}
+
+/// Runs `program arg` (no stdin, stderr dropped) and returns its status
+/// and stdout, killing it past `timeout`; errors name the program.
+pub(crate) fn run_with_deadline(
+    program: &Path,
+    arg: &str,
+    timeout: std::time::Duration,
+) -> Result<(std::process::ExitStatus, Vec<u8>), String> {
     use std::io::Read;
-    let mut child = std::process::Command::new(runtime)
-        .arg("features")
+    let shown = program.display();
+    let mut child = std::process::Command::new(program)
+        .arg(arg)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .ok()?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let deadline = std::time::Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(10))
             }
-            _ => {
+            Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return None;
+                return Err(format!("{shown} {arg} did not answer within {timeout:?}"));
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{shown}: {e}"));
             }
         }
     };
     let mut out = Vec::new();
-    child.stdout.take()?.read_to_end(&mut out).ok()?;
-    if !status.success() {
-        return None;
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_end(&mut out);
     }
-    serde_json::from_slice(&out).ok()
+    Ok((status, out))
 }
 
 /// mount_setattr(2) (Linux 5.12), probed once: with no valid arguments it

@@ -39,6 +39,7 @@ pub(crate) fn update_resources(
 mod seccomp;
 mod security;
 mod user;
+mod userns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -243,6 +244,9 @@ fn build_sandbox(
     }
 
     let user = user::sandbox_user(&sc, SANDBOX_SC)?;
+    if let Some(userns) = &modes.userns {
+        userns::check_user_mapped(userns, &user, &format!("{SANDBOX_SC}.namespace_options"))?;
+    }
     let mut process = base_process();
     process.set_args(Some(pause_args));
     process.set_env(Some(vec![process::default_path_env()]));
@@ -274,6 +278,7 @@ fn build_sandbox(
 
     let mut linux = Linux::default();
     linux.set_namespaces(Some(namespaces::sandbox_namespaces(&modes, ctx)));
+    set_id_mappings(&mut linux, &modes);
     linux.set_masked_paths(Some(security::default_masked_paths()));
     linux.set_readonly_paths(Some(security::default_readonly_paths()));
     linux.set_sysctl(if sysctls.is_empty() {
@@ -332,12 +337,20 @@ fn build_container(
         sc.namespace_options.as_ref(),
         &format!("{CONTAINER_SC}.namespace_options"),
     )?;
+    userns::check_container_matches_pod(
+        sc.namespace_options.as_ref(),
+        sandbox_sc.namespace_options.as_ref(),
+        &format!("{CONTAINER_SC}.namespace_options"),
+    )?;
 
     // Process: args, env, cwd, terminal.
     let args = process::args(&config.command, &config.args, &image.entrypoint, &image.cmd)?;
     let env = process::env(&image.env, &config.envs, &ctx.hostname, config.tty);
     let cwd = process::working_dir(&config.working_dir, &image.working_dir)?;
     let user = user::container_user(&sc, &image.user, rootfs, CONTAINER_SC)?;
+    if let Some(userns) = &modes.userns {
+        userns::check_user_mapped(userns, &user, &format!("{CONTAINER_SC}.namespace_options"))?;
+    }
 
     let caps = if privileged {
         capabilities::CapSets::all(host)
@@ -416,6 +429,7 @@ fn build_container(
         host,
         CONTAINER_SC,
     )?));
+    set_id_mappings(&mut linux, &modes);
     linux.set_masked_paths(Some(masked));
     linux.set_readonly_paths(Some(readonly));
     linux.set_sysctl(None);
@@ -453,6 +467,16 @@ fn build_container(
     spec.set_annotations(Some(annotations));
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// The pod user namespace's `uidMappings`/`gidMappings` (containerd 2.x
+/// writes them for the sandbox, which makes the namespace, and for each
+/// container, which joins it).
+fn set_id_mappings(linux: &mut Linux, modes: &NamespaceModes) {
+    if let Some(userns) = &modes.userns {
+        linux.set_uid_mappings(Some(vec![userns.uids.to_oci()]));
+        linux.set_gid_mappings(Some(vec![userns.gids.to_oci()]));
+    }
 }
 
 /// The runtime-spec version the builder writes.

@@ -12,6 +12,7 @@ use cri::NamespaceMode;
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
 use super::host::HostFacts;
+use super::userns::{self, PodUserns};
 use super::{PodContext, SpecError};
 
 /// The validated modes of one `NamespaceOption`.
@@ -20,6 +21,8 @@ pub(crate) struct NamespaceModes {
     pub network: NamespaceMode,
     pub pid: NamespaceMode,
     pub ipc: NamespaceMode,
+    /// The pod's own user namespace (mode POD), `None` for the host's.
+    pub userns: Option<PodUserns>,
 }
 
 impl Default for NamespaceModes {
@@ -28,6 +31,7 @@ impl Default for NamespaceModes {
             network: NamespaceMode::Pod,
             pid: NamespaceMode::Pod,
             ipc: NamespaceMode::Pod,
+            userns: None,
         }
     }
 }
@@ -50,6 +54,7 @@ impl NamespaceModes {
             network: mode(option.network, &format!("{field}.network"))?,
             pid: mode(option.pid, &format!("{field}.pid"))?,
             ipc: mode(option.ipc, &format!("{field}.ipc"))?,
+            userns: userns::from_option(Some(option), field)?,
         };
         for (name, m) in [("network", modes.network), ("ipc", modes.ipc)] {
             if m == NamespaceMode::Target {
@@ -65,14 +70,8 @@ impl NamespaceModes {
                 "PID namespace mode TARGET needs a target container id",
             ));
         }
-        if let Some(userns) = &option.userns_options {
-            let userns_mode = mode(userns.mode, &format!("{field}.userns_options.mode"))?;
-            if userns_mode != NamespaceMode::Node {
-                return Err(SpecError::invalid(
-                    format!("{field}.userns_options"),
-                    "user namespaces are not supported by this runtime",
-                ));
-            }
+        if modes.userns.is_some() {
+            userns::check_no_host_namespaces(option, field)?;
         }
         Ok(modes)
     }
@@ -117,7 +116,12 @@ pub(crate) fn proc_ns(pid: u32, typ: LinuxNamespaceType) -> PathBuf {
 /// The pause container's namespaces. A TARGET PID mode has no meaning for
 /// the sandbox; it gets its own PID namespace like POD/CONTAINER.
 pub(crate) fn sandbox_namespaces(modes: &NamespaceModes, ctx: &PodContext) -> Vec<LinuxNamespace> {
-    let mut list = vec![new_ns(LinuxNamespaceType::Mount)];
+    let mut list = Vec::new();
+    // First: the namespaces made after it are owned by it.
+    if modes.userns.is_some() {
+        list.push(new_ns(LinuxNamespaceType::User));
+    }
+    list.push(new_ns(LinuxNamespaceType::Mount));
     if !modes.network_is_host() {
         list.push(match &ctx.netns_path {
             Some(path) => join_ns(LinuxNamespaceType::Network, path.clone()),
@@ -152,7 +156,14 @@ pub(crate) fn container_namespaces(
             ))
         })
     };
-    let mut list = vec![new_ns(LinuxNamespaceType::Mount)];
+    let mut list = Vec::new();
+    if modes.userns.is_some() {
+        list.push(join_ns(
+            LinuxNamespaceType::User,
+            proc_ns(pause()?, LinuxNamespaceType::User),
+        ));
+    }
+    list.push(new_ns(LinuxNamespaceType::Mount));
     match modes.network {
         NamespaceMode::Node => {}
         NamespaceMode::Container => list.push(new_ns(LinuxNamespaceType::Network)),
@@ -433,7 +444,7 @@ mod tests {
             (option(POD, POD, TARGET), "f.ipc"),
             (option(POD, 9, POD), "f.pid"),
             (no_target, "f.target_id"),
-            (userns, "f.userns_options"),
+            (userns, "f.userns_options.uids"),
         ];
         for (opt, field) in cases {
             let err = NamespaceModes::from_option(Some(&opt), "f").unwrap_err();

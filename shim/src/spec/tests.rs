@@ -871,3 +871,124 @@ fn apparmor_localhost_profiles_need_apparmor_on_the_node() {
         }
     }
 }
+
+/// `hostUsers: false`: the sandbox makes the pod's user namespace with
+/// kubelet's mappings, containers join the pause's and carry the same.
+#[test]
+fn user_namespace_pods() {
+    let mapping = |host_id| cri::IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65_536,
+    };
+    let userns = |host_id| {
+        let mut ns = ns_option(
+            cri::NamespaceMode::Pod,
+            cri::NamespaceMode::Container,
+            cri::NamespaceMode::Pod,
+        );
+        ns.userns_options = Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![mapping(host_id)],
+            gids: vec![mapping(host_id)],
+        });
+        ns
+    };
+    let pod_sandbox_sc = cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(userns(3_000_000)),
+        ..Default::default()
+    };
+    let sandbox = sandbox_config(pod_sandbox_sc.clone(), &[]);
+    let host = HostFacts::for_tests();
+    let spec = build_sandbox(&sandbox, &pod_ctx(), vec!["/pause".into()], &host).unwrap();
+    round_trips(&spec);
+    assert_eq!(
+        namespaces(&spec),
+        ["user", "mnt", "net=/run/netns/cni-xyz", "uts", "ipc", "pid"]
+    );
+    let ids = |spec: &Spec| {
+        let linux = spec.linux().as_ref().unwrap();
+        [linux.uid_mappings(), linux.gid_mappings()].map(|m| {
+            let m = m.as_ref().unwrap();
+            assert_eq!(m.len(), 1);
+            (m[0].container_id(), m[0].host_id(), m[0].size())
+        })
+    };
+    assert_eq!(ids(&spec), [(0, 3_000_000, 65_536); 2]);
+
+    let root = rootfs();
+    let sc = cri::LinuxContainerSecurityContext {
+        namespace_options: Some(userns(3_000_000)),
+        ..pod_sc()
+    };
+    let spec = build(&container_config(sc), &sandbox, root.path()).unwrap();
+    round_trips(&spec);
+    assert_eq!(
+        namespaces(&spec)[..2],
+        ["user=/proc/4242/ns/user".to_string(), "mnt".to_string()]
+    );
+    assert_eq!(ids(&spec), [(0, 3_000_000, 65_536); 2]);
+
+    // A container with other mappings, or none, in that pod.
+    for other in [
+        Some(userns(4_000_000)),
+        Some(pod_sc().namespace_options.unwrap()),
+        None,
+    ] {
+        let sc = cri::LinuxContainerSecurityContext {
+            namespace_options: other,
+            ..pod_sc()
+        };
+        let err = build(&container_config(sc), &sandbox, root.path()).unwrap_err();
+        assert_eq!(
+            err.field(),
+            Some("config.linux.security_context.namespace_options.userns_options"),
+            "{err}"
+        );
+    }
+    // Without userns options, the host's user namespace as before.
+    let spec = build(
+        &container_config(pod_sc()),
+        &sandbox_config(Default::default(), &[]),
+        root.path(),
+    )
+    .unwrap();
+    assert!(!namespaces(&spec).iter().any(|n| n.starts_with("user")));
+    assert!(spec.linux().as_ref().unwrap().uid_mappings().is_none());
+
+    // A pause user outside a short range; host network with a userns.
+    let mut short = userns(3_000_000);
+    short.userns_options.as_mut().unwrap().uids[0].length = 1000;
+    let sc = cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(short),
+        ..Default::default()
+    };
+    let err = build_sandbox(
+        &sandbox_config(sc, &[]),
+        &pod_ctx(),
+        vec!["/pause".into()],
+        &host,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.field(),
+        Some("config.linux.security_context.namespace_options.userns_options.uids[0].length")
+    );
+    let mut host_net = userns(3_000_000);
+    host_net.network = cri::NamespaceMode::Node as i32;
+    let sc = cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(host_net),
+        ..Default::default()
+    };
+    let err = build_sandbox(
+        &sandbox_config(sc, &[]),
+        &pod_ctx(),
+        vec!["/pause".into()],
+        &host,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.field(),
+        Some("config.linux.security_context.namespace_options.network")
+    );
+}

@@ -22,21 +22,32 @@
 //! * [`hugetlb`]: hugepage limits this node cannot enforce, skipped (0)
 //!   or refused (positive) before libcontainer sees them.
 //! * [`mountinfo`]: `/proc/self/mountinfo`, parsed and unescaped.
+//! * A pod's **user namespace**, shared by the hardened backend (every pod,
+//!   from its pool) and the native one (`hostUsers: false` pods, with
+//!   kubelet's mappings): [`userns`] makes one from explicit mappings and
+//!   holds it by fd, [`idmap`] makes a rootfs (and bind sources) appear
+//!   through it, [`userns_spec`] rewrites a task's spec to join it, and
+//!   [`bind_relay`] brings bind sources its root cannot reach into the
+//!   bundle while the task is created.
 //! * [`lock_exclusive`]: an exclusive `flock` on a lock file.
 //! * `open_dir_nofollow`: a directory itself, never through a symlink.
 //! * `proc_stat`: a process's `/proc/<pid>/stat` fields.
 
 pub mod attach;
+pub mod bind_relay;
 pub mod cgroups;
 pub mod console;
 pub mod crilog;
 pub mod executor;
 pub mod forker;
 pub mod hugetlb;
+pub mod idmap;
 pub mod mountinfo;
 pub mod pidfd;
 pub mod reaper;
 pub mod stdio;
+pub mod userns;
+pub mod userns_spec;
 
 /// Opens `path` (creating it 0600) and takes an exclusive `flock` on it,
 /// held until the returned guard drops.

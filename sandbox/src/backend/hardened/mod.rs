@@ -13,19 +13,22 @@
 //! Every pod also gets a user namespace of its own ([`userns`]): its root is
 //! an unprivileged host uid/gid range from a pool, the sandbox and the
 //! pod's containers join it, and their rootfs is an idmapped mount
-//! ([`idmap`]) so the image's root-owned files are root's inside. Bind
-//! mount sources under directories that root only may search (containerd
-//! 1.6 keeps the pods' `resolv.conf` and `/dev/shm` under 0700 dirs) are
-//! relayed through the task's bundle while it is created ([`bind_relay`]).
+//! ([`crate::host::idmap`]) so the image's root-owned files are root's
+//! inside. Bind mount sources under directories that root only may search
+//! (containerd 1.6 keeps the pods' `resolv.conf` and `/dev/shm` under 0700
+//! dirs) are relayed through the task's bundle while it is created
+//! ([`crate::host::bind_relay`]). A `hostUsers: false` pod is run the same
+//! way: its user namespace is the pool's range, not the one kubelet sent
+//! (kubelet's ranges are not coordinated with the pool's, and two pods
+//! sharing host ids would share their files).
 
 pub mod allowlist;
-pub mod bind_relay;
 pub mod exec_userns;
-pub mod idmap;
 pub mod policy;
 pub mod seccomp;
 pub mod userns;
-pub mod userns_spec;
+
+use crate::host::{bind_relay, idmap, userns_spec};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -23,24 +23,24 @@
 //!   died is reclaimed only once no process on the host is left in its user
 //!   namespace (the inode is looked up in every `/proc/<pid>/ns/user`), so
 //!   a range is never reused while anything of its pod lives.
-//! * **The namespace** is made by the backend before the pause container:
-//!   a child cloned with `CLONE_NEWUSER`, whose `uid_map`/`gid_map` the shim
-//!   writes (`0 <first> <count>`), kept by an fd after the child is gone.
+//! * **The namespace** is made by the backend before the pause container
+//!   ([`crate::host::userns`], mapping `0 <first> <count>`), kept by an fd.
 //!   Tasks join it by path (`/proc/<shim>/fd/<n>`), so libcontainer never
 //!   makes (nor maps) one itself, and the rootfs can be idmapped with it
-//!   before the task exists ([`super::idmap`]).
+//!   before the task exists ([`crate::host::idmap`]).
 //! * **Exhaustion**: the pod's sandbox fails with an error naming the pool
 //!   (its size, its directory); nothing is allocated.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{BackendError, Result};
+use crate::host::userns::{mapping, UserNamespace};
 
 /// The hardened handler's options (`CAISSON_BACKEND_OPTIONS`, from
 /// `[runtimes.handlers.hardened] options = {...}`), every key optional.
@@ -548,12 +548,11 @@ impl Slot {
     }
 }
 
-/// A pod's user namespace: its range and an fd holding it.
+/// A pod's user namespace: its range and the namespace holding it.
 #[derive(Debug)]
 pub struct PodUserns {
     slot: Slot,
-    fd: OwnedFd,
-    inode: u64,
+    ns: UserNamespace,
 }
 
 impl PodUserns {
@@ -561,14 +560,14 @@ impl PodUserns {
     /// slot is freed.
     pub fn create(mut slot: Slot) -> Result<PodUserns> {
         let pod = slot.record.pod.clone();
-        let made = make_userns(slot.first_id, slot.count).and_then(|fd| {
-            let inode = fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.ino();
-            slot.record.userns_inode = Some(inode);
+        let map = [mapping(0, slot.first_id, slot.count)];
+        let made = UserNamespace::create(&map, &map).and_then(|ns| {
+            slot.record.userns_inode = Some(ns.inode());
             rewrite(&slot.path, &slot.record)?;
-            Ok((fd, inode))
+            Ok(ns)
         });
         match made {
-            Ok((fd, inode)) => Ok(PodUserns { slot, fd, inode }),
+            Ok(ns) => Ok(PodUserns { slot, ns }),
             Err(e) => {
                 slot.free();
                 Err(BackendError::Failed {
@@ -580,21 +579,22 @@ impl PodUserns {
         }
     }
 
+    /// The namespace itself (its fd, path, inode).
+    pub fn namespace(&self) -> &UserNamespace {
+        &self.ns
+    }
+
     /// The path tasks join it by: this process's fd.
     pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            self.fd.as_raw_fd()
-        ))
+        self.ns.path()
     }
 
     pub fn fd(&self) -> &OwnedFd {
-        &self.fd
+        self.ns.fd()
     }
 
     pub fn inode(&self) -> u64 {
-        self.inode
+        self.ns.inode()
     }
 
     pub fn first_id(&self) -> u32 {
@@ -607,62 +607,9 @@ impl PodUserns {
 
     /// Closes the namespace's fd and frees the range.
     pub fn release(self) {
-        drop(self.fd);
+        drop(self.ns);
         self.slot.free();
     }
-}
-
-/// Clones a child into a new user namespace, maps `0 first count` for uids
-/// and gids, and returns an fd of the namespace (the child is gone).
-fn make_userns(first: u32, count: u32) -> io::Result<OwnedFd> {
-    let reaper = crate::host::reaper::Reaper::global()?;
-    // The child is ours to wait for: the reaper does not reap while the
-    // fork lock is held.
-    let _guard = reaper.lock();
-    // Close-on-exec: a process spawned concurrently must not inherit the
-    // write end (the child below would then never see EOF, and the waitpid
-    // below would block with the reaper's lock held).
-    let (hold_read, hold_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY: a raw clone without a new stack is fork(2) with
-    // CLONE_NEWUSER; the child only makes async-signal-safe syscalls.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // Child: wait until the parent closes the pipe, then go.
-        // SAFETY: async-signal-safe calls only.
-        unsafe {
-            libc::close(hold_write.as_raw_fd());
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let mut byte = 0u8;
-            libc::read(hold_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    let pid = pid as i32;
-    drop(hold_read);
-    let result = (|| {
-        let map = format!("0 {first} {count}\n");
-        fs::write(format!("/proc/{pid}/uid_map"), &map)?;
-        fs::write(format!("/proc/{pid}/gid_map"), &map)?;
-        let ns = File::open(format!("/proc/{pid}/ns/user"))?;
-        Ok(OwnedFd::from(ns))
-    })();
-    drop(hold_write);
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    result
 }
 
 #[cfg(test)]

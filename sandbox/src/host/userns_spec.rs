@@ -16,7 +16,7 @@
 //!   for a PID namespace the pod does not own, and sharing the host's
 //!   namespaces defeats the point.
 //! * Exec processes carry the container's capabilities in
-//!   [`EXEC_USERNS_ANNOTATION`] ([`super::exec_userns`]).
+//!   [`EXEC_USERNS_ANNOTATION`] ([`crate::backend::hardened::exec_userns`]).
 //! * The pod's mapped root must be able to reach the rootfs: the bundle
 //!   directory (the task's own) is given to the pod's root group with mode
 //!   0710 (no other host user may enter it: the rootfs holds files of the
@@ -33,7 +33,7 @@ use oci_spec::runtime::{
     LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceType, Mount, Spec,
 };
 
-use super::exec_userns::EXEC_USERNS_ANNOTATION;
+use crate::backend::hardened::exec_userns::EXEC_USERNS_ANNOTATION;
 use crate::backend::BackendError;
 
 fn refused(what: &str, reason: impl Into<String>) -> BackendError {

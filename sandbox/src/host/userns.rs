@@ -1,0 +1,249 @@
+//! A pod's user namespace, made from explicit uid/gid mappings and held by
+//! an fd.
+//!
+//! A child is cloned with `CLONE_NEWUSER`; the shim (root in the host's
+//! user namespace) writes its `uid_map` and `gid_map`, opens its
+//! `/proc/<pid>/ns/user` and lets it exit: the namespace lives on as long
+//! as the fd (or a process in it) does. Tasks join it by path
+//! (`/proc/<shim>/fd/<n>`), so libcontainer never makes nor maps one
+//! itself, and mounts can be idmapped through it ([`super::idmap`]) before
+//! any task exists. The hardened backend makes one per pod from its pool's
+//! range; the native backend from the mappings kubelet sent
+//! (`hostUsers: false`).
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder};
+
+/// `container_id host_id size`: one mapping.
+pub fn mapping(container_id: u32, host_id: u32, size: u32) -> LinuxIdMapping {
+    LinuxIdMappingBuilder::default()
+        .container_id(container_id)
+        .host_id(host_id)
+        .size(size)
+        .build()
+        .expect("an id mapping builds")
+}
+
+/// The host id that container id `id` maps to, if any.
+pub fn host_id_of(mappings: &[LinuxIdMapping], id: u32) -> Option<u32> {
+    mappings.iter().find_map(|m| {
+        let offset = id.checked_sub(m.container_id())?;
+        (offset < m.size()).then(|| m.host_id().checked_add(offset))?
+    })
+}
+
+/// Why a list of mappings cannot make a user namespace: checked before the
+/// kernel is asked, so the error names the mapping.
+pub fn check_mappings(mappings: &[LinuxIdMapping]) -> Result<(), String> {
+    if mappings.is_empty() {
+        return Err("no mapping".into());
+    }
+    // The kernel takes at most 340 lines; `(uid_t)-1` is never an id.
+    if mappings.len() > 340 {
+        return Err(format!("{} mappings (at most 340)", mappings.len()));
+    }
+    let end = |start: u32, size: u32| u64::from(start) + u64::from(size);
+    for (i, m) in mappings.iter().enumerate() {
+        let shown = format!("[{i}] {} {} {}", m.container_id(), m.host_id(), m.size());
+        if m.size() == 0 {
+            return Err(format!("{shown}: size 0"));
+        }
+        if end(m.container_id(), m.size()) > u64::from(u32::MAX)
+            || end(m.host_id(), m.size()) > u64::from(u32::MAX)
+        {
+            return Err(format!("{shown}: runs past the last id"));
+        }
+        for (j, other) in mappings.iter().enumerate().take(i) {
+            let overlaps = |a: u32, b: u32| a < b.saturating_add(other.size()) && b < a + m.size();
+            if overlaps(m.container_id(), other.container_id())
+                || overlaps(m.host_id(), other.host_id())
+            {
+                return Err(format!("{shown}: overlaps [{j}]"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A user namespace held by an fd of this process.
+#[derive(Debug)]
+pub struct UserNamespace {
+    fd: OwnedFd,
+    inode: u64,
+    uid_mappings: Vec<LinuxIdMapping>,
+    gid_mappings: Vec<LinuxIdMapping>,
+}
+
+impl UserNamespace {
+    /// Makes a user namespace with exactly these mappings (checked first
+    /// with [`check_mappings`]).
+    pub fn create(
+        uid_mappings: &[LinuxIdMapping],
+        gid_mappings: &[LinuxIdMapping],
+    ) -> io::Result<UserNamespace> {
+        for (what, m) in [("uid", uid_mappings), ("gid", gid_mappings)] {
+            check_mappings(m).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("{what} mappings: {e}"))
+            })?;
+        }
+        let fd = make_userns(&map_text(uid_mappings), &map_text(gid_mappings))?;
+        let inode = fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))?.ino();
+        Ok(UserNamespace {
+            fd,
+            inode,
+            uid_mappings: uid_mappings.to_vec(),
+            gid_mappings: gid_mappings.to_vec(),
+        })
+    }
+
+    /// The path tasks join it by: this process's fd.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            self.fd.as_raw_fd()
+        ))
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    pub fn uid_mappings(&self) -> &[LinuxIdMapping] {
+        &self.uid_mappings
+    }
+
+    pub fn gid_mappings(&self) -> &[LinuxIdMapping] {
+        &self.gid_mappings
+    }
+
+    /// The host uid and gid of the namespace's root (`None` when it maps
+    /// no root).
+    pub fn root_ids(&self) -> Option<(u32, u32)> {
+        Some((
+            host_id_of(&self.uid_mappings, 0)?,
+            host_id_of(&self.gid_mappings, 0)?,
+        ))
+    }
+}
+
+/// `/proc/<pid>/uid_map` text.
+fn map_text(mappings: &[LinuxIdMapping]) -> String {
+    mappings
+        .iter()
+        .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
+        .collect()
+}
+
+/// Clones a child into a new user namespace, writes its maps, and returns
+/// an fd of the namespace (the child is gone).
+fn make_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    let reaper = super::reaper::Reaper::global()?;
+    // The child is ours to wait for: the reaper does not reap while the
+    // fork lock is held.
+    let _guard = reaper.lock();
+    // Close-on-exec: a process spawned concurrently must not inherit the
+    // write end (the child below would then never see EOF, and the waitpid
+    // below would block with the reaper's lock held).
+    let (hold_read, hold_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: a raw clone without a new stack is fork(2) with
+    // CLONE_NEWUSER; the child only makes async-signal-safe syscalls.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // Child: wait until the parent closes the pipe, then go.
+        // SAFETY: async-signal-safe calls only.
+        unsafe {
+            libc::close(hold_write.as_raw_fd());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let mut byte = 0u8;
+            libc::read(hold_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let pid = pid as i32;
+    drop(hold_read);
+    let result = (|| {
+        // One write each: the kernel takes a map in a single write(2).
+        write_once(&format!("/proc/{pid}/uid_map"), uid_map)?;
+        write_once(&format!("/proc/{pid}/gid_map"), gid_map)?;
+        let ns = File::open(format!("/proc/{pid}/ns/user"))?;
+        Ok(OwnedFd::from(ns))
+    })();
+    drop(hold_write);
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    result
+}
+
+fn write_once(path: &str, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write(text.as_bytes())?;
+    if written != text.len() {
+        return Err(io::Error::other(format!(
+            "{path}: wrote {written} of {} bytes",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_are_checked_and_looked_up() {
+        let one = [mapping(0, 3_000_000, 65_536)];
+        check_mappings(&one).unwrap();
+        assert_eq!(host_id_of(&one, 0), Some(3_000_000));
+        assert_eq!(host_id_of(&one, 65_535), Some(3_065_535));
+        assert_eq!(host_id_of(&one, 65_536), None);
+        let two = [mapping(0, 3_000_000, 10), mapping(1000, 4_000_000, 10)];
+        check_mappings(&two).unwrap();
+        assert_eq!(host_id_of(&two, 1005), Some(4_000_005));
+        assert_eq!(host_id_of(&two, 10), None);
+        for (bad, why) in [
+            (vec![], "no mapping"),
+            (vec![mapping(0, 1, 0)], "size 0"),
+            (vec![mapping(0, u32::MAX - 1, 2)], "past the last id"),
+            (vec![mapping(u32::MAX, 1, 1)], "past the last id"),
+            (
+                vec![mapping(0, 100, 10), mapping(5, 1000, 10)],
+                "overlaps [0]",
+            ),
+            (
+                vec![mapping(0, 100, 10), mapping(50, 105, 10)],
+                "overlaps [0]",
+            ),
+        ] {
+            let err = check_mappings(&bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        assert_eq!(map_text(&two), "0 3000000 10\n1000 4000000 10\n");
+    }
+}

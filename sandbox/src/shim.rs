@@ -361,8 +361,14 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
     if let Err(e) = crate::mounts::unmount_all(&bundle.join("rootfs")) {
         tracing::warn!(id = %flags.id, error = %e, "unmounting the task's rootfs");
     }
-    if std::env::var(BACKEND_ENV).as_deref() == Ok("hardened") {
-        HardenedBackend::force_cleanup(&state, &flags.id, &backend_options().unwrap_or_default());
+    match std::env::var(BACKEND_ENV).as_deref() {
+        Ok("hardened") => HardenedBackend::force_cleanup(
+            &state,
+            &flags.id,
+            &backend_options().unwrap_or_default(),
+        ),
+        Ok("native" | "") | Err(_) => NativeBackend::force_cleanup_userns(&state, &flags.id),
+        Ok(_) => {}
     }
     let response = api::DeleteResponse {
         pid: 0,

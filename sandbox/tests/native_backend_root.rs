@@ -813,8 +813,11 @@ fn forged_internal_annotations_do_not_take_effect() {
     h.delete_and_check(&id, pid, &cgroup_of(&bundle));
 }
 
+/// A pod user namespace (`hostUsers: false`) is made from the sandbox's
+/// own mappings: without them it is refused, leaving nothing; a container
+/// asking for one in a pod that has none is refused too.
 #[test]
-fn a_user_namespace_is_refused_pointing_at_the_hardened_handler() {
+fn a_user_namespace_without_mappings_or_pod_is_refused() {
     let h = Harness::new();
     let bundle = h.bundle("userns", &["true"], |spec| {
         use LinuxNamespaceType::*;
@@ -829,12 +832,28 @@ fn a_user_namespace_is_refused_pointing_at_the_hardened_handler() {
         .unwrap_err();
     match &err {
         BackendError::InvalidArgument { what, reason } => {
-            assert!(what.contains("linux.namespaces"), "{err}");
-            assert!(reason.contains("hardened runtime handler"), "{err}");
+            assert!(what.contains("linux.uidMappings"), "{err}");
+            assert!(reason.contains("uidMappings and gidMappings"), "{err}");
         }
         other => panic!("{other:?}"),
     }
     assert!(!h.backend.state_root().join(&id).exists());
+    let ctr = unique("ctr");
+    let err = h
+        .try_create(
+            &ctr,
+            &bundle,
+            TaskKind::Container {
+                sandbox_id: "no-such-pod".into(),
+            },
+            Stdio::default(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, BackendError::InvalidArgument { reason, .. } if reason.contains("has none in this shim")),
+        "{err}"
+    );
+    assert!(!h.backend.state_root().join(&ctr).exists());
 }
 
 /// The process's environment with `PATH` left out (what containerd's CRI

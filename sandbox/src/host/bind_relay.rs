@@ -13,7 +13,9 @@
 //! bundle is 0710 to the pod's root group (see
 //! [`super::userns_spec::make_rootfs_reachable`]), so that path is open to
 //! host root and the pod only; nothing else on the host gets a new way in.
-//! Like every volume, the relay is not idmapped.
+//! For the hardened backend the relay is not idmapped, like every volume;
+//! for a native `hostUsers: false` pod every bind source that can be is
+//! relayed idmapped ([`relay_sources_idmapped`]).
 //!
 //! * **Only while the task is created.** libcontainer has made the
 //!   container's own bind mounts by the time `create` returns (its init
@@ -83,9 +85,46 @@ pub fn relay_unreachable_sources(
     record: &Path,
     private: &[&Path],
 ) -> Result<Option<BindRelay>, BackendError> {
+    relay_sources(spec, bundle, pod_gid, record, private, None)
+}
+
+/// Like [`relay_unreachable_sources`], and every bind source (reachable or
+/// not) whose filesystem can be idmapped is relayed **idmapped through
+/// `userns`** (the pod's user namespace): its files owned by host root are
+/// root's inside the pod, and what the pod's root writes there is written
+/// as host root, as containerd 2.x does for a `hostUsers: false` pod's
+/// volumes. A source on a filesystem that cannot be idmapped (sysfs, an
+/// overlay, a kernel before 5.12, tmpfs before 6.3) is bound as it is:
+/// relayed plainly when the pod cannot reach it, else left alone.
+pub fn relay_sources_idmapped(
+    spec: &mut Spec,
+    bundle: &Path,
+    pod_gid: u32,
+    record: &Path,
+    private: &[&Path],
+    userns: &OwnedFd,
+) -> Result<Option<BindRelay>, BackendError> {
+    relay_sources(spec, bundle, pod_gid, record, private, Some(userns))
+}
+
+/// A bind source worth an idmapped relay: not the kernel's own
+/// filesystems (the `/sys` bind in place of sysfs), which never take one.
+fn may_idmap(source: &Path) -> bool {
+    !(source.starts_with("/sys") || source.starts_with("/proc"))
+}
+
+fn relay_sources(
+    spec: &mut Spec,
+    bundle: &Path,
+    pod_gid: u32,
+    record: &Path,
+    private: &[&Path],
+    userns: Option<&OwnedFd>,
+) -> Result<Option<BindRelay>, BackendError> {
     let Some(mut mounts) = spec.mounts().clone() else {
         return Ok(None);
     };
+    // (mount index, the source's fd, whether the pod cannot reach it)
     let mut wanted = Vec::new();
     for (index, mount) in mounts.iter().enumerate() {
         let Some(source) = mount.source().as_ref().filter(|_| is_bind(mount)) else {
@@ -97,10 +136,19 @@ pub fn relay_unreachable_sources(
             let real = source.canonicalize().ok()?;
             first_unsearchable(&real, pod_gid)
         });
-        if let Some(blocked) = blocked {
-            let fd = open_relayable(source, private)
-                .map_err(|why| not_relayed(mount, source, &blocked, &why))?;
-            wanted.push((index, fd));
+        match (&blocked, userns.is_some() && may_idmap(source)) {
+            (Some(blocked), _) => {
+                let fd = open_relayable(source, private)
+                    .map_err(|why| not_relayed(mount, source, blocked, &why))?;
+                wanted.push((index, fd, true));
+            }
+            // Reachable: idmapped if it can be, else left as it is.
+            (None, true) => {
+                if let Ok(fd) = open_relayable(source, private) {
+                    wanted.push((index, fd, false));
+                }
+            }
+            (None, false) => {}
         }
     }
     if wanted.is_empty() {
@@ -121,18 +169,21 @@ pub fn relay_unreachable_sources(
         // Left by a create that died before its cleanup: start afresh.
         remove_relay_dir(&dir);
         make_relay_dir(&dir, pod_gid).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for (index, fd) in &wanted {
+        for (index, fd, unreachable) in &wanted {
             let mount = &mut mounts[*index];
             let target = dir.join(index.to_string());
-            relay_one(fd, &target, is_recursive(mount)).map_err(|e| {
-                let source = mount.source().as_deref().unwrap_or(Path::new(""));
-                format!("{} onto {}: {e}", source.display(), target.display())
-            })?;
-            tracing::debug!(
-                source = %mount.source().as_deref().unwrap_or(Path::new("")).display(),
-                relay = %target.display(),
-                "relaying a bind mount source the pod cannot reach"
-            );
+            let source = mount
+                .source()
+                .clone()
+                .unwrap_or_default()
+                .display()
+                .to_string();
+            let how = relay_one(fd, &target, is_recursive(mount), userns, *unreachable)
+                .map_err(|e| format!("{source} onto {}: {e}", target.display()))?;
+            let Some(how) = how else {
+                continue;
+            };
+            tracing::debug!(source, relay = %target.display(), how, "relaying a bind mount source");
             mount.set_source(Some(target));
         }
         Ok(())
@@ -182,8 +233,8 @@ fn not_relayed(mount: &Mount, source: &Path, blocked: &Path, why: &str) -> Backe
         what: format!("mount {}", mount.destination().display()),
         reason: format!(
             "its source {} is not reachable from the pod's user namespace ({} is not \
-             searchable by others: the hardened handler maps the pod's root to an \
-             unprivileged host uid), and the shim does not relay it: {why}",
+             searchable by others: the pod's root is an unprivileged host uid), and the \
+             shim does not relay it: {why}",
             source.display(),
             blocked.display()
         ),
@@ -259,8 +310,17 @@ fn make_relay_dir(dir: &Path, pod_gid: u32) -> io::Result<()> {
 }
 
 /// Bind-mounts what `fd` holds onto `target` (made as a directory or an
-/// empty file to match), recursively if `recursive`.
-fn relay_one(fd: &OwnedFd, target: &Path, recursive: bool) -> io::Result<()> {
+/// empty file to match), recursively if `recursive`: idmapped through
+/// `userns` when given and the filesystem takes it, else plainly if
+/// `required` (the pod cannot reach the source). How it was relayed, or
+/// `None` when it was not (and `target` is gone again).
+fn relay_one(
+    fd: &OwnedFd,
+    target: &Path,
+    recursive: bool,
+    userns: Option<&OwnedFd>,
+    required: bool,
+) -> io::Result<Option<&'static str>> {
     let proc_path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
     let is_dir = std::fs::metadata(&proc_path)?.is_dir();
     if is_dir {
@@ -273,12 +333,31 @@ fn relay_one(fd: &OwnedFd, target: &Path, recursive: bool) -> io::Result<()> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(target)?;
     }
+    if let Some(userns) = userns {
+        match crate::host::idmap::bind_idmapped(fd, userns, target, recursive) {
+            Ok(()) => return Ok(Some("idmapped")),
+            Err(crate::host::idmap::IdmapError::Unsupported { source, .. }) => {
+                tracing::debug!(target = %target.display(), error = %source, "this bind source cannot be idmapped");
+            }
+            Err(e) => return Err(io::Error::other(e.to_string())),
+        }
+        if !required {
+            let removed = if is_dir {
+                std::fs::remove_dir(target)
+            } else {
+                std::fs::remove_file(target)
+            };
+            removed?;
+            return Ok(None);
+        }
+    }
     let mut flags = nix::mount::MsFlags::MS_BIND;
     if recursive {
         flags |= nix::mount::MsFlags::MS_REC;
     }
     nix::mount::mount(Some(&proc_path), target, None::<&str>, flags, None::<&str>)
-        .map_err(io::Error::from)
+        .map_err(io::Error::from)?;
+    Ok(Some("bind"))
 }
 
 /// Unmounts every entry of a relay directory and removes them and it.

@@ -65,9 +65,10 @@ pub enum IdmapError {
         source: io::Error,
     },
     #[error(
-        "this kernel cannot idmap the rootfs {path} ({source}); the hardened handler's \
-         per-pod user namespace needs idmapped mounts (Linux 5.12+, overlayfs 5.19+): \
-         use the native handler on this node"
+        "this kernel cannot idmap the rootfs {path} ({source}); a pod in a user namespace \
+         of its own (every hardened pod, a hostUsers: false one) needs idmapped mounts \
+         (Linux 5.12+, overlayfs 5.19+, tmpfs 6.3+): run it with the native handler and \
+         the host's users on this node"
     )]
     Unsupported { path: String, source: io::Error },
 }
@@ -75,20 +76,40 @@ pub enum IdmapError {
 /// A detached, idmapped copy of the mount tree at `path`, with `extra`
 /// mount attributes set too.
 fn clone_idmapped(path: &Path, userns: &OwnedFd, extra: u64) -> Result<OwnedFd, IdmapError> {
-    let shown = path.display().to_string();
+    let c = cpath(path).map_err(|source| IdmapError::Io {
+        step: "open_tree",
+        path: path.display().to_string(),
+        source,
+    })?;
+    clone_idmapped_at(libc::AT_FDCWD, &c, 0, path, userns, extra, true)
+}
+
+/// [`clone_idmapped`] of `dirfd`+`c_path` (`flags` for open_tree besides
+/// the clone), the whole tree below when `recursive`; `shown` names it in
+/// errors.
+fn clone_idmapped_at(
+    dirfd: libc::c_int,
+    c_path: &std::ffi::CStr,
+    flags: libc::c_uint,
+    shown: &Path,
+    userns: &OwnedFd,
+    extra: u64,
+    recursive: bool,
+) -> Result<OwnedFd, IdmapError> {
+    let shown = shown.display().to_string();
     let io_err = |step: &'static str, source: io::Error| IdmapError::Io {
         step,
         path: shown.clone(),
         source,
     };
-    let c = cpath(path).map_err(|e| io_err("open_tree", e))?;
+    let recursive = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: a valid C string; returns a new fd or -1.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+            dirfd,
+            c_path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive | flags,
         )
     };
     if tree < 0 {
@@ -117,7 +138,7 @@ fn clone_idmapped(path: &Path, userns: &OwnedFd, extra: u64) -> Result<OwnedFd, 
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+            libc::AT_EMPTY_PATH as libc::c_uint | recursive,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -133,6 +154,28 @@ fn clone_idmapped(path: &Path, userns: &OwnedFd, extra: u64) -> Result<OwnedFd, 
         });
     }
     Ok(tree)
+}
+
+/// Bind-mounts what `source` (an `O_PATH` fd) holds onto `target` (an
+/// existing file or directory, to match), idmapped through `userns`: the
+/// whole tree below when `recursive` (`rbind`). `Unsupported` when a
+/// filesystem there cannot be idmapped (nothing is mounted then).
+pub fn bind_idmapped(
+    source: &OwnedFd,
+    userns: &OwnedFd,
+    target: &Path,
+    recursive: bool,
+) -> Result<(), IdmapError> {
+    let tree = clone_idmapped_at(
+        source.as_raw_fd(),
+        c"",
+        libc::AT_EMPTY_PATH as libc::c_uint,
+        target,
+        userns,
+        0,
+        recursive,
+    )?;
+    attach(&tree, target)
 }
 
 /// Attaches a detached mount `tree` at `target`.
@@ -204,7 +247,7 @@ pub struct IdmappedRootfs {
 ///   a bind mount) is cloned, idmapped and stacked on `rootfs`.
 /// * An overlay cannot be idmapped itself (`EINVAL`); its **lower layers**
 ///   can: each gets an idmapped clone under `scratch`, the upper dir's root
-///   is chowned to the pod's root (`root_id`: the upper layer is the
+///   is chowned to the pod's root (`root`: its host uid and gid; the upper layer is the
 ///   container's own, and overlayfs works in it with the mounter's
 ///   credentials, so it cannot be idmapped too), and a new overlay of those
 ///   is stacked on `rootfs` with the same upper and work dirs. The
@@ -213,7 +256,7 @@ pub struct IdmappedRootfs {
 pub fn mount_idmapped(
     rootfs: &Path,
     userns: &OwnedFd,
-    root_id: u32,
+    root: (u32, u32),
     scratch: &Path,
 ) -> Result<IdmappedRootfs, IdmapError> {
     let top = top_mount(rootfs);
@@ -231,7 +274,7 @@ pub fn mount_idmapped(
                 rootfs: rootfs.to_path_buf(),
                 layers: Some(scratch.to_path_buf()),
             };
-            match idmap_overlay(rootfs, overlay, userns, root_id, scratch) {
+            match idmap_overlay(rootfs, overlay, userns, root, scratch) {
                 Ok(()) => Ok(made),
                 Err(e) => {
                     made.layers_cleanup();
@@ -246,7 +289,7 @@ fn idmap_overlay(
     rootfs: &Path,
     overlay: &MountEntry,
     userns: &OwnedFd,
-    root_id: u32,
+    (root_uid, root_gid): (u32, u32),
     scratch: &Path,
 ) -> Result<(), IdmapError> {
     let io_err = |step: &'static str, path: &Path, source: io::Error| IdmapError::Io {
@@ -286,7 +329,7 @@ fn idmap_overlay(
     }
     // The upper layer is the container's own: its root becomes the pod's
     // root's, and what the pod writes lands there as its mapped ids.
-    std::os::unix::fs::chown(&upper, Some(root_id), Some(root_id))
+    std::os::unix::fs::chown(&upper, Some(root_uid), Some(root_gid))
         .map_err(|e| io_err("chown", &upper, e))?;
     let data = format!(
         "lowerdir={},upperdir={},workdir={}",

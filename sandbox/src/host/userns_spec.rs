@@ -29,9 +29,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{
-    LinuxIdMapping, LinuxIdMappingBuilder, LinuxNamespace, LinuxNamespaceType, Mount, Spec,
-};
+use oci_spec::runtime::{LinuxIdMapping, LinuxNamespace, LinuxNamespaceType, Mount, Spec};
 
 use crate::backend::hardened::exec_userns::EXEC_USERNS_ANNOTATION;
 use crate::backend::BackendError;
@@ -41,15 +39,6 @@ fn refused(what: &str, reason: impl Into<String>) -> BackendError {
         what: what.to_string(),
         reason: reason.into(),
     }
-}
-
-fn mapping(first: u32, count: u32) -> LinuxIdMapping {
-    LinuxIdMappingBuilder::default()
-        .container_id(0u32)
-        .host_id(first)
-        .size(count)
-        .build()
-        .expect("an id mapping builds")
 }
 
 /// What [`join_pod_userns`] leaves for the backend to do.
@@ -64,13 +53,14 @@ pub struct Joined {
     pub net_sysctls: HashMap<String, String>,
 }
 
-/// Puts `spec` in the user namespace at `userns_path` (mapping root to
-/// `first..first+count`). Refuses host PID/IPC/network namespaces.
+/// Puts `spec` in the user namespace at `userns_path`, whose mappings are
+/// `uid_mappings` and `gid_mappings`. Refuses host PID/IPC/network
+/// namespaces.
 pub fn join_pod_userns(
     spec: &mut Spec,
     userns_path: &Path,
-    first: u32,
-    count: u32,
+    uid_mappings: &[LinuxIdMapping],
+    gid_mappings: &[LinuxIdMapping],
 ) -> Result<Joined, BackendError> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut namespaces: Vec<LinuxNamespace> = linux.namespaces().clone().unwrap_or_default();
@@ -83,8 +73,8 @@ pub fn join_pod_userns(
             return Err(refused(
                 "namespace_options",
                 format!(
-                    "the hardened runtime handler runs every pod in its own user namespace, \
-                     which cannot share the host's {name} namespace"
+                    "a pod in a user namespace of its own (every hardened pod, a \
+                     hostUsers: false one) cannot share the host's {name} namespace"
                 ),
             ));
         }
@@ -117,8 +107,8 @@ pub fn join_pod_userns(
             linux.set_sysctl(Some(sysctls));
         }
     }
-    linux.set_uid_mappings(Some(vec![mapping(first, count)]));
-    linux.set_gid_mappings(Some(vec![mapping(first, count)]));
+    linux.set_uid_mappings(Some(uid_mappings.to_vec()));
+    linux.set_gid_mappings(Some(gid_mappings.to_vec()));
     spec.set_linux(Some(linux));
 
     let mut annotations = spec.annotations().clone().unwrap_or_default();
@@ -279,8 +269,8 @@ pub fn make_rootfs_reachable(
         return Err(BackendError::InvalidArgument {
             what: "root.path".to_string(),
             reason: format!(
-                "{} (really {}) is not inside the bundle {}: the hardened handler needs the \
-                 rootfs in the bundle, which only root and the pod can enter",
+                "{} (really {}) is not inside the bundle {}: a pod in its own user \
+                 namespace needs the rootfs in the bundle, which only root and the pod can enter",
                 rootfs.display(),
                 canonical_rootfs.display(),
                 canonical_bundle.display()
@@ -298,7 +288,7 @@ pub fn make_rootfs_reachable(
         return Err(unreachable(
             bundle,
             format!(
-                "owned by uid {}: a hardened bundle must be root's",
+                "owned by uid {}: the bundle of a task in a pod user namespace must be root's",
                 meta.uid()
             ),
         ));
@@ -314,8 +304,8 @@ pub fn make_rootfs_reachable(
     if let Some(dir) = first_unsearchable(&canonical_rootfs, pod_gid) {
         return Err(unreachable(
             &dir,
-            "not searchable by the pod's mapped root; every directory above a hardened \
-             pod's bundle needs o+x (root's 0711 is enough)"
+            "not searchable by the pod's mapped root; every directory above the bundle \
+             of a pod in its own user namespace needs o+x (root's 0711 is enough)"
                 .to_string(),
         ));
     }
@@ -365,8 +355,8 @@ mod tests {
         let mut linux = spec.linux().clone().unwrap();
         linux.set_sysctl(Some(sysctls));
         spec.set_linux(Some(linux));
-        let joined =
-            join_pod_userns(&mut spec, Path::new("/proc/1/fd/9"), 1_000_000, 65_536).unwrap();
+        let map = [crate::host::userns::mapping(0, 1_000_000, 65_536)];
+        let joined = join_pod_userns(&mut spec, Path::new("/proc/1/fd/9"), &map, &map).unwrap();
         assert_eq!(joined.fork_netns, Some(PathBuf::from("/run/netns/pod")));
         assert_eq!(
             joined.net_sysctls.keys().collect::<Vec<_>>(),
@@ -416,7 +406,8 @@ mod tests {
                 .collect();
             linux.set_namespaces(Some(nss));
             spec.set_linux(Some(linux));
-            let err = join_pod_userns(&mut spec, Path::new("/x"), 1, 1).unwrap_err();
+            let map = [crate::host::userns::mapping(0, 1, 1)];
+            let err = join_pod_userns(&mut spec, Path::new("/x"), &map, &map).unwrap_err();
             assert!(
                 matches!(&err, BackendError::InvalidArgument { what, .. } if what == "namespace_options"),
                 "{missing:?}: {err}"

@@ -85,6 +85,24 @@ impl Drop for BuildScope {
     }
 }
 
+/// Lets an exec process reach the executor able to join the pod's user
+/// namespace: `CAP_SYS_ADMIN` added to its bounding, effective and
+/// permitted sets (it drops to the container's own, annotated, right after
+/// joining, before the user's program runs).
+pub(crate) fn allow_joining(process: &mut libcontainer::oci_spec::runtime::Process) {
+    use libcontainer::oci_spec::runtime::{Capabilities, Capability};
+    let mut caps = process.capabilities().clone().unwrap_or_default();
+    let with_admin = |set: &Option<Capabilities>| {
+        let mut set = set.clone().unwrap_or_default();
+        set.insert(Capability::SysAdmin);
+        Some(set)
+    };
+    caps.set_bounding(with_admin(caps.bounding()));
+    caps.set_effective(with_admin(caps.effective()));
+    caps.set_permitted(with_admin(caps.permitted()));
+    process.set_capabilities(Some(caps));
+}
+
 /// In the process libcontainer is about to `execve`: for an exec of a
 /// hardened container, enters the pod's user namespace (the fd the fork
 /// server opened), takes the process's ids inside it and drops to the

@@ -36,7 +36,7 @@ use std::sync::Mutex;
 
 use oci_spec::runtime::{Capability, LinuxResources, Spec};
 
-use crate::backend::native::{CreateExtras, ExecUserns, NativeBackend};
+use crate::backend::native::{layers_dir, valid_task_id, CreateExtras, ExecUserns, NativeBackend};
 use crate::backend::{
     locked, Backend, BackendError, ExecSpec, ExitSink, ProcessInfo, Result, TaskKind, TaskSpec,
     TaskStats,
@@ -84,19 +84,6 @@ fn default_pool_dir(state_root: &Path) -> PathBuf {
         .parent()
         .unwrap_or(state_root)
         .join(".userns-pool")
-}
-
-/// Where the idmapped layer mounts of task `id`'s overlay rootfs live:
-/// under the (per-namespace) state root, so the same task id in two
-/// containerd namespaces never shares (nor cleans up) the other's.
-fn layers_dir(state_root: &Path, id: &str) -> PathBuf {
-    state_root.join(".idmap-layers").join(id)
-}
-
-/// A task id that can name a directory: checked before anything touches
-/// the bundle or mounts (libcontainer checks it again).
-fn valid_task_id(id: &str) -> bool {
-    !(id.is_empty() || id.contains('/') || id.starts_with('.'))
 }
 
 /// A task's pod: its sandbox id.
@@ -147,12 +134,11 @@ impl HardenedBackend {
         if !valid_task_id(id) {
             return;
         }
+        NativeBackend::force_cleanup_userns(state_root, id);
         // As the backend saw it (NativeBackend canonicalises its root).
         let root = state_root
             .canonicalize()
             .unwrap_or_else(|_| state_root.to_path_buf());
-        idmap::remove_layer_mounts(&layers_dir(&root, id));
-        bind_relay::remove_recorded(&bind_relay::record_path(&root, id));
         let pool = options
             .userns_pool_dir
             .clone()
@@ -210,8 +196,13 @@ impl HardenedBackend {
         }
         userns_spec::check_proc_mounts(&spec)?;
         let added = policy::harden_spec(&mut spec)?;
-        let joined =
-            userns_spec::join_pod_userns(&mut spec, &pod.path(), pod.first_id(), pod.count())?;
+        let ns = pod.namespace();
+        let joined = userns_spec::join_pod_userns(
+            &mut spec,
+            &ns.path(),
+            ns.uid_mappings(),
+            ns.gid_mappings(),
+        )?;
         if let Some(netns) = &joined.fork_netns {
             userns_spec::set_net_sysctls(netns, &joined.net_sysctls)?;
         }
@@ -275,13 +266,15 @@ impl HardenedBackend {
         fork_netns: Option<PathBuf>,
     ) -> Result<u32> {
         let scratch = layers_dir(self.native.state_root(), &task.id);
+        let root = (pod.userns.first_id(), pod.userns.first_id());
         let mounted =
-            idmap::mount_idmapped(&rootfs, pod.userns.fd(), pod.userns.first_id(), &scratch)
-                .map_err(|e| BackendError::Failed {
+            idmap::mount_idmapped(&rootfs, pod.userns.fd(), root, &scratch).map_err(|e| {
+                BackendError::Failed {
                     op: "idmap the rootfs",
                     id: task.id.clone(),
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
         let extras = CreateExtras {
             fork_netns,
             exec_userns: Some(ExecUserns {
@@ -396,18 +389,9 @@ impl Backend for HardenedBackend {
             .unwrap_or_default();
         let mut exec = exec.clone();
         policy::harden_process(&mut exec.process, &added);
-        // Enough to join the pod's user namespace from the executor, which
-        // then drops to the container's capabilities (see [`exec_userns`]).
-        let mut caps = exec.process.capabilities().clone().unwrap_or_default();
-        let with_admin = |set: &Option<oci_spec::runtime::Capabilities>| {
-            let mut set = set.clone().unwrap_or_default();
-            set.insert(Capability::SysAdmin);
-            Some(set)
-        };
-        caps.set_bounding(with_admin(caps.bounding()));
-        caps.set_effective(with_admin(caps.effective()));
-        caps.set_permitted(with_admin(caps.permitted()));
-        exec.process.set_capabilities(Some(caps));
+        // The native backend lets it join the pod's user namespace from the
+        // executor, which then drops to the container's capabilities (see
+        // [`exec_userns`]).
         self.native.exec(&exec)
     }
 

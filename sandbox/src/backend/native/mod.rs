@@ -27,6 +27,10 @@
 //! * **The spec** is first made grantable on this host ([`spec`]): no
 //!   `CAP_SYS_RESOURCE` and no `oom_score_adj` below the shim's own when the
 //!   shim's bounding set lacks that capability.
+//! * **A pod in a user namespace of its own** (`hostUsers: false`): the
+//!   sandbox's spec asks for a new one with the mappings kubelet sent; the
+//!   backend makes it, idmaps the rootfs and bind sources through it, and
+//!   every task and exec of the pod joins it ([`userns`]).
 //! * libcontainer changes the *calling* process: it writes the container's
 //!   `oom_score_adj` into its own `/proc/self/oom_score_adj` and marks itself
 //!   non-dumpable. That is now the fork server, which restores both after
@@ -37,6 +41,7 @@ mod errors;
 mod process_io;
 mod spec;
 mod state;
+mod userns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +70,7 @@ use errors::{
 pub use process_io::serve_fork_requests;
 pub(crate) use process_io::ExecUserns;
 pub use spec::{strip_internal_annotations, INTERNAL_ANNOTATIONS};
+pub(crate) use userns::{layers_dir, valid_task_id};
 
 use process_io::{into_request, prepare_stdio, request_fds, write_process_file, ForkRequest};
 /// Writes JSON to `path` atomically (for backends built on this one).
@@ -88,6 +94,8 @@ pub(crate) struct CreateExtras {
 /// The native backend. One per shim; see the module docs.
 pub struct NativeBackend {
     state_root: PathBuf,
+    /// Pods in a user namespace of their own (`hostUsers: false`).
+    pod_userns: userns::PodNamespaces,
     exits: ExitSink,
     reaper: &'static Reaper,
     limits: HostLimits,
@@ -124,6 +132,7 @@ impl NativeBackend {
         }
         Ok(NativeBackend {
             state_root,
+            pod_userns: userns::PodNamespaces::default(),
             exits,
             reaper,
             limits,
@@ -158,6 +167,13 @@ impl NativeBackend {
                 std::fs::remove_dir_all(&dir).map_err(|e| failed("delete", id, e))
             }
         }
+    }
+
+    /// Removes what a dead shim left of task `id` in a pod user namespace
+    /// (idmapped layer mounts, bind relays) under `state_root`; see
+    /// [`userns`].
+    pub fn force_cleanup_userns(state_root: &Path, id: &str) {
+        userns::force_cleanup(state_root, id)
     }
 
     fn container_dir(&self, id: &str) -> PathBuf {
@@ -353,6 +369,9 @@ impl Backend for NativeBackend {
     }
 
     fn create(&self, task: &TaskSpec) -> Result<u32> {
+        if let Some(spec) = self.userns_spec(task) {
+            return self.create_in_userns(task, spec);
+        }
         self.create_task(task, SpecOrigin::Incoming, CreateExtras::default())
     }
 
@@ -443,6 +462,11 @@ impl Backend for NativeBackend {
             default_oom,
         );
         process.set_terminal(Some(exec.stdio.terminal));
+        if exec_userns.is_some() {
+            // The executor joins the pod's user namespace, then drops to
+            // the container's capabilities.
+            crate::backend::hardened::exec_userns::allow_joining(&mut process);
+        }
         let process_file = write_process_file(&process)
             .map_err(|e| failed("start exec", id, format!("writing process.json: {e}")))?;
 
@@ -611,6 +635,7 @@ impl Backend for NativeBackend {
         if let Some(task) = task {
             tracing::info!(id, kind = ?task.kind, "task deleted");
         }
+        self.userns_task_deleted(id);
         Ok(())
     }
 

@@ -78,7 +78,7 @@ impl RuntimeApi {
                                 name: name.clone(),
                                 features: Some(cri::RuntimeHandlerFeatures {
                                     recursive_read_only_mounts: recursive_read_only_mounts(handler),
-                                    user_namespaces: false,
+                                    user_namespaces: user_namespaces(handler),
                                 }),
                             })
                             .collect()
@@ -577,6 +577,44 @@ pub(crate) fn run_with_deadline(
     Ok((status, out))
 }
 
+/// Whether a handler runs `hostUsers: false` pods (KEP-127): native makes
+/// the pod's user namespace with kubelet's mappings, hardened runs every pod
+/// in one (from its pool). Both idmap the rootfs's overlay lower layers
+/// (Linux 5.19) and bind tmpfs sources such as the pod's `/dev/shm`
+/// (tmpfs takes idmapped mounts from Linux 6.3): claimed where
+/// mount_setattr(2) exists and the kernel is 6.3 or later. An `oci`
+/// handler's runtime is not asked (caissond would hand it the mappings,
+/// but nothing here checks it honours them).
+fn user_namespaces(handler: &crate::config::Handler) -> bool {
+    matches!(handler.backend.as_str(), "native" | "hardened")
+        && kernel_has_mount_setattr()
+        && kernel_at_least((6, 3))
+}
+
+/// Whether the running kernel's release (`/proc/sys/kernel/osrelease`,
+/// read once) is at least `want` (major, minor).
+fn kernel_at_least(want: (u32, u32)) -> bool {
+    static RELEASE: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    let release = RELEASE.get_or_init(|| {
+        parse_release(&std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?)
+    });
+    release.is_some_and(|r| r >= want)
+}
+
+/// `6.18.0-amd64` → (6, 18).
+fn parse_release(text: &str) -> Option<(u32, u32)> {
+    let mut parts = text.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((major, minor))
+}
+
 /// mount_setattr(2) (Linux 5.12), probed once: with no valid arguments it
 /// fails EINVAL or EBADF where it exists, ENOSYS (or EPERM under a
 /// seccomp filter) where it does not.
@@ -749,6 +787,23 @@ mod tests {
         assert_eq!(got, ["c", "d", "e"]);
         drop(tx);
         assert!(next_change(&mut rx).await.is_none());
+    }
+
+    #[test]
+    fn user_namespaces_follow_backend_and_kernel() {
+        assert_eq!(parse_release("6.18.0-1-amd64\n"), Some((6, 18)));
+        assert_eq!(parse_release("5.10"), Some((5, 10)));
+        assert_eq!(parse_release("6.3rc1"), Some((6, 3)));
+        assert_eq!(parse_release("bogus"), None);
+        let kernel = kernel_has_mount_setattr() && kernel_at_least((6, 3));
+        let handler = |backend: &str| crate::config::Handler {
+            backend: backend.into(),
+            options: Default::default(),
+        };
+        assert_eq!(user_namespaces(&handler("native")), kernel);
+        assert_eq!(user_namespaces(&handler("hardened")), kernel);
+        assert!(!user_namespaces(&handler("oci")));
+        assert!(!user_namespaces(&handler("microvm")));
     }
 
     #[test]

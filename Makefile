@@ -10,7 +10,7 @@ CARGO ?= cargo
 # Debian packages the build and the tests use.
 DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun runsc docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables python3-grpcio python3-venv golang-go golang-google-grpc-dev systemd
 
-.PHONY: all deps deps-apt python-deps build release run lint test test-pause bench clean
+.PHONY: all deps deps-apt python-deps build release run lint test test-pause bench fuzz clean
 
 all: build
 
@@ -81,6 +81,29 @@ bench: release
 	target/release/caisson-bench hardened
 	target/release/caisson-bench pull
 	target/release/caisson-bench streaming
+
+# Fuzzing, beside `make test` (which replays fuzz/corpus and
+# fuzz/regressions through fuzz/tests/replay.rs): every target for
+# FUZZ_SECONDS under libFuzzer (cargo-fuzz, the nightly toolchain, the
+# address sanitizer), starting from the seeds in fuzz/corpus/<target>/. New
+# inputs are kept in fuzz/libfuzzer/corpus/ (not committed); a crash is saved
+# in fuzz/libfuzzer/artifacts/<target>/: fix it and keep the input in
+# fuzz/regressions/<target>/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := layer_tar image_archive reference manifest cri_pod cri_container caissond_config cni_result cri_log
+CARGO_FUZZ_VERSION := 0.13.2
+
+fuzz: deps-apt
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@$(CARGO) fuzz --version 2>/dev/null | grep -q ' $(CARGO_FUZZ_VERSION)$$' || $(CARGO) install --locked cargo-fuzz --version $(CARGO_FUZZ_VERSION)
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/libfuzzer/corpus/$$t && \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s" && \
+	  $(CARGO) +nightly fuzz run --fuzz-dir fuzz/libfuzzer $$t fuzz/libfuzzer/corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 2>&1 | \
+	    grep -E '^(stat::|==|SUMMARY|Done|INFO: (Running|Loaded|seed))|panicked|Failing input|artifact' ; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

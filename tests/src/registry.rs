@@ -633,3 +633,171 @@ impl Drop for Blackhole {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// How a [`HostileRegistry`] answers a manifest request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostility {
+    /// 200 and a body that never ends (JSON whitespace, chunked, as fast as
+    /// the client reads).
+    EndlessManifest,
+    /// 302 to the same URL, forever.
+    RedirectLoop,
+    /// 200 and a manifest body dribbled one byte a second (each read is
+    /// within any read timeout; the body never completes in useful time).
+    SlowLoris,
+    /// 200 with a body larger than any manifest may be, with its length
+    /// declared up front.
+    HugeManifest,
+}
+
+/// A registry that misbehaves on purpose (see [`Hostility`]): `/v2/`
+/// answers 200, every manifest request gets the hostile answer, anything
+/// else 404. Counts the manifest requests it saw; serves each connection
+/// on its own thread until the client goes away or the fixture is dropped.
+pub struct HostileRegistry {
+    pub port: u16,
+    pub manifest_requests: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HostileRegistry {
+    pub fn start(how: Hostility) -> HostileRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stopped, counted) = (stop.clone(), requests.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (stopped, counted) = (stopped.clone(), counted.clone());
+                        std::thread::spawn(move || hostile_serve(conn, how, &stopped, &counted));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        HostileRegistry {
+            port,
+            manifest_requests: requests,
+            stop,
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HostileRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn hostile_serve(
+    conn: TcpStream,
+    how: Hostility,
+    stop: &AtomicBool,
+    requests: &std::sync::atomic::AtomicUsize,
+) {
+    use std::io::{BufRead, BufReader};
+    conn.set_nonblocking(false).unwrap();
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut out = conn;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            if header == "\r\n" || header == "\n" {
+                break;
+            }
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        if path == "/v2/" {
+            let _ = out.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}",
+            );
+            continue;
+        }
+        if !path.contains("/manifests/") {
+            let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            continue;
+        }
+        requests.fetch_add(1, Ordering::Relaxed);
+        const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+        match how {
+            Hostility::RedirectLoop => {
+                let answer =
+                    format!("HTTP/1.1 302 Found\r\nLocation: {path}\r\nContent-Length: 0\r\n\r\n");
+                if out.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Hostility::EndlessManifest => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {MANIFEST}\r\nTransfer-Encoding: chunked\r\n\r\n"
+                );
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let mut chunk = format!("{:x}\r\n", 64 * 1024).into_bytes();
+                chunk.extend(std::iter::repeat_n(b' ', 64 * 1024));
+                chunk.extend_from_slice(b"\r\n");
+                while !stop.load(Ordering::Relaxed) {
+                    if out.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+            Hostility::HugeManifest => {
+                let size: u64 = 1 << 30;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {MANIFEST}\r\nContent-Length: {size}\r\n\r\n"
+                );
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let block = vec![b' '; 64 * 1024];
+                let mut sent = 0;
+                while sent < size && !stop.load(Ordering::Relaxed) {
+                    if out.write_all(&block).is_err() {
+                        return;
+                    }
+                    sent += block.len() as u64;
+                }
+                return;
+            }
+            Hostility::SlowLoris => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {MANIFEST}\r\nContent-Length: 100000\r\n\r\n"
+                );
+                if out.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    if out.write_all(b" ").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                return;
+            }
+        }
+    }
+}

@@ -1,14 +1,27 @@
 //! One registry endpoint through `oci-client`: manifests by tag or digest,
 //! blobs as byte streams, and its errors turned into [`ImageError`]s that
 //! name the registry.
+//!
+//! Manifests are fetched here rather than by `oci-client`'s
+//! `pull_manifest_raw`, which reads the whole body into memory before
+//! anything can look at its size: a registry answering with an endless or
+//! 1 GiB "manifest" held the puller's memory (and the pull) for as long as
+//! it liked. Here the body is read in chunks and cut at
+//! [`MAX_JSON_BLOB`](crate::content::MAX_JSON_BLOB) (a declared
+//! `Content-Length` above it is refused unread), and the whole manifest
+//! must arrive within [`MANIFEST_DEADLINE_READS`] read timeouts: each read
+//! of a slow-loris body is within the read timeout, so only that deadline
+//! ends it. Authentication (the token dance, basic credentials) is still
+//! `oci-client`'s, and so are blobs, which stream.
 
 use std::io;
 
 use futures_util::stream::BoxStream;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
+use oci_client::RegistryOperation;
 
 use super::auth::Credentials;
 use super::config::{Endpoint, RegistriesConfig};
@@ -19,9 +32,24 @@ use crate::reference::Reference;
 
 const USER_AGENT: &str = concat!("caisson/", env!("CARGO_PKG_VERSION"));
 
+/// A manifest must arrive whole within this many read timeouts (plus the
+/// connect timeout): 2 minutes with the default 30 s.
+pub const MANIFEST_DEADLINE_READS: u32 = 4;
+
+/// Redirects followed for one manifest request (the distribution API
+/// redirects at most once or twice, to a CDN).
+const MAX_REDIRECTS: usize = 10;
+
+/// How much of an error answer's body is read (for its error envelope).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
 /// A client for one image's repository at one endpoint.
 pub struct RegistryClient {
     client: oci_client::Client,
+    /// For manifests, with the same TLS roots and timeouts (see the module docs).
+    http: reqwest::Client,
+    /// The pull token `oci-client` got for this repository, once.
+    token: tokio::sync::OnceCell<Option<String>>,
     auth: RegistryAuth,
     /// The repository at this endpoint (a mirror keeps the image's own name).
     repo: oci_client::Reference,
@@ -66,11 +94,21 @@ impl RegistryClient {
             user_agent: USER_AGENT,
             ..Default::default()
         };
-        let client =
-            oci_client::Client::try_from(client_config).map_err(|e| ImageError::Registry {
-                registry: endpoint.host.clone(),
-                reason: format!("setting up the HTTP client: {}", chain(&e)),
-            })?;
+        let setup_error = |e: &(dyn std::error::Error + 'static)| ImageError::Registry {
+            registry: endpoint.host.clone(),
+            reason: format!("setting up the HTTP client: {}", chain(e)),
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout())
+            .read_timeout(config.read_timeout())
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS));
+        for cert in &client_config.extra_root_certificates {
+            let cert = reqwest::Certificate::from_pem(&cert.data).map_err(|e| setup_error(&e))?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http.build().map_err(|e| setup_error(&e))?;
+        let client = oci_client::Client::try_from(client_config).map_err(|e| setup_error(&e))?;
         let credentials = if endpoint.mirror || credentials.is_empty() {
             &endpoint.credentials
         } else {
@@ -86,6 +124,8 @@ impl RegistryClient {
         }
         Ok(RegistryClient {
             client,
+            http,
+            token: tokio::sync::OnceCell::new(),
             auth: credentials.registry_auth(),
             repo,
             host: endpoint.host.clone(),
@@ -113,17 +153,17 @@ impl RegistryClient {
             }
             r
         };
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&target, &self.auth, ACCEPTED)
+        let deadline = self.read_timeout * MANIFEST_DEADLINE_READS + self.connect_timeout;
+        let bytes = tokio::time::timeout(deadline, self.fetch_manifest(&target, shown))
             .await
-            .map_err(|e| self.error(e, shown))?;
-        if bytes.len() as u64 > crate::content::MAX_JSON_BLOB {
-            return Err(ImageError::malformed(
-                format!("manifest of {shown}"),
-                "larger than 16 MiB",
-            ));
-        }
+            .map_err(|_| ImageError::RegistryUnreachable {
+                registry: self.host.clone(),
+                reason: format!(
+                    "the manifest of {shown} did not arrive whole within {} s ({} read timeouts)",
+                    deadline.as_secs(),
+                    MANIFEST_DEADLINE_READS
+                ),
+            })??;
         let digest = Digest::of(&bytes);
         if tag_or_digest.contains(':') && digest.to_string() != tag_or_digest {
             return Err(ImageError::DigestMismatch {
@@ -133,6 +173,89 @@ impl RegistryClient {
             });
         }
         Ok((bytes.to_vec(), digest))
+    }
+
+    /// GETs a manifest with this repository's pull token, reading at most
+    /// [`MAX_JSON_BLOB`](crate::content::MAX_JSON_BLOB) bytes of it.
+    async fn fetch_manifest(&self, target: &oci_client::Reference, shown: &str) -> Result<Vec<u8>> {
+        let token = self
+            .token
+            .get_or_try_init(|| {
+                self.client
+                    .auth(target, &self.auth, RegistryOperation::Pull)
+            })
+            .await
+            .map_err(|e| self.error(e, shown))?;
+        let url = format!(
+            "{scheme}://{registry}/v2/{repository}/manifests/{reference}{ns}",
+            scheme = if self.https { "https" } else { "http" },
+            registry = target.resolve_registry(),
+            repository = target.repository(),
+            reference = target
+                .digest()
+                .unwrap_or_else(|| target.tag().unwrap_or("latest")),
+            ns = target
+                .namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, ACCEPTED.join(", "));
+        request = match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let failed = |e: reqwest::Error| self.error(OciDistributionError::RequestError(e), shown);
+        let mut response = request.send().await.map_err(failed)?;
+        let status = response.status();
+        let limit = crate::content::MAX_JSON_BLOB;
+        let too_big = |size: u64| {
+            ImageError::malformed(
+                format!("manifest of {shown} from {}", self.host),
+                format!(
+                    "{size} bytes or more: larger than the {} MiB a manifest may be",
+                    limit >> 20
+                ),
+            )
+        };
+        let cap = if status.is_success() {
+            match response.content_length() {
+                Some(declared) if declared > limit => return Err(too_big(declared)),
+                _ => limit as usize,
+            }
+        } else {
+            MAX_ERROR_BODY
+        };
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > cap {
+                if status.is_success() {
+                    return Err(too_big((body.len() + chunk.len()) as u64));
+                }
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status.is_success() {
+            return Ok(body);
+        }
+        let e = match status.as_u16() {
+            401 => OciDistributionError::UnauthorizedError { url },
+            code => match serde_json::from_slice::<OciEnvelope>(&body) {
+                Ok(envelope) if !envelope.errors.is_empty() => {
+                    OciDistributionError::RegistryError { envelope, url }
+                }
+                _ => OciDistributionError::ServerError {
+                    code,
+                    url,
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                },
+            },
+        };
+        Err(self.error(e, shown))
     }
 
     /// Starts a blob download: a stream of its bytes (not yet verified:

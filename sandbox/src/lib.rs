@@ -6,8 +6,10 @@
 //! * [`events`]: task lifecycle events published to the caller.
 //! * [`backend`]: the [`backend::Backend`] trait and its implementations.
 //! * [`mounts`]: mounting the rootfs containerd hands over.
+//! * [`checkpoint`]: the task API's checkpoint/restore requests, finding CRIU.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod events;
 pub mod host;
 pub mod metrics;

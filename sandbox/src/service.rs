@@ -297,12 +297,7 @@ impl Task for TaskService {
         if req.id.is_empty() {
             return Err(status(Code::INVALID_ARGUMENT, "id must not be empty"));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                "restoring from a checkpoint is not supported yet",
-            ));
-        }
+        let checkpoint = crate::checkpoint::restore_images(&req.checkpoint, self.backend.as_ref())?;
         if let Some(options) = req.options.as_ref() {
             // containerd's `[runtimes.<name>.options]`: this shim's backend
             // was configured before the task existed, so they cannot apply.
@@ -356,6 +351,7 @@ impl Task for TaskService {
             bundle: bundle.clone(),
             kind: kind.clone(),
             stdio: stdio.clone(),
+            checkpoint,
         };
         let pid = match self.backend.create(&spec) {
             Ok(pid) => pid,
@@ -535,13 +531,23 @@ impl Task for TaskService {
 
     fn checkpoint(
         &self,
-        _ctx: &TtrpcContext,
-        _req: api::CheckpointTaskRequest,
+        ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "checkpointing tasks is not supported yet by containerd-shim-caisson-v2",
-        ))
+        let _span = tracing::info_span!("checkpoint", id = %req.id).entered();
+        let (process, _) = self.process(&req.id, "")?;
+        if process.state != State::Running {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("task {:?} is {}, not running", req.id, process.state.name()),
+            ));
+        }
+        let spec = crate::checkpoint::checkpoint_spec(&req, ctx.timeout_nano)?;
+        self.backend
+            .checkpoint(&req.id, &spec)
+            .map_err(backend_status)?;
+        tracing::info!(images = %spec.images_dir.display(), exit = spec.exit, "task checkpointed");
+        Ok(Empty::new())
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {

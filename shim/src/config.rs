@@ -47,6 +47,19 @@ pub struct Config {
     /// `[cdi]`: where CDI spec files are read for `CDI_devices`.
     #[serde(default)]
     pub cdi: crate::spec::cdi::CdiConfig,
+    /// `[checkpoint]`: CheckpointContainer's CRIU.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `[checkpoint]`: which CRIU CheckpointContainer and restores run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The CRIU binary; empty: the `make criu` build if present, else
+    /// `criu` on `PATH`. Shims caissond starts get it as `CAISSON_CRIU_PATH`.
+    #[serde(default)]
+    pub criu_path: PathBuf,
 }
 
 /// `[cgroups]`: the node-allocatable level of the QoS hierarchy (0 =

@@ -36,12 +36,6 @@ fn required<'a>(field: &str, id: &'a str) -> Result<&'a str, Status> {
     Ok(id)
 }
 
-fn unimplemented(what: &str, when: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not implemented by caissond yet ({when}); see the README's feature table"
-    ))
-}
-
 #[derive(Clone)]
 pub struct RuntimeApi {
     pub rt: Arc<Runtime>,
@@ -390,12 +384,10 @@ impl RuntimeService for RuntimeApi {
 
     async fn checkpoint_container(
         &self,
-        _r: Request<cri::CheckpointContainerRequest>,
+        r: Request<cri::CheckpointContainerRequest>,
     ) -> Rsp<cri::CheckpointContainerResponse> {
-        Err(unimplemented(
-            "CheckpointContainer",
-            "checkpointing is a later issue",
-        ))
+        self.rt.checkpoint_container(r.into_inner()).await?;
+        Ok(Response::new(cri::CheckpointContainerResponse {}))
     }
 
     type GetContainerEventsStream =

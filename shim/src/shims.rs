@@ -24,6 +24,8 @@ pub struct ShimManager {
     pub binary: PathBuf,
     pub run_dir: PathBuf,
     pub events_address: String,
+    /// The CRIU shims run for checkpoints (`CAISSON_CRIU_PATH`).
+    pub criu_path: PathBuf,
 }
 
 impl ShimManager {
@@ -31,7 +33,8 @@ impl ShimManager {
         let mut cmd = Command::new(&self.binary);
         cmd.env("CAISSON_SHIM_RUN_DIR", &self.run_dir)
             .env("TTRPC_ADDRESS", &self.events_address)
-            .env("CAISSON_BACKEND", backend);
+            .env("CAISSON_BACKEND", backend)
+            .env(caisson_sandbox::checkpoint::CRIU_PATH_ENV, &self.criu_path);
         cmd
     }
 
@@ -233,6 +236,31 @@ impl ShimClient {
         call!(self, close_io, req, "closing stdin").map(|_: Empty| ())
     }
 
+    /// Checkpoints a task's processes into `images` (CRIU's log into
+    /// `work`), leaving it running; the shim gives up after `timeout`.
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        images: &Path,
+        work: &Path,
+        timeout: Duration,
+    ) -> CriResult<()> {
+        let client = self.client.clone();
+        let req = api::CheckpointTaskRequest {
+            id: id.into(),
+            path: images.display().to_string(),
+            options: Some(runc_checkpoint_options(work)).into(),
+            ..Default::default()
+        };
+        // The shim's own limit is this deadline less a second.
+        let deadline = timeout + Duration::from_secs(1);
+        tokio::task::spawn_blocking(move || client.checkpoint(ctx(deadline), &req))
+            .await
+            .map_err(|e| CriError::internal("checkpointing task", e))?
+            .map(|_: Empty| ())
+            .map_err(|e| from_ttrpc("checkpointing task", e))
+    }
+
     pub async fn update(&self, req: api::UpdateTaskRequest) -> CriResult<()> {
         call!(self, update, req, "updating task").map(|_: Empty| ())
     }
@@ -253,6 +281,22 @@ impl ShimClient {
             ..Default::default()
         };
         call!(self, shutdown, req, "shutting the shim down").map(|_: Empty| ())
+    }
+}
+
+/// containerd's `CheckpointOptions` (runc shim types) with `work_path`
+/// (field 9) set: CRIU's log beside, not among, the images.
+fn runc_checkpoint_options(work: &Path) -> Any {
+    let mut value = Vec::new();
+    let mut out = containerd_shim_protos::protobuf::CodedOutputStream::vec(&mut value);
+    out.write_string(9, &work.display().to_string())
+        .and_then(|_| out.flush())
+        .expect("writing to a Vec cannot fail");
+    drop(out);
+    Any {
+        type_url: "containerd.runc.v1.CheckpointOptions".into(),
+        value,
+        ..Default::default()
     }
 }
 

@@ -25,7 +25,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use oci_spec::runtime::{LinuxResources, Process};
 
@@ -111,6 +111,26 @@ pub struct TaskSpec {
     pub bundle: PathBuf,
     pub kind: TaskKind,
     pub stdio: Stdio,
+    /// CRIU images to restore the task's processes from when it starts,
+    /// instead of running its init (the task API's
+    /// `CreateTaskRequest.checkpoint`). Only backends whose
+    /// [`Backend::can_restore`] is true accept it.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// A checkpoint of a running task's processes (the task API's `Checkpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointSpec {
+    /// Where CRIU writes its images (an existing, empty directory).
+    pub images_dir: PathBuf,
+    /// Where CRIU writes `dump.log` and `stats-dump` (the images dir when
+    /// none is given).
+    pub work_dir: Option<PathBuf>,
+    /// Stop the task after the dump (containerd's `exit` option); by
+    /// default it keeps running.
+    pub exit: bool,
+    /// CRIU is killed, and the checkpoint fails, after this long.
+    pub timeout: Duration,
 }
 
 /// An additional process in a running task (`Exec`).
@@ -246,4 +266,19 @@ pub trait Backend: Send + Sync {
     /// Starts new files at a task's `crilog://` log paths (kubelet rotated
     /// the old ones: CRI ReopenContainerLog).
     fn reopen_logs(&self, id: &str) -> Result<()>;
+
+    /// Writes a checkpoint of a running task's processes with CRIU.
+    fn checkpoint(&self, id: &str, spec: &CheckpointSpec) -> Result<()> {
+        let _ = (id, spec);
+        Err(BackendError::Unsupported {
+            op: "checkpoint",
+            backend: self.name(),
+        })
+    }
+
+    /// Whether [`Backend::create`] takes a [`TaskSpec::checkpoint`] to
+    /// restore from.
+    fn can_restore(&self) -> bool {
+        false
+    }
 }

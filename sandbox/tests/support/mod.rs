@@ -140,6 +140,7 @@ impl<B: Backend> Harness<B> {
             bundle: bundle.to_path_buf(),
             kind,
             stdio,
+            checkpoint: None,
         };
         let pid = self.backend.create(&task)?;
         self.live.lock().unwrap().push(id.to_string());

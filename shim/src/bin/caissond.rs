@@ -108,6 +108,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         binary: shim_binary,
         run_dir: config.shim_run_dir(),
         events_address: format!("unix://{}", events_socket.display()),
+        criu_path: caisson_sandbox::checkpoint::criu_path(Some(&config.checkpoint.criu_path)),
     };
     let socket = config.socket.clone();
     let rt = Runtime::new(config, images.clone(), shims, pause_binary)

@@ -198,6 +198,39 @@ impl Runtime {
             "config.linux.resources",
             caisson_cgroups::CgroupFs::mode(self.qos.fs()),
         )?;
+        // CRI-O's rule: an image that is a file is a checkpoint to restore.
+        let restore_from =
+            super::checkpoint::names_archive(&image_name).then(|| PathBuf::from(&image_name));
+        let image_name = match &restore_from {
+            Some(archive) => {
+                let dump = super::checkpoint::read_archive_config(archive)?;
+                let name = [
+                    &dump.rootfs_image_name,
+                    &dump.rootfs_image_ref,
+                    &dump.rootfs_image,
+                ]
+                .into_iter()
+                .find(|n| !n.is_empty())
+                .cloned()
+                .ok_or_else(|| {
+                    CriError::invalid(
+                        "config.image.image",
+                        format!("{}: config.dump names no image", archive.display()),
+                    )
+                })?;
+                if self.images.get(&name).is_err() {
+                    return Err(CriError::FieldNotFound {
+                        field: "config.image.image".into(),
+                        reason: format!(
+                            "checkpoint {} was made from image {name:?}, which is not present: pull it first",
+                            archive.display()
+                        ),
+                    });
+                }
+                name
+            }
+            None => image_name,
+        };
         let image = self.images.get(&image_name).map_err(|e| match e {
             caisson_image::ImageError::NotFound(_) => CriError::NotFound {
                 what: "image",
@@ -238,7 +271,14 @@ impl Runtime {
             user: String::new(),
         };
         let result = self
-            .create_task(&pod, &pod_config, &config, &image, &cdi, record)
+            .create_task(
+                &pod,
+                &pod_config,
+                &config,
+                (&image, restore_from.as_deref()),
+                &cdi,
+                record,
+            )
             .await;
         if result.is_err() {
             image_volumes::unmount_image_volumes(&bundle);
@@ -266,20 +306,39 @@ impl Runtime {
         Ok(spec::cdi::Registry::load(&self.config.cdi.spec_dirs).resolve(&requests)?)
     }
 
+    /// `source`: the image, and the checkpoint archive to restore from
+    /// (made from that image), if any.
     async fn create_task(
         &self,
         pod: &crate::store::PodRecord,
         pod_config: &cri::PodSandboxConfig,
         config: &cri::ContainerConfig,
-        image: &caisson_image::ImageRecord,
+        source: (&caisson_image::ImageRecord, Option<&Path>),
         cdi: &spec::cdi::Resolved,
         mut record: ContainerRecord,
     ) -> CriResult<String> {
+        let (image, restore_from) = source;
         let id = record.id.clone();
         std::fs::create_dir_all(&record.bundle)
             .map_err(|e| CriError::internal("creating the bundle", e))?;
         let rootfs = record.bundle.join(spec::ROOTFS_DIR);
-        self.images.create_rootfs(&id, &image.id.to_string())?;
+        let created = self.images.create_rootfs(&id, &image.id.to_string())?;
+        let checkpoint = match restore_from {
+            Some(archive) => {
+                let (archive, dest, upper) = (
+                    archive.to_path_buf(),
+                    record.bundle.join(super::checkpoint::RESTORE_DIR),
+                    created.upper.clone(),
+                );
+                let images = tokio::task::spawn_blocking(move || {
+                    super::checkpoint::unpack_for_restore(&archive, &dest, &upper)
+                })
+                .await
+                .map_err(|e| CriError::internal("unpacking the checkpoint", e))??;
+                images.display().to_string()
+            }
+            None => String::new(),
+        };
         self.images.mount_rootfs(&id, Some(&rootfs))?;
         let volumes_config =
             image_volumes::mount_image_volumes(&self.images, &id, &record.bundle, config)?;
@@ -357,6 +416,7 @@ impl Runtime {
             stdout,
             stderr,
             terminal: config.tty,
+            checkpoint,
             ..Default::default()
         };
         let pid = client.create(req).await?;

@@ -1,7 +1,8 @@
 //! The CRI RuntimeService's engine: pods ([`pod`]), containers
-//! ([`container`]), exec and logs ([`exec`]); records, shim clients, locks,
+//! ([`container`]), exec and logs ([`exec`]), checkpoints ([`checkpoint`]); records, shim clients, locks,
 //! the exit-event loop and recovery after a restart live here.
 
+pub mod checkpoint;
 pub mod container;
 pub mod exec;
 pub mod metrics;

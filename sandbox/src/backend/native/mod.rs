@@ -36,6 +36,7 @@
 //!   non-dumpable. That is now the fork server, which restores both after
 //!   each build.
 
+mod checkpoint;
 mod default_path;
 mod errors;
 mod process_io;
@@ -101,6 +102,8 @@ pub struct NativeBackend {
     limits: HostLimits,
     tasks: Arc<Tasks>,
     forker: ForkServer,
+    /// Tasks created from a checkpoint, restored at start.
+    restores: checkpoint::Restores,
 }
 
 impl NativeBackend {
@@ -138,6 +141,7 @@ impl NativeBackend {
             limits,
             tasks: Arc::new(Tasks::default()),
             forker,
+            restores: checkpoint::Restores::default(),
         })
     }
 
@@ -369,6 +373,9 @@ impl Backend for NativeBackend {
     }
 
     fn create(&self, task: &TaskSpec) -> Result<u32> {
+        if let Some(images) = &task.checkpoint {
+            return self.create_restored(task, images);
+        }
         if let Some(spec) = self.userns_spec(task) {
             return self.create_in_userns(task, spec);
         }
@@ -376,6 +383,9 @@ impl Backend for NativeBackend {
     }
 
     fn start(&self, id: &str) -> Result<u32> {
+        if self.is_pending_restore(id) {
+            return self.start_restored(id);
+        }
         {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
@@ -613,6 +623,9 @@ impl Backend for NativeBackend {
             task.execs.remove(exec_id);
             return Ok(());
         }
+        if self.is_pending_restore(id) {
+            return self.delete_pending_restore(id);
+        }
         let never_started = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
@@ -722,5 +735,13 @@ impl Backend for NativeBackend {
                 reason: e.to_string(),
             })
         })
+    }
+
+    fn checkpoint(&self, id: &str, spec: &crate::backend::CheckpointSpec) -> Result<()> {
+        self.checkpoint_task(id, spec)
+    }
+
+    fn can_restore(&self) -> bool {
+        true
     }
 }

@@ -17,6 +17,7 @@ use crate::authority::AuthorityFix;
 use crate::call_log::{record_id, CallLogLayer};
 use crate::image::ImageApi;
 use crate::runtime::{ChangeKind, ContainerChange, Runtime};
+use crate::spec::limits::MAX_MESSAGE;
 use crate::status::CriError;
 use crate::streaming::server::{StreamRequest, StreamingError, StreamingServer};
 
@@ -719,12 +720,16 @@ pub async fn serve(
         .add_service(admin::runtime_server::RuntimeServer::new(
             crate::admin::AdminRuntime::new(rt.clone()),
         ))
-        .add_service(cri::runtime_service_server::RuntimeServiceServer::new(
-            RuntimeApi::new(rt, streaming),
-        ))
-        .add_service(cri::image_service_server::ImageServiceServer::new(
-            image_api,
-        ))
+        .add_service(
+            cri::runtime_service_server::RuntimeServiceServer::new(RuntimeApi::new(rt, streaming))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            cri::image_service_server::ImageServiceServer::new(image_api)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
         .add_service(admin::images_server::ImagesServer::new(AdminApi { images }))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

@@ -161,6 +161,7 @@ impl Runtime {
         if pod_id.is_empty() {
             return Err(CriError::invalid("pod_sandbox_id", "must not be empty"));
         }
+        spec::limits::check_metadata(&config.labels, &config.annotations, "config")?;
         let cdi = self.resolve_cdi_devices(&config)?;
         let pod = self.pod(pod_id)?;
         let lock = self.lock_for(&pod.id);

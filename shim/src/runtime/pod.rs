@@ -96,6 +96,7 @@ fn validate(config: &cri::PodSandboxConfig) -> CriResult<&cri::PodSandboxMetadat
             ));
         }
     }
+    spec::limits::check_metadata(&config.labels, &config.annotations, "config")?;
     if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
         return Err(CriError::invalid(
             "config.log_directory",

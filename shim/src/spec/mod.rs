@@ -23,6 +23,7 @@ mod capabilities;
 pub mod cdi;
 mod devices;
 mod host;
+pub mod limits;
 mod mounts;
 mod namespaces;
 mod process;

@@ -10,7 +10,20 @@ CARGO ?= cargo
 # Debian packages the build and the tests use.
 DEB_PACKAGES := protobuf-compiler libseccomp-dev busybox-static skopeo umoci tar gzip util-linux containerd runc crun runsc docker-registry apache2-utils openssl containernetworking-plugins iproute2 iptables python3-grpcio python3-venv golang-go golang-google-grpc-dev systemd
 
-.PHONY: all deps deps-apt python-deps build release run lint test test-pause bench fuzz clean
+# CheckpointContainer runs CRIU. Debian bookworm's criu 3.17 cannot dump on
+# kernels that map [vvar_vclock] (6.13 and later: "vdso: Unexpected rt vDSO
+# area bounds"); trixie's 4.1.1 source builds on bookworm. `make criu` builds
+# it once into a cache outside the clone, keyed by version, from the
+# machine's own Debian mirror (the first URIs: line of its apt sources).
+CRIU_VERSION := 4.1.1
+CRIU_SHA256 := f80a66cb3726bb2116266d4759ce3bcbfab7abdb6b6d430bf20dd41911717afe
+CRIU_CACHE ?= /var/cache/caisson-test/criu-$(CRIU_VERSION)
+# What criu/criu is built and linked with (protoc-c, descriptor.proto, and
+# the libraries ldd shows); crit's python3-protobuf is not needed.
+CRIU_BUILD_DEPS := protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev uuid-dev libnftables-dev libgnutls28-dev xz-utils
+DEB_PACKAGES += $(CRIU_BUILD_DEPS)
+
+.PHONY: all deps deps-apt python-deps build release run lint test test-pause criu bench fuzz clean
 
 all: build
 
@@ -63,16 +76,32 @@ lint: deps
 	$(CARGO) clippy --manifest-path pause/Cargo.toml --all-targets -- -D warnings
 	cd probe && $(CARGO) fmt --check && $(CARGO) clippy --all-targets -- -D warnings
 
+criu: deps-apt
+	@if [ -x $(CRIU_CACHE)/criu ]; then exit 0; fi; \
+	set -e; \
+	uri=$$(awk '/^URIs:/ {print $$2; exit}' /etc/apt/sources.list.d/debian.sources); \
+	tmp=$$(mktemp -d); chmod 755 "$$tmp"; trap 'rm -rf "$$tmp"' EXIT; \
+	echo "building CRIU $(CRIU_VERSION) into $(CRIU_CACHE)"; \
+	/usr/lib/apt/apt-helper download-file "$$uri/pool/main/c/criu/criu_$(CRIU_VERSION).orig.tar.xz" \
+	  "$$tmp/criu.tar.xz" SHA256:$(CRIU_SHA256); \
+	tar -xJf "$$tmp/criu.tar.xz" -C "$$tmp"; \
+	$(MAKE) -C "$$tmp/criu-$(CRIU_VERSION)" -j2 criu > "$$tmp/build.log" 2>&1 || \
+	  { tail -30 "$$tmp/build.log"; exit 1; }; \
+	mkdir -p $(CRIU_CACHE); \
+	install -m 0755 "$$tmp/criu-$(CRIU_VERSION)/criu/criu" $(CRIU_CACHE)/criu.tmp; \
+	mv $(CRIU_CACHE)/criu.tmp $(CRIU_CACHE)/criu; \
+	$(CRIU_CACHE)/criu --version
+
 test-pause: deps
 	$(CARGO) test --manifest-path pause/Cargo.toml --release
 
 # No incremental caches for a one-off full run: they would add about a third
 # to the target dir, and CI's disk is small.
 test: export CARGO_INCREMENTAL := 0
-test: lint build test-pause
+test: lint build test-pause criu
 	$(CARGO) test --workspace
 
-bench: release
+bench: release criu
 	$(CARGO) build --release -p caisson-bench
 	cd probe && $(CARGO) build --release
 	target/release/caisson-bench image-import
@@ -81,6 +110,7 @@ bench: release
 	target/release/caisson-bench hardened
 	target/release/caisson-bench pull
 	target/release/caisson-bench streaming
+	target/release/caisson-bench checkpoint
 
 # Fuzzing, beside `make test` (which replays fuzz/corpus and
 # fuzz/regressions through fuzz/tests/replay.rs): every target for

@@ -16,12 +16,15 @@
 //! * [`streaming`]: CRI Exec and PortForward through each daemon's
 //!   streaming server over SPDY/3.1, caissond against containerd 1.6: exec
 //!   round trip latency, port-forward throughput.
+//! * [`checkpoint`]: CRI CheckpointContainer and restore through caissond,
+//!   for a container holding touched memory: time and archive size.
 //! * [`measure`]: wall/CPU timing, min and median.
 //! * [`caissond`]: the release caissond those benchmarks start, configure
 //!   and clean up after; [`daemon`]: any CRI daemon process they spawn;
 //!   [`host`]: the mounts and cgroups they leave, and their removal.
 
 mod caissond;
+mod checkpoint;
 mod cri;
 mod daemon;
 mod hardened;
@@ -92,6 +95,12 @@ benchmarks:
       --forwards N     timed port-forwards of each kind on each daemon, after one
                        warm-up (default 5)
       --size-mb N      size of the forwarded file, in MB (default 100)
+      --json FILE      also write the results as JSON
+  checkpoint     CRI CheckpointContainer and restore (CreateContainer from the archive +
+                 StartContainer) through caissond of a busybox container holding touched
+                 memory: time, archive size (needs root and `make criu`)
+      --runs N         checkpoints and restores (default 3)
+      --mem-mb N       memory the container touches, in MiB (default 64)
       --json FILE      also write the results as JSON
 ";
 
@@ -197,6 +206,18 @@ fn parse_streaming(args: impl Iterator<Item = String>) -> Result<streaming::Opti
     })
 }
 
+fn parse_checkpoint(args: impl Iterator<Item = String>) -> Result<checkpoint::Options, String> {
+    parse_options(args, |opts: &mut checkpoint::Options, flag, value| {
+        match flag {
+            "--runs" => opts.runs = number(flag, value()?)?,
+            "--mem-mb" => opts.mem_mb = number(flag, value()?)?,
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
+            other => return unknown(other),
+        }
+        Ok(())
+    })
+}
+
 /// Runs a benchmark with its parsed options; a command-line error prints
 /// the usage and exits with 2.
 fn run<O>(
@@ -221,6 +242,7 @@ fn main() -> ExitCode {
         Some("hardened") => run(parse_hardened(args), hardened::bench),
         Some("pull") => run(parse_pull(args), pull::bench),
         Some("streaming") => run(parse_streaming(args), streaming::bench),
+        Some("checkpoint") => run(parse_checkpoint(args), checkpoint::bench),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

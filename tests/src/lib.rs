@@ -8,6 +8,9 @@
 //!   `busybox-static` (applets as hard links), the pause image from
 //!   `caisson-pause` — plus builders for layers, OCI and `docker save`
 //!   archives, and raw (hostile) tar entries.
+//! * [`leaks`]: what a daemon made on the host as the kernel shows it
+//!   (mounts, cgroups, netns pins, processes, CNI IPs, iptables rules,
+//!   state records), checked against the pods and containers it lists.
 //! * [`http2`]: a raw HTTP/2 client, frame by frame, that sends any
 //!   `:authority` bytes (as Go's gRPC does on unix sockets).
 //! * [`registry`]: Debian's `docker-registry` on 127.0.0.1 (plain HTTP,
@@ -22,6 +25,7 @@ pub mod cni;
 pub mod daemon;
 pub mod fixtures;
 pub mod http2;
+pub mod leaks;
 pub mod registry;
 pub mod require;
 pub mod spdy;

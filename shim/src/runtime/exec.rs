@@ -16,6 +16,9 @@ use crate::store::{ContainerRecord, ContainerState};
 const MAX_EXEC_OUTPUT: u64 = 16 << 20;
 /// ExecSync without a timeout still ends eventually.
 const NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long a failed exec waits for its container's init to be reaped
+/// before the failure counts as the shim's own.
+const STOPPED_GRACE: Duration = Duration::from_secs(2);
 pub use caisson_sandbox::service::REOPEN_LOG_ANNOTATION;
 
 fn read_capped(path: &std::path::Path) -> Vec<u8> {
@@ -48,6 +51,34 @@ pub fn exec_process(c: &ContainerRecord, cmd: &[String], terminal: bool) -> CriR
     any.value = serde_json::to_vec(&process)
         .map_err(|e| CriError::internal("encoding the exec spec", e))?;
     Ok(any)
+}
+
+/// An exec that could not be added or started because its container
+/// stopped meanwhile (a StopContainer racing the ExecSync, its init
+/// exiting): FAILED_PRECONDITION, as if the container had been seen
+/// stopped, rather than the shim's INTERNAL (e.g. ENOENT entering the
+/// namespaces of an init that is gone).
+async fn stopped_meanwhile(
+    client: &crate::shims::ShimClient,
+    container_id: &str,
+    e: CriError,
+) -> CriError {
+    if !matches!(e, CriError::Internal(_)) {
+        return e;
+    }
+    // The init may be dying still (a zombie has no namespaces to enter,
+    // but the shim has not reaped it yet): wait a moment for its exit.
+    let stopped = match client.wait(container_id, "", STOPPED_GRACE).await {
+        Ok(exited) => exited.is_some(),
+        Err(e) => matches!(e, CriError::NotFound { .. }),
+    };
+    if !stopped {
+        e
+    } else {
+        CriError::FailedPrecondition(format!(
+            "container {container_id} stopped while the exec was starting: {e}"
+        ))
+    }
 }
 
 impl Runtime {
@@ -85,7 +116,7 @@ impl Runtime {
             .tempdir_in(pod_dir(self, &pod.id))
             .map_err(|e| CriError::internal("creating the exec output dir", e))?;
         let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-        client
+        let added = client
             .exec(api::ExecProcessRequest {
                 id: c.id.clone(),
                 exec_id: exec_id.clone(),
@@ -94,7 +125,10 @@ impl Runtime {
                 spec: Some(any).into(),
                 ..Default::default()
             })
-            .await?;
+            .await;
+        if let Err(e) = added {
+            return Err(stopped_meanwhile(&client, &c.id, e).await);
+        }
         let limit = if timeout == 0 {
             NO_TIMEOUT
         } else {
@@ -103,7 +137,7 @@ impl Runtime {
         let started = client.start(&c.id, &exec_id).await;
         let waited = match started {
             Ok(_) => client.wait(&c.id, &exec_id, limit).await,
-            Err(e) => Err(e),
+            Err(e) => Err(stopped_meanwhile(&client, &c.id, e).await),
         };
         let result = match waited {
             Ok(Some(w)) => Ok(cri::ExecSyncResponse {

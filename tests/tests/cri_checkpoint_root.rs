@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use caisson_tests::daemon::{container_config, ns_inode, wait_until, Caissond};
+use caisson_tests::daemon::{container_config, ns_inode, wait_until, with_pid_mode, Caissond};
 use k8s_cri::v1 as cri;
 
 /// Where `make criu` builds CRIU 4.1.1 (Debian bookworm's 3.17 cannot dump
@@ -90,12 +90,26 @@ fn only(dir: &Path, keep: &[&str]) {
 
 #[test]
 fn a_checkpointed_counter_continues_in_a_new_pod() {
+    counter_continues(cri::NamespaceMode::Pod);
+}
+
+/// kubelet's default: each container has a PID namespace of its own.
+#[test]
+fn a_counter_with_its_own_pid_namespace_continues_in_a_new_pod() {
+    counter_continues(cri::NamespaceMode::Container);
+}
+
+fn counter_continues(pid_mode: cri::NamespaceMode) {
     require_criu();
     let d = Caissond::start("");
     d.import_busybox();
     let config = d.pod_config("ckpt");
     let pod = d.run_pod(&config);
-    let c = d.create_started_container(&pod, &config, counter_container("counter"));
+    let c = d.create_started_container(
+        &pod,
+        &config,
+        with_pid_mode(counter_container("counter"), pid_mode),
+    );
     let log = Path::new(&config.log_directory).join("counter/0.log");
     wait_until("the counter to reach 5", Duration::from_secs(20), || {
         counter_values(&log)
@@ -169,7 +183,7 @@ fn a_checkpointed_counter_continues_in_a_new_pod() {
     // Restore into a new pod: the archive as the image.
     let config2 = d.pod_config("restored");
     let pod2 = d.run_pod(&config2);
-    let mut restored = counter_container("counter");
+    let mut restored = with_pid_mode(counter_container("counter"), pid_mode);
     restored.image = Some(cri::ImageSpec {
         image: archive.display().to_string(),
         ..Default::default()

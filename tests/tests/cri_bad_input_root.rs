@@ -595,11 +595,9 @@ fn empty_ids_are_invalid_arguments() {
 }
 
 #[test]
-fn unimplemented_rpcs_say_so() {
+fn streaming_stats_update_and_checkpoint_calls_without_an_id_are_refused() {
     let d = Caissond::start("");
     let baseline = d.footprint();
-    let unimplemented =
-        |name: &'static str, call: Call| case(name, Code::Unimplemented, name, call);
     let cases = vec![
         case(
             "Attach without an id",
@@ -640,8 +638,10 @@ fn unimplemented_rpcs_say_so() {
                 cri::UpdateContainerResourcesRequest::default()
             ),
         ),
-        unimplemented(
-            "CheckpointContainer",
+        case(
+            "CheckpointContainer without an id",
+            Code::InvalidArgument,
+            "container_id",
             rpc!(
                 checkpoint_container,
                 cri::CheckpointContainerRequest::default()

@@ -109,11 +109,17 @@ pub fn format_record(t: SystemTime, stream: &str, partial: bool, content: &[u8])
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     pending: Vec<u8>,
+    /// The last record emitted was `P`: the line it began is still open.
+    open_line: bool,
 }
 
 impl LineSplitter {
     /// Feeds bytes; calls `emit(partial, content)` for each record ready.
     pub fn feed(&mut self, mut bytes: &[u8], mut emit: impl FnMut(bool, &[u8])) {
+        let mut emit = |partial: bool, content: &[u8]| {
+            self.open_line = partial;
+            emit(partial, content)
+        };
         while !bytes.is_empty() {
             match bytes.iter().position(|&b| b == b'\n') {
                 Some(i) if self.pending.len() + i <= MAX_RECORD => {
@@ -144,9 +150,12 @@ impl LineSplitter {
 
     /// End of stream: what is left (a last line without newline) is `F`.
     pub fn finish(&mut self, mut emit: impl FnMut(bool, &[u8])) {
-        if !self.pending.is_empty() {
+        // A last line that filled whole `P` records still gets its `F`
+        // (empty), as any other unterminated last line does.
+        if !self.pending.is_empty() || self.open_line {
             emit(false, &self.pending);
             self.pending.clear();
+            self.open_line = false;
         }
     }
 }
@@ -234,6 +243,21 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(false, MAX_RECORD)]
         );
+        // A last line of whole records without a newline still ends with
+        // an `F` (found by the cri_log fuzz target), in one read or two.
+        let whole = vec![b'z'; MAX_RECORD * 2];
+        for input in [
+            vec![&whole[..]],
+            vec![&whole[..MAX_RECORD], &whole[MAX_RECORD..]],
+        ] {
+            assert_eq!(
+                records(&input)
+                    .iter()
+                    .map(|(p, n, _)| (*p, *n))
+                    .collect::<Vec<_>>(),
+                vec![(true, MAX_RECORD), (true, MAX_RECORD), (false, 0)]
+            );
+        }
     }
 
     #[test]

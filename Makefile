@@ -23,7 +23,7 @@ CRIU_CACHE ?= /var/cache/caisson-test/criu-$(CRIU_VERSION)
 CRIU_BUILD_DEPS := protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev uuid-dev libnftables-dev libgnutls28-dev xz-utils
 DEB_PACKAGES += $(CRIU_BUILD_DEPS)
 
-.PHONY: all deps deps-apt python-deps build release run lint test test-pause criu bench fuzz clean
+.PHONY: all deps deps-apt python-deps build release run lint test test-pause criu bench fuzz chaos churn clean
 
 all: build
 
@@ -134,6 +134,24 @@ fuzz: deps-apt
 	    grep -E '^(stat::|==|SUMMARY|Done|INFO: (Running|Loaded|seed))|panicked|Failing input|artifact' ; \
 	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
 	done
+
+# The chaos harness's long run (tests/src/chaos.rs): CHAOS_FAULTS faults
+# (caissond, shim and container-init SIGKILLs, the state tmpfs filled)
+# under three kubelet-like clients, the kernel checked after each; replay
+# a run with its CHAOS_SEED. In `make test` the harness is ignored while
+# the shim-death bugs it finds are open (CHAOS_FAULTS=20 is a short run).
+CHAOS_FAULTS ?= 1000
+CHAOS_SEED ?= $(shell date +%s)
+# Churn: CHURN_PODS pods one by one, then 20 at a time (`make test`: 60).
+CHURN_PODS ?= 1000
+
+chaos: build
+	CAISSON_CHAOS_FAULTS=$(CHAOS_FAULTS) CAISSON_CHAOS_SEED=$(CHAOS_SEED) \
+	  $(CARGO) test -p caisson-tests --test chaos_root -- --nocapture --include-ignored chaos_finds_no_violation
+
+churn: build
+	CAISSON_CHURN_PODS=$(CHURN_PODS) \
+	  $(CARGO) test -p caisson-tests --test churn_root -- --nocapture churn_sequential
 
 clean:
 	$(CARGO) clean

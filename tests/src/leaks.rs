@@ -530,21 +530,34 @@ pub fn check(scope: &Scope, host: &HostState, owned: &Owned) -> Vec<String> {
             ));
         }
     }
+    // portmap's per-pod chains: named by the jump rule carrying the pod id.
+    let mut chain_owner: BTreeMap<String, String> = BTreeMap::new();
     for rule in &host.iptables {
-        let owner = rule
-            .split("id: \\\"")
+        if let (Some(id), Some(chain)) = (
+            rule_owner(rule),
+            rule.split(" -j ").nth(1).and_then(|r| r.split(' ').next()),
+        ) {
+            chain_owner.insert(chain.to_string(), id.to_string());
+        }
+    }
+    let pod_ips: BTreeSet<String> = owned
+        .pods
+        .values()
+        .filter(|p| !p.ip.is_empty())
+        .map(|p| p.ip.clone())
+        .collect();
+    for rule in &host.iptables {
+        let chain = rule.split(' ').nth(1).unwrap_or_default();
+        let to_pod = rule
+            .split("--to-destination ")
             .nth(1)
-            .and_then(|r| r.split('\\').next())
-            .or_else(|| {
-                rule.split("id: \"")
-                    .nth(1)
-                    .and_then(|r| r.split('"').next())
-            });
-        let owned_rule = owner.is_some_and(|o| owned.pods.contains_key(o))
-            || owned
-                .pods
-                .values()
-                .any(|p| !p.ip.is_empty() && rule.contains(&format!("{}/32", p.ip)));
+            .and_then(|r| r.split(':').next())
+            .is_some_and(|ip| pod_ips.contains(ip));
+        let owned_rule = rule_owner(rule).is_some_and(|o| owned.pods.contains_key(o))
+            || chain_owner
+                .get(chain)
+                .is_some_and(|o| owned.pods.contains_key(o))
+            || to_pod;
         if !owned_rule {
             v.push(format!("iptables rule no pod owns: {rule}"));
         }
@@ -582,6 +595,12 @@ pub fn check(scope: &Scope, host: &HostState, owned: &Owned) -> Vec<String> {
         }
     }
     v
+}
+
+/// The pod id in a rule's comment (`... id: \"<id>\"`, as portmap writes it).
+fn rule_owner(rule: &str) -> Option<&str> {
+    let rest = rule.split("id: \\\"").nth(1)?;
+    rest.split('\\').next()
 }
 
 /// caissond's resident set (KiB) and open fds.

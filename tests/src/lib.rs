@@ -1,6 +1,9 @@
 //! Caisson's end-to-end test support.
 //!
 //! * [`bundle`]: OCI bundles (busybox or pause rootfs, runc-like spec) for shim tests.
+//! * [`chaos`]: a seeded chaos harness: kubelet-like clients while caissond,
+//!   shims and container inits are SIGKILLed and the state disk fills,
+//!   checked against the kernel after every fault.
 //! * [`cni`]: CNI networks of a test's own, and the removal of what the
 //!   plugins leave behind.
 //! * [`daemon`]: a real `caissond` in temp dirs, driven with the `k8s-cri` client.
@@ -21,6 +24,7 @@
 //!   remotecommand (exec/attach) and portforward protocols.
 
 pub mod bundle;
+pub mod chaos;
 pub mod cni;
 pub mod daemon;
 pub mod fixtures;

@@ -31,6 +31,7 @@ impl Runtime {
             .map_err(|e| CriError::internal("creating the pod's netns", e))?
             .map_err(|e| CriError::Internal(e.to_string()))?;
         pod.netns = Some(path);
+        self.save_pod(pod.clone())?;
         let list = match cni::load(&self.config.network.cni_conf_dir) {
             Ok(list) => list,
             Err(e) => {
@@ -41,6 +42,8 @@ impl Runtime {
         };
         tracing::debug!(pod_id = %pod.id, network = list.name(), config = %list.path.display(), "CNI ADD");
         pod.cni_config = Some(list.config.to_string());
+        // DEL runs from the record: it must name the network before ADD.
+        self.save_pod(pod.clone())?;
         let att = self.attachment(pod, config);
         let bin_dirs = self.config.network.cni_bin_dirs.clone();
         let conf = list.config.clone();

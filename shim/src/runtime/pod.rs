@@ -56,6 +56,25 @@ async fn wait_shim_gone(pod_id: &str, shim: Pidfd) {
     }
 }
 
+/// The address `containerd-shim-caisson-v2 start` gives a pod's shim
+/// (`<shim run dir>/s/<sha256("caisson/<pod id>")[..32]>.sock`, as the
+/// sandbox crate's `shim::socket_path`): recorded before the shim is
+/// started, so that a caissond killed meanwhile still finds it.
+fn expected_shim_address(rt: &Runtime, pod_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(Sha256::digest(
+        format!("{}/{pod_id}", crate::shims::NAMESPACE).as_bytes(),
+    ));
+    format!(
+        "unix://{}",
+        rt.shims
+            .run_dir
+            .join("s")
+            .join(format!("{}.sock", &hash[..32]))
+            .display()
+    )
+}
+
 /// The pod's own dir.
 pub fn pod_dir(rt: &Runtime, id: &str) -> PathBuf {
     rt.config.pods_dir().join(id)
@@ -493,6 +512,12 @@ impl Runtime {
             network_released: false,
         };
         drop(_enter);
+        // Recorded (NOTREADY) before anything is made, and again as each
+        // resource comes to exist (netns, CNI config, shim address): a
+        // caissond killed half-way leaves a record that recovery marks
+        // exited and RemovePodSandbox tears down, never an orphan.
+        pod.shim_address = expected_shim_address(self, &pod.id);
+        self.save_pod(pod.clone())?;
         let started = match mark_new_cgroup_parent(self, &pod)
             .and_then(|()| create_pod_cgroup(self, &pod, &config))
         {
@@ -580,8 +605,8 @@ impl Runtime {
             .shims
             .start(&pod.id, &pod.bundle, &pod.backend, &options)
             .await?;
-        // Recorded before the task exists, so a crash from here on is
-        // cleaned up by recovery rather than leaked.
+        // Recorded before the task exists (the address was, before the
+        // shim), so a crash from here on is cleaned up by recovery.
         self.save_pod(pod.clone())?;
         let client = self.client(pod)?;
         let req = api::CreateTaskRequest {

@@ -366,6 +366,50 @@ fn bad_checkpoint_requests_are_refused_and_leave_nothing() {
     assert!(err.message().contains("hardened"), "{}", err.message());
     only(&out, &[]);
     d.remove_pod(&hpod);
+
+    // Nor can a pod in a user namespace of its own (hostUsers: false).
+    let userns = cri::NamespaceOption {
+        network: cri::NamespaceMode::Pod as i32,
+        pid: cri::NamespaceMode::Container as i32,
+        ipc: cri::NamespaceMode::Pod as i32,
+        target_id: String::new(),
+        userns_options: Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![cri::IdMapping {
+                host_id: 3_200_000,
+                container_id: 0,
+                length: 65_536,
+            }],
+            gids: vec![cri::IdMapping {
+                host_id: 3_200_000,
+                container_id: 0,
+                length: 65_536,
+            }],
+        }),
+    };
+    let mut uconfig = d.pod_config("userns");
+    uconfig.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(userns.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let upod = d.run_pod(&uconfig);
+    let mut ucontainer = counter_container("counter");
+    ucontainer.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(userns),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let u = d.create_started_container(&upod, &uconfig, ucontainer);
+    let err = checkpoint(&d, &u, &location, 10).expect_err("userns");
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{}", err.message());
+    assert!(err.message().contains("hostUsers"), "{}", err.message());
+    only(&out, &[]);
+    d.remove_pod(&upod);
     d.remove_pod(&pod);
     let _: PathBuf = out;
 }

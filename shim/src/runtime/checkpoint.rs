@@ -306,6 +306,20 @@ impl Runtime {
                 pod.handler, pod.backend
             )));
         }
+        let pod_config: cri::PodSandboxConfig =
+            crate::store::decode(&pod.config).unwrap_or_default();
+        let userns_mode = pod_config
+            .linux
+            .and_then(|l| l.security_context)
+            .and_then(|sc| sc.namespace_options)
+            .and_then(|ns| ns.userns_options)
+            .map(|u| u.mode);
+        if userns_mode == Some(cri::NamespaceMode::Pod as i32) {
+            return Err(CriError::Unimplemented(format!(
+                "CheckpointContainer: pod {} runs in a user namespace of its own                  (hostUsers: false); checkpointing such pods is not supported",
+                pod.id
+            )));
+        }
         self.check_criu().await?;
         let parent = location.parent().unwrap_or(Path::new("/"));
         let work = tempfile::Builder::new()

@@ -131,7 +131,7 @@ fuzz: deps-apt
 	  echo "fuzzing $$t for $(FUZZ_SECONDS) s" && \
 	  $(CARGO) +nightly fuzz run --fuzz-dir fuzz/libfuzzer $$t fuzz/libfuzzer/corpus/$$t fuzz/corpus/$$t -- \
 	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 2>&1 | \
-	    grep -E '^(stat::|==|SUMMARY|Done|INFO: (Running|Loaded|seed))|panicked|Failing input|artifact' ; \
+	    grep --line-buffered -E '^(stat::|==|SUMMARY|Done|INFO: (Running|Loaded|seed))|panicked|Failing input|artifact' ; \
 	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
 	done
 

@@ -370,6 +370,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
         Ok("native" | "") | Err(_) => NativeBackend::force_cleanup_userns(&state, &flags.id),
         Ok(_) => {}
     }
+    remove_dead_socket(&flags.namespace, &flags.id);
     let response = api::DeleteResponse {
         pid: 0,
         exit_status: 128 + libc::SIGKILL as u32,
@@ -377,6 +378,31 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
         ..Default::default()
     };
     response.write_to_bytes().map_err(|e| e.to_string())
+}
+
+/// Removes the socket and start lock of pod `group`'s shim when nothing
+/// answers on the socket any more (a shim that exits cleanly removes them
+/// itself; a killed one cannot). Its log stays, for debugging.
+fn remove_dead_socket(namespace: &str, group: &str) {
+    let socket = socket_path(namespace, group);
+    if !socket.exists() {
+        return;
+    }
+    let lock = socket.with_extension("lock");
+    // Under the start lock: a `start` for the pod does not spawn a shim
+    // on this socket meanwhile.
+    let dead = crate::host::lock_exclusive(&lock)
+        .map(|_guard| {
+            let dead = UnixStream::connect(&socket).is_err();
+            if dead {
+                let _ = std::fs::remove_file(&socket);
+            }
+            dead
+        })
+        .unwrap_or(false);
+    if dead {
+        let _ = std::fs::remove_file(&lock);
+    }
 }
 
 /// Writes bytes to stdout and flushes.

@@ -93,6 +93,13 @@ impl AsFd for Pidfd {
     }
 }
 
+/// For a reactor (tokio's `AsyncFd`) to wait on the exit.
+impl AsRawFd for Pidfd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

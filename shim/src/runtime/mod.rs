@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod container;
 pub mod exec;
+pub mod lost_shim;
 pub mod metrics;
 pub mod network;
 pub mod pod;
@@ -12,7 +13,7 @@ pub mod stats;
 pub mod streams;
 pub mod update;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -86,6 +87,8 @@ pub struct Runtime {
     pub pause_binary: PathBuf,
     pub records: std::sync::Mutex<Records>,
     clients: std::sync::Mutex<HashMap<String, ShimClient>>,
+    /// Pods whose shim is gone ([`lost_shim`]): no client connects to them.
+    lost_shims: std::sync::Mutex<HashSet<String>>,
     /// One lock per pod (and per RunPodSandbox name): operations on a pod and
     /// its containers do not interleave.
     locks: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
@@ -139,6 +142,7 @@ impl Runtime {
             pause_binary,
             records: std::sync::Mutex::new(Records::default()),
             clients: std::sync::Mutex::new(HashMap::new()),
+            lost_shims: std::sync::Mutex::new(HashSet::new()),
             locks: std::sync::Mutex::new(HashMap::new()),
             changes,
             pod_cidr: std::sync::Mutex::new(String::new()),
@@ -168,8 +172,15 @@ impl Runtime {
             .remove(key);
     }
 
-    /// The shim client of a pod, connecting on first use.
+    /// The shim client of a pod, connecting on first use; an error for a
+    /// pod whose shim is gone.
     pub fn client(&self, pod: &PodRecord) -> CriResult<ShimClient> {
+        if self.shim_lost(&pod.id) {
+            return Err(CriError::Internal(format!(
+                "the shim of pod {} is gone",
+                pod.id
+            )));
+        }
         if let Some(c) = self
             .clients
             .lock()
@@ -392,29 +403,16 @@ impl Runtime {
             let Some((client, pause)) = probe else {
                 tracing::warn!(pod_id = %pod.id, "the pod's shim is gone: marking its containers exited");
                 recovered.recovered_pod("lost");
-                self.drop_client(&pod.id);
-                for c in &tasks {
-                    if c.state != ContainerState::Exited {
-                        recovered.recovered_container("lost");
-                        self.update_container(&c.id, |c| {
-                            c.state = ContainerState::Exited;
-                            c.exit_code = 137;
-                            c.finished_at = now_ns();
-                            c.reason = "Unknown".into();
-                            c.message = "the pod's shim exited while caissond was down".into();
-                        });
-                    }
-                    self.shims
-                        .delete_orphan(&c.id, &c.bundle, &pod.backend)
-                        .await;
-                }
-                self.shims
-                    .delete_orphan(&pod.id, &pod.bundle, &pod.backend)
+                let lost = self
+                    .mark_shim_lost(&pod, &lost_shim::SHIM_GONE_AT_RESTART)
                     .await;
-                self.on_exit(&pod.id, 137, now_ns());
+                for _ in 0..lost {
+                    recovered.recovered_container("lost");
+                }
                 continue;
             };
             recovered.recovered_pod("reconnected");
+            self.watch_pod_shim(&client, &pod).await;
             for c in tasks {
                 if c.state == ContainerState::Exited {
                     continue;

@@ -574,7 +574,7 @@ impl Runtime {
     }
 
     async fn start_pod(
-        &self,
+        self: &Arc<Self>,
         pod: &mut PodRecord,
         config: &cri::PodSandboxConfig,
     ) -> CriResult<()> {
@@ -617,7 +617,10 @@ impl Runtime {
         pod.pause_pid = client.create(req).await?;
         client.start(&pod.id, "").await?;
         pod.state = PodState::Ready;
-        self.save_pod(pod.clone())
+        self.save_pod(pod.clone())?;
+        // From now on a shim that dies is noticed ([`super::lost_shim`]).
+        self.watch_pod_shim(&client, pod).await;
+        Ok(())
     }
 
     /// Stops everything a pod runs and releases what it holds, whatever state
@@ -690,6 +693,7 @@ impl Runtime {
         }
         let _ = self.store.remove_pod(&pod.id);
         self.records().pods.remove(&pod.id);
+        self.forget_lost_shim(&pod.id);
         self.forget_cpu_sample(&super::stats::pod_sample_key(&pod.id));
         removed
     }

@@ -122,8 +122,8 @@ impl HardenedBackend {
     /// Removes what a dead shim left of task `id` beyond the native
     /// backend's state: the idmapped layer mounts of an overlay rootfs (the
     /// rootfs itself is unmounted by the caller) and the bind relays of a
-    /// create it died in. A stale range is
-    /// reclaimed by the next allocation, once nothing lives in it.
+    /// create it died in, and the pod's user namespace range once nothing
+    /// lives in it (else the next allocation reclaims it, once nothing does).
     ///
     /// Shims before the layers moved under the state root kept them in
     /// `<pool>/layers/<id>` (the pool dir from `options`), shared by every
@@ -152,6 +152,7 @@ impl HardenedBackend {
                 let _ = std::fs::remove_dir(pool.join("layers"));
             }
         }
+        userns::free_stale_slots(&pool, id);
     }
 
     /// The native backend underneath (state root, fork server pid).

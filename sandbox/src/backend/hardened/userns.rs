@@ -424,6 +424,34 @@ fn pool_in_use(dir: &Path) -> bool {
     })
 }
 
+/// Frees the slots of `pod` in the pool in `dir` whose shim is gone and
+/// whose user namespace nothing uses any more: what a pod whose shim died
+/// leaves (an allocation would reclaim them too, but only when it needs
+/// them). For the shim's `delete`.
+pub fn free_stale_slots(dir: &Path, pod: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let Ok(_lock) = crate::host::lock_exclusive(&dir.join(".lock")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with("slot-") {
+            continue;
+        }
+        let Some(record) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<SlotRecord>(&text).ok())
+        else {
+            continue;
+        };
+        if record.pod == pod && !slot_in_use(&path, &record) && fs::remove_file(&path).is_ok() {
+            tracing::info!(pod, slot = %path.display(), "user namespace range of a dead shim's pod freed");
+        }
+    }
+}
+
 /// Lines of an /etc/subuid-style `text` whose range meets `[start, end)`.
 fn subid_overlaps(text: &str, start: u64, end: u64) -> Vec<(String, u64, u64)> {
     text.lines()
@@ -506,12 +534,16 @@ fn process_start_time(pid: u32) -> Option<u64> {
     crate::host::proc_stat(pid)?.get(19)?.parse().ok()
 }
 
-/// Some process whose user namespace has this inode.
+/// Some process whose user namespace has this inode. A zombie is not one:
+/// it runs nothing, but keeps its namespace until its parent reaps it,
+/// which a dead shim's orphans wait on as long as the host's init takes.
 fn process_in_userns(inode: u64) -> Option<u32> {
     fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
         let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
         let ns = fs::metadata(entry.path().join("ns/user")).ok()?;
-        (ns.ino() == inode).then_some(pid)
+        let zombie =
+            || crate::host::proc_stat(pid).is_some_and(|f| f.first().is_some_and(|s| s == "Z"));
+        (ns.ino() == inode && !zombie()).then_some(pid)
     })
 }
 

@@ -361,9 +361,14 @@ pub fn with_pid_mode(
 /// (64 pods wide, from 500,000,000 on) for each daemon a test process
 /// starts, since the tests of one binary run in parallel with their own
 /// pool directories, and pools in different directories must not overlap.
+/// Each test process takes one of 13 regions of 64 such ranges by its pid,
+/// so two test binaries run at once (a developer's beside CI's) rarely
+/// meet; 13 × 64 ranges of 64 × 65,536 ids end below `u32::MAX`.
 fn userns_first_id() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    500_000_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 64 * 65_536
+    let region = std::process::id() % 13;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64;
+    500_000_000 + (region * 64 + n) * 64 * 65_536
 }
 
 /// Puts the pod in the node's network namespace (hostNetwork).

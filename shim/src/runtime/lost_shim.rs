@@ -2,9 +2,10 @@
 //! shim process, [`Runtime::watch_shim`]) or at a restart (recovery), and
 //! handled the same way by [`Runtime::mark_shim_lost`]: what the shim ran
 //! is killed and unmounted by the shim binary's `delete` command, every
-//! container of the pod becomes EXITED and the pod NOTREADY. From then on
-//! the pod has no shim client, so StopPodSandbox and RemovePodSandbox do
-//! not wait on a dead socket.
+//! container of the pod becomes EXITED and the pod NOTREADY. A pod whose
+//! shim is seen to exit has no shim client from then on, so StopPodSandbox
+//! and RemovePodSandbox do not wait on a dead socket (one recovery could
+//! not probe may still run, without its pause task: teardown shuts it down).
 
 use std::sync::Arc;
 
@@ -59,10 +60,6 @@ impl Runtime {
     /// Idempotent. Answers how many containers it marked exited. The
     /// caller holds the pod's lock (or runs before the CRI socket serves).
     pub async fn mark_shim_lost(&self, pod: &PodRecord, loss: &ShimLoss) -> usize {
-        self.lost_shims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(pod.id.clone());
         self.drop_client(&pod.id);
         let tasks: Vec<_> = self
             .records()
@@ -143,6 +140,12 @@ impl Runtime {
                 shim_pid = pid,
                 "the pod's shim exited: marking its containers exited and the pod not ready"
             );
+            // Known dead (not merely silent, as a shim recovery could not
+            // probe may be): no client connects to its socket again.
+            rt.lost_shims
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pod_id.clone());
             rt.mark_shim_lost(&pod, &SHIM_DIED).await;
         });
     }

@@ -11,10 +11,9 @@
 use caisson_tests::chaos::{run, Plan};
 
 #[test]
-#[ignore = "open bugs the harness finds (see the report of issue #19): a shim killed \
-            while caissond runs goes unnoticed (its pod stays READY; removing the pod \
-            then leaves its pause, the pause cgroups, hardened's idmapped layer mounts \
-            and portmap chains); run it with `make chaos`"]
+#[ignore = "an open bug the harness finds (issue #19): after a shim SIGKILL (seed 19, \
+            step 17) a fork-server process and its pod's cgroups under besteffort/ can \
+            outlive the pod; run it with `make chaos`"]
 fn chaos_finds_no_violation() {
     let plan = Plan::from_env(19, 20, 3);
     let summary = run(&plan);

@@ -206,6 +206,47 @@ impl Caissond {
         process.call(what, RPC_DEADLINE, f(process.runtime()))
     }
 
+    /// RunPodSandbox (under `handler`, "" for the default) + CreateContainer
+    /// + StartContainer: the pod's and the container's ids.
+    pub fn run_pod_with_container(
+        &self,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+        container: cri::ContainerConfig,
+    ) -> Result<(String, String)> {
+        let request = cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        let what = match handler {
+            "" => "RunPodSandbox".to_string(),
+            _ => format!("RunPodSandbox ({handler})"),
+        };
+        let pod = self
+            .call(
+                &what,
+                |mut c| async move { c.run_pod_sandbox(request).await },
+            )?
+            .pod_sandbox_id;
+        let request = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container),
+            sandbox_config: Some(config),
+        };
+        let ctr = self
+            .call("CreateContainer", |mut c| async move {
+                c.create_container(request).await
+            })?
+            .container_id;
+        let request = cri::StartContainerRequest {
+            container_id: ctr.clone(),
+        };
+        self.call("StartContainer", |mut c| async move {
+            c.start_container(request).await
+        })?;
+        Ok((pod, ctr))
+    }
+
     /// Imports an image through `caissond images import`.
     pub fn import_image(&self, image: &ImageSpec) -> Result<()> {
         let archive = self.dir.join("image.tar");

@@ -19,6 +19,7 @@ use k8s_cri::v1 as cri;
 
 use crate::caissond::{Caissond, Dir, Setup};
 use crate::cri::Result;
+use crate::measure::median;
 
 /// CRIU as `make criu` builds it (caissond's default when present).
 const CRIU: &str = "/var/cache/caisson-test/criu-4.1.1/criu";
@@ -76,35 +77,10 @@ fn container_config(image: &str, mem_mb: u64) -> cri::ContainerConfig {
     }
 }
 
-/// Runs pod + container; the container's id.
+/// Runs pod + container; the pod's and the container's ids.
 fn run(d: &Caissond, name: &str, image: &str, mem_mb: u64) -> Result<(String, String)> {
     let config = pod_config(name, &d.dir().join("logs"));
-    let request = cri::RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: String::new(),
-    };
-    let pod = d
-        .call("RunPodSandbox", |mut c| async move {
-            c.run_pod_sandbox(request).await
-        })?
-        .pod_sandbox_id;
-    let request = cri::CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(container_config(image, mem_mb)),
-        sandbox_config: Some(config),
-    };
-    let ctr = d
-        .call("CreateContainer", |mut c| async move {
-            c.create_container(request).await
-        })?
-        .container_id;
-    let request = cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    };
-    d.call("StartContainer", |mut c| async move {
-        c.start_container(request).await
-    })?;
-    Ok((pod, ctr))
+    d.run_pod_with_container(config, "", container_config(image, mem_mb))
 }
 
 /// The host pid of a container's init (verbose ContainerStatus).
@@ -141,11 +117,6 @@ fn wait_filled(d: &Caissond, ctr: &str, mem_mb: u64) -> Result<u64> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// Runs the benchmark and prints the table (and the JSON if asked).

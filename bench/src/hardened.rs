@@ -206,34 +206,13 @@ fn pod_config(d: &Caissond, name: &str) -> Result<cri::PodSandboxConfig> {
 /// RunPodSandbox + CreateContainer + StartContainer: the pod's and the
 /// container's ids and how long the three calls took.
 fn start_pod(d: &Caissond, name: &str, variant: &Variant) -> Result<(String, String, Duration)> {
-    let handler = variant.handler;
     let config = pod_config(d, name)?;
     let started = Instant::now();
-    let request = cri::RunPodSandboxRequest {
-        config: Some(config.clone()),
-        runtime_handler: handler.into(),
-    };
-    let pod = d
-        .call(&format!("RunPodSandbox ({handler})"), |mut c| async move {
-            c.run_pod_sandbox(request).await
-        })?
-        .pod_sandbox_id;
-    let request = cri::CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(probe_container("probe", variant.runtime_default)),
-        sandbox_config: Some(config),
-    };
-    let ctr = d
-        .call("CreateContainer", |mut c| async move {
-            c.create_container(request).await
-        })?
-        .container_id;
-    let request = cri::StartContainerRequest {
-        container_id: ctr.clone(),
-    };
-    d.call("StartContainer", |mut c| async move {
-        c.start_container(request).await
-    })?;
+    let (pod, ctr) = d.run_pod_with_container(
+        config,
+        variant.handler,
+        probe_container("probe", variant.runtime_default),
+    )?;
     Ok((pod, ctr, started.elapsed()))
 }
 

@@ -78,7 +78,7 @@ pub struct Summary {
     pub median_sys: Duration,
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     let n = values.len();
     match n {

@@ -11,6 +11,7 @@
 //! range; the native backend from the mappings kubelet sent
 //! (`hostUsers: false`).
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -68,6 +69,28 @@ pub fn check_mappings(mappings: &[LinuxIdMapping]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Removes `task` from whichever pod of `pods` (by sandbox id) lists it in
+/// `tasks`; returns that pod, with its sandbox id, when `task` was its
+/// last one, so the caller can release what the pod held. Both backends
+/// keep their pods' user namespaces this way.
+pub fn leave_pod<P>(
+    pods: &mut HashMap<String, P>,
+    task: &str,
+    tasks: impl Fn(&mut P) -> &mut HashSet<String>,
+) -> Option<(String, P)> {
+    let (sandbox, last) = pods.iter_mut().find_map(|(sandbox, pod)| {
+        let tasks = tasks(pod);
+        tasks
+            .remove(task)
+            .then(|| (sandbox.clone(), tasks.is_empty()))
+    })?;
+    if last {
+        pods.remove_entry(&sandbox)
+    } else {
+        None
+    }
 }
 
 /// A user namespace held by an fd of this process.
@@ -215,6 +238,22 @@ fn write_once(path: &str, text: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_is_handed_back_when_its_last_task_leaves() {
+        let mut pods: HashMap<String, HashSet<String>> = HashMap::from([
+            (
+                "a".to_string(),
+                HashSet::from(["a".to_string(), "c1".to_string()]),
+            ),
+            ("b".to_string(), HashSet::from(["b".to_string()])),
+        ]);
+        assert!(leave_pod(&mut pods, "unknown", |t| t).is_none());
+        assert!(leave_pod(&mut pods, "c1", |t| t).is_none());
+        let (sandbox, tasks) = leave_pod(&mut pods, "a", |t| t).unwrap();
+        assert_eq!((sandbox.as_str(), tasks.len()), ("a", 0));
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["b"]);
+    }
 
     #[test]
     fn mappings_are_checked_and_looked_up() {

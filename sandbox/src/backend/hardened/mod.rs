@@ -300,19 +300,8 @@ impl HardenedBackend {
     /// Forgets `id`; frees its pod's range when it was the pod's last task.
     fn leave_pod(&self, id: &str) {
         let mut pods = locked(&self.pods);
-        let Some(sandbox) = pods
-            .iter()
-            .find(|(_, p)| p.tasks.contains(id))
-            .map(|(s, _)| s.clone())
-        else {
-            return;
-        };
-        let pod = pods.get_mut(&sandbox).expect("found above");
-        pod.tasks.remove(id);
-        if pod.tasks.is_empty() {
-            if let Some(pod) = pods.remove(&sandbox) {
-                pod.userns.release();
-            }
+        if let Some((_, pod)) = crate::host::userns::leave_pod(&mut pods, id, |p| &mut p.tasks) {
+            pod.userns.release();
         }
     }
 }

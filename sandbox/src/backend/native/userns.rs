@@ -45,7 +45,7 @@ use super::spec::SpecOrigin;
 use super::{strip_internal_annotations, CreateExtras, ExecUserns, NativeBackend};
 use crate::backend::{locked, BackendError, Result, TaskKind, TaskSpec};
 use crate::host::idmap::{self, IdmappedRootfs};
-use crate::host::userns::UserNamespace;
+use crate::host::userns::{leave_pod, UserNamespace};
 use crate::host::{bind_relay, userns_spec};
 
 /// The pods of this shim that have a user namespace, and the idmapped
@@ -282,18 +282,8 @@ impl NativeBackend {
                 tracing::warn!(id, error = %e, "unmounting the idmapped rootfs");
             }
         }
-        let mut pods = locked(&self.pod_userns.pods);
-        let Some(sandbox) = pods
-            .iter()
-            .find(|(_, p)| p.tasks.contains(id))
-            .map(|(s, _)| s.clone())
-        else {
-            return;
-        };
-        let pod = pods.get_mut(&sandbox).expect("found above");
-        pod.tasks.remove(id);
-        if pod.tasks.is_empty() {
-            pods.remove(&sandbox);
+        let left = leave_pod(&mut locked(&self.pod_userns.pods), id, |p| &mut p.tasks);
+        if let Some((sandbox, _pod)) = left {
             tracing::info!(pod = sandbox, "the pod's user namespace is released");
         }
     }

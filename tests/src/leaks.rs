@@ -342,6 +342,17 @@ fn verbose_info(info: &std::collections::HashMap<String, String>) -> serde_json:
         .unwrap_or_default()
 }
 
+/// A status answer, or `None` when its object went away since the list.
+fn unless_gone<T>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+) -> Result<Option<T>, tonic::Status> {
+    match r {
+        Ok(r) => Ok(Some(r.into_inner())),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(s),
+    }
+}
+
 impl Owned {
     /// Lists pods and containers with their verbose statuses. An object
     /// removed between the list and its status is left out.
@@ -359,10 +370,8 @@ impl Owned {
                     verbose: true,
                 })
                 .await;
-            let r = match r {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::NotFound => continue,
-                Err(s) => return Err(s),
+            let Some(r) = unless_gone(r)? else {
+                continue;
             };
             let v = verbose_info(&r.info);
             let status = r.status.unwrap_or_default();
@@ -390,10 +399,8 @@ impl Owned {
                     verbose: true,
                 })
                 .await;
-            let r = match r {
-                Ok(r) => r.into_inner(),
-                Err(s) if s.code() == tonic::Code::NotFound => continue,
-                Err(s) => return Err(s),
+            let Some(r) = unless_gone(r)? else {
+                continue;
             };
             let v = verbose_info(&r.info);
             let status = r.status.unwrap_or_default();

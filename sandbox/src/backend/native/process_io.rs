@@ -227,44 +227,32 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             let _scope = BuildScope::exec(userns);
             let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let container_dir = state_root.join(&id);
-            let before = tenant_sockets(&container_dir);
             let built = builder
                 .as_tenant()
                 .as_sibling(true)
                 .with_process(Some(process_json))
                 .with_detach(true)
                 .build();
-            remove_new_tenant_sockets(&container_dir, &before);
+            remove_tenant_sockets(&container_dir);
             Ok(built.map_err(refusal)?.as_raw() as u32)
         }
     }
 }
 
-/// The sockets libcontainer makes in a container's state dir for each exec
-/// (`tenant-notify-*`, `tenant-tty-*`) and never removes: one file per
-/// exec, thousands a day for a container with an exec probe.
-fn tenant_sockets(container_dir: &Path) -> Vec<std::ffi::OsString> {
-    std::fs::read_dir(container_dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name())
-                .filter(|name| {
-                    let name = name.to_string_lossy();
-                    name.starts_with("tenant-notify-") || name.starts_with("tenant-tty-")
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Removes the tenant sockets an exec's build left (the fork server builds
-/// one process at a time, so every new one is this build's, and its process
-/// has connected, or failed, by the time the build returns).
-fn remove_new_tenant_sockets(container_dir: &Path, before: &[std::ffi::OsString]) {
-    for name in tenant_sockets(container_dir) {
-        if !before.contains(&name) {
-            let _ = std::fs::remove_file(container_dir.join(&name));
+/// Removes the sockets libcontainer makes in a container's state dir for
+/// each exec (`tenant-notify-*`, `tenant-tty-*`) and never removes: one file
+/// per exec, thousands a day for a container with an exec probe. The fork
+/// server builds one process at a time and an exec's build is done with
+/// them when it returns, so every one there is stale (older ones too).
+fn remove_tenant_sockets(container_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(container_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tenant-notify-") || name.starts_with("tenant-tty-") {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

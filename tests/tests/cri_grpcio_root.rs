@@ -141,3 +141,59 @@ fn grpcio_runs_a_pod_lifecycle_with_every_authority_form() {
         replaced.join("\n")
     );
 }
+
+/// The CRI socket's limits through grpcio: a message over 16 MiB refused
+/// (gRPC's C core names the size), a 1 MiB annotation refused naming it, a
+/// pod with 10,000 labels kept and found by one of them.
+#[test]
+fn grpcio_meets_the_message_and_metadata_limits() {
+    let python = require::python_grpc();
+    let d = Caissond::start("");
+    let baseline = d.footprint();
+    let stubs = tempfile::tempdir().unwrap();
+    generate_stubs(&python, stubs.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cri_limits.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(stubs.path())
+        .arg(&d.socket)
+        .arg("grpcio-limits")
+        .arg(d.log_dir().join("grpcio-limits"))
+        .output()
+        .expect("running the Python client");
+    assert!(
+        out.status.success(),
+        "{}\n--- caissond log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log_tail()
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let over = &got["over_message_limit"];
+    assert!(
+        over["code"] == "OUT_OF_RANGE" || over["code"] == "RESOURCE_EXHAUSTED",
+        "{got}"
+    );
+    assert_eq!(
+        got["over_metadata_limit"]["code"], "INVALID_ARGUMENT",
+        "{got}"
+    );
+    assert!(
+        got["over_metadata_limit"]["details"]
+            .as_str()
+            .unwrap()
+            .contains("config.annotations[\"blob\"]"),
+        "{got}"
+    );
+    assert!(got["labels_kept"].as_u64().unwrap() >= 10_000, "{got}");
+    assert_eq!(got["found_by_label"], serde_json::json!([true]), "{got}");
+    assert_eq!(got["version_after"], "caisson", "{got}");
+    // The pod is gone with everything it had (the shim's run dirs stay,
+    // as after any pod).
+    let now = d.footprint();
+    assert_eq!(
+        (&now.mounts, &now.cgroups, &now.processes),
+        (&baseline.mounts, &baseline.cgroups, &baseline.processes),
+        "{}",
+        now.diff(&baseline)
+    );
+}

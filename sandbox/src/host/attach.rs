@@ -11,6 +11,11 @@
 //! [1 byte: 1 stdout, 2 stderr] [4 bytes: length, big endian] [bytes]
 //! ```
 //!
+//! Right after a client is subscribed it gets one empty frame of stream byte
+//! [`ATTACHED`]: output written from then on reaches it, so a client that
+//! feeds the container's stdin waits for that frame first and cannot lose
+//! the answer to a race with the accept.
+//!
 //! The socket closes when the output ends (the process and everything that
 //! held its stdout exited), so a reader sees EOF exactly then. A client that
 //! stops reading is dropped after [`STALL_LIMIT`] rather than holding the
@@ -31,6 +36,10 @@ use super::crilog::CriLog;
 /// How long a write to one attached client may block.
 pub const STALL_LIMIT: Duration = Duration::from_secs(5);
 
+/// The stream byte of the empty frame that tells a client it is
+/// subscribed.
+pub const ATTACHED: u8 = 0;
+
 /// The frame stream byte of `stdout`/`stderr`.
 pub fn stream_byte(stream: &str) -> u8 {
     if stream == "stderr" {
@@ -42,8 +51,12 @@ pub fn stream_byte(stream: &str) -> u8 {
 
 /// One frame of output.
 pub fn frame(stream: &str, bytes: &[u8]) -> Vec<u8> {
+    frame_of(stream_byte(stream), bytes)
+}
+
+fn frame_of(stream: u8, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + bytes.len());
-    out.push(stream_byte(stream));
+    out.push(stream);
     out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
     out.extend_from_slice(bytes);
     out
@@ -100,6 +113,38 @@ impl Tee {
             return;
         }
         state.clients.push(client);
+    }
+
+    /// Adds a client to every tee of `tees` and then sends it the
+    /// [`ATTACHED`] frame, all under the first tee's lock so the frame is
+    /// whole (a tee writing output meanwhile waits for it).
+    fn subscribe_all(tees: &[Arc<Tee>], client: &UnixStream) {
+        let Some(first) = tees.first() else { return };
+        let mut state = first.lock();
+        let mut subscribed = false;
+        for tee in tees.iter().filter(|t| !Arc::ptr_eq(t, first)) {
+            subscribed |= Tee::subscribe_clone(&mut tee.lock(), client);
+        }
+        subscribed |= Tee::subscribe_clone(&mut state, client);
+        if subscribed {
+            let _ = (&*client).write_all(&frame_of(ATTACHED, &[]));
+        }
+    }
+
+    fn subscribe_clone(state: &mut TeeState, client: &UnixStream) -> bool {
+        if state.ended {
+            return false;
+        }
+        match client.try_clone() {
+            Ok(c) => {
+                state.clients.push(c);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "attaching a client");
+                false
+            }
+        }
     }
 
     /// Clients attached now.
@@ -189,12 +234,7 @@ fn accept_loop(listener: UnixListener, tees: Vec<Arc<Tee>>, stop: OwnedFd) {
                 {
                     continue;
                 }
-                for tee in &tees {
-                    match client.try_clone() {
-                        Ok(c) => tee.subscribe(c),
-                        Err(e) => tracing::warn!(error = %e, "attaching a client"),
-                    }
-                }
+                Tee::subscribe_all(&tees, &client);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
@@ -275,11 +315,13 @@ mod tests {
         assert_eq!(mode, 0o600);
         let short = ShortPath::of(&path).unwrap();
         let mut client = UnixStream::connect(&short.path).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while log.tee().clients() == 0 {
-            assert!(std::time::Instant::now() < deadline, "never attached");
-            std::thread::yield_now();
-        }
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The ATTACHED frame comes once the client is subscribed: output
+        // sent after it is never lost.
+        assert_eq!(read_frame(&mut client), Some((ATTACHED, Vec::new())));
+        assert_eq!(log.tee().clients(), 1);
         log.tee().send("stdout", b"hello");
         assert_eq!(read_frame(&mut client), Some((1, b"hello".to_vec())));
         drop(listener);

@@ -399,13 +399,16 @@ impl AttachSession {
             mut client_gone,
         } = streams;
         spawn_resizes(client.clone(), c.id.clone(), String::new(), resize);
+        // Stdin is fed once the output is subscribed (the ATTACHED frame),
+        // so the container's answer to it cannot be lost.
+        let mut feed = None;
         if let Some(from) = client_stdin.filter(|_| config.stdin) {
             let fifo = c.bundle.join(super::container::STDIN_FIFO);
             let writer = open_writer(&fifo)
                 .map_err(|e| CriError::internal("opening the container's stdin", e))?;
             let once = config.stdin_once;
             let (client, id) = (client.clone(), c.id.clone());
-            tokio::spawn(feed_stdin(from, writer, once, client, id));
+            feed = Some(feed_stdin(from, writer, once, client, id));
         }
         let tty = self.opts.tty;
         let copy = async {
@@ -418,6 +421,12 @@ impl AttachSession {
                 buf.resize(len, 0);
                 if output.read_exact(&mut buf).await.is_err() {
                     break;
+                }
+                if head[0] == caisson_sandbox::host::attach::ATTACHED {
+                    if let Some(feed) = feed.take() {
+                        tokio::spawn(feed);
+                    }
+                    continue;
                 }
                 let to = if head[0] == 2 && !tty {
                     client_stderr.as_mut()

@@ -491,29 +491,65 @@ fn stop_container_racing_exec_sync() {
     assert_clean(&x, "after removing the pods");
 }
 
-/// Found by `stop_container_racing_exec_sync`: in a pod whose containers
-/// share the pod's PID namespace, a container created once about ten pids
-/// have been used in that namespace (containers and execs, running or
-/// gone) fails: libcontainer's cgroup v1 mount reads `/proc/<its pid>`
-/// through the procfs crate and gets NotFound ("failed to mount cgroup v1:
-/// procfs failed", `Mount(Procfs(NotFound(Some("/proc/11"))))`), reported
-/// as "failed to prepare rootfs". Not fixed yet; kept to reproduce it.
+/// Regression (found by `stop_container_racing_exec_sync`): in a pod whose
+/// containers share the pod's PID namespace, a container created once
+/// about ten pids had been used in that namespace failed ("failed to
+/// prepare rootfs": libcontainer's own cgroup v1 mount looked up its
+/// namespace pid in the host's `/proc`). The native backend now hands
+/// libcontainer `/sys/fs/cgroup` as a tmpfs and binds of the container's
+/// own cgroups (`sandbox/src/backend/native/cgroup_mount.rs`), read-only:
+/// libcontainer's binds were writable, so a container's root could raise
+/// its own limits. The last container checks both from inside.
 #[test]
-#[ignore = "known bug: containers in a shared pod PID namespace fail after ~10 pids"]
 fn a_shared_pid_namespace_pod_creates_a_dozen_containers() {
     let x = daemon("cst-many", "cst-many0", "10.231.96");
     let d = &x.d;
     let config = pod_config(d, "many", 0);
     let pod = d.run_pod_with_handler(&config, "runc");
+    let limit = 48 * caisson_tests::daemon::MI;
+    let mut last = String::new();
     for i in 0..12 {
-        let mut cc = with_pid_mode(
-            container_config("app", &["sleep", "1000"]),
-            cri::NamespaceMode::Pod,
+        let cc = caisson_tests::daemon::with_resources(
+            with_pid_mode(
+                container_config("app", &["sleep", "1000"]),
+                cri::NamespaceMode::Pod,
+            ),
+            &cri::LinuxContainerResources {
+                memory_limit_in_bytes: limit,
+                ..Default::default()
+            },
         );
+        let mut cc = cc;
         cc.metadata.as_mut().unwrap().attempt = i;
         let c = d.create_started_container(&pod, &config, cc);
-        d.stop_container(&c, 2);
+        if i < 11 {
+            d.stop_container(&c, 2);
+        }
+        last = c;
     }
+    // Its own memory cgroup, as the host has it, and nothing writable:
+    // neither a lower pids.max nor twice its memory limit.
+    let seen = d.exec(
+        &last,
+        &[
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+             if echo 1 > /sys/fs/cgroup/pids/pids.max; then echo writable; else echo refused; fi; \
+             if echo 100663296 > /sys/fs/cgroup/memory/memory.limit_in_bytes; then echo writable; else echo refused; fi",
+        ],
+    );
+    let host = caisson_tests::daemon::read_trimmed(
+        &d.task_cgroup("memory", &config.metadata.as_ref().unwrap().uid, &last)
+            .join("memory.limit_in_bytes"),
+    );
+    assert_eq!(host, limit.to_string());
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [host.as_str(), "refused", "refused"],
+        "{seen}"
+    );
+    d.stop_container(&last, 2);
     d.stop_pod(&pod);
     d.remove_pod(&pod);
     assert_clean(&x, "after removing the pod");

@@ -36,6 +36,7 @@
 //!   non-dumpable. That is now the fork server, which restores both after
 //!   each build.
 
+mod cgroup_mount;
 mod checkpoint;
 mod default_path;
 mod errors;

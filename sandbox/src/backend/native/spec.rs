@@ -242,6 +242,14 @@ pub(crate) fn prepare_bundle(
         .as_ref()
         .ok_or_else(|| invalid_spec(&path, "no linux section"))?;
     let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
+    // libcontainer's own v1 cgroup mount fails in a shared PID namespace and
+    // ignores `ro` ([`super::cgroup_mount`]).
+    if let (Ok(mounts), Ok(own)) = (
+        crate::host::mountinfo::read(),
+        fs::read_to_string("/proc/self/cgroup"),
+    ) {
+        changed |= super::cgroup_mount::emulate(&mut spec, &cgroup_path, &mounts, &own);
+    }
 
     changed |= sanitize_process(&format!("task {id}"), &mut process, limits, None);
     if process.terminal().unwrap_or(false) != terminal {
@@ -483,6 +491,11 @@ mod tests {
         let path = dir.path().join("config.json");
         let mut spec = Spec::default();
         spec.set_process(Some(process_with(&[Capability::Kill], Some(5))));
+        // Without a `cgroup` mount, which a v1 host rewrites
+        // (`cgroup_mount`'s own tests).
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.retain(|m| m.typ().as_deref() != Some("cgroup"));
+        spec.set_mounts(Some(mounts));
         spec.save(&path).unwrap();
         let before = fs::read(&path).unwrap();
         let prepared =

@@ -46,6 +46,13 @@ pub enum ImageError {
     #[error("malformed {what}: {reason}")]
     Malformed { what: String, reason: String },
 
+    /// A layer whose uncompressed tar goes on past the store's limit (a
+    /// gzip bomb, or a layer the node was not sized for).
+    #[error(
+        "{what} unpacks to more than {limit} bytes (the node's images.max_unpacked_layer_size)"
+    )]
+    LayerTooLarge { what: String, limit: u64 },
+
     #[error("unsupported {what}: {value}")]
     Unsupported { what: &'static str, value: String },
 
@@ -163,6 +170,10 @@ impl ImageError {
             EntryFailed { entry, source } => EntryFailed {
                 entry: entry.clone(),
                 source: io(source),
+            },
+            LayerTooLarge { what, limit } => LayerTooLarge {
+                what: what.clone(),
+                limit: *limit,
             },
             Malformed { what, reason } => Malformed {
                 what: what.clone(),

@@ -6,6 +6,8 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::digest::{Digest, HashingReader};
 use crate::error::{ImageError, Result};
@@ -14,9 +16,14 @@ use crate::unpack::{unpack_layer, UnpackStats};
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
+/// The default of [`LayerStore::set_max_unpacked`]: 32 GiB of tar (file
+/// contents, holes included) per layer.
+pub const DEFAULT_MAX_UNPACKED: u64 = 32 << 30;
+
 #[derive(Debug, Clone)]
 pub struct LayerStore {
     root: PathBuf,
+    max_unpacked: u64,
 }
 
 /// A verified layer waiting to be renamed into the store.
@@ -30,9 +37,16 @@ impl LayerStore {
         fs::create_dir_all(root).map_err(|e| ImageError::io("creating", root, e))?;
         let store = LayerStore {
             root: root.to_path_buf(),
+            max_unpacked: DEFAULT_MAX_UNPACKED,
         };
         store.remove_leftovers();
         Ok(store)
+    }
+
+    /// The most bytes of uncompressed tar one layer may have: a gzip or
+    /// zstd bomb stops there, in bounded time, and leaves nothing.
+    pub fn set_max_unpacked(&mut self, bytes: u64) {
+        self.max_unpacked = bytes;
     }
 
     /// `layers/<hex>`.
@@ -75,11 +89,22 @@ impl LayerStore {
         } else {
             Box::new(buffered)
         };
-        let mut hashing = HashingReader::new(decompressed);
-        let stats = unpack_layer(&mut hashing, &fs_dir)?;
-        let (actual, _) = hashing
-            .finish()
-            .map_err(|e| ImageError::malformed(what.to_string(), e))?;
+        let capped = Capped::new(decompressed, self.max_unpacked);
+        let over = capped.over.clone();
+        let mut hashing = HashingReader::new(capped);
+        let too_large = || ImageError::LayerTooLarge {
+            what: what.to_string(),
+            limit: self.max_unpacked,
+        };
+        let stats = match unpack_layer(&mut hashing, &fs_dir) {
+            Err(_) if over.load(Ordering::Relaxed) => return Err(too_large()),
+            other => other?,
+        };
+        let finished = hashing.finish();
+        if over.load(Ordering::Relaxed) {
+            return Err(too_large());
+        }
+        let (actual, _) = finished.map_err(|e| ImageError::malformed(what.to_string(), e))?;
         if actual != *diff_id {
             return Err(ImageError::DigestMismatch {
                 what: format!("{what} (uncompressed, diff id)"),
@@ -152,5 +177,59 @@ impl LayerStore {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
+    }
+}
+
+/// A reader that fails once more than `limit` bytes came through it, and
+/// says so in `over` (the error itself reaches the caller wrapped by the tar
+/// reader).
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl<R: Read> Capped<R> {
+    fn new(inner: R, limit: u64) -> Capped<R> {
+        Capped {
+            inner,
+            left: limit,
+            over: Arc::default(),
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        // One byte past the limit tells "exactly the limit" from "more".
+        let want = buf.len().min(self.left.saturating_add(1) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            self.over.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "the layer is larger than the store allows",
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_passes_the_limit_exactly_and_fails_past_it() {
+        let data = vec![7u8; 1000];
+        let mut exact = Capped::new(&data[..], 1000);
+        let mut out = Vec::new();
+        assert_eq!(exact.read_to_end(&mut out).unwrap(), 1000);
+        assert!(!exact.over.load(Ordering::Relaxed));
+        let mut short = Capped::new(&data[..], 999);
+        let e = short.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::FileTooLarge);
+        assert!(short.over.load(Ordering::Relaxed));
     }
 }

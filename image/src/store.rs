@@ -75,6 +75,11 @@ impl ImageStore {
         &self.layers
     }
 
+    /// See [`LayerStore::set_max_unpacked`].
+    pub fn set_max_unpacked_layer_size(&mut self, bytes: u64) {
+        self.layers.set_max_unpacked(bytes);
+    }
+
     /// Imports every image of an OCI-layout or `docker save` archive (plain or
     /// gzip). Either the whole archive lands or nothing does.
     pub fn import(&self, reader: impl Read, opts: &ImportOptions) -> Result<ImportReport> {

@@ -716,3 +716,68 @@ fn unpack_stats_count_entries_and_bytes() {
     let stats = unpack_layer(&layer[..], tmp.path()).unwrap();
     assert_eq!((stats.entries, stats.file_bytes), (4, 1005));
 }
+
+/// A gzip bomb: one tar entry declared 1 TiB, its zeros as the same 1 MiB
+/// gzip member over and over (MultiGzDecoder reads members in turn), so a
+/// few MiB of blob unpack to as much as the reader asks for. The store cuts
+/// it at its limit in bounded time and leaves no temp dir, and a layer of
+/// exactly the limit still unpacks.
+#[test]
+fn a_gzip_bomb_is_cut_at_the_unpacked_size_limit_and_leaves_nothing() {
+    require::root("layers carry root-owned files");
+    let limit = 16 * MIB;
+    let mut header = tar::Header::new_gnu();
+    header.set_path("bomb").unwrap();
+    header.set_size(1 << 40);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(FIXED_MTIME);
+    header.set_entry_type(EntryType::Regular);
+    header.set_cksum();
+    let zeros = gzip(&vec![0u8; MIB as usize]);
+    let mut blob = gzip(header.as_bytes());
+    for _ in 0..1024 {
+        blob.extend_from_slice(&zeros);
+    }
+    assert!(blob.len() < 8 * MIB as usize, "{} bytes", blob.len());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = LayerStore::open(&tmp.path().join("layers")).unwrap();
+    store.set_max_unpacked(limit);
+    let started = Instant::now();
+    let result = store.unpack(&blob[..], &Digest::of(b"never reached"), "layer bomb");
+    let elapsed = started.elapsed();
+    match result {
+        Err(ImageError::LayerTooLarge { what, limit: l }) => {
+            assert_eq!((what.as_str(), l), ("layer bomb", limit));
+        }
+        Err(e) => panic!("expected LayerTooLarge, got {e}"),
+        Ok(_) => panic!("a 1 TiB layer was accepted under a {limit}-byte limit"),
+    }
+    assert!(
+        elapsed.as_secs() < 60,
+        "cut after {elapsed:?}, not at the limit"
+    );
+    assert!(store.list().unwrap().is_empty());
+    assert!(
+        names(&tmp.path().join("layers")).is_empty(),
+        "left in the layers root: {:?}",
+        names(&tmp.path().join("layers"))
+    );
+
+    // The limit itself is allowed: a layer of exactly `limit` tar bytes.
+    let file = vec![1u8; (limit - 3 * 512) as usize];
+    let exact = LayerBuilder::new().file("f", &file, 0o644).build();
+    let len = exact.len() as u64;
+    store.set_max_unpacked(len);
+    let unpacked = store
+        .unpack(&gzip(&exact)[..], &Digest::of(&exact), "exact layer")
+        .unwrap_or_else(|e| panic!("a layer of exactly the limit ({len} bytes): {e}"));
+    assert_eq!(unpacked.stats.file_bytes, file.len() as u64);
+    store.set_max_unpacked(len - 1);
+    assert!(matches!(
+        store.unpack(&gzip(&exact)[..], &Digest::of(&exact), "exact layer"),
+        Err(ImageError::LayerTooLarge { .. })
+    ));
+}

@@ -50,6 +50,31 @@ pub struct Config {
     /// `[checkpoint]`: CheckpointContainer's CRIU.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// `[images]`: limits of the image store.
+    #[serde(default)]
+    pub images: ImagesConfig,
+}
+
+/// `[images]`: what one image may cost the node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Bytes of uncompressed tar one layer may have (file contents, holes
+    /// included): a gzip or zstd bomb is cut there and leaves nothing.
+    #[serde(default = "default_max_unpacked_layer_size")]
+    pub max_unpacked_layer_size: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            max_unpacked_layer_size: default_max_unpacked_layer_size(),
+        }
+    }
+}
+
+fn default_max_unpacked_layer_size() -> u64 {
+    caisson_image::layers::DEFAULT_MAX_UNPACKED
 }
 
 /// `[checkpoint]`: which CRIU CheckpointContainer and restores run.

@@ -93,6 +93,8 @@ impl From<ImageError> for CriError {
                 field: "image".into(),
                 reason: e.to_string(),
             },
+            // The node's limit, not the request: kubelet's retry gets the same.
+            ImageError::LayerTooLarge { .. } => CriError::FailedPrecondition(e.to_string()),
             other => CriError::Internal(error_chain(&other)),
         }
     }

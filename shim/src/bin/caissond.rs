@@ -95,8 +95,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
     for dir in [&config.root_dir, &config.run_dir] {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let images =
-        Arc::new(ImageStore::open(&config.image_dir()).context("opening the image store")?);
+    let mut images = ImageStore::open(&config.image_dir()).context("opening the image store")?;
+    images.set_max_unpacked_layer_size(config.images.max_unpacked_layer_size);
+    let images = Arc::new(images);
     let shim_binary = Config::helper_binary(&config.shim_binary, "containerd-shim-caisson-v2")
         .map_err(anyhow::Error::msg)?;
     let pause_binary =

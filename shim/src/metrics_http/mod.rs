@@ -368,7 +368,7 @@ pub fn pull_failure_cause(e: &ImageError) -> &'static str {
         Registry { .. } => "registry_error",
         DigestMismatch { .. } | SizeMismatch { .. } | MissingBlob { .. } => "integrity",
         Malformed { .. } | Unsupported { .. } => "unsupported",
-        UnsafeEntry { .. } | EntryFailed { .. } => "unpack",
+        UnsafeEntry { .. } | EntryFailed { .. } | LayerTooLarge { .. } => "unpack",
         Io { .. } | MountFailed { .. } | RootfsExists { .. } | RootfsNotFound { .. } => "storage",
     }
 }

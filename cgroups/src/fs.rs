@@ -89,6 +89,27 @@ pub trait CgroupFs {
         })
     }
 
+    /// SIGKILLs every process in `cgroup` and below it, in every
+    /// hierarchy, thawing a frozen v1 freezer cgroup first so the signal
+    /// lands. For a cgroup being removed whose owner is gone (a task whose
+    /// shim died mid-create). Answers how many processes it signalled.
+    fn kill_tree(&self, cgroup: &str) -> usize {
+        let pids = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let _ = self.remove_in_every_hierarchy(cgroup, |path| {
+            collect_pids(path, &mut pids.borrow_mut());
+            Ok(())
+        });
+        let pids = pids.into_inner();
+        for pid in &pids {
+            // A pid that has exited meanwhile answers ESRCH: nothing to do.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        pids.len()
+    }
+
     /// `remove` on `cgroup`'s dir in every hierarchy; never the root.
     #[doc(hidden)]
     fn remove_in_every_hierarchy(
@@ -216,6 +237,23 @@ fn remove_dir(path: &Path) -> std::io::Result<()> {
             std::fs::remove_dir(path)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The pids in `path`'s `cgroup.procs` and its children's; a frozen
+/// freezer cgroup is thawed on the way.
+fn collect_pids(path: &Path, pids: &mut std::collections::BTreeSet<i32>) {
+    let state = path.join("freezer.state");
+    if std::fs::read_to_string(&state).is_ok_and(|s| s.trim() != "THAWED") {
+        let _ = std::fs::write(&state, "THAWED");
+    }
+    if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
+        pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            collect_pids(&entry.path(), pids);
+        }
     }
 }
 

@@ -11,9 +11,6 @@
 use caisson_tests::chaos::{run, Plan};
 
 #[test]
-#[ignore = "an open bug the harness finds (issue #19): after a shim SIGKILL (seed 19, \
-            step 17) a fork-server process and its pod's cgroups under besteffort/ can \
-            outlive the pod; run it with `make chaos`"]
 fn chaos_finds_no_violation() {
     let plan = Plan::from_env(19, 20, 3);
     let summary = run(&plan);
@@ -119,4 +116,155 @@ fn caissond_killed_during_run_pod_sandbox_leaks_nothing() {
     let host = HostState::capture(&scope, d.pid());
     assert!(host.is_empty(), "left on the host: {host:#?}");
     assert!(net.allocations().is_empty(), "{:?}", net.allocations());
+}
+
+/// Regression (found by the chaos run, seed 19 step 17): a pod's shim
+/// SIGKILLed while CreateContainer was building the task left the task's
+/// init (created, waiting for a start that never comes) and its cgroup
+/// under the pod's with no record owning them, so the pod cgroup stayed
+/// too; on hardened, the build's idmapped layers and rootfs overlay stayed
+/// mounted (a later chaos run). CreateContainer's cleanup now runs the
+/// shim binary's `delete` for a task its shim cannot answer for, and kills
+/// what is left in the task's cgroup before removing it. The build is held
+/// in a CDI `createRuntime` hook (run by the fork server while the init
+/// waits) for the kill.
+#[test]
+fn a_shim_killed_during_create_container_leaks_nothing() {
+    use caisson_tests::daemon::Caissond;
+    use caisson_tests::leaks::Scope;
+
+    let cdi = tempfile::tempdir().unwrap();
+    let flag = cdi.path().join("hold-create");
+    std::fs::write(&flag, "").unwrap();
+    std::fs::write(
+        cdi.path().join("hold.yaml"),
+        format!(
+            "cdiVersion: 0.6.0\nkind: example.com/hold\ndevices:\n  - name: h0\n    \
+             containerEdits:\n      hooks:\n        - hookName: createRuntime\n          \
+             path: /bin/sh\n          args: [sh, -c, 'while [ -e {} ]; do sleep 0.05; done']\n",
+            flag.display()
+        ),
+    )
+    .unwrap();
+    let d = Caissond::start(&format!("cdi.spec_dirs = [\"{}\"]", cdi.path().display()));
+    d.import_busybox();
+    let scope = Scope::of(&d);
+    for handler in ["runc", "hardened"] {
+        for after_the_build in [false, true] {
+            std::fs::write(&flag, "").unwrap();
+            kill_shim_during_create(&d, &scope, handler, &flag, after_the_build);
+        }
+    }
+}
+
+fn kill_shim_during_create(
+    d: &caisson_tests::daemon::Caissond,
+    scope: &caisson_tests::leaks::Scope,
+    handler: &str,
+    flag: &std::path::Path,
+    after_the_build: bool,
+) {
+    use caisson_tests::daemon::{container_config, wait_until};
+    use caisson_tests::leaks::HostState;
+    use k8s_cri::v1 as cri;
+    use std::time::Duration;
+
+    let config = d.pod_config(&format!("held-{handler}-{after_the_build}"));
+    let pod = d.run_pod_with_handler(&config, handler);
+    let shims = d.shim_pids();
+    assert_eq!(shims.len(), 1, "{handler}: {shims:?}");
+
+    let mut cc = container_config("c", &["sleep", "1000"]);
+    cc.cdi_devices = vec![cri::CdiDevice {
+        name: "example.com/hold=h0".into(),
+    }];
+    let mut rt = d.runtime();
+    let request = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(cc),
+        sandbox_config: Some(config.clone()),
+    };
+    let create =
+        d.rt.spawn(async move { rt.create_container(request).await });
+    let wanted = flag.display().to_string();
+    let hook_running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|p| p.parse().ok())
+                .and_then(caisson_tests::daemon::cmdline)
+                .is_some_and(|c| c.contains(&wanted))
+        })
+    };
+    wait_until(
+        "the createRuntime hook to hold the build",
+        Duration::from_secs(30),
+        || hook_running().then_some(()),
+    );
+    let signal = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(shims[0] as i32), s);
+    if after_the_build {
+        // The shim is stopped while the build finishes: the fork server's
+        // answer waits in its socket, the task's init waits for a start,
+        // and the shim dies without answering caissond.
+        signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
+        std::fs::remove_file(flag).unwrap();
+        wait_until("the task to be created", Duration::from_secs(30), || {
+            created_task(d.dir.path(), &pod).then_some(())
+        });
+        signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    } else {
+        // Killed mid-build: the fork server dies with its shim at once,
+        // while the hook still holds, rather than finish a task for nobody.
+        let shim = shims[0].to_string();
+        let server = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                caisson_tests::daemon::cmdline(*pid).is_some_and(|c| c.ends_with("fork-server"))
+                    && caisson_tests::daemon::proc_status_field(*pid, "PPid") == Some(shim.clone())
+            })
+            .unwrap_or_else(|| panic!("{handler}: no fork server under shim {shim}"));
+        signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+        wait_until(
+            "the fork server to die with its shim",
+            Duration::from_secs(5),
+            || (!caisson_tests::daemon::pid_alive(server)).then_some(()),
+        );
+        assert!(flag.exists());
+        std::fs::remove_file(flag).unwrap();
+    }
+    let answer = d.rt.block_on(create).unwrap();
+    assert!(
+        answer.is_err(),
+        "{handler}: CreateContainer succeeded: {answer:?}"
+    );
+    let v = d.settled_leak_check(scope, Duration::from_secs(20));
+    assert!(
+        v.is_empty(),
+        "{handler}: {}\n{}",
+        v.join("\n"),
+        d.log_tail()
+    );
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+    let host = HostState::capture(scope, d.pid());
+    assert!(host.is_empty(), "{handler}: left on the host: {host:#?}");
+}
+
+/// Whether a libcontainer state file under `dir` other than pod `pod`'s
+/// says "created".
+fn created_task(dir: &std::path::Path, pod: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir() && !t.is_symlink()) {
+            return created_task(&path, pod);
+        }
+        path.file_name().is_some_and(|n| n == "state.json")
+            && !path.parent().is_some_and(|p| p.ends_with(pod))
+            && std::fs::read_to_string(&path).is_ok_and(|s| s.contains("\"status\":\"created\""))
+    })
 }

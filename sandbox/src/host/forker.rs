@@ -19,8 +19,10 @@
 //!   reply is one message: `{"pid": N}` or `{"error": "…", "kind": "…"}`
 //!   ([`Refused`]). Requests are serialised by the reaper's fork lock
 //!   ([`ForkServer::call`] takes the guard), so one is in flight at a time.
-//! * The server exits at EOF, i.e. when the backend that owns it is dropped
-//!   or the shim dies. If it dies, the next call starts a new one.
+//! * The server exits at EOF, i.e. when the backend that owns it is dropped,
+//!   and is SIGKILLed when the shim dies (`PR_SET_PDEATHSIG`, set from a
+//!   thread that lasts as long as the shim), even in the middle of a build.
+//!   If it dies, the next call starts a new one.
 //! * Its pid is watched by the shim's reaper. What the server forks for the
 //!   caller should be made a *sibling* of the server (`CLONE_PARENT`): then
 //!   it is the shim's own child from the start, reaped by the shim.
@@ -191,6 +193,34 @@ impl ForkServer {
     }
 }
 
+/// Spawns `cmd` from a thread that lives as long as the process:
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+/// and a call may come from a pool thread that ends when idle.
+fn spawn_from_lasting_thread(mut cmd: Command) -> io::Result<std::process::Child> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("fork-server-spawner".into())
+            .spawn(move || rx.into_iter().for_each(|job| job()))
+            .expect("starting the fork server's spawner thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(cmd.spawn());
+    });
+    spawner
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send(job)
+        .map_err(|_| io::Error::other("the fork server's spawner thread is gone"))?;
+    rx.recv()
+        .map_err(|_| io::Error::other("the fork server's spawner thread is gone"))?
+}
+
 /// Starts a server; its pid is watched (under `guard`) so its exit is
 /// logged, not mistaken for anyone else's.
 fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
@@ -224,9 +254,21 @@ fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
         }
     }
     let raw = theirs.as_raw_fd();
-    // SAFETY: the hook only calls async-signal-safe fcntl/dup2.
+    let shim = std::process::id() as libc::pid_t;
+    // SAFETY: the hook only calls async-signal-safe prctl/getppid/fcntl/dup2.
     unsafe {
         cmd.pre_exec(move || {
+            // The server dies with the shim, in the middle of a build too:
+            // a server that went on building for a dead shim made a task
+            // (cgroup, init) after the shim's cleanup had run, which nobody
+            // then owned (found by the chaos run). What it was building
+            // reads EOF from it and exits.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != shim {
+                return Err(io::Error::other("the shim exited"));
+            }
             if raw == SERVER_FD {
                 let flags = libc::fcntl(raw, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
@@ -240,8 +282,7 @@ fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
     }
     // Spawned under the fork lock: Command waits for a child whose exec
     // failed, and the reaper must not take that status first.
-    let child = cmd
-        .spawn()
+    let child = spawn_from_lasting_thread(cmd)
         .map_err(|e| io::Error::new(e.kind(), format!("starting {}: {e}", exe.display())))?;
     drop(theirs);
     let pid = child.id();

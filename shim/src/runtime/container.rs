@@ -282,6 +282,8 @@ impl Runtime {
             )
             .await;
         if result.is_err() {
+            // The shim may have made the task before the call failed.
+            self.delete_task(&pod, &id, &bundle).await;
             image_volumes::unmount_image_volumes(&bundle);
             let _ = self.images.remove_rootfs(&id);
             let _ = std::fs::remove_dir_all(&bundle);
@@ -293,6 +295,28 @@ impl Runtime {
             }
         }
         result
+    }
+
+    /// Deletes task `id` of `pod` through its shim; a shim that cannot
+    /// answer (killed, perhaps in the middle of building the task) has its
+    /// binary's `delete` run instead, which kills the task's processes and
+    /// unmounts what its build mounted. Found by the chaos run: a task whose
+    /// shim died between building it and answering (an init waiting for a
+    /// start, a hardened build's idmapped layers) outlived its pod.
+    pub(super) async fn delete_task(&self, pod: &crate::store::PodRecord, id: &str, bundle: &Path) {
+        let answered = match self.client(pod) {
+            Ok(client) => match client.delete(id, "").await {
+                Ok(_) | Err(CriError::NotFound { .. }) => true,
+                Err(e) => {
+                    tracing::warn!(task_id = %id, pod_id = %pod.id, error = %e, "deleting the task: cleaning up without the pod's shim");
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        if !answered {
+            self.shims.delete_orphan(id, bundle, &pod.backend).await;
+        }
     }
 
     /// The CDI devices `config` asks for (`CDI_devices`, `cdi.k8s.io/*`
@@ -544,12 +568,7 @@ impl Runtime {
             }
         }
         if let Some(pod) = self.find_pod(&c.pod_id) {
-            if let Ok(client) = self.client(&pod) {
-                match client.delete(id, "").await {
-                    Ok(_) | Err(CriError::NotFound { .. }) => {}
-                    Err(e) => tracing::warn!(container_id = %id, error = %e, "deleting the task"),
-                }
-            }
+            self.delete_task(&pod, id, &c.bundle).await;
         }
         image_volumes::unmount_image_volumes(&c.bundle);
         if let Err(e) = self.images.remove_rootfs(id) {

@@ -25,13 +25,14 @@ impl Runtime {
             return Ok(());
         }
         let path = self.config.netns_dir().join(&pod.id);
-        let create_at = path.clone();
-        tokio::task::spawn_blocking(move || netns::create(&create_at))
+        // Recorded before it is pinned: a caissond killed in between leaves
+        // a record whose teardown removes the pin (found by the chaos run).
+        pod.netns = Some(path.clone());
+        self.save_pod(pod.clone())?;
+        tokio::task::spawn_blocking(move || netns::create(&path))
             .await
             .map_err(|e| CriError::internal("creating the pod's netns", e))?
             .map_err(|e| CriError::Internal(e.to_string()))?;
-        pod.netns = Some(path);
-        self.save_pod(pod.clone())?;
         let list = match cni::load(&self.config.network.cni_conf_dir) {
             Ok(list) => list,
             Err(e) => {

@@ -429,7 +429,7 @@ fn mark_new_cgroup_parent(rt: &Runtime, pod: &PodRecord) -> CriResult<()> {
 /// removes a task's when it deletes the task; a failed create or a lost
 /// shim can leave one; containers' go with RemoveContainer). The pod
 /// cgroup is removed only once empty.
-fn remove_pod_cgroups(
+async fn remove_pod_cgroups(
     root: &caisson_cgroups::fs::CgroupRoot,
     parent: &str,
     pod_id: &str,
@@ -437,7 +437,7 @@ fn remove_pod_cgroups(
 ) {
     use caisson_cgroups::CgroupFs;
     let pause = format!("{}/{pod_id}", parent.trim_end_matches('/'));
-    if let Err(e) = root.remove_tree(&pause) {
+    if let Err(e) = super::update::remove_cgroup_tree(root, &pause).await {
         tracing::warn!(cgroup = pause, error = %e, "pause cgroup not removed");
     }
     if !remove_parent || parent.trim_matches('/').is_empty() {
@@ -655,7 +655,12 @@ impl Runtime {
                     if let Err(e) = client.delete(&pod.id, "").await {
                         if !matches!(e, CriError::NotFound { .. }) {
                             all_deleted = false;
-                            tracing::warn!(pod_id = %pod.id, error = %e, "deleting the pause task");
+                            tracing::warn!(pod_id = %pod.id, error = %e, "deleting the pause task: cleaning up without the pod's shim");
+                            // A shim killed between building the pause and
+                            // answering left it waiting for a start.
+                            self.shims
+                                .delete_orphan(&pod.id, &pod.bundle, &pod.backend)
+                                .await;
                         }
                     }
                     let shim = shim_process(&client, &pod.id).await;
@@ -687,7 +692,7 @@ impl Runtime {
         self.remove_pod_network(pod).await;
         let made_parent = made_pod_cgroup(self, pod);
         remove_pod_dir(&pod_dir(self, &pod.id));
-        remove_pod_cgroups(self.qos.fs(), &pod.cgroup_parent, &pod.id, made_parent);
+        remove_pod_cgroups(self.qos.fs(), &pod.cgroup_parent, &pod.id, made_parent).await;
         if let Err(e) = self.qos.refresh_burstable() {
             tracing::debug!(error = %e, "updating the burstable tier's cpu shares");
         }

@@ -281,6 +281,23 @@ async fn retry_while_busy(
     }
 }
 
+/// Removes a task's cgroup tree, waiting while it is busy; what is still in
+/// it after [`TASK_CGROUP_REMOVE_WAIT`] belongs to a task being removed
+/// whose shim could not kill it (it died mid-create) and is SIGKILLed.
+pub(super) async fn remove_cgroup_tree(
+    root: &caisson_cgroups::fs::CgroupRoot,
+    cgroup: &str,
+) -> Result<(), caisson_cgroups::CgroupError> {
+    match retry_while_busy(|| root.remove_tree(cgroup)).await {
+        Err(e) if is_transient(&e) => {
+            let killed = root.kill_tree(cgroup);
+            tracing::warn!(cgroup, killed, "killing what is left in a task cgroup");
+            retry_while_busy(|| root.remove_tree(cgroup)).await
+        }
+        done => done,
+    }
+}
+
 impl Runtime {
     /// What caissond's runtime adds to a container's spec: its `unified`
     /// keys checked (and translated on v1), and its `oom_score_adj` raised
@@ -479,8 +496,7 @@ impl Runtime {
     /// Its last processes may still be exiting (EBUSY): retried for a while.
     pub(super) async fn remove_task_cgroup(&self, pod: &PodRecord, task_id: &str) {
         let cgroup = format!("{}/{task_id}", pod.cgroup_parent.trim_end_matches('/'));
-        let root = self.qos.fs();
-        if let Err(e) = retry_while_busy(|| root.remove_tree(&cgroup)).await {
+        if let Err(e) = remove_cgroup_tree(self.qos.fs(), &cgroup).await {
             tracing::warn!(cgroup, error = %e, "removing a task cgroup");
         }
     }

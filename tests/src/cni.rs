@@ -158,6 +158,7 @@ impl TestNetwork {
 
     pub fn cleanup(&self) {
         remove_network_leftovers(&self.name, &self.bridge);
+        remove_subnet_portmap_chains(&self.prefix);
         if self.remove_portmap_chains {
             remove_portmap_chains();
         }
@@ -177,6 +178,44 @@ pub fn remove_network_leftovers(name: &str, bridge: &str) {
         let _ = Command::new("ip").args(["link", "del", bridge]).status();
     }
     let _ = std::fs::remove_dir_all(Path::new("/var/lib/cni/networks").join(name));
+}
+
+/// Removes portmap's per-pod chains (`CNI-DN-*`) that forward to subnet
+/// `prefix` (`10.231.92`) and the rules jumping to them: what a pod whose
+/// CNI DEL never ran (a test killed mid-ADD) leaves.
+pub fn remove_subnet_portmap_chains(prefix: &str) {
+    let Ok(out) = Command::new("iptables-save").args(["-t", "nat"]).output() else {
+        return;
+    };
+    let save = String::from_utf8_lossy(&out.stdout);
+    let rule = |line: &str| -> Option<(String, String)> {
+        let rest = line.strip_prefix("-A ")?;
+        let (chain, spec) = rest.split_once(' ')?;
+        Some((chain.to_string(), spec.to_string()))
+    };
+    let needle = format!("{prefix}.");
+    let chains: std::collections::BTreeSet<String> = save
+        .lines()
+        .filter_map(rule)
+        .filter(|(chain, spec)| chain.starts_with("CNI-DN-") && spec.contains(&needle))
+        .map(|(chain, _)| chain)
+        .collect();
+    for (chain, spec) in save.lines().filter_map(rule) {
+        let target = spec.rsplit(" -j ").next().unwrap_or_default();
+        if chains.contains(target.trim()) {
+            // iptables-save quotes as a shell would read it back.
+            let _ = Command::new("sh")
+                .args(["-c", &format!("iptables -w -t nat -D {chain} {spec}")])
+                .output();
+        }
+    }
+    for chain in &chains {
+        for op in ["-F", "-X"] {
+            let _ = Command::new("iptables")
+                .args(["-w", "-t", "nat", op, chain])
+                .output();
+        }
+    }
 }
 
 /// Removes portmap's shared nat chains and the jumps to them.

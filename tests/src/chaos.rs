@@ -620,6 +620,9 @@ pub fn run(plan: &Plan) -> Summary {
         }
     };
     for step in 0..plan.faults {
+        // Violations found while the fault lands (a survivor of a caissond
+        // kill that did not survive) are printed with the check's.
+        let seen = summary.violations.len();
         std::thread::sleep(rng.millis(300, 2500));
         let fault = Fault::pick(&mut rng);
         let name = format!("{fault:?}");
@@ -704,7 +707,6 @@ pub fn run(plan: &Plan) -> Summary {
         if done {
             *summary.faults.entry(name.clone()).or_default() += 1;
         }
-        let seen = summary.violations.len();
         check(&d, &mut summary, step, &name);
         for v in &summary.violations[seen..] {
             eprintln!(
@@ -770,7 +772,7 @@ fn sigkill(pid: u32) {
 }
 
 /// Fills the filesystem holding `path` (1 MiB writes until ENOSPC).
-fn fill(path: &Path) {
+pub fn fill(path: &Path) {
     use std::io::Write;
     let Ok(mut f) = std::fs::File::create(path) else {
         return;

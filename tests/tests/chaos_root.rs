@@ -268,3 +268,72 @@ fn created_task(dir: &std::path::Path, pod: &str) -> bool {
             && std::fs::read_to_string(&path).is_ok_and(|s| s.contains("\"status\":\"created\""))
     })
 }
+
+/// Regression (found by the chaos run, seed 20261206): a container started
+/// while the state disk was full ran, but its record still said created,
+/// pid 0 (the write failed), and after a caissond restart it was listed as
+/// not running while its process ran on, out of reach of ExecSync and
+/// StopContainer. Recovery now takes the shim's word for a task its record
+/// is behind on.
+#[test]
+fn a_start_the_full_state_disk_kept_out_of_the_record_is_recovered() {
+    use caisson_tests::chaos::{fill, Tmpfs};
+    use caisson_tests::daemon::{container_config, Caissond};
+    use caisson_tests::leaks::{HostState, Scope};
+    use k8s_cri::v1 as cri;
+    use std::time::Duration;
+
+    let tmpfs = Tmpfs::new("96m");
+    let root = tmpfs.path.join("root");
+    let root_line = format!("root_dir = \"{}\"", root.display());
+    let mut d = Caissond::start_edited("", |text| {
+        text.lines()
+            .map(|l| {
+                if l.starts_with("root_dir = ") {
+                    root_line.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    });
+    d.import_busybox();
+    let mut scope = Scope::of(&d);
+    scope.dirs = vec![d.dir.path().join("run"), root.clone()];
+    scope.state_dir = root.join("state");
+    let config = d.pod_config("full");
+    let pod = d.run_pod(&config);
+    let c = d.create_container(&pod, &config, container_config("c", &["sleep", "1000"]));
+
+    let filler = tmpfs.path.join("filler");
+    fill(&filler);
+    d.start_container(&c);
+    let pid = d.container_pid(&c);
+    assert!(
+        d.log_tail().contains("No space left on device"),
+        "{}",
+        d.log_tail()
+    );
+    d.sigkill();
+    std::fs::remove_file(&filler).unwrap();
+    d.respawn();
+
+    let status = d.container_status(&c);
+    assert_eq!(
+        status.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{status:?}\n{}",
+        d.log_tail()
+    );
+    assert_eq!(d.container_pid(&c), pid);
+    assert_eq!(d.exec(&c, &["echo", "reachable"]), "reachable\n");
+    d.stop_container(&c, 2);
+    d.stop_pod(&pod);
+    d.remove_pod(&pod);
+    let v = d.settled_leak_check(&scope, Duration::from_secs(10));
+    assert!(v.is_empty(), "{}", v.join("\n"));
+    let host = HostState::capture(&scope, d.pid());
+    assert!(host.is_empty(), "left on the host: {host:#?}");
+}

@@ -421,6 +421,7 @@ impl Runtime {
                     Ok(s) => recovered.recovered_container(if self.record_if_stopped(&c.id, &s) {
                         "exited"
                     } else {
+                        self.record_if_started(&c, &s);
                         "running"
                     }),
                     Err(e) => {
@@ -449,6 +450,43 @@ impl Runtime {
             self.on_exit(task_id, state.exit_status as i32, ns_of(&state.exited_at));
         }
         stopped
+    }
+
+    /// A container whose record says less than its shim (a start, or the
+    /// pid of a create, that could not be written: the state disk was full)
+    /// takes the shim's word: the shim ran it, so it runs. Found by the chaos
+    /// run, which saw such a container listed as created, pid 0, after a
+    /// restart while its process ran on.
+    fn record_if_started(
+        &self,
+        c: &ContainerRecord,
+        state: &containerd_shim_protos::api::StateResponse,
+    ) {
+        use containerd_shim_protos::api::Status;
+        let running = matches!(
+            state.status.enum_value_or_default(),
+            Status::RUNNING | Status::PAUSED | Status::PAUSING
+        );
+        let behind = (running && c.state == ContainerState::Created) || c.pid != state.pid;
+        if !behind || state.pid == 0 {
+            return;
+        }
+        tracing::warn!(
+            container_id = %c.id,
+            recorded = ?c.state,
+            recorded_pid = c.pid,
+            pid = state.pid,
+            "the record was behind its task (a write that failed): taking the shim's state"
+        );
+        self.update_container(&c.id, |r| {
+            r.pid = state.pid;
+            if running && r.state == ContainerState::Created {
+                r.state = ContainerState::Running;
+                if r.started_at == 0 {
+                    r.started_at = now_ns();
+                }
+            }
+        });
     }
 
     /// Container rootfs and bundles without a record: a CreateContainer that

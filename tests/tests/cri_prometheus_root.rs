@@ -339,6 +339,38 @@ fn metrics_move_with_a_pods_life() {
     assert_eq!(busy.calls("PullImage", &pull_code), 1.0, "{pull_code}");
     let run_labels = [("method", "RunPodSandbox"), ("code", "OK")];
     assert!(busy.get("caisson_cri_request_duration_seconds_sum", &run_labels) > 0.0);
+    // The calls' phases: each timed once per call, together inside it.
+    for (call, phase) in [
+        ("RunPodSandbox", "cgroup"),
+        ("RunPodSandbox", "shim start"),
+        ("RunPodSandbox", "pause create"),
+        ("RunPodSandbox", "pause start"),
+        ("CreateContainer", "rootfs"),
+        ("CreateContainer", "spec"),
+        ("CreateContainer", "task create"),
+        ("StartContainer", "task start"),
+    ] {
+        let labels = [("call", call), ("phase", phase)];
+        assert_eq!(
+            busy.get("caisson_cri_phase_duration_seconds_count", &labels),
+            1.0,
+            "{call} {phase}"
+        );
+    }
+    for (call, method) in [
+        ("RunPodSandbox", "RunPodSandbox"),
+        ("CreateContainer", "CreateContainer"),
+    ] {
+        let phases = busy.sum("caisson_cri_phase_duration_seconds_sum", &[("call", call)]);
+        let whole = busy.get(
+            "caisson_cri_request_duration_seconds_sum",
+            &[("method", method), ("code", "OK")],
+        );
+        assert!(
+            phases > 0.0 && phases <= whole,
+            "{call}: phases {phases} s, call {whole} s"
+        );
+    }
     let inf = [("method", "RunPodSandbox"), ("code", "OK"), ("le", "+Inf")];
     assert_eq!(
         busy.get("caisson_cri_request_duration_seconds_bucket", &inf),

@@ -89,6 +89,12 @@ struct CauseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    call: &'static str,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -113,6 +119,7 @@ pub struct Metrics {
     registry: Registry,
     cri_requests: Family<CallLabels, Counter>,
     cri_duration: Family<CallLabels, Histogram, fn() -> Histogram>,
+    phase_duration: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     pulls: Counter,
     pull_failures: Family<CauseLabels, Counter>,
     pull_bytes: Counter,
@@ -142,6 +149,7 @@ impl Metrics {
             registry: Registry::with_prefix(PREFIX),
             cri_requests: Family::default(),
             cri_duration: Family::new_with_constructor(call_histogram),
+            phase_duration: Family::new_with_constructor(call_histogram),
             pulls: Counter::default(),
             pull_failures: Family::default(),
             pull_bytes: Counter::default(),
@@ -190,6 +198,11 @@ impl Metrics {
             "cri_request_duration_seconds",
             "Time from a CRI call's arrival to its answer's headers, by method and gRPC status code",
             self.cri_duration.clone(),
+        );
+        r.register(
+            "cri_phase_duration_seconds",
+            "Time each phase of a pod or container start took (cgroup, netns, each CNI plugin, shim, task create and start, rootfs, spec, records), by call and phase",
+            self.phase_duration.clone(),
         );
         r.register(
             "image_pulls",
@@ -261,6 +274,13 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// One phase of a CRI call ([`phase`]).
+    pub fn record_phase(&self, call: &'static str, phase: String, elapsed: Duration) {
+        self.phase_duration
+            .get_or_create(&PhaseLabels { call, phase })
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// One pull that reached the puller: `Ok(bytes downloaded by it)` or
     /// its error.
     pub fn record_pull(&self, result: Result<u64, &ImageError>, elapsed: Duration) {
@@ -324,6 +344,33 @@ impl Drop for SessionGuard {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// Times one phase of a CRI call from now until the guard drops, into
+/// `caisson_cri_phase_duration_seconds{call, phase}` (summarised by
+/// `caisson-bench cri --phases`), and logs it at debug level.
+pub fn phase(call: &'static str, phase: impl Into<String>) -> PhaseGuard {
+    PhaseGuard {
+        call,
+        phase: phase.into(),
+        started: std::time::Instant::now(),
+    }
+}
+
+/// A phase being timed (see [`phase`]).
+#[must_use = "the phase is timed until the guard drops"]
+pub struct PhaseGuard {
+    call: &'static str,
+    phase: String,
+    started: std::time::Instant,
+}
+
+impl Drop for PhaseGuard {
+    fn drop(&mut self) {
+        let elapsed = self.started.elapsed();
+        tracing::debug!(call = self.call, phase = %self.phase, elapsed_us = elapsed.as_micros() as u64, "phase");
+        metrics().record_phase(self.call, std::mem::take(&mut self.phase), elapsed);
+    }
 }
 
 /// A streaming session of `kind` (exec, attach, portforward) over

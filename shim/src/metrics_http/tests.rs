@@ -66,11 +66,13 @@ fn snapshot() -> Snapshot {
 fn every_family_has_its_name_type_and_help() {
     let m = Metrics::new();
     m.record_call("RunPodSandbox", tonic::Code::Ok, Duration::from_millis(300));
+    m.record_phase("RunPodSandbox", "cgroup".into(), Duration::from_millis(2));
     let text = encode(&m, &snapshot(), Format::Prometheus).unwrap();
     let (types, helps) = families(&text);
     let want = [
         ("caisson_cri_requests_total", "counter"),
         ("caisson_cri_request_duration_seconds", "histogram"),
+        ("caisson_cri_phase_duration_seconds", "histogram"),
         ("caisson_image_pulls_total", "counter"),
         ("caisson_image_pull_failures_total", "counter"),
         ("caisson_image_pull_bytes_total", "counter"),

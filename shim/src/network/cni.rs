@@ -135,6 +135,8 @@ impl CniCommand {
 pub fn add(list: &Value, bin_dirs: &[PathBuf], att: &Attachment) -> Result<Value, NetworkError> {
     let mut prev: Option<Value> = None;
     for plugin in plugins(list) {
+        let plugin_type = plugin["type"].as_str().unwrap_or("?");
+        let _p = crate::metrics_http::phase("RunPodSandbox", format!("cni {plugin_type}"));
         let out = exec(list, plugin, bin_dirs, att, CniCommand::Add, prev.as_ref())?;
         prev = Some(out);
     }

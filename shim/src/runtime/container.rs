@@ -16,6 +16,7 @@ pub(crate) mod image_volumes;
 
 use super::pod::{pod_context, pod_dir};
 use super::{new_id, now_ns, sorted, ChangeKind, Runtime};
+use crate::metrics_http::phase;
 use crate::spec;
 use crate::status::{CriError, CriResult};
 use crate::store::{decode, encode, ContainerRecord, ContainerState, PodState};
@@ -133,6 +134,9 @@ fn cri_state(s: ContainerState) -> cri::ContainerState {
     }
 }
 
+/// The call label of CreateContainer's phases.
+const CREATE: &str = "CreateContainer";
+
 impl Runtime {
     pub async fn create_container(
         self: &Arc<Self>,
@@ -232,6 +236,7 @@ impl Runtime {
             }
             None => image_name,
         };
+        let phase_image = phase(CREATE, "image");
         let image = self.images.get(&image_name).map_err(|e| match e {
             caisson_image::ImageError::NotFound(_) => CriError::NotFound {
                 what: "image",
@@ -239,6 +244,7 @@ impl Runtime {
             },
             other => other.into(),
         })?;
+        drop(phase_image);
 
         let id = new_id();
         crate::call_log::record_id("container_id", &id);
@@ -347,6 +353,7 @@ impl Runtime {
         std::fs::create_dir_all(&record.bundle)
             .map_err(|e| CriError::internal("creating the bundle", e))?;
         let rootfs = record.bundle.join(spec::ROOTFS_DIR);
+        let phase_rootfs = phase(CREATE, "rootfs");
         let created = self.images.create_rootfs(&id, &image.id.to_string())?;
         let checkpoint = match restore_from {
             Some(archive) => {
@@ -365,6 +372,8 @@ impl Runtime {
             None => String::new(),
         };
         self.images.mount_rootfs(&id, Some(&rootfs))?;
+        drop(phase_rootfs);
+        let phase_spec = phase(CREATE, "spec");
         let volumes_config =
             image_volumes::mount_image_volumes(&self.images, &id, &record.bundle, config)?;
         let target_pid = config
@@ -408,6 +417,7 @@ impl Runtime {
                 .map_err(|e| CriError::internal("encoding the spec", e))?,
         )
         .map_err(|e| CriError::internal("writing config.json", e))?;
+        drop(phase_spec);
         if let Some(log) = record
             .log_path
             .parent()
@@ -430,9 +440,15 @@ impl Runtime {
         } else {
             String::new()
         };
-        self.save_container(record.clone())?;
+        {
+            let _p = phase(CREATE, "record");
+            self.save_container(record.clone())?;
+        }
         // A pod sized from its containers grows before this one starts.
-        self.resize_pod_from_containers(&pod.id).await?;
+        {
+            let _p = phase(CREATE, "pod cgroup");
+            self.resize_pod_from_containers(&pod.id).await?;
+        }
         let client = self.client(pod)?;
         let req = api::CreateTaskRequest {
             id: id.clone(),
@@ -444,7 +460,9 @@ impl Runtime {
             checkpoint,
             ..Default::default()
         };
+        let phase_create = phase(CREATE, "task create");
         let pid = client.create(req).await?;
+        drop(phase_create);
         self.update_container(&id, |c| c.pid = pid);
         tracing::info!(container_id = %id, pod_id = %pod.id, name = %record.name, "container created");
         self.notify(&id, &pod.id, ChangeKind::Created);
@@ -464,7 +482,10 @@ impl Runtime {
             )));
         }
         let client = self.client(&pod)?;
-        match client.start(&c.id, "").await {
+        let phase_start = phase("StartContainer", "task start");
+        let started = client.start(&c.id, "").await;
+        drop(phase_start);
+        match started {
             Ok(pid) => {
                 self.update_container(&c.id, |r| {
                     r.pid = pid;

@@ -5,7 +5,9 @@
 use caisson_proto::cri;
 use serde_json::{json, Map, Value};
 
+use super::pod::RUN;
 use super::Runtime;
+use crate::metrics_http::phase;
 use crate::network::{cni, netns};
 use crate::status::{CriError, CriResult};
 use crate::store::PodRecord;
@@ -28,11 +30,16 @@ impl Runtime {
         // Recorded before it is pinned: a caissond killed in between leaves
         // a record whose teardown removes the pin (found by the chaos run).
         pod.netns = Some(path.clone());
-        self.save_pod(pod.clone())?;
+        {
+            let _p = phase(RUN, "record");
+            self.save_pod(pod.clone())?;
+        }
+        let phase_netns = phase(RUN, "netns");
         tokio::task::spawn_blocking(move || netns::create(&path))
             .await
             .map_err(|e| CriError::internal("creating the pod's netns", e))?
             .map_err(|e| CriError::Internal(e.to_string()))?;
+        drop(phase_netns);
         let list = match cni::load(&self.config.network.cni_conf_dir) {
             Ok(list) => list,
             Err(e) => {
@@ -44,7 +51,10 @@ impl Runtime {
         tracing::debug!(pod_id = %pod.id, network = list.name(), config = %list.path.display(), "CNI ADD");
         pod.cni_config = Some(list.config.to_string());
         // DEL runs from the record: it must name the network before ADD.
-        self.save_pod(pod.clone())?;
+        {
+            let _p = phase(RUN, "record");
+            self.save_pod(pod.clone())?;
+        }
         let att = self.attachment(pod, config);
         let bin_dirs = self.config.network.cni_bin_dirs.clone();
         let conf = list.config.clone();

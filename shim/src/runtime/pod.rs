@@ -12,6 +12,7 @@ use caisson_sandbox::host::pidfd::Pidfd;
 use containerd_shim_protos::api;
 
 use super::{new_id, now_ns, sorted, ChangeKind, Runtime};
+use crate::metrics_http::phase;
 use crate::spec::{self, PodContext};
 use crate::status::{CriError, CriResult};
 use crate::store::{encode, pod_name_key, ContainerState, PodRecord, PodState};
@@ -448,6 +449,9 @@ async fn remove_pod_cgroups(
     }
 }
 
+/// The call label of RunPodSandbox's phases.
+pub(super) const RUN: &str = "RunPodSandbox";
+
 impl Runtime {
     pub async fn run_pod_sandbox(
         self: &Arc<Self>,
@@ -517,10 +521,15 @@ impl Runtime {
         // caissond killed half-way leaves a record that recovery marks
         // exited and RemovePodSandbox tears down, never an orphan.
         pod.shim_address = expected_shim_address(self, &pod.id);
-        self.save_pod(pod.clone())?;
-        let started = match mark_new_cgroup_parent(self, &pod)
-            .and_then(|()| create_pod_cgroup(self, &pod, &config))
         {
+            let _p = phase(RUN, "record");
+            self.save_pod(pod.clone())?;
+        }
+        let cgroup = {
+            let _p = phase(RUN, "cgroup");
+            mark_new_cgroup_parent(self, &pod).and_then(|()| create_pod_cgroup(self, &pod, &config))
+        };
+        let started = match cgroup {
             Ok(()) => self.start_pod(&mut pod, &config).await,
             Err(e) => Err(e),
         };
@@ -582,18 +591,24 @@ impl Runtime {
         self.setup_pod_network(pod, config).await?;
         let pod_ip = pod.ips.first().cloned();
         let host_ipc = spec::pod_namespace_modes(config)?.ipc_is_host();
+        let phase_files = phase(RUN, "pod files");
         let (_, shm) =
             prepare_pod_files(&dir, config, pod.host_network, !host_ipc, pod_ip.as_deref())
                 .map_err(|e| CriError::internal("preparing the pod's files", e))?;
+        drop(phase_files);
         pod.shm = shm;
         let ctx = pod_context(self, pod);
+        let phase_rootfs = phase(RUN, "pause rootfs");
         let pause_args = self.prepare_pause_rootfs(pod)?;
+        drop(phase_rootfs);
+        let phase_spec = phase(RUN, "spec");
         let mut spec = spec::sandbox_spec(config, &ctx, pause_args)?;
         if let Some(process) = spec.process_mut().as_mut() {
             self.restrict_oom_score_adj(process);
         }
         write_pause_bundle(self, &pod.bundle, &spec, self.config.pause_image.is_empty())
             .map_err(|e| CriError::internal("writing the pause bundle", e))?;
+        drop(phase_spec);
         // The handler's options (e.g. the oci backend's runtime_path) go to the shim.
         let options = self
             .config
@@ -601,24 +616,37 @@ impl Runtime {
             .filter(|(_, h)| !h.options.is_empty())
             .map(|(_, h)| serde_json::to_string(&h.options).unwrap_or_default())
             .unwrap_or_default();
+        let phase_shim = phase(RUN, "shim start");
         pod.shim_address = self
             .shims
             .start(&pod.id, &pod.bundle, &pod.backend, &options)
             .await?;
+        drop(phase_shim);
         // Recorded before the task exists (the address was, before the
         // shim), so a crash from here on is cleaned up by recovery.
-        self.save_pod(pod.clone())?;
+        {
+            let _p = phase(RUN, "record");
+            self.save_pod(pod.clone())?;
+        }
         let client = self.client(pod)?;
         let req = api::CreateTaskRequest {
             id: pod.id.clone(),
             bundle: pod.bundle.display().to_string(),
             ..Default::default()
         };
+        let phase_create = phase(RUN, "pause create");
         pod.pause_pid = client.create(req).await?;
+        drop(phase_create);
+        let phase_start = phase(RUN, "pause start");
         client.start(&pod.id, "").await?;
+        drop(phase_start);
         pod.state = PodState::Ready;
-        self.save_pod(pod.clone())?;
+        {
+            let _p = phase(RUN, "record");
+            self.save_pod(pod.clone())?;
+        }
         // From now on a shim that dies is noticed ([`super::lost_shim`]).
+        let _p = phase(RUN, "shim watch");
         self.watch_pod_shim(&client, pod).await;
         Ok(())
     }

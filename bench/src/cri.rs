@@ -21,6 +21,7 @@
 //! * [`procfs`]: memory, pod processes, mounts and cgroups.
 //! * [`report`]: percentiles, the table and the JSON.
 
+mod breakdown;
 mod caissond;
 mod cni;
 mod containerd;
@@ -37,7 +38,7 @@ use serde_json::json;
 
 use daemon::Daemon;
 use procfs::Memory;
-use report::{Latency, MemoryReport, Phases, Side};
+use report::{Burst, Latency, MemoryReport, Phases, Side};
 
 pub type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -49,6 +50,13 @@ pub struct Options {
     pub json: Option<PathBuf>,
     /// Pods on a CNI bridge (the same conflist for both) instead of the host network.
     pub cni: bool,
+    /// Where caissond's pod start time goes ([`breakdown`]).
+    pub phases: bool,
+    /// Pods started at once on each daemon (0: no burst).
+    pub burst: usize,
+    /// Measure each daemon's idle CPU over this long with the `--pods` pods
+    /// running (`--density N` sets `--pods N` and a 10 s window).
+    pub idle_cpu_window: Option<std::time::Duration>,
 }
 
 impl Default for Options {
@@ -58,6 +66,9 @@ impl Default for Options {
             pods: 10,
             json: None,
             cni: false,
+            phases: false,
+            burst: 0,
+            idle_cpu_window: None,
         }
     }
 }
@@ -192,15 +203,29 @@ pub fn in_work_dir<T>(
 /// If containerd fails to start, the caissond already started is dropped
 /// (its pods removed, stopped).
 pub fn start_daemons(work: &Path, pause: &Path, cni: bool) -> Result<Vec<Daemon>> {
+    start_daemons_with_metrics(work, pause, cni, None)
+}
+
+/// [`start_daemons`], caissond's metrics endpoint on `metrics_port`.
+fn start_daemons_with_metrics(
+    work: &Path,
+    pause: &Path,
+    cni: bool,
+    metrics_port: Option<u16>,
+) -> Result<Vec<Daemon>> {
     eprintln!("starting caissond and containerd under {}", work.display());
-    let caisson = caissond::start(&work.join(DAEMONS[0]), pause, cni)?;
+    let caisson = caissond::start(&work.join(DAEMONS[0]), pause, cni, metrics_port)?;
     let containerd = containerd::start(&work.join(DAEMONS[1]), pause, cni)?;
     Ok(vec![caisson, containerd])
 }
 
-/// Brings up `n` pods, reads the daemon's and their processes' memory,
-/// removes them.
-fn memory_with_pods(daemon: &mut Daemon, n: usize) -> Result<MemoryReport> {
+/// Brings up `n` pods, reads the daemon's and their processes' memory
+/// (and, over `idle_cpu_window`, the daemon's CPU time), removes them.
+fn memory_with_pods(
+    daemon: &mut Daemon,
+    n: usize,
+    idle_cpu_window: Option<std::time::Duration>,
+) -> Result<MemoryReport> {
     let mut pods = Vec::new();
     let mut bring_up = Vec::new();
     for _ in 0..n {
@@ -216,6 +241,10 @@ fn memory_with_pods(daemon: &mut Daemon, n: usize) -> Result<MemoryReport> {
         pauses = pauses + Memory::of(procs.pause)?;
     }
     let daemon_with_pods = Memory::of(daemon.pid())?;
+    let idle_cpu = match idle_cpu_window {
+        Some(window) => Some(procfs::cpu_share(daemon.pid(), window)?),
+        None => None,
+    };
     let cgroups_with_pods = crate::host::cgroups_below_parent(daemon.spec.cgroup_parent);
     for id in &pods {
         daemon.remove_pod(id)?;
@@ -227,7 +256,63 @@ fn memory_with_pods(daemon: &mut Daemon, n: usize) -> Result<MemoryReport> {
         pauses,
         pods_total: Latency::of(bring_up),
         cgroups_with_pods,
+        idle_cpu,
         ..Default::default()
+    })
+}
+
+/// Starts `n` pods (each with its container) at once on `daemon`, one
+/// thread each, and removes them: each pod's time to running and the time
+/// until all were running.
+fn burst(daemon: &mut Daemon, n: usize) -> Result<Burst> {
+    let barrier = std::sync::Barrier::new(n);
+    let started = std::time::Instant::now();
+    let shared: &Daemon = daemon;
+    // Errors cross the threads as text (the bench's error type is not Send).
+    type Started = std::result::Result<(String, std::time::Duration), String>;
+    let results: Vec<Started> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let barrier = &barrier;
+                s.spawn(move || -> Started {
+                    barrier.wait();
+                    let t = std::time::Instant::now();
+                    let (pod, _, _) = shared
+                        .start_named_pod(&format!("burst-{i}"), &workload::COMMAND)
+                        .map_err(|e| e.to_string())?;
+                    Ok((pod, t.elapsed()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a burst thread panicked".into()))
+            })
+            .collect()
+    });
+    let all_running = started.elapsed();
+    let mut per_pod = Vec::new();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok((pod, took)) => {
+                per_pod.push(took);
+                daemon.remove_pod(&pod)?;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e.into());
+    }
+    Ok(Burst {
+        pods: n,
+        per_pod: Latency::of(per_pod),
+        all_running,
     })
 }
 
@@ -240,7 +325,8 @@ fn measure(
     pause: &Path,
     sides: &mut Vec<Side>,
 ) -> Result<serde_json::Value> {
-    let mut daemons = start_daemons(work, pause, opts.cni)?;
+    let metrics_port = opts.phases.then(breakdown::free_port).transpose()?;
+    let mut daemons = start_daemons_with_metrics(work, pause, opts.cni, metrics_port)?;
     let config = json!({
         "caissond": fs::read_to_string(work.join(DAEMONS[0]).join("caisson.toml"))?,
         "containerd": fs::read_to_string(work.join(DAEMONS[1]).join("config.toml"))?,
@@ -264,16 +350,20 @@ fn measure(
             opts.pods
         );
         let idle = side.memory.daemon_idle;
-        side.memory = memory_with_pods(d, opts.pods)?;
+        side.memory = memory_with_pods(d, opts.pods, opts.idle_cpu_window)?;
         side.memory.daemon_idle = idle;
     }
 
     let mut starts = vec![Vec::new(); daemons.len()];
     let mut stops = vec![Vec::new(); daemons.len()];
+    let mut phase_sums = None;
     for run in 0..=opts.runs {
         if run == 0 {
             eprintln!("warm-up: one pod on each daemon");
         } else {
+            if let (1, Some(port)) = (run, metrics_port) {
+                phase_sums = Some(breakdown::scrape(port)?);
+            }
             eprintln!("run {run}/{}", opts.runs);
         }
         // Alternate which daemon goes first.
@@ -288,6 +378,18 @@ fn measure(
                 starts[i].push(start);
                 stops[i].push(stop);
             }
+        }
+    }
+
+    if let (Some(before), Some(port)) = (&phase_sums, metrics_port) {
+        let after = breakdown::scrape(port)?;
+        sides[0].breakdown = Some(breakdown::Breakdown::between(before, &after, opts.runs));
+    }
+
+    if opts.burst > 0 {
+        for (d, side) in daemons.iter_mut().zip(sides.iter_mut()) {
+            eprintln!("{}: a burst of {} pods at once", d.name(), opts.burst);
+            side.burst = Some(burst(d, opts.burst)?);
         }
     }
 

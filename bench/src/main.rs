@@ -72,6 +72,13 @@ benchmarks:
       --pods N         pods running at once for the memory reading (default 10)
       --cni            pods on a CNI bridge (bridge, host-local, portmap, loopback from
                        /usr/lib/cni; the same conflist on both) instead of the host network
+      --phases         where caissond's time goes: its per-phase times (cgroup, netns, each
+                       CNI plugin, shim, pause and task create/start, rootfs, spec, records)
+                       per pod, from its metrics endpoint
+      --burst N        also start N pods at once on each daemon: time to all running,
+                       p50/p99 per pod
+      --density N      memory with N pods (as --pods N), and each daemon's CPU over 10 s
+                       with them running and idle
       --json FILE      also write the results as JSON
   hardened       the hardened handler vs native vs runc through the oci handler, in one
                  caissond: getpid and open/read/close loops and a busybox tar, timed
@@ -161,6 +168,12 @@ fn parse_cri(args: impl Iterator<Item = String>) -> Result<cri::Options, String>
             "--pods" => opts.pods = number(flag, value()?)?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
             "--cni" => opts.cni = true,
+            "--phases" => opts.phases = true,
+            "--burst" => opts.burst = number(flag, value()?)?,
+            "--density" => {
+                opts.pods = number(flag, value()?)?;
+                opts.idle_cpu_window = Some(std::time::Duration::from_secs(10));
+            }
             other => return unknown(other),
         }
         Ok(())

@@ -7,6 +7,25 @@ use serde_json::{json, Value};
 /// Bytes in a megabyte, as every number here uses it (decimal, like `dd`).
 pub const MB: f64 = 1_000_000.0;
 
+/// User and system CPU time of process `pid` so far (`/proc/<pid>/stat`).
+pub fn process_cpu(pid: u32) -> std::io::Result<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let at = |i: usize| -> std::io::Result<Duration> {
+        let t: f64 = fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("short /proc/{pid}/stat")))?;
+        Ok(Duration::from_secs_f64(t / ticks))
+    };
+    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the name.
+    Ok((at(11)?, at(12)?))
+}
+
 /// Whose CPU time a run is charged with.
 #[derive(Debug, Clone, Copy)]
 pub enum CpuOf {

@@ -188,20 +188,11 @@ fn token_hidden(url: &str) -> String {
     }
 }
 
-/// The daemon's user + system CPU time so far (`/proc/<pid>/stat`, ticks).
+/// The daemon's user + system CPU time so far (zero once it is gone).
 fn cpu_time(pid: u32) -> Duration {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command's closing parenthesis start at field 3.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    // utime and stime are fields 14 and 15: 11 and 12 after the parenthesis.
-    let total = ticks(11).unwrap_or(0) + ticks(12).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos(total * 1_000_000_000 / hz)
+    crate::measure::process_cpu(pid)
+        .map(|(user, system)| user + system)
+        .unwrap_or_default()
 }
 
 /// One forward of each kind and one direct fetch.

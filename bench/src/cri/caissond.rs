@@ -15,15 +15,19 @@ pub const CGROUP_PARENT: &str = "/caisson-bench-caisson";
 
 /// Starts caissond under `dir` and imports busybox into it.
 /// With `cni`, its pods join the bench's CNI network ([`super::cni`]).
-pub fn start(dir: &Path, pause: &Path, cni: bool) -> Result<Daemon> {
+/// With `metrics_port`, its `[metrics]` endpoint listens there.
+pub fn start(dir: &Path, pause: &Path, cni: bool, metrics_port: Option<u16>) -> Result<Daemon> {
     if cni {
         super::cni::install(&caissond::cni_conf_dir(dir))?;
     }
+    let metrics = metrics_port
+        .map(|port| format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n"))
+        .unwrap_or_default();
     let caissond = Caissond::start(Setup {
         dir: Dir::At(dir),
         pause,
         cgroup_parent: CGROUP_PARENT,
-        extra_config: "",
+        extra_config: &metrics,
     })?;
     caissond.import_image(&crate::fixture(
         "building the busybox image",

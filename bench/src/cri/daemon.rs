@@ -111,14 +111,24 @@ impl Daemon {
     pub fn start_pod_running(&mut self, command: &[&str]) -> Result<(String, String, StartTimes)> {
         self.pods_made += 1;
         let name = format!("bench-{}", self.pods_made);
-        let log_dir = self.spec.dir.join("pod-logs").join(&name);
+        self.start_named_pod(&name, command)
+    }
+
+    /// [`Daemon::start_pod_running`] for a pod named `name` (unique among
+    /// the daemon's pods), callable from several threads at once.
+    pub fn start_named_pod(
+        &self,
+        name: &str,
+        command: &[&str],
+    ) -> Result<(String, String, StartTimes)> {
+        let log_dir = self.spec.dir.join("pod-logs").join(name);
         // kubelet makes the container's log dir before CreateContainer.
         let container_log = log_dir.join(workload::LOG_PATH);
         if let Some(dir) = container_log.parent() {
             fs::create_dir_all(dir)?;
         }
         let pod_config = workload::pod_config(
-            &name,
+            name,
             &log_dir,
             &self.spec.pod_cgroup_parent,
             self.spec.pod_network,

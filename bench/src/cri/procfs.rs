@@ -81,6 +81,16 @@ fn parse_stat(stat: &str) -> Option<(char, u32)> {
 
 /// Every running process (zombies left out: this VM's init may not reap
 /// the shims' orphans).
+/// Process `pid`'s CPU time over `window` (sleeping through it), in % of
+/// one CPU.
+pub fn cpu_share(pid: u32, window: std::time::Duration) -> Result<f64> {
+    let total = |(user, system): (std::time::Duration, std::time::Duration)| user + system;
+    let before = total(crate::measure::process_cpu(pid)?);
+    std::thread::sleep(window);
+    let after = total(crate::measure::process_cpu(pid)?);
+    Ok(after.saturating_sub(before).as_secs_f64() * 100.0 / window.as_secs_f64())
+}
+
 pub fn processes() -> Vec<Process> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

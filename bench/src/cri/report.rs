@@ -35,6 +35,11 @@ impl Latency {
         }
     }
 
+    /// The mean, in ms (what a per-phase breakdown of the same runs adds up to).
+    pub fn mean_ms(&self) -> f64 {
+        self.runs.iter().map(|d| ms(*d)).sum::<f64>() / self.runs.len().max(1) as f64
+    }
+
     fn ms(&self) -> [f64; 3] {
         [ms(self.p50), ms(self.p90), ms(self.p99)]
     }
@@ -108,6 +113,9 @@ pub struct MemoryReport {
     pub cgroups_with_pods: Vec<PathBuf>,
     /// The same pods' bring-up, one after another (RunPodSandbox to StartContainer).
     pub pods_total: Latency,
+    /// The daemon's CPU time over a window with the pods running and no
+    /// calls, in % of one CPU (`--density`).
+    pub idle_cpu: Option<f64>,
 }
 
 /// Everything measured for one daemon.
@@ -126,6 +134,29 @@ pub struct Side {
     pub mounts_left: Vec<PathBuf>,
     pub processes_left: Vec<(u32, String)>,
     pub cgroups_left: Vec<PathBuf>,
+    /// caissond's own per-phase times (`--phases`).
+    pub breakdown: Option<super::breakdown::Breakdown>,
+    pub burst: Option<Burst>,
+}
+
+/// `--burst N`: N pods started at once.
+#[derive(Debug, Clone, Default)]
+pub struct Burst {
+    pub pods: usize,
+    /// Each pod's RunPodSandbox to StartContainer.
+    pub per_pod: Latency,
+    /// From the start until every pod was running.
+    pub all_running: Duration,
+}
+
+impl Burst {
+    fn json(&self) -> Value {
+        json!({
+            "pods": self.pods,
+            "per_pod": self.per_pod.json(),
+            "all_running_ms": ms(self.all_running),
+        })
+    }
 }
 
 fn memory_rows(m: &MemoryReport) -> [(&'static str, &'static str, Memory); 9] {
@@ -200,6 +231,14 @@ pub fn print(opts: &Options, sides: &[Side]) {
             ratio(a[2], b[2]),
         );
     }
+    if let Some(b) = &caisson.breakdown {
+        let p = &caisson.phases;
+        b.print(&[
+            ("RunPodSandbox", p.run_pod.mean_ms()),
+            ("CreateContainer", p.create.mean_ms()),
+            ("StartContainer", p.start.mean_ms()),
+        ]);
+    }
     println!();
     println!(
         "  {:<24} {:>17}  {:>17}  {:>17}",
@@ -229,6 +268,32 @@ pub fn print(opts: &Options, sides: &[Side]) {
             ratio(a.rss as f64, b.rss as f64),
             ratio(a.pss as f64, b.pss as f64),
         );
+    }
+    if let (Some(a), Some(b)) = (caisson.memory.idle_cpu, containerd.memory.idle_cpu) {
+        println!(
+            "  {:<24} {:>17.2}  {:>17.2}  {:>17.2}",
+            "daemon CPU idle, %",
+            a,
+            b,
+            ratio(a, b)
+        );
+    }
+    if let (Some(a), Some(b)) = (&caisson.burst, &containerd.burst) {
+        println!();
+        println!(
+            "  {:<30} {:>10} {:>10} {:>8}",
+            format!("burst of {} pods at once, ms", a.pods),
+            "caisson",
+            "containerd",
+            "ratio"
+        );
+        for (name, x, y) in [
+            ("all running", ms(a.all_running), ms(b.all_running)),
+            ("per pod p50", ms(a.per_pod.p50), ms(b.per_pod.p50)),
+            ("per pod p99", ms(a.per_pod.p99), ms(b.per_pod.p99)),
+        ] {
+            println!("  {name:<30} {x:>10.1} {y:>10.1} {:>8.2}", ratio(x, y));
+        }
     }
     println!();
     for side in sides {
@@ -281,6 +346,9 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
             "memory_kib": memory,
             "pods_bring_up": s.memory.pods_total.json(),
             "cgroups_while_pods_ran": s.memory.cgroups_with_pods.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "phases": s.breakdown.as_ref().map(|b| b.json()),
+            "burst": s.burst.as_ref().map(Burst::json),
+            "daemon_idle_cpu_percent_with_pods": s.memory.idle_cpu,
             "exit_after_sigterm_ms": ms(s.exit),
             "killed": s.killed,
             "left_after_teardown": {

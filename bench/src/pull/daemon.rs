@@ -32,26 +32,6 @@ fn status_kb(pid: u32, field: &str) -> Result<u64> {
     Ok(kb * 1024)
 }
 
-/// (user, system) CPU time of a process so far.
-fn cpu_of(pid: u32) -> Result<(Duration, Duration)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let at = |i: usize| -> Result<Duration> {
-        let t: f64 = fields
-            .get(i)
-            .ok_or("short /proc/<pid>/stat")?
-            .parse()
-            .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-        Ok(Duration::from_secs_f64(t / ticks))
-    };
-    // utime and stime are fields 14 and 15 of stat: 11 and 12 after the name.
-    Ok((at(11)?, at(12)?))
-}
-
 impl Daemon {
     fn process(&self) -> &Process {
         match self {
@@ -67,7 +47,7 @@ impl Daemon {
         // Writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS.
         fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
         let rss_before = status_kb(pid, "VmRSS")?;
-        let (user0, sys0) = cpu_of(pid)?;
+        let (user0, sys0) = crate::measure::process_cpu(pid)?;
         let mut images = daemon.images();
         let request = cri::PullImageRequest {
             image: Some(cri::ImageSpec {
@@ -80,7 +60,7 @@ impl Daemon {
         let reply = daemon.call("PullImage", PULL_DEADLINE, images.pull_image(request))?;
         let wall = start.elapsed();
         let peak_rss = status_kb(pid, "VmHWM")?;
-        let (user1, sys1) = cpu_of(pid)?;
+        let (user1, sys1) = crate::measure::process_cpu(pid)?;
         if reply.image_ref.is_empty() {
             return Err(format!("{} PullImage answered no image ref", daemon.name()).into());
         }

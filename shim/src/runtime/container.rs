@@ -289,13 +289,16 @@ impl Runtime {
             .await;
         if result.is_err() {
             // The shim may have made the task before the call failed.
-            self.delete_task(&pod, &id, &bundle).await;
+            let answered = self.delete_task(&pod, &id, &bundle).await;
             image_volumes::unmount_image_volumes(&bundle);
             let _ = self.images.remove_rootfs(&id);
             let _ = std::fs::remove_dir_all(&bundle);
             let _ = self.store.remove_container(&id);
             self.records().containers.remove(&id);
             self.remove_task_cgroup(&pod, &id).await;
+            if !answered {
+                self.sweep_late_task_cgroup(pod.clone(), id.clone(), false);
+            }
             if let Err(e) = self.resize_pod_from_containers(&pod.id).await {
                 tracing::warn!(pod_id = %pod.id, error = %e, "re-sizing the pod cgroup");
             }
@@ -308,8 +311,14 @@ impl Runtime {
     /// binary's `delete` run instead, which kills the task's processes and
     /// unmounts what its build mounted. Found by the chaos run: a task whose
     /// shim died between building it and answering (an init waiting for a
-    /// start, a hardened build's idmapped layers) outlived its pod.
-    pub(super) async fn delete_task(&self, pod: &crate::store::PodRecord, id: &str, bundle: &Path) {
+    /// start, a hardened build's idmapped layers) outlived its pod. Answers
+    /// whether the shim answered.
+    pub(super) async fn delete_task(
+        &self,
+        pod: &crate::store::PodRecord,
+        id: &str,
+        bundle: &Path,
+    ) -> bool {
         let answered = match self.client(pod) {
             Ok(client) => match client.delete(id, "").await {
                 Ok(_) | Err(CriError::NotFound { .. }) => true,
@@ -323,6 +332,7 @@ impl Runtime {
         if !answered {
             self.shims.delete_orphan(id, bundle, &pod.backend).await;
         }
+        answered
     }
 
     /// The CDI devices `config` asks for (`CDI_devices`, `cdi.k8s.io/*`
@@ -589,7 +599,7 @@ impl Runtime {
             }
         }
         if let Some(pod) = self.find_pod(&c.pod_id) {
-            self.delete_task(&pod, id, &c.bundle).await;
+            let _ = self.delete_task(&pod, id, &c.bundle).await;
         }
         image_volumes::unmount_image_volumes(&c.bundle);
         if let Err(e) = self.images.remove_rootfs(id) {

@@ -13,16 +13,9 @@ use crate::status::{CriError, CriResult};
 use crate::store::PodRecord;
 
 impl Runtime {
-    /// For a pod that is not hostNetwork: pins its netns (lo up) and runs
-    /// CNI ADD. Each resource is recorded in `pod` as soon as it exists, so
-    /// [`Runtime::release_pod_network`] and `teardown_pod` undo a failure.
-    /// Without a loadable CNI config the pod keeps a netns with only lo
-    /// (NetworkReady is false meanwhile, so kubelet schedules no pods).
-    pub(super) async fn setup_pod_network(
-        &self,
-        pod: &mut PodRecord,
-        config: &cri::PodSandboxConfig,
-    ) -> CriResult<()> {
+    /// For a pod that is not hostNetwork: pins its netns (lo up), recorded
+    /// in `pod` first so that `teardown_pod` undoes a failure.
+    pub(super) async fn pin_pod_netns(&self, pod: &mut PodRecord) -> CriResult<()> {
         if pod.host_network {
             return Ok(());
         }
@@ -40,6 +33,22 @@ impl Runtime {
             .map_err(|e| CriError::internal("creating the pod's netns", e))?
             .map_err(|e| CriError::Internal(e.to_string()))?;
         drop(phase_netns);
+        Ok(())
+    }
+
+    /// CNI ADD into the netns [`Runtime::pin_pod_netns`] pinned. Each
+    /// resource is recorded in `pod` as soon as it exists, so
+    /// [`Runtime::release_pod_network`] and `teardown_pod` undo a failure.
+    /// Without a loadable CNI config the pod keeps a netns with only lo
+    /// (NetworkReady is false meanwhile, so kubelet schedules no pods).
+    pub(super) async fn add_pod_network(
+        &self,
+        pod: &mut PodRecord,
+        config: &cri::PodSandboxConfig,
+    ) -> CriResult<()> {
+        if pod.host_network {
+            return Ok(());
+        }
         let list = match cni::load(&self.config.network.cni_conf_dir) {
             Ok(list) => list,
             Err(e) => {

@@ -295,7 +295,6 @@ fn prepare_pod_files(
     config: &cri::PodSandboxConfig,
     host_net: bool,
     shm: bool,
-    pod_ip: Option<&str>,
 ) -> std::io::Result<(String, Option<PathBuf>)> {
     std::fs::create_dir_all(dir)?;
     let hostname = if host_net {
@@ -312,15 +311,7 @@ fn prepare_pod_files(
         config.hostname.clone()
     };
     std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-    let hosts = if host_net {
-        std::fs::read_to_string("/etc/hosts").unwrap_or_default()
-    } else {
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{}\t{hostname}\n",
-            pod_ip.unwrap_or("127.0.1.1")
-        )
-    };
-    std::fs::write(dir.join("hosts"), hosts)?;
+    std::fs::write(dir.join("hosts"), hosts_file(host_net, &hostname, None))?;
     let resolv = match &config.dns_config {
         Some(dns)
             if !(dns.servers.is_empty() && dns.searches.is_empty() && dns.options.is_empty()) =>
@@ -358,6 +349,18 @@ fn prepare_pod_files(
         None
     };
     Ok((hostname, shm_path))
+}
+
+/// The pod's /etc/hosts: the host's for a hostNetwork pod, else localhost
+/// and the pod's hostname on its IP (127.0.1.1 until it has one).
+fn hosts_file(host_net: bool, hostname: &str, pod_ip: Option<&str>) -> String {
+    if host_net {
+        return std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    }
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n{}\t{hostname}\n",
+        pod_ip.unwrap_or("127.0.1.1")
+    )
 }
 
 /// Lays out the pause bundle: `rootfs/pause` and `config.json`.
@@ -540,7 +543,9 @@ impl Runtime {
             }
             Err(e) => {
                 tracing::warn!(pod_id = %id, error = %e, "RunPodSandbox failed: cleaning up");
+                let made_parent = made_pod_cgroup(self, &pod);
                 self.teardown_pod(&pod).await;
+                self.sweep_late_task_cgroup(pod, id, made_parent);
                 Err(e)
             }
         }
@@ -587,41 +592,29 @@ impl Runtime {
         pod: &mut PodRecord,
         config: &cri::PodSandboxConfig,
     ) -> CriResult<()> {
-        let dir = pod_dir(self, &pod.id);
-        self.setup_pod_network(pod, config).await?;
-        let pod_ip = pod.ips.first().cloned();
-        let host_ipc = spec::pod_namespace_modes(config)?.ipc_is_host();
-        let phase_files = phase(RUN, "pod files");
-        let (_, shm) =
-            prepare_pod_files(&dir, config, pod.host_network, !host_ipc, pod_ip.as_deref())
-                .map_err(|e| CriError::internal("preparing the pod's files", e))?;
-        drop(phase_files);
-        pod.shm = shm;
-        let ctx = pod_context(self, pod);
-        let phase_rootfs = phase(RUN, "pause rootfs");
-        let pause_args = self.prepare_pause_rootfs(pod)?;
-        drop(phase_rootfs);
-        let phase_spec = phase(RUN, "spec");
-        let mut spec = spec::sandbox_spec(config, &ctx, pause_args)?;
-        if let Some(process) = spec.process_mut().as_mut() {
-            self.restrict_oom_score_adj(process);
+        self.pin_pod_netns(pod).await?;
+        // CNI ADD runs while the pod's files, the pause bundle and the shim
+        // are made: none of them needs the pod's IP but /etc/hosts, written
+        // again once it is known. Both run to their end (a failure of one
+        // never abandons the other half-way), and the pod takes what the
+        // network half recorded before either error is answered, so that
+        // teardown releases all of it.
+        let mut network = pod.clone();
+        let (added, prepared) = tokio::join!(
+            self.add_pod_network(&mut network, config),
+            self.prepare_pause(pod, config)
+        );
+        pod.cni_config = network.cni_config;
+        pod.cni_result = network.cni_result;
+        pod.ips = network.ips;
+        pod.network_released = network.network_released;
+        added?;
+        let hostname = prepared?;
+        if let Some(ip) = pod.ips.first().filter(|_| !pod.host_network) {
+            let hosts = hosts_file(false, &hostname, Some(ip));
+            std::fs::write(pod_dir(self, &pod.id).join("hosts"), hosts)
+                .map_err(|e| CriError::internal("writing the pod's /etc/hosts", e))?;
         }
-        write_pause_bundle(self, &pod.bundle, &spec, self.config.pause_image.is_empty())
-            .map_err(|e| CriError::internal("writing the pause bundle", e))?;
-        drop(phase_spec);
-        // The handler's options (e.g. the oci backend's runtime_path) go to the shim.
-        let options = self
-            .config
-            .handler(&pod.handler)
-            .filter(|(_, h)| !h.options.is_empty())
-            .map(|(_, h)| serde_json::to_string(&h.options).unwrap_or_default())
-            .unwrap_or_default();
-        let phase_shim = phase(RUN, "shim start");
-        pod.shim_address = self
-            .shims
-            .start(&pod.id, &pod.bundle, &pod.backend, &options)
-            .await?;
-        drop(phase_shim);
         // Recorded before the task exists (the address was, before the
         // shim), so a crash from here on is cleaned up by recovery.
         {
@@ -649,6 +642,49 @@ impl Runtime {
         let _p = phase(RUN, "shim watch");
         self.watch_pod_shim(&client, pod).await;
         Ok(())
+    }
+
+    /// The pod's files (hostname, /etc/hosts without its IP yet,
+    /// resolv.conf, /dev/shm), the pause bundle and the pod's shim; records
+    /// nothing (the caller does, once the network half is in). Answers the
+    /// pod's hostname.
+    async fn prepare_pause(
+        &self,
+        pod: &mut PodRecord,
+        config: &cri::PodSandboxConfig,
+    ) -> CriResult<String> {
+        let dir = pod_dir(self, &pod.id);
+        let host_ipc = spec::pod_namespace_modes(config)?.ipc_is_host();
+        let phase_files = phase(RUN, "pod files");
+        let (hostname, shm) = prepare_pod_files(&dir, config, pod.host_network, !host_ipc)
+            .map_err(|e| CriError::internal("preparing the pod's files", e))?;
+        drop(phase_files);
+        pod.shm = shm;
+        let ctx = pod_context(self, pod);
+        let phase_rootfs = phase(RUN, "pause rootfs");
+        let pause_args = self.prepare_pause_rootfs(pod)?;
+        drop(phase_rootfs);
+        let phase_spec = phase(RUN, "spec");
+        let mut spec = spec::sandbox_spec(config, &ctx, pause_args)?;
+        if let Some(process) = spec.process_mut().as_mut() {
+            self.restrict_oom_score_adj(process);
+        }
+        write_pause_bundle(self, &pod.bundle, &spec, self.config.pause_image.is_empty())
+            .map_err(|e| CriError::internal("writing the pause bundle", e))?;
+        drop(phase_spec);
+        // The handler's options (e.g. the oci backend's runtime_path) go to the shim.
+        let options = self
+            .config
+            .handler(&pod.handler)
+            .filter(|(_, h)| !h.options.is_empty())
+            .map(|(_, h)| serde_json::to_string(&h.options).unwrap_or_default())
+            .unwrap_or_default();
+        let _p = phase(RUN, "shim start");
+        pod.shim_address = self
+            .shims
+            .start(&pod.id, &pod.bundle, &pod.backend, &options)
+            .await?;
+        Ok(hostname)
     }
 
     /// Stops everything a pod runs and releases what it holds, whatever state

@@ -501,6 +501,40 @@ impl Runtime {
         }
     }
 
+    /// A task whose shim died while building it: what the dead shim's
+    /// last build was still doing (libcontainer's intermediate process,
+    /// which reads EOF from the dead fork server only after it has made the
+    /// task's cgroup) can make the cgroup again after the cleanup removed
+    /// it. Found by the chaos run. Looks twice more, 2 and 10 s later, and
+    /// removes the task's cgroup, and with `parent_too` the pod's (when no
+    /// pod uses it any more), if they are there.
+    pub(super) fn sweep_late_task_cgroup(
+        self: &Arc<Self>,
+        pod: crate::store::PodRecord,
+        task_id: String,
+        parent_too: bool,
+    ) {
+        let runtime = Arc::downgrade(self);
+        tokio::spawn(async move {
+            for wait in [2, 8] {
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                let Some(rt) = runtime.upgrade() else {
+                    return;
+                };
+                rt.remove_task_cgroup(&pod, &task_id).await;
+                let unused = || {
+                    !rt.records()
+                        .pods
+                        .values()
+                        .any(|p| p.cgroup_parent == pod.cgroup_parent)
+                };
+                if parent_too && !pod.cgroup_parent.trim_matches('/').is_empty() && unused() {
+                    let _ = rt.qos.fs().remove_one(&pod.cgroup_parent);
+                }
+            }
+        });
+    }
+
     /// Applies `resources` to container `id`'s live cgroup, and re-sizes its
     /// pod's.
     pub async fn update_container_resources(

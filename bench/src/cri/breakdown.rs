@@ -109,7 +109,8 @@ impl Breakdown {
             }
             let timed = self.total(call);
             println!(
-                "  {call:<16} {:<22} {:>8.2}   (the call took {mean:.2} on average: {:.2} outside these phases)",
+                "  {call:<16} {:<22} {:>8.2}   (the call took {mean:.2} on average: {:.2} outside these phases; \
+                 negative where phases overlap)",
                 "all phases",
                 timed,
                 mean - timed

@@ -121,55 +121,80 @@ impl Runtime {
             let Some(rt) = runtime.upgrade() else {
                 return;
             };
-            if !rt.records().pods.contains_key(&pod_id) {
-                return;
-            }
-            let lock = rt.lock_for(&pod_id);
-            let _guard = lock.lock().await;
-            let Some(pod) = rt.records().pods.get(&pod_id).cloned() else {
-                // Removed meanwhile (its shim was told to shut down): the
-                // lock may have been made again here.
-                rt.forget_lock(&pod_id);
-                return;
-            };
-            if rt.shim_lost(&pod_id) {
-                return;
-            }
-            tracing::warn!(
-                pod_id = %pod_id,
-                shim_pid = pid,
-                "the pod's shim exited: marking its containers exited and the pod not ready"
-            );
-            // Known dead (not merely silent, as a shim recovery could not
-            // probe may be): no client connects to its socket again.
-            rt.lost_shims
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pod_id.clone());
-            rt.mark_shim_lost(&pod, &SHIM_DIED).await;
+            rt.shim_exited(pod_id, pid).await;
         });
     }
 
+    /// The pod's shim (pid `pid`, 0 if unknown) is gone while caissond
+    /// runs: unless the pod was removed meanwhile, its containers become
+    /// EXITED and the pod NOTREADY ([`Runtime::mark_shim_lost`]).
+    async fn shim_exited(self: &Arc<Self>, pod_id: String, pid: u32) {
+        if !self.records().pods.contains_key(&pod_id) {
+            return;
+        }
+        let lock = self.lock_for(&pod_id);
+        let _guard = lock.lock().await;
+        let Some(pod) = self.records().pods.get(&pod_id).cloned() else {
+            // Removed meanwhile (its shim was told to shut down): the
+            // lock may have been made again here.
+            self.forget_lock(&pod_id);
+            return;
+        };
+        if self.shim_lost(&pod_id) {
+            return;
+        }
+        tracing::warn!(
+            pod_id = %pod_id,
+            shim_pid = pid,
+            "the pod's shim exited: marking its containers exited and the pod not ready"
+        );
+        // Known dead (not merely silent, as a shim recovery could not
+        // probe may be): no client connects to its socket again.
+        self.lost_shims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pod_id.clone());
+        self.mark_shim_lost(&pod, &SHIM_DIED).await;
+    }
+
     /// Starts watching the shim of `pod`, whose pid it gives over its Task
-    /// API (`Connect`); a shim that does not answer is not watched.
+    /// API (`Connect`); a shim that no longer answers, or whose process is
+    /// gone already, is taken as gone.
     pub(super) async fn watch_pod_shim(
         self: &Arc<Self>,
         client: &crate::shims::ShimClient,
         pod: &PodRecord,
     ) {
-        let shim = match client.shim_pid(&pod.id).await {
+        let mut asked = client.shim_pid(&pod.id).await;
+        if asked.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            asked = client.shim_pid(&pod.id).await;
+        }
+        let shim = match asked {
             Ok(pid) if pid > 0 => Pidfd::open(pid),
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!(pod_id = %pod.id, error = %e, "asking the pod's shim for its pid");
+                // It answered the call before this one: it died since (the
+                // chaos run killed one in between, and the pod stayed READY
+                // with no shim).
+                tracing::warn!(pod_id = %pod.id, error = %e, "the pod's shim does not answer for its pid: taking it as gone");
+                self.spawn_shim_exited(pod.id.clone(), 0);
                 return;
             }
         };
         match shim {
             Ok(shim) => self.watch_shim(pod.id.clone(), shim),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                self.spawn_shim_exited(pod.id.clone(), 0)
+            }
             Err(e) => {
                 tracing::warn!(pod_id = %pod.id, error = %e, "opening a pidfd on the pod's shim")
             }
         }
+    }
+
+    fn spawn_shim_exited(self: &Arc<Self>, pod_id: String, pid: u32) {
+        let rt = self.clone();
+        tokio::spawn(async move { rt.shim_exited(pod_id, pid).await });
     }
 }

@@ -75,13 +75,13 @@ pub trait CgroupFs {
     /// missing one is fine; the first failure (a cgroup that still has
     /// processes: EBUSY) is returned after trying the rest.
     fn remove_tree(&self, cgroup: &str) -> Result<(), CgroupError> {
-        self.remove_in_every_hierarchy(cgroup, remove_dir_tree)
+        self.in_every_hierarchy(cgroup, remove_dir_tree)
     }
 
     /// Removes `cgroup` itself (not its children: one with children or
     /// processes is EBUSY) from every hierarchy; a missing one is fine.
     fn remove_one(&self, cgroup: &str) -> Result<(), CgroupError> {
-        self.remove_in_every_hierarchy(cgroup, |path| {
+        self.in_every_hierarchy(cgroup, |path| {
             remove_dir(path).map_err(|source| CgroupError::RemoveFailed {
                 path: path.to_path_buf(),
                 source,
@@ -95,7 +95,7 @@ pub trait CgroupFs {
     /// shim died mid-create). Answers how many processes it signalled.
     fn kill_tree(&self, cgroup: &str) -> usize {
         let pids = std::cell::RefCell::new(std::collections::BTreeSet::new());
-        let _ = self.remove_in_every_hierarchy(cgroup, |path| {
+        let _ = self.in_every_hierarchy(cgroup, |path| {
             collect_pids(path, &mut pids.borrow_mut());
             Ok(())
         });
@@ -110,12 +110,13 @@ pub trait CgroupFs {
         pids.len()
     }
 
-    /// `remove` on `cgroup`'s dir in every hierarchy; never the root.
+    /// `act` on `cgroup`'s dir in every hierarchy where it exists (removing
+    /// it, killing what is in it); never on the root.
     #[doc(hidden)]
-    fn remove_in_every_hierarchy(
+    fn in_every_hierarchy(
         &self,
         cgroup: &str,
-        remove: impl Fn(&Path) -> Result<(), CgroupError>,
+        act: impl Fn(&Path) -> Result<(), CgroupError>,
     ) -> Result<(), CgroupError> {
         let components: Vec<&str> = cgroup
             .split('/')
@@ -131,7 +132,7 @@ pub trait CgroupFs {
         for mut path in self.hierarchies() {
             path.extend(&components);
             if path.is_dir() {
-                if let Err(e) = remove(&path) {
+                if let Err(e) = act(&path) {
                     first_error.get_or_insert(e);
                 }
             }

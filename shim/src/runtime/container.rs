@@ -327,7 +327,9 @@ impl Runtime {
                     false
                 }
             },
-            Err(_) => false,
+            // A shim known to be gone had its tasks deleted without it
+            // then ([`Runtime::mark_shim_lost`]): nothing is left to do.
+            Err(_) => self.shim_lost(&pod.id),
         };
         if !answered {
             self.shims.delete_orphan(id, bundle, &pod.backend).await;

@@ -61,13 +61,7 @@ impl Runtime {
     /// caller holds the pod's lock (or runs before the CRI socket serves).
     pub async fn mark_shim_lost(&self, pod: &PodRecord, loss: &ShimLoss) -> usize {
         self.drop_client(&pod.id);
-        let tasks: Vec<_> = self
-            .records()
-            .containers
-            .values()
-            .filter(|c| c.pod_id == pod.id)
-            .cloned()
-            .collect();
+        let tasks = self.pod_containers(&pod.id);
         let mut marked = 0;
         for c in &tasks {
             if c.state == ContainerState::Exited {

@@ -174,6 +174,16 @@ impl Runtime {
 
     /// The shim client of a pod, connecting on first use; an error for a
     /// pod whose shim is gone.
+    /// The records of pod `pod_id`'s containers.
+    pub fn pod_containers(&self, pod_id: &str) -> Vec<ContainerRecord> {
+        self.records()
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
     pub fn client(&self, pod: &PodRecord) -> CriResult<ShimClient> {
         if self.shim_lost(&pod.id) {
             return Err(CriError::Internal(format!(
@@ -384,13 +394,7 @@ impl Runtime {
         }
         let pods: Vec<PodRecord> = self.records().pods.values().cloned().collect();
         for pod in pods {
-            let tasks: Vec<ContainerRecord> = self
-                .records()
-                .containers
-                .values()
-                .filter(|c| c.pod_id == pod.id)
-                .cloned()
-                .collect();
+            let tasks = self.pod_containers(&pod.id);
             // The probe's answer is also the pause task's state.
             let probe = match self.client(&pod) {
                 Ok(c) => match tokio::time::timeout(SHIM_PROBE_TIMEOUT, c.state(&pod.id)).await {

@@ -114,6 +114,20 @@ fn container_dir(h: &Hierarchy, cgroup_path: &Path, own: &[(Vec<String>, String)
     h.mount_point.join(path)
 }
 
+/// [`emulate`] against this process's mounts and cgroups, read once: the
+/// host's hierarchies and the shim's own cgroups do not change while it
+/// runs, and every task create comes here.
+pub(crate) fn emulate_here(spec: &mut Spec, cgroup_path: &Path) -> bool {
+    static HERE: std::sync::OnceLock<(Vec<MountEntry>, String)> = std::sync::OnceLock::new();
+    let (mounts, own) = HERE.get_or_init(|| {
+        (
+            crate::host::mountinfo::read().unwrap_or_default(),
+            std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+        )
+    });
+    emulate(spec, cgroup_path, mounts, own)
+}
+
 /// Replaces `spec`'s `cgroup` mount by a tmpfs and binds of the container's
 /// cgroups when the host's hierarchies are v1 (`mounts` and
 /// `own_cgroup` are this process's mountinfo and `/proc/self/cgroup`).

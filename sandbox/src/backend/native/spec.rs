@@ -244,12 +244,7 @@ pub(crate) fn prepare_bundle(
     let cgroup_path = libcontainer::utils::get_cgroup_path(linux.cgroups_path(), id);
     // libcontainer's own v1 cgroup mount fails in a shared PID namespace and
     // ignores `ro` ([`super::cgroup_mount`]).
-    if let (Ok(mounts), Ok(own)) = (
-        crate::host::mountinfo::read(),
-        fs::read_to_string("/proc/self/cgroup"),
-    ) {
-        changed |= super::cgroup_mount::emulate(&mut spec, &cgroup_path, &mounts, &own);
-    }
+    changed |= super::cgroup_mount::emulate_here(&mut spec, &cgroup_path);
 
     changed |= sanitize_process(&format!("task {id}"), &mut process, limits, None);
     if process.terminal().unwrap_or(false) != terminal {

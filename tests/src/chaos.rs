@@ -211,19 +211,7 @@ impl Shared {
 }
 
 async fn connect(socket: &Path) -> Option<RuntimeServiceClient<Channel>> {
-    let socket = socket.to_path_buf();
-    let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .ok()?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .ok()?;
+    let ch = crate::daemon::channel_to(socket.to_path_buf()).await.ok()?;
     Some(RuntimeServiceClient::new(ch))
 }
 
@@ -551,29 +539,13 @@ pub fn run(plan: &Plan) -> Summary {
     let started = Instant::now();
     let net = TestNetwork::new("cst-chaos", "cst-chaos0", "10.231.92").with_portmap();
     let tmpfs = Tmpfs::new("96m");
-    let root = tmpfs.path.join("root");
-    let root_line = format!("root_dir = \"{}\"", root.display());
-    let mut d = Caissond::start_edited("", |text| {
-        text.lines()
-            .map(|l| {
-                if l.starts_with("root_dir = ") {
-                    root_line.clone()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
-    });
+    let (mut d, scope) = start_with_root(&tmpfs.path.join("root"));
     d.import_busybox();
     net.install(
         &d,
         r#", {"type": "portmap", "capabilities": {"portMappings": true}}"#,
     );
-    let mut scope = Scope::of(&d).with_network("cst-chaos", "10.231.92");
-    scope.dirs = vec![d.dir.path().join("run"), root.clone()];
-    scope.state_dir = root.join("state");
+    let scope = scope.with_network("cst-chaos", "10.231.92");
     let filler = tmpfs.path.join("filler");
 
     let shared = Arc::new(Shared {
@@ -769,6 +741,29 @@ fn sigkill(pid: u32) {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
+}
+
+/// A caissond whose root dir (state, images, rootfs) is `root` (a small
+/// tmpfs to fill), and the leak-check scope that knows it.
+pub fn start_with_root(root: &Path) -> (Caissond, Scope) {
+    let root_line = format!("root_dir = \"{}\"", root.display());
+    let d = Caissond::start_edited("", |text| {
+        text.lines()
+            .map(|l| {
+                if l.starts_with("root_dir = ") {
+                    root_line.clone()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    });
+    let mut scope = Scope::of(&d);
+    scope.dirs = vec![d.dir.path().join("run"), root.to_path_buf()];
+    scope.state_dir = root.join("state");
+    (d, scope)
 }
 
 /// Fills the filesystem holding `path` (1 MiB writes until ENOSPC).

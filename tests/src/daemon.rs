@@ -173,17 +173,16 @@ impl Caissond {
     }
 
     pub async fn channel(&self) -> Result<Channel, tonic::transport::Error> {
-        let socket = self.socket.clone();
-        tonic::transport::Endpoint::try_from("http://[::]:50051")?
-            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
+        channel_to(self.socket.clone()).await
+    }
+
+    /// The pods caissond lists.
+    pub fn list_pods(&self) -> Vec<cri::PodSandbox> {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()));
+        self.ok("ListPodSandbox", r).items
     }
 
     pub fn runtime(&self) -> RuntimeServiceClient<Channel> {
@@ -315,6 +314,20 @@ fn remove_cgroup_tree(dir: &Path) {
 
 /// A pod config as kubelet sends it: metadata (`uid-<name>`, namespace
 /// `default`, attempt 0) and the pod's hostname.
+/// A gRPC channel to the CRI socket at `socket`.
+pub async fn channel_to(socket: PathBuf) -> Result<Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+}
+
 pub fn pod_config(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {

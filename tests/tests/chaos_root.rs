@@ -66,18 +66,7 @@ fn caissond_killed_during_run_pod_sandbox_leaks_nothing() {
     let run = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let ch = tonic::transport::Endpoint::try_from("http://[::]:50051")
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                    let socket = socket.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                            tokio::net::UnixStream::connect(socket).await?,
-                        ))
-                    }
-                }))
-                .await
-                .unwrap();
+            let ch = caisson_tests::daemon::channel_to(socket).await.unwrap();
             k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(ch)
                 .run_pod_sandbox(cri::RunPodSandboxRequest {
                     config: Some(config),
@@ -103,12 +92,7 @@ fn caissond_killed_during_run_pod_sandbox_leaks_nothing() {
     d.respawn();
     let v = d.settled_leak_check(&scope, Duration::from_secs(10));
     assert!(v.is_empty(), "{}\n{}", v.join("\n"), d.log_tail());
-    let mut rt = d.runtime();
-    let pods =
-        d.rt.block_on(rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()))
-            .unwrap()
-            .into_inner()
-            .items;
+    let pods = d.list_pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
     d.stop_pod(&pods[0].id);
@@ -277,32 +261,15 @@ fn created_task(dir: &std::path::Path, pod: &str) -> bool {
 /// is behind on.
 #[test]
 fn a_start_the_full_state_disk_kept_out_of_the_record_is_recovered() {
-    use caisson_tests::chaos::{fill, Tmpfs};
-    use caisson_tests::daemon::{container_config, Caissond};
-    use caisson_tests::leaks::{HostState, Scope};
+    use caisson_tests::chaos::{fill, start_with_root, Tmpfs};
+    use caisson_tests::daemon::container_config;
+    use caisson_tests::leaks::HostState;
     use k8s_cri::v1 as cri;
     use std::time::Duration;
 
     let tmpfs = Tmpfs::new("96m");
-    let root = tmpfs.path.join("root");
-    let root_line = format!("root_dir = \"{}\"", root.display());
-    let mut d = Caissond::start_edited("", |text| {
-        text.lines()
-            .map(|l| {
-                if l.starts_with("root_dir = ") {
-                    root_line.clone()
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
-    });
+    let (mut d, scope) = start_with_root(&tmpfs.path.join("root"));
     d.import_busybox();
-    let mut scope = Scope::of(&d);
-    scope.dirs = vec![d.dir.path().join("run"), root.clone()];
-    scope.state_dir = root.join("state");
     let config = d.pod_config("full");
     let pod = d.run_pod(&config);
     let c = d.create_container(&pod, &config, container_config("c", &["sleep", "1000"]));

@@ -323,12 +323,7 @@ fn ten_run_pod_sandbox_calls_for_the_same_pod_make_one() {
             }
             out
         });
-        let mut rt = d.runtime();
-        let pods =
-            d.rt.block_on(rt.list_pod_sandbox(cri::ListPodSandboxRequest::default()))
-                .unwrap()
-                .into_inner()
-                .items;
+        let pods = d.list_pods();
         assert_eq!(pods.len(), 1, "round {round}: {pods:?}");
         for a in &answers {
             match a {

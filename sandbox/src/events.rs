@@ -5,8 +5,8 @@
 //! Publishing never blocks a task operation: events go through a channel to
 //! one thread that (re)connects and forwards them in order.
 
-use std::sync::mpsc::{channel, Sender};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use containerd_shim_protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
@@ -183,6 +183,9 @@ pub fn timestamp(t: SystemTime) -> Timestamp {
     }
 }
 
+/// How long the events connection stays open after the last event.
+const IDLE_DISCONNECT: Duration = Duration::from_millis(500);
+
 /// Sends events to the caller's events service from a background thread.
 #[derive(Clone)]
 pub struct Publisher {
@@ -209,14 +212,33 @@ impl Publisher {
             .name("events".into())
             .spawn(move || {
                 let mut client: Option<EventsClient> = None;
-                for event in rx {
+                loop {
+                    // The connection is dropped once no event came for a
+                    // while: ttrpc's sync client reads replies on a thread
+                    // that wakes every 10 ms, which an idle pod should not pay.
+                    let event = match rx.recv_timeout(IDLE_DISCONNECT) {
+                        Ok(event) => event,
+                        Err(RecvTimeoutError::Timeout) => {
+                            client = None;
+                            // Every task operation publishes, so this is also
+                            // when the shim has gone quiet: give back the
+                            // heap pages its last operation freed.
+                            // SAFETY: malloc_trim only walks malloc's own heap.
+                            unsafe { libc::malloc_trim(0) };
+                            match rx.recv() {
+                                Ok(event) => event,
+                                Err(_) => break,
+                            }
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
                     let request = envelope(&namespace, &event);
                     for attempt in 0..3 {
                         if client.is_none() {
                             client = ttrpc::Client::connect(&address).ok().map(EventsClient::new);
                         }
                         let Some(c) = &client else {
-                            std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
+                            std::thread::sleep(Duration::from_millis(50 << attempt));
                             continue;
                         };
                         match c.forward(ttrpc::context::with_timeout(5_000_000_000), &request) {

@@ -233,18 +233,28 @@ fn memory_with_pods(
         pods.push(id);
         bring_up.push(times.total);
     }
-    let mut shims = Memory::default();
-    let mut pauses = Memory::default();
-    for id in &pods {
-        let procs = procfs::pod_processes(daemon.spec.shim_name, &daemon.spec.dir, id)?;
-        shims = shims + Memory::of(procs.shim)?;
-        pauses = pauses + Memory::of(procs.pause)?;
-    }
-    let daemon_with_pods = Memory::of(daemon.pid())?;
+    // The idle window first: memory is then read from pods that have
+    // settled (a shim lets its idle helpers go).
     let idle_cpu = match idle_cpu_window {
         Some(window) => Some(procfs::cpu_share(daemon.pid(), window)?),
         None => None,
     };
+    let mut shims = Memory::default();
+    let mut pauses = Memory::default();
+    let mut helpers = 0;
+    for id in &pods {
+        let procs = procfs::pod_processes(daemon.spec.shim_name, &daemon.spec.dir, id)?;
+        shims = shims + Memory::of(procs.shim)?;
+        for helper in &procs.helpers {
+            // A helper may exit between the listing and the read.
+            if let Ok(m) = Memory::of(*helper) {
+                shims = shims + m;
+                helpers += 1;
+            }
+        }
+        pauses = pauses + Memory::of(procs.pause)?;
+    }
+    let daemon_with_pods = Memory::of(daemon.pid())?;
     let cgroups_with_pods = crate::host::cgroups_below_parent(daemon.spec.cgroup_parent);
     for id in &pods {
         daemon.remove_pod(id)?;
@@ -253,6 +263,7 @@ fn memory_with_pods(
         daemon_with_pods,
         pods: n,
         shims,
+        helpers,
         pauses,
         pods_total: Latency::of(bring_up),
         cgroups_with_pods,

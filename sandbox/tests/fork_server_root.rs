@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use caisson_sandbox::backend::native::NativeBackend;
 use caisson_sandbox::backend::{Backend, ExecSpec, Stdio, TaskKind};
+use caisson_sandbox::host::forker::IDLE_EXIT;
 use caisson_tests::daemon::proc_status_field;
 
 mod support;
@@ -227,6 +228,41 @@ fn a_dead_fork_server_is_replaced() {
     let second = h.backend.fork_server_pid().unwrap();
     assert_ne!(second, first);
     assert_eq!(threads(second), 1);
+    h.backend.start(&id).unwrap();
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.log.wait_exit(&id, None).pid, pid);
+    for id in [&id, &waiting] {
+        h.delete(id).unwrap();
+    }
+}
+
+/// An idle fork server is let go (an idle pod costs one process less), even
+/// while a container it built keeps its socket open, and the next request
+/// starts a new one.
+#[test]
+fn an_idle_fork_server_exits_and_the_next_request_starts_one() {
+    let h = Harness::new();
+    let bundle = h.bundle("idle", &["sleep", "1000"], |_| {});
+    let waiting = unique("idle");
+    h.create_sandbox(&waiting, &bundle);
+    let first = h.backend.fork_server_pid().unwrap();
+    let until = Instant::now() + IDLE_EXIT + DEADLINE;
+    while Path::new(&format!("/proc/{first}")).exists() {
+        assert!(
+            Instant::now() < until,
+            "the fork server {first} still runs {:?} after its last request",
+            IDLE_EXIT + DEADLINE
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(h.backend.fork_server_pid(), None);
+    let second_bundle = h.bundle("idle-2", &["sleep", "1000"], |_| {});
+    let id = unique("idle");
+    let pid = h.create_sandbox(&id, &second_bundle);
+    let second = h.backend.fork_server_pid().expect("a new fork server");
+    assert_ne!(second, first);
     h.backend.start(&id).unwrap();
     h.backend
         .kill(&id, None, libc::SIGKILL as u32, false)

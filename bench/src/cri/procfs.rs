@@ -136,16 +136,19 @@ fn mentions(argv: &[String], dir: &Path) -> bool {
 }
 
 /// A pod's shim and its pause process.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PodProcesses {
     pub shim: u32,
     pub pause: u32,
+    /// The shim's own helper processes: everything below it but the pause
+    /// and the container (Caisson's fork server while it runs).
+    pub helpers: Vec<u32>,
 }
 
 /// Finds the shim serving `pod_id` (the binary `shim_name` with `-id
-/// <pod_id>` and a socket under `dir`) and the pause below it (a
-/// descendant whose `comm` names pause: `pause` or `caisson-pause`), and
-/// checks that the pod's container (`sleep`) runs below it too.
+/// <pod_id>` and a socket under `dir`), the pause below it (a descendant
+/// whose `comm` names pause: `pause` or `caisson-pause`) and the shim's
+/// helpers, and checks that the pod's container (`sleep`) runs below it too.
 pub fn pod_processes(shim_name: &str, dir: &Path, pod_id: &str) -> Result<PodProcesses> {
     let all = processes();
     let shims: Vec<&Process> = all
@@ -186,9 +189,15 @@ pub fn pod_processes(shim_name: &str, dir: &Path, pod_id: &str) -> Result<PodPro
     if sleeps != 1 {
         return Err(tree_error(&all, &below, "one container (sleep)", sleeps));
     }
+    let helpers = all
+        .iter()
+        .filter(|p| below[1..].contains(&p.pid) && p.pid != pause.pid && p.comm != "sleep")
+        .map(|p| p.pid)
+        .collect();
     Ok(PodProcesses {
         shim: shim.pid,
         pause: pause.pid,
+        helpers,
     })
 }
 

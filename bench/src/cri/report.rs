@@ -105,8 +105,10 @@ pub struct MemoryReport {
     /// The daemon after every run, with no pod left.
     pub daemon_after: Memory,
     pub pods: usize,
-    /// Summed over the pods.
+    /// Summed over the pods: each shim with its helper processes.
     pub shims: Memory,
+    /// How many helper processes were counted in `shims`.
+    pub helpers: usize,
     pub pauses: Memory,
     /// Cgroups below the daemon's cgroup parent (all hierarchies) while
     /// the pods run.
@@ -169,7 +171,7 @@ fn memory_rows(m: &MemoryReport) -> [(&'static str, &'static str, Memory); 9] {
             m.daemon_with_pods,
         ),
         ("daemon after all runs", "daemon_after_runs", m.daemon_after),
-        ("shims, sum", "shims_sum", m.shims),
+        ("shims (+ helpers), sum", "shims_sum", m.shims),
         ("pauses, sum", "pauses_sum", m.pauses),
         (
             "shims + pauses, sum",
@@ -310,9 +312,11 @@ pub fn print(opts: &Options, sides: &[Side]) {
             if side.killed { " (killed)" } else { "" }
         );
         println!(
-            "    {} cgroups below its cgroup parent (all hierarchies) while the {} pods ran",
+            "    {} cgroups below its cgroup parent (all hierarchies) while the {} pods ran; \
+             {} shim helper processes counted with the shims",
             side.memory.cgroups_with_pods.len(),
-            side.memory.pods
+            side.memory.pods,
+            side.memory.helpers
         );
         println!(
             "    left after its pods were removed and it stopped: {} mounts, {} processes, {} cgroups",
@@ -335,7 +339,7 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
         for (_, key, series) in s.phases.rows() {
             latency[key] = series.json();
         }
-        let mut memory = json!({"pods": s.memory.pods});
+        let mut memory = json!({"pods": s.memory.pods, "shim_helpers": s.memory.helpers});
         for (_, key, m) in memory_rows(&s.memory) {
             memory[key] = m.json();
         }

@@ -19,10 +19,12 @@
 //!   reply is one message: `{"pid": N}` or `{"error": "…", "kind": "…"}`
 //!   ([`Refused`]). Requests are serialised by the reaper's fork lock
 //!   ([`ForkServer::call`] takes the guard), so one is in flight at a time.
-//! * The server exits at EOF, i.e. when the backend that owns it is dropped,
-//!   and is SIGKILLed when the shim dies (`PR_SET_PDEATHSIG`, set from a
-//!   thread that lasts as long as the shim), even in the middle of a build.
-//!   If it dies, the next call starts a new one.
+//! * The server exits at EOF, i.e. when the backend that owns it is dropped
+//!   or when it has had nothing to do for [`IDLE_EXIT`] (an idle pod then
+//!   costs one process less: the next create or exec starts a new server,
+//!   a few ms), and is SIGKILLed when the shim dies (`PR_SET_PDEATHSIG`, set
+//!   from a thread that lasts as long as the shim), even in the middle of a
+//!   build. If it dies, the next call starts a new one.
 //! * Its pid is watched by the shim's reaper. What the server forks for the
 //!   caller should be made a *sibling* of the server (`CLONE_PARENT`): then
 //!   it is the shim's own child from the start, reaped by the shim.
@@ -32,7 +34,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError, Weak};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -120,10 +124,19 @@ pub enum ForkError {
     Lost(io::Error),
 }
 
+/// How long a server may wait for a request before the shim lets it go.
+pub const IDLE_EXIT: Duration = Duration::from_secs(10);
+
 /// The shim's handle on its fork server. See the module docs.
 pub struct ForkServer {
     exe: PathBuf,
-    connection: Mutex<Option<Connection>>,
+    slot: Arc<Mutex<Slot>>,
+}
+
+/// The running server, if any, and when it last answered.
+struct Slot {
+    connection: Option<Connection>,
+    last_used: Instant,
 }
 
 /// A running server: our end of the socket, and its process.
@@ -137,19 +150,21 @@ impl ForkServer {
     /// than at the first create.
     pub fn start(exe: PathBuf, reaper: &Reaper) -> io::Result<ForkServer> {
         let connection = spawn(&exe, &reaper.lock())?;
-        Ok(ForkServer {
+        let server = ForkServer {
             exe,
-            connection: Mutex::new(Some(connection)),
-        })
+            slot: Arc::new(Mutex::new(Slot {
+                connection: Some(connection),
+                last_used: Instant::now(),
+            })),
+        };
+        keeper_send(Job::Watch(Arc::downgrade(&server.slot)))?;
+        Ok(server)
     }
 
     /// The pid of the running server, if one is running.
     pub fn pid(&self) -> Option<u32> {
-        let connection = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        connection.as_ref().map(|c| c.process.pid())
+        let slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        slot.connection.as_ref().map(|c| c.process.pid())
     }
 
     /// Sends `request` with `fds` and waits for the reply. Holding the fork
@@ -163,27 +178,29 @@ impl ForkServer {
     ) -> Result<u32, ForkError> {
         let message = serde_json::to_vec(request)
             .map_err(|e| ForkError::Lost(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-        let mut slot = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(dead) = slot.as_ref().filter(|c| c.exited()) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(dead) = slot.connection.as_ref().filter(|c| c.exited()) {
             let pid = dead.process.pid();
             tracing::warn!(pid, "the fork server died; starting a new one");
-            *slot = None;
+            slot.connection = None;
         }
-        let connection = match slot.take() {
+        let connection = match slot.connection.take() {
             Some(connection) => connection,
-            None => spawn(&self.exe, guard).map_err(ForkError::Lost)?,
+            None => {
+                let connection = spawn(&self.exe, guard).map_err(ForkError::Lost)?;
+                keeper_send(Job::Watch(Arc::downgrade(&self.slot))).map_err(ForkError::Lost)?;
+                connection
+            }
         };
         let reply = connection.exchange(&message, fds);
+        slot.last_used = Instant::now();
         match reply {
             Ok(Reply::Pid { pid }) => {
-                *slot = Some(connection);
+                slot.connection = Some(connection);
                 Ok(pid)
             }
             Ok(Reply::Refused(refused)) => {
-                *slot = Some(connection);
+                slot.connection = Some(connection);
                 Err(ForkError::Refused(refused))
             }
             // The connection is dropped: the server, if alive, sees EOF and
@@ -193,32 +210,103 @@ impl ForkServer {
     }
 }
 
-/// Spawns `cmd` from a thread that lives as long as the process:
-/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
-/// and a call may come from a pool thread that ends when idle.
-fn spawn_from_lasting_thread(mut cmd: Command) -> io::Result<std::process::Child> {
-    type Job = Box<dyn FnOnce() + Send>;
-    static SPAWNER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> =
-        std::sync::OnceLock::new();
-    let spawner = SPAWNER.get_or_init(|| {
+/// What the keeper thread does: spawn a server, or watch a server's slot
+/// to let the server go once idle.
+enum Job {
+    Spawn(Box<dyn FnOnce() + Send>),
+    Watch(Weak<Mutex<Slot>>),
+}
+
+/// Hands `job` to the keeper: one thread that lives as long as the process
+/// (`PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+/// and a call may come from a pool thread that ends when idle), spawns the
+/// servers and closes the connection of a server idle for [`IDLE_EXIT`].
+fn keeper_send(job: Job) -> io::Result<()> {
+    static KEEPER: std::sync::OnceLock<Mutex<Sender<Job>>> = std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new()
-            .name("fork-server-spawner".into())
-            .spawn(move || rx.into_iter().for_each(|job| job()))
-            .expect("starting the fork server's spawner thread");
+            .name("fork-server-keeper".into())
+            .spawn(move || keep(rx))
+            .expect("starting the fork server's keeper thread");
         Mutex::new(tx)
     });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let job: Job = Box::new(move || {
-        let _ = tx.send(cmd.spawn());
-    });
-    spawner
+    keeper
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .send(job)
-        .map_err(|_| io::Error::other("the fork server's spawner thread is gone"))?;
+        .map_err(|_| io::Error::other("the fork server's keeper thread is gone"))
+}
+
+/// The keeper's loop: sleeps until a job comes or the next watched server
+/// may have been idle long enough.
+fn keep(rx: Receiver<Job>) {
+    let mut watched: Vec<Weak<Mutex<Slot>>> = Vec::new();
+    let mut wake: Option<Instant> = None;
+    loop {
+        let job = match wake {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+        };
+        match job {
+            Ok(Job::Spawn(spawn)) => spawn(),
+            Ok(Job::Watch(slot)) => {
+                if !watched.iter().any(|w| w.ptr_eq(&slot)) {
+                    watched.push(slot);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        wake = close_idle(&mut watched, Instant::now());
+    }
+}
+
+/// Drops the connection of every watched server idle for [`IDLE_EXIT`] (the
+/// server reads EOF and exits) and stops watching it; returns when the next
+/// one may be. A slot in use (a call holds it, maybe waiting for this very
+/// thread to spawn its server) is never waited for.
+fn close_idle(watched: &mut Vec<Weak<Mutex<Slot>>>, now: Instant) -> Option<Instant> {
+    let mut next: Option<Instant> = None;
+    let mut later = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+    watched.retain(|weak| {
+        let Some(slot) = weak.upgrade() else {
+            return false;
+        };
+        let mut slot = match slot.try_lock() {
+            Ok(slot) => slot,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                later(now + IDLE_EXIT);
+                return true;
+            }
+        };
+        let Some(connection) = &slot.connection else {
+            return false;
+        };
+        let idle_until = slot.last_used + IDLE_EXIT;
+        if idle_until > now {
+            later(idle_until);
+            return true;
+        }
+        tracing::debug!(
+            pid = connection.process.pid(),
+            "fork server idle: letting it go"
+        );
+        slot.connection = None;
+        false
+    });
+    next
+}
+
+/// Spawns `cmd` on the keeper thread (see [`keeper_send`]).
+fn spawn_from_lasting_thread(mut cmd: Command) -> io::Result<std::process::Child> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    keeper_send(Job::Spawn(Box::new(move || {
+        let _ = tx.send(cmd.spawn());
+    })))?;
     rx.recv()
-        .map_err(|_| io::Error::other("the fork server's spawner thread is gone"))?
+        .map_err(|_| io::Error::other("the fork server's keeper thread is gone"))?
 }
 
 /// Starts a server; its pid is watched (under `guard`) so its exit is

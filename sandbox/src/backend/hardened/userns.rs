@@ -270,7 +270,7 @@ impl UsernsPool {
         check_pool_dir(&self.registry)?;
         let lock = crate::host::lock_exclusive(&self.registry.join("pools.lock"))?;
         let path = self.registry.join(REGISTRY_FILE);
-        let mut pools: std::collections::BTreeMap<PathBuf, Geometry> =
+        let recorded: std::collections::BTreeMap<PathBuf, Geometry> =
             match fs::read_to_string(&path) {
                 Ok(text) => {
                     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
@@ -285,12 +285,12 @@ impl UsernsPool {
         };
         let (start, end) = range(&self.geometry());
         let mut live = std::collections::BTreeMap::new();
-        for (dir, theirs) in pools.into_iter().filter(|(dir, _)| *dir != ours) {
+        for (dir, theirs) in recorded.iter().filter(|(dir, _)| **dir != ours) {
             // A pool with no pod alive is forgotten (its dir may be gone).
-            if !pool_in_use(&dir) {
+            if !pool_in_use(dir) {
                 continue;
             }
-            let (their_start, their_end) = range(&theirs);
+            let (their_start, their_end) = range(theirs);
             if start < their_end && their_start < end {
                 return Err(format!(
                     "the user namespace pool {} (uids {start}..{end}) overlaps the pool {} \
@@ -301,12 +301,14 @@ impl UsernsPool {
                     dir.display()
                 ));
             }
-            live.insert(dir, theirs);
+            live.insert(dir.clone(), *theirs);
         }
         live.insert(ours, self.geometry());
-        pools = live;
-        crate::backend::native::write_json_atomically(&path, &pools)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // Written (and fsynced) only when it changed: not on every pod.
+        if live != recorded {
+            crate::backend::native::write_json_atomically(&path, &live)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         Ok(lock)
     }
 
@@ -484,22 +486,19 @@ struct SlotRecord {
 /// Writes `record` to a temp file in `dir`, then links it to `path`:
 /// `AlreadyExists` if the slot is taken.
 fn write_exclusive(dir: &Path, path: &Path, record: &SlotRecord) -> io::Result<()> {
+    // Not fsynced: a slot matters only while its pod's processes live, and
+    // one left torn or empty by a host crash is reclaimed (it cannot be
+    // parsed, and nothing is in its namespace).
     let mut tmp = tempfile::Builder::new().prefix(".slot-").tempfile_in(dir)?;
     serde_json::to_writer(tmp.as_file_mut(), record)?;
     tmp.as_file_mut().flush()?;
-    tmp.as_file().sync_all()?;
     fs::hard_link(tmp.path(), path)?;
-    // Linked: the slot is ours whatever happens next (failing now would
-    // leave it taken with nobody to free it).
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(slot = %path.display(), error = %e, "syncing the user namespace pool directory");
-    }
     Ok(())
 }
 
 /// Rewrites a slot this process owns.
 fn rewrite(path: &Path, record: &SlotRecord) -> io::Result<()> {
-    crate::backend::native::write_json_atomically(path, record)
+    crate::backend::native::replace_json(path, record)
 }
 
 /// The pool directory must be a real directory of this (root) user that no

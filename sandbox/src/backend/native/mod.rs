@@ -76,7 +76,7 @@ pub(crate) use userns::{layers_dir, valid_task_id};
 
 use process_io::{into_request, prepare_stdio, request_fds, write_process_file, ForkRequest};
 /// Writes JSON to `path` atomically (for backends built on this one).
-pub(crate) use spec::write_json_atomically;
+pub(crate) use spec::{replace_json, write_json_atomically};
 use spec::{HostLimits, SpecOrigin};
 use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
 
@@ -223,8 +223,10 @@ impl NativeBackend {
             });
         }
         Self::validate_id("create", id)?;
+        let began = std::time::Instant::now();
         let prepared =
             spec::prepare_bundle(id, &task.bundle, task.stdio.terminal, self.limits, origin)?;
+        let spec_written = began.elapsed();
         // The stdio is opened under the fork lock, and handed over and closed
         // within it (the fork server gets its own copies for one request).
         let guard = self.reaper.lock();
@@ -241,10 +243,17 @@ impl NativeBackend {
         };
         // The returned pid is this process's child, not reaped while the
         // guard is held.
+        let building = std::time::Instant::now();
         let built = self
             .forker
             .call(&guard, &request, &request_fds(child_stdio.as_ref()));
         drop(child_stdio);
+        tracing::debug!(
+            id,
+            spec_ms = spec_written.as_secs_f64() * 1e3,
+            build_ms = building.elapsed().as_secs_f64() * 1e3,
+            "task built"
+        );
         let pid = match built {
             Ok(pid) => pid,
             Err(ForkError::Refused(refused)) => return Err(from_refusal("create", id, refused)),

@@ -593,46 +593,29 @@ impl Runtime {
         config: &cri::PodSandboxConfig,
     ) -> CriResult<()> {
         self.pin_pod_netns(pod).await?;
-        // CNI ADD runs while the pod's files, the pause bundle and the shim
-        // are made: none of them needs the pod's IP but /etc/hosts, written
-        // again once it is known. Both run to their end (a failure of one
-        // never abandons the other half-way), and the pod takes what the
-        // network half recorded before either error is answered, so that
-        // teardown releases all of it.
+        // CNI ADD runs while the pod's files, the pause bundle, the shim and
+        // the pause itself are made and started: none of them needs the
+        // pod's IP but /etc/hosts, written again once it is known (the pause
+        // joins the pinned netns, whatever CNI does in it). Both run to their
+        // end (a failure of one never abandons the other half-way), and the
+        // pod takes what the network half recorded before either error is
+        // answered, so that teardown releases all of it.
         let mut network = pod.clone();
-        let (added, prepared) = tokio::join!(
+        let (added, started) = tokio::join!(
             self.add_pod_network(&mut network, config),
-            self.prepare_pause(pod, config)
+            self.start_pause(pod, config)
         );
         pod.cni_config = network.cni_config;
         pod.cni_result = network.cni_result;
         pod.ips = network.ips;
         pod.network_released = network.network_released;
         added?;
-        let hostname = prepared?;
+        let (hostname, client) = started?;
         if let Some(ip) = pod.ips.first().filter(|_| !pod.host_network) {
             let hosts = hosts_file(false, &hostname, Some(ip));
             std::fs::write(pod_dir(self, &pod.id).join("hosts"), hosts)
                 .map_err(|e| CriError::internal("writing the pod's /etc/hosts", e))?;
         }
-        // Recorded before the task exists (the address was, before the
-        // shim), so a crash from here on is cleaned up by recovery.
-        {
-            let _p = phase(RUN, "record");
-            self.save_pod(pod.clone())?;
-        }
-        let client = self.client(pod)?;
-        let req = api::CreateTaskRequest {
-            id: pod.id.clone(),
-            bundle: pod.bundle.display().to_string(),
-            ..Default::default()
-        };
-        let phase_create = phase(RUN, "pause create");
-        pod.pause_pid = client.create(req).await?;
-        drop(phase_create);
-        let phase_start = phase(RUN, "pause start");
-        client.start(&pod.id, "").await?;
-        drop(phase_start);
         pod.state = PodState::Ready;
         {
             let _p = phase(RUN, "record");
@@ -642,6 +625,30 @@ impl Runtime {
         let _p = phase(RUN, "shim watch");
         self.watch_pod_shim(&client, pod).await;
         Ok(())
+    }
+
+    /// [`Self::prepare_pause`], then the pause task created and started.
+    /// Its shim's address was recorded before the shim existed, so a crash
+    /// from here on is cleaned up by recovery. Answers the pod's hostname
+    /// and a client of its shim.
+    async fn start_pause(
+        &self,
+        pod: &mut PodRecord,
+        config: &cri::PodSandboxConfig,
+    ) -> CriResult<(String, crate::shims::ShimClient)> {
+        let hostname = self.prepare_pause(pod, config).await?;
+        let client = self.client(pod)?;
+        let req = api::CreateTaskRequest {
+            id: pod.id.clone(),
+            bundle: pod.bundle.display().to_string(),
+            ..Default::default()
+        };
+        let phase_create = phase(RUN, "pause create");
+        pod.pause_pid = client.create(req).await?;
+        drop(phase_create);
+        let _p = phase(RUN, "pause start");
+        client.start(&pod.id, "").await?;
+        Ok((hostname, client))
     }
 
     /// The pod's files (hostname, /etc/hosts without its IP yet,

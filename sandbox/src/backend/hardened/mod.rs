@@ -268,6 +268,7 @@ impl HardenedBackend {
     ) -> Result<u32> {
         let scratch = layers_dir(self.native.state_root(), &task.id);
         let root = (pod.userns.first_id(), pod.userns.first_id());
+        let began = std::time::Instant::now();
         let mounted =
             idmap::mount_idmapped(&rootfs, pod.userns.fd(), root, &scratch).map_err(|e| {
                 BackendError::Failed {
@@ -276,6 +277,11 @@ impl HardenedBackend {
                     reason: e.to_string(),
                 }
             })?;
+        tracing::debug!(
+            id = task.id,
+            idmap_ms = began.elapsed().as_secs_f64() * 1e3,
+            "rootfs idmapped"
+        );
         let extras = CreateExtras {
             fork_netns,
             exec_userns: Some(ExecUserns {
@@ -329,6 +335,7 @@ impl Backend for HardenedBackend {
             });
         }
         let new_pod = task.kind == TaskKind::Sandbox;
+        let began = std::time::Instant::now();
         if new_pod {
             if pods.contains_key(&task.id) {
                 return Err(BackendError::AlreadyExists {
@@ -346,6 +353,7 @@ impl Backend for HardenedBackend {
                 },
             );
         }
+        let userns_made = began.elapsed();
         let (pid, added) = match self.create_in_pod(task, &pods) {
             Ok(made) => made,
             Err(e) => {
@@ -363,7 +371,15 @@ impl Backend for HardenedBackend {
         pod.tasks.insert(task.id.clone());
         let (first_id, ids) = (pod.userns.first_id(), pod.userns.count());
         drop(pods);
-        tracing::info!(id = task.id, ?added, first_id, ids, "hardened task created");
+        tracing::info!(
+            id = task.id,
+            ?added,
+            first_id,
+            ids,
+            userns_ms = userns_made.as_secs_f64() * 1e3,
+            total_ms = began.elapsed().as_secs_f64() * 1e3,
+            "hardened task created"
+        );
         locked(&self.added_caps).insert(task.id.clone(), added);
         Ok(pid)
     }

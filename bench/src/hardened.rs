@@ -13,7 +13,10 @@
 //!    files (create an archive, extract it elsewhere), timed inside the
 //!    container by `caisson-probe bench run`. Medians; ratios to native.
 //!    Under runsc the two loops run [`runsc::ITERATION_DIVISOR`] times
-//!    fewer iterations (ns/op is per iteration whatever their number).
+//!    fewer iterations (ns/op is per iteration whatever their number). In
+//!    the native pod also `bench getpid-allow-all`: the getpid loop under a
+//!    one-instruction filter that allows everything, i.e. what having any
+//!    seccomp filter costs a syscall, however the filter is written.
 //! 2. Pod start latency: `--runs` times, handlers alternating,
 //!    RunPodSandbox + CreateContainer + StartContainer; p50 and p90.
 //! 3. Memory: `--pods` pods of one handler at a time, each with a sleeping
@@ -133,6 +136,8 @@ const UNISTD_64: &str = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h";
 #[derive(Debug, Clone, Default)]
 struct Results {
     getpid_ns: Vec<f64>,
+    /// getpid under a one-instruction allow-all filter (native only).
+    getpid_allow_all_ns: Vec<f64>,
     openread_ns: Vec<f64>,
     tar_ms: Vec<f64>,
     start_ms: Vec<f64>,
@@ -281,6 +286,13 @@ fn syscall_costs(d: &Caissond, opts: &Options, results: &mut [Results]) -> Resul
             let getpid = (GETPID_ITERATIONS / divisor).to_string();
             let openread = (OPENREAD_ITERATIONS / divisor).to_string();
             r.getpid_ns.push(probe_bench(d, ctr, &["getpid", &getpid])?);
+            // What any filter costs, whatever its length: the same loop in
+            // the filterless native pod after loading a filter that allows
+            // everything.
+            if i == 0 {
+                r.getpid_allow_all_ns
+                    .push(probe_bench(d, ctr, &["getpid-allow-all", &getpid])?);
+            }
             r.openread_ns.push(probe_bench(
                 d,
                 ctr,
@@ -509,6 +521,15 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
         print!("{:>24}", r.processes_per_pod);
     }
     println!();
+    let floor = &results[0].getpid_allow_all_ns;
+    println!(
+        "seccomp's floor: getpid in the native pod under a one-instruction allow-all filter, \
+         min / median {:.1} ({}) / {:.1} ({}) ns/op",
+        percentile(floor, 0.0),
+        ratio(percentile(floor, 0.0), percentile(&results[0].getpid_ns, 0.0)),
+        median(floor),
+        ratio(median(floor), median(&results[0].getpid_ns)),
+    );
     println!(
         "extra Pss per pod, hardened - native: {:.0} KiB",
         results[1].pss_kib_per_pod - results[0].pss_kib_per_pod
@@ -555,6 +576,7 @@ fn to_json(opts: &Options, results: &[Results], coverage: &Coverage) -> serde_js
                 "runtime_default_seccomp": variant.runtime_default,
                 "iteration_divisor": variant.iteration_divisor,
                 "getpid_ns_per_op": r.getpid_ns,
+                "getpid_allow_all_filter_ns_per_op": r.getpid_allow_all_ns,
                 "openread_ns_per_op": r.openread_ns,
                 "tar_ms": r.tar_ms,
                 "pod_start_ms": r.start_ms,

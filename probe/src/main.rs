@@ -9,7 +9,8 @@
 //! * `workload`: the compatibility workload ([`workload`]): threads, futex,
 //!   epoll, mmap, signals, pipes, file I/O, TCP and unix sockets, exec, fork;
 //!   one line per check (`name<TAB>ok|fail<TAB>detail`), exit 1 if any fails.
-//! * `bench getpid N`, `bench openread N [PATH]`, `bench run N -- CMD...`,
+//! * `bench getpid N`, `bench getpid-allow-all N`, `bench openread N [PATH]`,
+//!   `bench run N -- CMD...`,
 //!   `bench mktree DIR FILES`: micro-benchmarks ([`bench`]) printing
 //!   `name<TAB>iterations<TAB>ns/op`.
 
@@ -24,6 +25,7 @@ const USAGE: &str = "\
 usage: caisson-probe escape [--marker PATH --token TEXT]
        caisson-probe workload
        caisson-probe bench getpid N
+       caisson-probe bench getpid-allow-all N
        caisson-probe bench openread N [PATH]
        caisson-probe bench run N -- CMD [ARGS...]
        caisson-probe bench mktree DIR FILES

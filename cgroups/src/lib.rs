@@ -8,6 +8,7 @@
 //! - [`stats`]: a cgroup's usage read from cgroupfs.
 //! - [`tree`]: the kubepods hierarchy Caisson builds when kubelet gives no parent.
 //! - [`unified`]: the allow-list of CRI `unified` keys and their v1 equivalents.
+//! - [`warm`]: starting the grace period a cgroup move waits for before it is needed.
 //!
 //! Writes are plain cgroupfs file writes behind the [`fs::CgroupFs`] trait
 //! (a real root or a fake tree in tests): the hierarchy levels only need a
@@ -23,6 +24,7 @@ pub mod qos;
 pub mod stats;
 pub mod tree;
 pub mod unified;
+pub mod warm;
 
 mod error;
 

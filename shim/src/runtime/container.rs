@@ -144,6 +144,8 @@ impl Runtime {
         config: cri::ContainerConfig,
         sandbox_config: Option<cri::PodSandboxConfig>,
     ) -> CriResult<String> {
+        // The container's init will be moved into its cgroup in a few ms.
+        super::warm_cgroup_moves();
         let meta = config
             .metadata
             .clone()

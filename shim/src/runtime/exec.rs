@@ -100,6 +100,8 @@ impl Runtime {
         cmd: Vec<String>,
         timeout: i64,
     ) -> CriResult<cri::ExecSyncResponse> {
+        // The exec will be moved into the container's cgroup in a few ms.
+        super::warm_cgroup_moves();
         if cmd.is_empty() {
             return Err(CriError::invalid("cmd", "must not be empty"));
         }

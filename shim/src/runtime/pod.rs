@@ -533,7 +533,13 @@ impl Runtime {
             mark_new_cgroup_parent(self, &pod).and_then(|()| create_pod_cgroup(self, &pod, &config))
         };
         let started = match cgroup {
-            Ok(()) => self.start_pod(&mut pod, &config).await,
+            Ok(()) => {
+                // The pause will be moved into its cgroup in a few ms. Not
+                // earlier: the warm-up holds the kernel's cgroup_mutex while
+                // it waits, which the pod cgroup's mkdirs need.
+                super::warm_cgroup_moves();
+                self.start_pod(&mut pod, &config).await
+            }
             Err(e) => Err(e),
         };
         match started {

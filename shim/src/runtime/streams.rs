@@ -227,6 +227,7 @@ impl RemoteCommand for ExecSession {
 
 impl ExecSession {
     async fn exec(&self, streams: SessionStreams) -> CriResult<i32> {
+        super::warm_cgroup_moves();
         let c = self.rt.running_container(&self.container_id)?;
         let pod = self.rt.pod(&c.pod_id)?;
         let client = self.rt.client(&pod)?;

@@ -526,7 +526,10 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
         "seccomp's floor: getpid in the native pod under a one-instruction allow-all filter, \
          min / median {:.1} ({}) / {:.1} ({}) ns/op",
         percentile(floor, 0.0),
-        ratio(percentile(floor, 0.0), percentile(&results[0].getpid_ns, 0.0)),
+        ratio(
+            percentile(floor, 0.0),
+            percentile(&results[0].getpid_ns, 0.0)
+        ),
         median(floor),
         ratio(median(floor), median(&results[0].getpid_ns)),
     );

@@ -54,6 +54,93 @@ fn runtime_default_seccomp_applies_to_the_container_and_its_execs() {
     assert_eq!(seccomp_mode(&exec), "0", "no profile asked: none applied");
 }
 
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .map(|l| l[field.len()..].trim().to_string())
+        .unwrap_or_default()
+}
+
+/// With no_new_privs the filter is loaded by the shim's executor from a
+/// program the fork server compiled (once per node: it is kept as a file),
+/// not by libcontainer: the init still runs under exactly one filter that
+/// denies what RuntimeDefault denies, and so do its execs.
+#[test]
+fn runtime_default_with_no_new_privs_filters_the_init_once_and_its_execs() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("seccomp-nnp");
+    let pod = d.run_pod(&config);
+    let config_for = |name: &str| {
+        let mut c = container_config(
+            name,
+            &[
+                "sh",
+                "-c",
+                "unshare -n true; echo $? > /tmp/unshare; exec sleep 1000",
+            ],
+        );
+        c.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                seccomp: Some(cri::SecurityProfile {
+                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
+                no_new_privs: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    // Two containers: the second one's program is found compiled.
+    for name in ["nnp-1", "nnp-2"] {
+        let c = d.create_started_container(&pod, &config, config_for(name));
+        let init =
+            std::fs::read_to_string(format!("/proc/{}/status", d.container_pid(&c))).unwrap();
+        assert_eq!(seccomp_mode(&init), "2", "{name}: the init runs filtered");
+        assert_eq!(
+            status_field(&init, "Seccomp_filters:"),
+            "1",
+            "{name}: one filter"
+        );
+        assert_eq!(status_field(&init, "NoNewPrivs:"), "1", "{name}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let rc = loop {
+            let out = d.try_exec(&c, &["cat", "/tmp/unshare"], 10).unwrap();
+            if out.exit_code == 0 {
+                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no /tmp/unshare"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_ne!(rc, "0", "{name}: unshare must be denied in the init");
+        let exec = d.exec(&c, &["cat", "/proc/self/status"]);
+        assert_eq!(seccomp_mode(&exec), "2", "{name}: an exec runs filtered");
+        assert_eq!(status_field(&exec, "Seccomp_filters:"), "1", "{name}");
+        let denied = d.try_exec(&c, &["unshare", "-n", "true"], 10).unwrap();
+        assert_ne!(
+            denied.exit_code, 0,
+            "{name}: unshare must be denied in an exec"
+        );
+    }
+    // The fork server kept the compiled program for the node's next shims.
+    let programs = d.dir.path().join("run/shim/state/.seccomp-bpf");
+    let kept = std::fs::read_dir(&programs)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".bpf"))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(kept, 1, "one program kept in {}", programs.display());
+}
+
 fn apparmor(profile_type: cri::security_profile::ProfileType, name: &str) -> cri::SecurityProfile {
     cri::SecurityProfile {
         profile_type: profile_type as i32,

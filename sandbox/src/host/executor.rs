@@ -91,9 +91,12 @@ fn confine_to_root(spec: &Spec) -> Result<(), ExecutorError> {
 /// (the process already has `no_new_privs` and its final capabilities).
 pub const EXEC_SECCOMP_ANNOTATION: &str = "io.caisson.exec-seccomp";
 
-/// Loads the [`EXEC_SECCOMP_ANNOTATION`] filter in an exec process (whose
-/// spec has no `linux.seccomp`: an init process has had its filter loaded by
-/// libcontainer already). A filter that cannot be loaded fails the exec.
+/// Loads the [`EXEC_SECCOMP_ANNOTATION`] filter in an exec process, or in
+/// an init whose `linux.seccomp` the native backend left to this executor
+/// (no_new_privs set, no notify action: [`crate::backend::native`]'s
+/// `prepare_bundle`); an init whose spec still has `linux.seccomp` has had
+/// it loaded by libcontainer. A filter that cannot be loaded fails the
+/// process.
 fn load_exec_filter(spec: &Spec) -> Result<(), ExecutorError> {
     let already = spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some());
     let Some(json) = spec
@@ -106,11 +109,14 @@ fn load_exec_filter(spec: &Spec) -> Result<(), ExecutorError> {
     if already {
         return Ok(());
     }
-    let filter: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(json)
+    // Compiled by the fork server before it built this process, usually
+    // ([`crate::host::seccomp_cache`]); compiled here otherwise.
+    let program = crate::host::seccomp_cache::prepare(json)
         .map_err(|e| ExecutorError::Other(format!("{EXEC_SECCOMP_ANNOTATION}: {e}")))?;
-    // The exec has dropped its capabilities by now, so the kernel only lets
-    // it install a filter under no_new_privs: exec processes of a filtered
-    // container therefore always run with no_new_privs.
+    // The process has dropped its capabilities by now, so the kernel only
+    // lets it install a filter under no_new_privs: exec processes of a
+    // filtered container therefore always run with no_new_privs (an init
+    // gets its filter here only when its spec asks for no_new_privs).
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(ExecutorError::Other(format!(
@@ -118,8 +124,17 @@ fn load_exec_filter(spec: &Spec) -> Result<(), ExecutorError> {
             std::io::Error::last_os_error()
         )));
     }
-    libcontainer::seccomp::initialize_seccomp(&filter)
-        .map_err(|e| ExecutorError::Other(format!("loading the exec seccomp filter: {e}")))?;
+    match program {
+        Some(program) => crate::host::seccomp_cache::load(&program)
+            .map_err(|e| ExecutorError::Other(format!("loading the exec seccomp filter: {e}")))?,
+        None => {
+            let filter: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(json)
+                .map_err(|e| ExecutorError::Other(format!("{EXEC_SECCOMP_ANNOTATION}: {e}")))?;
+            libcontainer::seccomp::initialize_seccomp(&filter).map_err(|e| {
+                ExecutorError::Other(format!("loading the exec seccomp filter: {e}"))
+            })?;
+        }
+    }
     Ok(())
 }
 

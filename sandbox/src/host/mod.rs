@@ -45,6 +45,7 @@ pub mod idmap;
 pub mod mountinfo;
 pub mod pidfd;
 pub mod reaper;
+pub mod seccomp_cache;
 pub mod stdio;
 pub mod userns;
 pub mod userns_spec;

@@ -22,7 +22,7 @@ use super::errors::{failed, refusal, stdio_error};
 use super::spec;
 use crate::backend::hardened::exec_userns::BuildScope;
 use crate::backend::{Result, Stdio};
-use crate::host::executor::CleanSignals;
+use crate::host::executor::{CleanSignals, EXEC_SECCOMP_ANNOTATION};
 use crate::host::forker::{self, RefusalKind, Refused};
 use crate::host::stdio::{ChildStdio, PendingStdio, PrepareError, PreparedStdio};
 
@@ -199,6 +199,7 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             netns: _,
         } => {
             let _scope = BuildScope::init();
+            prepare_filter(&bundle.join("config.json"), &state_root);
             let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let container = builder
                 .as_init(&bundle)
@@ -225,8 +226,11 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             // Until the build returns: the exec process is a copy of this
             // one and finds the namespace's fd there.
             let _scope = BuildScope::exec(userns);
-            let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let container_dir = state_root.join(&id);
+            if let Some(bundle) = bundle_of(&container_dir) {
+                prepare_filter(&bundle.join("config.json"), &state_root);
+            }
+            let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let built = builder
                 .as_tenant()
                 .as_sibling(true)
@@ -237,6 +241,56 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             Ok(built.map_err(refusal)?.as_raw() as u32)
         }
     }
+}
+
+/// Compiles the seccomp filter the executor will load in the process about
+/// to be built (the spec's [`EXEC_SECCOMP_ANNOTATION`]) into this process's
+/// cache, which that process inherits ([`crate::host::seccomp_cache`]).
+/// Compiled programs are kept beside `state_root` too (every shim of the
+/// node shares them). Best effort: a process that does not find its program
+/// compiles it itself.
+fn prepare_filter(config: &Path, state_root: &Path) {
+    #[derive(serde::Deserialize)]
+    struct Annotated {
+        #[serde(default)]
+        annotations: Option<std::collections::HashMap<String, String>>,
+    }
+    let Ok(text) = std::fs::read(config) else {
+        return;
+    };
+    let Ok(spec) = serde_json::from_slice::<Annotated>(&text) else {
+        return;
+    };
+    let Some(json) = spec
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(EXEC_SECCOMP_ANNOTATION))
+    else {
+        return;
+    };
+    // Beside the namespaces' state dirs, as the user namespace pool is.
+    let dir = state_root
+        .parent()
+        .unwrap_or(state_root)
+        .join(SECCOMP_PROGRAMS_DIR);
+    if let Err(e) = crate::host::seccomp_cache::prepare_in(json, Some(&dir)) {
+        tracing::debug!(config = %config.display(), error = %e, "compiling the task's seccomp filter");
+    }
+}
+
+/// Where, beside the state root, compiled seccomp programs are kept.
+const SECCOMP_PROGRAMS_DIR: &str = ".seccomp-bpf";
+
+/// The bundle of the container whose libcontainer state is in `dir`.
+fn bundle_of(dir: &Path) -> Option<PathBuf> {
+    #[derive(serde::Deserialize)]
+    struct State {
+        bundle: PathBuf,
+    }
+    let text = std::fs::read(dir.join("state.json")).ok()?;
+    serde_json::from_slice::<State>(&text)
+        .ok()
+        .map(|s| s.bundle)
 }
 
 /// Removes the sockets libcontainer makes in a container's state dir for

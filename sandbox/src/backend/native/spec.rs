@@ -278,6 +278,21 @@ pub(crate) fn prepare_bundle(
             spec.set_annotations(Some(annotations));
             changed = true;
         }
+        // Under no_new_privs libcontainer would load the filter right before
+        // the executor runs, compiling it in the container's process; the
+        // executor loads the same filter there, compiled once by the fork
+        // server ([`crate::host::seccomp_cache`]). Without no_new_privs the
+        // filter must go in while the process still has its capabilities,
+        // which only libcontainer's earlier load does.
+        if process.no_new_privileges() == Some(true)
+            && crate::host::seccomp_cache::compilable(&filter)
+        {
+            if let Some(mut linux) = spec.linux().clone() {
+                linux.set_seccomp(None);
+                spec.set_linux(Some(linux));
+                changed = true;
+            }
+        }
     }
     let oom_score_adj = process.oom_score_adj();
     if changed {

@@ -277,6 +277,7 @@ fn memory_with_pods(
 /// until all were running.
 fn burst(daemon: &mut Daemon, n: usize) -> Result<Burst> {
     let barrier = std::sync::Barrier::new(n);
+    let busy_before = procfs::host_busy()?;
     let started = std::time::Instant::now();
     let shared: &Daemon = daemon;
     // Errors cross the threads as text (the bench's error type is not Send).
@@ -304,6 +305,7 @@ fn burst(daemon: &mut Daemon, n: usize) -> Result<Burst> {
             .collect()
     });
     let all_running = started.elapsed();
+    let host_cpu = procfs::host_busy()?.saturating_sub(busy_before);
     let mut per_pod = Vec::new();
     let mut first_error = None;
     for r in results {
@@ -324,6 +326,7 @@ fn burst(daemon: &mut Daemon, n: usize) -> Result<Burst> {
         pods: n,
         per_pod: Latency::of(per_pod),
         all_running,
+        host_cpu,
     })
 }
 

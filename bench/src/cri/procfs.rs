@@ -91,6 +91,29 @@ pub fn cpu_share(pid: u32, window: std::time::Duration) -> Result<f64> {
     Ok(after.saturating_sub(before).as_secs_f64() * 100.0 / window.as_secs_f64())
 }
 
+/// The host's busy CPU time so far (all CPUs: user, nice, system, irq,
+/// softirq, steal from `/proc/stat`), at the kernel's 10 ms resolution.
+pub fn host_busy() -> Result<std::time::Duration> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or("/proc/stat has no cpu line")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle, iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(std::time::Duration::from_millis(busy * 1000 / hz))
+}
+
 pub fn processes() -> Vec<Process> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();

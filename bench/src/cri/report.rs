@@ -149,6 +149,9 @@ pub struct Burst {
     pub per_pod: Latency,
     /// From the start until every pod was running.
     pub all_running: Duration,
+    /// The host's busy CPU time meanwhile (every process: daemon, shims,
+    /// runtimes, CNI plugins, the bench's client).
+    pub host_cpu: Duration,
 }
 
 impl Burst {
@@ -157,6 +160,7 @@ impl Burst {
             "pods": self.pods,
             "per_pod": self.per_pod.json(),
             "all_running_ms": ms(self.all_running),
+            "host_cpu_ms": ms(self.host_cpu),
         })
     }
 }
@@ -293,6 +297,11 @@ pub fn print(opts: &Options, sides: &[Side]) {
             ("all running", ms(a.all_running), ms(b.all_running)),
             ("per pod p50", ms(a.per_pod.p50), ms(b.per_pod.p50)),
             ("per pod p99", ms(a.per_pod.p99), ms(b.per_pod.p99)),
+            (
+                "host CPU per pod",
+                ms(a.host_cpu) / a.pods.max(1) as f64,
+                ms(b.host_cpu) / b.pods.max(1) as f64,
+            ),
         ] {
             println!("  {name:<30} {x:>10.1} {y:>10.1} {:>8.2}", ratio(x, y));
         }

@@ -287,104 +287,30 @@ fn decode_json_any<T: serde::de::DeserializeOwned>(any: &Any, what: &str) -> Ttr
         .map_err(|e| status(Code::INVALID_ARGUMENT, format!("{what}: {e}")))
 }
 
+/// Runs `call` on a thread of its own and returns what it returns. For the
+/// calls that go deep (a task's create, start, exec and delete load specs
+/// and libcontainer state): a thread's stack keeps every page it ever
+/// touched, and ttrpc's handler threads live as long as their connection,
+/// so each one that once served a create kept ~70 KiB; a short-lived thread's
+/// stack is given back when it ends.
+fn on_own_thread<T: Send>(call: impl FnOnce() -> TtrpcResult<T> + Send) -> TtrpcResult<T> {
+    std::thread::scope(
+        |s| match std::thread::Builder::new().spawn_scoped(s, call) {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(status(Code::INTERNAL, "the call panicked"))),
+            Err(e) => Err(status(Code::INTERNAL, format!("starting a thread: {e}"))),
+        },
+    )
+}
+
 impl Task for TaskService {
     fn create(
         &self,
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        let _span = tracing::info_span!("create", id = %req.id).entered();
-        if req.id.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "id must not be empty"));
-        }
-        let checkpoint = crate::checkpoint::restore_images(&req.checkpoint, self.backend.as_ref())?;
-        if let Some(options) = req.options.as_ref() {
-            // containerd's `[runtimes.<name>.options]`: this shim's backend
-            // was configured before the task existed, so they cannot apply.
-            tracing::warn!(
-                type_url = %options.type_url,
-                "ignoring the task's runtime options: set the backend's options in \
-                 CAISSON_BACKEND_OPTIONS (see integration/containerd/README.md)"
-            );
-        }
-        let bundle = PathBuf::from(&req.bundle);
-        if !bundle.is_absolute() {
-            return Err(status(
-                Code::INVALID_ARGUMENT,
-                format!("bundle {:?} must be an absolute path", req.bundle),
-            ));
-        }
-        let kind = task_kind(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-        if self
-            .tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&req.id)
-        {
-            return Err(status(
-                Code::ALREADY_EXISTS,
-                format!("task {:?} already exists", req.id),
-            ));
-        }
-        let mounts: Vec<RootfsMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootfsMount {
-                kind: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let mounted_rootfs =
-            mount_rootfs(&bundle, &mounts).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
-        let stdio = Stdio {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-            // CRI Attach reads the init's output here (served only when
-            // the output goes to a CRI log, which the shim writes).
-            attach: Some(bundle.join(ATTACH_SOCKET)),
-        };
-        let spec = TaskSpec {
-            id: req.id.clone(),
-            bundle: bundle.clone(),
-            kind: kind.clone(),
-            stdio: stdio.clone(),
-            checkpoint,
-        };
-        let pid = match self.backend.create(&spec) {
-            Ok(pid) => pid,
-            Err(e) => {
-                if let Some(rootfs) = &mounted_rootfs {
-                    let _ = unmount_all(rootfs);
-                }
-                return Err(backend_status(e));
-            }
-        };
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            req.id.clone(),
-            TaskEntry {
-                bundle,
-                init: Process::new(pid, stdio),
-                execs: HashMap::new(),
-                mounted_rootfs,
-            },
-        );
-        tracing::info!(pid, "task created");
-        self.publisher.publish(TaskEvent::Create {
-            id: req.id,
-            bundle: req.bundle,
-            pid,
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            terminal: req.terminal,
-        });
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
+        on_own_thread(|| self.create_task(req))
     }
 
     fn start(
@@ -392,37 +318,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let (process, _) = self.process(&req.id, &req.exec_id)?;
-        if process.state != State::Created {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                format!("process is {}, not created", process.state.name()),
-            ));
-        }
-        let pid = match exec_opt(&req.exec_id) {
-            None => self.backend.start(&req.id),
-            Some(exec_id) => self.backend.start_exec(&req.id, exec_id),
-        }
-        .map_err(backend_status)?;
-        self.with_process(&req.id, &req.exec_id, |_, p| {
-            p.pid = pid;
-            // A fast process may already have been reported as exited.
-            if p.exit.is_none() {
-                p.state = State::Running;
-            }
-        })?;
-        match exec_opt(&req.exec_id) {
-            None => self.publisher.publish(TaskEvent::Start { id: req.id, pid }),
-            Some(_) => self.publisher.publish(TaskEvent::ExecStarted {
-                id: req.id,
-                exec_id: req.exec_id,
-                pid,
-            }),
-        }
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
+        on_own_thread(|| self.start_task(req))
     }
 
     fn delete(
@@ -430,52 +326,11 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let (process, _) = self.process(&req.id, &req.exec_id)?;
-        if matches!(process.state, State::Running | State::Paused) {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                format!(
-                    "process of task {:?} is {}: kill it before deleting",
-                    req.id,
-                    process.state.name()
-                ),
-            ));
-        }
-        self.backend
-            .delete(&req.id, exec_opt(&req.exec_id))
-            .map_err(backend_status)?;
-        let (exit_status, exited_at) = process.exit.unwrap_or((0, SystemTime::now()));
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        match exec_opt(&req.exec_id) {
-            Some(exec_id) => {
-                if let Some(task) = tasks.get_mut(&req.id) {
-                    task.execs.remove(exec_id);
-                }
-            }
-            None => {
-                if let Some(task) = tasks.remove(&req.id) {
-                    if let Some(rootfs) = &task.mounted_rootfs {
-                        if let Err(e) = unmount_all(rootfs) {
-                            tracing::warn!(id = %req.id, error = %e, "unmounting rootfs");
-                        }
-                    }
-                }
-                drop(tasks);
-                tracing::info!(id = %req.id, "task deleted");
-                self.publisher.publish(TaskEvent::Delete {
-                    id: req.id.clone(),
-                    pid: process.pid,
-                    status: exit_status,
-                    exited_at,
-                });
-            }
-        }
-        Ok(api::DeleteResponse {
-            pid: process.pid,
-            exit_status,
-            exited_at: Some(timestamp(exited_at)).into(),
-            ..Default::default()
-        })
+        on_own_thread(|| self.delete_task(req))
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        on_own_thread(|| self.exec_task(req))
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
@@ -561,62 +416,6 @@ impl Task for TaskService {
         self.backend
             .kill(&req.id, exec_opt(&req.exec_id), req.signal, req.all)
             .map_err(backend_status)?;
-        Ok(Empty::new())
-    }
-
-    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        if req.exec_id.is_empty() {
-            return Err(status(Code::INVALID_ARGUMENT, "exec_id must not be empty"));
-        }
-        let (init, _) = self.process(&req.id, "")?;
-        if init.state != State::Running {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                format!("task {:?} is {}, not running", req.id, init.state.name()),
-            ));
-        }
-        {
-            let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-            if tasks
-                .get(&req.id)
-                .is_some_and(|t| t.execs.contains_key(&req.exec_id))
-            {
-                return Err(status(
-                    Code::ALREADY_EXISTS,
-                    format!("exec {:?} already exists", req.exec_id),
-                ));
-            }
-        }
-        let spec = req
-            .spec
-            .as_ref()
-            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "exec spec is missing"))?;
-        let process: oci_spec::runtime::Process = decode_json_any(spec, "exec spec")?;
-        let stdio = Stdio {
-            stdin: req.stdin.clone(),
-            stdout: req.stdout.clone(),
-            stderr: req.stderr.clone(),
-            terminal: req.terminal,
-            attach: None,
-        };
-        self.backend
-            .exec(&ExecSpec {
-                container_id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-                process,
-                stdio: stdio.clone(),
-            })
-            .map_err(backend_status)?;
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(task) = tasks.get_mut(&req.id) {
-            task.execs
-                .insert(req.exec_id.clone(), Process::new(0, stdio));
-        }
-        drop(tasks);
-        self.publisher.publish(TaskEvent::ExecAdded {
-            id: req.id,
-            exec_id: req.exec_id,
-        });
         Ok(Empty::new())
     }
 
@@ -764,6 +563,242 @@ impl Task for TaskService {
         }
         tracing::info!("shutting down");
         self.request_shutdown();
+        Ok(Empty::new())
+    }
+}
+
+impl TaskService {
+    fn create_task(&self, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        let _span = tracing::info_span!("create", id = %req.id).entered();
+        if req.id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "id must not be empty"));
+        }
+        let checkpoint = crate::checkpoint::restore_images(&req.checkpoint, self.backend.as_ref())?;
+        if let Some(options) = req.options.as_ref() {
+            // containerd's `[runtimes.<name>.options]`: this shim's backend
+            // was configured before the task existed, so they cannot apply.
+            tracing::warn!(
+                type_url = %options.type_url,
+                "ignoring the task's runtime options: set the backend's options in \
+                 CAISSON_BACKEND_OPTIONS (see integration/containerd/README.md)"
+            );
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        if !bundle.is_absolute() {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("bundle {:?} must be an absolute path", req.bundle),
+            ));
+        }
+        let kind = task_kind(&bundle).map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        if self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&req.id)
+        {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("task {:?} already exists", req.id),
+            ));
+        }
+        let mounts: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let mounted_rootfs =
+            mount_rootfs(&bundle, &mounts).map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            // CRI Attach reads the init's output here (served only when
+            // the output goes to a CRI log, which the shim writes).
+            attach: Some(bundle.join(ATTACH_SOCKET)),
+        };
+        let spec = TaskSpec {
+            id: req.id.clone(),
+            bundle: bundle.clone(),
+            kind: kind.clone(),
+            stdio: stdio.clone(),
+            checkpoint,
+        };
+        let pid = match self.backend.create(&spec) {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(rootfs) = &mounted_rootfs {
+                    let _ = unmount_all(rootfs);
+                }
+                return Err(backend_status(e));
+            }
+        };
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            req.id.clone(),
+            TaskEntry {
+                bundle,
+                init: Process::new(pid, stdio),
+                execs: HashMap::new(),
+                mounted_rootfs,
+            },
+        );
+        tracing::info!(pid, "task created");
+        self.publisher.publish(TaskEvent::Create {
+            id: req.id,
+            bundle: req.bundle,
+            pid,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        });
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start_task(&self, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let (process, _) = self.process(&req.id, &req.exec_id)?;
+        if process.state != State::Created {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("process is {}, not created", process.state.name()),
+            ));
+        }
+        let pid = match exec_opt(&req.exec_id) {
+            None => self.backend.start(&req.id),
+            Some(exec_id) => self.backend.start_exec(&req.id, exec_id),
+        }
+        .map_err(backend_status)?;
+        self.with_process(&req.id, &req.exec_id, |_, p| {
+            p.pid = pid;
+            // A fast process may already have been reported as exited.
+            if p.exit.is_none() {
+                p.state = State::Running;
+            }
+        })?;
+        match exec_opt(&req.exec_id) {
+            None => self.publisher.publish(TaskEvent::Start { id: req.id, pid }),
+            Some(_) => self.publisher.publish(TaskEvent::ExecStarted {
+                id: req.id,
+                exec_id: req.exec_id,
+                pid,
+            }),
+        }
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn delete_task(&self, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        let (process, _) = self.process(&req.id, &req.exec_id)?;
+        if matches!(process.state, State::Running | State::Paused) {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "process of task {:?} is {}: kill it before deleting",
+                    req.id,
+                    process.state.name()
+                ),
+            ));
+        }
+        self.backend
+            .delete(&req.id, exec_opt(&req.exec_id))
+            .map_err(backend_status)?;
+        let (exit_status, exited_at) = process.exit.unwrap_or((0, SystemTime::now()));
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        match exec_opt(&req.exec_id) {
+            Some(exec_id) => {
+                if let Some(task) = tasks.get_mut(&req.id) {
+                    task.execs.remove(exec_id);
+                }
+            }
+            None => {
+                if let Some(task) = tasks.remove(&req.id) {
+                    if let Some(rootfs) = &task.mounted_rootfs {
+                        if let Err(e) = unmount_all(rootfs) {
+                            tracing::warn!(id = %req.id, error = %e, "unmounting rootfs");
+                        }
+                    }
+                }
+                drop(tasks);
+                tracing::info!(id = %req.id, "task deleted");
+                self.publisher.publish(TaskEvent::Delete {
+                    id: req.id.clone(),
+                    pid: process.pid,
+                    status: exit_status,
+                    exited_at,
+                });
+            }
+        }
+        Ok(api::DeleteResponse {
+            pid: process.pid,
+            exit_status,
+            exited_at: Some(timestamp(exited_at)).into(),
+            ..Default::default()
+        })
+    }
+
+    fn exec_task(&self, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        if req.exec_id.is_empty() {
+            return Err(status(Code::INVALID_ARGUMENT, "exec_id must not be empty"));
+        }
+        let (init, _) = self.process(&req.id, "")?;
+        if init.state != State::Running {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("task {:?} is {}, not running", req.id, init.state.name()),
+            ));
+        }
+        {
+            let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            if tasks
+                .get(&req.id)
+                .is_some_and(|t| t.execs.contains_key(&req.exec_id))
+            {
+                return Err(status(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {:?} already exists", req.exec_id),
+                ));
+            }
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| status(Code::INVALID_ARGUMENT, "exec spec is missing"))?;
+        let process: oci_spec::runtime::Process = decode_json_any(spec, "exec spec")?;
+        let stdio = Stdio {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            attach: None,
+        };
+        self.backend
+            .exec(&ExecSpec {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                process,
+                stdio: stdio.clone(),
+            })
+            .map_err(backend_status)?;
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(task) = tasks.get_mut(&req.id) {
+            task.execs
+                .insert(req.exec_id.clone(), Process::new(0, stdio));
+        }
+        drop(tasks);
+        self.publisher.publish(TaskEvent::ExecAdded {
+            id: req.id,
+            exec_id: req.exec_id,
+        });
         Ok(Empty::new())
     }
 }

@@ -114,31 +114,38 @@ fn container_dir(h: &Hierarchy, cgroup_path: &Path, own: &[(Vec<String>, String)
     h.mount_point.join(path)
 }
 
-/// [`emulate`] against this process's mounts and cgroups, read once: the
+/// [`emulate_in`] against this process's mounts and cgroups, read once: the
 /// host's hierarchies and the shim's own cgroups do not change while it
-/// runs, and every task create comes here.
+/// runs, and every task create comes here. Only the hierarchies are kept:
+/// the host's whole mount table (every pod's rootfs among it, overlay
+/// options and all) was most of an idle shim's heap on a busy node.
 pub(crate) fn emulate_here(spec: &mut Spec, cgroup_path: &Path) -> bool {
-    static HERE: std::sync::OnceLock<(Vec<MountEntry>, String)> = std::sync::OnceLock::new();
-    let (mounts, own) = HERE.get_or_init(|| {
+    static HERE: std::sync::OnceLock<(Vec<Hierarchy>, String)> = std::sync::OnceLock::new();
+    let (hierarchies_here, own) = HERE.get_or_init(|| {
         (
-            crate::host::mountinfo::read().unwrap_or_default(),
+            hierarchies(&crate::host::mountinfo::read().unwrap_or_default()),
             std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
         )
     });
-    emulate(spec, cgroup_path, mounts, own)
+    emulate_in(spec, cgroup_path, hierarchies_here, own)
+}
+
+/// [`emulate_in`] with the hierarchies read from `mounts` (a mountinfo).
+#[cfg(test)]
+fn emulate(spec: &mut Spec, cgroup_path: &Path, mounts: &[MountEntry], own_cgroup: &str) -> bool {
+    emulate_in(spec, cgroup_path, &hierarchies(mounts), own_cgroup)
 }
 
 /// Replaces `spec`'s `cgroup` mount by a tmpfs and binds of the container's
-/// cgroups when the host's hierarchies are v1 (`mounts` and
-/// `own_cgroup` are this process's mountinfo and `/proc/self/cgroup`).
+/// cgroups when the host's hierarchies (`hierarchies`, from this process's
+/// mountinfo) are v1; `own_cgroup` is this process's `/proc/self/cgroup`.
 /// Returns whether the spec changed.
-pub(crate) fn emulate(
+fn emulate_in(
     spec: &mut Spec,
     cgroup_path: &Path,
-    mounts: &[MountEntry],
+    hierarchies: &[Hierarchy],
     own_cgroup: &str,
 ) -> bool {
-    let hierarchies = hierarchies(mounts);
     if hierarchies.is_empty() {
         return false;
     }
@@ -158,7 +165,7 @@ pub(crate) fn emulate(
             out.push(m);
             continue;
         }
-        out.extend(replacement(&m, &hierarchies, cgroup_path, &own));
+        out.extend(replacement(&m, hierarchies, cgroup_path, &own));
     }
     spec.set_mounts(Some(out));
     true

@@ -314,9 +314,9 @@ fn idmap_overlay(
     // stacked on its rootfs, whose own mount flags govern it (exec's
     // nosuid check is on the overlay's mount, not the layers').
     if let Some(parent) = scratch.parent() {
-        private_dir(parent).map_err(|e| io_err("securing", parent, e))?;
+        crate::host::private_dir(parent).map_err(|e| io_err("securing", parent, e))?;
     }
-    private_dir(scratch).map_err(|e| io_err("securing", scratch, e))?;
+    crate::host::private_dir(scratch).map_err(|e| io_err("securing", scratch, e))?;
     let mut lower_dirs = Vec::new();
     for (i, lower) in lowers.iter().enumerate() {
         let target = scratch.join(format!("l{i}"));
@@ -353,33 +353,6 @@ fn idmap_overlay(
         path: rootfs.display().to_string(),
         source: e.into(),
     })
-}
-
-/// Makes `dir` (or checks the one there is) a real directory owned by
-/// host root with mode 0700: made 0700 from the start, an existing one
-/// opened without following a symlink and repaired through its fd.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let file = crate::host::open_dir_nofollow(dir).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("not a directory of its own (a symlink?): {e}"),
-        )
-    })?;
-    let meta = file.metadata()?;
-    if meta.uid() != 0 || meta.gid() != 0 {
-        std::os::unix::fs::fchown(&file, Some(0), Some(0))?;
-    }
-    if meta.mode() & 0o7777 != 0o700 {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }
 
 impl IdmappedRootfs {

@@ -65,6 +65,33 @@ pub fn lock_exclusive(path: &std::path::Path) -> Result<nix::fcntl::Flock<std::f
         .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
 }
 
+/// Makes `dir` (or checks the one there is) a real directory owned by
+/// host root with mode 0700: made 0700 from the start, an existing one
+/// opened without following a symlink and repaired through its fd.
+pub(crate) fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let file = crate::host::open_dir_nofollow(dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("not a directory of its own (a symlink?): {e}"),
+        )
+    })?;
+    let meta = file.metadata()?;
+    if meta.uid() != 0 || meta.gid() != 0 {
+        std::os::unix::fs::fchown(&file, Some(0), Some(0))?;
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Opens the directory `path` read-only, refusing a symlink as its last
 /// component (`O_DIRECTORY | O_NOFOLLOW`; std adds `O_CLOEXEC`): changes
 /// through the fd reach the directory checked, not one swapped in later.

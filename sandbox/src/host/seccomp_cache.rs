@@ -85,19 +85,32 @@ pub fn prepare_in(json: &str, dir: Option<&Path>) -> Result<Option<Arc<Program>>
     if !compilable(&filter) {
         return Ok(None);
     }
+    // A program found in the directory is installed as it is: only one in
+    // a private directory of root's, in a file of root's nobody else may
+    // write, is trusted.
+    let dir = dir.filter(|d| match crate::host::private_dir(d) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(dir = %d.display(), error = %e, "not keeping compiled seccomp filters there");
+            false
+        }
+    });
     let file = dir.map(|d| d.join(format!("{}.bpf", hex::encode(Sha256::digest(json)))));
-    let stored = file.as_deref().and_then(|f| read_program(f, &filter));
-    let program = Arc::new(match stored {
-        Some(program) => program,
+    let insns = match file.as_deref().and_then(read_program) {
+        Some(insns) => insns,
         None => {
-            let program = compile(&filter)?;
+            let bytes = compile(&filter)?;
             if let (Some(dir), Some(file)) = (dir, &file) {
-                if let Err(e) = write_program(dir, file, &program) {
+                if let Err(e) = write_program(dir, file, &bytes) {
                     tracing::debug!(file = %file.display(), error = %e, "keeping a compiled seccomp filter");
                 }
             }
-            program
+            from_bytes(&bytes)?
         }
+    };
+    let program = Arc::new(Program {
+        insns,
+        flags: flags(filter.flags().as_deref().unwrap_or_default()),
     });
     let mut cache = cache().lock().unwrap_or_else(PoisonError::into_inner);
     if cache.len() >= CAPACITY {
@@ -107,28 +120,29 @@ pub fn prepare_in(json: &str, dir: Option<&Path>) -> Result<Option<Arc<Program>>
     Ok(Some(program))
 }
 
-fn read_program(file: &Path, filter: &LinuxSeccomp) -> Option<Program> {
-    let bytes = std::fs::read(file).ok()?;
-    Some(Program {
-        insns: from_bytes(&bytes).ok()?,
-        flags: flags(filter.flags().as_deref().unwrap_or_default()),
-    })
+/// A kept program, if the file is a regular file of root's that only root
+/// may write (and not a symlink) and holds whole instructions.
+fn read_program(file: &Path) -> Option<Vec<libc::sock_filter>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(file)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).ok()?;
+    from_bytes(&bytes).ok()
 }
 
-fn write_program(dir: &Path, file: &Path, program: &Program) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-        _ => {}
-    }
-    let mut bytes = Vec::with_capacity(program.insns.len() * 8);
-    for i in &program.insns {
-        bytes.extend_from_slice(&i.code.to_ne_bytes());
-        bytes.extend_from_slice(&[i.jt, i.jf]);
-        bytes.extend_from_slice(&i.k.to_ne_bytes());
-    }
+/// Keeps `bytes` as `file` in `dir` (a private directory), renamed into
+/// place whole.
+fn write_program(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = tempfile::Builder::new().prefix(".bpf-").tempfile_in(dir)?;
-    std::io::Write::write_all(&mut tmp, &bytes)?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
     tmp.persist(file).map_err(|e| e.error)?;
     Ok(())
 }
@@ -167,8 +181,9 @@ pub fn load(program: &Program) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Compiles `filter` with libseccomp and exports the program.
-pub fn compile(filter: &LinuxSeccomp) -> Result<Program, String> {
+/// Compiles `filter` with libseccomp and exports the program: instructions
+/// in the kernel's layout (8 bytes each, native endian).
+pub fn compile(filter: &LinuxSeccomp) -> Result<Vec<u8>, String> {
     let err = |what: &str, e: &dyn std::fmt::Display| format!("seccomp: {what}: {e}");
     let default = action(filter.default_action(), filter.default_errno_ret())?;
     let mut ctx = ScmpFilterContext::new(default).map_err(|e| err("new filter", &e))?;
@@ -221,10 +236,7 @@ pub fn compile(filter: &LinuxSeccomp) -> Result<Program, String> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)
         .map_err(|e| err("read back", &e))?;
-    Ok(Program {
-        insns: from_bytes(&bytes)?,
-        flags: flags(filter.flags().as_deref().unwrap_or_default()),
-    })
+    Ok(bytes)
 }
 
 /// Instructions from their kernel layout (8 bytes each, native endian).
@@ -407,19 +419,17 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&programs).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let parsed: LinuxSeccomp = serde_json::from_str(&json).unwrap();
-        let read = read_program(&file, &parsed).expect("the kept program");
-        assert_eq!(read.flags, libc::SECCOMP_FILTER_FLAG_LOG);
+        let read = read_program(&file).expect("the kept program");
+        assert_eq!(made.flags, libc::SECCOMP_FILTER_FLAG_LOG);
         assert_eq!(read.len(), made.len());
         let same = read
-            .insns
             .iter()
             .zip(&made.insns)
             .all(|(a, b)| (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k));
         assert!(same, "the file holds the compiled program");
         // A torn or foreign file is not a program.
         std::fs::write(&file, [1, 2, 3]).unwrap();
-        assert!(read_program(&file, &parsed).is_none());
+        assert!(read_program(&file).is_none());
     }
 
     #[test]

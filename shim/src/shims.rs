@@ -111,7 +111,7 @@ impl ShimManager {
         let stream = std::os::unix::net::UnixStream::connect(path).map_err(err)?;
         let socket = ttrpc::r#async::transport::Socket::try_from(stream).map_err(err)?;
         Ok(ShimClient {
-            client: Arc::new(TaskClient::new(ttrpc::r#async::Client::new(socket))),
+            client: TaskClient::new(ttrpc::r#async::Client::new(socket)),
         })
     }
 }
@@ -119,7 +119,7 @@ impl ShimManager {
 /// A pod's shim. Each call has a deadline.
 #[derive(Clone)]
 pub struct ShimClient {
-    client: Arc<TaskClient>,
+    client: TaskClient,
 }
 
 fn ctx(timeout: Duration) -> ttrpc::context::Context {

@@ -578,14 +578,13 @@ pub fn labels_match(selector: &HashMap<String, String>, labels: &BTreeMap<String
 /// new process into a cgroup a few ms later (a pause, a container, an exec).
 pub(crate) fn warm_cgroup_moves() {
     use caisson_cgroups::warm::MoveWarmer;
-    static WARMER: std::sync::OnceLock<Arc<MoveWarmer>> = std::sync::OnceLock::new();
-    let warmer = WARMER.get_or_init(|| {
+    static WARMER: std::sync::OnceLock<MoveWarmer> = std::sync::OnceLock::new();
+    let warmer: &'static MoveWarmer = WARMER.get_or_init(|| {
         let warmer = MoveWarmer::for_this_process(std::path::Path::new("/sys/fs/cgroup"));
         tracing::debug!(file = ?warmer.procs_file(), "warming cgroup moves through");
-        Arc::new(warmer)
+        warmer
     });
     if warmer.procs_file().is_some() {
-        let warmer = warmer.clone();
         tokio::task::spawn_blocking(move || warmer.warm());
     }
 }

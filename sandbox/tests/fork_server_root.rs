@@ -154,11 +154,36 @@ fn threads(pid: u32) -> u32 {
 
 /// Waits until `pid` is gone (reaped by this process's reaper).
 fn wait_gone(pid: u32) {
-    let until = Instant::now() + DEADLINE;
+    wait_gone_within(pid, DEADLINE);
+}
+
+fn wait_gone_within(pid: u32, limit: Duration) {
+    let until = Instant::now() + limit;
     while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < until, "{pid} still exists");
+        assert!(Instant::now() < until, "{pid} still exists after {limit:?}");
         thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// After the server `first` is gone: a task built in a bundle (and so a
+/// cgroup) of its own gets a new server and runs; then it and `waiting`
+/// are deleted. Returns the new server.
+fn a_new_server_builds(h: &Harness, name: &str, first: u32, waiting: &str) -> u32 {
+    let bundle = h.bundle(&format!("{name}-2"), &["sleep", "1000"], |_| {});
+    let id = unique(name);
+    let pid = h.create_sandbox(&id, &bundle);
+    let second = h.backend.fork_server_pid().expect("a new fork server");
+    assert_ne!(second, first);
+    assert_eq!(threads(second), 1);
+    h.backend.start(&id).unwrap();
+    h.backend
+        .kill(&id, None, libc::SIGKILL as u32, false)
+        .unwrap();
+    assert_eq!(h.log.wait_exit(&id, None).pid, pid);
+    for id in [id.as_str(), waiting] {
+        h.delete(id).unwrap();
+    }
+    second
 }
 
 /// The fork server is a single-threaded child of this process, and what it
@@ -220,22 +245,7 @@ fn a_dead_fork_server_is_replaced() {
     // exit is handled.
     assert_eq!(unsafe { libc::kill(first as i32, libc::SIGKILL) }, 0);
     wait_gone(first);
-    // A bundle (and so a cgroup) of its own: deleting one container must
-    // not find the other's process in its cgroup.
-    let second_bundle = h.bundle("respawn-2", &["sleep", "1000"], |_| {});
-    let id = unique("respawn");
-    let pid = h.create_sandbox(&id, &second_bundle);
-    let second = h.backend.fork_server_pid().unwrap();
-    assert_ne!(second, first);
-    assert_eq!(threads(second), 1);
-    h.backend.start(&id).unwrap();
-    h.backend
-        .kill(&id, None, libc::SIGKILL as u32, false)
-        .unwrap();
-    assert_eq!(h.log.wait_exit(&id, None).pid, pid);
-    for id in [&id, &waiting] {
-        h.delete(id).unwrap();
-    }
+    a_new_server_builds(&h, "respawn", first, &waiting);
 }
 
 /// An idle fork server is let go (an idle pod costs one process less), even
@@ -248,27 +258,7 @@ fn an_idle_fork_server_exits_and_the_next_request_starts_one() {
     let waiting = unique("idle");
     h.create_sandbox(&waiting, &bundle);
     let first = h.backend.fork_server_pid().unwrap();
-    let until = Instant::now() + IDLE_EXIT + DEADLINE;
-    while Path::new(&format!("/proc/{first}")).exists() {
-        assert!(
-            Instant::now() < until,
-            "the fork server {first} still runs {:?} after its last request",
-            IDLE_EXIT + DEADLINE
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_gone_within(first, IDLE_EXIT + DEADLINE);
     assert_eq!(h.backend.fork_server_pid(), None);
-    let second_bundle = h.bundle("idle-2", &["sleep", "1000"], |_| {});
-    let id = unique("idle");
-    let pid = h.create_sandbox(&id, &second_bundle);
-    let second = h.backend.fork_server_pid().expect("a new fork server");
-    assert_ne!(second, first);
-    h.backend.start(&id).unwrap();
-    h.backend
-        .kill(&id, None, libc::SIGKILL as u32, false)
-        .unwrap();
-    assert_eq!(h.log.wait_exit(&id, None).pid, pid);
-    for id in [&id, &waiting] {
-        h.delete(id).unwrap();
-    }
+    a_new_server_builds(&h, "idle", first, &waiting);
 }

@@ -7,11 +7,31 @@ use caisson_tests::daemon::{container_config, rejection, Caissond};
 use k8s_cri::v1 as cri;
 
 fn seccomp_mode(status: &str) -> String {
+    status_field(status, "Seccomp:")
+}
+
+/// `/proc/<pid>/status`'s value of `field` (`Seccomp:`, `NoNewPrivs:`…).
+fn status_field(status: &str, field: &str) -> String {
     status
         .lines()
-        .find(|l| l.starts_with("Seccomp:"))
-        .map(|l| l.trim_start_matches("Seccomp:").trim().to_string())
+        .find(|l| l.starts_with(field))
+        .map(|l| l[field.len()..].trim().to_string())
         .unwrap_or_default()
+}
+
+/// A container's Linux config asking for RuntimeDefault (and no_new_privs).
+fn runtime_default(no_new_privs: bool) -> cri::LinuxContainerConfig {
+    cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            no_new_privs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -21,16 +41,7 @@ fn runtime_default_seccomp_applies_to_the_container_and_its_execs() {
     let config = d.pod_config("seccomp");
     let pod = d.run_pod(&config);
     let mut filtered = container_config("filtered", &["sleep", "1000"]);
-    filtered.linux = Some(cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext {
-            seccomp: Some(cri::SecurityProfile {
-                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-                localhost_ref: String::new(),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    filtered.linux = Some(runtime_default(false));
     let c = d.create_started_container(&pod, &config, filtered);
     let init = std::fs::read_to_string(format!("/proc/{}/status", d.container_pid(&c))).unwrap();
     assert_eq!(
@@ -54,14 +65,6 @@ fn runtime_default_seccomp_applies_to_the_container_and_its_execs() {
     assert_eq!(seccomp_mode(&exec), "0", "no profile asked: none applied");
 }
 
-fn status_field(status: &str, field: &str) -> String {
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .map(|l| l[field.len()..].trim().to_string())
-        .unwrap_or_default()
-}
-
 /// With no_new_privs the filter is loaded by the shim's executor from a
 /// program the fork server compiled (once per node: it is kept as a file),
 /// not by libcontainer: the init still runs under exactly one filter that
@@ -81,17 +84,7 @@ fn runtime_default_with_no_new_privs_filters_the_init_once_and_its_execs() {
                 "unshare -n true; echo $? > /tmp/unshare; exec sleep 1000",
             ],
         );
-        c.linux = Some(cri::LinuxContainerConfig {
-            security_context: Some(cri::LinuxContainerSecurityContext {
-                seccomp: Some(cri::SecurityProfile {
-                    profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
-                    localhost_ref: String::new(),
-                }),
-                no_new_privs: true,
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        c.linux = Some(runtime_default(true));
         c
     };
     // Two containers: the second one's program is found compiled.

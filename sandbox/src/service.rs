@@ -263,6 +263,11 @@ impl TaskService {
         Ok((process, task.bundle.clone()))
     }
 
+    /// Tells the backend the shim is exiting (microvm: stops the VM).
+    pub fn backend_shutdown(&self) {
+        self.backend.shutdown();
+    }
+
     /// Number of tasks this shim still holds.
     pub fn task_count(&self) -> usize {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner()).len()

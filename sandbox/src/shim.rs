@@ -27,6 +27,7 @@ use containerd_shim_protos::{api, create_task, Task};
 use sha2::{Digest, Sha256};
 
 use crate::backend::hardened::HardenedBackend;
+use crate::backend::microvm::{MicrovmBackend, MicrovmOptions};
 use crate::backend::native::NativeBackend;
 use crate::backend::oci::{OciBackend, OciOptions};
 use crate::backend::{Backend, BackendError, ExitSink, TaskKind};
@@ -288,9 +289,14 @@ pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>
             exits,
             backend_options::<OciOptions>()?,
         )?)),
+        "microvm" => Ok(Arc::new(MicrovmBackend::new(
+            state_dir(namespace),
+            exits,
+            backend_options::<MicrovmOptions>()?,
+        )?)),
         other => Err(BackendError::InvalidArgument {
             what: BACKEND_ENV.to_string(),
-            reason: format!("unknown backend {other:?} (known: native, hardened, oci)"),
+            reason: format!("unknown backend {other:?} (known: native, hardened, oci, microvm)"),
         }),
     }
 }
@@ -350,6 +356,7 @@ pub fn serve(flags: &Flags) -> Result<(), String> {
     tracing::info!(pod = %flags.id, socket = %flags.socket, pid = std::process::id(), "shim serving");
     let _ = rx.recv();
     server.shutdown();
+    service.backend_shutdown();
     let _ = std::fs::remove_file(&flags.socket);
     let _ = std::fs::remove_file(Path::new(&flags.socket).with_extension("lock"));
     tracing::info!(pod = %flags.id, "shim exited");

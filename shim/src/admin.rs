@@ -248,6 +248,31 @@ fn backend_checks(handler: &Handler) -> Vec<admin::ReadinessCheck> {
                 runtime_version(&options.runtime_path, VERSION_TIMEOUT),
             )]
         }
+        "microvm" => {
+            use caisson_sandbox::backend::microvm::{vmm, MicrovmOptions};
+            let options: MicrovmOptions = match toml::Value::Table(
+                handler.options.clone().into_iter().collect(),
+            )
+            .try_into()
+            {
+                Ok(o) => o,
+                Err(e) => return vec![check("options", Err(e.to_string()))],
+            };
+            let file = |path: &Path| {
+                std::fs::metadata(path)
+                    .map(|m| format!("{} ({} bytes)", path.display(), m.len()))
+                    .map_err(|e| {
+                        format!("{}: {e} (`make microvm-guest` installs it)", path.display())
+                    })
+            };
+            let (accel, why) = vmm::decide_accelerator(options.accelerator);
+            vec![
+                executable_check("qemu", &options.qemu_path),
+                check("guest kernel", file(&options.kernel)),
+                check("guest initramfs", file(&options.initramfs)),
+                check("accelerator", Ok(format!("{accel:?}: {why}"))),
+            ]
+        }
         _ => Vec::new(),
     }
 }

@@ -196,8 +196,8 @@ pub struct Runtimes {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Handler {
-    /// `native`, `hardened` or `oci` (an external OCI runtime CLI named by
-    /// `options.runtime_path`); `microvm` comes with its issue.
+    /// `native`, `hardened`, `oci` (an external OCI runtime CLI named by
+    /// `options.runtime_path`) or `microvm` (a QEMU VM per pod).
     pub backend: String,
     /// Backend options, passed to the shim.
     #[serde(default)]
@@ -205,7 +205,7 @@ pub struct Handler {
 }
 
 /// Backends this build can run.
-pub const KNOWN_BACKENDS: &[&str] = &["native", "hardened", "oci"];
+pub const KNOWN_BACKENDS: &[&str] = &["native", "hardened", "oci", "microvm"];
 
 impl Config {
     /// The embedded default.

@@ -79,3 +79,28 @@ pub fn python_kubernetes() -> PathBuf {
     );
     python
 }
+
+/// Where `make microvm-guest` installs the microvm guest (the embedded
+/// default config's paths).
+pub const MICROVM_GUEST_DIR: &str = "/var/lib/caisson/microvm";
+
+/// QEMU and the microvm guest (kernel, initramfs), failing with what is
+/// missing and how to get it. Returns the guest kernel's release.
+pub fn microvm() -> String {
+    program(
+        "qemu-system-x86_64",
+        "qemu-system-x86 (bookworm-backports; `make microvm-deps`)",
+    );
+    let dir = Path::new(MICROVM_GUEST_DIR);
+    for file in ["vmlinux", "initramfs.cpio", "kernel-release"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{} is required: `make microvm-guest` builds the guest",
+            dir.join(file).display()
+        );
+    }
+    std::fs::read_to_string(dir.join("kernel-release"))
+        .unwrap()
+        .trim()
+        .to_string()
+}

@@ -77,6 +77,7 @@ pub(crate) fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub mod defaults;
 pub mod hardened;
+pub mod microvm;
 pub mod native;
 pub mod oci;
 
@@ -281,4 +282,8 @@ pub trait Backend: Send + Sync {
     fn can_restore(&self) -> bool {
         false
     }
+
+    /// The shim is exiting: release what the backend holds for the pod
+    /// beyond its tasks (microvm: the VM). Tasks left are not reported.
+    fn shutdown(&self) {}
 }

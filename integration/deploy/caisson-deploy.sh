@@ -8,11 +8,13 @@
 #                     [--containerd-config PATH]
 #
 # install copies the release binaries (caissond, containerd-shim-caisson-v2 and
-# its containerd-shim-caisson-hardened-v2 symlink, caisson-pause) into
+# its containerd-shim-caisson-hardened-v2 and -microvm-v2 symlinks,
+# caisson-pause) into
 # DIR/usr/local/bin and the default config to DIR/etc/caisson/caisson.toml
 # (an existing config is kept), then
-#   * containerd mode: appends the runtime handlers `caisson` and
-#     `caisson-hardened` to containerd's config (version 2: containerd 1.6/1.7;
+#   * containerd mode: appends the runtime handlers `caisson`,
+#     `caisson-hardened` and `caisson-microvm` to containerd's config
+#     (version 2: containerd 1.6/1.7;
 #     version 3: containerd 2.x) as one marked block, after keeping a copy of
 #     the file, and restarts containerd when allowed;
 #   * caissond mode: installs caissond.service and starts caissond (systemd),
@@ -173,11 +175,12 @@ runtimes_prefix() {
 	esac
 }
 
-# Lines of $1 outside comments that declare a runtime named caisson or
-# caisson-hardened (as a table or a dotted key), or the runtimes map inline.
+# Lines of $1 outside comments that declare a runtime named caisson,
+# caisson-hardened or caisson-microvm (as a table or a dotted key), or the
+# runtimes map inline.
 conflicts() {
 	sed 's/#.*$//' "$1" | grep -nE \
-		-e "runtimes\\.[\"']?caisson(-hardened)?[\"']?[[:space:]]*[].=]" \
+		-e "runtimes\\.[\"']?caisson(-hardened|-microvm)?[\"']?[[:space:]]*[].=]" \
 		-e 'runtimes[[:space:]]*=' || true
 }
 
@@ -196,6 +199,9 @@ config_block() {
 	echo
 	echo "[$p.caisson-hardened]"
 	echo '  runtime_type = "io.containerd.caisson-hardened.v2"'
+	echo
+	echo "[$p.caisson-microvm]"
+	echo '  runtime_type = "io.containerd.caisson-microvm.v2"'
 	echo "$END_MARK"
 }
 
@@ -212,7 +218,7 @@ check_containerd_config() {
 		esac
 		found=$(conflicts "$cfg")
 		if [ -n "$found" ]; then
-			die "$CTRD_CONFIG already declares a runtime named caisson or caisson-hardened, or the runtimes inline; refusing to edit it. Remove these lines or merge integration/containerd/config.toml by hand:
+			die "$CTRD_CONFIG already declares a runtime named caisson, caisson-hardened or caisson-microvm, or the runtimes inline; refusing to edit it. Remove these lines or merge integration/containerd/config.toml by hand:
 $found"
 		fi
 		EXISTED=yes
@@ -260,7 +266,7 @@ edit_containerd_config() {
 	cp -p "$new" "$st/containerd-config.installed"
 	mv -f "$new" "$cfg"
 	EDITED=yes
-	say "registered runtime handlers caisson and caisson-hardened in $CTRD_CONFIG (config version $VERSION)"
+	say "registered runtime handlers caisson, caisson-hardened and caisson-microvm in $CTRD_CONFIG (config version $VERSION)"
 }
 
 # Puts containerd's config back; RESTORED=yes if there was an edit to undo.
@@ -374,6 +380,7 @@ install() {
 	place_file "$FROM/caissond" "$BIN/caissond" 0755
 	place_file "$FROM/containerd-shim-caisson-v2" "$BIN/containerd-shim-caisson-v2" 0755
 	place_link containerd-shim-caisson-v2 "$BIN/containerd-shim-caisson-hardened-v2"
+	place_link containerd-shim-caisson-v2 "$BIN/containerd-shim-caisson-microvm-v2"
 	place_file "$FROM/caisson-pause" "$BIN/caisson-pause" 0755
 	if [ ! -e "$ROOT/etc/caisson/caisson.toml" ] || in_list /etc/caisson/caisson.toml added; then
 		if [ -f "$FROM/caisson.toml" ]; then
@@ -387,7 +394,7 @@ install() {
 	else
 		say "keeping the existing /etc/caisson/caisson.toml"
 	fi
-	say "installed caissond, containerd-shim-caisson-v2 (+ hardened link), caisson-pause in $BIN"
+	say "installed caissond, containerd-shim-caisson-v2 (+ hardened and microvm links), caisson-pause in $BIN"
 
 	if [ "$MODE" = containerd ]; then
 		edit_containerd_config

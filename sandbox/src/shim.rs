@@ -385,6 +385,7 @@ pub fn delete(flags: &Flags) -> Result<Vec<u8>, String> {
             &flags.id,
             &backend_options().unwrap_or_default(),
         ),
+        Ok("microvm") => MicrovmBackend::force_cleanup(&state, &flags.id, &bundle),
         Ok("native" | "") | Err(_) => NativeBackend::force_cleanup_userns(&state, &flags.id),
         Ok(_) => {}
     }

@@ -63,6 +63,7 @@ state = "/run/containerd"
         [
             ("caisson", "io.containerd.caisson.v2"),
             ("caisson-hardened", "io.containerd.caisson-hardened.v2"),
+            ("caisson-microvm", "io.containerd.caisson-microvm.v2"),
             ("runc", "io.containerd.runc.v2"),
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -95,7 +96,7 @@ fn a_config_without_runtimes_gets_runc_back_and_round_trips() {
         "install",
     );
     let dump = config_dump(&containerd, &node.join(CONFIG));
-    for name in ["runc", "caisson", "caisson-hardened"] {
+    for name in ["runc", "caisson", "caisson-hardened", "caisson-microvm"] {
         let table = format!("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{name}]");
         assert!(dump.contains(&table), "no {table} in:\n{dump}");
     }
@@ -120,6 +121,7 @@ fn a_config_already_declaring_caisson_is_refused_untouched() {
     for existing in [
         "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.caisson]\n  runtime_type = \"x\"\n",
         "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.'caisson-hardened'.options]\n",
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.\"caisson-microvm\"]\n",
         "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  runtimes.caisson.runtime_type = \"x\"\n",
         "version = 3\n[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  runtimes = {}\n",
     ] {

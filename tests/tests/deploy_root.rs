@@ -75,9 +75,13 @@ fn installer_registers_handlers_with_containerd_and_uninstall_restores_the_node(
     ] {
         assert!(node.join(f).is_file(), "install did not add {f}");
     }
-    let link = std::fs::read_link(node.join("usr/local/bin/containerd-shim-caisson-hardened-v2"))
-        .expect("the hardened shim's symlink");
-    assert_eq!(link, Path::new("containerd-shim-caisson-v2"));
+    for backend in ["hardened", "microvm"] {
+        let link = std::fs::read_link(node.join(format!(
+            "usr/local/bin/containerd-shim-caisson-{backend}-v2"
+        )))
+        .unwrap_or_else(|e| panic!("the {backend} shim's symlink: {e}"));
+        assert_eq!(link, Path::new("containerd-shim-caisson-v2"));
+    }
 
     // containerd reads the edited file as one config: its own settings kept,
     // the two handlers added, runc still there.
@@ -89,6 +93,8 @@ fn installer_registers_handlers_with_containerd_and_uninstall_restores_the_node(
         "runtime_type = \"io.containerd.caisson.v2\"".to_string(),
         "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.caisson-hardened]".to_string(),
         "runtime_type = \"io.containerd.caisson-hardened.v2\"".to_string(),
+        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.caisson-microvm]".to_string(),
+        "runtime_type = \"io.containerd.caisson-microvm.v2\"".to_string(),
         "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]".to_string(),
         format!("Root = \"{}\"", ctrd.join("runc").display()),
     ] {

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,7 +38,7 @@ use crate::backend::{
 };
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{Reaped, Reaper};
-use crate::host::stdio::{open_stdio, HeldStdio};
+use crate::host::stdio::{open_stdio, HeldStdio, TerminalStdio};
 
 pub mod agent;
 pub mod share;
@@ -145,7 +146,22 @@ struct Proc {
     stdout: Option<Arc<File>>,
     stderr: Option<Arc<File>>,
     held: HeldStdio,
+    /// A terminal's host end (shut down when the process ends, which ends
+    /// its pumps).
+    terminal: Option<UnixStream>,
     exited: bool,
+}
+
+impl Proc {
+    /// The process ended: no more output, and a terminal's pumps stop.
+    fn end(&mut self) {
+        self.exited = true;
+        self.stdout = None;
+        self.stderr = None;
+        if let Some(t) = self.terminal.take() {
+            let _ = t.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 struct Task {
@@ -223,10 +239,27 @@ impl MicrovmBackend {
         })
     }
 
-    /// The VM's directory: short, since it holds unix sockets.
     fn vm_dir(&self, sandbox_id: &str) -> PathBuf {
-        let hash = hex::encode(Sha256::digest(sandbox_id.as_bytes()));
-        self.state_root.join("vm").join(&hash[..16])
+        vm_dir(&self.state_root, sandbox_id)
+    }
+
+    /// The shim of task `id` died (containerd or caissond runs the shim's
+    /// `delete`): unmounts and removes what it shared into its VM, and for
+    /// the sandbox the VM's whole directory. QEMU itself died with the shim
+    /// (parent-death signal).
+    pub fn force_cleanup(state_root: &Path, id: &str, bundle: &Path) {
+        let sandbox_id = match crate::service::task_kind(bundle) {
+            Ok(TaskKind::Container { sandbox_id }) => sandbox_id,
+            _ => id.to_string(),
+        };
+        let dir = vm_dir(state_root, &sandbox_id);
+        let share = Share::at(&dir.join("shared"));
+        if sandbox_id == id {
+            share.remove();
+            let _ = std::fs::remove_dir_all(&dir);
+        } else {
+            share.remove_task(id);
+        }
     }
 
     fn vm(&self, op: &'static str, id: &str) -> Result<Arc<Vm>> {
@@ -462,7 +495,9 @@ impl MicrovmBackend {
     }
 
     /// Opens a process's stdio on the host and, when it has a stdin, pumps
-    /// it to the agent.
+    /// it to the agent. A terminal's pty is the guest's: the host end is a
+    /// socket pair standing in for its master (no second line discipline),
+    /// pumped by the same code as a native terminal's.
     fn open_proc_stdio(
         &self,
         vm: &Arc<Vm>,
@@ -470,17 +505,37 @@ impl MicrovmBackend {
         exec_id: &str,
         stdio: &Stdio,
     ) -> Result<(Proc, proto::StdioConfig)> {
-        if stdio.terminal {
-            return Err(BackendError::Unsupported {
-                op: "a terminal (tty)",
-                backend: NAME,
-            });
-        }
-        let (child, held) = open_stdio(stdio).map_err(|e| BackendError::InvalidArgument {
+        let invalid = |e: std::io::Error| BackendError::InvalidArgument {
             what: "stdio".into(),
             reason: e.to_string(),
-        })?;
+        };
         let has_stdin = !stdio.stdin.is_empty();
+        if stdio.terminal {
+            let opened = TerminalStdio::open(stdio).map_err(invalid)?;
+            let (ours, theirs) = UnixStream::pair().map_err(|e| failed("terminal", id, e))?;
+            let name = format!("vm-{}", id.chars().take(12).collect::<String>());
+            let held = opened
+                .start(&name, OwnedFd::from(theirs))
+                .map_err(|e| failed("terminal", id, e))?;
+            let reader = ours.try_clone().map_err(|e| failed("terminal", id, e))?;
+            let output = ours.try_clone().map_err(|e| failed("terminal", id, e))?;
+            pump_stdin(vm.conn.clone(), id, exec_id, OwnedFd::from(reader));
+            return Ok((
+                Proc {
+                    pid: 0,
+                    stdout: Some(Arc::new(File::from(OwnedFd::from(output)))),
+                    stderr: None,
+                    held,
+                    terminal: Some(ours),
+                    exited: false,
+                },
+                proto::StdioConfig {
+                    stdin: true,
+                    terminal: true,
+                },
+            ));
+        }
+        let (child, held) = open_stdio(stdio).map_err(invalid)?;
         if has_stdin {
             pump_stdin(vm.conn.clone(), id, exec_id, child.stdin);
         }
@@ -490,6 +545,7 @@ impl MicrovmBackend {
                 stdout: Some(Arc::new(File::from(child.stdout))),
                 stderr: Some(Arc::new(File::from(child.stderr))),
                 held,
+                terminal: None,
                 exited: false,
             },
             proto::StdioConfig {
@@ -511,9 +567,18 @@ impl MicrovmBackend {
         match self.create_in_guest(&vm, task, &mut spec, true, "") {
             Ok(pid) => Ok(pid),
             Err(e) => {
+                let tail = console_tail(&vm.config.console_log);
                 self.stop_vm(&vm);
+                remove_host_cgroup(&vm.sandbox_id, vm.host_cgroup.as_deref());
                 locked(&self.inner.state).vm = None;
-                Err(e)
+                Err(match e {
+                    BackendError::Failed { op, id, reason } => BackendError::Failed {
+                        op,
+                        id,
+                        reason: format!("{reason}; guest console:\n{tail}"),
+                    },
+                    e => e,
+                })
             }
         }
     }
@@ -550,6 +615,7 @@ impl MicrovmBackend {
                     stdout: proc.stdout.clone(),
                     stderr: proc.stderr.clone(),
                     held: HeldStdio::default(),
+                    terminal: None,
                     exited: false,
                 },
                 execs: HashMap::new(),
@@ -577,6 +643,7 @@ impl MicrovmBackend {
         if let Some(t) = locked(&self.inner.state).tasks.get_mut(id) {
             t.init.pid = pid;
             t.init.held = std::mem::take(&mut proc.held);
+            t.init.terminal = proc.terminal.take();
         }
         tracing::info!(id, pid, "task created in the guest");
         Ok(pid)
@@ -612,6 +679,12 @@ impl MicrovmBackend {
         }
         tracing::warn!(dir = %vm.dir.display(), "the VM's cleanup did not finish in time");
     }
+}
+
+/// A VM's directory: short, since it holds unix sockets.
+fn vm_dir(state_root: &Path, sandbox_id: &str) -> PathBuf {
+    let hash = hex::encode(Sha256::digest(sandbox_id.as_bytes()));
+    state_root.join("vm").join(&hash[..16])
 }
 
 fn started_pid(r: &proto::Response) -> u32 {
@@ -723,9 +796,7 @@ impl Inner {
                     if p.exited {
                         return;
                     }
-                    p.exited = true;
-                    p.stdout = None;
-                    p.stderr = None;
+                    p.end();
                 }
                 (self.exits)(Exit {
                     container_id: exited.container_id,
@@ -764,9 +835,7 @@ impl Inner {
                 );
                 for (exec_id, p) in procs {
                     if !p.exited && p.pid != 0 {
-                        p.exited = true;
-                        p.stdout = None;
-                        p.stderr = None;
+                        p.end();
                         exits.push(Exit {
                             container_id: id.clone(),
                             exec_id,

@@ -61,6 +61,13 @@ impl Share {
         })
     }
 
+    /// An existing share (to clean up after a shim that died).
+    pub fn at(dir: &Path) -> Share {
+        Share {
+            dir: dir.to_path_buf(),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

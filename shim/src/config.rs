@@ -202,6 +202,34 @@ pub struct Handler {
     /// Backend options, passed to the shim.
     #[serde(default)]
     pub options: BTreeMap<String, toml::Value>,
+    /// What the handler costs a pod beyond its containers (a microvm pod's
+    /// VM), counted in the pod's cgroup when the pod brings no overhead of
+    /// its own (kubelet sends its RuntimeClass's `overhead.podFixed`;
+    /// crictl sends none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_overhead: Option<PodOverhead>,
+}
+
+/// A handler's fixed cost per pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodOverhead {
+    #[serde(default)]
+    pub memory_mib: u64,
+    #[serde(default)]
+    pub cpu_millicores: u64,
+}
+
+impl PodOverhead {
+    /// As the CRI's `LinuxPodSandboxConfig.overhead` (what kubelet sends
+    /// for a RuntimeClass overhead: memory limit and CPU shares).
+    pub fn as_cri(&self) -> caisson_proto::cri::LinuxContainerResources {
+        caisson_proto::cri::LinuxContainerResources {
+            memory_limit_in_bytes: (self.memory_mib << 20) as i64,
+            cpu_shares: (self.cpu_millicores * 1024 / 1000) as i64,
+            ..Default::default()
+        }
+    }
 }
 
 /// Backends this build can run.

@@ -794,6 +794,7 @@ mod tests {
         assert_eq!(parse_release("bogus"), None);
         let kernel = kernel_has_mount_setattr() && kernel_at_least((6, 3));
         let handler = |backend: &str| crate::config::Handler {
+            pod_overhead: None,
             backend: backend.into(),
             options: Default::default(),
         };
@@ -807,6 +808,7 @@ mod tests {
     fn recursive_read_only_mounts_follow_backend_kernel_and_runtime() {
         let kernel = kernel_has_mount_setattr();
         let handler = |backend: &str, runtime: Option<&str>| crate::config::Handler {
+            pod_overhead: None,
             backend: backend.into(),
             options: runtime
                 .map(|r| ("runtime_path".to_string(), toml::Value::String(r.into())))

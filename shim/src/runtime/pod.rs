@@ -458,7 +458,7 @@ pub(super) const RUN: &str = "RunPodSandbox";
 impl Runtime {
     pub async fn run_pod_sandbox(
         self: &Arc<Self>,
-        config: cri::PodSandboxConfig,
+        mut config: cri::PodSandboxConfig,
         handler: &str,
     ) -> CriResult<String> {
         let meta = validate(&config)?.clone();
@@ -468,6 +468,13 @@ impl Runtime {
                 format!("no runtime handler {handler:?} is configured"),
             )
         })?;
+        // The handler's own cost, unless the pod brings its RuntimeClass's.
+        if let Some(overhead) = &handler_cfg.pod_overhead {
+            let linux = config.linux.get_or_insert_with(Default::default);
+            if linux.overhead.is_none() {
+                linux.overhead = Some(overhead.as_cri());
+            }
+        }
         let (handler_name, backend) = (handler_name.to_string(), handler_cfg.backend.clone());
         let key = pod_name_key(&meta.name, &meta.namespace, &meta.uid, meta.attempt);
         let lock = self.lock_for(&key);

@@ -81,6 +81,12 @@ pub mod microvm;
 pub mod native;
 pub mod oci;
 
+/// A file a backend may leave in a task's bundle when the task ended for a
+/// reason its exit status cannot say (microvm: the pod's VM died): one line,
+/// `<reason>\t<message>`, which caissond reports as the container's
+/// `reason` and `message`.
+pub const EXIT_REASON_FILE: &str = "caisson-exit-reason";
+
 /// What a task is in its pod (from `io.kubernetes.cri.container-type`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskKind {

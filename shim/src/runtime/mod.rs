@@ -337,6 +337,18 @@ impl Runtime {
 
     /// A task's init exited: a container becomes EXITED, a pod NOTREADY.
     pub fn on_exit(&self, task_id: &str, status: i32, at: i64) {
+        // Why, when the backend knows more than the status says (a microvm
+        // pod's VM died under it).
+        let told = self
+            .records()
+            .containers
+            .get(task_id)
+            .map(|c| c.bundle.join(caisson_sandbox::backend::EXIT_REASON_FILE))
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|text| {
+                let (reason, message) = text.trim_end().split_once('\t')?;
+                Some((reason.to_string(), message.to_string()))
+            });
         if let Some(c) = self.update_container(task_id, |c| {
             if c.state == ContainerState::Exited {
                 return;
@@ -344,7 +356,10 @@ impl Runtime {
             c.state = ContainerState::Exited;
             c.exit_code = status;
             c.finished_at = at;
-            if c.reason != "OOMKilled" {
+            if let Some((reason, message)) = told {
+                c.reason = reason;
+                c.message = message;
+            } else if c.reason != "OOMKilled" {
                 c.reason = if status == 0 {
                     "Completed".into()
                 } else {

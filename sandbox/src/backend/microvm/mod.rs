@@ -61,9 +61,11 @@ pub enum SharedFs {
     Virtiofs,
 }
 
-/// The handler's options (as JSON in `CAISSON_BACKEND_OPTIONS`).
+/// The handler's options (as JSON in `CAISSON_BACKEND_OPTIONS`). Unknown
+/// keys are ignored, as the other backends do: under containerd one
+/// environment serves every shim, so it may hold another backend's options.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct MicrovmOptions {
     pub qemu_path: PathBuf,
     /// An uncompressed guest kernel (vmlinux).
@@ -166,6 +168,7 @@ impl Proc {
 
 struct Task {
     kind: TaskKind,
+    bundle: PathBuf,
     init: Proc,
     /// Registered execs, and those started.
     execs: HashMap<String, ExecSpec>,
@@ -380,12 +383,24 @@ impl MicrovmBackend {
                 )));
             }
         };
+        let ready_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
             kernel = %ready.kernel_release,
             guest_boot_ms = ready.boot_ms,
-            ms = started.elapsed().as_millis() as u64,
+            ms = ready_ms,
             "agent ready"
         );
+        // For operators and the bench: how long the VM took, and on what.
+        let boot = serde_json::json!({
+            "accelerator": format!("{accel:?}").to_lowercase(),
+            "accelerator_reason": reason,
+            "kernel_release": ready.kernel_release,
+            "guest_boot_ms": ready.boot_ms,
+            "spawn_to_ready_ms": ready_ms,
+        });
+        if let Err(e) = std::fs::write(dir.join("boot.json"), boot.to_string()) {
+            tracing::debug!(error = %e, "writing boot.json");
+        }
         let already = locked(&exited_cell).take();
         let vm = Arc::new(Vm {
             config,
@@ -610,6 +625,7 @@ impl MicrovmBackend {
             id.to_string(),
             Task {
                 kind: task.kind.clone(),
+                bundle: task.bundle.clone(),
                 init: Proc {
                     pid: 0,
                     stdout: proc.stdout.clone(),
@@ -828,6 +844,13 @@ impl Inner {
             let mut state = locked(&self.state);
             state.vm_gone = Some(why.clone());
             for (id, task) in state.tasks.iter_mut() {
+                if !task.init.exited && task.init.pid != 0 {
+                    let reason = format!("VMExited\t{why}\n");
+                    let file = task.bundle.join(crate::backend::EXIT_REASON_FILE);
+                    if let Err(e) = std::fs::write(&file, reason) {
+                        tracing::debug!(file = %file.display(), error = %e, "writing the exit reason");
+                    }
+                }
                 let procs = std::iter::once((None, &mut task.init)).chain(
                     task.running_execs
                         .iter_mut()

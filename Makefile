@@ -23,7 +23,7 @@ CRIU_CACHE ?= /var/cache/caisson-test/criu-$(CRIU_VERSION)
 CRIU_BUILD_DEPS := protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev uuid-dev libnftables-dev libgnutls28-dev xz-utils
 DEB_PACKAGES += $(CRIU_BUILD_DEPS)
 
-.PHONY: all deps deps-apt python-deps build release run lint test test-pause criu bench fuzz chaos churn clean
+.PHONY: all deps deps-apt python-deps microvm-deps agent microvm-guest build release run lint test test-pause criu bench fuzz chaos churn clean
 
 all: build
 
@@ -54,7 +54,60 @@ python-deps: deps-apt
 	  echo '$(PY_GRPC_TOOLS)' > $(PY_GRPC_VENV)/.caisson-pin; \
 	fi
 
-build: deps
+# The microvm backend's VMM and guest kernel. bookworm's qemu-system-x86
+# (7.2) conflicts with the qemu-utils 10 these machines have from
+# bookworm-backports, so QEMU comes from bookworm-backports too: that source
+# is derived from the machine's own debian.sources (its first URIs: and
+# Signed-By:), never written here. The guest kernel is bookworm's own
+# linux-image-amd64 (6.1), not the backports one.
+MICROVM_PACKAGES := qemu-system-x86 linux-image-amd64 cpio xz-utils
+MICROVM_BACKPORTS := /etc/apt/sources.list.d/caisson-backports.sources
+
+microvm-deps: deps-apt
+	@set -e; \
+	if [ ! -f $(MICROVM_BACKPORTS) ]; then \
+	  uri=$$(awk '/^URIs:/ {print $$2; exit}' /etc/apt/sources.list.d/debian.sources); \
+	  key=$$(awk '/^Signed-By:/ {print $$2; exit}' /etc/apt/sources.list.d/debian.sources); \
+	  [ -n "$$uri" ] || { echo "no URIs: line in /etc/apt/sources.list.d/debian.sources"; exit 1; }; \
+	  { printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\n' "$$uri"; \
+	    if [ -n "$$key" ]; then printf 'Signed-By: %s\n' "$$key"; fi; } > $(MICROVM_BACKPORTS).tmp; \
+	  mv $(MICROVM_BACKPORTS).tmp $(MICROVM_BACKPORTS); \
+	  echo "wrote $(MICROVM_BACKPORTS) ($$uri bookworm-backports)"; \
+	  apt-get update -qq; \
+	fi; \
+	missing=""; \
+	for p in $(MICROVM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-cache policy qemu-system-x86 | grep -q bookworm-backports || apt-get update -qq; \
+	  case " $$missing " in *" qemu-system-x86 "*) \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      -t bookworm-backports qemu-system-x86;; esac; \
+	  rest=$$(echo "$$missing" | tr ' ' '\n' | grep -vx 'qemu-system-x86' | tr '\n' ' '); \
+	  if [ -n "$${rest// /}" ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$rest; \
+	  fi; \
+	fi
+
+# caisson-agent, the microvm guest's /init: static, its own workspace (as probe/).
+AGENT_BIN := agent/target/x86_64-unknown-linux-gnu/release/caisson-agent
+
+agent: deps-apt
+	cd agent && $(CARGO) build --release
+
+# The guest kernel (an uncompressed vmlinux extracted from the bzImage that
+# linux-image-amd64 depends on, cached by release and sha256) and the
+# initramfs (the agent as /init and the modules it loads; deterministic),
+# where the microvm handler looks by default. See agent/README.md.
+MICROVM_DIR ?= /var/lib/caisson/microvm
+MICROVM_CACHE ?= /var/cache/caisson-test/microvm
+
+microvm-guest: microvm-deps agent
+	agent/guest/build-image.sh $(AGENT_BIN) $(MICROVM_DIR) $(MICROVM_CACHE)
+
+build: deps microvm-guest
 	$(CARGO) build --release --manifest-path pause/Cargo.toml
 	cd probe && $(CARGO) build --release
 	$(CARGO) build --workspace --all-targets
@@ -75,6 +128,7 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path pause/Cargo.toml --all-targets -- -D warnings
 	cd probe && $(CARGO) fmt --check && $(CARGO) clippy --all-targets -- -D warnings
+	cd agent && $(CARGO) fmt --check && $(CARGO) clippy --all-targets -- -D warnings
 
 criu: deps-apt
 	@if [ -x $(CRIU_CACHE)/criu ]; then exit 0; fi; \
@@ -99,9 +153,10 @@ test-pause: deps
 # to the target dir, and CI's disk is small.
 test: export CARGO_INCREMENTAL := 0
 test: lint build test-pause criu
+	cd agent && $(CARGO) test --release
 	$(CARGO) test --workspace
 
-bench: release criu
+bench: release criu microvm-guest
 	$(CARGO) build --release -p caisson-bench
 	cd probe && $(CARGO) build --release
 	target/release/caisson-bench image-import
@@ -111,6 +166,7 @@ bench: release criu
 	target/release/caisson-bench pull
 	target/release/caisson-bench streaming
 	target/release/caisson-bench checkpoint
+	target/release/caisson-bench microvm
 
 # Fuzzing, beside `make test` (which replays fuzz/corpus and
 # fuzz/regressions through fuzz/tests/replay.rs): every target for
@@ -156,3 +212,4 @@ clean:
 	$(CARGO) clean
 	$(CARGO) clean --manifest-path pause/Cargo.toml
 	cd probe && $(CARGO) clean
+	cd agent && $(CARGO) clean

@@ -5,7 +5,8 @@
 //! binaries and registers the handlers; the test then starts Debian's
 //! containerd with that config (the installed `bin` first on its `PATH`, as
 //! `/usr/local/bin` is on a node), runs a pod with `runtime_handler`
-//! `caisson` and one with `caisson-hardened` through containerd's CRI (the
+//! `caisson`, one with `caisson-hardened` and one with `caisson-microvm`
+//! (its container in its own VM) through containerd's CRI (the
 //! `k8s-cri` client on containerd's socket), checks a process runs in each
 //! and that the installed shim serves it, stops them, stops containerd,
 //! runs `uninstall`, and checks the config is byte-identical and the temp
@@ -160,7 +161,18 @@ fn installer_registers_handlers_with_containerd_and_uninstall_restores_the_node(
             shim.display(),
             cd.diagnostics()
         );
-        for pod in [native, hardened] {
+        // A microvm pod: containerd runs containerd-shim-caisson-microvm-v2,
+        // which boots the pod's VM; its container sees the guest's kernel.
+        let guest_release = require::microvm();
+        let microvm = cd.run_pod("caisson-microvm");
+        let release = cd.exec_in_pod(&microvm, &["uname", "-r"]);
+        assert_eq!(
+            release.trim(),
+            guest_release,
+            "the microvm pod's container does not run on the guest kernel\n{}",
+            cd.diagnostics()
+        );
+        for pod in [native, hardened, microvm] {
             cd.stop_and_remove(&pod.id);
         }
         wait_until("the pods' shims to exit", Duration::from_secs(15), || {

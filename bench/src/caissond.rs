@@ -1,9 +1,9 @@
-//! The one way a benchmark runs Caisson's daemon (`hardened`, `pull` and
-//! the caissond side of `cri`): the release `caissond` and its shim beside
-//! the bench binary, a config whose every path is under one dir plus what
-//! the benchmark adds ([`Setup`]: runtime handlers, registries; its cgroup
-//! parent), started and waited for as a [`Process`], images fed to it with
-//! `caissond images import`.
+//! The one way a benchmark runs Caisson's daemon (`hardened`, `microvm`,
+//! `pull` and the caissond side of `cri`): the release `caissond` and its
+//! shim beside the bench binary, a config whose every path is under one
+//! dir plus what the benchmark adds ([`Setup`]: runtime handlers,
+//! registries; its cgroup parent), started and waited for as a
+//! [`Process`], images fed to it with `caissond images import`.
 //!
 //! Dropping a [`Caissond`] removes its pods through CRI, stops it, and
 //! removes what is left of its processes, mounts and cgroups (then its temp
@@ -21,6 +21,7 @@ use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 
+use crate::cri::daemon::{StartTimes, StopTimes};
 use crate::cri::Result;
 use crate::daemon::Process;
 
@@ -206,6 +207,20 @@ impl Caissond {
         process.call(what, RPC_DEADLINE, f(process.runtime()))
     }
 
+    /// [`Caissond::call`] and how long it took.
+    fn timed_call<T, F>(
+        &self,
+        what: &str,
+        f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
+    ) -> Result<(T, Duration)>
+    where
+        F: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let reply = self.call(what, f)?;
+        Ok((reply, started.elapsed()))
+    }
+
     /// RunPodSandbox (under `handler`, "" for the default) + CreateContainer
     /// + StartContainer: the pod's and the container's ids.
     pub fn run_pod_with_container(
@@ -214,6 +229,17 @@ impl Caissond {
         handler: &str,
         container: cri::ContainerConfig,
     ) -> Result<(String, String)> {
+        let (pod, ctr, _) = self.run_pod_with_container_timed(config, handler, container)?;
+        Ok((pod, ctr))
+    }
+
+    /// [`Caissond::run_pod_with_container`], each call timed.
+    pub fn run_pod_with_container_timed(
+        &self,
+        config: cri::PodSandboxConfig,
+        handler: &str,
+        container: cri::ContainerConfig,
+    ) -> Result<(String, String, StartTimes)> {
         let request = cri::RunPodSandboxRequest {
             config: Some(config.clone()),
             runtime_handler: handler.into(),
@@ -222,29 +248,28 @@ impl Caissond {
             "" => "RunPodSandbox".to_string(),
             _ => format!("RunPodSandbox ({handler})"),
         };
-        let pod = self
-            .call(
+        let (reply, run_pod) =
+            self.timed_call(
                 &what,
                 |mut c| async move { c.run_pod_sandbox(request).await },
-            )?
-            .pod_sandbox_id;
+            )?;
+        let pod = reply.pod_sandbox_id;
         let request = cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
             config: Some(container),
             sandbox_config: Some(config),
         };
-        let ctr = self
-            .call("CreateContainer", |mut c| async move {
-                c.create_container(request).await
-            })?
-            .container_id;
+        let (reply, create) = self.timed_call("CreateContainer", |mut c| async move {
+            c.create_container(request).await
+        })?;
+        let ctr = reply.container_id;
         let request = cri::StartContainerRequest {
             container_id: ctr.clone(),
         };
-        self.call("StartContainer", |mut c| async move {
+        let (_, start) = self.timed_call("StartContainer", |mut c| async move {
             c.start_container(request).await
         })?;
-        Ok((pod, ctr))
+        Ok((pod, ctr, StartTimes::of(run_pod, create, start)))
     }
 
     /// Imports an image through `caissond images import`.
@@ -272,17 +297,22 @@ impl Caissond {
     }
 
     pub fn stop_and_remove_pod(&self, pod: &str) -> Result<()> {
+        self.stop_and_remove_pod_timed(pod).map(|_| ())
+    }
+
+    /// StopPodSandbox + RemovePodSandbox, each timed.
+    pub fn stop_and_remove_pod_timed(&self, pod: &str) -> Result<StopTimes> {
         let id = pod.to_string();
-        self.call("StopPodSandbox", |mut c| async move {
+        let (_, stop) = self.timed_call("StopPodSandbox", |mut c| async move {
             c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
                 .await
         })?;
         let id = pod.to_string();
-        self.call("RemovePodSandbox", |mut c| async move {
+        let (_, remove) = self.timed_call("RemovePodSandbox", |mut c| async move {
             c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
                 .await
         })?;
-        Ok(())
+        Ok(StopTimes::of(stop, remove))
     }
 
     fn remove_all_pods(&self) -> Result<()> {

@@ -26,7 +26,7 @@ mod caissond;
 mod cni;
 mod containerd;
 pub(crate) mod daemon;
-mod procfs;
+pub(crate) mod procfs;
 pub(crate) mod report;
 pub(crate) mod workload;
 
@@ -236,7 +236,7 @@ fn memory_with_pods(
     // The idle window first: memory is then read from pods that have
     // settled (a shim lets its idle helpers go).
     let idle_cpu = match idle_cpu_window {
-        Some(window) => Some(procfs::cpu_share(daemon.pid(), window)?),
+        Some(window) => Some(procfs::cpu_share(&[daemon.pid()], window)?),
         None => None,
     };
     let mut shims = Memory::default();

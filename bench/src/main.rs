@@ -18,6 +18,9 @@
 //!   round trip latency, port-forward throughput.
 //! * [`checkpoint`]: CRI CheckpointContainer and restore through caissond,
 //!   for a container holding touched memory: time and archive size.
+//! * [`microvm`]: the microvm handler (a QEMU VM per pod) against native in
+//!   one caissond: pod start split into VM boot and Caisson's own work,
+//!   QEMU and shim memory per idle pod, beside Kata's published figures.
 //! * [`measure`]: wall/CPU timing, min and median.
 //! * [`caissond`]: the release caissond those benchmarks start, configure
 //!   and clean up after; [`daemon`]: any CRI daemon process they spawn;
@@ -31,6 +34,7 @@ mod hardened;
 mod host;
 mod image_import;
 mod measure;
+mod microvm;
 mod pull;
 mod shim;
 mod streaming;
@@ -108,6 +112,13 @@ benchmarks:
                  memory: time, archive size (needs root and `make criu`)
       --runs N         checkpoints and restores (default 3)
       --mem-mb N       memory the container touches, in MiB (default 64)
+      --json FILE      also write the results as JSON
+  microvm        the microvm handler (a QEMU VM per pod) vs native, in one caissond: pod +
+                 container start p50/p90 split into VM boot (QEMU spawn to agent ready) and
+                 Caisson's own work; VmRSS and Pss of QEMU and shim per idle pod; beside
+                 Kata's published figures (needs root, `make microvm-guest`)
+      --runs N         timed pod starts per handler, after one warm-up (default 10)
+      --pods N         microvm pods for the memory reading (default 3)
       --json FILE      also write the results as JSON
 ";
 
@@ -231,6 +242,18 @@ fn parse_checkpoint(args: impl Iterator<Item = String>) -> Result<checkpoint::Op
     })
 }
 
+fn parse_microvm(args: impl Iterator<Item = String>) -> Result<microvm::Options, String> {
+    parse_options(args, |opts: &mut microvm::Options, flag, value| {
+        match flag {
+            "--runs" => opts.runs = number(flag, value()?)?,
+            "--pods" => opts.pods = number(flag, value()?)?,
+            "--json" => opts.json = Some(PathBuf::from(value()?)),
+            other => return unknown(other),
+        }
+        Ok(())
+    })
+}
+
 /// Runs a benchmark with its parsed options; a command-line error prints
 /// the usage and exits with 2.
 fn run<O>(
@@ -256,6 +279,7 @@ fn main() -> ExitCode {
         Some("pull") => run(parse_pull(args), pull::bench),
         Some("streaming") => run(parse_streaming(args), streaming::bench),
         Some("checkpoint") => run(parse_checkpoint(args), checkpoint::bench),
+        Some("microvm") => run(parse_microvm(args), microvm::bench),
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -322,6 +346,19 @@ mod tests {
         let defaults = parse(&[]).unwrap();
         assert_eq!((defaults.runs, defaults.pods, defaults.reps), (20, 5, 5));
         for bad in [&["--reps"][..], &["--pods", "x"], &["--cni"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn parses_microvm_options() {
+        let parse = |args: &[&str]| parse_microvm(args.iter().map(|s| s.to_string()));
+        let opts = parse(&["--runs", "5", "--pods", "2", "--json", "vm.json"]).unwrap();
+        assert_eq!((opts.runs, opts.pods), (5, 2));
+        assert_eq!(opts.json, Some(PathBuf::from("vm.json")));
+        let defaults = parse(&[]).unwrap();
+        assert_eq!((defaults.runs, defaults.pods, defaults.json), (10, 3, None));
+        for bad in [&["--pods"][..], &["--runs", "x"], &["--reps", "1"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

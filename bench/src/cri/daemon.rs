@@ -64,6 +64,29 @@ pub struct StopTimes {
     pub total: Duration,
 }
 
+impl StartTimes {
+    /// The three calls' times and their sum.
+    pub fn of(run_pod: Duration, create: Duration, start: Duration) -> StartTimes {
+        StartTimes {
+            run_pod,
+            create,
+            start,
+            total: run_pod + create + start,
+        }
+    }
+}
+
+impl StopTimes {
+    /// The two calls' times and their sum.
+    pub fn of(stop: Duration, remove: Duration) -> StopTimes {
+        StopTimes {
+            stop,
+            remove,
+            total: stop + remove,
+        }
+    }
+}
+
 impl Daemon {
     /// The daemon `spec` describes, started as `process`.
     pub fn new(spec: Spec, process: Process) -> Daemon {
@@ -165,13 +188,7 @@ impl Daemon {
             "StartContainer",
             async move { c.start_container(request).await },
         )?;
-        let times = StartTimes {
-            run_pod,
-            create,
-            start,
-            total: run_pod + create + start,
-        };
-        Ok((pod_id, container_id, times))
+        Ok((pod_id, container_id, StartTimes::of(run_pod, create, start)))
     }
 
     /// StopPodSandbox + RemovePodSandbox, each timed.
@@ -190,11 +207,7 @@ impl Daemon {
         let (_, remove) = self.call("RemovePodSandbox", async move {
             c.remove_pod_sandbox(request).await
         })?;
-        Ok(StopTimes {
-            stop,
-            remove,
-            total: stop + remove,
-        })
+        Ok(StopTimes::of(stop, remove))
     }
 
     /// Ids of the pods the daemon lists.

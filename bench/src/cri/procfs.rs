@@ -79,15 +79,20 @@ fn parse_stat(stat: &str) -> Option<(char, u32)> {
     Some((state, ppid))
 }
 
-/// Every running process (zombies left out: this VM's init may not reap
-/// the shims' orphans).
-/// Process `pid`'s CPU time over `window` (sleeping through it), in % of
-/// one CPU.
-pub fn cpu_share(pid: u32, window: std::time::Duration) -> Result<f64> {
-    let total = |(user, system): (std::time::Duration, std::time::Duration)| user + system;
-    let before = total(crate::measure::process_cpu(pid)?);
+/// The CPU time of processes `pids` together over `window` (sleeping
+/// through it), in % of one CPU.
+pub fn cpu_share(pids: &[u32], window: std::time::Duration) -> Result<f64> {
+    let total = || -> Result<std::time::Duration> {
+        let mut sum = std::time::Duration::ZERO;
+        for pid in pids {
+            let (user, system) = crate::measure::process_cpu(*pid)?;
+            sum += user + system;
+        }
+        Ok(sum)
+    };
+    let before = total()?;
     std::thread::sleep(window);
-    let after = total(crate::measure::process_cpu(pid)?);
+    let after = total()?;
     Ok(after.saturating_sub(before).as_secs_f64() * 100.0 / window.as_secs_f64())
 }
 
@@ -114,6 +119,8 @@ pub fn host_busy() -> Result<std::time::Duration> {
     Ok(std::time::Duration::from_millis(busy * 1000 / hz))
 }
 
+/// Every running process (zombies left out: this VM's init may not reap
+/// the shims' orphans).
 pub fn processes() -> Vec<Process> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -174,6 +181,37 @@ pub struct PodProcesses {
 /// helpers, and checks that the pod's container (`sleep`) runs below it too.
 pub fn pod_processes(shim_name: &str, dir: &Path, pod_id: &str) -> Result<PodProcesses> {
     let all = processes();
+    let below = shim_tree(&all, shim_name, dir, pod_id)?;
+    let pauses: Vec<&Process> = all
+        .iter()
+        .filter(|p| below[1..].contains(&p.pid) && p.comm.contains("pause"))
+        .collect();
+    let sleeps = all
+        .iter()
+        .filter(|p| below[1..].contains(&p.pid) && p.comm == "sleep")
+        .count();
+    let [pause] = pauses[..] else {
+        return Err(tree_error(&all, &below, "one pause", pauses.len()));
+    };
+    if sleeps != 1 {
+        return Err(tree_error(&all, &below, "one container (sleep)", sleeps));
+    }
+    let helpers = all
+        .iter()
+        .filter(|p| below[1..].contains(&p.pid) && p.pid != pause.pid && p.comm != "sleep")
+        .map(|p| p.pid)
+        .collect();
+    Ok(PodProcesses {
+        shim: below[0],
+        pause: pause.pid,
+        helpers,
+    })
+}
+
+/// The process tree of the shim serving `pod_id` (the binary `shim_name`
+/// with `-id <pod_id>` and a socket under `dir`) among `all`: the shim's
+/// pid first, then its descendants'.
+pub fn shim_tree(all: &[Process], shim_name: &str, dir: &Path, pod_id: &str) -> Result<Vec<u32>> {
     let shims: Vec<&Process> = all
         .iter()
         .filter(|p| is_shim_of(&p.argv, shim_name, pod_id) && mentions(&p.argv[1..], dir))
@@ -198,34 +236,11 @@ pub fn pod_processes(shim_name: &str, dir: &Path, pod_id: &str) -> Result<PodPro
         below.extend(all.iter().filter(|p| p.ppid == parent).map(|p| p.pid));
         i += 1;
     }
-    let pauses: Vec<&Process> = all
-        .iter()
-        .filter(|p| below[1..].contains(&p.pid) && p.comm.contains("pause"))
-        .collect();
-    let sleeps = all
-        .iter()
-        .filter(|p| below[1..].contains(&p.pid) && p.comm == "sleep")
-        .count();
-    let [pause] = pauses[..] else {
-        return Err(tree_error(&all, &below, "one pause", pauses.len()));
-    };
-    if sleeps != 1 {
-        return Err(tree_error(&all, &below, "one container (sleep)", sleeps));
-    }
-    let helpers = all
-        .iter()
-        .filter(|p| below[1..].contains(&p.pid) && p.pid != pause.pid && p.comm != "sleep")
-        .map(|p| p.pid)
-        .collect();
-    Ok(PodProcesses {
-        shim: shim.pid,
-        pause: pause.pid,
-        helpers,
-    })
+    Ok(below)
 }
 
 /// "expected {what} below the shim": the shim's process tree.
-fn tree_error(
+pub fn tree_error(
     all: &[Process],
     below: &[u32],
     what: &str,

@@ -10,7 +10,7 @@ use super::procfs::Memory;
 use super::Options;
 use crate::measure::{percentile, ratio};
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -40,11 +40,12 @@ impl Latency {
         self.runs.iter().map(|d| ms(*d)).sum::<f64>() / self.runs.len().max(1) as f64
     }
 
-    fn ms(&self) -> [f64; 3] {
+    /// p50, p90, p99 in ms.
+    pub(crate) fn ms(&self) -> [f64; 3] {
         [ms(self.p50), ms(self.p90), ms(self.p99)]
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "runs_ms": self.runs.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             "p50_ms": ms(self.p50),
@@ -81,8 +82,17 @@ impl Phases {
         }
     }
 
+    /// Each series by its JSON key.
+    pub(crate) fn json(&self) -> Value {
+        let mut latency = json!({});
+        for (_, key, series) in self.rows() {
+            latency[key] = series.json();
+        }
+        latency
+    }
+
     /// (row name, JSON key, series), in table order.
-    fn rows(&self) -> [(&'static str, &'static str, &Latency); 7] {
+    pub(crate) fn rows(&self) -> [(&'static str, &'static str, &Latency); 7] {
         [
             ("RunPodSandbox", "run_pod_sandbox", &self.run_pod),
             ("CreateContainer", "create_container", &self.create),
@@ -342,12 +352,16 @@ pub fn print(opts: &Options, sides: &[Side]) {
     }
 }
 
+/// The CPUs and kernel the figures come from.
+pub(crate) fn machine() -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
 pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
     let side_json = |s: &Side| {
-        let mut latency = json!({});
-        for (_, key, series) in s.phases.rows() {
-            latency[key] = series.json();
-        }
         let mut memory = json!({"pods": s.memory.pods, "shim_helpers": s.memory.helpers});
         for (_, key, m) in memory_rows(&s.memory) {
             memory[key] = m.json();
@@ -355,7 +369,7 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
         json!({
             "binary": s.binary.display().to_string(),
             "version": s.version,
-            "latency": latency,
+            "latency": s.phases.json(),
             "memory_kib": memory,
             "pods_bring_up": s.memory.pods_total.json(),
             "cgroups_while_pods_ran": s.memory.cgroups_with_pods.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
@@ -373,10 +387,7 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
     };
     let mut out = json!({
         "benchmark": "cri",
-        "machine": {
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        },
+        "machine": machine(),
         "options": {"runs": opts.runs, "warmup_runs": 1, "pods": opts.pods, "cni": opts.cni},
         "percentiles": "nearest rank",
         "config": config,

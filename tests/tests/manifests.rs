@@ -98,10 +98,11 @@ fn runtime_classes_validate_and_select_the_installers_nodes() {
     validate(&file);
     let (runtime_label, mode_label) = installer_labels();
     // Per-pod Pss measured in bench/README.md: shim + pause 2645 KiB,
-    // hardened up to 300 KiB more.
+    // hardened up to 300 KiB more; microvm's QEMU + shim 288 MiB of RSS.
     let measured = |handler: &str| match handler {
         "caisson" | "runc" => 2645 << 10,
         "caisson-hardened" | "hardened" => (2645 + 300) << 10,
+        "caisson-microvm" | "microvm" => 288 << 20,
         other => panic!("unexpected handler {other}"),
     };
     let mut handlers = Vec::new();
@@ -128,12 +129,19 @@ fn runtime_classes_validate_and_select_the_installers_nodes() {
     handlers.sort();
     assert_eq!(
         handlers,
-        ["caisson", "caisson-hardened", "hardened", "runc"],
+        [
+            "caisson",
+            "caisson-hardened",
+            "caisson-microvm",
+            "hardened",
+            "microvm",
+            "runc"
+        ],
         "one RuntimeClass per handler"
     );
     // The containerd handlers are the ones the installer registers.
     let script = std::fs::read_to_string(integration("deploy/caisson-deploy.sh")).unwrap();
-    for h in ["caisson", "caisson-hardened"] {
+    for h in ["caisson", "caisson-hardened", "caisson-microvm"] {
         assert!(script.contains(&format!("echo \"[$p.{h}]\"")), "{h}");
     }
 }

@@ -76,6 +76,8 @@ pub fn stats(dir: &Path) -> Stats {
         oom_events: oom_kills(dir),
         pids_current: number(dir, "pids.current"),
         pids_limit: limit(dir, "pids.max"),
+        memory_cache_bytes: mem("file"),
+        memory_failcnt: keyed(dir, "memory.events", "max"),
     }
 }
 
@@ -157,6 +159,7 @@ mod tests {
             (12, 1, 1)
         );
         assert_eq!((s.pids_current, s.pids_limit), (3, 64));
+        assert_eq!((s.memory_cache_bytes, s.memory_failcnt), (5000, 2));
     }
 
     #[test]

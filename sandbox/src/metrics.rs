@@ -33,6 +33,8 @@ pub fn to_cgroup_v1_metrics(s: &TaskStats) -> Metrics {
         memory: Some(MemoryStat {
             rss: s.memory_rss_bytes,
             total_rss: s.memory_rss_bytes,
+            cache: s.memory_cache_bytes,
+            total_cache: s.memory_cache_bytes,
             pg_fault: s.page_faults,
             total_pg_fault: s.page_faults,
             pg_maj_fault: s.major_page_faults,
@@ -42,6 +44,7 @@ pub fn to_cgroup_v1_metrics(s: &TaskStats) -> Metrics {
             usage: Some(MemoryEntry {
                 usage: s.memory_usage_bytes,
                 limit: s.memory_limit_bytes,
+                failcnt: s.memory_failcnt,
                 ..Default::default()
             })
             .into(),

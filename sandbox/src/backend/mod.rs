@@ -192,6 +192,11 @@ pub struct TaskStats {
     pub oom_events: u64,
     pub pids_current: u64,
     pub pids_limit: u64,
+    /// Page cache (v1 `total_cache`, v2 `file`).
+    pub memory_cache_bytes: u64,
+    /// Times the memory limit was hit (v1 `memory.failcnt`, v2 `max` of
+    /// memory.events).
+    pub memory_failcnt: u64,
 }
 
 /// Errors a backend reports; the task service maps them to ttrpc codes.

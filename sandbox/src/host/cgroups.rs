@@ -106,6 +106,8 @@ fn task_stats(stats: &Stats, v1: bool) -> TaskStats {
         oom_events: if v1 { 0 } else { memory.memory.fail_count },
         pids_current: stats.pids.current,
         pids_limit: stats.pids.limit,
+        memory_cache_bytes: stat("total_cache", "file"),
+        memory_failcnt: if v1 { memory.memory.fail_count } else { 0 },
     }
 }
 

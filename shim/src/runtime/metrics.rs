@@ -325,8 +325,16 @@ fn container_metrics(id: &str, name: &str, image: &str, s: &ContainerSample) -> 
         &[],
     );
     e.emit("container_memory_rss", sample.rss, &[]);
-    e.emit_some("container_memory_cache", s.extras.cache);
-    e.emit_some("container_memory_failcnt", s.extras.failcnt);
+    // The host's cgroup when there is one; else the backend's own figures
+    // (a microvm container's cgroup is in its guest).
+    e.emit_some(
+        "container_memory_cache",
+        s.extras.cache.or(Some(memory.total_cache)),
+    );
+    e.emit_some(
+        "container_memory_failcnt",
+        s.extras.failcnt.or(Some(memory.usage.failcnt)),
+    );
     for (failure_type, scope, v) in [
         ("pgfault", "container", memory.pg_fault),
         ("pgfault", "hierarchy", memory.total_pg_fault),
@@ -373,6 +381,29 @@ fn container_metrics(id: &str, name: &str, image: &str, s: &ContainerSample) -> 
         e.emit("container_fs_inodes_free", fs.inodes_free, &[]);
     }
     e.out
+}
+
+/// CPU settings of a container with no cgroup on the host (microvm: its
+/// cgroup is in the guest) from what its CRI config (`encoded`, as the
+/// record keeps it) asked for.
+fn with_spec_cpu(mut extras: ContainerExtras, encoded: &str) -> ContainerExtras {
+    if extras.cpu_shares.is_some() {
+        return extras;
+    }
+    let Some(config) = crate::store::decode::<cri::ContainerConfig>(encoded) else {
+        return extras;
+    };
+    let r = super::update::resources_of(&config);
+    extras.cpu_shares = (r.cpu_shares > 0).then_some(r.cpu_shares as u64);
+    if r.cpu_quota > 0 {
+        extras.cpu_quota_us = Some(r.cpu_quota as u64);
+        extras.cpu_period_us = Some(if r.cpu_period > 0 {
+            r.cpu_period as u64
+        } else {
+            100_000
+        });
+    }
+    extras
 }
 
 /// The pod-level metrics: its network namespace's counters per interface.
@@ -468,6 +499,7 @@ impl Runtime {
         })
         .await
         .map_err(|e| crate::status::CriError::internal("reading container metrics", e))?;
+        let extras = with_spec_cpu(extras, &c.config);
         let sample = ContainerSample {
             task,
             extras,
@@ -648,6 +680,33 @@ mod tests {
     }
 
     #[test]
+    fn cpu_settings_without_a_host_cgroup_come_from_the_config() {
+        let config = cri::ContainerConfig {
+            linux: Some(cri::LinuxContainerConfig {
+                resources: Some(cri::LinuxContainerResources {
+                    cpu_shares: 512,
+                    cpu_quota: 50_000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let encoded = crate::store::encode(&config);
+        let got = with_spec_cpu(ContainerExtras::default(), &encoded);
+        assert_eq!(
+            (got.cpu_shares, got.cpu_quota_us, got.cpu_period_us),
+            (Some(512), Some(50_000), Some(100_000))
+        );
+        // A host cgroup's own figures win.
+        let host = ContainerExtras {
+            cpu_shares: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(with_spec_cpu(host, &encoded).cpu_shares, Some(2));
+    }
+
+    #[test]
     fn missing_host_figures_are_left_out() {
         let sample = ContainerSample {
             extras: ContainerExtras::default(),
@@ -656,8 +715,10 @@ mod tests {
             ..full_sample()
         };
         let got = by_name(&container_metrics("c1", "n", "i", &sample));
+        // The task's own figures stand in for the host's.
+        assert!(got.contains_key("container_memory_cache"));
+        assert!(got.contains_key("container_memory_failcnt"));
         for name in [
-            "container_memory_cache",
             "container_processes",
             "container_spec_cpu_shares",
             "container_fs_usage_bytes",

@@ -50,7 +50,7 @@ enum PodSizing {
 }
 
 /// The CRI resources of a container config.
-fn resources_of(config: &cri::ContainerConfig) -> cri::LinuxContainerResources {
+pub(super) fn resources_of(config: &cri::ContainerConfig) -> cri::LinuxContainerResources {
     config
         .linux
         .as_ref()

@@ -1153,6 +1153,8 @@ impl Backend for MicrovmBackend {
             oom_events: s.oom_events,
             pids_current: s.pids_current,
             pids_limit: s.pids_limit,
+            memory_cache_bytes: s.memory_cache_bytes,
+            memory_failcnt: s.memory_failcnt,
         })
     }
 

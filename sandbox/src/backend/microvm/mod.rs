@@ -219,6 +219,16 @@ impl MicrovmBackend {
                 reason: "only \"9p\" is implemented (virtiofs is not yet)".into(),
             });
         }
+        // The devices are PCI ones (virtio-serial-pci, virtio-9p-pci): the
+        // `microvm` machine, which has no PCI bus, would need their MMIO
+        // variants and has not been made to work here.
+        let machine = options.machine.split(',').next().unwrap_or_default();
+        if !matches!(machine, "q35" | "pc") && !machine.starts_with("pc-") {
+            return Err(BackendError::InvalidArgument {
+                what: "machine".into(),
+                reason: format!("{machine:?}: q35 or pc (the guest's devices are PCI)"),
+            });
+        }
         if options.vcpus == 0 || options.memory_mib < 64 {
             return Err(BackendError::InvalidArgument {
                 what: "vcpus/memory_mib".into(),
@@ -1199,5 +1209,54 @@ impl Backend for MicrovmBackend {
             }
             remove_host_cgroup(&vm.sandbox_id, vm.host_cgroup.as_deref());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_the_backend_cannot_honour_are_refused_naming_them() {
+        let exits: ExitSink = Arc::new(|_| {});
+        let cases = [
+            (
+                MicrovmOptions {
+                    shared_fs: SharedFs::Virtiofs,
+                    ..Default::default()
+                },
+                "shared_fs",
+            ),
+            (
+                MicrovmOptions {
+                    machine: "microvm,acpi=off".into(),
+                    ..Default::default()
+                },
+                "machine",
+            ),
+            (
+                MicrovmOptions {
+                    vcpus: 0,
+                    ..Default::default()
+                },
+                "vcpus",
+            ),
+        ];
+        for (options, field) in cases {
+            match MicrovmBackend::new(PathBuf::from("/nonexistent"), exits.clone(), options) {
+                Err(BackendError::InvalidArgument { what, .. }) => {
+                    assert!(what.contains(field), "{what} does not name {field}")
+                }
+                Err(e) => panic!("{field}: {e}"),
+                Ok(_) => panic!("{field}: accepted"),
+            }
+        }
+        let parsed: MicrovmOptions = crate::backend::options_from_json(
+            r#"{"memory_mib": 256, "userns_first_id": 1}"#,
+            "options",
+        )
+        .unwrap();
+        assert_eq!(parsed.memory_mib, 256, "another backend's key is ignored");
+        assert_eq!(parsed.machine, "q35");
     }
 }

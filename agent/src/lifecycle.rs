@@ -144,6 +144,11 @@ impl Agent {
         }
         let bundle = Path::new(BUNDLES).join(id);
         let created = self.build_init(id, &bundle, &spec, &stdio, req.sandbox);
+        if let (true, Ok(pid)) = (req.sandbox, &created) {
+            // The pod's new network namespace starts with `lo` down (on the
+            // host, CNI's loopback plugin brings it up).
+            crate::boot::loopback_up_in(*pid);
+        }
         if created.is_err() {
             let _ = fs::remove_dir_all(&bundle);
             if req.sandbox {

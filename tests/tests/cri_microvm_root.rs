@@ -151,6 +151,12 @@ fn a_microvm_pod_runs_its_containers_in_the_guests_kernel() {
         "containers share a mount namespace"
     );
     assert_eq!(d.exec(&c2, &["hostname"]).trim(), "vm1");
+    // The pod's network namespace in the guest has its loopback up
+    // (IFF_UP | IFF_LOOPBACK), so `localhost` works between its containers.
+    assert_eq!(
+        d.exec(&c2, &["cat", "/sys/class/net/lo/flags"]).trim(),
+        "0x9"
+    );
     // Exec: output on both streams and the exit code.
     let out = d
         .try_exec(&c2, &["sh", "-c", "echo out; echo err >&2; exit 7"], 30)

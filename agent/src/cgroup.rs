@@ -68,7 +68,12 @@ pub fn stats(dir: &Path) -> Stats {
         cpu_user_ns: usec("user_usec"),
         cpu_system_ns: usec("system_usec"),
         memory_usage_bytes: current,
-        memory_limit_bytes: limit(dir, "memory.max"),
+        // "max" as the host's libcgroups reports no limit (a huge number,
+        // not 0: consumers subtract usage from it).
+        memory_limit_bytes: match read(dir, "memory.max") {
+            Some(t) if t.trim() == "max" => u64::MAX,
+            _ => limit(dir, "memory.max"),
+        },
         memory_working_set_bytes: current.saturating_sub(mem("inactive_file")),
         memory_rss_bytes: mem("anon"),
         page_faults: mem("pgfault"),
@@ -149,7 +154,10 @@ mod tests {
             (s.cpu_usage_ns, s.cpu_user_ns, s.cpu_system_ns),
             (1_500_000, 1_000_000, 500_000)
         );
-        assert_eq!((s.memory_usage_bytes, s.memory_limit_bytes), (10000, 0));
+        assert_eq!(
+            (s.memory_usage_bytes, s.memory_limit_bytes),
+            (10000, u64::MAX)
+        );
         assert_eq!(
             (s.memory_working_set_bytes, s.memory_rss_bytes),
             (7000, 4096)

@@ -141,12 +141,70 @@ fn from_call(op: &'static str, id: &str, e: CallError) -> BackendError {
     }
 }
 
+/// Where one output stream of a process goes: a thread writes it, so a
+/// reader that stops reading (a FIFO whose client went away) stalls only
+/// this stream, never the agent channel that every task of the pod shares.
+/// Past [`OUTPUT_QUEUE`] chunks waiting, output is dropped (with a warning).
+struct OutputSink {
+    /// None once the stream ended.
+    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    /// Disconnected once everything queued is written and the file closed.
+    done: mpsc::Receiver<()>,
+    dropped: bool,
+}
+
+/// Chunks (up to 64 KiB each, as the agent sends them) a stream may queue.
+const OUTPUT_QUEUE: usize = 64;
+
+impl OutputSink {
+    fn spawn(file: File) -> std::io::Result<OutputSink> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(OUTPUT_QUEUE);
+        let (done_tx, done) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("vm-output".into())
+            .spawn(move || {
+                let _done = done_tx;
+                let mut file = file;
+                for chunk in rx {
+                    if file.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(OutputSink {
+            tx: Some(tx),
+            done,
+            dropped: false,
+        })
+    }
+
+    /// Queues a chunk without blocking.
+    fn send(&mut self, data: Vec<u8>, id: &str) {
+        let Some(tx) = &self.tx else { return };
+        if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(data) {
+            if !self.dropped {
+                tracing::warn!(id, "a process's output is not being read: dropping it");
+                self.dropped = true;
+            }
+        }
+    }
+
+    /// Ends the stream and waits (up to `wait`) until what was queued is
+    /// written.
+    fn finish(mut self, wait: Duration) {
+        self.tx = None;
+        let _ = self.done.recv_timeout(wait);
+    }
+}
+
 /// The host side of one process in the guest.
 struct Proc {
     pid: u32,
-    /// Where its output goes (closed at its end of stream).
-    stdout: Option<Arc<File>>,
-    stderr: Option<Arc<File>>,
+    /// Where its output goes (ended at its end of stream).
+    stdout: Option<OutputSink>,
+    stderr: Option<OutputSink>,
+    /// Streams that ended, still writing what they queued.
+    ended_streams: Vec<OutputSink>,
     held: HeldStdio,
     /// A terminal's host end (shut down when the process ends, which ends
     /// its pumps).
@@ -155,12 +213,36 @@ struct Proc {
 }
 
 impl Proc {
-    /// The process ended: no more output, and a terminal's pumps stop.
-    fn end(&mut self) {
+    /// The process ended: no more output. What is queued is still
+    /// written; then a terminal's host end is shut (its pumps stop).
+    fn end(&mut self) -> Ended {
         self.exited = true;
-        self.stdout = None;
-        self.stderr = None;
-        if let Some(t) = self.terminal.take() {
+        Ended {
+            sinks: std::mem::take(&mut self.ended_streams)
+                .into_iter()
+                .chain(self.stdout.take())
+                .chain(self.stderr.take())
+                .collect(),
+            terminal: self.terminal.take(),
+        }
+    }
+}
+
+/// What is left of a process that ended: its output streams, still
+/// writing, and its terminal's host end.
+struct Ended {
+    sinks: Vec<OutputSink>,
+    terminal: Option<UnixStream>,
+}
+
+impl Ended {
+    /// Waits (up to `wait` per stream) for the output, then shuts the
+    /// terminal.
+    fn finish(self, wait: Duration) {
+        for sink in self.sinks {
+            sink.finish(wait);
+        }
+        if let Some(t) = self.terminal {
             let _ = t.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -181,7 +263,7 @@ struct Vm {
     dir: PathBuf,
     conn: Arc<AgentConn>,
     share: Share,
-    qemu: Pidfd,
+    qemu: Arc<Pidfd>,
     /// Receives QEMU's exit (once).
     exited_rx: Mutex<Option<mpsc::Receiver<Reaped>>>,
     /// The sandbox's cgroup on the host, holding QEMU.
@@ -194,6 +276,8 @@ struct State {
     vm: Option<Arc<Vm>>,
     /// Set when the VM died: why.
     vm_gone: Option<String>,
+    /// Set once the host side of a gone VM is cleaned up.
+    vm_cleaned: bool,
     tasks: HashMap<String, Task>,
 }
 
@@ -269,7 +353,7 @@ impl MicrovmBackend {
         let share = Share::at(&dir.join("shared"));
         if sandbox_id == id {
             share.remove();
-            let _ = std::fs::remove_dir_all(&dir);
+            share::remove_tree(&dir);
         } else {
             share.remove_task(id);
         }
@@ -312,9 +396,8 @@ impl MicrovmBackend {
         let fail = |reason: String| failed("boot VM", sandbox_id, reason);
         if dir.exists() {
             // Left by a shim that was killed: nothing in it is live.
-            let stale = Share::create(&dir.join("shared")).map_err(&fail)?;
-            stale.remove();
-            let _ = std::fs::remove_dir_all(&dir);
+            Share::at(&dir.join("shared")).remove();
+            share::remove_tree(&dir);
         }
         let share = Share::create(&dir.join("shared")).map_err(&fail)?;
         let console_log = spec
@@ -343,7 +426,7 @@ impl MicrovmBackend {
         let host_cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let cleanup = |share: &Share| {
             share.remove();
-            let _ = std::fs::remove_dir_all(&dir);
+            share::remove_tree(&dir);
         };
         let (qemu, exited_rx) = match self.spawn_qemu(&config, host_cgroup.as_deref(), sandbox_id) {
             Ok(x) => x,
@@ -372,7 +455,16 @@ impl MicrovmBackend {
                     inner.on_event(event);
                 }
             }),
-            Box::new(move |why| tracing::debug!(reason = %why, "agent channel closed")),
+            // The channel is the only way to the guest: once it is gone
+            // (QEMU died, or a frame could not be read), the VM is stopped,
+            // so that its tasks are reported exited rather than hang.
+            Box::new({
+                let qemu = qemu.clone();
+                move |why| {
+                    tracing::info!(reason = %why, "agent channel closed: stopping the VM");
+                    let _ = qemu.send_signal(libc::SIGKILL);
+                }
+            }),
         );
         let (conn, ready) = match connected {
             Ok(x) => x,
@@ -434,7 +526,7 @@ impl MicrovmBackend {
         config: &VmConfig,
         host_cgroup: Option<&Path>,
         sandbox_id: &str,
-    ) -> std::result::Result<(Pidfd, mpsc::Receiver<Reaped>), String> {
+    ) -> std::result::Result<(Arc<Pidfd>, mpsc::Receiver<Reaped>), String> {
         let mut cmd = self.vmm.command(config)?;
         let console = File::options()
             .create(true)
@@ -497,7 +589,7 @@ impl MicrovmBackend {
                 return Err(format!("placing QEMU in the pod's cgroup: {e}"));
             }
         }
-        Ok((qemu, exit_rx))
+        Ok((Arc::new(qemu), exit_rx))
     }
 
     /// Watches QEMU's exit: then every live process is reported exited.
@@ -548,8 +640,12 @@ impl MicrovmBackend {
             return Ok((
                 Proc {
                     pid: 0,
-                    stdout: Some(Arc::new(File::from(OwnedFd::from(output)))),
+                    stdout: Some(
+                        OutputSink::spawn(File::from(OwnedFd::from(output)))
+                            .map_err(|e| failed("terminal", id, e))?,
+                    ),
                     stderr: None,
+                    ended_streams: Vec::new(),
                     held,
                     terminal: Some(ours),
                     exited: false,
@@ -567,8 +663,15 @@ impl MicrovmBackend {
         Ok((
             Proc {
                 pid: 0,
-                stdout: Some(Arc::new(File::from(child.stdout))),
-                stderr: Some(Arc::new(File::from(child.stderr))),
+                stdout: Some(
+                    OutputSink::spawn(File::from(child.stdout))
+                        .map_err(|e| failed("stdio", id, e))?,
+                ),
+                stderr: Some(
+                    OutputSink::spawn(File::from(child.stderr))
+                        .map_err(|e| failed("stdio", id, e))?,
+                ),
+                ended_streams: Vec::new(),
                 held,
                 terminal: None,
                 exited: false,
@@ -627,7 +730,7 @@ impl MicrovmBackend {
             e
         };
         let spec_json = serde_json::to_vec(spec).map_err(|e| undo(failed("create", id, e)))?;
-        let (mut proc, stdio) = self
+        let (proc, stdio) = self
             .open_proc_stdio(vm, id, "", &task.stdio)
             .map_err(undo)?;
         // Registered before the agent can report anything of it.
@@ -636,14 +739,7 @@ impl MicrovmBackend {
             Task {
                 kind: task.kind.clone(),
                 bundle: task.bundle.clone(),
-                init: Proc {
-                    pid: 0,
-                    stdout: proc.stdout.clone(),
-                    stderr: proc.stderr.clone(),
-                    held: HeldStdio::default(),
-                    terminal: None,
-                    exited: false,
-                },
+                init: proc,
                 execs: HashMap::new(),
                 running_execs: HashMap::new(),
             },
@@ -665,11 +761,8 @@ impl MicrovmBackend {
                 return Err(undo(from_call("create", id, e)));
             }
         };
-        proc.pid = pid;
         if let Some(t) = locked(&self.inner.state).tasks.get_mut(id) {
             t.init.pid = pid;
-            t.init.held = std::mem::take(&mut proc.held);
-            t.init.terminal = proc.terminal.take();
         }
         tracing::info!(id, pid, "task created in the guest");
         Ok(pid)
@@ -698,7 +791,7 @@ impl MicrovmBackend {
     fn wait_cleaned(&self, vm: &Arc<Vm>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if locked(&self.inner.state).vm_gone.is_some() || !vm.dir.exists() {
+            if locked(&self.inner.state).vm_cleaned {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -787,33 +880,28 @@ impl Inner {
     fn on_event(&self, event: event::Kind) {
         match event {
             event::Kind::Output(out) => {
-                let target = {
-                    let mut state = locked(&self.state);
-                    let Some(p) = Self::proc_mut(&mut state, &out.container_id, &out.exec_id)
-                    else {
-                        return;
-                    };
-                    let slot = if out.stream == proto::Stream::Stderr as i32 {
-                        &mut p.stderr
-                    } else {
-                        &mut p.stdout
-                    };
-                    if out.eof {
-                        slot.take();
-                        None
-                    } else {
-                        slot.clone()
-                    }
+                let mut state = locked(&self.state);
+                let Some(p) = Self::proc_mut(&mut state, &out.container_id, &out.exec_id) else {
+                    return;
                 };
-                if let Some(file) = target {
-                    if let Err(e) = (&*file).write_all(&out.data) {
-                        tracing::debug!(id = %out.container_id, error = %e, "writing output");
+                let slot = if out.stream == proto::Stream::Stderr as i32 {
+                    &mut p.stderr
+                } else {
+                    &mut p.stdout
+                };
+                if out.eof {
+                    // Its thread writes what is queued, then closes the file.
+                    if let Some(mut sink) = slot.take() {
+                        sink.tx = None;
+                        p.ended_streams.push(sink);
                     }
+                } else if let Some(sink) = slot {
+                    sink.send(out.data, &out.container_id);
                 }
             }
             event::Kind::Exited(exited) => {
                 let exec_id = (!exited.exec_id.is_empty()).then(|| exited.exec_id.clone());
-                {
+                let ended = {
                     let mut state = locked(&self.state);
                     let Some(p) = Self::proc_mut(&mut state, &exited.container_id, &exited.exec_id)
                     else {
@@ -822,8 +910,10 @@ impl Inner {
                     if p.exited {
                         return;
                     }
-                    p.end();
-                }
+                    p.end()
+                };
+                // Its output is in its log before its exit is reported.
+                ended.finish(Duration::from_secs(2));
                 (self.exits)(Exit {
                     container_id: exited.container_id,
                     exec_id,
@@ -868,7 +958,7 @@ impl Inner {
                 );
                 for (exec_id, p) in procs {
                     if !p.exited && p.pid != 0 {
-                        p.end();
+                        p.end().finish(Duration::ZERO);
                         exits.push(Exit {
                             container_id: id.clone(),
                             exec_id,
@@ -886,7 +976,8 @@ impl Inner {
             (self.exits)(exit);
         }
         vm.share.remove();
-        let _ = std::fs::remove_dir_all(&vm.dir);
+        share::remove_tree(&vm.dir);
+        locked(&self.state).vm_cleaned = true;
     }
 }
 

@@ -49,13 +49,28 @@ fn check_id(id: &str) -> Result<(), String> {
 }
 
 impl Share {
-    /// Makes the (empty, root-only) shared directory.
+    /// Makes the (empty, root-only) shared directory, as a private mount of
+    /// its own: binds made below it then never propagate into other mount
+    /// namespaces (`/run` is usually shared), where detaching them here
+    /// would not reach.
     pub fn create(dir: &Path) -> Result<Share, String> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(|e| format!("making {}: {e}", dir.display()))?;
+        let fail = |e: nix::Error| format!("making {} a private mount: {e}", dir.display());
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(fail)?;
+        if let Err(e) = mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ) {
+            let _ = umount2(dir, MntFlags::MNT_DETACH);
+            return Err(fail(e));
+        }
         Ok(Share {
             dir: dir.to_path_buf(),
         })
@@ -137,21 +152,13 @@ impl Share {
         }
         let task_dir = self.dir.join(id);
         detach_below(&task_dir);
-        if let Err(e) = fs::remove_dir_all(&task_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %task_dir.display(), error = %e, "removing a shared task dir");
-            }
-        }
+        remove_tree(&task_dir);
     }
 
     /// Unmounts and removes the whole share.
     pub fn remove(&self) {
         detach_below(&self.dir);
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "removing the share");
-            }
-        }
+        remove_tree(&self.dir);
     }
 }
 
@@ -183,19 +190,71 @@ fn bind(source: &Path, target: &Path, recursive: bool, read_only: bool) -> Resul
     )
     .map_err(fail)?;
     if read_only {
-        let remount = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, remount, None::<&str>) {
+        // Every mount below too (an `rbind` brings the source's submounts).
+        if let Err(e) = crate::host::idmap::make_read_only_recursive(target) {
             let _ = umount2(target, MntFlags::MNT_DETACH);
-            return Err(fail(e));
+            return Err(format!("making {} read-only: {e}", target.display()));
         }
     }
     Ok(())
 }
 
-/// Detaches every mount at or below `dir` (deepest first).
-fn detach_below(dir: &Path) {
-    let Ok(mounts) = crate::host::mountinfo::read() else {
+/// Removes `dir` and what is in it without ever entering a mount: one
+/// left below it (not detached, or bound while this ran) keeps its contents
+/// and its mount point. Mount points are mountinfo's, and also any change of
+/// device (a bind of the same filesystem shows only in mountinfo). Without
+/// mountinfo nothing is removed. Missing is fine.
+pub fn remove_tree(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = fs::canonicalize(dir) else {
         return;
+    };
+    let mounts: std::collections::HashSet<PathBuf> = match crate::host::mountinfo::read() {
+        Ok(m) => m.into_iter().map(|m| m.mount_point).collect(),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "reading mountinfo: not removed");
+            return;
+        }
+    };
+    let Ok(top) = fs::symlink_metadata(&dir) else {
+        return;
+    };
+    fn walk(path: &Path, dev: u64, mounts: &std::collections::HashSet<PathBuf>) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.dev() != dev || mounts.contains(path) {
+            tracing::warn!(path = %path.display(), "a mount is left here: not removed");
+            return;
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = fs::read_dir(path) {
+                for entry in entries.flatten() {
+                    walk(&entry.path(), dev, mounts);
+                }
+            }
+            let _ = fs::remove_dir(path);
+        } else {
+            let _ = fs::remove_file(path);
+        }
+    }
+    walk(&dir, top.dev(), &mounts);
+}
+
+/// Detaches every mount at or below `dir` (deepest first); `dir` is made
+/// canonical first, as mountinfo's paths are.
+fn detach_below(dir: &Path) {
+    let dir = match fs::canonicalize(dir) {
+        Ok(d) => d,
+        Err(_) => return,
+    };
+    let dir = dir.as_path();
+    let mounts = match crate::host::mountinfo::read() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading mountinfo: the share's binds are not detached");
+            return;
+        }
     };
     let mut points: Vec<PathBuf> = mounts
         .iter()

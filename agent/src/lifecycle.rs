@@ -303,9 +303,17 @@ impl Agent {
         let _ = fs::remove_file(&file);
         remove_tenant_sockets(&Path::new(STATE_ROOT).join(cid));
         let (pid, prepared) = built?;
-        let io = prepared
-            .start(&self.channel, cid, eid)
-            .map_err(|e| internal("exec stdio", e))?;
+        let io = match prepared.start(&self.channel, cid, eid) {
+            Ok(io) => io,
+            Err(e) => {
+                // It runs already: do not leave it running unreported.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                return Err(internal("exec stdio", e));
+            }
+        };
         let mut table = self.table();
         table.pids.insert(pid, (cid.to_string(), eid.to_string()));
         if let Some(c) = table.containers.get_mut(cid) {

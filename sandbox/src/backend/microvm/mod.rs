@@ -758,6 +758,10 @@ impl MicrovmBackend {
             Ok(r) => started_pid(&r),
             Err(e) => {
                 locked(&self.inner.state).tasks.remove(id);
+                if matches!(e, CallError::Channel(_)) {
+                    // No answer in time: the guest may still make it.
+                    forget_in_guest(&vm.conn, id, "");
+                }
                 return Err(undo(from_call("create", id, e)));
             }
         };
@@ -829,6 +833,30 @@ fn remove_host_cgroup(id: &str, path: Option<&Path>) {
             tracing::debug!(cgroup = %path.display(), error = %e, "removing the VM's cgroup");
         }
     }
+}
+
+/// After a create or exec the agent did not answer in time (it may still
+/// carry it out): kills and forgets that process in the guest, from a
+/// thread of its own, so that no container or exec runs there unknown to
+/// the host.
+fn forget_in_guest(conn: &Arc<AgentConn>, id: &str, exec_id: &str) {
+    let (conn, id, exec_id) = (conn.clone(), id.to_string(), exec_id.to_string());
+    let _ = std::thread::Builder::new()
+        .name("vm-forget".into())
+        .spawn(move || {
+            let signal = request::Op::SignalProcess(proto::SignalProcess {
+                container_id: id.clone(),
+                exec_id: exec_id.clone(),
+                signal: libc::SIGKILL as u32,
+                all: exec_id.is_empty(),
+            });
+            let _ = conn.call(signal, CALL_TIMEOUT);
+            let delete = request::Op::DeleteProcess(proto::DeleteProcess {
+                container_id: id,
+                exec_id,
+            });
+            let _ = conn.call(delete, CALL_TIMEOUT);
+        });
 }
 
 /// Copies a process's stdin to the agent until EOF, then closes the
@@ -957,7 +985,8 @@ impl Inner {
                         .map(|(e, p)| (Some(e.clone()), p)),
                 );
                 for (exec_id, p) in procs {
-                    if !p.exited && p.pid != 0 {
+                    // An exec whose start is in flight (pid 0) ends too.
+                    if !p.exited && (p.pid != 0 || exec_id.is_some()) {
                         p.end().finish(Duration::ZERO);
                         exits.push(Exit {
                             container_id: id.clone(),
@@ -1085,6 +1114,9 @@ impl Backend for MicrovmBackend {
             Err(e) => {
                 if let Some(task) = state.tasks.get_mut(id) {
                     task.running_execs.remove(exec_id);
+                }
+                if matches!(e, CallError::Channel(_)) {
+                    forget_in_guest(&vm.conn, id, exec_id);
                 }
                 Err(from_call("exec", id, e))
             }

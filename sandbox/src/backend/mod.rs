@@ -54,6 +54,23 @@ pub(crate) fn resize_held_pty(
     })
 }
 
+/// Registers `exec` among a task's `execs` (run later by `start_exec`);
+/// `AlreadyExists` for an exec id the task has. For the backends that keep
+/// registered execs in a map of their own.
+pub(crate) fn register_exec(
+    execs: &mut std::collections::HashMap<String, ExecSpec>,
+    exec: &ExecSpec,
+) -> Result<()> {
+    if execs.contains_key(&exec.exec_id) {
+        return Err(BackendError::AlreadyExists {
+            what: "exec",
+            id: exec.exec_id.clone(),
+        });
+    }
+    execs.insert(exec.exec_id.clone(), exec.clone());
+    Ok(())
+}
+
 /// A backend's options from their JSON (blank: the defaults); `what` names
 /// the source in the error.
 pub(crate) fn options_from_json<T: serde::de::DeserializeOwned + Default>(

@@ -491,14 +491,7 @@ impl Backend for OciBackend {
         let task = tasks
             .get_mut(&exec.container_id)
             .ok_or_else(|| not_found(&exec.container_id))?;
-        if task.execs.contains_key(&exec.exec_id) {
-            return Err(BackendError::AlreadyExists {
-                what: "exec",
-                id: exec.exec_id.clone(),
-            });
-        }
-        task.execs.insert(exec.exec_id.clone(), exec.clone());
-        Ok(())
+        crate::backend::register_exec(&mut task.execs, exec)
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {

@@ -1066,14 +1066,7 @@ impl Backend for MicrovmBackend {
             .tasks
             .get_mut(&exec.container_id)
             .ok_or_else(|| not_found(&exec.container_id))?;
-        if task.execs.contains_key(&exec.exec_id) {
-            return Err(BackendError::AlreadyExists {
-                what: "exec",
-                id: exec.exec_id.clone(),
-            });
-        }
-        task.execs.insert(exec.exec_id.clone(), exec.clone());
-        Ok(())
+        crate::backend::register_exec(&mut task.execs, exec)
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
@@ -1228,25 +1221,17 @@ impl Backend for MicrovmBackend {
     }
 
     fn pause(&self, id: &str) -> Result<()> {
-        self.call(
-            "pause",
-            id,
-            request::Op::PauseContainer(proto::PauseContainer {
-                container_id: id.to_string(),
-            }),
-        )
-        .map(|_| ())
+        let op = request::Op::PauseContainer(proto::PauseContainer {
+            container_id: id.to_string(),
+        });
+        self.call("pause", id, op).map(|_| ())
     }
 
     fn resume(&self, id: &str) -> Result<()> {
-        self.call(
-            "resume",
-            id,
-            request::Op::ResumeContainer(proto::ResumeContainer {
-                container_id: id.to_string(),
-            }),
-        )
-        .map(|_| ())
+        let op = request::Op::ResumeContainer(proto::ResumeContainer {
+            container_id: id.to_string(),
+        });
+        self.call("resume", id, op).map(|_| ())
     }
 
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {

@@ -148,6 +148,13 @@ impl Agent {
             // The pod's new network namespace starts with `lo` down (on the
             // host, CNI's loopback plugin brings it up).
             crate::boot::loopback_up_in(*pid);
+            // The guest is the pod's: it takes the pod's name too (its
+            // console and kernel messages then say which pod they are).
+            if let Some(name) = spec.get("hostname").and_then(Value::as_str) {
+                if let Err(e) = nix::unistd::sethostname(name) {
+                    log!("setting the guest's hostname to {name:?}: {e}");
+                }
+            }
         }
         if created.is_err() {
             let _ = fs::remove_dir_all(&bundle);

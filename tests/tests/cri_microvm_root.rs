@@ -319,6 +319,31 @@ fn silent_initramfs(path: &Path) {
     std::fs::write(path, out).unwrap();
 }
 
+/// hostNetwork is refused for microvm before anything is made: a VM has
+/// its own network stack.
+#[test]
+fn a_host_network_pod_is_refused_naming_the_field() {
+    require::microvm();
+    let d = Caissond::start("");
+    let config = caisson_tests::daemon::with_host_network(d.pod_config("hostnet"));
+    let mut rt = d.runtime();
+    let err =
+        d.rt.block_on(rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: "microvm".into(),
+        }))
+        .expect_err("a hostNetwork microvm pod started");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("namespace_options.network")
+            && err.message().contains("hostNetwork"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(d.list_pods().len(), 0);
+    assert_eq!(vm_dirs(&run_dir(&d)), Vec::<PathBuf>::new());
+}
+
 /// A guest whose agent never answers: RunPodSandbox fails past the boot
 /// deadline, says why with the guest's console, and leaves nothing.
 #[test]

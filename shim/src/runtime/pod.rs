@@ -468,6 +468,17 @@ impl Runtime {
                 format!("no runtime handler {handler:?} is configured"),
             )
         })?;
+        // A VM has a network stack of its own: it cannot be the node's.
+        if handler_cfg.backend == "microvm" && spec::pod_namespace_modes(&config)?.network_is_host()
+        {
+            return Err(CriError::invalid(
+                "config.linux.security_context.namespace_options.network",
+                format!(
+                    "handler {handler:?} runs the pod in its own VM, which cannot use the \
+                     node's network namespace (hostNetwork)"
+                ),
+            ));
+        }
         // The handler's own cost, unless the pod brings its RuntimeClass's.
         if let Some(overhead) = &handler_cfg.pod_overhead {
             let linux = config.linux.get_or_insert_with(Default::default);

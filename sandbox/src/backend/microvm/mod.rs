@@ -684,6 +684,24 @@ impl MicrovmBackend {
     }
 
     fn create_sandbox(&self, task: &TaskSpec, mut spec: Spec) -> Result<u32> {
+        // The same refusal caissond makes, for containerd's specs: a pod
+        // with the node's network has no network namespace in its spec.
+        let has_netns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter()
+                    .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+            });
+        if !has_netns {
+            return Err(BackendError::InvalidArgument {
+                what: "linux.namespaces".into(),
+                reason: "a microvm pod cannot use the node's network namespace (hostNetwork): \
+                         its network is its VM's"
+                    .into(),
+            });
+        }
         if locked(&self.inner.state).vm.is_some() {
             return Err(BackendError::AlreadyExists {
                 what: "sandbox VM",

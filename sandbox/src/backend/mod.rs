@@ -54,6 +54,20 @@ pub(crate) fn resize_held_pty(
     })
 }
 
+/// `Failed`: `op` on task `id` did not work, and why.
+pub(crate) fn failed(op: &'static str, id: &str, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Failed {
+        op,
+        id: id.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `NotFound` for task `id`.
+pub(crate) fn not_found(id: &str) -> BackendError {
+    BackendError::NotFound(id.to_string())
+}
+
 /// Registers `exec` among a task's `execs` (run later by `start_exec`);
 /// `AlreadyExists` for an exec id the task has. For the backends that keep
 /// registered execs in a map of their own.

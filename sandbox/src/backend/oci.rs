@@ -57,8 +57,8 @@ use std::time::{Duration, SystemTime};
 use oci_spec::runtime::LinuxResources;
 
 use crate::backend::{
-    locked, Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, TaskSpec,
-    TaskStats,
+    failed, locked, not_found, Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo,
+    Result, TaskSpec, TaskStats,
 };
 use crate::host::cgroups;
 use crate::host::pidfd::Pidfd;
@@ -136,18 +136,6 @@ pub struct OciBackend {
     /// How long a runtime CLI call may take before it is
     /// killed ([`CLI_DEADLINE`] unless [`OciBackend::with_cli_deadline`]).
     cli_deadline: Duration,
-}
-
-fn failed(op: &'static str, id: &str, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed {
-        op,
-        id: id.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-fn not_found(id: &str) -> BackendError {
-    BackendError::NotFound(id.to_string())
 }
 
 impl OciBackend {

@@ -33,8 +33,8 @@ use oci_spec::runtime::{LinuxResources, Spec};
 use sha2::{Digest, Sha256};
 
 use crate::backend::{
-    locked, Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo, Result, Stdio, TaskKind,
-    TaskSpec, TaskStats,
+    failed, locked, not_found, Backend, BackendError, ExecSpec, Exit, ExitSink, ProcessInfo,
+    Result, Stdio, TaskKind, TaskSpec, TaskStats,
 };
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{Reaped, Reaper};
@@ -103,18 +103,6 @@ impl Default for MicrovmOptions {
 
 /// The kernel command line every guest gets.
 const BASE_KERNEL_ARGS: &str = "console=ttyS0 panic=-1 reboot=t quiet";
-
-fn failed(op: &'static str, id: &str, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Failed {
-        op,
-        id: id.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-fn not_found(id: &str) -> BackendError {
-    BackendError::NotFound(id.to_string())
-}
 
 /// An agent error as the backend's own.
 fn from_call(op: &'static str, id: &str, e: CallError) -> BackendError {

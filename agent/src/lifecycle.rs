@@ -105,7 +105,7 @@ impl Agent {
         // Every build, and so every create, runs under the fork guard: the
         // id checks below cannot race another create.
         let _guard = self.fork_guard();
-        let role = {
+        let (role, sandbox_pod) = {
             let table = self.table();
             if table.containers.contains_key(id) {
                 return Err(fail(
@@ -114,7 +114,7 @@ impl Agent {
                 ));
             }
             if req.sandbox {
-                Role::Sandbox
+                (Role::Sandbox, None)
             } else {
                 let sandbox = table.containers.get(&sandbox_id).ok_or_else(|| {
                     fail(
@@ -128,9 +128,12 @@ impl Agent {
                         format!("sandbox {sandbox_id} has exited"),
                     ));
                 }
-                Role::Container {
-                    sandbox_pid: sandbox.init.pid,
-                }
+                (
+                    Role::Container {
+                        sandbox_pid: sandbox.init.pid,
+                    },
+                    cgroup::pod_of(&sandbox.cgroup).map(str::to_string),
+                )
             }
         };
         let shm = Path::new(SHM).join(&sandbox_id);
@@ -142,12 +145,25 @@ impl Agent {
         if let Some(process) = spec.get_mut("process") {
             set_terminal(process, &stdio);
         }
+        // The container's cgroup is in the guest's own tree, in the pod's
+        // cgroup, which the sandbox makes (`cgroup` says who does what).
+        let pod = if req.sandbox {
+            match cgroup::create_pod(&cgroup::pod_place(&spec, id)) {
+                Ok(pod) => Some(pod),
+                Err(e) => {
+                    remove_shm(&shm);
+                    return Err(internal(format!("sandbox {id}"), e));
+                }
+            }
+        } else {
+            sandbox_pod
+        };
+        if let Some(pod) = &pod {
+            cgroup::place(&mut spec, pod, id).map_err(|e| fail(code::INVALID_ARGUMENT, e))?;
+        }
         let bundle = Path::new(BUNDLES).join(id);
         let created = self.build_init(id, &bundle, &spec, &stdio, req.sandbox);
-        if let (true, Ok(pid)) = (req.sandbox, &created) {
-            // The pod's new network namespace starts with `lo` down (on the
-            // host, CNI's loopback plugin brings it up).
-            crate::boot::loopback_up_in(*pid);
+        if req.sandbox && created.is_ok() {
             // The guest is the pod's: it takes the pod's name too (its
             // console and kernel messages then say which pod they are).
             if let Some(name) = spec.get("hostname").and_then(Value::as_str) {
@@ -160,9 +176,30 @@ impl Agent {
             let _ = fs::remove_dir_all(&bundle);
             if req.sandbox {
                 remove_shm(&shm);
+                if let Some(pod) = &pod {
+                    cgroup::remove_pod(pod);
+                }
             }
+        } else if let (false, Some(pod)) = (req.sandbox, &pod) {
+            self.resize_pod(pod);
         }
         created
+    }
+
+    /// Sizes the pod's cgroup `pod` to its containers' limits, after one
+    /// of them was made, updated or deleted. A failure is logged: the
+    /// container's own limits hold whatever the pod's are.
+    pub fn resize_pod(&self, pod: &str) {
+        let sandbox = self
+            .table()
+            .containers
+            .iter()
+            .find(|(_, c)| c.sandbox && cgroup::pod_of(&c.cgroup) == Some(pod))
+            .map(|(id, _)| id.clone())
+            .unwrap_or_default();
+        if let Err(e) = cgroup::resize_pod(pod, &sandbox) {
+            log!("{e}");
+        }
     }
 
     /// The build itself; the caller holds the fork guard.
@@ -357,10 +394,10 @@ impl Agent {
             };
         }
         let _guard = self.fork_guard();
-        let (bundle, sandbox) = {
+        let (bundle, sandbox, its_cgroup) = {
             let table = self.table();
             let c = table.container(cid)?;
-            (c.bundle.clone(), c.sandbox)
+            (c.bundle.clone(), c.sandbox, c.cgroup.clone())
         };
         match LcContainer::load(Path::new(STATE_ROOT).join(cid)) {
             Ok(mut container) => container
@@ -372,13 +409,20 @@ impl Agent {
         if sandbox {
             remove_shm(&Path::new(SHM).join(cid));
         }
-        let mut table = self.table();
-        if let Some(c) = table.containers.remove(cid) {
-            for p in std::iter::once(&c.init).chain(c.execs.values()) {
-                if p.exit.is_none() {
-                    table.pids.remove(&p.pid);
+        {
+            let mut table = self.table();
+            if let Some(c) = table.containers.remove(cid) {
+                for p in std::iter::once(&c.init).chain(c.execs.values()) {
+                    if p.exit.is_none() {
+                        table.pids.remove(&p.pid);
+                    }
                 }
             }
+        }
+        match (cgroup::pod_of(&its_cgroup), sandbox) {
+            (Some(pod), true) => cgroup::remove_pod(pod),
+            (Some(pod), false) => self.resize_pod(pod),
+            (None, _) => {}
         }
         log!("deleted container {cid}");
         Ok(())

@@ -14,6 +14,12 @@
 //! (a real root or a fake tree in tests): the hierarchy levels only need a
 //! handful of files, and libcgroups' `apply` is built around one container's
 //! full `LinuxResources`, which the shim already uses for container cgroups.
+//! The same split holds in a microvm guest, whose agent builds the pod's
+//! kubepods tree with this crate's v2 code.
+//!
+//! The unit tests run against fake trees; `tests/v2_guest_root.rs` runs the
+//! v2 code against a real cgroup2 hierarchy, inside a microvm guest (the
+//! hosts are cgroup v1; see that file).
 
 pub mod cpu;
 pub mod fs;

@@ -245,8 +245,21 @@ impl<F: CgroupFs> QosTree<F> {
         pod: &PodResources,
         extras: &PodExtras,
     ) -> Result<String, UnifiedApplyError> {
+        self.create_pod_in(pod.class(), uid, pod, extras)
+    }
+
+    /// [`QosTree::create_pod`] in the tier of `class`, which someone else
+    /// decided (a microvm guest places its pod where the host did, before
+    /// the pod's containers and so its figures are known).
+    pub fn create_pod_in(
+        &self,
+        class: QosClass,
+        uid: &str,
+        pod: &PodResources,
+        extras: &PodExtras,
+    ) -> Result<String, UnifiedApplyError> {
         self.ensure()?;
-        let cgroup = self.pod_cgroup(pod.class(), uid);
+        let cgroup = self.pod_cgroup(class, uid);
         if let Err(e) = self.fs.create(&cgroup) {
             let _ = self.fs.remove_tree(&cgroup);
             return Err(e.into());

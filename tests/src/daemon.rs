@@ -759,6 +759,32 @@ impl Caissond {
         self.ok("PodSandboxStats", r).stats.expect("no stats")
     }
 
+    /// UpdateContainerResources, which must succeed.
+    pub fn update_resources(&self, id: &str, resources: &cri::LinuxContainerResources) {
+        let mut rt = self.runtime();
+        let r = self.rt.block_on(rt.update_container_resources(
+            cri::UpdateContainerResourcesRequest {
+                container_id: id.into(),
+                linux: Some(resources.clone()),
+                ..Default::default()
+            },
+        ));
+        self.ok("UpdateContainerResources", r);
+    }
+
+    /// ListPodSandboxMetrics' entry for `pod`, which must be there.
+    pub fn pod_metrics(&self, pod: &str) -> cri::PodSandboxMetrics {
+        let mut rt = self.runtime();
+        let r = self
+            .rt
+            .block_on(rt.list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {}));
+        self.ok("ListPodSandboxMetrics", r)
+            .pod_metrics
+            .into_iter()
+            .find(|m| m.pod_sandbox_id == pod)
+            .unwrap_or_else(|| panic!("no metrics for pod {pod}"))
+    }
+
     pub fn container_status(&self, id: &str) -> cri::ContainerStatus {
         let mut rt = self.runtime();
         let r = self

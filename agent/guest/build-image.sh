@@ -1,13 +1,20 @@
 #!/bin/bash
-# Builds the microvm guest: an uncompressed vmlinux extracted from Debian's
-# newest /boot/vmlinuz-* (the xz bzImage boots about 3x slower under TCG),
-# and a deterministic newc initramfs holding caisson-agent as /init and the
-# kernel modules it loads (listed in /lib/modules/caisson.order).
+# Builds the microvm guest: two kernels and one initramfs.
+# * vmlinux: Caisson's own minimal kernel (kernel/build-kernel.sh: tinyconfig
+#   and kernel/*.config, everything built in), the default;
+# * vmlinux-debian: the uncompressed vmlinux extracted from Debian's kernel
+#   (the xz bzImage boots about 3x slower under TCG), whose drivers are
+#   modules;
+# * initramfs.cpio: deterministic newc holding caisson-agent as /init and the
+#   Debian kernel's modules in /lib/modules/<release>/ (listed in its
+#   caisson.order); the agent loads the list of the kernel it runs on, so one
+#   initramfs serves both kernels.
 #
 #   build-image.sh AGENT_BINARY OUT_DIR CACHE_DIR
 #
-# Writes OUT_DIR/vmlinux, OUT_DIR/initramfs.cpio, OUT_DIR/kernel-release;
-# each is replaced only when its content changes.
+# Writes OUT_DIR/{vmlinux,kernel-release} (minimal), OUT_DIR/{vmlinux-debian,
+# kernel-release-debian} and OUT_DIR/initramfs.cpio; each is replaced only
+# when its content changes.
 set -euo pipefail
 
 agent=$1 out=$2 cache=$3
@@ -61,7 +68,12 @@ if [ ! -s "$vmlinux" ]; then
     { echo "no xz, zstd or gzip payload that unpacks to an ELF vmlinux in $kernel" >&2; exit 1; }
   mv "$tmp/vmlinux" "$vmlinux.tmp" && mv "$vmlinux.tmp" "$vmlinux"
 fi
-install_if_changed "$vmlinux" "$out/vmlinux"
+install_if_changed "$vmlinux" "$out/vmlinux-debian"
+
+# --- the minimal kernel (built once per config, cached).
+minimal=$("$(dirname "$0")/kernel/build-kernel.sh" "$cache")
+install_if_changed "$minimal/vmlinux" "$out/vmlinux"
+install_if_changed "$minimal/kernel-release" "$out/kernel-release"
 
 # --- modules, dependencies first (modinfo -F depends, recursively).
 order=()
@@ -81,20 +93,21 @@ add_module() {
 for m in $MODULES; do add_module "$m"; done
 
 root=$tmp/root
-mkdir -p "$root"/{proc,sys,dev,run,tmp,etc,lib/modules}
+modules=$root/lib/modules/$release
+mkdir -p "$root"/{proc,sys,dev,run,tmp,etc} "$modules"
 install -m 0755 "$agent" "$root/init"
-: > "$root/lib/modules/caisson.order"
+: > "$modules/caisson.order"
 for name in "${order[@]}"; do
   path=$(modinfo -k "$release" -n "$name")
   case $path in
-    *.ko) cp "$path" "$root/lib/modules/$name.ko" ;;
-    *.ko.xz) xz -dc "$path" > "$root/lib/modules/$name.ko" ;;
-    *.ko.zst) zstd -dcq "$path" > "$root/lib/modules/$name.ko" ;;
-    *.ko.gz) gzip -dc "$path" > "$root/lib/modules/$name.ko" ;;
+    *.ko) cp "$path" "$modules/$name.ko" ;;
+    *.ko.xz) xz -dc "$path" > "$modules/$name.ko" ;;
+    *.ko.zst) zstd -dcq "$path" > "$modules/$name.ko" ;;
+    *.ko.gz) gzip -dc "$path" > "$modules/$name.ko" ;;
     *) echo "module $name: unexpected file $path" >&2; exit 1 ;;
   esac
-  chmod 0644 "$root/lib/modules/$name.ko"
-  echo "$name.ko" >> "$root/lib/modules/caisson.order"
+  chmod 0644 "$modules/$name.ko"
+  echo "$name.ko" >> "$modules/caisson.order"
 done
 
 # Deterministic: sorted names, mtime 0, owner root.
@@ -103,5 +116,6 @@ find "$root" -exec touch -h -d @0 {} +
   cpio --quiet --reproducible -o -H newc -R 0:0) > "$tmp/initramfs.cpio"
 install_if_changed "$tmp/initramfs.cpio" "$out/initramfs.cpio"
 echo "$release" > "$tmp/kernel-release"
-install_if_changed "$tmp/kernel-release" "$out/kernel-release"
-echo "microvm guest: $out/vmlinux ($release), $out/initramfs.cpio ($(stat -c %s "$out/initramfs.cpio") bytes; modules: ${order[*]})"
+install_if_changed "$tmp/kernel-release" "$out/kernel-release-debian"
+echo "microvm guest: $out/vmlinux ($(cat "$out/kernel-release")), $out/vmlinux-debian ($release)," \
+  "$out/initramfs.cpio ($(stat -c %s "$out/initramfs.cpio") bytes; modules for $release: ${order[*]})"

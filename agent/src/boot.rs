@@ -1,6 +1,7 @@
 //! What the agent does as the guest's `/init` before it serves: the
 //! kernel's filesystems, cgroup v2 with every controller delegated, the
-//! kernel modules the initramfs carries, and the host's shared directory.
+//! kernel modules the initramfs carries for the running kernel, and the
+//! host's shared directory.
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -15,10 +16,12 @@ use crate::log::log;
 pub const SHARED_DIR: &str = "/run/caisson/shared";
 /// The 9p mount tag the host gives the shared directory.
 const SHARED_TAG: &str = "caisson-shared";
-/// The initramfs's module list: one path per line, relative to
-/// [`MODULES_DIR`], in dependency order.
+/// Where the initramfs keeps each kernel release's modules:
+/// `<MODULES_DIR>/<release>/` holds them and their list, `caisson.order`
+/// (one file name per line, in dependency order). One initramfs serves
+/// several kernels: a kernel with its drivers built in has no list.
 const MODULES_DIR: &str = "/lib/modules";
-const MODULE_ORDER: &str = "/lib/modules/caisson.order";
+const MODULE_ORDER: &str = "caisson.order";
 
 /// `/dev`, then stdin/stdout/stderr on the console: the kernel starts
 /// `/init` without them when the initramfs has no `/dev/console`, and every
@@ -120,15 +123,19 @@ fn enable_controllers(root: &Path) {
     }
 }
 
-/// Loads the modules [`MODULE_ORDER`] lists, in order. A module already
-/// there (EEXIST) is fine; a failure is logged and the rest still load.
+/// Loads the modules the running kernel's [`MODULE_ORDER`] lists, in
+/// order. A module already there (EEXIST) is fine; a failure is logged and
+/// the rest still load. No list for this release: nothing to load (its
+/// drivers are built in).
 pub fn load_modules() {
-    let Ok(order) = fs::read_to_string(MODULE_ORDER) else {
-        log!("no {MODULE_ORDER}: loading no modules");
+    let release = crate::agent::kernel_release();
+    let dir = Path::new(MODULES_DIR).join(&release);
+    let Ok(order) = fs::read_to_string(dir.join(MODULE_ORDER)) else {
+        log!("no module list for kernel {release}: loading no modules");
         return;
     };
     for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let path = Path::new(MODULES_DIR).join(name);
+        let path = dir.join(name);
         let file = match fs::File::open(&path) {
             Ok(file) => file,
             Err(e) => {
@@ -207,25 +214,6 @@ pub fn bring_up_loopback() {
             }
         }
         libc::close(sock);
-    }
-}
-
-/// Brings `lo` up in the network namespace of process `pid` (a pod's
-/// sandbox), from a thread that enters it and then ends.
-pub fn loopback_up_in(pid: i32) {
-    let path = format!("/proc/{pid}/ns/net");
-    let joined = std::thread::spawn(move || {
-        let ns = fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("entering {path}: {e}"))?;
-        bring_up_loopback();
-        Ok::<(), String>(())
-    })
-    .join();
-    match joined {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log!("bringing lo up in the pod: {e}"),
-        Err(_) => log!("bringing lo up in the pod: the thread panicked"),
     }
 }
 

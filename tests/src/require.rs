@@ -84,23 +84,64 @@ pub fn python_kubernetes() -> PathBuf {
 /// default config's paths).
 pub const MICROVM_GUEST_DIR: &str = "/var/lib/caisson/microvm";
 
-/// QEMU and the microvm guest (kernel, initramfs), failing with what is
-/// missing and how to get it. Returns the guest kernel's release.
+/// The guest kernels `make microvm-guest` installs, each with its release
+/// in a file beside it; one initramfs serves both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// Caisson's own (`agent/guest/kernel/`), the handler's default:
+    /// `vmlinux`, `kernel-release`.
+    Default,
+    /// Debian's linux-image-amd64: `vmlinux-debian`, `kernel-release-debian`.
+    Debian,
+}
+
+impl GuestKernel {
+    fn suffix(self) -> &'static str {
+        match self {
+            GuestKernel::Default => "",
+            GuestKernel::Debian => "-debian",
+        }
+    }
+
+    pub fn vmlinux(self) -> PathBuf {
+        Path::new(MICROVM_GUEST_DIR).join(format!("vmlinux{}", self.suffix()))
+    }
+
+    /// Its release (`uname -r` in the guest).
+    pub fn release(self) -> String {
+        let path = Path::new(MICROVM_GUEST_DIR).join(format!("kernel-release{}", self.suffix()));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; `make microvm-guest` builds the guest",
+                    path.display()
+                )
+            })
+            .trim()
+            .to_string()
+    }
+}
+
+/// QEMU and the microvm guest (both kernels, the initramfs), failing with
+/// what is missing and how to get it. Returns the default kernel's release.
 pub fn microvm() -> String {
     program(
         "qemu-system-x86_64",
         "qemu-system-x86 (bookworm-backports; `make microvm-deps`)",
     );
     let dir = Path::new(MICROVM_GUEST_DIR);
-    for file in ["vmlinux", "initramfs.cpio", "kernel-release"] {
+    for file in [
+        "vmlinux",
+        "kernel-release",
+        "vmlinux-debian",
+        "kernel-release-debian",
+        "initramfs.cpio",
+    ] {
         assert!(
             dir.join(file).is_file(),
             "{} is required: `make microvm-guest` builds the guest",
             dir.join(file).display()
         );
     }
-    std::fs::read_to_string(dir.join("kernel-release"))
-        .unwrap()
-        .trim()
-        .to_string()
+    GuestKernel::Default.release()
 }

@@ -444,3 +444,75 @@ fn nix_uname() -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// A handler selects Debian's kernel through its options (`kernel`): the
+/// same initramfs boots it (the agent loads that release's modules), and
+/// the pod's containers run on it.
+#[test]
+fn a_handler_boots_debians_kernel_through_its_options() {
+    require::microvm();
+    let debian = require::GuestKernel::Debian;
+    let _turn = turn();
+    let handler = format!(
+        "\n[runtimes.handlers.microvm-debian]\nbackend = \"microvm\"\npod_overhead = {{ memory_mib = 1024, cpu_millicores = 250 }}\n[runtimes.handlers.microvm-debian.options]\nkernel = \"{}\"\n",
+        debian.vmlinux().display()
+    );
+    let d = Caissond::start_edited("", |config| format!("{config}{handler}"));
+    d.import_busybox();
+    let config = d.pod_config("debian");
+    let pod = d.run_pod_with_handler(&config, "microvm-debian");
+    let c = d.create_started_container(&pod, &config, container_config("one", &["sleep", "600"]));
+    assert_eq!(d.exec(&c, &["uname", "-r"]).trim(), debian.release());
+    d.remove_all_pods();
+    assert_nothing_left(&d, &pod);
+}
+
+/// The default guest kernel is Caisson's own, built from the repo's config
+/// (`agent/guest/kernel/`, by `make microvm-guest`): its release carries the
+/// hash of that config (`build-kernel.sh --release`), the installed vmlinux
+/// is that release, it has no modules, and a pod boots on it.
+#[test]
+fn the_default_guest_kernel_is_the_one_the_repos_config_builds() {
+    let installed = require::microvm();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/guest/kernel/build-kernel.sh");
+    let out = std::process::Command::new(&script)
+        .arg("--release")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} --release: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(
+        installed, expected,
+        "the installed default guest kernel is not the repo's config: `make microvm-guest` builds and installs it"
+    );
+    let vmlinux = std::fs::read(require::GuestKernel::Default.vmlinux()).unwrap();
+    let banner = format!("Linux version {expected} ");
+    assert!(
+        vmlinux
+            .windows(banner.len())
+            .any(|w| w == banner.as_bytes()),
+        "{} is not {expected}",
+        require::GuestKernel::Default.vmlinux().display()
+    );
+    let _turn = turn();
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("minimal");
+    let pod = d.run_pod_with_handler(&config, "microvm");
+    let c = d.create_started_container(&pod, &config, container_config("one", &["sleep", "600"]));
+    assert_eq!(d.exec(&c, &["uname", "-r"]).trim(), expected);
+    // Everything is built in: the kernel has no module support at all.
+    let modules = d.exec(
+        &c,
+        &["sh", "-c", "if test -e /proc/modules; then echo some; fi"],
+    );
+    assert_eq!(modules.trim(), "", "the default guest kernel has modules");
+    d.remove_all_pods();
+    assert_nothing_left(&d, &pod);
+}

@@ -173,6 +173,10 @@ impl Runtime {
         let lock = self.lock_for(&pod.id);
         let _guard = lock.lock().await;
         let pod = self.pod(&pod.id)?;
+        // A VM's guest sees the host's files over 9p, not its mounts.
+        if pod.backend == "microvm" {
+            spec::check_vm_mounts(&config)?;
+        }
         if pod.state != PodState::Ready || pod.pause_exited {
             return Err(CriError::FailedPrecondition(format!(
                 "pod sandbox {} is not ready",

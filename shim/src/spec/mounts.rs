@@ -291,6 +291,60 @@ fn image_volume_mount(
     ))
 }
 
+/// What a pod in a VM cannot mount, refused naming the field before
+/// anything is made: its bind sources reach the guest as files over 9p, so
+/// mounts made in the guest cannot propagate to the host (BIDIRECTIONAL),
+/// a read-only HOST_TO_CONTAINER volume would let the host's later mounts
+/// be written through the share, and a unix socket or FIFO would be the
+/// guest's own, connected to nothing on the host.
+pub(crate) fn check_vm_mounts(config: &cri::ContainerConfig) -> Result<(), SpecError> {
+    use std::os::unix::fs::FileTypeExt;
+    for (i, m) in config.mounts.iter().enumerate() {
+        let field = |name: &str| format!("config.mounts[{i}].{name}");
+        match MountPropagation::try_from(m.propagation) {
+            Ok(MountPropagation::PropagationBidirectional) => {
+                return Err(SpecError::invalid(
+                    field("propagation"),
+                    "PROPAGATION_BIDIRECTIONAL cannot work in a VM: the container's \
+                     mounts are the guest's and never reach the host",
+                ))
+            }
+            Ok(MountPropagation::PropagationHostToContainer) if m.readonly => {
+                return Err(SpecError::invalid(
+                    field("propagation"),
+                    "PROPAGATION_HOST_TO_CONTAINER of a read-only mount is not supported \
+                     in a VM (the host's later mounts could be written through its share): \
+                     make it read-write or PROPAGATION_PRIVATE",
+                ))
+            }
+            _ => {}
+        }
+        let is_image = m.image.as_ref().is_some_and(|i| !i.image.is_empty());
+        if is_image || m.host_path.is_empty() {
+            continue;
+        }
+        if let Ok(meta) = std::fs::metadata(&m.host_path) {
+            let kind = meta.file_type();
+            let what = if kind.is_socket() {
+                "a unix socket"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else {
+                continue;
+            };
+            return Err(SpecError::invalid(
+                field("host_path"),
+                format!(
+                    "{:?} is {what}, which cannot be shared into a VM (it would be the \
+                     guest's own, connected to nothing on the host)",
+                    m.host_path
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn depth(m: &Mount) -> usize {
     m.destination().components().count()
 }
@@ -771,5 +825,55 @@ mod tests {
         assert!(options(shm).contains(&"ro".to_string()));
         assert!(find(&got, "/etc/resolv.conf").is_some());
         assert!(find(&got, "/etc/hosts").is_none());
+    }
+
+    #[test]
+    fn what_a_vm_cannot_mount_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let socket = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let with = |propagation: MountPropagation, readonly: bool, host: &Path| cri::Mount {
+            propagation: propagation as i32,
+            readonly,
+            ..cri_bind("/m", host)
+        };
+        use MountPropagation::*;
+        let cases = [
+            (with(PropagationPrivate, false, &data), None),
+            (with(PropagationPrivate, true, &data), None),
+            (with(PropagationHostToContainer, false, &data), None),
+            (
+                with(PropagationHostToContainer, true, &data),
+                Some("propagation"),
+            ),
+            (
+                with(PropagationBidirectional, false, &data),
+                Some("propagation"),
+            ),
+            (with(PropagationPrivate, false, &socket), Some("host_path")),
+            (with(PropagationPrivate, true, &fifo), Some("host_path")),
+            // Missing: made a directory later, as for any handler.
+            (
+                with(PropagationPrivate, false, &dir.path().join("new")),
+                None,
+            ),
+        ];
+        for (m, want) in cases {
+            let config = cri::ContainerConfig {
+                mounts: vec![cri_bind("/ok", &data), m.clone()],
+                ..Default::default()
+            };
+            match (check_vm_mounts(&config), want) {
+                (Ok(()), None) => {}
+                (Err(SpecError::InvalidArgument { field, .. }), Some(name)) => {
+                    assert_eq!(field, format!("config.mounts[1].{name}"), "{m:?}")
+                }
+                (got, _) => panic!("{m:?}: {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -13,13 +13,34 @@
 //!
 //! QEMU is the shim's child in the shim's mount namespace, so binds made
 //! after the VM started are seen through the export at once.
+//!
+//! Propagation over 9p: the guest sees the host's files, not its mounts.
+//! * private (`rprivate`): the share's bind is private; mounts made on the
+//!   host below the source later are not seen.
+//! * host to container (`rslave`): the share's bind is a slave of the
+//!   source's peer group, so mounts made on the host later (below a shared
+//!   source mount) appear in it and the guest sees their files through 9p.
+//!   Not with read-only: those later mounts would be writable through 9p.
+//! * bidirectional (`rshared`): cannot work (the container's mounts are
+//!   the guest kernel's, they never reach the host), so it is refused, as
+//!   are sources 9p cannot carry (a unix socket or a FIFO would be the
+//!   guest's own, connected to nothing on the host).
+//!
+//! Escapes: host paths are resolved on the host (caissond canonicalises
+//! them), container paths in the guest by libcontainer inside the rootfs,
+//! and symlinks the guest makes in a volume are resolved by the guest's
+//! kernel: QEMU's 9p server never follows them on the host. Device nodes
+//! in a volume do not open in the guest (the agent mounts the share
+//! `nodev`).
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Mount, Spec};
+
+use crate::backend::BackendError;
 
 /// Where the agent mounts the share in the guest.
 pub const GUEST_SHARE: &str = "/run/caisson/shared";
@@ -30,6 +51,108 @@ pub struct Share {
 
 fn is_bind(kind: Option<&str>, options: &[String]) -> bool {
     kind == Some("bind") || options.iter().any(|o| o == "bind" || o == "rbind")
+}
+
+/// How a bind's share follows the host's mounts below its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Propagation {
+    Private,
+    /// Host to container.
+    Slave,
+    /// Both ways: not possible into a VM.
+    Shared,
+}
+
+/// The propagation a mount's options ask for (the last one wins, as in
+/// runc); private when none.
+fn propagation(options: &[String]) -> Propagation {
+    options
+        .iter()
+        .rev()
+        .find_map(|o| match o.as_str() {
+            "shared" | "rshared" => Some(Propagation::Shared),
+            "slave" | "rslave" => Some(Propagation::Slave),
+            "private" | "rprivate" | "unbindable" | "runbindable" => Some(Propagation::Private),
+            _ => None,
+        })
+        .unwrap_or(Propagation::Private)
+}
+
+/// Read-only anywhere in the options: the host side errs on the safe side.
+fn is_read_only(options: &[String]) -> bool {
+    options.iter().any(|o| o == "ro" || o == "rro")
+}
+
+/// Refuses, naming the mount, what a bind into the guest cannot do:
+/// bidirectional propagation, host-to-container propagation of a
+/// read-only mount, and sources 9p cannot carry (sockets, FIFOs).
+pub fn check_mounts(spec: &Spec) -> Result<(), BackendError> {
+    let Some(mounts) = spec.mounts() else {
+        return Ok(());
+    };
+    for (n, m) in mounts.iter().enumerate() {
+        check_mount(n, m)?;
+    }
+    Ok(())
+}
+
+fn check_mount(n: usize, m: &Mount) -> Result<(), BackendError> {
+    let options = m.options().clone().unwrap_or_default();
+    if !is_bind(m.typ().as_deref(), &options) || m.destination() == Path::new("/dev/shm") {
+        return Ok(());
+    }
+    let dest = m.destination().display();
+    let invalid = |field: &str, reason: String| BackendError::InvalidArgument {
+        what: format!("mounts[{n}].{field}"),
+        reason,
+    };
+    match propagation(&options) {
+        Propagation::Shared => {
+            return Err(invalid(
+                "options",
+                format!(
+                    "{dest}: bidirectional (rshared) propagation cannot reach the host from \
+                     a microvm pod's guest: use private or host-to-container"
+                ),
+            ))
+        }
+        Propagation::Slave if is_read_only(&options) => {
+            return Err(invalid(
+                "options",
+                format!(
+                    "{dest}: host-to-container (rslave) propagation of a read-only mount: \
+                     mounts the host makes later could be written through the VM's share; \
+                     make it read-write or private"
+                ),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(source) = m.source() {
+        use std::os::unix::fs::FileTypeExt;
+        if let Ok(meta) = fs::metadata(source) {
+            let kind = meta.file_type();
+            let what = if kind.is_socket() {
+                Some("a unix socket")
+            } else if kind.is_fifo() {
+                Some("a FIFO")
+            } else {
+                None
+            };
+            if let Some(what) = what {
+                return Err(invalid(
+                    "source",
+                    format!(
+                        "{dest}: {} is {what}, which cannot be shared into a microvm \
+                         pod's guest (it would be the guest's own, connected to nothing \
+                         on the host)",
+                        source.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A task id usable as one path component.
@@ -112,7 +235,7 @@ impl Share {
         let host_rootfs = bundle.join(root.path());
         let shared_rootfs = task_dir.join("rootfs");
         make_dir(&shared_rootfs)?;
-        bind(&host_rootfs, &shared_rootfs, true, false)?;
+        bind(&host_rootfs, &shared_rootfs, true, false, false)?;
         root.set_path(guest_dir.join("rootfs"));
         spec.set_root(Some(root));
 
@@ -127,6 +250,9 @@ impl Share {
             let Some(source) = m.source().clone() else {
                 continue;
             };
+            // Refused before anything is made (`check_mounts`); checked
+            // again for callers that did not.
+            check_mount(n, m).map_err(|e| e.to_string())?;
             let meta = fs::metadata(&source)
                 .map_err(|e| format!("bind mount source {}: {e}", source.display()))?;
             let target = task_dir.join("mounts").join(n.to_string());
@@ -137,8 +263,9 @@ impl Share {
                 fs::write(&target, b"").map_err(|e| format!("{}: {e}", target.display()))?;
             }
             let recursive = options.iter().any(|o| o == "rbind");
-            let read_only = options.iter().any(|o| o == "ro");
-            bind(&source, &target, recursive, read_only)?;
+            let read_only = is_read_only(&options);
+            let follow_host = propagation(&options) == Propagation::Slave;
+            bind(&source, &target, recursive, read_only, follow_host)?;
             m.set_source(Some(guest_dir.join("mounts").join(n.to_string())));
         }
         spec.set_mounts(Some(mounts));
@@ -173,22 +300,37 @@ fn make_dir(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn bind(source: &Path, target: &Path, recursive: bool, read_only: bool) -> Result<(), String> {
+/// Binds `source` at `target`; the bind never propagates anywhere (the
+/// shim's namespace may be shared), and with `follow_host` it receives the
+/// mounts made below `source` later (a slave of its peer group).
+fn bind(
+    source: &Path,
+    target: &Path,
+    recursive: bool,
+    read_only: bool,
+    follow_host: bool,
+) -> Result<(), String> {
     let fail = |e: nix::Error| format!("binding {} at {}: {e}", source.display(), target.display());
     let mut flags = MsFlags::MS_BIND;
     if recursive {
         flags |= MsFlags::MS_REC;
     }
     mount(Some(source), target, None::<&str>, flags, None::<&str>).map_err(fail)?;
-    // Not propagated anywhere: the shim's namespace may be shared.
-    mount(
+    let propagation = if follow_host {
+        MsFlags::MS_SLAVE
+    } else {
+        MsFlags::MS_PRIVATE
+    };
+    if let Err(e) = mount(
         None::<&str>,
         target,
         None::<&str>,
-        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        propagation | MsFlags::MS_REC,
         None::<&str>,
-    )
-    .map_err(fail)?;
+    ) {
+        let _ = umount2(target, MntFlags::MNT_DETACH);
+        return Err(fail(e));
+    }
     if read_only {
         // Every mount below too (an `rbind` brings the source's submounts).
         if let Err(e) = crate::host::idmap::make_read_only_recursive(target) {
@@ -293,5 +435,66 @@ mod tests {
         assert!(is_bind(Some("none"), &opts(&["bind"])));
         assert!(!is_bind(Some("proc"), &opts(&["nosuid"])));
         assert!(!is_bind(Some("tmpfs"), &[]));
+    }
+
+    #[test]
+    fn propagation_is_the_last_option_that_names_one() {
+        let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for (options, want) in [
+            (opts(&["rbind", "ro"]), Propagation::Private),
+            (opts(&["rbind", "rprivate"]), Propagation::Private),
+            (opts(&["rbind", "rslave", "rw"]), Propagation::Slave),
+            (opts(&["bind", "slave"]), Propagation::Slave),
+            (opts(&["rbind", "rshared"]), Propagation::Shared),
+            (opts(&["rshared", "rprivate"]), Propagation::Private),
+        ] {
+            assert_eq!(propagation(&options), want, "{options:?}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_shared_is_refused_naming_the_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let bind = |source: &Path, options: &[&str]| {
+            let mut m = Mount::default();
+            m.set_destination(PathBuf::from("/m"));
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some(source.to_path_buf()));
+            m.set_options(Some(options.iter().map(|s| s.to_string()).collect()));
+            m
+        };
+        let d = dir.path();
+        for (m, want) in [
+            (bind(d, &["rbind", "rprivate", "ro"]), None),
+            (bind(d, &["rbind", "rslave", "rw"]), None),
+            (
+                bind(d, &["rbind", "rslave", "ro"]),
+                Some("mounts[3].options"),
+            ),
+            (
+                bind(d, &["rbind", "rshared", "rw"]),
+                Some("mounts[3].options"),
+            ),
+            (
+                bind(&socket, &["rbind", "rprivate"]),
+                Some("mounts[3].source"),
+            ),
+        ] {
+            match (check_mount(3, &m), want) {
+                (Ok(()), None) => {}
+                (Err(BackendError::InvalidArgument { what, .. }), Some(w)) => assert_eq!(what, w),
+                (got, _) => panic!("{m:?}: {got:?}, want {want:?}"),
+            }
+        }
+        // Not a bind, or the pod's /dev/shm (the guest's own): not checked.
+        let mut proc = bind(&socket, &["rshared"]);
+        proc.set_typ(Some("proc".into()));
+        proc.set_options(Some(vec!["rshared".into()]));
+        assert!(check_mount(0, &proc).is_ok());
+        let mut shm = bind(&socket, &["rbind", "rshared"]);
+        shm.set_destination(PathBuf::from("/dev/shm"));
+        assert!(check_mount(0, &shm).is_ok());
     }
 }

@@ -46,6 +46,8 @@ pub struct Agent {
     pub table: Mutex<Table>,
     /// Numbers console sockets and exec process files.
     pub serial: AtomicU64,
+    /// PortForward's connections.
+    pub ports: crate::port::Ports,
 }
 
 #[derive(Default)]
@@ -110,6 +112,7 @@ impl Agent {
             fork_guard: Mutex::new(()),
             table: Mutex::new(Table::default()),
             serial: AtomicU64::new(0),
+            ports: Default::default(),
         }
     }
 
@@ -155,10 +158,32 @@ impl Agent {
                 .map(|p| with(response::Result::Pids(p))),
             Op::PauseContainer(r) => self.pause(&r.container_id, true).map(|()| Response::ok()),
             Op::ResumeContainer(r) => self.pause(&r.container_id, false).map(|()| Response::ok()),
+            Op::ConfigureNetwork(r) => self.configure_network(r).map(|()| Response::ok()),
+            Op::OpenPort(r) => self.open_port(&r).map(|()| Response::ok()),
+            Op::PortData(r) => {
+                self.ports.data(r);
+                Ok(Response::ok())
+            }
+            Op::ClosePort(r) => {
+                self.ports.close(r.stream_id);
+                Ok(Response::ok())
+            }
             // Answered by the server itself (it powers the guest off).
             Op::Shutdown(_) => Ok(Response::ok()),
         };
         outcome.unwrap_or_else(|f| Response::error(f.code, f.message))
+    }
+
+    /// Gives the created (not yet started) sandbox the pod's network.
+    fn configure_network(&self, request: caisson_agent_proto::ConfigureNetwork) -> Outcome<()> {
+        let pid = self.table().container(&request.sandbox_id)?.init.pid;
+        crate::network::configure(request, pid)
+    }
+
+    /// PortForward: a connection to the port in the sandbox's namespace.
+    fn open_port(&self, request: &caisson_agent_proto::OpenPort) -> Outcome<()> {
+        let pid = self.table().container(&request.sandbox_id)?.init.pid;
+        self.ports.connect(&self.channel, request, pid)
     }
 
     pub fn write_stdin(&self, container_id: &str, exec_id: &str, data: Vec<u8>) {
@@ -262,7 +287,12 @@ impl Agent {
                 code::INTERNAL
             };
             fail(code, e)
-        })
+        })?;
+        // The pod's sums follow the container's new limits.
+        if let Some(pod) = cgroup::pod_of(&path) {
+            self.resize_pod(pod);
+        }
+        Ok(())
     }
 
     fn list_pids(&self, container_id: &str) -> Outcome<Pids> {

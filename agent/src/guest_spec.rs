@@ -4,8 +4,9 @@
 //! already in the guest's view. What still refers to the host is fixed
 //! here: namespace paths (host pids and the host's netns: the sandbox gets
 //! a network namespace of its own in the guest, which its containers join,
-//! as on the host, so network sysctls are namespaced), hooks (host programs), and a bind-mounted `/dev/shm`
-//! (the pod's shm is a tmpfs the agent makes in the guest). The spec is kept
+//! as on the host, so network sysctls are namespaced; the agent moves the
+//! guest's NICs into it), hooks (host programs), and a bind-mounted
+//! `/dev/shm` (the pod's shm is a tmpfs the agent makes in the guest). The spec is kept
 //! as JSON so that fields this code does not know pass through unchanged.
 
 use serde_json::{Map, Value};

@@ -15,6 +15,8 @@ mod executor;
 mod guest_spec;
 mod lifecycle;
 mod log;
+mod network;
+mod port;
 mod reaper;
 mod server;
 mod stdio;

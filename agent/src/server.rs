@@ -1,6 +1,6 @@
-//! The request loop: one thread reads frames from the port; `WriteStdin`
-//! and `CloseStdin` are handled in order right there (so stdin bytes and
-//! their close stay ordered), every other request on a thread of its own,
+//! The request loop: one thread reads frames from the port; `WriteStdin`,
+//! `CloseStdin`, `PortData` and `ClosePort` are handled in order right
+//! there (so bytes and their close stay ordered), every other request on a thread of its own,
 //! its response sent when it is done.
 
 use std::fs::File;
@@ -53,6 +53,9 @@ fn dispatch(agent: &Arc<Agent>, frame: Frame) {
     };
     match op {
         Op::WriteStdin(r) => agent.write_stdin(&r.container_id, &r.exec_id, r.data),
+        // PortForward's bytes and closes, in order, as stdin's.
+        Op::PortData(r) => agent.ports.data(r),
+        Op::ClosePort(r) => agent.ports.close(r.stream_id),
         op @ Op::CloseStdin(_) => {
             let response = agent.handle(op);
             respond(agent, id, response);

@@ -27,9 +27,20 @@ use crate::mounts::{mount_rootfs, unmount_all, RootfsMount};
 pub const CONTAINER_TYPE_ANNOTATION: &str = "io.kubernetes.cri.container-type";
 /// CRI annotation naming the pod a container belongs to.
 pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// The pod's limits from `LinuxPodSandboxConfig.resources` on a sandbox's
+/// spec (containerd's names): CFS quota and period, memory in bytes. The
+/// microvm backend sizes the pod's VM from them.
+pub const SANDBOX_CPU_QUOTA_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-quota";
+pub const SANDBOX_CPU_PERIOD_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-period";
+pub const SANDBOX_CPU_SHARES_ANNOTATION: &str = "io.kubernetes.cri.sandbox-cpu-shares";
+pub const SANDBOX_MEMORY_ANNOTATION: &str = "io.kubernetes.cri.sandbox-memory";
 /// Annotation on an `Update` asking the shim to reopen the task's CRI log
 /// files (caissond's ReopenContainerLog; the task API has no call for it).
 pub const REOPEN_LOG_ANNOTATION: &str = "io.caisson.reopen-log";
+/// A sandbox's port-forward socket in its bundle, for a backend whose
+/// pods' `localhost` the host cannot dial from their network namespace
+/// (microvm): see `backend::microvm::port_forward`.
+pub const PORT_FORWARD_SOCKET: &str = "portforward.sock";
 /// A task's attach socket in its bundle: its init's output, live
 /// (`host::attach`), for CRI Attach.
 pub const ATTACH_SOCKET: &str = "attach.sock";

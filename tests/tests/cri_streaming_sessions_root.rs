@@ -1,6 +1,6 @@
 //! Exec, Attach and PortForward end to end through a real caissond, on the
-//! native, hardened and oci (runc) handlers (Exec and Attach on microvm
-//! too), with two clients that are not
+//! native, hardened, oci (runc) and microvm handlers, with two clients that
+//! are not
 //! caissond's: a SPDY/3.1 client written frame by frame from the spec
 //! (`caisson_tests::spdy`, what kubelet's proxy and crictl 1.26 speak) and
 //! the Python `kubernetes` package's WebSocket client (PyPI).
@@ -16,9 +16,10 @@ use caisson_tests::spdy::{self, ExecRequest, PortForwardRequest, SpdyClient};
 use k8s_cri::v1 as cri;
 use tokio::net::TcpStream;
 
+/// Handlers whose container processes are the host's.
 const HANDLERS: &[&str] = &["runc", "hardened", "runc-oci"];
-/// Exec and Attach also on microvm, whose processes run in the pod's VM
-/// (port-forward needs the pod's network in the guest, which it has not).
+/// microvm too: its processes run in the pod's VM, and its port-forward
+/// goes through the shim's socket to the guest's localhost.
 const SESSION_HANDLERS: &[&str] = &["runc", "hardened", "runc-oci", "microvm"];
 
 fn started() -> Caissond {
@@ -375,12 +376,25 @@ fn web_pod(d: &Caissond, handler: &str, name: &str) -> String {
     let script = "mkdir -p /tmp/a /tmp/b; echo port-a > /tmp/a/index.html; \
                   echo port-b > /tmp/b/index.html; httpd -p 8080 -h /tmp/a; \
                   httpd -f -p 9090 -h /tmp/b";
-    let (pod, _) = pod_with(
+    let (pod, id) = pod_with(
         d,
         handler,
         name,
         container_config("web", &["sh", "-c", script]),
     );
+    // Both servers listen before a test connects (a refusal is an answer).
+    for port in ["8080", "9090"] {
+        let url = format!("http://127.0.0.1:{port}/");
+        wait_until(
+            &format!("{handler}: httpd on {port}"),
+            Duration::from_secs(30),
+            || {
+                d.try_exec(&id, &["wget", "-q", "-O", "/dev/null", &url], 10)
+                    .ok()
+                    .filter(|out| out.exit_code == 0)
+            },
+        );
+    }
     pod
 }
 
@@ -400,10 +414,11 @@ const GET: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
 
 #[test]
 fn spdy_port_forward_reaches_two_ports_concurrently_and_reports_refusals() {
+    require::microvm();
     let net = TestNetwork::new("cst-stream", "cst-strm0", "10.231.70");
     let d = started();
     net.install(&d, r#", {"type": "loopback"}"#);
-    for handler in HANDLERS {
+    for handler in SESSION_HANDLERS {
         let pod = web_pod(&d, handler, &format!("web-{handler}"));
         let url = port_forward_url(&d, &pod, &[8080, 9090]);
         let answers = d.rt.block_on(async {
@@ -464,10 +479,11 @@ fn ws_client(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn the_kubernetes_python_client_execs_and_forwards_over_websocket() {
+    require::microvm();
     let net = TestNetwork::new("cst-wstream", "cst-wstr0", "10.231.71");
     let d = started();
     net.install(&d, r#", {"type": "loopback"}"#);
-    for handler in HANDLERS {
+    for handler in SESSION_HANDLERS {
         let pod = web_pod(&d, handler, &format!("ws-{handler}"));
         let id = d
             .ok(

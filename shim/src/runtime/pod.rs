@@ -625,10 +625,25 @@ impl Runtime {
         // pod takes what the network half recorded before either error is
         // answered, so that teardown releases all of it.
         let mut network = pod.clone();
-        let (added, started) = tokio::join!(
-            self.add_pod_network(&mut network, config),
-            self.start_pause(pod, config)
-        );
+        let (added, started) = if pod.backend == "microvm" {
+            // Except for a VM: it takes the pod's interfaces, with their
+            // addresses and routes, from the netns when it boots, so CNI ADD
+            // must be over before its sandbox is made (run together, a VM
+            // could boot with an interface that has no address yet, or none).
+            let added = self.add_pod_network(&mut network, config).await;
+            let started = match added {
+                Ok(()) => self.start_pause(pod, config).await,
+                Err(_) => Err(CriError::FailedPrecondition(
+                    "the pod's network failed: no VM was started".into(),
+                )),
+            };
+            (added, started)
+        } else {
+            tokio::join!(
+                self.add_pod_network(&mut network, config),
+                self.start_pause(pod, config)
+            )
+        };
         pod.cni_config = network.cni_config;
         pod.cni_result = network.cni_result;
         pod.ips = network.ips;

@@ -100,22 +100,41 @@ pub fn pod_interfaces(pod: &PodRecord) -> Option<Vec<InterfaceCounters>> {
     if pod.host_network || pod.pause_exited || pod.pause_pid == 0 {
         return None;
     }
-    let pinned = std::fs::metadata(pod.netns.as_ref()?).ok()?;
+    let netns = pod.netns.as_ref()?;
+    let pinned = std::fs::metadata(netns).ok()?;
     let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC;
     let proc_dir = open(
         format!("/proc/{}", pod.pause_pid).as_str(),
         flags | OFlag::O_DIRECTORY,
         Mode::empty(),
-    )
-    .ok()?;
-    let ns = fstatat(&proc_dir, "ns/net", AtFlags::empty()).ok()?;
-    if (ns.st_dev as u64, ns.st_ino as u64) != (pinned.dev(), pinned.ino()) {
-        return None;
-    }
+    );
+    let Some(proc_dir) = proc_dir.ok().filter(|dir| {
+        fstatat(dir, "ns/net", AtFlags::empty())
+            .is_ok_and(|ns| (ns.st_dev, ns.st_ino) == (pinned.dev(), pinned.ino()))
+    }) else {
+        // The pause is not a host process in the pod's netns (a microvm
+        // pod's runs in its guest, its pid the guest's): the pinned netns
+        // is read from a thread that enters it.
+        return interfaces_in(netns);
+    };
     let dev = openat(&proc_dir, "net/dev", flags, Mode::empty()).ok()?;
     let mut text = String::new();
     std::fs::File::from(dev).read_to_string(&mut text).ok()?;
     Some(parse_net_dev(&text))
+}
+
+/// The interfaces of the network namespace pinned at `netns`, read by a
+/// thread that enters it (`/proc/thread-self/net/dev` is the calling
+/// thread's namespace's) and ends.
+fn interfaces_in(netns: &std::path::Path) -> Option<Vec<InterfaceCounters>> {
+    let ns = std::fs::File::open(netns).ok()?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev").ok()?;
+        Some(parse_net_dev(&text))
+    })
+    .join()
+    .ok()?
 }
 
 /// The CRI's NetworkUsage: the CNI interface (`eth0`) as the default, the

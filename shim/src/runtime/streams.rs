@@ -163,12 +163,18 @@ impl SessionFactory for RuntimeSessions {
         if pod.state != crate::store::PodState::Ready {
             return Err(format!("pod sandbox {} is not ready", pod.id));
         }
+        let socket = pod
+            .bundle
+            .join(caisson_sandbox::service::PORT_FORWARD_SOCKET);
         Ok(Arc::new(PodDialer {
             netns: if pod.host_network {
                 None
             } else {
                 pod.netns.clone()
             },
+            // A pod whose localhost the host cannot reach (a microvm's is
+            // its guest's) is dialed through its shim.
+            shim_socket: socket.exists().then_some(socket),
         }))
     }
 }
@@ -474,15 +480,39 @@ async fn feed_stdin(
     }
 }
 
-/// Dials ports of one pod, from a thread in its network namespace.
+/// Dials ports of one pod, from a thread in its network namespace, or
+/// through its shim's port-forward socket when it has one.
 struct PodDialer {
     /// None: the host's namespace (a hostNetwork pod).
     netns: Option<PathBuf>,
+    shim_socket: Option<PathBuf>,
+}
+
+/// `port` through a shim's port-forward socket: the port (2 bytes, big
+/// endian), then one status byte, 0 or an error message up to EOF.
+async fn dial_through_shim(socket: &Path, port: u16) -> io::Result<Box<dyn Duplex>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect_long(socket).await?;
+    stream.write_all(&port.to_be_bytes()).await?;
+    let mut status = [0u8; 1];
+    stream.read_exact(&mut status).await?;
+    if status[0] != 0 {
+        let mut why = String::new();
+        let _ = stream.take(4096).read_to_string(&mut why).await;
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("connecting to localhost:{port} in the pod: {why}"),
+        ));
+    }
+    Ok(Box::new(stream))
 }
 
 #[tonic::async_trait]
 impl PortDialer for PodDialer {
     async fn dial(&self, port: u16) -> io::Result<Box<dyn Duplex>> {
+        if let Some(socket) = &self.shim_socket {
+            return dial_through_shim(socket, port).await;
+        }
         let netns = self.netns.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         // A thread of its own that never returns to a pool: it leaves the

@@ -25,6 +25,7 @@ mod devices;
 mod host;
 pub mod limits;
 mod mounts;
+pub(crate) use mounts::check_vm_mounts;
 mod namespaces;
 mod process;
 mod resources;
@@ -543,6 +544,21 @@ fn sandbox_annotations(
         SANDBOX_LOG_DIR_ANNOTATION.to_string(),
         config.log_directory.clone(),
     );
+    // The pod's limits, as containerd passes them on (a VM-based runtime
+    // sizes its VM from them).
+    if let Some(r) = config.linux.as_ref().and_then(|l| l.resources.as_ref()) {
+        use caisson_sandbox::service as s;
+        for (key, value) in [
+            (s::SANDBOX_CPU_PERIOD_ANNOTATION, r.cpu_period),
+            (s::SANDBOX_CPU_QUOTA_ANNOTATION, r.cpu_quota),
+            (s::SANDBOX_CPU_SHARES_ANNOTATION, r.cpu_shares),
+            (s::SANDBOX_MEMORY_ANNOTATION, r.memory_limit_in_bytes),
+        ] {
+            if value > 0 {
+                annotations.insert(key.to_string(), value.to_string());
+            }
+        }
+    }
     annotations
 }
 

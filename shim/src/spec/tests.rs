@@ -185,6 +185,31 @@ fn sandbox_spec_basics() {
 }
 
 #[test]
+fn the_pods_limits_are_passed_on_as_containerd_names_them() {
+    use caisson_sandbox::service as s;
+    let mut config = sandbox_config(Default::default(), &[]);
+    let host = HostFacts::for_tests();
+    let spec = build_sandbox(&config, &pod_ctx(), vec!["/pause".into()], &host).unwrap();
+    assert_eq!(annotation(&spec, s::SANDBOX_MEMORY_ANNOTATION), None);
+    config.linux.as_mut().unwrap().resources = Some(cri::LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 250_000,
+        cpu_shares: 2560,
+        memory_limit_in_bytes: 1 << 30,
+        ..Default::default()
+    });
+    let spec = build_sandbox(&config, &pod_ctx(), vec!["/pause".into()], &host).unwrap();
+    for (key, want) in [
+        (s::SANDBOX_CPU_PERIOD_ANNOTATION, "100000"),
+        (s::SANDBOX_CPU_QUOTA_ANNOTATION, "250000"),
+        (s::SANDBOX_CPU_SHARES_ANNOTATION, "2560"),
+        (s::SANDBOX_MEMORY_ANNOTATION, "1073741824"),
+    ] {
+        assert_eq!(annotation(&spec, key), Some(want), "{key}");
+    }
+}
+
+#[test]
 fn sandbox_spec_table() {
     use cri::NamespaceMode::{Container, Node, Pod};
     let host = HostFacts::for_tests();

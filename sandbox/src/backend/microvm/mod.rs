@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -41,7 +41,10 @@ use crate::host::reaper::{Reaped, Reaper};
 use crate::host::stdio::{open_stdio, HeldStdio, TerminalStdio};
 
 pub mod agent;
+pub mod network;
+pub mod port_forward;
 pub mod share;
+pub mod sizing;
 pub mod vmm;
 
 use agent::{AgentConn, CallError};
@@ -68,7 +71,8 @@ pub enum SharedFs {
 #[serde(default)]
 pub struct MicrovmOptions {
     pub qemu_path: PathBuf,
-    /// An uncompressed guest kernel (vmlinux).
+    /// An uncompressed guest kernel (vmlinux): by default Caisson's minimal
+    /// one; `make microvm-guest` installs Debian's as `vmlinux-debian`.
     pub kernel: PathBuf,
     /// The initramfs with `caisson-agent` as `/init`.
     pub initramfs: PathBuf,
@@ -101,8 +105,12 @@ impl Default for MicrovmOptions {
     }
 }
 
-/// The kernel command line every guest gets.
-const BASE_KERNEL_ARGS: &str = "console=ttyS0 panic=-1 reboot=t quiet";
+/// The kernel command line every guest gets. `noreplace-smp tsc=reliable
+/// no_timer_check`: no SMP alternatives patching, no clocksource watchdog,
+/// no IO-APIC timer check (measured in bench/README.md, "microvm guest
+/// kernel and boot options").
+const BASE_KERNEL_ARGS: &str =
+    "console=ttyS0 panic=-1 reboot=t quiet noreplace-smp tsc=reliable no_timer_check";
 
 /// An agent error as the backend's own.
 fn from_call(op: &'static str, id: &str, e: CallError) -> BackendError {
@@ -267,6 +275,8 @@ struct State {
     /// Set once the host side of a gone VM is cleaned up.
     vm_cleaned: bool,
     tasks: HashMap<String, Task>,
+    /// The pod's port-forward socket, once its sandbox exists.
+    forwarder: Option<Arc<port_forward::Forwarder>>,
 }
 
 /// The `microvm` backend. One per shim (one pod, one VM).
@@ -377,8 +387,9 @@ impl MicrovmBackend {
         })
     }
 
-    /// Boots the pod's VM and waits for its agent.
-    fn boot(&self, sandbox_id: &str, spec: &Spec) -> Result<Arc<Vm>> {
+    /// Boots the pod's VM with the pod's network (its taps) and waits for
+    /// its agent; returns what the agent is to make of the network.
+    fn boot(&self, sandbox_id: &str, spec: &Spec) -> Result<(Arc<Vm>, proto::ConfigureNetwork)> {
         let started = Instant::now();
         let dir = self.vm_dir(sandbox_id);
         let fail = |reason: String| failed("boot VM", sandbox_id, reason);
@@ -387,6 +398,13 @@ impl MicrovmBackend {
             Share::at(&dir.join("shared")).remove();
             share::remove_tree(&dir);
         }
+        let network = match network::netns_of(spec) {
+            Some(netns) => {
+                network::prepare(&netns).map_err(|e| fail(format!("the pod's network: {e}")))?
+            }
+            None => network::PodNetwork::default(),
+        };
+        let size = sizing::vm_size(&self.options, spec.annotations().as_ref());
         let share = Share::create(&dir.join("shared")).map_err(&fail)?;
         let console_log = spec
             .annotations()
@@ -397,8 +415,8 @@ impl MicrovmBackend {
             .unwrap_or_else(|| dir.join("console.log"));
         let config = VmConfig {
             name: sandbox_id.chars().take(12).collect(),
-            vcpus: self.options.vcpus,
-            memory_mib: self.options.memory_mib,
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
             kernel: self.options.kernel.clone(),
             initramfs: self.options.initramfs.clone(),
             kernel_args: format!("{BASE_KERNEL_ARGS} {}", self.options.kernel_args)
@@ -410,13 +428,25 @@ impl MicrovmBackend {
             qmp_socket: dir.join("qmp.sock"),
             shared_dir: share.dir().to_path_buf(),
             console_log,
+            nics: network
+                .nics
+                .iter()
+                .map(|n| vmm::VmNic {
+                    tap_fd: n.tap.as_raw_fd(),
+                    mac: caisson_netlink::format_mac(&n.mac),
+                })
+                .collect(),
         };
         let host_cgroup = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
         let cleanup = |share: &Share| {
             share.remove();
             share::remove_tree(&dir);
         };
-        let (qemu, exited_rx) = match self.spawn_qemu(&config, host_cgroup.as_deref(), sandbox_id) {
+        let spawned = self.spawn_qemu(&config, host_cgroup.as_deref(), sandbox_id);
+        // QEMU holds the taps now (or they go, with a failed spawn).
+        let network_config = network.config;
+        drop(network.nics);
+        let (qemu, exited_rx) = match spawned {
             Ok(x) => x,
             Err(e) => {
                 cleanup(&share);
@@ -424,7 +454,15 @@ impl MicrovmBackend {
             }
         };
         let (accel, reason) = self.vmm.accelerator(&config);
-        tracing::info!(pid = qemu.pid(), ?accel, reason, "VM started");
+        tracing::info!(
+            pid = qemu.pid(),
+            ?accel,
+            reason,
+            vcpus = config.vcpus,
+            memory_mib = config.memory_mib,
+            nics = config.nics.len(),
+            "VM started"
+        );
         let weak = Arc::downgrade(&self.inner);
         let exited_cell: Mutex<Option<Reaped>> = Mutex::new(None);
         let alive = || {
@@ -503,7 +541,7 @@ impl MicrovmBackend {
             sandbox_id: sandbox_id.to_string(),
         });
         self.watch_vm(&vm, already);
-        Ok(vm)
+        Ok((vm, network_config))
     }
 
     /// Spawns QEMU from a thread that lives as long as QEMU (its
@@ -696,10 +734,23 @@ impl MicrovmBackend {
                 id: task.id.clone(),
             });
         }
-        let vm = self.boot(&task.id, &spec)?;
+        let (vm, network) = self.boot(&task.id, &spec)?;
         locked(&self.inner.state).vm = Some(vm.clone());
-        match self.create_in_guest(&vm, task, &mut spec, true, "") {
-            Ok(pid) => Ok(pid),
+        let made = self
+            .create_in_guest(&vm, task, &mut spec, true, "")
+            .and_then(|pid| self.configure_network(&vm, &task.id, network).map(|()| pid));
+        match made {
+            Ok(pid) => {
+                let socket = task.bundle.join(crate::service::PORT_FORWARD_SOCKET);
+                match port_forward::Forwarder::listen(&socket, vm.conn.clone(), &task.id) {
+                    Ok(f) => locked(&self.inner.state).forwarder = Some(f),
+                    // The pod runs; only PortForward into it fails.
+                    Err(e) => {
+                        tracing::warn!(socket = %socket.display(), error = %e, "port-forward socket")
+                    }
+                }
+                Ok(pid)
+            }
             Err(e) => {
                 let tail = console_tail(&vm.config.console_log);
                 self.stop_vm(&vm);
@@ -715,6 +766,21 @@ impl MicrovmBackend {
                 })
             }
         }
+    }
+
+    /// Has the agent give the created sandbox the pod's network (its
+    /// loopback at least), before it starts.
+    fn configure_network(
+        &self,
+        vm: &Arc<Vm>,
+        id: &str,
+        mut network: proto::ConfigureNetwork,
+    ) -> Result<()> {
+        network.sandbox_id = id.to_string();
+        vm.conn
+            .call(request::Op::ConfigureNetwork(network), CALL_TIMEOUT)
+            .map(drop)
+            .map_err(|e| from_call("configure network", id, e))
     }
 
     fn create_in_guest(
@@ -960,6 +1026,12 @@ impl Inner {
             event::Kind::Oom(oom) => {
                 tracing::warn!(id = %oom.container_id, "OOM kill in the guest");
             }
+            event::Kind::PortData(data) => {
+                let forwarder = locked(&self.state).forwarder.clone();
+                if let Some(f) = forwarder {
+                    f.on_data(data);
+                }
+            }
             event::Kind::Ready(_) => {}
         }
     }
@@ -973,6 +1045,9 @@ impl Inner {
         );
         tracing::warn!(reason = %why, "VM gone");
         vm.conn.close();
+        if let Some(f) = locked(&self.state).forwarder.take() {
+            f.stop();
+        }
         let mut exits = Vec::new();
         {
             let mut state = locked(&self.state);
@@ -1035,6 +1110,8 @@ impl Backend for MicrovmBackend {
             });
         }
         let mut spec = Self::read_spec(&task.bundle)?;
+        // What cannot be shared into the guest, before anything is made.
+        share::check_mounts(&spec)?;
         match &task.kind {
             TaskKind::Sandbox => self.create_sandbox(task, spec),
             TaskKind::Container { sandbox_id } => {
@@ -1240,6 +1317,11 @@ impl Backend for MicrovmBackend {
         self.call("resume", id, op).map(|_| ())
     }
 
+    /// The container's cgroup is in the guest: the agent applies the new
+    /// limits there (and re-sums the guest's pod cgroup). The VM's host
+    /// cgroup (the sandbox's) is left as it is: it sits in the pod's host
+    /// cgroup, which whoever sized the pod resizes (caissond for its QoS
+    /// tree, kubelet otherwise), and one container's limits are not the VM's.
     fn update(&self, id: &str, resources: &LinuxResources) -> Result<()> {
         let resources_json = serde_json::to_vec(resources).map_err(|e| failed("update", id, e))?;
         self.call(

@@ -2,8 +2,9 @@
 //! trait ([`Vmm`]) so that the backend knows nothing of QEMU's command line.
 //!
 //! [`Qemu`] runs Debian's `qemu-system-x86_64`:
-//! * direct kernel boot (`-kernel`/`-initrd`/`-append`), no firmware disk, no
-//!   display, `-nodefaults`, QEMU's own seccomp sandbox, a QMP socket;
+//! * direct kernel boot (`-kernel`/`-initrd`/`-append`) through qboot where
+//!   QEMU ships it, no firmware disk, no display, `-nodefaults`, QEMU's own
+//!   seccomp sandbox, a QMP socket;
 //! * the agent's channel is a virtio-serial port named [`AGENT_PORT`] whose
 //!   host end is a unix socket QEMU listens on; the pod's shared directory is
 //!   a virtio-9p export tagged [`SHARE_TAG`];
@@ -57,6 +58,16 @@ pub struct VmConfig {
     pub shared_dir: PathBuf,
     /// The guest's serial console (and QEMU's own stderr).
     pub console_log: PathBuf,
+    /// Its NICs: a tap's descriptor (inherited by QEMU) and the MAC
+    /// address the guest's virtio-net device takes.
+    pub nics: Vec<VmNic>,
+}
+
+/// A NIC of the VM.
+#[derive(Debug, Clone)]
+pub struct VmNic {
+    pub tap_fd: std::os::fd::RawFd,
+    pub mac: String,
 }
 
 /// A monitor that can start VMs.
@@ -146,8 +157,11 @@ impl Vmm for Qemu {
         cmd.arg("-name")
             .arg(format!("caisson-{},debug-threads=on", vm.name))
             .args(["-machine", &format!("{},accel={accel}", vm.machine)])
-            .args(["-cpu", cpu])
-            .args(["-smp", &vm.vcpus.to_string()])
+            .args(["-cpu", cpu]);
+        if let Some(qboot) = qboot(&self.binary) {
+            cmd.arg("-bios").arg(qboot);
+        }
+        cmd.args(["-smp", &vm.vcpus.to_string()])
             .args(["-m", &format!("{}M", vm.memory_mib)])
             .args(["-nodefaults", "-no-user-config", "-display", "none"])
             .arg("-no-reboot")
@@ -187,10 +201,29 @@ impl Vmm for Qemu {
                 "-device",
                 &format!("virtio-9p-pci,fsdev=shared,mount_tag={SHARE_TAG}"),
             ]);
-        // SAFETY: prctl only sets this process's parent-death signal; it is
-        // async-signal-safe.
+        // virtio-net on the tap the backend opened in the pod's network
+        // namespace; vhost=off (no /dev/vhost-net on these hosts), and no
+        // option ROM (the kernel is booted directly: nothing PXE-boots).
+        for (n, nic) in vm.nics.iter().enumerate() {
+            cmd.arg("-netdev")
+                .arg(format!("tap,id=net{n},fd={},vhost=off", nic.tap_fd))
+                .arg("-device")
+                .arg(format!(
+                    "virtio-net-pci,netdev=net{n},mac={},romfile=",
+                    nic.mac
+                ));
+        }
+        let inherited: Vec<_> = vm.nics.iter().map(|n| n.tap_fd).collect();
+        // SAFETY: prctl only sets this process's parent-death signal, and
+        // fcntl only clears close-on-exec on descriptors the backend holds
+        // open until QEMU has started; both are async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                for fd in &inherited {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -208,6 +241,16 @@ impl Vmm for Qemu {
     fn quit(&self, vm: &VmConfig) -> Result<(), String> {
         qmp(&vm.qmp_socket, "quit")
     }
+}
+
+/// QEMU's minimal firmware (`qboot.rom`, beside the binary's other data:
+/// `<prefix>/share/qemu/`), which jumps straight to the kernel QEMU loaded
+/// where SeaBIOS first scans the machine; `None` (SeaBIOS) where QEMU ships
+/// none. Measured in bench/README.md ("microvm guest kernel and boot
+/// options").
+fn qboot(binary: &Path) -> Option<PathBuf> {
+    let rom = binary.parent()?.parent()?.join("share/qemu/qboot.rom");
+    rom.is_file().then_some(rom)
 }
 
 /// A path for QEMU's comma-separated options (a comma would be doubled, but
@@ -287,6 +330,10 @@ mod tests {
             qmp_socket: dir.path().join("qmp.sock"),
             shared_dir: dir.path().join("shared"),
             console_log: dir.path().join("console.log"),
+            nics: vec![VmNic {
+                tap_fd: 7,
+                mac: "02:42:0a:58:00:05".into(),
+            }],
         };
         let cmd = qemu.command(&vm).unwrap();
         let args: Vec<String> = cmd
@@ -303,6 +350,8 @@ mod tests {
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
             "name=caisson.agent",
             "mount_tag=caisson-shared",
+            "-netdev tap,id=net0,fd=7,vhost=off",
+            "-device virtio-net-pci,netdev=net0,mac=02:42:0a:58:00:05,romfile=",
         ] {
             assert!(joined.contains(want), "{want:?} missing from {joined}");
         }
@@ -313,5 +362,16 @@ mod tests {
         let mut comma = vm;
         comma.shared_dir = dir.path().join("a,b");
         assert!(qemu.command(&comma).unwrap_err().contains("comma"));
+    }
+
+    #[test]
+    fn qboot_is_the_firmware_where_qemu_ships_it() {
+        let prefix = tempfile::tempdir().unwrap();
+        let binary = prefix.path().join("bin/qemu-system-x86_64");
+        assert_eq!(qboot(&binary), None);
+        let rom = prefix.path().join("share/qemu/qboot.rom");
+        std::fs::create_dir_all(rom.parent().unwrap()).unwrap();
+        std::fs::write(&rom, b"").unwrap();
+        assert_eq!(qboot(&binary), Some(rom));
     }
 }

@@ -19,8 +19,9 @@
 //! * [`checkpoint`]: CRI CheckpointContainer and restore through caissond,
 //!   for a container holding touched memory: time and archive size.
 //! * [`microvm`]: the microvm handler (a QEMU VM per pod) against native in
-//!   one caissond: pod start split into VM boot and Caisson's own work,
-//!   QEMU and shim memory per idle pod, beside Kata's published figures.
+//!   one caissond, for each guest kernel: pod start split into VM boot and
+//!   Caisson's own work, QEMU and shim memory per idle pod, pod to pod TCP
+//!   throughput, beside Kata's published figures.
 //! * [`measure`]: wall/CPU timing, min and median.
 //! * [`caissond`]: the release caissond those benchmarks start, configure
 //!   and clean up after; [`daemon`]: any CRI daemon process they spawn;
@@ -115,10 +116,17 @@ benchmarks:
       --json FILE      also write the results as JSON
   microvm        the microvm handler (a QEMU VM per pod) vs native, in one caissond: pod +
                  container start p50/p90 split into VM boot (QEMU spawn to agent ready) and
-                 Caisson's own work; VmRSS and Pss of QEMU and shim per idle pod; beside
-                 Kata's published figures (needs root, `make microvm-guest`)
+                 Caisson's own work; VmRSS and Pss of QEMU and shim per idle pod; pod to pod
+                 TCP throughput; for each guest kernel; beside Kata's published figures
+                 (needs root, `make microvm-guest`)
       --runs N         timed pod starts per handler, after one warm-up (default 10)
-      --pods N         microvm pods for the memory reading (default 3)
+      --pods N         microvm pods per kernel for the memory reading (default 3)
+      --kernels LIST   guest kernels, a handler and a column each, comma-separated: NAME
+                       (`default`: /var/lib/caisson/microvm/vmlinux, another: vmlinux-NAME
+                       there) or LABEL=PATH (default: default,debian)
+      --net-runs N     TCP throughput on a CNI bridge of the bench's own (10.231.250.0/24):
+                       native -> native, microvm -> native, native -> microvm, N runs of
+                       3 s each (default 5; 0: none)
       --json FILE      also write the results as JSON
 ";
 
@@ -247,6 +255,8 @@ fn parse_microvm(args: impl Iterator<Item = String>) -> Result<microvm::Options,
         match flag {
             "--runs" => opts.runs = number(flag, value()?)?,
             "--pods" => opts.pods = number(flag, value()?)?,
+            "--kernels" => opts.kernels = value()?.split(',').map(String::from).collect(),
+            "--net-runs" => opts.net_runs = number(flag, value()?)?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
             other => return unknown(other),
         }
@@ -358,7 +368,21 @@ mod tests {
         assert_eq!(opts.json, Some(PathBuf::from("vm.json")));
         let defaults = parse(&[]).unwrap();
         assert_eq!((defaults.runs, defaults.pods, defaults.json), (10, 3, None));
-        for bad in [&["--pods"][..], &["--runs", "x"], &["--reps", "1"]] {
+        assert_eq!(
+            (defaults.kernels.join(","), defaults.net_runs),
+            ("default,debian".into(), 5)
+        );
+        let opts = parse(&["--kernels", "debian,mine=/k", "--net-runs", "0"]).unwrap();
+        assert_eq!(
+            (opts.kernels.join(" "), opts.net_runs),
+            ("debian mine=/k".into(), 0)
+        );
+        for bad in [
+            &["--pods"][..],
+            &["--runs", "x"],
+            &["--reps", "1"],
+            &["--kernels"],
+        ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -30,6 +30,7 @@ pub mod daemon;
 pub mod fixtures;
 pub mod http2;
 pub mod leaks;
+pub mod microvm;
 pub mod registry;
 pub mod require;
 pub mod spdy;

@@ -9,19 +9,13 @@
 
 use std::io::Read;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use caisson_tests::cni::TestNetwork;
 use caisson_tests::daemon::{container_config, wait_until, Caissond};
+use caisson_tests::microvm::turn;
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
-
-static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The pinned network namespaces of caissond's pods.
 fn pinned_netns(d: &Caissond) -> Vec<std::path::PathBuf> {
@@ -278,16 +272,9 @@ fn the_vm_is_sized_from_the_pods_limits() {
         (600 * 1024..=768 * 1024).contains(&total_kib),
         "MemTotal {total_kib} kB for a 768 MiB VM"
     );
-    let name = format!("caisson-{}", &pod[..12]);
-    let qemu: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("qemu-system") && c.contains(&name))
-        .collect();
+    let qemu = caisson_tests::microvm::qemus_with(&format!("caisson-{}", &pod[..12]));
     assert_eq!(qemu.len(), 1, "the pod's QEMU: {qemu:?}");
-    assert!(qemu[0].contains("-m 768M"), "{}", qemu[0]);
+    assert!(qemu[0].1.contains("-m 768M"), "{}", qemu[0].1);
     d.stop_pod(&pod);
     d.remove_pod(&pod);
 }

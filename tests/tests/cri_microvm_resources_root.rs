@@ -10,18 +10,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use caisson_tests::daemon::{container_config, read_u64, with_resources, Caissond, MI};
+use caisson_tests::microvm::turn;
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
-
-static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// What a container sees of its cgroup in the guest, in one exec: its
 /// path (`/proc/self/cgroup`), then each of `files`, relative to its own

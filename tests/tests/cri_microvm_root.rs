@@ -6,94 +6,14 @@
 //! The tests take turns (one VM at a time): two cores run TCG guests.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use caisson_tests::daemon::{container_config, wait_until, with_resources, Caissond, MI};
+use caisson_tests::microvm::{
+    assert_nothing_left, host_processes_with, mounts_under, qemu_of, run_dir, turn, vm_dirs,
+};
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
-
-static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Host processes whose command line contains `needle`.
-fn host_processes_with(needle: &str) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) {
-            found.push((pid, cmd.trim().to_string()));
-        }
-    }
-    found
-}
-
-/// QEMU processes of pod `pod` (their `-name` is `caisson-<id prefix>`).
-fn qemu_of(pod: &str) -> Vec<u32> {
-    let name = format!("caisson-{}", &pod[..12]);
-    host_processes_with(&name)
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains("qemu-system"))
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
-/// Mount points under `dir`.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The shim's VM directories (`<shim state>/vm/<hash>`) under caissond's
-/// run dir.
-fn vm_dirs(run_dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![run_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() && !path.is_symlink() {
-                if path.parent().is_some_and(|p| p.ends_with("vm")) {
-                    found.push(path.clone());
-                }
-                if !path.ends_with("shared") {
-                    stack.push(path);
-                }
-            }
-        }
-    }
-    found
-}
-
-fn run_dir(d: &Caissond) -> PathBuf {
-    d.pods_dir().parent().unwrap().to_path_buf()
-}
-
-fn assert_nothing_left(d: &Caissond, pod: &str) {
-    let run = run_dir(d);
-    wait_until("the pod's QEMU to be gone", Duration::from_secs(30), || {
-        qemu_of(pod).is_empty().then_some(())
-    });
-    assert_eq!(mounts_under(&run), Vec::<String>::new(), "mounts left");
-    assert_eq!(vm_dirs(&run), Vec::<PathBuf>::new(), "VM dirs left");
-}
 
 #[test]
 fn a_microvm_pod_runs_its_containers_in_the_guests_kernel() {

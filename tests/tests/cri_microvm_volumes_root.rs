@@ -7,20 +7,14 @@
 //! guests.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use caisson_tests::daemon::{container_config, wait_until, Caissond};
 use caisson_tests::fixtures::{busybox_layer, ImageSpec, LayerBuilder};
+use caisson_tests::microvm::{mounts_under, qemus_with, run_dir, turn, vm_dirs};
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-
-static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn turn() -> std::sync::MutexGuard<'static, ()> {
-    ONE_VM_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A host directory for a test's volumes, under `/var/tmp` (not a tmpfs:
 /// the shim binds it, QEMU exports it).
@@ -45,45 +39,6 @@ fn with_mounts(mut c: cri::ContainerConfig, mounts: Vec<cri::Mount>) -> cri::Con
     c
 }
 
-/// Mount points at or under `dir`.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(dir))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The shim's VM directories (`<shim state>/vm/<hash>`) under caissond's
-/// run dir.
-fn vm_dirs(run_dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![run_dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() && !path.is_symlink() {
-                if path.parent().is_some_and(|p| p.ends_with("vm")) {
-                    found.push(path.clone());
-                }
-                if !path.ends_with("shared") {
-                    stack.push(path);
-                }
-            }
-        }
-    }
-    found
-}
-
-fn run_dir(d: &Caissond) -> PathBuf {
-    d.pods_dir().parent().unwrap().to_path_buf()
-}
-
 /// Removes every pod, then checks that no QEMU, mount (under the run dir
 /// or below the test's host dir) or VM dir is left, and that the volumes'
 /// contents on the host were not touched by the teardown.
@@ -93,7 +48,11 @@ fn remove_all_and_check_nothing_left(d: &Caissond, host: &Path, kept: &[&str]) {
     wait_until(
         "the pods' QEMUs to be gone",
         Duration::from_secs(30),
-        || qemus_under(&run).is_empty().then_some(()),
+        || {
+            qemus_with(&run.display().to_string())
+                .is_empty()
+                .then_some(())
+        },
     );
     assert_eq!(mounts_under(&run), Vec::<String>::new(), "mounts left");
     assert_eq!(vm_dirs(&run), Vec::<PathBuf>::new(), "VM dirs left");
@@ -108,25 +67,6 @@ fn remove_all_and_check_nothing_left(d: &Caissond, host: &Path, kept: &[&str]) {
             "the teardown removed the volume's {file}"
         );
     }
-}
-
-/// QEMU processes whose command line names a path under `dir`.
-fn qemus_under(dir: &Path) -> Vec<u32> {
-    let needle = dir.display().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("qemu-system") && cmd.contains(&needle) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// ExecSync that must fail: its stderr.

@@ -474,6 +474,16 @@ impl Agent {
         let Some((cid, eid, streams, cgroup)) = found else {
             return;
         };
+        if eid.is_empty() {
+            // What the init leaves behind goes with it, as containerd's runc
+            // shim does for a container in its pod's PID namespace (in one
+            // of its own, the kernel already killed them): a child holding
+            // the container's stdout would otherwise keep it open.
+            for pid in cgroup::procs(&cgroup::dir(&cgroup)) {
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let agent = Arc::clone(self);
         std::thread::spawn(move || {
             streams.wait(DRAIN);

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use caisson_tests::daemon::{container_config, wait_until, with_resources, Caissond, MI};
+use caisson_tests::daemon::{
+    container_config, wait_until, with_pid_mode, with_resources, Caissond, MI,
+};
 use caisson_tests::microvm::{
     assert_nothing_left, host_processes_with, mounts_under, qemu_of, run_dir, turn, vm_dirs,
 };
@@ -433,6 +435,47 @@ fn the_default_guest_kernel_is_the_one_the_repos_config_builds() {
         &["sh", "-c", "if test -e /proc/modules; then echo some; fi"],
     );
     assert_eq!(modules.trim(), "", "the default guest kernel has modules");
+    d.remove_all_pods();
+    assert_nothing_left(&d, &pod);
+}
+
+/// A container in its pod's PID namespace whose init exits takes what it
+/// left running with it, as under containerd's runc shim: a background
+/// process is gone from the pod's process list once the container has
+/// exited.
+#[test]
+fn what_an_init_leaves_in_the_pods_pid_namespace_dies_with_it() {
+    require::microvm();
+    let _turn = turn();
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("vmpid");
+    let pod = d.run_pod_with_handler(&config, "microvm");
+    let watcher = d.create_started_container(
+        &pod,
+        &config,
+        with_pid_mode(
+            container_config("watcher", &["sleep", "100000"]),
+            cri::NamespaceMode::Pod,
+        ),
+    );
+    let parent = d.create_started_container(
+        &pod,
+        &config,
+        with_pid_mode(
+            container_config("parent", &["sh", "-c", "sleep 4242 & sleep 3"]),
+            cri::NamespaceMode::Pod,
+        ),
+    );
+    let listed = |d: &Caissond| d.exec(&watcher, &["ps", "-o", "args"]);
+    assert!(listed(&d).contains("sleep 4242"), "{}", listed(&d));
+    let status = d.wait_exited(&parent, Duration::from_secs(60));
+    assert_eq!(status.exit_code, 0);
+    wait_until(
+        "the orphaned sleep to be gone",
+        Duration::from_secs(10),
+        || (!listed(&d).contains("sleep 4242")).then_some(()),
+    );
     d.remove_all_pods();
     assert_nothing_left(&d, &pod);
 }

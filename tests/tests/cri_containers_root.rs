@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use caisson_tests::daemon::{
-    cmdline, container_config, pid_alive, proc_status_field, signal_in_mask, wait_until, Caissond,
+    cmdline, container_config, pid_alive, proc_status_field, signal_in_mask, wait_until,
+    with_pid_mode, Caissond,
 };
 use caisson_tests::fixtures::busybox_image;
 use k8s_cri::v1 as cri;
@@ -394,5 +395,47 @@ fn container_status_reports_the_process_user() {
         real.sort_unstable();
         real.dedup();
         assert_eq!(real, groups, "{c}: `id -G` against ContainerStatus.user");
+    }
+}
+
+/// A container in its pod's PID namespace whose init exits takes what it
+/// left running with it (containerd's runc shim does the same): on native
+/// and hardened, an orphaned background process leaves the pod's process
+/// list once the container has exited.
+#[test]
+fn what_an_init_leaves_in_the_pods_pid_namespace_dies_with_it() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    for handler in ["runc", "hardened"] {
+        let config = d.pod_config(&format!("orphans-{handler}"));
+        let pod = d.run_pod_with_handler(&config, handler);
+        let in_pod_pidns = |c: cri::ContainerConfig| with_pid_mode(c, cri::NamespaceMode::Pod);
+        let watcher = d.create_started_container(
+            &pod,
+            &config,
+            in_pod_pidns(container_config("watcher", &["sleep", "100000"])),
+        );
+        let parent = d.create_started_container(
+            &pod,
+            &config,
+            in_pod_pidns(container_config(
+                "parent",
+                &["sh", "-c", "sleep 4243 & sleep 2"],
+            )),
+        );
+        let listed = |d: &Caissond| d.exec(&watcher, &["ps", "-o", "args"]);
+        assert!(
+            listed(&d).contains("sleep 4243"),
+            "{handler}: {}",
+            listed(&d)
+        );
+        assert_eq!(d.wait_exited(&parent, Duration::from_secs(30)).exit_code, 0);
+        wait_until(
+            &format!("{handler}: the orphaned sleep to be gone"),
+            Duration::from_secs(10),
+            || (!listed(&d).contains("sleep 4243")).then_some(()),
+        );
+        d.stop_pod(&pod);
+        d.remove_pod(&pod);
     }
 }

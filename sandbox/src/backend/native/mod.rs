@@ -316,13 +316,19 @@ impl NativeBackend {
                 tracing::debug!(id, ?exec_id, pid, "exit of a process whose task is gone");
                 return;
             }
+            let cgroup = tasks.lock().get(&id).map(|t| t.cgroup_path.clone());
+            if let (None, Some(cg)) = (&exec_id, &cgroup) {
+                // What the init leaves behind goes with it, as containerd's
+                // runc shim does for a container in its pod's PID namespace
+                // (in one of its own, the kernel already killed them).
+                for pid in cgroups::pids(&id, cg).unwrap_or_default() {
+                    // SAFETY: kill(2) with a pid and a signal number.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+            }
             // Read before delete removes the cgroup: did the OOM killer act?
-            let oom_killed = exec_id.is_none()
-                && tasks
-                    .lock()
-                    .get(&id)
-                    .map(|t| t.cgroup_path.clone())
-                    .is_some_and(|cg| cgroups::oom_kills(&cg) > 0);
+            let oom_killed =
+                exec_id.is_none() && cgroup.is_some_and(|cg| cgroups::oom_kills(&cg) > 0);
             tracing::info!(id, ?exec_id, pid, status, oom_killed, "process exited");
             exits(Exit {
                 container_id: id,

@@ -144,7 +144,17 @@ fn a_fork_bomb_is_held_by_the_pods_pids_limit() {
     );
     // Processes that stay: a shell forking sleepers as fast as it can (a
     // classic `b() { b | b & }` bomb's children exit as fast as they fork).
-    let bomb = container_config("bomb", &["sh", "-c", "while true; do sleep 1000 & done"]);
+    // The forking shell is a subshell, which exits at its first refused
+    // fork; the container's init then execs a sleeper, so that it lives on
+    // (an init's exit would take the sleepers with it, as under containerd).
+    let bomb = container_config(
+        "bomb",
+        &[
+            "sh",
+            "-c",
+            "(while true; do sleep 1000 & done); exec sleep 100000",
+        ],
+    );
     let bomb = d.create_started_container(&pod, &config, bomb);
 
     let started = Instant::now();

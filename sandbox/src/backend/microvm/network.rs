@@ -88,14 +88,7 @@ fn prepare_here() -> Result<PodNetwork, String> {
     for (n, link) in pod_links.iter().enumerate() {
         let mac = link.mac.expect("filtered");
         let tap_name = format!("tap{n}_caisson");
-        let tap = open_tap(&tap_name)?;
-        let tap_index = nl
-            .links()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|l| l.name == tap_name)
-            .map(|l| l.index)
-            .ok_or_else(|| format!("{tap_name} was made but is not listed"))?;
+        let (tap, tap_index) = open_tap(&tap_name)?;
         nl.configure_link(tap_index, None, Some(link.mtu))
             .map_err(|e| e.to_string())?;
         nl.set_up(tap_index).map_err(|e| e.to_string())?;
@@ -159,8 +152,8 @@ fn guest_routes(routes: &[Route], links: &[&caisson_netlink::Link]) -> Vec<proto
 
 /// Opens `/dev/net/tun` as a tap named `name` in the calling thread's
 /// network namespace: no packet-information header, virtio-net headers on
-/// (QEMU finds them and offloads checksums).
-fn open_tap(name: &str) -> Result<OwnedFd, String> {
+/// (QEMU finds them and offloads checksums). Returns it with its index.
+fn open_tap(name: &str) -> Result<(OwnedFd, u32), String> {
     let tun = File::options()
         .read(true)
         .write(true)
@@ -184,7 +177,18 @@ fn open_tap(name: &str) -> Result<OwnedFd, String> {
             ));
         }
     }
-    Ok(OwnedFd::from(tun))
+    // The name was checked above: no NUL inside.
+    let c_name = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated name; the lookup runs in this thread's
+    // network namespace, where the tap was just made.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        return Err(format!(
+            "{name} was made but has no index: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok((OwnedFd::from(tun), index))
 }
 
 #[cfg(test)]

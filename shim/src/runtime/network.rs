@@ -137,6 +137,8 @@ impl Runtime {
                 ("K8S_POD_UID".into(), pod.uid.clone()),
             ],
             capabilities: capability_args(config, &pod_cidr),
+            // `pin_pod_netns` made it with `lo` up; `remove_pod_network` removes it.
+            loopback_up: pod.netns.is_some(),
         }
     }
 }

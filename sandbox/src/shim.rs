@@ -128,8 +128,13 @@ pub fn group_id(task_id: &str, kind: &TaskKind) -> String {
 
 /// The socket of a pod's shim: short and stable, like containerd's own.
 pub fn socket_path(namespace: &str, group: &str) -> PathBuf {
+    socket_path_in(&run_dir(), namespace, group)
+}
+
+/// [`socket_path`] under `run_dir` (`<run_dir>/s/<hash>.sock`).
+pub fn socket_path_in(run_dir: &Path, namespace: &str, group: &str) -> PathBuf {
     let hash = hex::encode(Sha256::digest(format!("{namespace}/{group}").as_bytes()));
-    run_dir().join("s").join(format!("{}.sock", &hash[..32]))
+    run_dir.join("s").join(format!("{}.sock", &hash[..32]))
 }
 
 fn address_of(socket: &Path) -> String {
@@ -151,18 +156,52 @@ pub fn start(flags: &Flags) -> Result<String, String> {
     };
     let kind = task_kind(&bundle)?;
     let group = group_id(&flags.id, &kind);
-    let socket = socket_path(&flags.namespace, &group);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // Nothing may be logged here: containerd 1.6 reads stdout and stderr
+    // together as the address.
+    start_server(Command::new(exe), &run_dir(), flags, &group, &bundle)
+}
+
+/// What `start` does for a pod's sandbox task `pod_id`, done by the calling
+/// process: caissond starts its pods' shims so, which spares each pod an
+/// exec of this binary (CPU and a few ms of RunPodSandbox). `shim` runs this
+/// binary with the environment its server needs ([`RUN_DIR_ENV`] naming
+/// `run_dir`, `TTRPC_ADDRESS`, [`BACKEND_ENV`], …). Answers the address.
+pub fn start_pod_shim(
+    shim: Command,
+    run_dir: &Path,
+    namespace: &str,
+    pod_id: &str,
+    bundle: &Path,
+) -> Result<String, String> {
+    let flags = Flags {
+        namespace: namespace.to_string(),
+        id: pod_id.to_string(),
+        address: "/dev/null".into(),
+        ..Flags::default()
+    };
+    start_server(shim, run_dir, &flags, pod_id, bundle)
+}
+
+/// Spawns pod `group`'s server with `shim` unless one answers on its
+/// socket already; writes the address into the bundle and answers it.
+fn start_server(
+    shim: Command,
+    run_dir: &Path,
+    flags: &Flags,
+    group: &str,
+    bundle: &Path,
+) -> Result<String, String> {
+    let socket = socket_path_in(run_dir, &flags.namespace, group);
     let dir = socket.parent().expect("socket has a parent");
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
 
     // One start at a time per pod, so two containers never spawn two shims.
     crate::host::lock_exclusive(&socket.with_extension("lock")).and_then(|_guard| {
         let address = address_of(&socket);
-        // Nothing may be logged here: containerd 1.6 reads stdout and
-        // stderr together as the address.
         if UnixStream::connect(&socket).is_err() {
             let _ = std::fs::remove_file(&socket);
-            spawn_server(flags, &group, &socket)?;
+            spawn_server(shim, flags, group, &socket)?;
         }
         // containerd reads it back when it restarts.
         let _ = std::fs::write(bundle.join("address"), &address);
@@ -172,13 +211,15 @@ pub fn start(flags: &Flags) -> Result<String, String> {
 
 /// The shim log of the pod whose socket is `socket`: `log/<hash>.log`.
 pub fn log_path(socket: &Path) -> PathBuf {
-    run_dir()
+    // The socket is `<run dir>/s/<hash>.sock`.
+    let dir = socket.parent().and_then(Path::parent);
+    dir.map_or_else(run_dir, Path::to_path_buf)
         .join("log")
         .join(socket.with_extension("log").file_name().unwrap_or_default())
 }
 
 /// Binds the socket and spawns `serve` with it as fd 3, detached.
-fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String> {
+fn spawn_server(mut cmd: Command, flags: &Flags, group: &str, socket: &Path) -> Result<(), String> {
     let listener =
         UnixListener::bind(socket).map_err(|e| format!("binding {}: {e}", socket.display()))?;
     nix::sys::stat::fchmodat(
@@ -196,8 +237,6 @@ fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String>
         .append(true)
         .open(&log_path)
         .map_err(|e| format!("opening {}: {e}", log_path.display()))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(exe);
     cmd.args([
         "-namespace",
         &flags.namespace,
@@ -225,6 +264,15 @@ fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String>
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Detached: an intermediate child exits at once, so the server
+            // is nobody's child but init's (as containerd's shims are) and
+            // the caller reaps only the intermediate. std's spawn returns
+            // once the server has exec'd (its exec-error pipe closes then).
+            match libc::fork() {
+                -1 => return Err(std::io::Error::last_os_error()),
+                0 => {}
+                _ => libc::_exit(0),
+            }
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -237,11 +285,11 @@ fn spawn_server(flags: &Flags, group: &str, socket: &Path) -> Result<(), String>
             Ok(())
         });
     }
-    let child = cmd
+    let mut intermediate = cmd
         .spawn()
         .map_err(|e| format!("spawning the shim server: {e}"))?;
     drop(fd);
-    drop(child);
+    let _ = intermediate.wait();
     Ok(())
 }
 

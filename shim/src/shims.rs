@@ -1,4 +1,4 @@
-//! Talking to per-pod shims: `start` spawns (or finds) a pod's
+//! Talking to per-pod shims: [`ShimManager::start`] spawns (or finds) a pod's
 //! `containerd-shim-caisson-v2`, [`ShimClient`] calls its Task API (ttrpc's
 //! tokio client: one connection per pod, no thread of its own), and
 //! [`serve_events`] is the events service shims publish task exits to (their
@@ -20,6 +20,8 @@ use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::{create_events, Events};
 use tokio::sync::mpsc::UnboundedSender;
+
+use caisson_sandbox::shim;
 
 use crate::status::{from_ttrpc, CriError, CriResult};
 
@@ -45,12 +47,13 @@ impl ShimManager {
         cmd
     }
 
-    /// Runs `start` for a task in `bundle` with the handler's backend
-    /// options (a JSON object, `CAISSON_BACKEND_OPTIONS` in the shim; empty
-    /// for none): returns the pod's shim address.
+    /// Starts the shim of pod `pod_id` (bundle `bundle`) with the handler's
+    /// backend options (a JSON object, `CAISSON_BACKEND_OPTIONS` in the
+    /// shim; empty for none), as the shim's `start` would, without an exec
+    /// of it (`caisson_sandbox::shim::start_pod_shim`): returns its address.
     pub async fn start(
         &self,
-        task_id: &str,
+        pod_id: &str,
         bundle: &Path,
         backend: &str,
         options: &str,
@@ -59,27 +62,26 @@ impl ShimManager {
         if !options.is_empty() {
             cmd.env("CAISSON_BACKEND_OPTIONS", options);
         }
-        cmd.args([
-            "-namespace",
-            NAMESPACE,
-            "-id",
-            task_id,
-            "-address",
-            "/dev/null",
-            "start",
-        ])
-        .current_dir(bundle);
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .map_err(|e| CriError::internal("starting shim", e))?
-            .map_err(|e| CriError::internal("starting shim", e))?;
-        if !out.status.success() {
-            return Err(CriError::Internal(format!(
-                "containerd-shim-caisson-v2 start: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let (run_dir, pod_id, bundle) = (
+            self.run_dir.clone(),
+            pod_id.to_string(),
+            bundle.to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || {
+            shim::start_pod_shim(cmd, &run_dir, NAMESPACE, &pod_id, &bundle)
+        })
+        .await
+        .map_err(|e| CriError::internal("starting shim", e))?
+        .map_err(|e| CriError::Internal(format!("starting the pod's shim: {e}")))
+    }
+
+    /// The address [`ShimManager::start`] gives pod `pod_id`'s shim, known
+    /// before it starts.
+    pub fn address(&self, pod_id: &str) -> String {
+        format!(
+            "unix://{}",
+            shim::socket_path_in(&self.run_dir, NAMESPACE, pod_id).display()
+        )
     }
 
     /// Runs `delete` for a task whose shim is gone (kills what is left, unmounts).

@@ -311,6 +311,16 @@ fn remove_pod_sandbox_leaves_nothing_behind() {
     let runner_pid = d.container_pid(&runner);
     let shims = d.shim_pids();
     assert_eq!(shims.len(), 1, "one shim per pod: {:?}", d.processes());
+    // Detached, as containerd's shims are: caissond spawns it through an
+    // intermediate that exits at once, so it is nobody's child but init's.
+    let caissond = d.pid().to_string();
+    for shim in &shims {
+        assert_ne!(
+            proc_status_field(*shim, "PPid").as_deref(),
+            Some(caissond.as_str()),
+            "the shim {shim} is caissond's child"
+        );
+    }
 
     // While the pod runs, everything we will check for is there.
     let during = d.footprint();
@@ -371,6 +381,17 @@ fn remove_pod_sandbox_leaves_nothing_behind() {
         d.rt.block_on(rt.list_containers(cri::ListContainersRequest::default())),
     );
     assert!(left.containers.is_empty(), "{:?}", left.containers);
+    let zombies: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_status_field(*pid, "PPid").as_deref() == Some(caissond.as_str()))
+        .filter(|pid| proc_status_field(*pid, "State").is_some_and(|s| s.starts_with('Z')))
+        .collect();
+    assert!(
+        zombies.is_empty(),
+        "caissond's unreaped children: {zombies:?}"
+    );
     // Removing again is fine (kubelet retries).
     d.remove_pod(&pod);
 }

@@ -57,25 +57,6 @@ async fn wait_shim_gone(pod_id: &str, shim: Pidfd) {
     }
 }
 
-/// The address `containerd-shim-caisson-v2 start` gives a pod's shim
-/// (`<shim run dir>/s/<sha256("caisson/<pod id>")[..32]>.sock`, as the
-/// sandbox crate's `shim::socket_path`): recorded before the shim is
-/// started, so that a caissond killed meanwhile still finds it.
-fn expected_shim_address(rt: &Runtime, pod_id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let hash = hex::encode(Sha256::digest(
-        format!("{}/{pod_id}", crate::shims::NAMESPACE).as_bytes(),
-    ));
-    format!(
-        "unix://{}",
-        rt.shims
-            .run_dir
-            .join("s")
-            .join(format!("{}.sock", &hash[..32]))
-            .display()
-    )
-}
-
 /// The pod's own dir.
 pub fn pod_dir(rt: &Runtime, id: &str) -> PathBuf {
     rt.config.pods_dir().join(id)
@@ -541,7 +522,7 @@ impl Runtime {
         // resource comes to exist (netns, CNI config, shim address): a
         // caissond killed half-way leaves a record that recovery marks
         // exited and RemovePodSandbox tears down, never an orphan.
-        pod.shim_address = expected_shim_address(self, &pod.id);
+        pod.shim_address = self.shims.address(&pod.id);
         {
             let _p = phase(RUN, "record");
             self.save_pod(pod.clone())?;

@@ -119,18 +119,59 @@ pub fn usable() -> bool {
             })
         }
         Ok(CgroupSetup::Legacy | CgroupSetup::Hybrid) => {
-            libcgroups::v1::util::get_subsystem_mount_point(
-                &libcgroups::v1::ControllerType::HugeTlb,
-            )
-            .is_ok()
+            // Looking for a mount that is not there reads the whole mount
+            // table, every pod's mounts included, in every shim's start:
+            // `/proc/cgroups` says first whether a v1 hierarchy holds it.
+            let bound = std::fs::read_to_string("/proc/cgroups")
+                .ok()
+                .and_then(|table| bound_to_v1(&table, CONTROLLER));
+            bound != Some(false)
+                && libcgroups::v1::util::get_subsystem_mount_point(
+                    &libcgroups::v1::ControllerType::HugeTlb,
+                )
+                .is_ok()
         }
         Err(_) => false,
     }
 }
 
+/// Whether `/proc/cgroups` (`table`) has `controller` enabled in a v1
+/// hierarchy (a nonzero hierarchy id; 0 is cgroup2 or none). `None` when
+/// the table does not list it.
+fn bound_to_v1(table: &str, controller: &str) -> Option<bool> {
+    table.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != controller {
+            return None;
+        }
+        let hierarchy: u32 = fields.next()?.parse().ok()?;
+        let enabled = fields.nth(1)? == "1";
+        Some(hierarchy != 0 && enabled)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_cgroups_says_which_controllers_a_v1_hierarchy_holds() {
+        let table = "#subsys_name\thierarchy\tnum_cgroups\tenabled\n\
+                     cpu\t1\t1\t1\nmemory\t4\t317\t1\nhugetlb\t0\t1\t1\n\
+                     pids\t8\t1\t0\n";
+        assert_eq!(bound_to_v1(table, "hugetlb"), Some(false));
+        assert_eq!(bound_to_v1(table, "memory"), Some(true));
+        assert_eq!(bound_to_v1(table, "pids"), Some(false), "disabled");
+        assert_eq!(bound_to_v1(table, "rdma"), None);
+        // This machine: hugetlb is cgroup2's, and the answer agrees with
+        // libcgroups' look through the mount table.
+        let here = std::fs::read_to_string("/proc/cgroups").unwrap();
+        let mounted = libcgroups::v1::util::get_subsystem_mount_point(
+            &libcgroups::v1::ControllerType::HugeTlb,
+        )
+        .is_ok();
+        assert_eq!(bound_to_v1(&here, "hugetlb").unwrap_or(false), mounted);
+    }
     use oci_spec::runtime::LinuxHugepageLimit;
 
     #[test]

@@ -85,6 +85,9 @@ pub struct Runtime {
     pub store: Store,
     pub shims: ShimManager,
     pub pause_binary: PathBuf,
+    /// The built-in pause's shared rootfs (`pod::shared_pause_rootfs`);
+    /// `None` with a pause image.
+    pause_rootfs: Option<PathBuf>,
     pub records: std::sync::Mutex<Records>,
     clients: std::sync::Mutex<HashMap<String, ShimClient>>,
     /// Pods whose shim is gone ([`lost_shim`]): no client connects to them.
@@ -133,6 +136,13 @@ impl Runtime {
         if let Err(e) = qos.ensure() {
             tracing::warn!(error = %e, "creating the QoS cgroup hierarchy");
         }
+        let pause_rootfs = if config.pause_image.is_empty() {
+            let made = pod::shared_pause_rootfs(&config.run_dir, &pause_binary)
+                .map_err(|e| CriError::internal("making the pause's rootfs", e))?;
+            Some(made)
+        } else {
+            None
+        };
         let (changes, _) = broadcast::channel(1024);
         Ok(Arc::new(Runtime {
             config,
@@ -140,6 +150,7 @@ impl Runtime {
             store,
             shims,
             pause_binary,
+            pause_rootfs,
             records: std::sync::Mutex::new(Records::default()),
             clients: std::sync::Mutex::new(HashMap::new()),
             lost_shims: std::sync::Mutex::new(HashSet::new()),

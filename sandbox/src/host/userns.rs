@@ -235,6 +235,64 @@ fn write_once(path: &str, text: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// A task's init in a user namespace other than the shim's, seen before
+/// it was started: until it `execve`s its program, others in its pod
+/// cannot join its namespaces by path.
+///
+/// Between switching to its uid inside the namespace and `execve`, a
+/// libcontainer init is not dumpable and its memory still belongs to the
+/// host's user namespace (it is a copy of the fork server), so the kernel
+/// refuses to open its `/proc/<pid>/ns/*` (`EACCES`) to anything without
+/// `CAP_SYS_PTRACE` on the host, such as the next container of its pod,
+/// which opens them after it has joined the pod's user namespace. runc
+/// opens every namespace before it joins any; libcontainer joins the user
+/// namespace first. libcontainer's `start` only tells the init to go on,
+/// so on a busy node a pod's pause could still be on its way to `execve`
+/// when its first container was created.
+/// [`PendingExec::wait`] waits for the `execve`, after which the kernel
+/// lets the pod's processes open the namespaces.
+#[derive(Debug)]
+pub struct PendingExec {
+    pid: u32,
+    /// `/proc/<pid>/exe` before the `execve` (the fork server's binary).
+    exe: (u64, u64),
+}
+
+impl PendingExec {
+    /// `Some` when `pid` is in a user namespace other than ours; call it
+    /// before the init is started.
+    pub fn observe(pid: u32) -> Option<PendingExec> {
+        let ours = fs::metadata("/proc/self/ns/user").ok()?.ino();
+        if fs::metadata(format!("/proc/{pid}/ns/user")).ok()?.ino() == ours {
+            return None;
+        }
+        let exe = fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+        Some(PendingExec {
+            pid,
+            exe: (exe.dev(), exe.ino()),
+        })
+    }
+
+    /// Waits until the init runs another binary (it has exec'd) or is gone,
+    /// at most `limit`. False when the limit passed first.
+    pub fn wait(self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        let mut pause = std::time::Duration::from_micros(50);
+        loop {
+            match fs::metadata(format!("/proc/{}/exe", self.pid)) {
+                Ok(m) if (m.dev(), m.ino()) == self.exe => {}
+                // Another binary, or no exe: exited (a zombie has none).
+                _ => return true,
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

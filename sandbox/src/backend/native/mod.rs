@@ -63,6 +63,7 @@ use crate::host::forker::{ForkError, ForkServer};
 use crate::host::pidfd::Pidfd;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::HeldStdio;
+use crate::host::userns::PendingExec;
 
 pub use default_path::DEFAULT_PATH;
 use errors::{
@@ -81,6 +82,10 @@ use spec::{HostLimits, SpecOrigin};
 use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
 
 const NAME: &str = "native";
+
+/// How long `start` waits for the init of a task in a user namespace to
+/// exec ([`PendingExec`]); past it, start returns anyway, with a warning.
+const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a backend built on this one asks of the fork server for a task.
 #[derive(Debug, Clone, Default)]
@@ -402,13 +407,14 @@ impl Backend for NativeBackend {
         if self.is_pending_restore(id) {
             return self.start_restored(id);
         }
-        {
+        let pending = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
             if task.phase != Phase::Created {
                 return Err(invalid_state(id, task.phase.name(), "start"));
             }
-        }
+            PendingExec::observe(task.init.pidfd.pid())
+        };
         {
             // start runs poststart hooks, which fork and wait.
             let _guard = self.reaper.lock();
@@ -416,6 +422,13 @@ impl Backend for NativeBackend {
             container
                 .start()
                 .map_err(|e| from_libcontainer("start", id, e))?;
+        }
+        // In a user namespace, the task's namespaces are joinable by its
+        // pod's other containers only once its init has exec'd.
+        if let Some(pending) = pending {
+            if !pending.wait(EXEC_WAIT) {
+                tracing::warn!(id, limit = ?EXEC_WAIT, "task started but its init has not exec'd yet");
+            }
         }
         let mut tasks = self.tasks.lock();
         let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;

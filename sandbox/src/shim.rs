@@ -357,6 +357,15 @@ pub fn serve(flags: &Flags) -> Result<(), String> {
     // SAFETY: mallopt only sets an allocator parameter; no thread has been
     // started yet.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    let backend = std::env::var(BACKEND_ENV).unwrap_or_default();
+    if matches!(backend.as_str(), "native" | "hardened" | "") {
+        // SAFETY: still one thread (main's), which runs until the shim exits.
+        if let Err(e) =
+            unsafe { crate::host::forker::prefork(crate::backend::native::serve_fork_requests) }
+        {
+            tracing::warn!(error = %e, "forking the fork server: the first create execs one");
+        }
+    }
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     let publisher = Publisher::new(&ttrpc_address, &flags.namespace);
     let (tx, rx) = std::sync::mpsc::channel();

@@ -245,7 +245,11 @@ impl HostState {
 
 /// What a process of the daemon's is, from its command line and cgroup.
 fn classify(pid: u32, cmd: &str, cgroup_parent: &str) -> Proc {
-    if cmd.contains("containerd-shim-caisson-v2") {
+    // A fork server the shim forked has the shim's command line; it is
+    // what an exec'd one is (named `fork-server` either way).
+    let fork_server = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_end() == "fork-server");
+    if cmd.contains("containerd-shim-caisson-v2") && !fork_server {
         let words: Vec<&str> = cmd.split(' ').collect();
         if words.last() == Some(&"serve") {
             if let Some(i) = words.iter().position(|w| *w == "-id") {

@@ -205,7 +205,8 @@ fn kill_shim_during_create(
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .find(|pid| {
-                caisson_tests::daemon::cmdline(*pid).is_some_and(|c| c.ends_with("fork-server"))
+                caisson_tests::daemon::proc_status_field(*pid, "Name").as_deref()
+                    == Some("fork-server")
                     && caisson_tests::daemon::proc_status_field(*pid, "PPid") == Some(shim.clone())
             })
             .unwrap_or_else(|| panic!("{handler}: no fork server under shim {shim}"));

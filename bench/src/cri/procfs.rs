@@ -208,13 +208,21 @@ pub fn pod_processes(shim_name: &str, dir: &Path, pod_id: &str) -> Result<PodPro
     })
 }
 
-/// The process tree of the shim serving `pod_id` (the binary `shim_name`
-/// with `-id <pod_id>` and a socket under `dir`) among `all`: the shim's
+/// The process tree of the shim serving `pod_id` (the topmost process of
+/// the binary `shim_name` with `-id <pod_id>` and a socket under `dir`)
+/// among `all`: the shim's
 /// pid first, then its descendants'.
 pub fn shim_tree(all: &[Process], shim_name: &str, dir: &Path, pod_id: &str) -> Result<Vec<u32>> {
-    let shims: Vec<&Process> = all
+    let matching: Vec<&Process> = all
         .iter()
         .filter(|p| is_shim_of(&p.argv, shim_name, pod_id) && mentions(&p.argv[1..], dir))
+        .collect();
+    // A fork server the shim forked (not exec'd) has the shim's command
+    // line: the shim is the one whose parent is not another match.
+    let shims: Vec<&Process> = matching
+        .iter()
+        .filter(|p| !matching.iter().any(|q| q.pid == p.ppid))
+        .copied()
         .collect();
     let [shim] = shims[..] else {
         let candidates: Vec<String> = all

@@ -5,31 +5,15 @@ use std::process::ExitCode;
 use caisson_sandbox::host::forker::FORK_SERVER_ACTION;
 use caisson_sandbox::shim::{self, parse_flags, RUNTIME_NAME};
 
-fn init_logging(debug: bool) {
-    // libcgroups warns about every v1 controller a hybrid host lacks
-    // (hugetlb, perf_event, …) each time it opens a cgroup: keep its errors only.
-    let default = if debug {
-        "debug,libcgroups=error"
-    } else {
-        "info,libcgroups=error"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAISSON_SHIM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-/// Like the server's, with one libcontainer warning silenced: the init is
-/// cloned as the fork server's sibling, so libcontainer's wait for the
-/// intermediate process always finds it is not the server's child. The
-/// subscriber writes synchronously: the fork server must stay
+/// The server's log, which its fork servers share (a forked one inherits
+/// it; an exec'd one makes the same): libcgroups' warnings about every v1
+/// controller a hybrid host lacks (hugetlb, perf_event, …), each time it
+/// opens a cgroup, are dropped, and so is one libcontainer warning: the
+/// init is cloned as the fork server's sibling, so libcontainer's wait for
+/// the intermediate process always finds it is not the server's child. The
+/// subscriber writes synchronously: a fork server must stay
 /// single-threaded.
-fn init_fork_server_logging(debug: bool) {
-    // libcgroups warns about every v1 controller a hybrid host lacks
-    // (hugetlb, perf_event, …) each time it opens a cgroup: keep its errors only.
+fn init_logging(debug: bool) {
     let default = if debug {
         "debug,libcgroups=error"
     } else {
@@ -91,7 +75,8 @@ fn main() -> ExitCode {
         // Hidden: the native backend's single-threaded fork server, started
         // by the shim itself (see caisson_sandbox::host::forker).
         FORK_SERVER_ACTION => {
-            init_fork_server_logging(flags.debug);
+            init_logging(flags.debug);
+            caisson_sandbox::host::forker::name_fork_server();
             caisson_sandbox::backend::native::serve_fork_requests()
         }
         "" => Err("no action given: expected start, delete or serve".to_string()),

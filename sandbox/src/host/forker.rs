@@ -25,6 +25,12 @@
 //!   a few ms), and is SIGKILLed when the shim dies (`PR_SET_PDEATHSIG`, set
 //!   from a thread that lasts as long as the shim), even in the middle of a
 //!   build. If it dies, the next call starts a new one.
+//! * A pod's shim needs a server at once (its pause's create), so
+//!   `serve` forks its first one with [`prefork`] before it starts any
+//!   thread: a fork of a process that has just started costs a fraction of
+//!   an exec of the shim binary (loading and relocating it, ~2 ms of CPU in
+//!   every pod). Later servers (after an idle exit or a death) are exec'd.
+//!   Either way the server is named `fork-server` (its `comm`).
 //! * Its pid is watched by the shim's reaper. What the server forks for the
 //!   caller should be made a *sibling* of the server (`CLONE_PARENT`): then
 //!   it is the shim's own child from the start, reaped by the shim.
@@ -67,6 +73,71 @@ const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Most fds one request carries.
 const MAX_FDS: usize = 8;
+
+/// The server [`prefork`] made (our end of its socket, its pid), for the
+/// first [`spawn`].
+static PREFORKED: Mutex<Option<(OwnedFd, u32)>> = Mutex::new(None);
+
+/// Forks a fork server running `serve` (which takes its socket from
+/// [`SERVER_FD`] like an exec'd one) and keeps it for the first
+/// [`ForkServer`] to take. The child drops every other fd above stdio (the
+/// shim's listening socket is replaced by its own).
+///
+/// # Safety
+///
+/// The calling process must have no other thread (the child runs Rust code
+/// that may take locks another thread held at the fork), and the calling
+/// thread must last as long as the process: the server dies with it
+/// (`PR_SET_PDEATHSIG`).
+pub unsafe fn prefork(serve: fn() -> Result<(), String>) -> io::Result<()> {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let parent = libc::getpid();
+    match libc::fork() {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            drop(ours);
+            let raw = theirs.as_raw_fd();
+            let ok = libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == 0
+                && libc::getppid() == parent
+                && libc::dup2(raw, SERVER_FD) == SERVER_FD;
+            if !ok {
+                libc::_exit(1);
+            }
+            if raw != SERVER_FD {
+                drop(theirs);
+            } else {
+                std::mem::forget(theirs);
+            }
+            name_fork_server();
+            let code = match serve() {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "fork server");
+                    1
+                }
+            };
+            // Nothing of the shim's to flush or run at exit.
+            libc::_exit(code)
+        }
+        pid => {
+            drop(theirs);
+            *PREFORKED.lock().unwrap_or_else(PoisonError::into_inner) = Some((ours, pid as u32));
+            Ok(())
+        }
+    }
+}
+
+/// Names this process `fork-server` (its `comm`, what `ps` and
+/// `/proc/<pid>/status` show), exec'd or forked.
+pub fn name_fork_server() {
+    // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"fork-server".as_ptr(), 0, 0, 0) };
+}
 
 /// Why the server refused or failed a request, as a caller should treat it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -312,6 +383,18 @@ fn spawn_from_lasting_thread(mut cmd: Command) -> io::Result<std::process::Child
 /// Starts a server; its pid is watched (under `guard`) so its exit is
 /// logged, not mistaken for anyone else's.
 fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
+    let preforked = PREFORKED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some((socket, pid)) = preforked {
+        // Gone already (reaped before anybody watched it): exec one.
+        if let Ok(process) = Pidfd::open(pid) {
+            watch(guard, pid);
+            tracing::debug!(pid, "fork server (forked at the shim's start) taken");
+            return Ok(Connection { socket, process });
+        }
+    }
     let (ours, theirs) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -377,6 +460,16 @@ fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
     // Reaped by the reaper, never waited for here.
     drop(child);
     let process = Pidfd::open(pid)?;
+    watch(guard, pid);
+    tracing::debug!(pid, exe = %exe.display(), "fork server started");
+    Ok(Connection {
+        socket: ours,
+        process,
+    })
+}
+
+/// Has the reaper log the server's exit.
+fn watch(guard: &ForkGuard<'_>, pid: u32) {
     guard.watch(pid, move |reaped| {
         let status = reaped.code();
         if status == 0 {
@@ -385,11 +478,6 @@ fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
             tracing::warn!(pid, status, "fork server died");
         }
     });
-    tracing::debug!(pid, exe = %exe.display(), "fork server started");
-    Ok(Connection {
-        socket: ours,
-        process,
-    })
 }
 
 impl Connection {

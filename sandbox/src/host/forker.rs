@@ -90,12 +90,7 @@ static PREFORKED: Mutex<Option<(OwnedFd, u32)>> = Mutex::new(None);
 /// thread must last as long as the process: the server dies with it
 /// (`PR_SET_PDEATHSIG`).
 pub unsafe fn prefork(serve: fn() -> Result<(), String>) -> io::Result<()> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (ours, theirs) = server_socketpair()?;
     let parent = libc::getpid();
     match libc::fork() {
         -1 => Err(io::Error::last_os_error()),
@@ -130,6 +125,16 @@ pub unsafe fn prefork(serve: fn() -> Result<(), String>) -> io::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The shim's and a server's ends of a new connection.
+fn server_socketpair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
 }
 
 /// Names this process `fork-server` (its `comm`, what `ps` and
@@ -395,12 +400,7 @@ fn spawn(exe: &Path, guard: &ForkGuard<'_>) -> io::Result<Connection> {
             return Ok(Connection { socket, process });
         }
     }
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (ours, theirs) = server_socketpair()?;
     // Never on 0..=2, which the child's stdio setup overwrites before the
     // pre_exec hook runs.
     let theirs = if theirs.as_raw_fd() <= 2 {

@@ -630,7 +630,9 @@ impl Backend for OciBackend {
         }
         drop(tasks);
         self.run("delete", id, &["delete", "--force", id])?;
-        locked(&self.tasks).remove(id);
+        if let Some(cgroup) = locked(&self.tasks).remove(id).and_then(|t| t.cgroup_path) {
+            cgroups::forget(&cgroup);
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use libcgroups::common::{
     create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
@@ -18,14 +19,48 @@ use oci_spec::runtime::LinuxResources;
 
 use crate::backend::TaskStats;
 
-/// The manager of the cgroup libcontainer made for task `id`.
-pub fn manager(id: &str, cgroup_path: &Path) -> Result<AnyCgroupManager, String> {
-    create_cgroup_manager(CgroupConfig {
-        cgroup_path: cgroup_path.to_path_buf(),
-        systemd_cgroup: false,
-        container_name: id.to_string(),
-    })
-    .map_err(|e| format!("cgroup {}: {e}", cgroup_path.display()))
+/// Managers already made, by cgroup path, until [`forget`]: libcgroups 0.7
+/// makes a v1 manager by reading `/proc/self/mountinfo` once per controller,
+/// to the end for each controller the host has not mounted, so one made per
+/// Stats call or exit read the node's whole mount table (every pod's
+/// mounts) several times over. A manager is only paths: kept, it stays
+/// right for as long as the task's cgroup path is the task's.
+static MANAGERS: Mutex<Option<HashMap<PathBuf, Arc<AnyCgroupManager>>>> = Mutex::new(None);
+
+/// The manager of the cgroup libcontainer made for task `id` (made once per
+/// cgroup path, see [`MANAGERS`]).
+pub fn manager(id: &str, cgroup_path: &Path) -> Result<Arc<AnyCgroupManager>, String> {
+    let cached = |m: &mut Option<HashMap<PathBuf, Arc<AnyCgroupManager>>>| {
+        m.get_or_insert_with(HashMap::new).get(cgroup_path).cloned()
+    };
+    if let Some(made) = cached(&mut MANAGERS.lock().unwrap_or_else(PoisonError::into_inner)) {
+        return Ok(made);
+    }
+    let made = Arc::new(
+        create_cgroup_manager(CgroupConfig {
+            cgroup_path: cgroup_path.to_path_buf(),
+            systemd_cgroup: false,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| format!("cgroup {}: {e}", cgroup_path.display()))?,
+    );
+    MANAGERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashMap::new)
+        .insert(cgroup_path.to_path_buf(), made.clone());
+    Ok(made)
+}
+
+/// Drops the manager kept for `cgroup_path` (its task is deleted).
+pub fn forget(cgroup_path: &Path) {
+    if let Some(m) = MANAGERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        m.remove(cgroup_path);
+    }
 }
 
 /// Every process in the cgroup (and its sub-cgroups).
@@ -56,7 +91,7 @@ pub fn update(id: &str, cgroup_path: &Path, resources: &LinuxResources) -> Resul
 /// Usage of the cgroup, in [`TaskStats`] units.
 pub fn stats(id: &str, cgroup_path: &Path) -> Result<TaskStats, String> {
     let manager = manager(id, cgroup_path)?;
-    let v1 = matches!(manager, AnyCgroupManager::V1(_));
+    let v1 = matches!(*manager, AnyCgroupManager::V1(_));
     let stats = manager
         .stats()
         .map_err(|e| format!("reading cgroup {} stats: {e}", cgroup_path.display()))?;
@@ -168,6 +203,21 @@ fn parse_oom_kill(oom_control: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroup_path_gets_one_manager_until_forgotten() {
+        // Making a manager computes paths; it creates no cgroup.
+        let path = Path::new("/caisson-unit-test/managers");
+        let first = manager("t", path).unwrap();
+        let again = manager("t", path).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "made twice");
+        let other = manager("u", Path::new("/caisson-unit-test/other")).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        forget(path);
+        assert!(!Arc::ptr_eq(&first, &manager("t", path).unwrap()));
+        forget(path);
+        forget(Path::new("/caisson-unit-test/other"));
+    }
 
     #[test]
     fn oom_kill_is_read_from_oom_control() {

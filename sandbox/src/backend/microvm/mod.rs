@@ -905,6 +905,7 @@ fn remove_host_cgroup(id: &str, path: Option<&Path>) {
             tracing::debug!(cgroup = %path.display(), error = %e, "removing the VM's cgroup");
         }
     }
+    crate::host::cgroups::forget(path);
 }
 
 /// After a create or exec the agent did not answer in time (it may still

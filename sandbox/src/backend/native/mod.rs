@@ -675,6 +675,7 @@ impl Backend for NativeBackend {
         }
         let task = self.tasks.lock().remove(id);
         if let Some(task) = task {
+            cgroups::forget(&task.cgroup_path);
             tracing::info!(id, kind = ?task.kind, "task deleted");
         }
         self.userns_task_deleted(id);

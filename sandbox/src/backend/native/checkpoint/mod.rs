@@ -418,6 +418,7 @@ impl NativeBackend {
                 tracing::debug!(id, error = %e, "removing the cgroup of an unstarted restore");
             }
         }
+        cgroups::forget(&pending.cgroup_path);
         let _ = std::fs::remove_dir_all(self.container_dir(id));
         tracing::info!(id, "unstarted restore deleted");
         Ok(())

@@ -38,7 +38,7 @@ use serde_json::json;
 
 use daemon::Daemon;
 use procfs::Memory;
-use report::{Burst, Latency, MemoryReport, Phases, Side};
+use report::{Burst, Latency, MemoryReport, Phases, Side, StatsCalls};
 
 pub type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
@@ -239,6 +239,12 @@ fn memory_with_pods(
         Some(window) => Some(procfs::cpu_share(&[daemon.pid()], window)?),
         None => None,
     };
+    // What kubelet's stats loop costs the node: ListContainerStats over
+    // every pod's container, as kubelet's CRI stats provider calls it.
+    let stats_calls = match idle_cpu_window {
+        Some(_) => Some(stats_calls(daemon, STATS_CALLS)?),
+        None => None,
+    };
     let mut shims = Memory::default();
     let mut pauses = Memory::default();
     let mut helpers = 0;
@@ -268,7 +274,35 @@ fn memory_with_pods(
         pods_total: Latency::of(bring_up),
         cgroups_with_pods,
         idle_cpu,
+        stats_calls,
         ..Default::default()
+    })
+}
+
+/// How many ListContainerStats calls `--density` times.
+const STATS_CALLS: usize = 10;
+
+/// `calls` ListContainerStats calls (no filter: every container), one after
+/// another: their latency and the host's CPU time they took (all processes:
+/// the daemon, its shims, what they run), per call.
+fn stats_calls(daemon: &Daemon, calls: usize) -> Result<StatsCalls> {
+    let busy_before = procfs::host_busy()?;
+    let mut latencies = Vec::with_capacity(calls);
+    let mut containers = 0;
+    for _ in 0..calls {
+        let mut c = daemon.client();
+        let (reply, took) = daemon.call("ListContainerStats", async move {
+            c.list_container_stats(k8s_cri::v1::ListContainerStatsRequest::default())
+                .await
+        })?;
+        containers = reply.stats.len();
+        latencies.push(took);
+    }
+    let cpu = procfs::host_busy()?.saturating_sub(busy_before);
+    Ok(StatsCalls {
+        containers,
+        latency: Latency::of(latencies),
+        host_cpu_per_call: cpu / calls as u32,
     })
 }
 

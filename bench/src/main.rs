@@ -82,8 +82,9 @@ benchmarks:
                        per pod, from its metrics endpoint
       --burst N        also start N pods at once on each daemon: time to all running,
                        p50/p99 per pod
-      --density N      memory with N pods (as --pods N), and each daemon's CPU over 10 s
-                       with them running and idle
+      --density N      memory with N pods (as --pods N), each daemon's CPU over 10 s
+                       with them running and idle, and 10 ListContainerStats calls over
+                       them (kubelet's stats loop): latency and host CPU per call
       --json FILE      also write the results as JSON
   hardened       the hardened handler vs native vs runc through the oci handler, in one
                  caissond: getpid and open/read/close loops and a busybox tar, timed

@@ -128,6 +128,28 @@ pub struct MemoryReport {
     /// The daemon's CPU time over a window with the pods running and no
     /// calls, in % of one CPU (`--density`).
     pub idle_cpu: Option<f64>,
+    /// ListContainerStats over the running pods (`--density`).
+    pub stats_calls: Option<StatsCalls>,
+}
+
+/// ListContainerStats calls, one after another, over every container.
+#[derive(Debug, Clone, Default)]
+pub struct StatsCalls {
+    /// Containers in each answer.
+    pub containers: usize,
+    pub latency: Latency,
+    /// The host's busy CPU time per call (every process).
+    pub host_cpu_per_call: Duration,
+}
+
+impl StatsCalls {
+    fn json(&self) -> Value {
+        json!({
+            "containers": self.containers,
+            "latency": self.latency.json(),
+            "host_cpu_per_call_ms": ms(self.host_cpu_per_call),
+        })
+    }
 }
 
 /// Everything measured for one daemon.
@@ -294,6 +316,24 @@ pub fn print(opts: &Options, sides: &[Side]) {
             ratio(a, b)
         );
     }
+    if let (Some(a), Some(b)) = (&caisson.memory.stats_calls, &containerd.memory.stats_calls) {
+        println!();
+        println!(
+            "  ListContainerStats of {} / {} containers  {:>10} {:>10} {:>8}",
+            a.containers, b.containers, "caisson", "containerd", "ratio"
+        );
+        for (what, x, y) in [
+            ("latency p50, ms", ms(a.latency.p50), ms(b.latency.p50)),
+            ("latency p90, ms", ms(a.latency.p90), ms(b.latency.p90)),
+            (
+                "host CPU per call, ms",
+                ms(a.host_cpu_per_call),
+                ms(b.host_cpu_per_call),
+            ),
+        ] {
+            println!("  {what:<30} {x:>10.1} {y:>10.1} {:>8.2}", ratio(x, y));
+        }
+    }
     if let (Some(a), Some(b)) = (&caisson.burst, &containerd.burst) {
         println!();
         println!(
@@ -376,6 +416,7 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
             "phases": s.breakdown.as_ref().map(|b| b.json()),
             "burst": s.burst.as_ref().map(Burst::json),
             "daemon_idle_cpu_percent_with_pods": s.memory.idle_cpu,
+            "list_container_stats": s.memory.stats_calls.as_ref().map(StatsCalls::json),
             "exit_after_sigterm_ms": ms(s.exit),
             "killed": s.killed,
             "left_after_teardown": {

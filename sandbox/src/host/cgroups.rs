@@ -182,9 +182,15 @@ pub fn oom_kills(cgroup_path: &Path) -> u64 {
 
 /// `oom_kill` of the v1 memory cgroup's `memory.oom_control`.
 fn v1_oom_kills(cgroup_path: &Path) -> Option<u64> {
-    let mount =
-        libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
-            .ok()?;
+    // Where the v1 memory hierarchy is mounted, looked up in the mount table
+    // once: hierarchies are not moved under a running shim.
+    static MEMORY_MOUNT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let mount = MEMORY_MOUNT
+        .get_or_init(|| {
+            libcgroups::v1::util::get_subsystem_mount_point(&libcgroups::v1::ControllerType::Memory)
+                .ok()
+        })
+        .as_ref()?;
     let relative: PathBuf = cgroup_path
         .components()
         .skip_while(|c| c.as_os_str() == "/")

@@ -426,9 +426,15 @@ impl Backend for NativeBackend {
         // In a user namespace, the task's namespaces are joinable by its
         // pod's other containers only once its init has exec'd.
         if let Some(pending) = pending {
+            let began = std::time::Instant::now();
             if !pending.wait(EXEC_WAIT) {
                 tracing::warn!(id, limit = ?EXEC_WAIT, "task started but its init has not exec'd yet");
             }
+            tracing::debug!(
+                id,
+                waited_us = began.elapsed().as_micros() as u64,
+                "init exec'd"
+            );
         }
         let mut tasks = self.tasks.lock();
         let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;

@@ -137,7 +137,8 @@ pub fn socket_path_in(run_dir: &Path, namespace: &str, group: &str) -> PathBuf {
     run_dir.join("s").join(format!("{}.sock", &hash[..32]))
 }
 
-fn address_of(socket: &Path) -> String {
+/// The ttrpc address of a shim socket, as `start` prints it.
+pub fn address_of(socket: &Path) -> String {
     format!("unix://{}", socket.display())
 }
 

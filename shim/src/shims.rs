@@ -78,10 +78,7 @@ impl ShimManager {
     /// The address [`ShimManager::start`] gives pod `pod_id`'s shim, known
     /// before it starts.
     pub fn address(&self, pod_id: &str) -> String {
-        format!(
-            "unix://{}",
-            shim::socket_path_in(&self.run_dir, NAMESPACE, pod_id).display()
-        )
+        shim::address_of(&shim::socket_path_in(&self.run_dir, NAMESPACE, pod_id))
     }
 
     /// Runs `delete` for a task whose shim is gone (kills what is left, unmounts).

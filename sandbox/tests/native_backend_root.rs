@@ -954,3 +954,45 @@ fn a_process_without_path_runs_as_under_runc_and_keeps_its_environment() {
     h.wait_exit(&id, None);
     h.delete_and_check(&id, pid, &cgroup_of(&bundle));
 }
+
+/// A process left in a cgroup, and the cgroup (in the v1 devices hierarchy,
+/// where libcgroups lists a cgroup's processes), gone when dropped.
+struct Straggler {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Straggler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn delete_drains_a_cgroup_a_process_is_still_leaving_and_never_a_root() {
+    use caisson_sandbox::host::cgroups;
+    use std::os::unix::process::ExitStatusExt;
+    require::root("makes a cgroup");
+    let cgroup = format!("/{}", unique("caisson-test-drain"));
+    let dir = Path::new("/sys/fs/cgroup/devices").join(&cgroup[1..]);
+    fs::create_dir(&dir).unwrap();
+    let child = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let mut s = Straggler { child, dir };
+    fs::write(s.dir.join("cgroup.procs"), s.child.id().to_string()).unwrap();
+    assert!(cgroups::drain(
+        "t",
+        Path::new(&cgroup),
+        Duration::from_secs(5)
+    ));
+    assert_eq!(s.child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    assert_eq!(fs::read_to_string(s.dir.join("cgroup.procs")).unwrap(), "");
+    // A hierarchy's root holds every process of the host (this test's too):
+    // never drained.
+    assert!(cgroups::drain("t", Path::new("/"), Duration::ZERO));
+    assert!(cgroups::drain("t", Path::new(""), Duration::ZERO));
+}

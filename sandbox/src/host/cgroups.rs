@@ -71,6 +71,35 @@ pub fn pids(id: &str, cgroup_path: &Path) -> Result<Vec<u32>, String> {
     Ok(pids.into_iter().map(|p| p.as_raw() as u32).collect())
 }
 
+/// SIGKILLs what is left in the cgroup and waits, at most `limit`, until it
+/// is empty. A process may still be on its way out when its task is deleted
+/// (libcontainer's intermediate process on a loaded node), and libcgroups
+/// gives up removing a busy cgroup after about 100 ms. False if a process
+/// was still there at the limit; true too when there is no such cgroup.
+pub fn drain(id: &str, cgroup_path: &Path, limit: std::time::Duration) -> bool {
+    // Never a hierarchy's root: every process of the host is in it.
+    if cgroup_path.file_name().is_none() {
+        return true;
+    }
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let Ok(left) = pids(id, cgroup_path) else {
+            return true;
+        };
+        if left.is_empty() {
+            return true;
+        }
+        for pid in left {
+            // SAFETY: kill(2) with a pid and a signal number.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Applies new limits.
 pub fn update(id: &str, cgroup_path: &Path, resources: &LinuxResources) -> Result<(), String> {
     let disable_oom_killer = resources

@@ -83,6 +83,10 @@ use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
 
 const NAME: &str = "native";
 
+/// How long `delete` waits for an exited task's cgroup to empty before
+/// libcontainer removes it ([`cgroups::drain`]).
+const CGROUP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long `start` waits for the init of a task in a user namespace to
 /// exec ([`PendingExec`]); past it, start returns anyway, with a warning.
 const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -661,14 +665,17 @@ impl Backend for NativeBackend {
         if self.is_pending_restore(id) {
             return self.delete_pending_restore(id);
         }
-        let never_started = {
+        let (never_started, cgroup) = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
             if task.phase == Phase::Running {
                 return Err(invalid_state(id, "running", "delete"));
             }
-            task.phase == Phase::Created
+            (task.phase == Phase::Created, task.cgroup_path.clone())
         };
+        if !never_started && !cgroups::drain(id, &cgroup, CGROUP_DRAIN) {
+            tracing::warn!(id, limit = ?CGROUP_DRAIN, "processes left in an exited task's cgroup");
+        }
         {
             // delete runs poststop hooks, which fork and wait.
             let _guard = self.reaper.lock();

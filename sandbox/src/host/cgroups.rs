@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use libcgroups::common::{
     create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
@@ -25,16 +25,18 @@ use crate::backend::TaskStats;
 /// Stats call or exit read the node's whole mount table (every pod's
 /// mounts) several times over. A manager is only paths: kept, it stays
 /// right for as long as the task's cgroup path is the task's.
-static MANAGERS: Mutex<Option<HashMap<PathBuf, Arc<AnyCgroupManager>>>> = Mutex::new(None);
+static MANAGERS: LazyLock<Mutex<HashMap<PathBuf, Arc<AnyCgroupManager>>>> =
+    LazyLock::new(Mutex::default);
+
+fn managers() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Arc<AnyCgroupManager>>> {
+    MANAGERS.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The manager of the cgroup libcontainer made for task `id` (made once per
 /// cgroup path, see [`MANAGERS`]).
 pub fn manager(id: &str, cgroup_path: &Path) -> Result<Arc<AnyCgroupManager>, String> {
-    let cached = |m: &mut Option<HashMap<PathBuf, Arc<AnyCgroupManager>>>| {
-        m.get_or_insert_with(HashMap::new).get(cgroup_path).cloned()
-    };
-    if let Some(made) = cached(&mut MANAGERS.lock().unwrap_or_else(PoisonError::into_inner)) {
-        return Ok(made);
+    if let Some(made) = managers().get(cgroup_path) {
+        return Ok(made.clone());
     }
     let made = Arc::new(
         create_cgroup_manager(CgroupConfig {
@@ -44,23 +46,13 @@ pub fn manager(id: &str, cgroup_path: &Path) -> Result<Arc<AnyCgroupManager>, St
         })
         .map_err(|e| format!("cgroup {}: {e}", cgroup_path.display()))?,
     );
-    MANAGERS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get_or_insert_with(HashMap::new)
-        .insert(cgroup_path.to_path_buf(), made.clone());
+    managers().insert(cgroup_path.to_path_buf(), made.clone());
     Ok(made)
 }
 
 /// Drops the manager kept for `cgroup_path` (its task is deleted).
 pub fn forget(cgroup_path: &Path) {
-    if let Some(m) = MANAGERS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_mut()
-    {
-        m.remove(cgroup_path);
-    }
+    managers().remove(cgroup_path);
 }
 
 /// Every process in the cgroup (and its sub-cgroups).
@@ -71,8 +63,8 @@ pub fn pids(id: &str, cgroup_path: &Path) -> Result<Vec<u32>, String> {
     Ok(pids.into_iter().map(|p| p.as_raw() as u32).collect())
 }
 
-/// SIGKILLs what is left in the cgroup and waits, at most `limit`, until it
-/// is empty. A process may still be on its way out when its task is deleted
+/// SIGKILLs what is left in the cgroup and waits, at most `limit` (zero:
+/// one round of kills), until it is empty. A process may still be on its way out when its task is deleted
 /// (libcontainer's intermediate process on a loaded node), and libcgroups
 /// gives up removing a busy cgroup after about 100 ms. False if a process
 /// was still there at the limit; true too when there is no such cgroup.

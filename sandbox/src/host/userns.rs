@@ -262,7 +262,10 @@ impl PendingExec {
     /// `Some` when `pid` is in a user namespace other than ours; call it
     /// before the init is started.
     pub fn observe(pid: u32) -> Option<PendingExec> {
-        let ours = fs::metadata("/proc/self/ns/user").ok()?.ino();
+        // The shim's own user namespace does not change.
+        static OURS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+        let ours =
+            (*OURS.get_or_init(|| fs::metadata("/proc/self/ns/user").ok().map(|m| m.ino())))?;
         if fs::metadata(format!("/proc/{pid}/ns/user")).ok()?.ino() == ours {
             return None;
         }

@@ -330,10 +330,7 @@ impl NativeBackend {
                 // What the init leaves behind goes with it, as containerd's
                 // runc shim does for a container in its pod's PID namespace
                 // (in one of its own, the kernel already killed them).
-                for pid in cgroups::pids(&id, cg).unwrap_or_default() {
-                    // SAFETY: kill(2) with a pid and a signal number.
-                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                }
+                cgroups::drain(&id, cg, std::time::Duration::ZERO);
             }
             // Read before delete removes the cgroup: did the OOM killer act?
             let oom_killed =

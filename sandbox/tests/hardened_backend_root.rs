@@ -416,11 +416,15 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
             "start returned before the sandbox's init exec'd its program"
         );
     }
-    let opened = std::process::Command::new("nsenter")
-        .arg(format!("--user=/proc/{pause}/ns/user"))
-        .args(["--setuid=0", "--setgid=0", "--", "sh", "-c"])
-        .arg(format!("exec 3< /proc/{pause}/ns/uts && echo opened"))
-        .output()
+    // Through the reaper: a plain `output()` races with it (ECHILD).
+    let opened = caisson_sandbox::host::reaper::Reaper::global()
+        .expect("the reaper")
+        .run(
+            std::process::Command::new("nsenter")
+                .arg(format!("--user=/proc/{pause}/ns/user"))
+                .args(["--setuid=0", "--setgid=0", "--", "sh", "-c"])
+                .arg(format!("exec 3< /proc/{pause}/ns/uts && echo opened")),
+        )
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&opened.stdout),

@@ -21,7 +21,7 @@
 //! * [`procfs`]: memory, pod processes, mounts and cgroups.
 //! * [`report`]: percentiles, the table and the JSON.
 
-mod breakdown;
+pub(crate) mod breakdown;
 mod caissond;
 mod cni;
 mod containerd;

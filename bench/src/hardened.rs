@@ -18,7 +18,10 @@
 //!    one-instruction filter that allows everything, i.e. what having any
 //!    seccomp filter costs a syscall, however the filter is written.
 //! 2. Pod start latency: `--runs` times, handlers alternating,
-//!    RunPodSandbox + CreateContainer + StartContainer; p50 and p90.
+//!    RunPodSandbox + CreateContainer + StartContainer; p50 and p90. With
+//!    `--phases`, caissond's own phase timings (its metrics endpoint,
+//!    scraped around each start, as `cri --phases` does) per handler: which
+//!    step a handler's extra time is in.
 //! 3. Memory: `--pods` pods of one handler at a time, each with a sleeping
 //!    container; the Pss of every process they add (shims, pause, container
 //!    processes; runsc's Sentry, Gofers and ptrace stubs) from
@@ -37,6 +40,7 @@ use oci_spec::runtime::LinuxSeccompAction;
 use serde_json::json;
 
 use crate::caissond::{Caissond, Dir, Setup};
+use crate::cri::breakdown::{self, Breakdown, Sums};
 use crate::cri::Result;
 
 mod runsc;
@@ -59,6 +63,8 @@ pub struct Options {
     pub pods: usize,
     /// Repetitions of each in-container benchmark per handler.
     pub reps: usize,
+    /// Scrape caissond's phase timings around each timed pod start.
+    pub phases: bool,
     pub json: Option<PathBuf>,
 }
 
@@ -68,6 +74,7 @@ impl Default for Options {
             runs: 20,
             pods: 5,
             reps: 5,
+            phases: false,
             json: None,
         }
     }
@@ -163,6 +170,15 @@ struct Results {
     processes_per_pod: f64,
     /// Pss per pod by kind of process ([`runsc::process_kind`]).
     pss_kib_by_kind: BTreeMap<String, f64>,
+    /// `--phases`: caissond's phase time over the timed starts.
+    phase_sums: Sums,
+}
+
+impl Results {
+    /// Milliseconds per timed start of each of caissond's phases.
+    fn phases(&self) -> Breakdown {
+        Breakdown::between(&Sums::new(), &self.phase_sums, self.start_ms.len())
+    }
 }
 
 /// Nearest-rank percentile `p` of unsorted values (0 when there is none).
@@ -329,7 +345,13 @@ fn syscall_costs(d: &Caissond, opts: &Options, results: &mut [Results]) -> Resul
     Ok(())
 }
 
-fn start_latency(d: &Caissond, opts: &Options, results: &mut [Results]) -> Result<()> {
+fn start_latency(
+    d: &Caissond,
+    opts: &Options,
+    metrics_port: Option<u16>,
+    results: &mut [Results],
+) -> Result<()> {
+    let scrape = || metrics_port.map(breakdown::scrape).transpose();
     for run in 0..=opts.runs {
         let mut order: Vec<usize> = (0..HANDLERS.len()).collect();
         if run % 2 == 1 {
@@ -338,11 +360,19 @@ fn start_latency(d: &Caissond, opts: &Options, results: &mut [Results]) -> Resul
         for i in order {
             let variant = &HANDLERS[i];
             let name = format!("start-{}-{i}-{run}", variant.handler);
+            let before = scrape()?;
             let (pod, _, took) = start_pod(d, &name, variant)?;
+            let after = scrape()?;
             d.stop_and_remove_pod(&pod)?;
             // Run 0 is the warm-up.
             if run > 0 {
                 results[i].start_ms.push(took.as_secs_f64() * 1e3);
+                if let (Some(before), Some(after)) = (before, after) {
+                    let sums = &mut results[i].phase_sums;
+                    for (call, phase, ms) in Breakdown::between(&before, &after, 1).rows {
+                        *sums.entry((call, phase)).or_default() += ms / 1e3;
+                    }
+                }
             }
         }
     }
@@ -455,7 +485,11 @@ pub fn bench(opts: &Options) -> Result<()> {
     let mut results = vec![Results::default(); HANDLERS.len()];
     // Dropping the daemon removes every pod, process, mount and cgroup it
     // made, after an error too.
-    let config = format!("{HANDLERS_CONFIG}{}", runsc::HANDLER_CONFIG);
+    let metrics_port = opts.phases.then(breakdown::free_port).transpose()?;
+    let mut config = format!("{HANDLERS_CONFIG}{}", runsc::HANDLER_CONFIG);
+    if let Some(port) = metrics_port {
+        config.push_str(&format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n"));
+    }
     let d = Caissond::start(Setup {
         dir: Dir::Temp("caisson-bench-hardened-"),
         pause: &pause,
@@ -466,7 +500,7 @@ pub fn bench(opts: &Options) -> Result<()> {
     d.import_image(&image)?;
     syscall_costs(&d, opts, &mut results)?;
     eprintln!("pod start latency: {} pods per handler", opts.runs);
-    start_latency(&d, opts, &mut results)?;
+    start_latency(&d, opts, metrics_port, &mut results)?;
     memory(&d, opts, &mut results)?;
     drop(d);
     print(opts, &results, &coverage);
@@ -535,6 +569,9 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
         }
         println!();
     }
+    if opts.phases {
+        print_phases(results);
+    }
     print!("{:<30}", "processes per pod");
     for r in results {
         print!("{:>24}", r.processes_per_pod);
@@ -587,6 +624,35 @@ fn print(opts: &Options, results: &[Results], coverage: &Coverage) {
     }
 }
 
+/// `--phases`: caissond's phases, ms per timed start, one column per
+/// handler, with hardened's ratio to native.
+fn print_phases(results: &[Results]) {
+    let phases: Vec<Breakdown> = results.iter().map(Results::phases).collect();
+    let keys: BTreeSet<(String, String)> = phases
+        .iter()
+        .flat_map(|b| b.rows.iter().map(|(c, p, _)| (c.clone(), p.clone())))
+        .collect();
+    let ms = |b: &Breakdown, call: &str, phase: &str| {
+        b.rows
+            .iter()
+            .find(|(c, p, _)| c == call && p == phase)
+            .map_or(0.0, |(_, _, ms)| *ms)
+    };
+    println!("caissond's phases, ms per timed pod start (its metrics endpoint):");
+    for (call, phase) in &keys {
+        print!("  {:<28}", format!("{call} {phase}"));
+        for b in &phases {
+            print!("{:>24.2}", ms(b, call, phase));
+        }
+        let (native, hardened) = (ms(&phases[0], call, phase), ms(&phases[1], call, phase));
+        println!(
+            "   hardened {:+.2} ({})",
+            hardened - native,
+            ratio(hardened, native)
+        );
+    }
+}
+
 fn to_json(opts: &Options, results: &[Results], coverage: &Coverage) -> serde_json::Value {
     let handlers: Vec<serde_json::Value> = HANDLERS
         .iter()
@@ -608,11 +674,12 @@ fn to_json(opts: &Options, results: &[Results], coverage: &Coverage) -> serde_js
                 "pss_kib_per_pod": r.pss_kib_per_pod,
                 "processes_per_pod": r.processes_per_pod,
                 "pss_kib_per_pod_by_process": r.pss_kib_by_kind,
+                "phases": opts.phases.then(|| r.phases().json()),
             })
         })
         .collect();
     json!({
-        "options": {"runs": opts.runs, "pods": opts.pods, "reps": opts.reps},
+        "options": {"runs": opts.runs, "pods": opts.pods, "reps": opts.reps, "phases": opts.phases},
         "runsc": {"version": runsc::version(), "platform": runsc::PLATFORM},
         "handlers": handlers,
         "syscall_table": {

@@ -93,6 +93,7 @@ benchmarks:
       --runs N         timed pod starts per handler, after one warm-up (default 20)
       --pods N         pods per handler for the memory reading (default 5)
       --reps N         repetitions of each in-container benchmark (default 5)
+      --phases         caissond's phase timings per handler around each timed start
       --json FILE      also write the results as JSON
   pull           CRI PullImage of the synthetic image from a local docker-registry:
                  caissond vs containerd 1.6's CRI plugin (time, daemon CPU, peak RSS;
@@ -207,6 +208,7 @@ fn parse_hardened(args: impl Iterator<Item = String>) -> Result<hardened::Option
             "--pods" => opts.pods = number(flag, value()?)?,
             "--reps" => opts.reps = number(flag, value()?)?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
+            "--phases" => opts.phases = true,
             other => return unknown(other),
         }
         Ok(())
@@ -356,6 +358,8 @@ mod tests {
         assert_eq!((opts.runs, opts.pods, opts.reps), (5, 2, 3));
         let defaults = parse(&[]).unwrap();
         assert_eq!((defaults.runs, defaults.pods, defaults.reps), (20, 5, 5));
+        assert!(!defaults.phases);
+        assert!(parse(&["--phases"]).unwrap().phases);
         for bad in [&["--reps"][..], &["--pods", "x"], &["--cni"]] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }

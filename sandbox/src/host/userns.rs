@@ -1,9 +1,10 @@
 //! A pod's user namespace, made from explicit uid/gid mappings and held by
 //! an fd.
 //!
-//! A child is cloned with `CLONE_NEWUSER`; the shim (root in the host's
-//! user namespace) writes its `uid_map` and `gid_map`, opens its
-//! `/proc/<pid>/ns/user` and lets it exit: the namespace lives on as long
+//! A child is cloned with `CLONE_NEWUSER` (sharing the shim's memory); the
+//! shim (root in the host's user namespace) writes its `uid_map` and
+//! `gid_map`, opens its `/proc/<pid>/ns/user` and lets it exit: the
+//! namespace lives on as long
 //! as the fd (or a process in it) does. Tasks join it by path
 //! (`/proc/<shim>/fd/<n>`), so libcontainer never makes nor maps one
 //! itself, and mounts can be idmapped through it ([`super::idmap`]) before
@@ -169,7 +170,39 @@ fn map_text(mappings: &[LinuxIdMapping]) -> String {
 
 /// Clones a child into a new user namespace, writes its maps, and returns
 /// an fd of the namespace (the child is gone).
+///
+/// The child shares this process's memory (`CLONE_VM`, on a stack of its
+/// own) and only waits for a pipe to close: a fork would copy the shim's
+/// page tables and leave every page it writes afterwards copy-on-write, on
+/// pod start's path.
 fn make_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    /// The child's stack, used by one child at a time: under the fork lock,
+    /// and that child has exited before the lock is released.
+    struct ChildStack(std::cell::UnsafeCell<[u128; CHILD_STACK_WORDS]>);
+    // SAFETY: only used under the fork lock (see above).
+    unsafe impl Sync for ChildStack {}
+    const CHILD_STACK_WORDS: usize = 1024; // 16 KiB, 16-byte aligned
+    static CHILD_STACK: ChildStack = ChildStack(std::cell::UnsafeCell::new([0; CHILD_STACK_WORDS]));
+
+    /// The child: raw syscalls only (it runs on this process's memory and
+    /// its calling thread's TLS; libc's cancellable wrappers would write
+    /// there). Returning exits it.
+    extern "C" fn hold(pipe: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `pipe` points at the parent's [read, write] fds, alive
+        // until this child has been waited for.
+        let [read_end, write_end] = unsafe { *pipe.cast::<[libc::c_int; 2]>() };
+        let mut byte = 0u8;
+        // SAFETY: raw syscalls with valid arguments; `byte` is on this
+        // child's own stack. Its copy of the write end is closed first, or
+        // the read would never see the end of the pipe.
+        unsafe {
+            libc::syscall(libc::SYS_close, write_end);
+            libc::syscall(libc::SYS_prctl, libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::syscall(libc::SYS_read, read_end, &mut byte as *mut u8, 1usize);
+        }
+        0
+    }
+
     let reaper = super::reaper::Reaper::global()?;
     // The child is ours to wait for: the reaper does not reap while the
     // fork lock is held.
@@ -178,33 +211,22 @@ fn make_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
     // write end (the child below would then never see EOF, and the waitpid
     // below would block with the reaper's lock held).
     let (hold_read, hold_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY: a raw clone without a new stack is fork(2) with
-    // CLONE_NEWUSER; the child only makes async-signal-safe syscalls.
+    let mut pipe = [hold_read.as_raw_fd(), hold_write.as_raw_fd()];
+    // SAFETY: the stack is ours alone under the fork lock and outlives the
+    // child (waited for below), as does `pipe`; the child makes raw
+    // syscalls only, on its own copy of the fd table (no CLONE_FILES).
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+        let top = CHILD_STACK.0.get().cast::<u8>().add(CHILD_STACK_WORDS * 16);
+        libc::clone(
+            hold,
+            top.cast(),
+            libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
+            pipe.as_mut_ptr().cast(),
         )
     };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
-    if pid == 0 {
-        // Child: wait until the parent closes the pipe, then go.
-        // SAFETY: async-signal-safe calls only.
-        unsafe {
-            libc::close(hold_write.as_raw_fd());
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            let mut byte = 0u8;
-            libc::read(hold_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    let pid = pid as i32;
     drop(hold_read);
     let result = (|| {
         // One write each: the kernel takes a map in a single write(2).
@@ -213,10 +235,14 @@ fn make_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
         let ns = File::open(format!("/proc/{pid}/ns/user"))?;
         Ok(OwnedFd::from(ns))
     })();
+    // The child's read returns: it exits, and is waited for before its
+    // stack can serve another.
     drop(hold_write);
     let mut status = 0;
     // SAFETY: waits for our own child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
     result
 }
 

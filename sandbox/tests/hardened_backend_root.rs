@@ -404,35 +404,6 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
     let pause = h.run(&pod, &sandbox, Stdio::default());
     let (first, count) = h.backend.pod_id_range(&pod).expect("the pod has a range");
     assert!(first >= 400_000_000 && count == 65_536, "{first} {count}");
-    // Started means exec'd: until then the kernel refuses the pause's
-    // namespaces to the pod's other processes (EACCES).
-    {
-        use std::os::unix::fs::MetadataExt;
-        let exe = fs::metadata(format!("/proc/{pause}/exe")).unwrap();
-        let shim = fs::metadata(env!("CARGO_BIN_EXE_containerd-shim-caisson-v2")).unwrap();
-        assert_ne!(
-            (exe.dev(), exe.ino()),
-            (shim.dev(), shim.ino()),
-            "start returned before the sandbox's init exec'd its program"
-        );
-    }
-    // Through the reaper: a plain `output()` races with it (ECHILD).
-    let opened = caisson_sandbox::host::reaper::Reaper::global()
-        .expect("the reaper")
-        .run(
-            std::process::Command::new("nsenter")
-                .arg(format!("--user=/proc/{pause}/ns/user"))
-                .args(["--setuid=0", "--setgid=0", "--", "sh", "-c"])
-                .arg(format!("exec 3< /proc/{pause}/ns/uts && echo opened")),
-        )
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&opened.stdout),
-        "opened\n",
-        "the pod's root opening the pause's uts namespace: {}",
-        String::from_utf8_lossy(&opened.stderr)
-    );
-
     // From the host: the pause process runs as the pod's first id, in a
     // user namespace mapping root to the range, in the pod's netns.
     assert_eq!(proc_status_id(pause, "Uid"), first);
@@ -500,6 +471,35 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
             ..Stdio::default()
         },
     );
+    // The create waited until the pause had exec'd: until then the kernel
+    // refuses its namespaces to the pod's other processes (EACCES).
+    {
+        use std::os::unix::fs::MetadataExt;
+        let exe = fs::metadata(format!("/proc/{pause}/exe")).unwrap();
+        let shim = fs::metadata(env!("CARGO_BIN_EXE_containerd-shim-caisson-v2")).unwrap();
+        assert_ne!(
+            (exe.dev(), exe.ino()),
+            (shim.dev(), shim.ino()),
+            "a container of the pod was created before the sandbox's init exec'd its program"
+        );
+    }
+    // Through the reaper: a plain `output()` races with it (ECHILD).
+    let opened = caisson_sandbox::host::reaper::Reaper::global()
+        .expect("the reaper")
+        .run(
+            std::process::Command::new("nsenter")
+                .arg(format!("--user=/proc/{pause}/ns/user"))
+                .args(["--setuid=0", "--setgid=0", "--", "sh", "-c"])
+                .arg(format!("exec 3< /proc/{pause}/ns/uts && echo opened")),
+        )
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&opened.stdout),
+        "opened\n",
+        "the pod's root opening the pause's uts namespace: {}",
+        String::from_utf8_lossy(&opened.stderr)
+    );
+
     h.backend.start(&ctr).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {

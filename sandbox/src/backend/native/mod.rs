@@ -87,8 +87,9 @@ const NAME: &str = "native";
 /// libcontainer removes it ([`cgroups::drain`]).
 const CGROUP_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// How long `start` waits for the init of a task in a user namespace to
-/// exec ([`PendingExec`]); past it, start returns anyway, with a warning.
+/// How long the create or exec start after a task's start waits for the
+/// init of that task, in a user namespace, to exec ([`PendingExec`]); past
+/// it, the call goes on anyway, with a warning.
 const EXEC_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a backend built on this one asks of the fork server for a task.
@@ -298,12 +299,42 @@ impl NativeBackend {
                 oom_score_adj: prepared.oom_score_adj,
                 fork_netns: extras.fork_netns,
                 exec_userns: extras.exec_userns,
+                pending_exec: None,
                 execs: HashMap::new(),
             },
         );
         drop(guard);
         tracing::info!(id, pid, kind = ?task.kind, "task created");
         Ok(pid)
+    }
+
+    /// Waits until every started init in a user namespace of its own has
+    /// exec'd. Until then its memory is still the host user namespace's (a
+    /// copy of the fork server) and it is not dumpable (it has switched to
+    /// its uid), so the kernel refuses its `/proc/<pid>/ns/*` to anything
+    /// without `CAP_SYS_PTRACE` over the host: to the next container of its
+    /// pod, whose init joins the pod's user namespace before it opens the
+    /// other namespaces by path (`EACCES`). Called before anything that
+    /// may join a task's namespaces; usually the inits exec'd long before
+    /// and this is one `stat` each, once.
+    fn settle_execs(&self) {
+        let pending: Vec<(String, PendingExec)> = self
+            .tasks
+            .lock()
+            .iter_mut()
+            .filter_map(|(id, t)| Some((id.clone(), t.pending_exec.take()?)))
+            .collect();
+        for (id, pending) in pending {
+            let began = std::time::Instant::now();
+            if !pending.wait(EXEC_WAIT) {
+                tracing::warn!(id, limit = ?EXEC_WAIT, "a started init has not exec'd yet: going on");
+            }
+            tracing::debug!(
+                id,
+                waited_us = began.elapsed().as_micros() as u64,
+                "init exec'd"
+            );
+        }
     }
 
     /// The pid of the running fork server (none between its death and the
@@ -395,6 +426,7 @@ impl Backend for NativeBackend {
     }
 
     fn create(&self, task: &TaskSpec) -> Result<u32> {
+        self.settle_execs();
         if let Some(images) = &task.checkpoint {
             return self.create_restored(task, images);
         }
@@ -424,24 +456,14 @@ impl Backend for NativeBackend {
                 .start()
                 .map_err(|e| from_libcontainer("start", id, e))?;
         }
-        // In a user namespace, the task's namespaces are joinable by its
-        // pod's other containers only once its init has exec'd.
-        if let Some(pending) = pending {
-            let began = std::time::Instant::now();
-            if !pending.wait(EXEC_WAIT) {
-                tracing::warn!(id, limit = ?EXEC_WAIT, "task started but its init has not exec'd yet");
-            }
-            tracing::debug!(
-                id,
-                waited_us = began.elapsed().as_micros() as u64,
-                "init exec'd"
-            );
-        }
         let mut tasks = self.tasks.lock();
         let task = tasks.get_mut(id).ok_or_else(|| not_found(id))?;
         if task.phase == Phase::Created {
             task.phase = Phase::Running;
         }
+        // Not waited for here (runc's start does not wait for the exec
+        // either): the next create or exec start does ([`Self::settle_execs`]).
+        task.pending_exec = pending;
         let pid = task.init.pidfd.pid();
         tracing::info!(id, pid, "task started");
         Ok(pid)
@@ -476,6 +498,7 @@ impl Backend for NativeBackend {
     }
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
+        self.settle_execs();
         let (exec, default_oom, fork_netns, exec_userns) = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;

@@ -59,6 +59,10 @@ pub(super) struct Task {
     pub(super) fork_netns: Option<PathBuf>,
     /// The user namespace this task's execs join (hardened).
     pub(super) exec_userns: Option<super::ExecUserns>,
+    /// Started, in a user namespace of its own, and maybe not exec'd yet
+    /// (until then the kernel refuses its namespaces to its pod's other
+    /// processes): the next create or exec start waits for it first.
+    pub(super) pending_exec: Option<crate::host::userns::PendingExec>,
     pub(super) execs: HashMap<String, ExecProcess>,
 }
 

@@ -452,6 +452,7 @@ impl NativeBackend {
                         oom_score_adj,
                         fork_netns: None,
                         exec_userns: None,
+                        pending_exec: None,
                         execs: HashMap::new(),
                     },
                 );

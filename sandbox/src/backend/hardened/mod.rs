@@ -242,6 +242,7 @@ impl HardenedBackend {
                 pod_of(task)
             ),
         })?;
+        let began = std::time::Instant::now();
         let HardenedSpec {
             spec,
             added,
@@ -249,6 +250,11 @@ impl HardenedBackend {
             fork_netns,
             relay,
         } = self.harden_bundle(task, &pod.userns)?;
+        tracing::debug!(
+            id = task.id,
+            harden_ms = began.elapsed().as_secs_f64() * 1e3,
+            "spec hardened"
+        );
         let made = self.create_hardened(task, pod, spec, rootfs, fork_netns);
         if let Some(relay) = relay {
             relay.remove();
@@ -344,7 +350,14 @@ impl Backend for HardenedBackend {
                 });
             }
             let slot = self.pool.allocate(&task.id)?;
+            let allocated = began.elapsed();
             let userns = PodUserns::create(slot)?;
+            tracing::debug!(
+                id = task.id,
+                allocate_ms = allocated.as_secs_f64() * 1e3,
+                create_ms = (began.elapsed() - allocated).as_secs_f64() * 1e3,
+                "pod user namespace made"
+            );
             pods.insert(
                 task.id.clone(),
                 Pod {

@@ -199,7 +199,9 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             netns: _,
         } => {
             let _scope = BuildScope::init();
+            let began = std::time::Instant::now();
             prepare_filter(&bundle.join("config.json"), &state_root);
+            let filtered = began.elapsed();
             let builder = attach(builder(&id, &state_root)?, stdio, fds)?;
             let container = builder
                 .as_init(&bundle)
@@ -209,6 +211,12 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
                 .with_detach(true)
                 .build()
                 .map_err(refusal)?;
+            tracing::debug!(
+                id,
+                filter_ms = filtered.as_secs_f64() * 1e3,
+                libcontainer_ms = (began.elapsed() - filtered).as_secs_f64() * 1e3,
+                "init built by the fork server"
+            );
             container
                 .pid()
                 .map(|pid| pid.as_raw() as u32)

@@ -204,12 +204,12 @@ pub fn harden_spec(spec: &mut Spec) -> Result<Vec<Capability>, BackendError> {
     let mut readonly = linux.readonly_paths().clone().unwrap_or_default();
     push_missing(&mut readonly, &KUBERNETES_READONLY_PATHS);
     linux.set_readonly_paths(Some(readonly));
-    let filter = super::seccomp::hardened_profile(linux.seccomp().as_ref());
+    let (filter, json) = super::seccomp::hardened_profile_and_json(linux.seccomp().as_ref());
     // Exec processes get the same filter (libcontainer drops it for them).
     let mut annotations = spec.annotations().clone().unwrap_or_default();
     annotations.insert(
         crate::host::executor::EXEC_SECCOMP_ANNOTATION.to_string(),
-        serde_json::to_string(&filter).expect("a seccomp profile serialises"),
+        json.to_string(),
     );
     annotations.insert(
         crate::host::executor::LANDLOCK_ANNOTATION.to_string(),

@@ -23,6 +23,7 @@
 //! * the default action is always H's (`EPERM`), the architectures H's.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
@@ -221,6 +222,28 @@ pub fn hardened_profile(pod: Option<&LinuxSeccomp>) -> LinuxSeccomp {
     }
 }
 
+/// [`hardened_profile`] and its JSON, the last few kept: a node's tasks ask
+/// for one of a few (none, RuntimeDefault, a pod's own), and rendering and
+/// serialising the allow-list took about 0.25 ms of every create.
+pub fn hardened_profile_and_json(pod: Option<&LinuxSeccomp>) -> (LinuxSeccomp, Arc<str>) {
+    type Kept = Vec<(Option<LinuxSeccomp>, LinuxSeccomp, Arc<str>)>;
+    static KEPT: Mutex<Kept> = Mutex::new(Vec::new());
+    const CAPACITY: usize = 4;
+    let mut kept = KEPT.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, profile, json)) = kept.iter().find(|(p, _, _)| p.as_ref() == pod) {
+        return (profile.clone(), json.clone());
+    }
+    let profile = hardened_profile(pod);
+    let json: Arc<str> = serde_json::to_string(&profile)
+        .expect("a seccomp profile serialises")
+        .into();
+    if kept.len() >= CAPACITY {
+        kept.remove(0);
+    }
+    kept.push((pod.cloned(), profile.clone(), json.clone()));
+    (profile, json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +268,26 @@ mod tests {
 
     fn unconditional(p: &LinuxSeccomp) -> Vec<String> {
         p.syscalls().clone().unwrap()[0].names().clone()
+    }
+
+    #[test]
+    fn kept_profiles_are_the_ones_rendered_for_the_same_pod_filter() {
+        let pod = profile(
+            LinuxSeccompAction::ScmpActErrno,
+            vec![rule(
+                vec!["getpid".into(), "read".into()],
+                LinuxSeccompAction::ScmpActAllow,
+                None,
+                vec![],
+            )],
+        );
+        for input in [None, Some(&pod), None, Some(&pod)] {
+            let (kept, json) = hardened_profile_and_json(input);
+            assert_eq!(kept, hardened_profile(input));
+            assert_eq!(*json, serde_json::to_string(&kept).unwrap());
+        }
+        let (narrowed, _) = hardened_profile_and_json(Some(&pod));
+        assert_ne!(narrowed, hardened_profile_and_json(None).0);
     }
 
     #[test]

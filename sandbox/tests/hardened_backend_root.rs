@@ -340,6 +340,17 @@ fn sandbox_bundle(h: &Harness, name: &str, netns: &HostNetns) -> std::path::Path
             namespace(LinuxNamespaceType::Ipc, None),
             namespace(LinuxNamespaceType::Pid, None),
         ]));
+        // As caissond asks for every pod (containerd's defaults too); the
+        // pod's own user namespace does not own its network namespace, so
+        // the fork server writes them from the host's.
+        linux.set_sysctl(Some(
+            [
+                ("net.ipv4.ping_group_range", "0 2147483647"),
+                ("net.ipv4.ip_unprivileged_port_start", "0"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        ));
         spec.set_linux(Some(linux));
     })
 }
@@ -404,6 +415,27 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
     let pause = h.run(&pod, &sandbox, Stdio::default());
     let (first, count) = h.backend.pod_id_range(&pod).expect("the pod has a range");
     assert!(first >= 400_000_000 && count == 65_536, "{first} {count}");
+    // The pod's network sysctls, in its network namespace only.
+    let sysctl_in = |netns: &str, key: &str| {
+        let out = caisson_sandbox::host::reaper::Reaper::global()
+            .expect("the reaper")
+            .run(std::process::Command::new("nsenter").args([
+                &format!("--net={netns}"),
+                "cat",
+                &format!("/proc/sys/net/ipv4/{key}"),
+            ]))
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let pod_netns = netns.path().display().to_string();
+    assert_eq!(sysctl_in(&pod_netns, "ping_group_range"), "0\t2147483647");
+    assert_eq!(sysctl_in(&pod_netns, "ip_unprivileged_port_start"), "0");
+    assert_ne!(
+        sysctl_in("/proc/self/ns/net", "ip_unprivileged_port_start"),
+        "0",
+        "the host's own"
+    );
+
     // From the host: the pause process runs as the pod's first id, in a
     // user namespace mapping root to the range, in the pod's netns.
     assert_eq!(proc_status_id(pause, "Uid"), first);

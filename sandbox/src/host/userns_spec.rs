@@ -25,7 +25,7 @@
 //!   reported. Bind-mount sources it cannot reach are relayed through the
 //!   bundle instead ([`super::bind_relay`]).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -50,7 +50,7 @@ pub struct Joined {
     /// them in a network namespace owned by the host's user namespace (and
     /// libcontainer would refuse them without a network namespace entry),
     /// so the backend sets them in that namespace itself.
-    pub net_sysctls: HashMap<String, String>,
+    pub net_sysctls: BTreeMap<String, String>,
 }
 
 /// Puts `spec` in the user namespace at `userns_path`, whose mappings are
@@ -94,7 +94,7 @@ pub fn join_pod_userns(
     // First: libcontainer enters it before anything else anyway.
     namespaces.insert(0, user);
     linux.set_namespaces(Some(namespaces));
-    let mut net_sysctls = HashMap::new();
+    let mut net_sysctls = BTreeMap::new();
     if fork_netns.is_some() {
         if let Some(mut sysctls) = linux.sysctl().clone() {
             sysctls.retain(|key, value| {
@@ -170,39 +170,18 @@ pub fn check_proc_mounts(spec: &Spec) -> Result<(), BackendError> {
     Ok(())
 }
 
-/// Writes `sysctls` in the network namespace at `netns`, from a thread that
-/// enters it (the rest of the process stays where it is).
-pub fn set_net_sysctls(
-    netns: &Path,
-    sysctls: &HashMap<String, String>,
-) -> Result<(), BackendError> {
-    if sysctls.is_empty() {
-        return Ok(());
-    }
-    let failed = |reason: String| BackendError::Failed {
-        op: "set the pod's network sysctls",
-        id: netns.display().to_string(),
-        reason,
-    };
-    let netns = netns.to_path_buf();
-    let sysctls = sysctls.clone();
-    let worker = std::thread::spawn(move || -> Result<(), String> {
-        let ns = std::fs::File::open(&netns).map_err(|e| format!("{}: {e}", netns.display()))?;
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("entering {}: {e}", netns.display()))?;
-        for (key, value) in &sysctls {
-            if key.contains("..") {
-                return Err(format!("sysctl {key:?}: invalid name"));
-            }
-            let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-            std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+/// Writes network `sysctls` in the calling thread's network namespace: the
+/// fork server's, entered for a task's build ([`Joined::fork_netns`]),
+/// where a task in a user namespace of its own could not write them.
+pub fn write_net_sysctls(sysctls: &BTreeMap<String, String>) -> Result<(), String> {
+    for (key, value) in sysctls {
+        if key.contains("..") {
+            return Err(format!("sysctl {key:?}: invalid name"));
         }
-        Ok(())
-    });
-    worker
-        .join()
-        .map_err(|_| failed("the sysctl thread panicked".into()))?
-        .map_err(failed)
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A recursively read-only recursive bind of the host's /sys in place of a
@@ -346,7 +325,7 @@ mod tests {
             ns(LinuxNamespaceType::Pid, None),
         ]));
         spec.set_linux(Some(linux));
-        let mut sysctls = HashMap::new();
+        let mut sysctls = std::collections::HashMap::new();
         sysctls.insert(
             "net.ipv4.ip_unprivileged_port_start".to_string(),
             "0".to_string(),

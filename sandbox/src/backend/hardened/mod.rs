@@ -30,7 +30,7 @@ pub mod userns;
 
 use crate::host::{bind_relay, idmap, userns_spec};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -60,6 +60,7 @@ struct HardenedSpec {
     added: Vec<Capability>,
     rootfs: PathBuf,
     fork_netns: Option<PathBuf>,
+    net_sysctls: BTreeMap<String, String>,
     /// Bind sources relayed through the bundle, removed once the task is
     /// created (or not).
     relay: Option<bind_relay::BindRelay>,
@@ -204,9 +205,6 @@ impl HardenedBackend {
             ns.uid_mappings(),
             ns.gid_mappings(),
         )?;
-        if let Some(netns) = &joined.fork_netns {
-            userns_spec::set_net_sysctls(netns, &joined.net_sysctls)?;
-        }
         let rootfs = userns_spec::rootfs_of(&task.bundle, &spec);
         userns_spec::make_rootfs_reachable(&task.bundle, &rootfs, pod.first_id())?;
         let state_root = self.native.state_root();
@@ -222,6 +220,7 @@ impl HardenedBackend {
             added,
             rootfs,
             fork_netns: joined.fork_netns,
+            net_sysctls: joined.net_sysctls,
             relay,
         })
     }
@@ -248,6 +247,7 @@ impl HardenedBackend {
             added,
             rootfs,
             fork_netns,
+            net_sysctls,
             relay,
         } = self.harden_bundle(task, &pod.userns)?;
         tracing::debug!(
@@ -255,7 +255,15 @@ impl HardenedBackend {
             harden_ms = began.elapsed().as_secs_f64() * 1e3,
             "spec hardened"
         );
-        let made = self.create_hardened(task, pod, spec, rootfs, fork_netns);
+        let extras = CreateExtras {
+            fork_netns,
+            net_sysctls,
+            exec_userns: Some(ExecUserns {
+                path: pod.userns.path(),
+                inode: pod.userns.inode(),
+            }),
+        };
+        let made = self.create_hardened(task, pod, spec, rootfs, extras);
         if let Some(relay) = relay {
             relay.remove();
         }
@@ -270,7 +278,7 @@ impl HardenedBackend {
         pod: &Pod,
         spec: Spec,
         rootfs: PathBuf,
-        fork_netns: Option<PathBuf>,
+        extras: CreateExtras,
     ) -> Result<u32> {
         let scratch = layers_dir(self.native.state_root(), &task.id);
         let root = (pod.userns.first_id(), pod.userns.first_id());
@@ -288,13 +296,6 @@ impl HardenedBackend {
             idmap_ms = began.elapsed().as_secs_f64() * 1e3,
             "rootfs idmapped"
         );
-        let extras = CreateExtras {
-            fork_netns,
-            exec_userns: Some(ExecUserns {
-                path: pod.userns.path(),
-                inode: pod.userns.inode(),
-            }),
-        };
         match self.native.create_with(task, spec, extras) {
             Ok(pid) => {
                 locked(&self.idmapped).insert(task.id.clone(), mounted);

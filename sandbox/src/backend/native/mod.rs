@@ -45,7 +45,7 @@ mod spec;
 mod state;
 mod userns;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -99,6 +99,10 @@ pub(crate) struct CreateExtras {
     /// (and its execs'), which then inherit it: a task in a user namespace
     /// of its own can no longer `setns` into one owned by the host's.
     pub fork_netns: Option<PathBuf>,
+    /// Network sysctls the server writes in `fork_netns` before the build
+    /// (the task's init, whose user namespace does not own that network
+    /// namespace, could not).
+    pub net_sysctls: BTreeMap<String, String>,
     /// The user namespace the task's execs join.
     pub exec_userns: Option<ExecUserns>,
 }
@@ -250,6 +254,7 @@ impl NativeBackend {
                 .map_err(|e| failed("create", id, format!("bundle path: {e}")))?,
             stdio: request_stdio,
             netns: extras.fork_netns.clone(),
+            net_sysctls: extras.net_sysctls.clone(),
         };
         // The returned pid is this process's child, not reaped while the
         // guard is held.

@@ -8,6 +8,7 @@
 //! the shim used to run itself, with the init (or exec) process made a
 //! sibling of the server, i.e. a child of the shim.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,10 @@ pub(super) enum ForkRequest {
         /// [`super::CreateExtras`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netns: Option<PathBuf>,
+        /// Written in `netns` before the build (see
+        /// [`super::CreateExtras`]).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        net_sysctls: BTreeMap<String, String>,
     },
     /// `ContainerBuilder::as_tenant()`: runs `process_json` in container `id`.
     Exec {
@@ -157,8 +162,11 @@ pub fn serve_fork_requests() -> std::result::Result<(), String> {
 }
 
 fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
-    let netns = match &request {
-        ForkRequest::CreateInit { netns, .. } | ForkRequest::Exec { netns, .. } => netns.clone(),
+    let (netns, sysctls) = match &request {
+        ForkRequest::CreateInit {
+            netns, net_sysctls, ..
+        } => (netns.clone(), net_sysctls.clone()),
+        ForkRequest::Exec { netns, .. } => (netns.clone(), BTreeMap::new()),
     };
     let Some(netns) = netns else {
         return build_here(request, fds);
@@ -179,7 +187,9 @@ fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Re
             format!("entering network namespace {}: {e}", netns.display()),
         )
     })?;
-    let built = build_here(request, fds);
+    let built = crate::host::userns_spec::write_net_sysctls(&sysctls)
+        .map_err(|e| Refused::new(RefusalKind::Failed, format!("{}: {e}", netns.display())))
+        .and_then(|()| build_here(request, fds));
     if let Err(e) = nix::sched::setns(&own, nix::sched::CloneFlags::CLONE_NEWNET) {
         // A server left in a pod's namespace must not serve another build.
         tracing::error!(error = %e, "could not return to the fork server's network namespace");
@@ -197,6 +207,7 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             bundle,
             stdio,
             netns: _,
+            net_sysctls: _,
         } => {
             let _scope = BuildScope::init();
             let began = std::time::Instant::now();

@@ -222,9 +222,6 @@ impl NativeBackend {
             ns.uid_mappings(),
             ns.gid_mappings(),
         )?;
-        if let Some(netns) = &joined.fork_netns {
-            userns_spec::set_net_sysctls(netns, &joined.net_sysctls)?;
-        }
         let rootfs = userns_spec::rootfs_of(&task.bundle, &spec);
         userns_spec::make_rootfs_reachable(&task.bundle, &rootfs, root_gid)?;
         let state_root = self.state_root.clone();
@@ -250,6 +247,7 @@ impl NativeBackend {
             })?;
             let extras = CreateExtras {
                 fork_netns: joined.fork_netns.clone(),
+                net_sysctls: joined.net_sysctls.clone(),
                 exec_userns: Some(ExecUserns {
                     path: ns.path(),
                     inode: ns.inode(),

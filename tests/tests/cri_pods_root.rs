@@ -340,8 +340,8 @@ fn remove_pod_sandbox_leaves_nothing_behind() {
         })
         .collect();
     assert!(pod_dir.join("shm").is_dir() && pod_dir.join("hosts").is_file());
-    // The built-in pause's rootfs is the node's one copy, bound read-only.
-    let rootfs = pod_dir.join("bundle/rootfs");
+    // The built-in pause's rootfs is the node's one copy: a native pod's
+    // pause runs on it directly (no mount of its own), read-only inside.
     let pause_rootfs = std::fs::read_dir(d.dir.path().join("run/pause-rootfs"))
         .unwrap()
         .flatten()
@@ -349,24 +349,28 @@ fn remove_pod_sandbox_leaves_nothing_behind() {
         .find(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .expect("the shared pause rootfs");
     use std::os::unix::fs::MetadataExt;
+    let pause_root = std::path::PathBuf::from(format!("/proc/{pause}/root"));
     assert_eq!(
-        std::fs::metadata(rootfs.join("pause")).unwrap().ino(),
+        std::fs::metadata(pause_root.join("pause")).unwrap().ino(),
         std::fs::metadata(pause_rootfs.join("pause")).unwrap().ino(),
         "the pod's pause is not the shared one"
     );
-    let rootfs_s = rootfs.display().to_string();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let options = mountinfo
-        .lines()
-        .map(|l| l.split(' ').collect::<Vec<_>>())
-        .find(|f| f.get(4) == Some(&rootfs_s.as_str()))
-        .map(|f| f[5].to_string())
-        .expect("the pause rootfs is a mount");
-    assert!(options.starts_with("ro,"), "{rootfs_s}: {options}");
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(pod_dir.join("bundle/config.json")).unwrap())
+            .unwrap();
     assert_eq!(
-        std::fs::write(rootfs.join("x"), b"").map_err(|e| e.raw_os_error()),
+        spec["root"]["path"].as_str(),
+        Some(pause_rootfs.to_str().unwrap())
+    );
+    assert!(
+        !pod_dir.join("bundle/rootfs").exists(),
+        "a native pod binds no rootfs of its own"
+    );
+    assert_eq!(
+        std::fs::write(pause_root.join("x"), b"").map_err(|e| e.raw_os_error()),
         Err(Some(libc::EROFS))
     );
+    assert!(!pause_rootfs.join("x").exists());
     for p in records.iter().chain(&cgroups) {
         assert!(p.exists(), "{} missing while the pod runs", p.display());
     }

@@ -345,21 +345,75 @@ fn hosts_file(host_net: bool, hostname: &str, pod_ip: Option<&str>) -> String {
 }
 
 /// Lays out the pause bundle: `config.json`, and for the built-in pause
-/// `rootfs`, a read-only bind of the node's [`shared_pause_rootfs`].
+/// `rootfs`, a read-only bind of the node's [`shared_pause_rootfs`]; for a
+/// native pod, the spec's root is that dir itself instead when it already
+/// has every mount point the spec needs ([`uses_shared_root`]).
 fn write_pause_bundle(
     bundle: &Path,
-    spec: &oci_spec::runtime::Spec,
+    spec: &mut oci_spec::runtime::Spec,
     shared_rootfs: Option<&Path>,
+    backend: &str,
 ) -> std::io::Result<()> {
     if let Some(shared) = shared_rootfs {
-        let rootfs = bundle.join(spec::ROOTFS_DIR);
-        std::fs::create_dir_all(&rootfs)?;
-        bind_read_only(shared, &rootfs)?;
+        if uses_shared_root(spec, shared, backend) {
+            std::fs::create_dir_all(bundle)?;
+            if let Some(root) = spec.root_mut() {
+                root.set_path(shared.to_path_buf());
+            }
+        } else {
+            let rootfs = bundle.join(spec::ROOTFS_DIR);
+            std::fs::create_dir_all(&rootfs)?;
+            bind_read_only(shared, &rootfs)?;
+        }
     }
     std::fs::write(
         bundle.join("config.json"),
         serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?,
     )
+}
+
+/// Whether a pod's pause runs on the shared pause rootfs itself rather than
+/// a bind of it in its bundle: one host mount fewer per pod (each is a line
+/// every libcontainer build reads in `/proc/self/mountinfo`, several times)
+/// and a mount and an unmount fewer per pod. Native pods only: the
+/// hardened and user-namespace pods idmap their rootfs (a mount of their
+/// own), an `oci` runtime or a guest gets the bundle as containerd would
+/// give it. And only when every mount point of the spec is there already,
+/// in the shared dir or in an earlier mount of the spec (`/sys/fs/cgroup`
+/// in `/sys`'s sysfs): libcontainer makes a missing one in the rootfs,
+/// which must never be the dir all pods share (a bind is read-only; the
+/// shared dir is not, on the host); the pause's own root is read-only
+/// inside it.
+fn uses_shared_root(spec: &oci_spec::runtime::Spec, shared: &Path, backend: &str) -> bool {
+    let mounts = spec.mounts().as_deref().unwrap_or_default();
+    // A pod in a user namespace (`hostUsers: false`) has its rootfs
+    // idmapped and made reachable by its ids, in place.
+    let userns = spec.linux().as_ref().is_some_and(|l| {
+        l.uid_mappings().is_some()
+            || l.namespaces()
+                .iter()
+                .flatten()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+    });
+    backend == "native"
+        && !userns
+        && spec.root().as_ref().and_then(|r| r.readonly()) == Some(true)
+        && mounts.iter().enumerate().all(|(i, m)| {
+            let dest = m.destination();
+            let clean = dest.is_absolute()
+                && !dest
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            let in_earlier_mount = mounts[..i].iter().any(|earlier| {
+                dest != earlier.destination() && dest.starts_with(earlier.destination())
+            });
+            clean
+                && (in_earlier_mount
+                    || shared
+                        .join(dest.strip_prefix("/").unwrap_or(dest))
+                        .symlink_metadata()
+                        .is_ok())
+        })
 }
 
 /// Binds `source` on `target` read-only (and nosuid, nodev).
@@ -753,8 +807,13 @@ impl Runtime {
         if let Some(process) = spec.process_mut().as_mut() {
             self.restrict_oom_score_adj(process);
         }
-        write_pause_bundle(&pod.bundle, &spec, self.pause_rootfs.as_deref())
-            .map_err(|e| CriError::internal("writing the pause bundle", e))?;
+        write_pause_bundle(
+            &pod.bundle,
+            &mut spec,
+            self.pause_rootfs.as_deref(),
+            &pod.backend,
+        )
+        .map_err(|e| CriError::internal("writing the pause bundle", e))?;
         drop(phase_spec);
         // The handler's options (e.g. the oci backend's runtime_path) go to the shim.
         let options = self
@@ -1013,5 +1072,81 @@ fn pod_state(p: &PodRecord) -> cri::PodSandboxState {
         cri::PodSandboxState::SandboxReady
     } else {
         cri::PodSandboxState::SandboxNotready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{
+        LinuxBuilder, LinuxIdMappingBuilder, MountBuilder, RootBuilder, Spec, SpecBuilder,
+    };
+
+    fn spec(destinations: &[&str], readonly: bool, mapped: bool) -> Spec {
+        let mounts = destinations
+            .iter()
+            .map(|d| MountBuilder::default().destination(d).build().unwrap())
+            .collect::<Vec<_>>();
+        let mut linux = LinuxBuilder::default();
+        if mapped {
+            let map = LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(100_000u32)
+                .size(65_536u32)
+                .build()
+                .unwrap();
+            linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+        }
+        SpecBuilder::default()
+            .root(
+                RootBuilder::default()
+                    .path("rootfs")
+                    .readonly(readonly)
+                    .build()
+                    .unwrap(),
+            )
+            .mounts(mounts)
+            .linux(linux.build().unwrap())
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_native_pod_whose_mount_points_are_all_there_runs_on_the_shared_rootfs() {
+        let shared = tempfile::tempdir().unwrap();
+        for d in ["proc", "sys", "dev", "etc"] {
+            std::fs::create_dir(shared.path().join(d)).unwrap();
+        }
+        std::fs::write(shared.path().join("etc/resolv.conf"), b"").unwrap();
+        // /sys/fs/cgroup is in /sys's mount, /dev/pts in /dev's.
+        let usual = [
+            "/proc",
+            "/dev",
+            "/dev/pts",
+            "/sys",
+            "/sys/fs/cgroup",
+            "/etc/resolv.conf",
+        ];
+        let yes = |s: &Spec, backend: &str| uses_shared_root(s, shared.path(), backend);
+        assert!(yes(&spec(&usual, true, false), "native"));
+        for backend in ["hardened", "oci", "microvm"] {
+            assert!(!yes(&spec(&usual, true, false), backend), "{backend}");
+        }
+        assert!(
+            !yes(&spec(&usual, false, false), "native"),
+            "a writable root"
+        );
+        assert!(
+            !yes(&spec(&usual, true, true), "native"),
+            "hostUsers: false"
+        );
+        // A mount point libcontainer would have to make in the shared dir.
+        assert!(!yes(
+            &spec(&["/proc", "/etc/hostname"], true, false),
+            "native"
+        ));
+        assert!(!yes(&spec(&["/proc", "/proc/../x"], true, false), "native"));
+        // Not beneath itself: the same destination twice must exist.
+        assert!(!yes(&spec(&["/var", "/var"], true, false), "native"));
     }
 }

@@ -607,6 +607,69 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
     }
 }
 
+/// Start returns before the init exec'd; a container created meanwhile
+/// waits for the pause's exec, or its init could not open the pause's
+/// namespaces (EACCES). The pause is held stopped before its exec, so the
+/// container's create comes first every time.
+#[test]
+fn a_container_created_before_the_pause_has_execd_waits_for_it() {
+    let h = Harness::new();
+    let netns = HostNetns::new();
+    let pod = unique("pod");
+    let sandbox = sandbox_bundle(&h, "pause", &netns);
+    let pause = h.create(&pod, &sandbox, TaskKind::Sandbox, Stdio::default());
+    let shim_exe = fs::read_link(format!("/proc/{pause}/exe")).unwrap();
+    // SAFETY: a signal to our own task's init.
+    assert_eq!(unsafe { libc::kill(pause as i32, libc::SIGSTOP) }, 0);
+    assert_eq!(h.backend.start(&pod).unwrap(), pause);
+    assert_eq!(
+        fs::read_link(format!("/proc/{pause}/exe")).unwrap(),
+        shim_exe,
+        "stopped, it has not exec'd"
+    );
+    let held = std::time::Duration::from_millis(300);
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(held);
+        // SAFETY: as above.
+        unsafe { libc::kill(pause as i32, libc::SIGCONT) };
+    });
+    let ns_of = |name: &str| Some(format!("/proc/{pause}/ns/{name}"));
+    let ctr_bundle = h.bundle("ctr", &["sleep", "1000"], |spec| {
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![
+            namespace(LinuxNamespaceType::Mount, None),
+            namespace(LinuxNamespaceType::Network, ns_of("net")),
+            namespace(LinuxNamespaceType::Uts, ns_of("uts")),
+            namespace(LinuxNamespaceType::Ipc, ns_of("ipc")),
+            namespace(LinuxNamespaceType::Pid, ns_of("pid")),
+        ]));
+        spec.set_linux(Some(linux));
+    });
+    let ctr = unique("ctr");
+    let began = std::time::Instant::now();
+    let ctr_pid = h.create(
+        &ctr,
+        &ctr_bundle,
+        TaskKind::Container {
+            sandbox_id: pod.clone(),
+        },
+        Stdio::default(),
+    );
+    let took = began.elapsed();
+    resume.join().unwrap();
+    assert!(took >= held / 2, "the create did not wait: {took:?}");
+    assert_ne!(
+        fs::read_link(format!("/proc/{pause}/exe")).unwrap(),
+        shim_exe
+    );
+    assert_eq!(
+        ns_inode(&ctr_pid.to_string(), "uts"),
+        ns_inode(&pause.to_string(), "uts")
+    );
+    kill_and_delete(&h, &ctr, ctr_pid, &ctr_bundle);
+    kill_and_delete(&h, &pod, pause, &sandbox);
+}
+
 #[test]
 fn pods_get_disjoint_ranges_freed_on_delete_and_never_shared() {
     let h = Harness::with_options(&HardenedOptions {

@@ -220,6 +220,7 @@ impl NativeBackend {
         spec: oci_spec::runtime::Spec,
         extras: CreateExtras,
     ) -> Result<u32> {
+        self.settle_execs();
         self.create_task(task, SpecOrigin::Backend(Box::new(spec)), extras)
     }
 

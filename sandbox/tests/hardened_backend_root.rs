@@ -329,6 +329,21 @@ fn namespace(typ: LinuxNamespaceType, path: Option<String>) -> LinuxNamespace {
 }
 
 /// A pause-like sandbox joining `netns` by path, as the CRI layer makes it.
+/// A container of the pod whose sandbox is `pause`: its own mount
+/// namespace, the pause's network, UTS, IPC and PID namespaces by path.
+fn join_pod_namespaces(spec: &mut Spec, pause: u32) {
+    let ns_of = |name: &str| Some(format!("/proc/{pause}/ns/{name}"));
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_namespaces(Some(vec![
+        namespace(LinuxNamespaceType::Mount, None),
+        namespace(LinuxNamespaceType::Network, ns_of("net")),
+        namespace(LinuxNamespaceType::Uts, ns_of("uts")),
+        namespace(LinuxNamespaceType::Ipc, ns_of("ipc")),
+        namespace(LinuxNamespaceType::Pid, ns_of("pid")),
+    ]));
+    spec.set_linux(Some(linux));
+}
+
 fn sandbox_bundle(h: &Harness, name: &str, netns: &HostNetns) -> std::path::PathBuf {
     let netns = netns.path().display().to_string();
     h.bundle(name, &["sleep", "1000"], |spec| {
@@ -459,21 +474,12 @@ fn pod_root_is_an_unprivileged_host_range_shared_by_the_pods_containers() {
     let volume = tempfile::tempdir().unwrap();
     fs::set_permissions(volume.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let volume_path = volume.path().to_path_buf();
-    let ns_of = |name: &str| Some(format!("/proc/{pause}/ns/{name}"));
     let script = "id -u; id -g; stat -c 'busybox-owner=%u' /bin/busybox; \
         echo made > /made-inside && stat -c 'made-owner=%u' /made-inside; \
         touch /data/from-pod && echo volume-ok; ls /sys/class/net >/dev/null && echo sys-ok; \
         sleep 1000";
     let ctr_bundle = h.bundle("ctr", &["sh", "-c", script], |spec| {
-        let mut linux = spec.linux().clone().unwrap();
-        linux.set_namespaces(Some(vec![
-            namespace(LinuxNamespaceType::Mount, None),
-            namespace(LinuxNamespaceType::Network, ns_of("net")),
-            namespace(LinuxNamespaceType::Uts, ns_of("uts")),
-            namespace(LinuxNamespaceType::Ipc, ns_of("ipc")),
-            namespace(LinuxNamespaceType::Pid, ns_of("pid")),
-        ]));
-        spec.set_linux(Some(linux));
+        join_pod_namespaces(spec, pause);
         let mut mounts = spec.mounts().clone().unwrap();
         mounts.push(
             MountBuilder::default()
@@ -633,17 +639,8 @@ fn a_container_created_before_the_pause_has_execd_waits_for_it() {
         // SAFETY: as above.
         unsafe { libc::kill(pause as i32, libc::SIGCONT) };
     });
-    let ns_of = |name: &str| Some(format!("/proc/{pause}/ns/{name}"));
     let ctr_bundle = h.bundle("ctr", &["sleep", "1000"], |spec| {
-        let mut linux = spec.linux().clone().unwrap();
-        linux.set_namespaces(Some(vec![
-            namespace(LinuxNamespaceType::Mount, None),
-            namespace(LinuxNamespaceType::Network, ns_of("net")),
-            namespace(LinuxNamespaceType::Uts, ns_of("uts")),
-            namespace(LinuxNamespaceType::Ipc, ns_of("ipc")),
-            namespace(LinuxNamespaceType::Pid, ns_of("pid")),
-        ]));
-        spec.set_linux(Some(linux));
+        join_pod_namespaces(spec, pause);
     });
     let ctr = unique("ctr");
     let began = std::time::Instant::now();
@@ -1134,20 +1131,11 @@ fn every_mount_under_sys_is_read_only_inside() {
     let pod = unique("pod");
     let sandbox = sandbox_bundle(&h, "pause", &netns);
     let pause = h.run(&pod, &sandbox, Stdio::default());
-    let ns_of = |name: &str| Some(format!("/proc/{pause}/ns/{name}"));
     let script = "awk '$5 ~ /^\\/sys/ {print $5, $6}' /proc/self/mountinfo; \
         mkdir /sys/fs/cgroup/memory/escape 2>/dev/null && echo mkdir-ok; \
         touch /sys/kernel/x 2>/dev/null && echo touch-ok; echo done";
     let bundle = h.bundle("sys", &["sh", "-c", script], |spec| {
-        let mut linux = spec.linux().clone().unwrap();
-        linux.set_namespaces(Some(vec![
-            namespace(LinuxNamespaceType::Mount, None),
-            namespace(LinuxNamespaceType::Network, ns_of("net")),
-            namespace(LinuxNamespaceType::Uts, ns_of("uts")),
-            namespace(LinuxNamespaceType::Ipc, ns_of("ipc")),
-            namespace(LinuxNamespaceType::Pid, ns_of("pid")),
-        ]));
-        spec.set_linux(Some(linux));
+        join_pod_namespaces(spec, pause);
     });
     let id = unique("sys");
     let out = h.path("sys.out");

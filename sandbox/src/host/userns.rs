@@ -4,11 +4,10 @@
 //! A child is cloned with `CLONE_NEWUSER` (sharing the shim's memory); the
 //! shim (root in the host's user namespace) writes its `uid_map` and
 //! `gid_map`, opens its `/proc/<pid>/ns/user` and lets it exit: the
-//! namespace lives on as long
-//! as the fd (or a process in it) does. Tasks join it by path
-//! (`/proc/<shim>/fd/<n>`), so libcontainer never makes nor maps one
-//! itself, and mounts can be idmapped through it ([`super::idmap`]) before
-//! any task exists. The hardened backend makes one per pod from its pool's
+//! namespace lives on as long as the fd (or a process in it) does. Tasks
+//! join it by path (`/proc/<shim>/fd/<n>`), so libcontainer never makes
+//! nor maps one itself, and mounts can be idmapped through it
+//! ([`super::idmap`]) before any task exists. The hardened backend makes one per pod from its pool's
 //! range; the native backend from the mappings kubelet sent
 //! (`hostUsers: false`).
 

@@ -49,7 +49,7 @@ pub struct Joined {
     /// `net.*` sysctls taken out of the spec: the pod's root cannot write
     /// them in a network namespace owned by the host's user namespace (and
     /// libcontainer would refuse them without a network namespace entry),
-    /// so the backend sets them in that namespace itself.
+    /// so the fork server writes them there ([`write_net_sysctls`]).
     pub net_sysctls: BTreeMap<String, String>,
 }
 

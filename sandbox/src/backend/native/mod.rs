@@ -220,7 +220,6 @@ impl NativeBackend {
         spec: oci_spec::runtime::Spec,
         extras: CreateExtras,
     ) -> Result<u32> {
-        self.settle_execs();
         self.create_task(task, SpecOrigin::Backend(Box::new(spec)), extras)
     }
 
@@ -230,6 +229,8 @@ impl NativeBackend {
         origin: SpecOrigin,
         extras: CreateExtras,
     ) -> Result<u32> {
+        // Its init may join a started task's namespaces.
+        self.settle_execs();
         let id = task.id.as_str();
         if self.tasks.lock().contains_key(id) {
             return Err(BackendError::AlreadyExists {
@@ -255,7 +256,7 @@ impl NativeBackend {
                 .map_err(|e| failed("create", id, format!("bundle path: {e}")))?,
             stdio: request_stdio,
             netns: extras.fork_netns.clone(),
-            net_sysctls: extras.net_sysctls.clone(),
+            net_sysctls: extras.net_sysctls,
         };
         // The returned pid is this process's child, not reaped while the
         // guard is held.
@@ -323,7 +324,7 @@ impl NativeBackend {
     /// other namespaces by path (`EACCES`). Called before anything that
     /// may join a task's namespaces; usually the inits exec'd long before
     /// and this is one `stat` each, once.
-    fn settle_execs(&self) {
+    pub(super) fn settle_execs(&self) {
         let pending: Vec<(String, PendingExec)> = self
             .tasks
             .lock()
@@ -432,7 +433,6 @@ impl Backend for NativeBackend {
     }
 
     fn create(&self, task: &TaskSpec) -> Result<u32> {
-        self.settle_execs();
         if let Some(images) = &task.checkpoint {
             return self.create_restored(task, images);
         }

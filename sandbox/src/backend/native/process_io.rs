@@ -161,11 +161,11 @@ pub fn serve_fork_requests() -> std::result::Result<(), String> {
     })
 }
 
-fn build(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
-    let (netns, sysctls) = match &request {
+fn build(mut request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
+    let (netns, sysctls) = match &mut request {
         ForkRequest::CreateInit {
             netns, net_sysctls, ..
-        } => (netns.clone(), net_sysctls.clone()),
+        } => (netns.clone(), std::mem::take(net_sysctls)),
         ForkRequest::Exec { netns, .. } => (netns.clone(), BTreeMap::new()),
     };
     let Some(netns) = netns else {

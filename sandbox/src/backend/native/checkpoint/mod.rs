@@ -338,6 +338,8 @@ impl NativeBackend {
 
     /// [`crate::backend::Backend::create`] for a task restored at start.
     pub(super) fn create_restored(&self, task: &TaskSpec, images: &Path) -> Result<u32> {
+        // It may join a started task's namespaces, as a create does.
+        self.settle_execs();
         let id = task.id.as_str();
         if self.tasks.lock().contains_key(id) || self.restores.contains(id) {
             return Err(BackendError::AlreadyExists {

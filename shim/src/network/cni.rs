@@ -117,25 +117,59 @@ pub struct Attachment {
     pub loopback_up: bool,
 }
 
-/// The plugin type whose chained runs [`elided`] spares.
+/// The plugin types whose runs [`elided`] spares.
 const LOOPBACK: &str = "loopback";
+const PORTMAP: &str = "portmap";
 
 /// Whether running `plugin` for `command` would change nothing, so it is
-/// not run. The reference `loopback` plugin, chained after another plugin,
-/// sets `lo` up and hands its `prevResult` on untouched (ADD), or sets `lo`
-/// down (DEL). In a namespace the runtime made with `lo` up and removes with
-/// the pod, neither changes anything anybody sees, and each run is a Go
-/// binary's exec (~3 ms of CPU, a tenth of a pod's start). First in a chain
-/// (no `prevResult`) it still runs: its result is the chain's input then.
-/// CHECK always runs it (it checks that `lo` is still up).
+/// not run: each run is a Go binary's exec (~3 ms of CPU, a tenth of a
+/// pod's start).
+///
+/// * The reference `loopback` plugin, chained after another plugin, sets
+///   `lo` up and hands its `prevResult` on untouched (ADD), or sets `lo`
+///   down (DEL). In a namespace the runtime made with `lo` up and removes
+///   with the pod, neither changes anything anybody sees. First in a chain
+///   (no `prevResult`) it still runs: its result is the chain's input then.
+/// * The reference `portmap` plugin, given no port mappings, hands its
+///   `prevResult` on untouched (ADD, chained) and does nothing on DEL: it
+///   touches iptables only for a mapping. Most pods have none (no
+///   `hostPort`). A config it would refuse (its mark bit out of range, or
+///   both a mark bit and an external chain) still runs, so that the error
+///   is the plugin's own.
+///
+/// CHECK always runs them (it checks what they set up, or their config).
 fn elided(plugin: &Value, command: CniCommand, att: &Attachment, prev: Option<&Value>) -> bool {
-    att.loopback_up
-        && plugin["type"].as_str() == Some(LOOPBACK)
-        && match command {
-            CniCommand::Add => prev.is_some(),
-            CniCommand::Del => true,
-            CniCommand::Check => false,
+    let chained_add_or_del = match command {
+        CniCommand::Add => prev.is_some(),
+        CniCommand::Del => true,
+        CniCommand::Check => false,
+    };
+    chained_add_or_del
+        && match plugin["type"].as_str() {
+            Some(LOOPBACK) => att.loopback_up,
+            Some(PORTMAP) => portmap_is_idle(plugin, &att.capabilities),
+            _ => false,
         }
+}
+
+/// Whether `portmap` would be given no port mappings (from the pod's
+/// capability args or the plugin's own `runtimeConfig`) and would accept
+/// its config.
+fn portmap_is_idle(plugin: &Value, capabilities: &Map<String, Value>) -> bool {
+    let conf = plugin_config(&Value::Null, plugin, capabilities, None);
+    let no_mappings = conf["runtimeConfig"]["portMappings"]
+        .as_array()
+        .is_none_or(Vec::is_empty);
+    let mark_bit_ok = match conf.get("markMasqBit") {
+        None | Some(Value::Null) => true,
+        Some(bit) => {
+            bit.as_u64().is_some_and(|b| b <= 31)
+                && conf
+                    .get("externalSetMarkChain")
+                    .is_none_or(Value::is_null)
+        }
+    };
+    no_mappings && mark_bit_ok
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -495,6 +529,66 @@ mod tests {
             .lines()
             .map(String::from)
             .collect()
+    }
+
+    #[test]
+    fn portmap_runs_only_for_a_mapping_or_a_config_it_would_refuse() {
+        let dir = tempfile::tempdir().unwrap();
+        recording_plugins(dir.path(), &["bridge", PORTMAP]);
+        let bins = [dir.path().to_path_buf()];
+        let chained = |portmap: Value| {
+            json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}, portmap]})
+        };
+        let capable = json!({"type": PORTMAP, "capabilities": {"portMappings": true}});
+        let no_ports = Attachment {
+            container_id: "c".into(),
+            ..Default::default()
+        };
+        let mut ports = no_ports.clone();
+        ports.capabilities.insert(
+            "portMappings".into(),
+            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
+        );
+        let mut empty = no_ports.clone();
+        empty.capabilities.insert("portMappings".into(), json!([]));
+        let lifecycle = |list: &Value, att: &Attachment| {
+            let result = add(list, &bins, att).unwrap();
+            assert_eq!(result_ips(&result), ["10.9.9.9"]);
+            del(list, &bins, att, Some(&result)).unwrap();
+            check(list, &bins, att, &result).unwrap();
+            let seen = runs(dir.path());
+            std::fs::remove_file(dir.path().join("runs")).unwrap();
+            seen
+        };
+
+        // No mapping: only CHECK runs it.
+        let idle = ["bridge ADD", "bridge DEL", "bridge CHECK", "portmap CHECK"];
+        assert_eq!(lifecycle(&chained(capable.clone()), &no_ports), idle);
+        assert_eq!(lifecycle(&chained(capable.clone()), &empty), idle);
+        // Mappings the plugin does not ask for are not given to it.
+        assert_eq!(lifecycle(&chained(json!({"type": PORTMAP})), &ports), idle);
+
+        let all = [
+            "bridge ADD",
+            "portmap ADD",
+            "portmap DEL",
+            "bridge DEL",
+            "bridge CHECK",
+            "portmap CHECK",
+        ];
+        // A mapping, from the pod or from the plugin's own config.
+        assert_eq!(lifecycle(&chained(capable.clone()), &ports), all);
+        let fixed = json!({"type": PORTMAP, "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 2}]}});
+        assert_eq!(lifecycle(&chained(fixed), &no_ports), all);
+        // A config portmap refuses: its error, not our silence.
+        let bad_bit = json!({"type": PORTMAP, "markMasqBit": 40});
+        assert_eq!(lifecycle(&chained(bad_bit), &no_ports), all);
+        let both = json!({"type": PORTMAP, "markMasqBit": 13, "externalSetMarkChain": "X"});
+        assert_eq!(lifecycle(&chained(both), &no_ports), all);
+        // First in a chain it must run (and fails, as it is not chained).
+        let first = json!({"cniVersion": "1.0.0", "name": "n", "plugins": [capable]});
+        add(&first, &bins, &no_ports).unwrap();
+        assert_eq!(runs(dir.path()), ["portmap ADD"]);
     }
 
     #[test]

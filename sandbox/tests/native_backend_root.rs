@@ -485,13 +485,24 @@ fn pause_resume_pids_update_and_stats() {
     assert_eq!(stats.pids_current, 2, "{stats:?}");
     assert_eq!(stats.pids_limit, 100, "{stats:?}");
 
-    // SIGKILL to a paused task still kills it.
+    // Any other signal to all of a paused task leaves it paused (pending);
+    // SIGKILL thaws it, and kills it.
     h.backend.pause(&id).unwrap();
+    h.backend
+        .kill(&id, None, libc::SIGTERM as u32, true)
+        .unwrap();
+    assert_eq!(fs::read_to_string(&freezer).unwrap().trim(), "FROZEN");
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
     h.backend
         .kill(&id, None, libc::SIGKILL as u32, true)
         .unwrap();
-    assert_eq!(h.wait_exit(&id, None).status, 137);
-    assert_eq!(h.wait_exit(&id, Some("sleeper")).status, 137);
+    // A SIGTERM that was fatal (no handler) when it was sent has already
+    // decided the process's exit: it dies of the first fatal signal once
+    // thawed.
+    for exec_id in [None, Some("sleeper")] {
+        let status = h.wait_exit(&id, exec_id).status;
+        assert!([137, 143].contains(&status), "{exec_id:?}: {status}");
+    }
     h.backend.delete(&id, Some("sleeper")).unwrap();
     h.delete_and_check(&id, pid, &cgroup);
 }

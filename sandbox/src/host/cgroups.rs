@@ -92,6 +92,54 @@ pub fn drain(id: &str, cgroup_path: &Path, limit: std::time::Duration) -> bool {
     }
 }
 
+/// Sends `signal` to every process in the cgroup (and its sub-cgroups), as
+/// libcontainer's `kill(all)` does: the cgroup is frozen while its
+/// processes are listed and signalled, so none forks past the kill, and
+/// thawed after (a frozen process cannot act on a signal), unless
+/// `stay_frozen` (a paused task sent anything but SIGKILL stays paused).
+/// Through the manager kept for the cgroup: libcontainer's own makes a new
+/// one per call ([`MANAGERS`]). A process already gone is not an error.
+pub fn signal_all(
+    id: &str,
+    cgroup_path: &Path,
+    signal: i32,
+    stay_frozen: bool,
+) -> Result<(), String> {
+    use libcgroups::common::FreezerState;
+    // Never a hierarchy's root: every process of the host is in it.
+    if cgroup_path.file_name().is_none() {
+        return Err(format!(
+            "refusing to signal every process of cgroup {}",
+            cgroup_path.display()
+        ));
+    }
+    let manager = manager(id, cgroup_path)?;
+    if let Err(e) = manager.freeze(FreezerState::Frozen) {
+        tracing::warn!(id, error = %e, "could not freeze the cgroup to signal it");
+    }
+    let signalled = manager
+        .get_all_pids()
+        .map_err(|e| format!("listing cgroup {}: {e}", cgroup_path.display()))
+        .and_then(|pids| {
+            for pid in pids {
+                // SAFETY: kill(2) with a pid and a signal number.
+                if unsafe { libc::kill(pid.as_raw(), signal) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        return Err(format!("signalling {pid}: {e}"));
+                    }
+                }
+            }
+            Ok(())
+        });
+    if !stay_frozen {
+        if let Err(e) = manager.freeze(FreezerState::Thawed) {
+            tracing::warn!(id, error = %e, "could not thaw the cgroup after signalling it");
+        }
+    }
+    signalled
+}
+
 /// Applies new limits.
 pub fn update(id: &str, cgroup_path: &Path, resources: &LinuxResources) -> Result<(), String> {
     let disable_oom_killer = resources

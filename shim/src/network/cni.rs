@@ -164,9 +164,7 @@ fn portmap_is_idle(plugin: &Value, capabilities: &Map<String, Value>) -> bool {
         None | Some(Value::Null) => true,
         Some(bit) => {
             bit.as_u64().is_some_and(|b| b <= 31)
-                && conf
-                    .get("externalSetMarkChain")
-                    .is_none_or(Value::is_null)
+                && conf.get("externalSetMarkChain").is_none_or(Value::is_null)
         }
     };
     no_mappings && mark_bit_ok
@@ -536,9 +534,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         recording_plugins(dir.path(), &["bridge", PORTMAP]);
         let bins = [dir.path().to_path_buf()];
-        let chained = |portmap: Value| {
-            json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}, portmap]})
-        };
+        let chained = |portmap: Value| json!({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}, portmap]});
         let capable = json!({"type": PORTMAP, "capabilities": {"portMappings": true}});
         let no_ports = Attachment {
             container_id: "c".into(),

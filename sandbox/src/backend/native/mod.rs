@@ -50,8 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::container::{Container, ContainerStatus};
-use libcontainer::error::LibcontainerError;
+use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::LinuxResources;
 
@@ -652,22 +651,13 @@ impl Backend for NativeBackend {
                 reason: format!("real-time signal {signal} cannot be sent to all processes"),
             });
         }
-        if signal == libc::SIGKILL {
-            // libcontainer thaws the cgroup after signalling it.
-            task.paused = false;
-        }
+        // A paused task stays paused, unless killed (a frozen process
+        // cannot die).
+        let stay_frozen = task.paused && signal != libc::SIGKILL;
+        task.paused = stay_frozen;
+        let cgroup = task.cgroup_path.clone();
         drop(tasks);
-        let mut container = self.load("kill", id)?;
-        let nix_signal = libcontainer::signal::Signal::try_from(signal).map_err(|e| {
-            BackendError::InvalidArgument {
-                what: "signal".into(),
-                reason: e.to_string(),
-            }
-        })?;
-        match container.kill(nix_signal, true) {
-            Ok(()) | Err(LibcontainerError::IncorrectStatus(ContainerStatus::Stopped)) => Ok(()),
-            Err(e) => Err(from_libcontainer("kill", id, e)),
-        }
+        cgroups::signal_all(id, &cgroup, signal, stay_frozen).map_err(|e| failed("kill", id, e))
     }
 
     fn delete(&self, id: &str, exec_id: Option<&str>) -> Result<()> {

@@ -221,6 +221,49 @@ fn sandbox_and_containers_share_namespaces_by_path() {
 }
 
 #[test]
+fn delete_runs_the_poststop_hooks_after_the_cgroup_is_gone() {
+    let h = Harness::new();
+    let seen = h.path("hook-ran");
+    let bundle = h.bundle("poststop", &["true"], |spec| {
+        // The hook gets the container's state on stdin and looks for the
+        // task's memory cgroup, which must be gone by then.
+        let script = format!(
+            "cat > {seen}.state; \
+             for d in /sys/fs/cgroup/memory/caisson-test-*; do [ -d \"$d\" ] && echo \"$d\"; done > {seen}.cgroups; \
+             echo ran >> {seen}",
+            seen = seen.display()
+        );
+        let hook = oci_spec::runtime::HookBuilder::default()
+            .path("/bin/sh")
+            .args(vec!["sh".to_string(), "-c".to_string(), script])
+            .build()
+            .unwrap();
+        let hooks = oci_spec::runtime::HooksBuilder::default()
+            .poststop(vec![hook])
+            .build()
+            .unwrap();
+        spec.set_hooks(Some(hooks));
+    });
+    let cgroup = cgroup_of(&bundle);
+    let id = unique("poststop");
+    let pid = h.create(&id, &bundle, TaskKind::Sandbox, Stdio::default());
+    h.backend.start(&id).unwrap();
+    assert_eq!(h.wait_exit(&id, None).status, 0);
+    assert!(!seen.exists(), "a poststop hook ran before delete");
+    h.delete_and_check(&id, pid, &cgroup);
+    assert_eq!(fs::read_to_string(&seen).unwrap(), "ran\n");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(seen.with_extension("state")).unwrap()).unwrap();
+    assert_eq!(state["id"], id.as_str(), "{state}");
+    let cgroups = fs::read_to_string(seen.with_extension("cgroups")).unwrap();
+    let task_cgroup = format!("/sys/fs/cgroup/memory{cgroup}");
+    assert!(
+        !cgroups.lines().any(|d| d == task_cgroup),
+        "the task's cgroup was still there for the hook: {cgroups}"
+    );
+}
+
+#[test]
 fn exit_status_and_file_stdio_then_delete_leaves_nothing() {
     let h = Harness::new();
     let bundle = h.bundle(

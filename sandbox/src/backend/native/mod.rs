@@ -194,6 +194,47 @@ impl NativeBackend {
         userns::force_cleanup(state_root, id)
     }
 
+    /// libcontainer's `delete` for a task whose processes are gone, with the
+    /// cgroup removed through the manager the shim keeps for it
+    /// ([`cgroups::manager`]): libcontainer's makes a new one, which reads
+    /// the mount table once per v1 controller. The rest is libcontainer's
+    /// own: its state and config, the poststop hooks (after the cgroup is
+    /// removed, as there), the state directory. Anything else (a process
+    /// still there, Intel RDT) goes to libcontainer's `delete`.
+    fn delete_stopped(&self, id: &str) -> Result<()> {
+        use libcontainer::config::YoukiConfig;
+        use libcontainer::container::ContainerStatus;
+        let dir = self.container_dir(id);
+        let Ok(mut container) = Container::load(dir.clone()) else {
+            return Self::force_delete(&self.state_root, id);
+        };
+        container
+            .refresh_status()
+            .map_err(|e| from_libcontainer("delete", id, e))?;
+        if container.status() != ContainerStatus::Stopped
+            || container.intel_rdt_dir().is_some()
+            || container.clean_up_intel_rdt_subdirectory().is_some()
+        {
+            return Self::force_delete(&self.state_root, id);
+        }
+        // As libcontainer: no config yet (a build that failed early) is no
+        // cgroup and no hooks.
+        if let Ok(config) = YoukiConfig::load(&dir) {
+            let manager =
+                cgroups::manager(id, &config.cgroup_path).map_err(|e| failed("delete", id, e))?;
+            {
+                use libcgroups::common::CgroupManager;
+                manager
+                    .remove()
+                    .map_err(|e| failed("delete", id, format!("removing cgroup: {e}")))?;
+            }
+            let poststop = config.hooks.as_ref().and_then(|h| h.poststop().as_ref());
+            libcontainer::hooks::run_hooks(poststop, Some(&container.state), None, None, None)
+                .map_err(|e| failed("delete", id, format!("poststop hooks: {e}")))?;
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| failed("delete", id, e))
+    }
+
     fn container_dir(&self, id: &str) -> PathBuf {
         self.state_root.join(id)
     }
@@ -695,7 +736,11 @@ impl Backend for NativeBackend {
         {
             // delete runs poststop hooks, which fork and wait.
             let _guard = self.reaper.lock();
-            Self::force_delete(&self.state_root, id)?;
+            if never_started {
+                Self::force_delete(&self.state_root, id)?;
+            } else {
+                self.delete_stopped(id)?;
+            }
         }
         if never_started {
             // libcontainer killed the waiting init: see it reaped (and its

@@ -213,6 +213,7 @@ impl NativeBackend {
             .map_err(|e| from_libcontainer("delete", id, e))?;
         if container.status() != ContainerStatus::Stopped
             || container.intel_rdt_dir().is_some()
+            || container.intel_rdt_monitoring_dir().is_some()
             || container.clean_up_intel_rdt_subdirectory().is_some()
         {
             return Self::force_delete(&self.state_root, id);
@@ -228,6 +229,8 @@ impl NativeBackend {
                     .remove()
                     .map_err(|e| failed("delete", id, format!("removing cgroup: {e}")))?;
             }
+            // The task's path, as a rule; forgotten here in case it is not.
+            cgroups::forget(&config.cgroup_path);
             let poststop = config.hooks.as_ref().and_then(|h| h.poststop().as_ref());
             libcontainer::hooks::run_hooks(poststop, Some(&container.state), None, None, None)
                 .map_err(|e| failed("delete", id, format!("poststop hooks: {e}")))?;

@@ -54,6 +54,9 @@ pub struct Options {
     pub phases: bool,
     /// Pods started at once on each daemon (0: no burst).
     pub burst: usize,
+    /// Bursts on each daemon, the daemons alternating (ABBA): the machine's
+    /// pace drifts between bursts by more than a change moves them.
+    pub burst_rounds: usize,
     /// Measure each daemon's idle CPU over this long with the `--pods` pods
     /// running (`--density N` sets `--pods N` and a 10 s window).
     pub idle_cpu_window: Option<std::time::Duration>,
@@ -68,6 +71,7 @@ impl Default for Options {
             cni: false,
             phases: false,
             burst: 0,
+            burst_rounds: 1,
             idle_cpu_window: None,
         }
     }
@@ -435,9 +439,21 @@ fn measure(
     }
 
     if opts.burst > 0 {
-        for (d, side) in daemons.iter_mut().zip(sides.iter_mut()) {
-            eprintln!("{}: a burst of {} pods at once", d.name(), opts.burst);
-            side.burst = Some(burst(d, opts.burst)?);
+        let rounds = opts.burst_rounds.max(1);
+        for round in 0..rounds {
+            // ABBA: each daemon goes first as often as second.
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let d = &mut daemons[i];
+                eprintln!(
+                    "{}: a burst of {} pods at once ({}/{rounds})",
+                    d.name(),
+                    opts.burst,
+                    round + 1
+                );
+                let b = burst(d, opts.burst)?;
+                sides[i].bursts.push(b);
+            }
         }
     }
 

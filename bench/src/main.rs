@@ -82,6 +82,8 @@ benchmarks:
                        per pod, from its metrics endpoint
       --burst N        also start N pods at once on each daemon: time to all running,
                        p50/p99 per pod
+      --burst-rounds K K bursts on each daemon, alternating (ABBA); each figure is the
+                       median over the rounds, and each round's ratio is listed (default 1)
       --density N      memory with N pods (as --pods N), each daemon's CPU over 10 s
                        with them running and idle, and 10 ListContainerStats calls over
                        them (kubelet's stats loop): latency and host CPU per call
@@ -191,6 +193,7 @@ fn parse_cri(args: impl Iterator<Item = String>) -> Result<cri::Options, String>
             "--cni" => opts.cni = true,
             "--phases" => opts.phases = true,
             "--burst" => opts.burst = number(flag, value()?)?,
+            "--burst-rounds" => opts.burst_rounds = number(flag, value()?)?,
             "--density" => {
                 opts.pods = number(flag, value()?)?;
                 opts.idle_cpu_window = Some(std::time::Duration::from_secs(10));
@@ -415,6 +418,9 @@ mod tests {
         assert_eq!((opts.runs, opts.pods, opts.cni), (5, 3, false));
         assert!(parse(&["--cni"]).unwrap().cni);
         assert_eq!(opts.json, Some(PathBuf::from("cri.json")));
+        let burst = parse(&["--burst", "50", "--burst-rounds", "3"]).unwrap();
+        assert_eq!((burst.burst, burst.burst_rounds), (50, 3));
+        assert_eq!(opts.burst_rounds, 1);
         let defaults = parse(&[]).unwrap();
         assert_eq!(
             (defaults.runs, defaults.pods, defaults.json),

@@ -170,7 +170,8 @@ pub struct Side {
     pub cgroups_left: Vec<PathBuf>,
     /// caissond's own per-phase times (`--phases`).
     pub breakdown: Option<super::breakdown::Breakdown>,
-    pub burst: Option<Burst>,
+    /// One per `--burst-rounds` round.
+    pub bursts: Vec<Burst>,
 }
 
 /// `--burst N`: N pods started at once.
@@ -187,6 +188,27 @@ pub struct Burst {
 }
 
 impl Burst {
+    /// Each figure's median over `rounds` (the upper one of an even count).
+    fn median(rounds: &[Burst]) -> Option<Burst> {
+        fn mid<T: Ord + Copy>(mut v: Vec<T>) -> T {
+            v.sort();
+            v[v.len() / 2]
+        }
+        let first = rounds.first()?;
+        Some(Burst {
+            pods: first.pods,
+            per_pod: Latency {
+                p50: mid(rounds.iter().map(|b| b.per_pod.p50).collect()),
+                p90: mid(rounds.iter().map(|b| b.per_pod.p90).collect()),
+                p99: mid(rounds.iter().map(|b| b.per_pod.p99).collect()),
+                // Each round's own are in its entry.
+                runs: Vec::new(),
+            },
+            all_running: mid(rounds.iter().map(|b| b.all_running).collect()),
+            host_cpu: mid(rounds.iter().map(|b| b.host_cpu).collect()),
+        })
+    }
+
     fn json(&self) -> Value {
         json!({
             "pods": self.pods,
@@ -334,11 +356,20 @@ pub fn print(opts: &Options, sides: &[Side]) {
             println!("  {what:<30} {x:>10.1} {y:>10.1} {:>8.2}", ratio(x, y));
         }
     }
-    if let (Some(a), Some(b)) = (&caisson.burst, &containerd.burst) {
+    if let (Some(a), Some(b)) = (
+        Burst::median(&caisson.bursts),
+        Burst::median(&containerd.bursts),
+    ) {
+        let (a, b) = (&a, &b);
+        let rounds = caisson.bursts.len().min(containerd.bursts.len());
         println!();
         println!(
             "  {:<30} {:>10} {:>10} {:>8}",
-            format!("burst of {} pods at once, ms", a.pods),
+            if rounds > 1 {
+                format!("burst of {} pods at once, ms, median of {rounds}", a.pods)
+            } else {
+                format!("burst of {} pods at once, ms", a.pods)
+            },
             "caisson",
             "containerd",
             "ratio"
@@ -354,6 +385,15 @@ pub fn print(opts: &Options, sides: &[Side]) {
             ),
         ] {
             println!("  {name:<30} {x:>10.1} {y:>10.1} {:>8.2}", ratio(x, y));
+        }
+        if rounds > 1 {
+            let each: Vec<String> = caisson
+                .bursts
+                .iter()
+                .zip(&containerd.bursts)
+                .map(|(x, y)| format!("{:.2}", ratio(ms(x.all_running), ms(y.all_running))))
+                .collect();
+            println!("  all running, each round's ratio: {}", each.join(" "));
         }
     }
     println!();
@@ -414,7 +454,8 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
             "pods_bring_up": s.memory.pods_total.json(),
             "cgroups_while_pods_ran": s.memory.cgroups_with_pods.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "phases": s.breakdown.as_ref().map(|b| b.json()),
-            "burst": s.burst.as_ref().map(Burst::json),
+            "burst": Burst::median(&s.bursts).as_ref().map(Burst::json),
+            "bursts": s.bursts.iter().map(Burst::json).collect::<Vec<_>>(),
             "daemon_idle_cpu_percent_with_pods": s.memory.idle_cpu,
             "list_container_stats": s.memory.stats_calls.as_ref().map(StatsCalls::json),
             "exit_after_sigterm_ms": ms(s.exit),
@@ -461,6 +502,22 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bursts_summarise_as_each_figures_median() {
+        let b = |all: u64, p50: u64, cpu: u64| Burst {
+            pods: 50,
+            per_pod: Latency::of(vec![Duration::from_millis(p50)]),
+            all_running: Duration::from_millis(all),
+            host_cpu: Duration::from_millis(cpu),
+        };
+        assert!(Burst::median(&[]).is_none());
+        let m = Burst::median(&[b(300, 10, 7), b(100, 30, 9), b(200, 20, 8)]).unwrap();
+        assert_eq!(m.all_running, Duration::from_millis(200));
+        assert_eq!(m.per_pod.p50, Duration::from_millis(20));
+        assert_eq!(m.host_cpu, Duration::from_millis(8));
+        assert_eq!(m.pods, 50);
+    }
 
     #[test]
     fn phases_keep_run_order() {

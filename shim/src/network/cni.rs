@@ -157,9 +157,16 @@ fn elided(plugin: &Value, command: CniCommand, att: &Attachment, prev: Option<&V
 /// its config.
 fn portmap_is_idle(plugin: &Value, capabilities: &Map<String, Value>) -> bool {
     let conf = plugin_config(&Value::Null, plugin, capabilities, None);
-    let no_mappings = conf["runtimeConfig"]["portMappings"]
-        .as_array()
-        .is_none_or(Vec::is_empty);
+    // Anything but none or an empty list (a malformed one too) runs it.
+    let no_mappings = match conf.get("runtimeConfig") {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(runtime)) => match runtime.get("portMappings") {
+            None | Some(Value::Null) => true,
+            Some(Value::Array(mappings)) => mappings.is_empty(),
+            Some(_) => false,
+        },
+        Some(_) => false,
+    };
     let mark_bit_ok = match conf.get("markMasqBit") {
         None | Some(Value::Null) => true,
         Some(bit) => {
@@ -581,6 +588,8 @@ mod tests {
         assert_eq!(lifecycle(&chained(bad_bit), &no_ports), all);
         let both = json!({"type": PORTMAP, "markMasqBit": 13, "externalSetMarkChain": "X"});
         assert_eq!(lifecycle(&chained(both), &no_ports), all);
+        let malformed = json!({"type": PORTMAP, "runtimeConfig": {"portMappings": "8080"}});
+        assert_eq!(lifecycle(&chained(malformed), &no_ports), all);
         // First in a chain it must run (and fails, as it is not chained).
         let first = json!({"cniVersion": "1.0.0", "name": "n", "plugins": [capable]});
         add(&first, &bins, &no_ports).unwrap();

@@ -322,7 +322,7 @@ async fn write_loop(
             next = queue.recv() => next,
             () = client_gone(&mut ended) => {
                 if *ended.borrow() == ReadEnd::IdleTimeout {
-                    let frame = CloseFrame { code: CloseCode::Away, reason: "idle timeout".into() };
+                    let frame = close_frame(ReadEnd::IdleTimeout);
                     let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
                 }
                 return Ok(());
@@ -331,10 +331,10 @@ async fn write_loop(
         let message = match next {
             Some(Outgoing::Data { channel, data }) => encode(codec, channel, &data),
             Some(Outgoing::Close) | None => {
-                let frame = CloseFrame {
-                    code: CloseCode::Normal,
-                    reason: "".into(),
-                };
+                // A session the idle timeout ended says so, even when its
+                // command's end (its stdin closed by that timeout) was
+                // queued first.
+                let frame = close_frame(*ended.borrow());
                 return match tokio::time::timeout(
                     CLOSE_GRACE,
                     sink.send(Message::Close(Some(frame))),
@@ -357,6 +357,22 @@ async fn write_loop(
             // As kubelet's write deadline: a client that takes nothing
             // for the idle timeout is gone.
             Err(_) => return Err(WebSocketError::IdleTimeout(idle_timeout)),
+        }
+    }
+}
+
+/// The close frame for a session whose reader ended as `read_end`:
+/// `Away` after the idle timeout, `Normal` otherwise.
+fn close_frame(read_end: ReadEnd) -> CloseFrame {
+    if read_end == ReadEnd::IdleTimeout {
+        CloseFrame {
+            code: CloseCode::Away,
+            reason: "idle timeout".into(),
+        }
+    } else {
+        CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
         }
     }
 }

@@ -69,8 +69,7 @@ pub fn pids(id: &str, cgroup_path: &Path) -> Result<Vec<u32>, String> {
 /// gives up removing a busy cgroup after about 100 ms. False if a process
 /// was still there at the limit; true too when there is no such cgroup.
 pub fn drain(id: &str, cgroup_path: &Path, limit: std::time::Duration) -> bool {
-    // Never a hierarchy's root: every process of the host is in it.
-    if cgroup_path.file_name().is_none() {
+    if is_hierarchy_root(cgroup_path) {
         return true;
     }
     let deadline = std::time::Instant::now() + limit;
@@ -92,6 +91,12 @@ pub fn drain(id: &str, cgroup_path: &Path, limit: std::time::Duration) -> bool {
     }
 }
 
+/// A hierarchy's root, which [`drain`] and [`signal_all`] never touch:
+/// every process of the host is in it.
+fn is_hierarchy_root(cgroup_path: &Path) -> bool {
+    cgroup_path.file_name().is_none()
+}
+
 /// Sends `signal` to every process in the cgroup (and its sub-cgroups), as
 /// libcontainer's `kill(all)` does: the cgroup is frozen while its
 /// processes are listed and signalled, so none forks past the kill, and
@@ -106,8 +111,7 @@ pub fn signal_all(
     stay_frozen: bool,
 ) -> Result<(), String> {
     use libcgroups::common::FreezerState;
-    // Never a hierarchy's root: every process of the host is in it.
-    if cgroup_path.file_name().is_none() {
+    if is_hierarchy_root(cgroup_path) {
         return Err(format!(
             "refusing to signal every process of cgroup {}",
             cgroup_path.display()

@@ -7,9 +7,9 @@
 //! namespace lives on as long as the fd (or a process in it) does. Tasks
 //! join it by path (`/proc/<shim>/fd/<n>`), so libcontainer never makes
 //! nor maps one itself, and mounts can be idmapped through it
-//! ([`super::idmap`]) before any task exists. The hardened backend makes one per pod from its pool's
-//! range; the native backend from the mappings kubelet sent
-//! (`hostUsers: false`).
+//! ([`super::idmap`]) before any task exists. The hardened backend makes
+//! one per pod from its pool's range; the native backend from the mappings
+//! kubelet sent (`hostUsers: false`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Regenerates sandbox/hot-text.ld: the shim's functions that a pod's life runs,
+# laid out together at the start of its text (see that file's header).
+#
+# Which functions run is read from the page cache, not sampled: the shim is
+# built once with every function aligned to its own 4 KiB page, copied to a
+# scratch ext4 on a loop device with readahead off (so a page is cached only
+# when a process touched it), and the benchmarks' pods run on it. mincore(2)
+# then names the touched pages, and so the functions. A function's pattern
+# leaves out its symbol's hash, so the list survives rebuilds and dependency
+# bumps; what it misses (new or renamed functions) is only laid out as before.
+#
+# Needs root, containerd and what `caisson-bench shim` and `cri --cni` need.
+# Usage: bench/hot-text.sh [scratch dir, default /var/tmp/caisson-hot-text]
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work=${1:-/var/tmp/caisson-hot-text}
+mkdir -p "$work"
+loop=""
+cleanup() {
+  mountpoint -q "$work/mnt" && umount "$work/mnt"
+  [ -n "$loop" ] && losetup -d "$loop"
+  rm -f "$work/fs.img"
+}
+trap cleanup EXIT
+
+cd "$repo"
+cargo build --release -p caisson-shim -p caisson-bench
+cargo build --release --manifest-path pause/Cargo.toml
+# The profiling shim: every function at a page boundary. The flags apply to
+# every crate here (no --target), so its own target dir.
+# (--config adds to .cargo/config.toml's rustflags.)
+CARGO_TARGET_DIR="$work/target" cargo build --release -p caisson-sandbox \
+  --bin containerd-shim-caisson-v2 --config 'build.rustflags=["-C", "llvm-args=-align-all-functions=12"]'
+
+truncate -s 2G "$work/fs.img"
+mkfs.ext4 -q -F "$work/fs.img"
+loop=$(losetup -f --show "$work/fs.img")
+mkdir -p "$work/mnt"
+mount "$loop" "$work/mnt"
+echo 0 > "/sys/block/$(basename "$loop")/queue/read_ahead_kb"
+bin="$work/mnt/bin"
+mkdir "$bin"
+# The bench finds caissond, the shim and caisson-pause beside itself.
+cp target/release/caisson-bench target/release/caissond "$bin/"
+cp pause/target/release/caisson-pause "$bin/"
+cp "$work/target/release/containerd-shim-caisson-v2" "$bin/"
+sync
+# Remounting empties the page cache of everything on it.
+umount "$work/mnt"
+mount "$loop" "$work/mnt"
+
+"$bin/caisson-bench" shim --runs 20 > "$work/shim.txt"
+"$bin/caisson-bench" cri --cni --runs 5 --pods 3 --phases > "$work/cri.txt"
+"$bin/caisson-bench" streaming --runs 10 --forwards 1 --size-mb 4 > "$work/streaming.txt"
+
+python3 - "$bin/containerd-shim-caisson-v2" "$repo/sandbox/hot-text.ld" <<'EOF'
+import ctypes, os, re, subprocess, sys
+
+shim, out = sys.argv[1], sys.argv[2]
+PAGE = 4096
+
+# Which of the file's pages are cached: mincore over a mapping of it (mapping
+# faults nothing in).
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(shim, os.O_RDONLY)
+size = os.fstat(fd).st_size
+addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+if addr in (None, ctypes.c_void_p(-1).value):
+    sys.exit("mmap failed")
+pages = (size + PAGE - 1) // PAGE
+vec = (ctypes.c_ubyte * pages)()
+if libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(size), vec) != 0:
+    sys.exit("mincore failed: errno %d" % ctypes.get_errno())
+cached = {i for i in range(pages) if vec[i] & 1}
+
+# Virtual address to file offset, from the LOAD program headers.
+loads = []
+for line in subprocess.run(["readelf", "-lW", shim], capture_output=True, text=True, check=True).stdout.splitlines():
+    f = line.split()
+    if f and f[0] == "LOAD":
+        loads.append((int(f[2], 16), int(f[1], 16), int(f[5], 16)))  # vaddr, offset, filesz
+
+def offset(vaddr):
+    for va, off, sz in loads:
+        if va <= vaddr < va + sz:
+            return vaddr - va + off
+    return None
+
+hot = []
+for line in subprocess.run(["readelf", "-sW", "--wide", shim], capture_output=True, text=True, check=True).stdout.splitlines():
+    f = line.split()
+    if len(f) < 8 or f[3] != "FUNC" or f[6] == "UND":
+        continue
+    value, fsize, name = int(f[1], 16), int(f[2]), f[7]
+    off = offset(value)
+    if off is None or fsize == 0:
+        continue
+    if any(p in cached for p in range(off // PAGE, (off + fsize - 1) // PAGE + 1)):
+        hot.append((value, name))
+hot.sort()
+
+# Symbols are v0-mangled (.cargo/config.toml): a generic function's name
+# has its type arguments, and each crate's hash (Cs<base62>_), which changes
+# with its version or the toolchain: the pattern leaves those out. LLVM's
+# numbered copies (name.12) are matched by their stem.
+patterns, seen = [], set()
+for _, name in hot:
+    base = re.sub(r"(\.\d+)+$", "", name)
+    stem = re.sub(r"Cs[0-9a-zA-Z]*_", "Cs*_", base) if base.startswith("_R") else base
+    if base != name:
+        stem += "*"
+    if stem not in seen:
+        seen.add(stem)
+        patterns.append(stem)
+
+with open(out, "w") as f:
+    f.write("""\
+/* The shim's hot text: generated by bench/hot-text.sh, do not edit.
+
+   The functions a pod's shim runs (its server, a container's create, start,
+   stats, exec, kill and delete, and libcontainer's processes), laid out
+   together at the start of the text. The kernel maps a file's cached pages
+   64 KiB at a time around each fault (fault-around), so code spread over the
+   whole text made most of it resident in every shim; packed, the shim's
+   resident text is about the size of what it runs. Linked into the shim by
+   sandbox/build.rs; a pattern that no longer matches costs nothing. */
+SECTIONS {
+  .text.hot : {
+""")
+    for p in patterns:
+        f.write("    *(.text.%s .text.unlikely.%s)\n" % (p, p))
+    f.write("  }\n} INSERT BEFORE .text;\n")
+print("%d of %d pages cached; %d hot functions, %d patterns -> %s"
+      % (len(cached), pages, len(hot), len(patterns), out))
+EOF

@@ -125,7 +125,8 @@ fn the_functions_a_shim_runs_come_first_in_its_text() {
     assert!(
         found * 10 >= patterns.len() * 8,
         "only {found} of hot-text.ld's {} patterns name a function of the shim: \
-         remake it with bench/hot-text.sh",
+         remake it with bench/hot-text.sh (or, if none do, the symbols are not v0: \
+         a RUSTFLAGS in the environment replaces .cargo/config.toml's rustflags)",
         patterns.len()
     );
 

@@ -14,6 +14,8 @@
 # `streaming` and `hardened` need; bench/hot-text.py reads the page cache
 # and writes the script.
 # Usage: bench/hot-text.sh [scratch dir, default /var/tmp/caisson-hot-text]
+# The scratch dir keeps the profiling build (about 3 GB, reused by the next
+# run) and the benchmarks' output; the loop device and its image are removed.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/var/tmp/caisson-hot-text}

@@ -151,12 +151,17 @@ struct Side {
     total: Latency,
     shim_pod_only: Memory,
     shim: Memory,
+    /// The shim's RSS by mapping (pod + 1 container), largest first.
+    shim_mappings: Vec<(String, u64)>,
     pause: Memory,
     events: usize,
     /// Cgroup hierarchies the running container was placed in.
     hierarchies: Vec<String>,
     shim_exit: Duration,
 }
+
+/// How many of a shim's largest mappings the table lists (the JSON has all).
+const MAPPINGS_SHOWN: usize = 12;
 
 /// Runs the benchmark, prints the table and writes the JSON if asked.
 pub fn bench(opts: &Options) -> Result<()> {
@@ -262,6 +267,10 @@ fn measure(
         running.push(pod.start_container(&id, &dir)?.0);
     }
     let memory = pods.iter().map(Pod::memory).collect::<Result<Vec<_>>>()?;
+    let mappings = pods
+        .iter()
+        .map(|pod| procfs::rss_by_mapping(pod.shim_pid))
+        .collect::<Result<Vec<_>>>()?;
     let hierarchies = pods
         .iter()
         .zip(&running)
@@ -278,8 +287,9 @@ fn measure(
         .zip(timings)
         .zip(pod_only)
         .zip(memory)
+        .zip(mappings)
         .zip(hierarchies);
-    for ((((pod, timings), pod_only), (shim_mem, pause_mem)), hierarchies) in all {
+    for (((((pod, timings), pod_only), (shim_mem, pause_mem)), shim_mappings), hierarchies) in all {
         let shim = pod.shim;
         let teardown = pod.close()?;
         let series = |f: fn(&Timing) -> Duration| Latency::of(timings.iter().map(f).collect());
@@ -292,6 +302,7 @@ fn measure(
             total: series(|t| t.total),
             shim_pod_only: pod_only,
             shim: shim_mem,
+            shim_mappings,
             pause: pause_mem,
             events: shim.events_forwarded(),
             hierarchies,
@@ -376,6 +387,19 @@ fn print(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanup)
         Some(caisson.pause.vm_rss),
         Some(runc.pause.vm_rss),
     );
+    for side in sides {
+        let shown: Vec<String> = side
+            .shim_mappings
+            .iter()
+            .take(MAPPINGS_SHOWN)
+            .map(|(object, kib)| format!("{object} {kib}"))
+            .collect();
+        println!(
+            "  {} shim's RSS by mapping, KiB: {}",
+            side.name,
+            shown.join(", ")
+        );
+    }
     println!();
     println!(
         "  events forwarded: caisson {}, runc {}; shim exit after Shutdown: caisson {:.1} ms, runc {:.1} ms",
@@ -414,6 +438,7 @@ fn to_json(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanu
             "memory": {
                 "shim_pod_only": s.shim_pod_only.json(),
                 "shim_pod_and_one_container": s.shim.json(),
+                "shim_rss_kib_by_mapping": s.shim_mappings.iter().map(|(o, k)| json!([o, k])).collect::<Vec<_>>(),
                 "pause": s.pause.json(),
             },
             "events_forwarded": s.events,

@@ -154,3 +154,29 @@ fn the_functions_a_shim_runs_come_first_in_its_text() {
         "microvm::console_tail in .text.hot"
     );
 }
+
+/// The shim defines the two libm functions it calls (`pow`, `log2`, in
+/// containerd-shim-caisson-v2.rs), so the link drops libm.so.6 and no shim
+/// maps it. A new call into
+/// libm (an `f64::exp`, say, in a dependency) brings the library back: this
+/// fails then.
+#[test]
+fn the_shim_does_not_load_libm() {
+    let dynamic = readelf("-d");
+    let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
+    assert!(
+        needed.iter().any(|l| l.contains("libc.so")),
+        "readelf -d shows no NEEDED libc: {dynamic}"
+    );
+    assert!(
+        !needed.iter().any(|l| l.contains("libm.so")),
+        "the shim needs libm.so.6 again ({needed:?}): `readelf -V` on it names what it \
+         imports from libm; define that beside pow and log2 in containerd-shim-caisson-v2.rs"
+    );
+    for defined in ["pow", "log2"] {
+        assert!(
+            functions().iter().any(|(n, _)| n == defined),
+            "no {defined} defined in the shim"
+        );
+    }
+}

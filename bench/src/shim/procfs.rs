@@ -50,6 +50,56 @@ impl Memory {
     }
 }
 
+/// Where a process's resident memory is: `Rss` from `/proc/<pid>/smaps`,
+/// summed per mapped object and permissions (`libc.so.6 r-xp`; `[heap]`,
+/// `[stack]`, and `[anon]` for unnamed anonymous mappings), largest first.
+pub fn rss_by_mapping(pid: u32) -> Result<Vec<(String, u64)>> {
+    let path = format!("/proc/{pid}/smaps");
+    let text = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    Ok(parse_rss_by_mapping(&text))
+}
+
+fn parse_rss_by_mapping(smaps: &str) -> Vec<(String, u64)> {
+    let mut sums: Vec<(String, u64)> = Vec::new();
+    let mut current: Option<usize> = None;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // A mapping's header: "start-end perms offset dev inode [path]".
+        let header = fields.first().is_some_and(|f| {
+            f.split_once('-').is_some_and(|(a, b)| {
+                !a.is_empty()
+                    && a.chars().all(|c| c.is_ascii_hexdigit())
+                    && b.chars().all(|c| c.is_ascii_hexdigit())
+            })
+        }) && fields.len() >= 5;
+        if header {
+            let object = fields
+                .get(5)
+                .map_or("[anon]", |p| p.rsplit('/').next().unwrap_or(p));
+            let key = if object.starts_with('[') {
+                object.to_string()
+            } else {
+                format!("{object} {}", fields[1])
+            };
+            current = Some(match sums.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    sums.push((key, 0));
+                    sums.len() - 1
+                }
+            });
+        } else if let (Some(i), Some(&"Rss:")) = (current, fields.first()) {
+            sums[i].1 += fields
+                .get(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    sums.retain(|(_, kib)| *kib > 0);
+    sums.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    sums
+}
+
 /// Waits until `pid` has exited (a zombie counts: this VM's init may not
 /// reap orphans), on its pidfd rather than by polling /proc.
 pub fn wait_exit(pid: u32, deadline: Duration) -> Result<()> {
@@ -174,6 +224,37 @@ mod tests {
             ["", "cpu,cpuacct", "name=systemd", "pids"]
         );
         assert!(parse_hierarchies_in(text, "/caisson-bench/c2").is_empty());
+    }
+
+    #[test]
+    fn sums_rss_per_object_and_permissions() {
+        let smaps = "\
+5600-5700 r--p 00000000 fe:01 12 /usr/bin/shim
+Size:                 64 kB
+Rss:                  12 kB
+5700-5800 r-xp 00001000 fe:01 12 /usr/bin/shim
+Rss:                  40 kB
+7f00-7f10 r-xp 00000000 fe:01 13 /usr/lib/libc.so.6
+Rss:                  30 kB
+7f20-7f30 rw-p 00000000 00:00 0
+Rss:                   8 kB
+7f30-7f40 rw-p 00000000 00:00 0
+Rss:                   4 kB
+7f40-7f50 r--p 00000000 fe:01 13 /usr/lib/libc.so.6
+Rss:                   0 kB
+7ffd-7ffe rw-p 00000000 00:00 0 [stack]
+Rss:                  20 kB
+";
+        assert_eq!(
+            super::parse_rss_by_mapping(smaps),
+            vec![
+                ("shim r-xp".to_string(), 40),
+                ("libc.so.6 r-xp".to_string(), 30),
+                ("[stack]".to_string(), 20),
+                ("[anon]".to_string(), 12),
+                ("shim r--p".to_string(), 12),
+            ]
+        );
     }
 
     #[test]

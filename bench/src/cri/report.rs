@@ -125,6 +125,8 @@ pub struct MemoryReport {
     pub cgroups_with_pods: Vec<PathBuf>,
     /// The same pods' bring-up, one after another (RunPodSandbox to StartContainer).
     pub pods_total: Latency,
+    /// Those bring-up times in the order the pods came up.
+    pub pods_in_order: Vec<Duration>,
     /// The daemon's CPU time over a window with the pods running and no
     /// calls, in % of one CPU (`--density`).
     pub idle_cpu: Option<f64>,
@@ -410,6 +412,12 @@ pub fn print(opts: &Options, sides: &[Side]) {
             ms(side.exit),
             if side.killed { " (killed)" } else { "" }
         );
+        if let Some((k, first, last)) = first_and_last(&side.memory.pods_in_order) {
+            println!(
+                "    the first {k} pods' median {first:.1} ms, the last {k}'s {last:.1} ms \
+                 (what the pods already running add to a pod's start)"
+            );
+        }
         println!(
             "    {} cgroups below its cgroup parent (all hierarchies) while the {} pods ran; \
              {} shim helper processes counted with the shims",
@@ -452,6 +460,7 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
             "latency": s.phases.json(),
             "memory_kib": memory,
             "pods_bring_up": s.memory.pods_total.json(),
+            "pods_bring_up_in_order_ms": s.memory.pods_in_order.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
             "cgroups_while_pods_ran": s.memory.cgroups_with_pods.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
             "phases": s.breakdown.as_ref().map(|b| b.json()),
             "burst": Burst::median(&s.bursts).as_ref().map(Burst::json),
@@ -499,8 +508,43 @@ pub fn to_json(opts: &Options, sides: &[Side], config: &Value) -> Value {
     out
 }
 
+/// The median bring-up of the first and of the last `k` pods of a series
+/// (`k` a quarter of it, at most 10), in ms; `None` under 8 pods.
+fn first_and_last(in_order: &[Duration]) -> Option<(usize, f64, f64)> {
+    if in_order.len() < 8 {
+        return None;
+    }
+    let k = (in_order.len() / 4).min(10);
+    let median = |part: &[Duration]| ms(crate::measure::median(part.to_vec()));
+    Some((
+        k,
+        median(&in_order[..k]),
+        median(&in_order[in_order.len() - k..]),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn first_and_last_pods_of_a_series() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|&m| std::time::Duration::from_millis(m))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(super::first_and_last(&ms(&[1, 2, 3, 4, 5, 6, 7])), None);
+        // 8 pods: the first and last two.
+        assert_eq!(
+            super::first_and_last(&ms(&[30, 32, 90, 90, 90, 90, 50, 60])),
+            Some((2, 31.0, 55.0))
+        );
+        // 80 pods: ten at each end.
+        let mut series = vec![35; 10];
+        series.extend(vec![45; 60]);
+        series.extend(vec![60; 10]);
+        assert_eq!(super::first_and_last(&ms(&series)), Some((10, 35.0, 60.0)));
+    }
+
     use super::*;
 
     #[test]

@@ -106,3 +106,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// libcgroups 0.7's cgroup v2 conversion of CPU shares to a weight (its
+    /// `v2::cpu`), the one use of [`super::pow`] and [`super::log2`].
+    fn weight(shares: u64) -> u64 {
+        let log_shares = super::log2(shares as f64);
+        let exponent = (log_shares * log_shares + 125.0 * log_shares) / 612.0 - 7.0 / 34.0;
+        super::pow(10.0, exponent).ceil() as u64
+    }
+
+    #[test]
+    fn pow_and_log2_give_the_weights_glibcs_libm_gives() {
+        // Computed with glibc 2.36's libm: 1024 shares is exactly weight 100
+        // there, where a result one ulp high would round up to 101.
+        for (shares, expected) in [
+            (3, 2),
+            (100, 17),
+            (512, 59),
+            (1024, 100),
+            (4096, 303),
+            (100_000, 4340),
+            (262_143, 10_000),
+        ] {
+            assert_eq!(weight(shares), expected, "weight of {shares} shares");
+        }
+        let close = |a: f64, b: f64| (a - b).abs() <= f64::EPSILON * b.abs();
+        assert!(close(super::pow(10.0, 0.5), 3.162_277_660_168_379_5));
+        assert!(close(super::log2(3.0), 1.584_962_500_721_156));
+        assert_eq!(super::log2(1024.0), 10.0);
+        assert_eq!(super::pow(2.0, 10.0), 1024.0);
+    }
+}

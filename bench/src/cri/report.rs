@@ -525,27 +525,27 @@ fn first_and_last(in_order: &[Duration]) -> Option<(usize, f64, f64)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn first_and_last_pods_of_a_series() {
-        let ms = |v: &[u64]| {
+        let durations = |v: &[u64]| {
             v.iter()
-                .map(|&m| std::time::Duration::from_millis(m))
+                .map(|&m| Duration::from_millis(m))
                 .collect::<Vec<_>>()
         };
-        assert_eq!(super::first_and_last(&ms(&[1, 2, 3, 4, 5, 6, 7])), None);
+        assert_eq!(first_and_last(&durations(&[1, 2, 3, 4, 5, 6, 7])), None);
         // 8 pods: the first and last two.
         assert_eq!(
-            super::first_and_last(&ms(&[30, 32, 90, 90, 90, 90, 50, 60])),
+            first_and_last(&durations(&[30, 32, 90, 90, 90, 90, 50, 60])),
             Some((2, 31.0, 55.0))
         );
         // 80 pods: ten at each end.
         let mut series = vec![35; 10];
         series.extend(vec![45; 60]);
         series.extend(vec![60; 10]);
-        assert_eq!(super::first_and_last(&ms(&series)), Some((10, 35.0, 60.0)));
+        assert_eq!(first_and_last(&durations(&series)), Some((10, 35.0, 60.0)));
     }
-
-    use super::*;
 
     #[test]
     fn bursts_summarise_as_each_figures_median() {

@@ -21,6 +21,7 @@ use containerd_shim_protos::shim_async::TaskClient;
 use containerd_shim_protos::{create_events, Events};
 use tokio::sync::mpsc::UnboundedSender;
 
+use caisson_sandbox::host::pod_view::{roots_env, ROOTS_ENV};
 use caisson_sandbox::shim;
 
 use crate::status::{from_ttrpc, CriError, CriResult};
@@ -35,6 +36,10 @@ pub struct ShimManager {
     pub events_address: String,
     /// The CRIU shims run for checkpoints (`CAISSON_CRIU_PATH`).
     pub criu_path: PathBuf,
+    /// The dirs holding the pods' mounts, each a mount point of its own
+    /// (`CAISSON_POD_MOUNT_ROOTS`, see `caisson_sandbox::host::pod_view`):
+    /// set by [`crate::runtime::Runtime::new`].
+    pub pod_mount_roots: Vec<PathBuf>,
 }
 
 impl ShimManager {
@@ -44,6 +49,9 @@ impl ShimManager {
             .env("TTRPC_ADDRESS", &self.events_address)
             .env("CAISSON_BACKEND", backend)
             .env(caisson_sandbox::checkpoint::CRIU_PATH_ENV, &self.criu_path);
+        if !self.pod_mount_roots.is_empty() {
+            cmd.env(ROOTS_ENV, roots_env(&self.pod_mount_roots));
+        }
         cmd
     }
 

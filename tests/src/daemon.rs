@@ -251,18 +251,7 @@ impl Drop for Caissond {
         if self.child.is_some() {
             self.remove_all_pods();
         }
-        if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.terminate();
         // Shims, pause and container processes a failed test left behind.
         for pid in self.processes().into_keys() {
             let _ = nix::sys::signal::kill(
@@ -640,6 +629,40 @@ impl Caissond {
         self.dir.path().join("run/pods")
     }
 
+    /// The dirs caissond keeps its pods' mounts below, each a mount point
+    /// of its own while it runs (no pod's: [`Caissond::footprint`] leaves
+    /// them out).
+    pub fn standing_mounts(&self) -> [PathBuf; 2] {
+        [self.pods_dir(), self.dir.path().join("run/netns")]
+    }
+
+    /// How many mounts are stacked at `path` (the mount table's lines
+    /// naming it as their mount point).
+    pub fn mounts_at(path: &Path) -> usize {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(&*path.display().to_string()))
+            .count()
+    }
+
+    /// Stops caissond with SIGTERM, as an operator would, and reaps it; its
+    /// pods keep running. [`Caissond::respawn`] starts it again.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("root/state")
     }
@@ -936,11 +959,12 @@ impl Caissond {
         // event loop at any moment: a temp file is not a leftover.
         paths.retain(|p| !(p.starts_with("root/state/") && p.contains("/.tmp-")));
         let prefix = root.display().to_string();
+        let standing = self.standing_mounts();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix))
+            .filter(|m| m.starts_with(&prefix) && !standing.iter().any(|s| Path::new(m) == s))
             .map(String::from)
             .collect();
         let mut cgroups = BTreeSet::new();

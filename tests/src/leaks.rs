@@ -40,6 +40,9 @@ pub struct Scope {
     pub subnets: Vec<String>,
     /// Paths below `dirs` that are not the daemon's (a test's own files).
     pub ignore: Vec<PathBuf>,
+    /// The daemon's standing mount points (the dirs it keeps its pods'
+    /// mounts below, each a mount point while it runs): no pod's.
+    pub standing: Vec<PathBuf>,
 }
 
 impl Scope {
@@ -54,6 +57,10 @@ impl Scope {
             networks: vec![],
             subnets: vec![],
             ignore: vec![],
+            standing: vec![
+                d.dir.path().join("run/pods"),
+                d.dir.path().join("run/netns"),
+            ],
         }
     }
 
@@ -148,7 +155,9 @@ impl HostState {
             let fields: Vec<&str> = line.split(' ').collect();
             let Some(point) = fields.get(4) else { continue };
             let p = Path::new(point);
-            if scope.ignore.iter().any(|i| p == i || p.starts_with(i)) {
+            if scope.ignore.iter().any(|i| p == i || p.starts_with(i))
+                || scope.standing.iter().any(|s| p == s)
+            {
                 continue;
             }
             if scope.dirs.iter().any(|d| p.starts_with(d) && p != d) {

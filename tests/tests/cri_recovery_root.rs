@@ -72,6 +72,15 @@ fn restart_keeps_running_containers_and_records_exits_missed_while_down() {
     let shims = d.shim_pids();
     assert_eq!(shims.len(), 1, "{:?}", d.processes());
     let before = list_containers(&d);
+    // The pods' mounts are below mount points of caissond's own.
+    let standing = d.standing_mounts();
+    let pinned = || {
+        standing
+            .iter()
+            .map(|s| Caissond::mounts_at(s))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(pinned(), [1, 1], "{standing:?}");
 
     // caissond dies; while it is down, one container exits with code 5.
     d.sigkill();
@@ -124,12 +133,21 @@ fn restart_keeps_running_containers_and_records_exits_missed_while_down() {
     assert_eq!(d.container_status(&quit).exit_code, 5);
     assert_eq!(d.container_status(&keep).exit_code, 143);
     assert_eq!(d.container_status(&late).exit_code, 9);
+    // SIGTERM with a pod running: its mount points stay for the next
+    // caissond, which takes them as they are (one mount each, not two).
+    d.terminate();
+    assert_eq!(pinned(), [1, 1], "{standing:?}");
+    d.respawn();
+    assert_eq!(pinned(), [1, 1], "{standing:?}");
 
     d.stop_pod(&pod);
     d.remove_pod(&pod);
     wait_gone(shims[0], "the shim");
     wait_gone(pause, "pause");
     assert_all_gone(&d, &pod);
+    // No pod left: stopping unmounts them.
+    d.terminate();
+    assert_eq!(pinned(), [0, 0], "{standing:?}");
 }
 
 #[test]

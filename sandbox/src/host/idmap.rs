@@ -27,20 +27,17 @@
 //! per pod and break layer sharing). An operator on such a kernel uses the
 //! `native` handler.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use crate::host::mount_fd::{self, clone_tree, cpath};
 use crate::host::mountinfo::{self, MountEntry};
 
-const OPEN_TREE_CLONE: libc::c_uint = 1;
 const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
 const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 
 /// `struct mount_attr` (<linux/mount.h>).
 #[repr(C)]
@@ -79,10 +76,6 @@ pub fn make_read_only_recursive(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::other("path has a NUL byte"))
 }
 
 /// Why idmapping failed, for the error the task gets.
@@ -132,29 +125,17 @@ fn clone_idmapped_at(
         path: shown.clone(),
         source,
     };
-    let recursive = if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: a valid C string; returns a new fd or -1.
-    let tree = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            dirfd,
-            c_path.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive | flags,
-        )
-    };
-    if tree < 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::ENOSYS) {
+    let tree = clone_tree(dirfd, c_path, flags, recursive).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOSYS) {
             IdmapError::Unsupported {
-                path: shown,
+                path: shown.clone(),
                 source: e,
             }
         } else {
             io_err("open_tree", e)
-        });
-    }
-    // SAFETY: just returned by open_tree.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+        }
+    })?;
+    let recursive = if recursive { AT_RECURSIVE } else { 0 };
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP | extra,
         attr_clr: 0,
@@ -210,28 +191,11 @@ pub fn bind_idmapped(
 
 /// Attaches a detached mount `tree` at `target`.
 fn attach(tree: &OwnedFd, target: &Path) -> Result<(), IdmapError> {
-    let io_err = |source: io::Error| IdmapError::Io {
+    mount_fd::attach(tree, target).map_err(|source| IdmapError::Io {
         step: "move_mount",
         path: target.display().to_string(),
         source,
-    };
-    let c = cpath(target).map_err(io_err)?;
-    let empty = c"";
-    // SAFETY: valid fds and C strings.
-    let moved = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if moved < 0 {
-        return Err(io_err(io::Error::last_os_error()));
-    }
-    Ok(())
+    })
 }
 
 /// The topmost mount at a path (`/proc/self/mountinfo`).

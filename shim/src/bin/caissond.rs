@@ -110,6 +110,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         run_dir: config.shim_run_dir(),
         events_address: format!("unix://{}", events_socket.display()),
         criu_path: caisson_sandbox::checkpoint::criu_path(Some(&config.checkpoint.criu_path)),
+        pod_mount_roots: Vec::new(),
     };
     let socket = config.socket.clone();
     let rt = Runtime::new(config, images.clone(), shims, pause_binary)
@@ -127,7 +128,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down (containers keep running)");
     };
-    let served = caisson_shim::server::serve(&socket, rt, images, shutdown).await;
+    let served = caisson_shim::server::serve(&socket, rt.clone(), images, shutdown).await;
+    rt.release_pod_mount_roots();
     // Shims reconnect to the next caissond's socket at the same path.
     let _ = std::fs::remove_file(&events_socket);
     served

@@ -60,6 +60,7 @@ use crate::backend::{
 use crate::host::cgroups;
 use crate::host::forker::{ForkError, ForkServer};
 use crate::host::pidfd::Pidfd;
+use crate::host::pod_view::PodView;
 use crate::host::reaper::{ForkGuard, Reaped, Reaper};
 use crate::host::stdio::HeldStdio;
 use crate::host::userns::PendingExec;
@@ -118,6 +119,8 @@ pub struct NativeBackend {
     forker: ForkServer,
     /// Tasks created from a checkpoint, restored at start.
     restores: checkpoint::Restores,
+    /// Where caissond keeps its pods' mounts ([`PodView`]).
+    pod_mount_roots: Vec<PathBuf>,
 }
 
 impl NativeBackend {
@@ -156,7 +159,15 @@ impl NativeBackend {
             tasks: Arc::new(Tasks::default()),
             forker,
             restores: checkpoint::Restores::default(),
+            pod_mount_roots: crate::host::pod_view::roots_from_env(),
         })
+    }
+
+    /// Builds of tasks whose bundles are below `roots` see their pod's
+    /// view of the node's mounts ([`PodView`]); the shim sets them from
+    /// `CAISSON_POD_MOUNT_ROOTS`.
+    pub fn set_pod_mount_roots(&mut self, roots: Vec<PathBuf>) {
+        self.pod_mount_roots = roots;
     }
 
     /// Where libcontainer keeps its state (one directory per task).
@@ -291,15 +302,20 @@ impl NativeBackend {
         let guard = self.reaper.lock();
         let stdio = prepare_stdio(id, &task.stdio)?;
         let (request_stdio, child_stdio, pending) = into_request(stdio);
+        // The server resolves paths from the directory it started in.
+        let bundle = std::path::absolute(&task.bundle)
+            .map_err(|e| failed("create", id, format!("bundle path: {e}")))?;
+        let view = (!prepared.shared_rootfs)
+            .then(|| PodView::for_bundle(&self.pod_mount_roots, &bundle))
+            .flatten();
         let request = ForkRequest::CreateInit {
             id: id.to_string(),
             state_root: self.state_root.clone(),
-            // The server resolves paths from the directory it started in.
-            bundle: std::path::absolute(&task.bundle)
-                .map_err(|e| failed("create", id, format!("bundle path: {e}")))?,
+            bundle,
             stdio: request_stdio,
             netns: extras.fork_netns.clone(),
             net_sysctls: extras.net_sysctls,
+            view: view.clone(),
         };
         // The returned pid is this process's child, not reaped while the
         // guard is held.
@@ -349,6 +365,7 @@ impl NativeBackend {
                 oom_score_adj: prepared.oom_score_adj,
                 fork_netns: extras.fork_netns,
                 exec_userns: extras.exec_userns,
+                view,
                 pending_exec: None,
                 execs: HashMap::new(),
             },
@@ -548,7 +565,7 @@ impl Backend for NativeBackend {
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
         self.settle_execs();
-        let (exec, default_oom, fork_netns, exec_userns) = {
+        let (exec, default_oom, fork_netns, exec_userns, view) = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
             let exec = task
@@ -570,6 +587,7 @@ impl Backend for NativeBackend {
                 task.oom_score_adj,
                 task.fork_netns.clone(),
                 task.exec_userns.clone(),
+                task.view.clone(),
             )
         };
         let mut process = exec.process.clone();
@@ -598,6 +616,7 @@ impl Backend for NativeBackend {
             stdio: request_stdio,
             netns: fork_netns,
             userns: exec_userns,
+            view,
         };
         let built = self
             .forker

@@ -25,6 +25,7 @@ use crate::backend::hardened::exec_userns::BuildScope;
 use crate::backend::{Result, Stdio};
 use crate::host::executor::{CleanSignals, EXEC_SECCOMP_ANNOTATION};
 use crate::host::forker::{self, RefusalKind, Refused};
+use crate::host::pod_view::PodView;
 use crate::host::stdio::{ChildStdio, PendingStdio, PrepareError, PreparedStdio};
 
 /// One request to the fork server.
@@ -45,6 +46,10 @@ pub(super) enum ForkRequest {
         /// [`super::CreateExtras`]).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         net_sysctls: BTreeMap<String, String>,
+        /// The node's mounts the build sees ([`PodView`]); all of them
+        /// when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        view: Option<PodView>,
     },
     /// `ContainerBuilder::as_tenant()`: runs `process_json` in container `id`.
     Exec {
@@ -59,6 +64,8 @@ pub(super) enum ForkRequest {
         /// ([`crate::backend::hardened::exec_userns`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         userns: Option<ExecUserns>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        view: Option<PodView>,
     },
 }
 
@@ -162,14 +169,22 @@ pub fn serve_fork_requests() -> std::result::Result<(), String> {
 }
 
 fn build(mut request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32, Refused> {
-    let (netns, sysctls) = match &mut request {
+    let (netns, sysctls, view) = match &mut request {
         ForkRequest::CreateInit {
-            netns, net_sysctls, ..
-        } => (netns.clone(), std::mem::take(net_sysctls)),
-        ForkRequest::Exec { netns, .. } => (netns.clone(), BTreeMap::new()),
+            netns,
+            net_sysctls,
+            view,
+            ..
+        } => (netns.clone(), std::mem::take(net_sysctls), view.take()),
+        ForkRequest::Exec { netns, view, .. } => (netns.clone(), BTreeMap::new(), view.take()),
+    };
+    // The network namespace is opened before the view hides its pin.
+    let build_in_view = |request, fds| match &view {
+        Some(view) => view.run(|| build_here(request, fds)),
+        None => build_here(request, fds),
     };
     let Some(netns) = netns else {
-        return build_here(request, fds);
+        return build_in_view(request, fds);
     };
     // The build's processes inherit this thread's network namespace; the
     // server goes back to its own afterwards.
@@ -189,7 +204,7 @@ fn build(mut request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u32
     })?;
     let built = crate::host::userns_spec::write_net_sysctls(&sysctls)
         .map_err(|e| Refused::new(RefusalKind::Failed, format!("{}: {e}", netns.display())))
-        .and_then(|()| build_here(request, fds));
+        .and_then(|()| build_in_view(request, fds));
     if let Err(e) = nix::sched::setns(&own, nix::sched::CloneFlags::CLONE_NEWNET) {
         // A server left in a pod's namespace must not serve another build.
         tracing::error!(error = %e, "could not return to the fork server's network namespace");
@@ -208,6 +223,7 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             stdio,
             netns: _,
             net_sysctls: _,
+            view: _,
         } => {
             let _scope = BuildScope::init();
             let began = std::time::Instant::now();
@@ -240,6 +256,7 @@ fn build_here(request: ForkRequest, fds: Vec<OwnedFd>) -> std::result::Result<u3
             stdio,
             netns: _,
             userns,
+            view: _,
         } => {
             let userns = userns.as_ref().map(ExecUserns::open).transpose()?;
             // Until the build returns: the exec process is a copy of this
@@ -445,6 +462,7 @@ mod tests {
             },
             netns: None,
             userns: None,
+            view: None,
         };
         let json = serde_json::to_value(&request).unwrap();
         assert_eq!(

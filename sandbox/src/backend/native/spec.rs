@@ -132,6 +132,10 @@ pub(crate) struct PreparedSpec {
     pub cgroup_path: PathBuf,
     /// The init's (sanitised) `oomScoreAdj`, inherited by its execs.
     pub oom_score_adj: Option<i32>,
+    /// `linux.rootfsPropagation` is shared (a BIDIRECTIONAL volume): its
+    /// builds see the node's own mount namespace, not a pod's view of it
+    /// ([`crate::host::pod_view`]).
+    pub shared_rootfs: bool,
 }
 
 /// Annotations only Caisson's backends set, read by the executor inside
@@ -303,9 +307,15 @@ pub(crate) fn prepare_bundle(
             reason: format!("{}: {e}", path.display()),
         })?;
     }
+    let shared_rootfs = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .is_some_and(|p| matches!(p, "shared" | "rshared"));
     Ok(PreparedSpec {
         cgroup_path,
         oom_score_adj,
+        shared_rootfs,
     })
 }
 

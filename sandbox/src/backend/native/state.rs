@@ -59,6 +59,8 @@ pub(super) struct Task {
     pub(super) fork_netns: Option<PathBuf>,
     /// The user namespace this task's execs join (hardened).
     pub(super) exec_userns: Option<super::ExecUserns>,
+    /// The node's mounts this task's builds see (its pod's view).
+    pub(super) view: Option<crate::host::pod_view::PodView>,
     /// Started, in a user namespace of its own, and maybe not exec'd yet
     /// (until then the kernel refuses its namespaces to its pod's other
     /// processes): the next create or exec start waits for it first.

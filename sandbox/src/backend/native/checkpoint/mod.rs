@@ -454,6 +454,7 @@ impl NativeBackend {
                         oom_score_adj,
                         fork_netns: None,
                         exec_userns: None,
+                        view: None,
                         pending_exec: None,
                         execs: HashMap::new(),
                     },

@@ -1,0 +1,230 @@
+//! A build's view of the node's mounts (`host::pod_view`) against the real
+//! kernel (needs root): its own pod's mounts and none of another pod's,
+//! mounts the node made since, the node's namespace back afterwards, and a
+//! container of the native backend built in it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use caisson_sandbox::backend::native::NativeBackend;
+use caisson_sandbox::backend::{Backend, Stdio, TaskKind};
+use caisson_sandbox::host::mountinfo;
+use caisson_sandbox::host::pod_view::{pin_roots, unpin_roots, PodView};
+use nix::mount::{MntFlags, MsFlags};
+use oci_spec::runtime::MountBuilder;
+
+mod support;
+
+use support::unique;
+
+type Harness = support::Harness<NativeBackend>;
+
+/// A node's pods' mounts in `dir`: `pods/<pod>/shm` tmpfs (each holding a
+/// file named after its pod) and `netns/<pod>` pins, below `pods` and
+/// `netns` made mount points by [`pin_roots`]. Unmounts all of it when
+/// dropped, even if the test failed.
+struct Node {
+    roots: Vec<PathBuf>,
+    mounted: Vec<PathBuf>,
+}
+
+impl Node {
+    fn new(dir: &Path, pods: &[&str]) -> Node {
+        let roots = vec![dir.join("pods"), dir.join("netns")];
+        for root in &roots {
+            fs::create_dir_all(root).unwrap();
+        }
+        let pinned = pin_roots(&roots, &mountinfo::read().unwrap());
+        assert_eq!(pinned, roots, "both made mount points");
+        let mut node = Node {
+            roots,
+            mounted: Vec::new(),
+        };
+        for pod in pods {
+            let shm = node.roots[0].join(pod).join("shm");
+            node.tmpfs(&shm);
+            fs::write(shm.join(pod), pod).unwrap();
+            let pin = node.roots[1].join(pod);
+            fs::write(&pin, "").unwrap();
+            nix::mount::mount(
+                Some("/proc/self/ns/net"),
+                &pin,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .unwrap();
+            node.mounted.push(pin);
+        }
+        node
+    }
+
+    fn tmpfs(&mut self, at: &Path) {
+        fs::create_dir_all(at).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            at,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        self.mounted.push(at.to_path_buf());
+    }
+
+    fn view(&self, bundle: &Path) -> PodView {
+        PodView::for_bundle(&self.roots, bundle).unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for m in self.mounted.iter().rev() {
+            let _ = nix::mount::umount2(m, MntFlags::MNT_DETACH);
+        }
+        unpin_roots(&self.roots, &mountinfo::read().unwrap_or_default());
+    }
+}
+
+/// The mount points `view` shows `f`'s thread, read in it; and whether the
+/// thread's mount namespace and working directory were its own again after.
+fn seen_in(view: &PodView) -> (Vec<PathBuf>, bool) {
+    let view = view.clone();
+    std::thread::spawn(move || {
+        let ns = || fs::read_link("/proc/thread-self/ns/mnt").unwrap();
+        let before = (ns(), std::env::current_dir().unwrap());
+        let seen = view.run(|| {
+            let text = fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+            mountinfo::parse(&text)
+                .into_iter()
+                .map(|m| m.mount_point)
+                .collect::<Vec<_>>()
+        });
+        let after = (ns(), std::env::current_dir().unwrap());
+        (seen, before == after)
+    })
+    .join()
+    .unwrap()
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn a_pods_view_has_its_mounts_and_not_another_pods() {
+    if !is_root() {
+        eprintln!("skipped: needs root (mount namespaces)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let mut node = Node::new(&dir, &["mine", "other"]);
+    let view = node.view(&dir.join("pods/mine/containers/c1"));
+    let (pods, netns) = (dir.join("pods"), dir.join("netns"));
+
+    let (seen, restored) = seen_in(&view);
+    assert!(
+        restored,
+        "the thread's mount namespace and cwd are its own again"
+    );
+    for kept in [pods.join("mine/shm"), netns.join("mine")] {
+        assert!(seen.contains(&kept), "{} kept: {seen:?}", kept.display());
+    }
+    for hidden in [
+        pods.join("other/shm"),
+        netns.join("other"),
+        pods.clone(),
+        netns.clone(),
+    ] {
+        assert!(
+            !seen.contains(&hidden),
+            "{} hidden: {seen:?}",
+            hidden.display()
+        );
+    }
+    // The node's table is as it was.
+    let node_now: Vec<PathBuf> = mountinfo::read()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.mount_point)
+        .collect();
+    for m in [
+        pods.join("other/shm"),
+        netns.join("other"),
+        pods.join("mine/shm"),
+        pods.clone(),
+    ] {
+        assert!(
+            node_now.contains(&m),
+            "{} still mounted on the node",
+            m.display()
+        );
+    }
+
+    // A mount the node makes later (a volume kubelet mounts after the pod
+    // started) is in the next view.
+    node.tmpfs(&pods.join("mine/late"));
+    let (seen, _) = seen_in(&view);
+    assert!(seen.contains(&pods.join("mine/late")), "{seen:?}");
+
+    // Roots that are not mount points hide nothing, and the build still runs.
+    let unpinned = PodView {
+        hide: vec![dir.join("pods/mine")],
+        keep: vec![dir.join("pods/mine/none")],
+    };
+    let (seen, restored) = seen_in(&unpinned);
+    assert!(restored);
+    assert!(seen.contains(&pods.join("other/shm")), "{seen:?}");
+}
+
+#[test]
+fn a_container_built_in_its_pods_view_sees_none_of_another_pods_mounts() {
+    let mut h = Harness::new();
+    let node = Node::new(&h.dir.path().canonicalize().unwrap(), &["mine", "other"]);
+    let pods = node.roots[0].clone();
+    // The container binds the whole pods dir (a hostPath of it): its own
+    // pod's shm has its file, the other pod's shm is an empty dir.
+    let script = "test \"$(cat /pods/mine/shm/mine)\" = mine && test ! -e /pods/other/shm/other";
+    let bundle_in = |name: &str| {
+        let bundle = h.bundle(
+            &format!("pods/mine/containers/{name}"),
+            &["sh", "-c", script],
+            |spec| {
+                let mut mounts = spec.mounts().clone().unwrap();
+                mounts.push(
+                    MountBuilder::default()
+                        .destination("/pods")
+                        .typ("bind")
+                        .source(pods.clone())
+                        .options(vec!["rbind".to_string(), "ro".to_string()])
+                        .build()
+                        .unwrap(),
+                );
+                spec.set_mounts(Some(mounts));
+            },
+        );
+        (unique(name), bundle)
+    };
+    let exit_of = |h: &Harness, (id, bundle): (String, PathBuf)| {
+        h.create(&id, &bundle, TaskKind::Sandbox, Stdio::default());
+        h.backend.start(&id).unwrap();
+        let status = h.wait_exit(&id, None).status;
+        h.delete(&id).unwrap();
+        status
+    };
+    let (in_node, in_view) = (bundle_in("node"), bundle_in("view"));
+    // Without the view, the test can fail: the other pod's file is there.
+    assert_eq!(
+        exit_of(&h, in_node),
+        1,
+        "the node's view shows the other pod's shm"
+    );
+    h.backend.set_pod_mount_roots(node.roots.clone());
+    assert_eq!(
+        exit_of(&h, in_view),
+        0,
+        "the pod's view shows its own shm only"
+    );
+    drop(node);
+}

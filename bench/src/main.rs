@@ -69,6 +69,8 @@ benchmarks:
   shim           a pod's shim: containerd-shim-caisson-v2 vs containerd-shim-runc-v2
                  (container create+start latency, shim and pause memory; needs root)
       --runs N         timed containers in each pod, after one warm-up (default 20)
+      --node-pods N    N other pods' mounts on the node (3 each), and a third side:
+                       Caisson's shim with every build seeing every pod's mounts
       --json FILE      also write the results as JSON
   cri            the node runtime through CRI: caissond vs containerd 1.6 + runc (cgroupfs)
                  (pod + container start and teardown latency, daemon and per-pod memory;
@@ -178,6 +180,7 @@ fn parse_shim(args: impl Iterator<Item = String>) -> Result<shim::Options, Strin
         match flag {
             "--runs" => opts.runs = number(flag, value()?)?,
             "--json" => opts.json = Some(PathBuf::from(value()?)),
+            "--node-pods" => opts.node_pods = number(flag, value()?)?,
             other => return unknown(other),
         }
         Ok(())

@@ -11,10 +11,18 @@
 //! Teardown checks that shims, pauses and sockets are gone, and removes the
 //! bench's cgroups.
 //!
+//! The pods' dirs are laid out as caissond lays them out ([`node`]), and
+//! Caisson's shim is told so, as caissond tells it: its builds see their
+//! pod's view of the node's mounts. With `--node-pods N`, N other pods'
+//! mounts are on the node, and a third side runs Caisson's shim without
+//! the view (every build sees every pod's mounts), as it was before.
+//!
 //! * [`pod`]: a shim under test and its pod.
+//! * [`node`]: the pods' dirs and other pods' mounts.
 //! * [`task_api`]: the Task API over raw ttrpc, and a fake events service.
 //! * [`procfs`]: memory, process exit and cgroups, from /proc and /sys.
 
+mod node;
 mod pod;
 mod procfs;
 mod task_api;
@@ -40,6 +48,8 @@ const RUNC_SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 pub struct Options {
     pub runs: usize,
     pub json: Option<PathBuf>,
+    /// Other pods' mounts on the node (three each).
+    pub node_pods: usize,
 }
 
 impl Default for Options {
@@ -47,9 +57,13 @@ impl Default for Options {
         Options {
             runs: 20,
             json: None,
+            node_pods: 0,
         }
     }
 }
+
+/// The third side's name: Caisson's shim without the pod's view.
+const ALL_MOUNTS: &str = "caisson-all-mounts";
 
 /// Caisson's release shim, beside this executable.
 fn caisson_shim() -> Result<PathBuf> {
@@ -173,10 +187,13 @@ pub fn bench(opts: &Options) -> Result<()> {
             "the shim bench must run as root (shims create namespaces, cgroups and mounts)".into(),
         );
     }
-    let binaries = [
+    let mut binaries = vec![
         ("caisson", Flavor::Caisson, caisson_shim()?),
         ("runc", Flavor::Runc, runc_shim()?),
     ];
+    if opts.node_pods > 0 {
+        binaries.push((ALL_MOUNTS, Flavor::Caisson, caisson_shim()?));
+    }
     // What an earlier, interrupted run may have left.
     crate::host::remove_cgroup_parents(&[procfs::CGROUP_PARENT])?;
     let work = tempfile::Builder::new()
@@ -219,9 +236,13 @@ fn measure(
     binaries: &[(&'static str, Flavor, PathBuf)],
     work: &Path,
 ) -> Result<Vec<Side>> {
+    let node = node::Node::make(work, opts.node_pods)?;
     let shims = binaries
         .iter()
-        .map(|(name, flavor, binary)| Shim::new(name, *flavor, binary.clone(), work))
+        .map(|(name, flavor, binary)| {
+            let view = (*name == "caisson").then(|| node.roots.clone());
+            Shim::new(name, *flavor, binary.clone(), work, node.pods(), view)
+        })
         .collect::<Result<Vec<_>>>()?;
     let mut pods = Vec::new();
     for shim in &shims {
@@ -317,13 +338,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn print(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanup) {
-    let [caisson, runc] = sides else {
+    let [caisson, runc, others @ ..] = sides else {
         return;
     };
     println!();
     println!(
-        "shim: one pause pod per shim; {} busybox containers each after one warm-up, alternating",
-        opts.runs
+        "shim: one pause pod per shim; {} busybox containers each after one warm-up, alternating; \
+         {} other pods' mounts on the node ({} mounts)",
+        opts.runs,
+        opts.node_pods,
+        3 * opts.node_pods
     );
     println!(
         "  caisson: {} {}",
@@ -352,12 +376,21 @@ fn print(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanup)
         row("  connect+Create+Start", &side.rpcs);
     }
     println!();
-    println!(
-        "  caisson / runc at p50: total {:.2}, `start` {:.2}, Create+Start {:.2}",
-        ratio(ms(caisson.total.p50), ms(runc.total.p50)),
-        ratio(ms(caisson.start_cmd.p50), ms(runc.start_cmd.p50)),
-        ratio(ms(caisson.rpcs.p50), ms(runc.rpcs.p50)),
-    );
+    for side in std::iter::once(caisson).chain(others) {
+        println!(
+            "  {} / runc at p50: total {:.2}, `start` {:.2}, Create+Start {:.2}",
+            side.name,
+            ratio(ms(side.total.p50), ms(runc.total.p50)),
+            ratio(ms(side.start_cmd.p50), ms(runc.start_cmd.p50)),
+            ratio(ms(side.rpcs.p50), ms(runc.rpcs.p50)),
+        );
+    }
+    if let Some(all) = others.iter().find(|s| s.name == ALL_MOUNTS) {
+        println!(
+            "  caisson (its pod's view) / {ALL_MOUNTS} at p50: Create+Start {:.2}",
+            ratio(ms(caisson.rpcs.p50), ms(all.rpcs.p50)),
+        );
+    }
     println!();
     println!(
         "  {:<32} {:>9} {:>9} {:>13}",
@@ -452,7 +485,7 @@ fn to_json(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanu
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         },
-        "options": {"runs": opts.runs, "warmup_runs": 1},
+        "options": {"runs": opts.runs, "warmup_runs": 1, "node_pods": opts.node_pods},
         "percentiles": "nearest rank",
         "start_command": format!(
             "TTRPC_ADDRESS=unix://<events.sock> GOMAXPROCS=2 CAISSON_SHIM_RUN_DIR=<dir> <shim> -namespace {} -address {} -publish-binary {} -id <id> start  (cwd = bundle)",
@@ -464,7 +497,7 @@ fn to_json(opts: &Options, sides: &[Side], leftovers: &crate::host::CgroupCleanu
     for s in sides {
         out[s.name] = side_json(s);
     }
-    if let [c, r] = sides {
+    if let [c, r, ..] = sides {
         out["ratio_caisson_over_runc"] = json!({
             "total_p50": ratio(ms(c.total.p50), ms(r.total.p50)),
             "start_subcommand_p50": ratio(ms(c.start_cmd.p50), ms(r.start_cmd.p50)),

@@ -88,6 +88,16 @@ pub fn run_dir(d: &Caissond) -> PathBuf {
     d.pods_dir().parent().unwrap().to_path_buf()
 }
 
+/// Mount points under caissond's run dir but for its standing ones
+/// ([`Caissond::standing_mounts`]): its pods'.
+pub fn pod_mounts(d: &Caissond) -> Vec<String> {
+    let standing = d.standing_mounts();
+    mounts_under(&run_dir(d))
+        .into_iter()
+        .filter(|m| !standing.iter().any(|s| Path::new(m) == s))
+        .collect()
+}
+
 /// Pod `pod`'s QEMU is gone, and no mount or VM directory is left under
 /// caissond's run dir.
 pub fn assert_nothing_left(d: &Caissond, pod: &str) {
@@ -95,6 +105,6 @@ pub fn assert_nothing_left(d: &Caissond, pod: &str) {
     wait_until("the pod's QEMU to be gone", Duration::from_secs(30), || {
         qemu_of(pod).is_empty().then_some(())
     });
-    assert_eq!(mounts_under(&run), Vec::<String>::new(), "mounts left");
+    assert_eq!(pod_mounts(d), Vec::<String>::new(), "mounts left");
     assert_eq!(vm_dirs(&run), Vec::<PathBuf>::new(), "VM dirs left");
 }

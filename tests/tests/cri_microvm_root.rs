@@ -12,7 +12,8 @@ use caisson_tests::daemon::{
     container_config, wait_until, with_pid_mode, with_resources, Caissond, MI,
 };
 use caisson_tests::microvm::{
-    assert_nothing_left, host_processes_with, mounts_under, qemu_of, run_dir, turn, vm_dirs,
+    assert_nothing_left, host_processes_with, mounts_under, pod_mounts, qemu_of, run_dir, turn,
+    vm_dirs,
 };
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
@@ -301,7 +302,7 @@ fn a_vm_whose_agent_never_answers_fails_the_pod_and_leaves_nothing() {
     );
     assert_eq!(d.list_pods().len(), 0, "a failed pod is listed");
     let run = run_dir(&d);
-    assert_eq!(mounts_under(&run), Vec::<String>::new(), "mounts left");
+    assert_eq!(pod_mounts(&d), Vec::<String>::new(), "mounts left");
     assert_eq!(vm_dirs(&run), Vec::<PathBuf>::new(), "VM dirs left");
     let qemus: Vec<(u32, String)> = host_processes_with("qemu-system")
         .into_iter()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use caisson_tests::daemon::{container_config, wait_until, Caissond};
 use caisson_tests::fixtures::{busybox_layer, ImageSpec, LayerBuilder};
-use caisson_tests::microvm::{mounts_under, qemus_with, run_dir, turn, vm_dirs};
+use caisson_tests::microvm::{mounts_under, pod_mounts, qemus_with, run_dir, turn, vm_dirs};
 use caisson_tests::require;
 use k8s_cri::v1 as cri;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -54,7 +54,7 @@ fn remove_all_and_check_nothing_left(d: &Caissond, host: &Path, kept: &[&str]) {
                 .then_some(())
         },
     );
-    assert_eq!(mounts_under(&run), Vec::<String>::new(), "mounts left");
+    assert_eq!(pod_mounts(d), Vec::<String>::new(), "mounts left");
     assert_eq!(vm_dirs(&run), Vec::<PathBuf>::new(), "VM dirs left");
     let host_mounts: Vec<String> = mounts_under(host)
         .into_iter()

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use caisson_sandbox::host::pod_view::{roots_env, ROOTS_ENV};
 use caisson_tests::bundle::Bundle;
 
 use super::procfs::{self, Memory, CGROUP_PARENT};
@@ -44,10 +45,22 @@ pub struct Shim {
     pub binary: PathBuf,
     work: PathBuf,
     events: EventsServer,
+    /// Where its pods' dirs go (the [`super::node::Node`]'s).
+    pods: PathBuf,
+    /// `CAISSON_POD_MOUNT_ROOTS`, as caissond sets it: its builds see
+    /// their pod's view of the node's mounts. None: every pod's.
+    view_roots: Option<Vec<PathBuf>>,
 }
 
 impl Shim {
-    pub fn new(name: &'static str, flavor: Flavor, binary: PathBuf, base: &Path) -> Result<Shim> {
+    pub fn new(
+        name: &'static str,
+        flavor: Flavor,
+        binary: PathBuf,
+        base: &Path,
+        pods: &Path,
+        view_roots: Option<Vec<PathBuf>>,
+    ) -> Result<Shim> {
         let work = base.join(name);
         fs::create_dir_all(&work)?;
         let events = EventsServer::serve(&work.join("events.sock"))?;
@@ -57,6 +70,8 @@ impl Shim {
             binary,
             work,
             events,
+            pods: pods.to_path_buf(),
+            view_roots,
         })
     }
 
@@ -92,6 +107,9 @@ impl Shim {
         .env("GOMAXPROCS", "2")
         .env("CAISSON_SHIM_RUN_DIR", self.run_dir())
         .stdin(Stdio::null());
+        if let Some(roots) = &self.view_roots {
+            cmd.env(ROOTS_ENV, roots_env(roots));
+        }
         cmd
     }
 
@@ -243,7 +261,7 @@ impl<'a> Pod<'a> {
     /// Starts the shim for a pause sandbox and creates and starts it.
     pub fn start(shim: &'a Shim) -> Result<Pod<'a>> {
         let id = format!("{}-pod-{}", shim.name, std::process::id());
-        let dir = shim.work.join(&id);
+        let dir = shim.pods.join(&id).join("bundle");
         let mut bundle = crate::fixture("building the pause bundle", || Bundle::pause(&dir))?;
         bundle = bundle.as_sandbox(&id);
         bundle.cgroups_path(&cgroups_path(&id));
@@ -281,7 +299,7 @@ impl<'a> Pod<'a> {
     pub fn container_bundle(&mut self) -> Result<(String, PathBuf)> {
         self.containers_made += 1;
         let id = format!("{}-c{}", self.id, self.containers_made);
-        let dir = self.shim.work.join(&id);
+        let dir = self.shim.pods.join(&self.id).join("containers").join(&id);
         let mut bundle = crate::fixture("building the busybox bundle", || {
             Bundle::busybox(&dir, &["sleep", "1000"])
         })?;

@@ -184,13 +184,29 @@ pub fn pin_roots(dirs: &[PathBuf], mounts: &[MountEntry]) -> Vec<PathBuf> {
                 tracing::info!(dir = %dir.display(), "mounts below, not a mount point: builds see every pod's mounts");
                 return false;
             }
-            match nix::mount::mount(
+            // Private: on a node whose /run is shared (systemd's), a bind
+            // there joins /run's peer group, and every pod mount below it
+            // would be copied onto the dir it covers.
+            let pinned = nix::mount::mount(
                 Some(dir.as_path()),
                 dir.as_path(),
                 None::<&str>,
                 MsFlags::MS_BIND,
                 None::<&str>,
-            ) {
+            )
+            .and_then(|()| {
+                nix::mount::mount(
+                    None::<&str>,
+                    dir.as_path(),
+                    None::<&str>,
+                    MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .inspect_err(|_| {
+                    let _ = nix::mount::umount2(dir.as_path(), MntFlags::MNT_DETACH);
+                })
+            });
+            match pinned {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "making a mount point");

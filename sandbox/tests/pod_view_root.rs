@@ -179,6 +179,56 @@ fn a_pods_view_has_its_mounts_and_not_another_pods() {
 }
 
 #[test]
+fn a_root_with_mounts_below_it_is_not_pinned_and_a_busy_root_stays_pinned() {
+    if !is_root() {
+        eprintln!("skipped: needs root (mounts)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().canonicalize().unwrap();
+    let count_at = |p: &Path| {
+        mountinfo::read()
+            .unwrap()
+            .iter()
+            .filter(|m| m.mount_point == p)
+            .count()
+    };
+    // Pods of a caissond from before pinning: a bind now would cover their
+    // mounts, so the dir is left as it is.
+    let old = dir.join("old");
+    let mut node = Node {
+        roots: vec![],
+        mounted: vec![],
+    };
+    node.tmpfs(&old.join("p1/shm"));
+    assert_eq!(
+        pin_roots(std::slice::from_ref(&old), &mountinfo::read().unwrap()),
+        Vec::<PathBuf>::new()
+    );
+    assert_eq!(count_at(&old), 0, "not made a mount point");
+
+    // Pinned once, found pinned the next time (one mount, not two); kept
+    // while a pod's mount is below it, unmounted once none is.
+    let new = dir.join("new");
+    fs::create_dir_all(&new).unwrap();
+    // Unpinned when the test ends, whatever happens.
+    node.roots.push(new.clone());
+    for _ in 0..2 {
+        assert_eq!(
+            pin_roots(std::slice::from_ref(&new), &mountinfo::read().unwrap()),
+            vec![new.clone()]
+        );
+        assert_eq!(count_at(&new), 1);
+    }
+    node.tmpfs(&new.join("p2/shm"));
+    unpin_roots(std::slice::from_ref(&new), &mountinfo::read().unwrap());
+    assert_eq!(count_at(&new), 1, "a pod's mount below: kept");
+    nix::mount::umount2(&new.join("p2/shm"), MntFlags::MNT_DETACH).unwrap();
+    unpin_roots(std::slice::from_ref(&new), &mountinfo::read().unwrap());
+    assert_eq!(count_at(&new), 0, "no pod left: unmounted");
+}
+
+#[test]
 fn a_container_built_in_its_pods_view_sees_none_of_another_pods_mounts() {
     let mut h = Harness::new();
     let node = Node::new(&h.dir.path().canonicalize().unwrap(), &["mine", "other"]);

@@ -34,7 +34,7 @@ impl Node {
         for root in &roots {
             fs::create_dir_all(root).unwrap();
         }
-        let pinned = pin_roots(&roots, &mountinfo::read().unwrap());
+        let pinned = pin_roots(&roots);
         assert_eq!(pinned, roots, "both made mount points");
         let mut node = Node {
             roots,
@@ -82,7 +82,7 @@ impl Drop for Node {
         for m in self.mounted.iter().rev() {
             let _ = nix::mount::umount2(m, MntFlags::MNT_DETACH);
         }
-        unpin_roots(&self.roots, &mountinfo::read().unwrap_or_default());
+        unpin_roots(&self.roots);
     }
 }
 
@@ -123,10 +123,25 @@ fn a_pods_view_has_its_mounts_and_not_another_pods() {
     let view = node.view(&dir.join("pods/mine/containers/c1"));
     let (pods, netns) = (dir.join("pods"), dir.join("netns"));
 
+    let node_table = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .map(|l| l.split(' ').take(5).collect::<Vec<_>>().join(" "))
+            // Other tests mount and unmount meanwhile.
+            .filter(|l| l.contains(&*dir.display().to_string()))
+            .collect::<Vec<_>>()
+    };
+    let before = node_table();
     let (seen, restored) = seen_in(&view);
     assert!(
         restored,
         "the thread's mount namespace and cwd are its own again"
+    );
+    assert_eq!(
+        node_table(),
+        before,
+        "nothing the view did reached the node's table"
     );
     for kept in [pods.join("mine/shm"), netns.join("mine")] {
         assert!(seen.contains(&kept), "{} kept: {seen:?}", kept.display());
@@ -201,11 +216,17 @@ fn a_root_with_mounts_below_it_is_not_pinned_and_a_busy_root_stays_pinned() {
         mounted: vec![],
     };
     node.tmpfs(&old.join("p1/shm"));
+    assert_eq!(pin_roots(std::slice::from_ref(&old)), Vec::<PathBuf>::new());
+    assert_eq!(count_at(&old), 0, "not made a mount point");
+
+    // A mount of its own at the dir (an operator's tmpfs) is not caissond's.
+    let tmpfs = dir.join("tmpfs");
+    node.tmpfs(&tmpfs);
     assert_eq!(
-        pin_roots(std::slice::from_ref(&old), &mountinfo::read().unwrap()),
+        pin_roots(std::slice::from_ref(&tmpfs)),
         Vec::<PathBuf>::new()
     );
-    assert_eq!(count_at(&old), 0, "not made a mount point");
+    assert_eq!(count_at(&tmpfs), 1);
 
     // Pinned once, found pinned the next time (one mount, not two); kept
     // while a pod's mount is below it, unmounted once none is.
@@ -214,17 +235,14 @@ fn a_root_with_mounts_below_it_is_not_pinned_and_a_busy_root_stays_pinned() {
     // Unpinned when the test ends, whatever happens.
     node.roots.push(new.clone());
     for _ in 0..2 {
-        assert_eq!(
-            pin_roots(std::slice::from_ref(&new), &mountinfo::read().unwrap()),
-            vec![new.clone()]
-        );
+        assert_eq!(pin_roots(std::slice::from_ref(&new)), vec![new.clone()]);
         assert_eq!(count_at(&new), 1);
     }
     node.tmpfs(&new.join("p2/shm"));
-    unpin_roots(std::slice::from_ref(&new), &mountinfo::read().unwrap());
+    unpin_roots(std::slice::from_ref(&new));
     assert_eq!(count_at(&new), 1, "a pod's mount below: kept");
     nix::mount::umount2(&new.join("p2/shm"), MntFlags::MNT_DETACH).unwrap();
-    unpin_roots(std::slice::from_ref(&new), &mountinfo::read().unwrap());
+    unpin_roots(std::slice::from_ref(&new));
     assert_eq!(count_at(&new), 0, "no pod left: unmounted");
 }
 
@@ -233,14 +251,31 @@ fn a_container_built_in_its_pods_view_sees_none_of_another_pods_mounts() {
     let mut h = Harness::new();
     let node = Node::new(&h.dir.path().canonicalize().unwrap(), &["mine", "other"]);
     let pods = node.roots[0].clone();
-    // The container binds the whole pods dir (a hostPath of it): its own
-    // pod's shm has its file, the other pod's shm is an empty dir.
-    let script = "test \"$(cat /pods/mine/shm/mine)\" = mine && test ! -e /pods/other/shm/other";
-    let bundle_in = |name: &str| {
-        let bundle = h.bundle(
-            &format!("pods/mine/containers/{name}"),
-            &["sh", "-c", script],
-            |spec| {
+    // A createContainer hook runs in the container's mount namespace before
+    // pivot_root (a copy of the one its build ran in) and writes out its
+    // mount table.
+    let dir = h.dir.path().to_path_buf();
+    let table = |name: &str| dir.join(format!("{name}.mountinfo"));
+    let bundle_in = |name: &str, bind_pods: bool| {
+        let out = table(name);
+        let bundle = h.bundle(&format!("pods/mine/containers/{name}"), &["true"], |spec| {
+            let hook = oci_spec::runtime::HookBuilder::default()
+                .path("/bin/sh")
+                .args(vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    format!("cat /proc/self/mountinfo > {}", out.display()),
+                ])
+                .build()
+                .unwrap();
+            let hooks = oci_spec::runtime::HooksBuilder::default()
+                .create_container(vec![hook])
+                .build()
+                .unwrap();
+            spec.set_hooks(Some(hooks));
+            if bind_pods {
+                // A hostPath of the whole pods dir: it must show what it
+                // shows on the node.
                 let mut mounts = spec.mounts().clone().unwrap();
                 mounts.push(
                     MountBuilder::default()
@@ -252,29 +287,39 @@ fn a_container_built_in_its_pods_view_sees_none_of_another_pods_mounts() {
                         .unwrap(),
                 );
                 spec.set_mounts(Some(mounts));
-            },
-        );
+            }
+        });
         (unique(name), bundle)
     };
-    let exit_of = |h: &Harness, (id, bundle): (String, PathBuf)| {
+    let seen_by = |h: &Harness, name: &str, (id, bundle): (String, PathBuf)| {
         h.create(&id, &bundle, TaskKind::Sandbox, Stdio::default());
         h.backend.start(&id).unwrap();
-        let status = h.wait_exit(&id, None).status;
+        assert_eq!(h.wait_exit(&id, None).status, 0);
         h.delete(&id).unwrap();
-        status
+        let text = fs::read_to_string(table(name)).unwrap();
+        mountinfo::parse(&text)
+            .into_iter()
+            .map(|m| m.mount_point)
+            .collect::<Vec<_>>()
     };
-    let (in_node, in_view) = (bundle_in("node"), bundle_in("view"));
-    // Without the view, the test can fail: the other pod's file is there.
-    assert_eq!(
-        exit_of(&h, in_node),
-        1,
-        "the node's view shows the other pod's shm"
-    );
+    let (theirs, mine) = (pods.join("other/shm"), pods.join("mine/shm"));
+    let bundles = [
+        bundle_in("node", false),
+        bundle_in("view", false),
+        bundle_in("bind", true),
+    ];
+    let [in_node, in_view, binding] = bundles;
+    // Without the view, the test can fail: the other pod's mount is there.
+    let seen = seen_by(&h, "node", in_node);
+    assert!(seen.contains(&theirs) && seen.contains(&mine), "{seen:?}");
     h.backend.set_pod_mount_roots(node.roots.clone());
-    assert_eq!(
-        exit_of(&h, in_view),
-        0,
-        "the pod's view shows its own shm only"
+    let seen = seen_by(&h, "view", in_view);
+    assert!(seen.contains(&mine), "its own pod's shm: {seen:?}");
+    assert!(!seen.contains(&theirs), "not the other pod's: {seen:?}");
+    let seen = seen_by(&h, "bind", binding);
+    assert!(
+        seen.contains(&theirs),
+        "a bind of the pods dir sees the node's: {seen:?}"
     );
     drop(node);
 }

@@ -151,13 +151,19 @@ impl HostState {
     pub fn capture(scope: &Scope, daemon_pid: u32) -> HostState {
         let mut s = HostState::default();
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut standing_seen = BTreeSet::new();
         for line in info.lines() {
             let fields: Vec<&str> = line.split(' ').collect();
             let Some(point) = fields.get(4) else { continue };
             let p = Path::new(point);
-            if scope.ignore.iter().any(|i| p == i || p.starts_with(i))
-                || scope.standing.iter().any(|s| p == s)
-            {
+            if scope.standing.iter().any(|s| p == s) {
+                // One mount each: a second one stacked there is a leak.
+                if !standing_seen.insert(p.to_path_buf()) {
+                    s.mounts.insert(format!("{point} (stacked)"));
+                }
+                continue;
+            }
+            if scope.ignore.iter().any(|i| p == i || p.starts_with(i)) {
                 continue;
             }
             if scope.dirs.iter().any(|d| p.starts_with(d) && p != d) {

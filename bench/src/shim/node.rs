@@ -8,7 +8,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use caisson_sandbox::host::mountinfo;
 use caisson_sandbox::host::pod_view::{pin_roots, unpin_roots};
 use nix::mount::{MntFlags, MsFlags};
 
@@ -29,14 +28,15 @@ impl Node {
         for root in &roots {
             fs::create_dir_all(root)?;
         }
-        let pinned = pin_roots(&roots, &mountinfo::read()?);
-        if pinned != roots {
-            return Err(format!("could not make {roots:?} mount points").into());
-        }
+        // Whatever was pinned is unpinned when `node` is dropped, an error
+        // here included.
         let mut node = Node {
-            roots,
+            roots: pin_roots(&roots),
             mounted: Vec::new(),
         };
+        if node.roots != roots {
+            return Err(format!("could not make {roots:?} mount points").into());
+        }
         for i in 0..others {
             let pod = node.roots[0].join(format!("other-{i}"));
             for dir in ["shm", "bundle/rootfs"] {
@@ -82,6 +82,6 @@ impl Drop for Node {
         for m in self.mounted.iter().rev() {
             let _ = nix::mount::umount2(m, MntFlags::MNT_DETACH);
         }
-        unpin_roots(&self.roots, &mountinfo::read().unwrap_or_default());
+        unpin_roots(&self.roots);
     }
 }

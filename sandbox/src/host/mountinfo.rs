@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 /// One line of mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountEntry {
+    /// Field 3: the filesystem's `major:minor`.
+    pub device: String,
+    /// Field 4: the directory of the filesystem mounted here, unescaped.
+    pub root: PathBuf,
     /// Field 5, unescaped.
     pub mount_point: PathBuf,
     /// Field 6: the per-mount options (`rw,relatime,idmapped`).
@@ -56,6 +60,8 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let fields: Vec<&str> = head.split(' ').collect();
             let mut tail = tail.split(' ');
             Some(MountEntry {
+                device: fields.get(2)?.to_string(),
+                root: PathBuf::from(unescape(fields.get(3)?)),
                 mount_point: PathBuf::from(unescape(fields.get(4)?)),
                 mount_options: fields.get(5)?.to_string(),
                 fstype: tail.next()?.to_string(),
@@ -97,6 +103,10 @@ garbage
         assert_eq!(top.super_options, "rw,lowerdir=/l/2:/l/1");
         assert_eq!(entries[2].mount_point, Path::new("/tab\tback\\slash"));
         assert_eq!(entries[2].source, "my src");
+        assert_eq!(
+            (entries[1].device.as_str(), entries[1].root.as_path()),
+            ("0:50", Path::new("/"))
+        );
         assert_eq!(
             unescape("a\\04"),
             OsString::from("a\\04"),

@@ -26,9 +26,14 @@
 //! after the pod started) is in the next build's copy, since each build
 //! copies the node's table as it is then.
 //!
+//! Execs are built in the view too (libcontainer's tenant build reads the
+//! mount table as its init build does).
+//!
 //! Not used for a task whose spec asks for shared rootfs propagation (a
 //! BIDIRECTIONAL volume): its mounts must reach the node's, and this
-//! namespace is a slave.
+//! namespace is a slave; nor for one that binds a dir the view changes (a
+//! hostPath of `/run`, of a root, of another pod's dir: a CNI daemon's or a
+//! node agent's view of the netns pins): it sees what it would have seen.
 
 use std::fs::File;
 use std::io;
@@ -73,6 +78,19 @@ impl PodView {
         })
     }
 
+    /// Whether every one of `sources` (bind mounts' sources) shows the same
+    /// in this view as on the node: none is a hidden root or above one, and
+    /// none is below a root but outside what is kept.
+    pub fn keeps_all(&self, sources: &[PathBuf]) -> bool {
+        sources.iter().all(|source| {
+            self.hide.iter().all(|root| {
+                !root.starts_with(source)
+                    && (!source.starts_with(root)
+                        || self.keep.iter().any(|k| source.starts_with(k)))
+            })
+        })
+    }
+
     /// Runs `f` in this view (see the module's doc) and comes back to this
     /// thread's mount namespace and working directory. A view that cannot
     /// be made is logged and `f` runs in the node's. Exits the process if
@@ -88,10 +106,7 @@ impl PodView {
         };
         let out = f();
         if let Some(entered) = entered {
-            if let Err(e) = entered.leave() {
-                tracing::error!(error = %e, "could not return to the node's mount namespace");
-                std::process::exit(1);
-            }
+            entered.leave_or_exit();
         }
         out
     }
@@ -112,7 +127,7 @@ impl Entered {
         match entered.trim(view) {
             Ok(()) => Ok(entered),
             Err(e) => {
-                entered.leave()?;
+                entered.leave_or_exit();
                 Err(e)
             }
         }
@@ -157,20 +172,35 @@ impl Entered {
         Ok(())
     }
 
-    fn leave(self) -> io::Result<()> {
-        nix::sched::setns(&self.node, CloneFlags::CLONE_NEWNS)?;
-        nix::unistd::fchdir(&self.cwd)?;
-        Ok(())
+    /// Back to the node's namespace and the old working directory, or the
+    /// process exits.
+    fn leave_or_exit(self) {
+        let left = nix::sched::setns(&self.node, CloneFlags::CLONE_NEWNS)
+            .and_then(|()| nix::unistd::fchdir(&self.cwd));
+        if let Err(e) = left {
+            tracing::error!(error = %e, "could not return to the node's mount namespace");
+            std::process::exit(1);
+        }
     }
 }
 
 /// Makes each of `dirs` (existing dirs) a mount point of its own (a bind
 /// mount onto itself), unless it is one already, and returns those that
-/// are, as named in `dirs`: the roots a [`PodView`] hides. A dir with
-/// mounts below it that is not a mount point (pods of a caissond from
-/// before this) is left alone: a bind now would cover those mounts, not
-/// hold them. `mounts` is this process's mount table.
-pub fn pin_roots(dirs: &[PathBuf], mounts: &[MountEntry]) -> Vec<PathBuf> {
+/// are, as named in `dirs`: the roots a [`PodView`] hides. Left alone, and
+/// not returned: a dir that is the mount point of something else (an
+/// operator's tmpfs: not caissond's to unmount, and the pods' dirs would
+/// not be found below it when put back), and one with mounts below it that
+/// is not a mount point (pods of a caissond from before this: a bind now
+/// would cover their mounts, not hold them). Nothing is pinned when the
+/// mount table cannot be read.
+pub fn pin_roots(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mounts = match super::mountinfo::read() {
+        Ok(mounts) => mounts,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the mount table: builds see every pod's mounts");
+            return Vec::new();
+        }
+    };
     dirs.iter()
         .filter(|dir| {
             // The mount table names canonical paths.
@@ -178,35 +208,17 @@ pub fn pin_roots(dirs: &[PathBuf], mounts: &[MountEntry]) -> Vec<PathBuf> {
                 return false;
             };
             if mounts.iter().any(|m| m.mount_point == canonical) {
-                return true;
+                let ours = is_self_bind(&mounts, &canonical);
+                if !ours {
+                    tracing::info!(dir = %dir.display(), "a mount of its own, not a bind of itself: builds see every pod's mounts");
+                }
+                return ours;
             }
             if mounts.iter().any(|m| m.mount_point.starts_with(&canonical)) {
                 tracing::info!(dir = %dir.display(), "mounts below, not a mount point: builds see every pod's mounts");
                 return false;
             }
-            // Private: on a node whose /run is shared (systemd's), a bind
-            // there joins /run's peer group, and every pod mount below it
-            // would be copied onto the dir it covers.
-            let pinned = nix::mount::mount(
-                Some(dir.as_path()),
-                dir.as_path(),
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .and_then(|()| {
-                nix::mount::mount(
-                    None::<&str>,
-                    dir.as_path(),
-                    None::<&str>,
-                    MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )
-                .inspect_err(|_| {
-                    let _ = nix::mount::umount2(dir.as_path(), MntFlags::MNT_DETACH);
-                })
-            });
-            match pinned {
+            match pin(dir) {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "making a mount point");
@@ -218,22 +230,51 @@ pub fn pin_roots(dirs: &[PathBuf], mounts: &[MountEntry]) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Unmounts each of `roots` that has nothing mounted below it (no pod
-/// left): what [`pin_roots`] made, at caissond's exit. One with pods'
-/// mounts below stays for the next caissond.
-pub fn unpin_roots(roots: &[PathBuf], mounts: &[MountEntry]) {
-    for root in roots {
-        let Ok(canonical) = root.canonicalize() else {
-            continue;
+/// Binds `dir` onto itself, in a peer group of its own: not /run's on a
+/// node where /run is shared (systemd's), where every pod mount below it
+/// would be copied onto the dir it covers; shared, so that a pod's
+/// HOST_TO_CONTAINER volume of it (a CNI daemon's view of the netns pins)
+/// still receives new mounts.
+fn pin(dir: &Path) -> nix::Result<()> {
+    nix::mount::mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    let peer_group = [MsFlags::MS_PRIVATE, MsFlags::MS_SHARED]
+        .into_iter()
+        .try_for_each(|flag| {
+            nix::mount::mount(None::<&str>, dir, None::<&str>, flag, None::<&str>)
+        });
+    if peer_group.is_err() {
+        let _ = nix::mount::umount2(dir, MntFlags::MNT_DETACH);
+    }
+    peer_group
+}
+
+/// Whether the topmost mount at `dir` (canonical) binds `dir` itself: the
+/// same filesystem, and the same directory of it, as the mount below it.
+fn is_self_bind(mounts: &[MountEntry], dir: &Path) -> bool {
+    let Some(top) = mounts.iter().rposition(|m| m.mount_point == dir) else {
+        return false;
+    };
+    let below = mounts[..top]
+        .iter()
+        .rev()
+        .find(|m| dir.starts_with(&m.mount_point));
+    below.is_some_and(|below| {
+        let Ok(rel) = dir.strip_prefix(&below.mount_point) else {
+            return false;
         };
-        let busy = mounts
-            .iter()
-            .any(|m| m.mount_point.starts_with(&canonical) && m.mount_point != canonical);
-        if busy {
-            continue;
-        }
-        if let Err(e) = nix::mount::umount2(root, MntFlags::MNT_DETACH) {
-            tracing::warn!(dir = %root.display(), error = %e, "unmounting");
+        mounts[top].device == below.device && mounts[top].root == below.root.join(rel)
+    })
+}
+
+/// Unmounts each of `roots` (what [`pin_roots`] returned) that has nothing
+/// mounted below it (no pod left), at caissond's exit: a plain unmount,
+/// which the kernel refuses while a mount is below (`EBUSY`), so one with a
+/// pod's mounts below stays for the next caissond, however they came.
+pub fn unpin_roots(roots: &[PathBuf]) {
+    for root in roots {
+        match nix::mount::umount2(root, MntFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => tracing::warn!(dir = %root.display(), error = %e, "unmounting"),
         }
     }
 }
@@ -284,5 +325,31 @@ mod tests {
             );
         }
         assert_eq!(PodView::for_bundle(&[], Path::new("/run/c/pods/p1")), None);
+    }
+
+    #[test]
+    fn a_bind_of_what_the_view_changes_is_seen_as_on_the_node() {
+        let roots = vec![PathBuf::from("/run/c/pods"), PathBuf::from("/run/c/netns")];
+        let view = PodView::for_bundle(&roots, Path::new("/run/c/pods/p1/bundle")).unwrap();
+        let sources = |s: &[&str]| s.iter().map(PathBuf::from).collect::<Vec<_>>();
+        // The pod's own files, and anything outside the roots.
+        assert!(view.keeps_all(&sources(&[
+            "/run/c/pods/p1/hosts",
+            "/run/c/pods/p1/shm",
+            "/var/lib/kubelet/pods/u/volumes/v",
+            "/run/c/netns/p1"
+        ])));
+        assert!(view.keeps_all(&[]));
+        // A root, what holds one, another pod's dir.
+        for hidden in [
+            "/run/c/netns",
+            "/run/c/pods",
+            "/run",
+            "/",
+            "/run/c/pods/p2/shm",
+            "/run/c/netns/p2",
+        ] {
+            assert!(!view.keeps_all(&sources(&[hidden])), "{hidden}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use caisson_image::ImageStore;
-use caisson_sandbox::host::{mountinfo, pod_view};
+use caisson_sandbox::host::pod_view;
 use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim_protos::protobuf::Message;
 use tokio::sync::{broadcast, Mutex as AsyncMutex};
@@ -122,10 +122,7 @@ impl Runtime {
             .map_err(|e| CriError::internal("creating the netns dir", e))?;
         // Each its own mount point: a build hides the other pods' mounts
         // below them in one unmount each.
-        shims.pod_mount_roots = pod_view::pin_roots(
-            &[config.pods_dir(), config.netns_dir()],
-            &mountinfo::read().unwrap_or_default(),
-        );
+        shims.pod_mount_roots = pod_view::pin_roots(&[config.pods_dir(), config.netns_dir()]);
         if config.network.install_default_cni_config {
             if let Err(e) = crate::network::install_default_config(&config.network.cni_conf_dir) {
                 tracing::warn!(dir = %config.network.cni_conf_dir.display(), error = %e, "installing the default CNI config");
@@ -173,10 +170,7 @@ impl Runtime {
     /// no pod's mount is left below them (a running pod's stay for the next
     /// caissond).
     pub fn release_pod_mount_roots(&self) {
-        pod_view::unpin_roots(
-            &self.shims.pod_mount_roots,
-            &mountinfo::read().unwrap_or_default(),
-        );
+        pod_view::unpin_roots(&self.shims.pod_mount_roots);
     }
 
     pub fn records(&self) -> std::sync::MutexGuard<'_, Records> {

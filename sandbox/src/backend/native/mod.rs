@@ -307,7 +307,8 @@ impl NativeBackend {
             .map_err(|e| failed("create", id, format!("bundle path: {e}")))?;
         let view = (!prepared.shared_rootfs)
             .then(|| PodView::for_bundle(&self.pod_mount_roots, &bundle))
-            .flatten();
+            .flatten()
+            .filter(|view| view.keeps_all(&prepared.bind_sources));
         let request = ForkRequest::CreateInit {
             id: id.to_string(),
             state_root: self.state_root.clone(),

@@ -136,6 +136,9 @@ pub(crate) struct PreparedSpec {
     /// builds see the node's own mount namespace, not a pod's view of it
     /// ([`crate::host::pod_view`]).
     pub shared_rootfs: bool,
+    /// The sources of its bind mounts (a view must not change what they
+    /// show).
+    pub bind_sources: Vec<PathBuf>,
 }
 
 /// Annotations only Caisson's backends set, read by the executor inside
@@ -312,10 +315,24 @@ pub(crate) fn prepare_bundle(
         .as_ref()
         .and_then(|l| l.rootfs_propagation().as_deref())
         .is_some_and(|p| matches!(p, "shared" | "rshared"));
+    let bind_sources = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind")
+        })
+        .filter_map(|m| m.source().clone())
+        .collect();
     Ok(PreparedSpec {
         cgroup_path,
         oom_score_adj,
         shared_rootfs,
+        bind_sources,
     })
 }
 

@@ -682,8 +682,10 @@ pub fn run(plan: &Plan) -> Summary {
         check(&d, &mut summary, step, &name);
         for v in &summary.violations[seen..] {
             eprintln!(
-                "chaos step {step} VIOLATION (after {}): {}",
-                v.after, v.what
+                "chaos step {step} VIOLATION (after {}): {}\n--- caissond's log about it ---\n{}",
+                v.after,
+                v.what,
+                d.log_lines_naming(&crate::leaks::ids_in(&v.what), 60)
             );
         }
         eprintln!(

@@ -219,6 +219,17 @@ impl Caissond {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The last `max` lines of caissond's log (across restarts) that name
+    /// one of `ids`: what a failing check prints about the objects it names.
+    pub fn log_lines_naming(&self, ids: &[String], max: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| ids.iter().any(|id| l.contains(id.as_str())))
+            .collect();
+        lines[lines.len().saturating_sub(max)..].join("\n")
+    }
+
     /// Every pod, stopped and removed through CRI (what kubelet would do).
     pub fn remove_all_pods(&self) {
         // Not `runtime()`: this runs in Drop, where a panic would abort.

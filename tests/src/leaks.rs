@@ -77,6 +77,9 @@ impl Scope {
 pub enum Proc {
     /// A pod's shim server (`-id <pod>` ... `serve`).
     Shim { pod: String },
+    /// A pod's shim's fork server (the shim's command line, named
+    /// `fork-server`): it dies with its shim, or once idle for 10 s.
+    ForkServer { pod: String },
     /// A process in a task cgroup `<...>/<id>` (pause, container, exec, or
     /// a container's init still inside its shim's fork).
     Task { id: String },
@@ -110,9 +113,9 @@ fn is_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The 64-hex ids a path names, in order.
-fn ids_in(path: &str) -> Vec<String> {
-    path.split(['/', '.', '-', '_'])
+/// The 64-hex ids a path (or a line of text) names, in order.
+pub fn ids_in(path: &str) -> Vec<String> {
+    path.split(['/', '.', '-', '_', ' ', ':', '"', '='])
         .filter(|s| is_id(s))
         .map(String::from)
         .collect()
@@ -260,19 +263,24 @@ impl HostState {
 
 /// What a process of the daemon's is, from its command line and cgroup.
 fn classify(pid: u32, cmd: &str, cgroup_parent: &str) -> Proc {
-    // A fork server the shim forked has the shim's command line; it is
-    // what an exec'd one is (named `fork-server` either way).
-    let fork_server = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|comm| comm.trim_end() == "fork-server");
-    if cmd.contains("containerd-shim-caisson-v2") && !fork_server {
+    // The shim's command line is also its fork server's (a fork of it,
+    // named `fork-server`) and, until they exec, that of what the server
+    // clones for a build (libcontainer's `youki:[...]` processes): those
+    // are what their cgroup says, not the shim (the chaos run's shim kill
+    // could pick a pause's init before its exec).
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if cmd.contains("containerd-shim-caisson-v2") {
         let words: Vec<&str> = cmd.split(' ').collect();
-        if words.last() == Some(&"serve") {
-            if let Some(i) = words.iter().position(|w| *w == "-id") {
-                if let Some(pod) = words.get(i + 1) {
-                    return Proc::Shim {
-                        pod: pod.to_string(),
-                    };
-                }
+        let pod = words
+            .iter()
+            .position(|w| *w == "-id")
+            .and_then(|i| words.get(i + 1))
+            .map(|pod| pod.to_string());
+        if let (Some(pod), Some(&"serve")) = (pod, words.last()) {
+            match comm.trim_end() {
+                "containerd-shim" => return Proc::Shim { pod },
+                "fork-server" => return Proc::ForkServer { pod },
+                _ => {}
             }
         }
         if matches!(words.last(), Some(&"start") | Some(&"delete")) {
@@ -538,7 +546,7 @@ pub fn check(scope: &Scope, host: &HostState, owned: &Owned) -> Vec<String> {
     }
     for (pid, (proc, cmd)) in &host.processes {
         let ok = match proc {
-            Proc::Shim { pod } => owned.pods.contains_key(pod),
+            Proc::Shim { pod } | Proc::ForkServer { pod } => owned.pods.contains_key(pod),
             Proc::Task { id } => owned.owns(id),
             Proc::Transient => true,
             Proc::Cgroup { .. } | Proc::Other => false,

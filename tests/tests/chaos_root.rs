@@ -23,23 +23,10 @@ fn chaos_finds_no_violation() {
     );
 }
 
-/// Regression (found by the chaos run): caissond SIGKILLed while a
-/// RunPodSandbox was half-way (netns pinned, CNI ADD running, shim not
-/// started) left the netns pin, the pod's IP and cgroup with no record
-/// owning them, forever. The pod is now recorded before anything is made:
-/// after the restart it is listed NOTREADY, owns all of it, and
-/// RemovePodSandbox releases it.
-#[test]
-fn caissond_killed_during_run_pod_sandbox_leaks_nothing() {
-    use caisson_tests::cni::TestNetwork;
-    use caisson_tests::daemon::{wait_until, Caissond};
-    use caisson_tests::leaks::{HostState, Scope};
-    use k8s_cri::v1 as cri;
-    use std::time::Duration;
-
-    let net = TestNetwork::new("cst-halfway", "cst-half0", "10.231.97");
-    let mut d = Caissond::start("");
-    // A plugin after bridge that holds ADD until the flag file goes.
+/// Installs a CNI plugin `hold` (to be chained after bridge) whose ADD
+/// waits while the file it answers exists.
+fn install_hold_plugin(d: &caisson_tests::daemon::Caissond) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let flag = d.dir.path().join("hold-add");
     std::fs::write(&flag, "").unwrap();
     std::fs::create_dir_all(d.cni_bin_dir()).unwrap();
@@ -56,8 +43,27 @@ fn caissond_killed_during_run_pod_sandbox_leaks_nothing() {
         ),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    flag
+}
+
+/// Regression (found by the chaos run): caissond SIGKILLed while a
+/// RunPodSandbox was half-way (netns pinned, CNI ADD running, shim not
+/// started) left the netns pin, the pod's IP and cgroup with no record
+/// owning them, forever. The pod is now recorded before anything is made:
+/// after the restart it is listed NOTREADY, owns all of it, and
+/// RemovePodSandbox releases it.
+#[test]
+fn caissond_killed_during_run_pod_sandbox_leaks_nothing() {
+    use caisson_tests::cni::TestNetwork;
+    use caisson_tests::daemon::{wait_until, Caissond};
+    use caisson_tests::leaks::{HostState, Scope};
+    use k8s_cri::v1 as cri;
+    use std::time::Duration;
+
+    let net = TestNetwork::new("cst-halfway", "cst-half0", "10.231.97");
+    let mut d = Caissond::start("");
+    let flag = install_hold_plugin(&d);
     net.install(&d, r#", {"type": "hold"}"#);
     let scope = Scope::of(&d).with_network("cst-halfway", "10.231.97");
 
@@ -97,6 +103,83 @@ fn caissond_killed_during_run_pod_sandbox_leaks_nothing() {
     assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
     d.stop_pod(&pods[0].id);
     d.remove_pod(&pods[0].id);
+    let host = HostState::capture(&scope, d.pid());
+    assert!(host.is_empty(), "left on the host: {host:#?}");
+    assert!(net.allocations().is_empty(), "{:?}", net.allocations());
+}
+
+/// Regression (the chaos run, seed 19, a CI run of 2026-12-07): a pod's
+/// pause that died while RunPodSandbox was still at work (CNI ADD running
+/// beside the pause's start) left the pod READY for good: the exit was
+/// recorded (NOTREADY), then RunPodSandbox's last save wrote its own copy
+/// of the record, READY, over it. A recorded exit now stays: the pod is
+/// listed NOTREADY, and removing it leaves nothing.
+#[test]
+fn a_pause_dead_before_run_pod_sandbox_ends_leaves_the_pod_not_ready() {
+    use caisson_tests::cni::TestNetwork;
+    use caisson_tests::daemon::{wait_until, Caissond};
+    use caisson_tests::leaks::{HostState, Proc, Scope};
+    use k8s_cri::v1 as cri;
+    use std::time::Duration;
+
+    let net = TestNetwork::new("cst-pausedie", "cst-pdie0", "10.231.98");
+    let d = Caissond::start("");
+    let flag = install_hold_plugin(&d);
+    net.install(&d, r#", {"type": "hold"}"#);
+    let scope = Scope::of(&d).with_network("cst-pausedie", "10.231.98");
+
+    let config = d.pod_config("pause-dies");
+    let mut rt = d.runtime();
+    let run = d.rt.spawn(async move {
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+    });
+    // ADD is held; the pause is started meanwhile: the pod's one task.
+    let (pause, pod) = wait_until("the pause to run", Duration::from_secs(30), || {
+        HostState::capture(&scope, d.pid())
+            .processes
+            .into_iter()
+            .find_map(|(pid, (p, _))| match p {
+                Proc::Task { id } => Some((pid, id)),
+                _ => None,
+            })
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pause as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let stopped = format!("pod_id={pod}");
+    wait_until(
+        "caissond to record the exit",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&d.log_path)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains("pod sandbox stopped") && l.contains(&stopped))
+                .then_some(())
+        },
+    );
+    std::fs::remove_file(&flag).unwrap();
+    let answered = d.rt.block_on(run).unwrap();
+    let id = answered
+        .map(|r| r.into_inner().pod_sandbox_id)
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e:?}\n{}", d.log_tail()));
+    assert_eq!(id, pod);
+    assert_eq!(
+        d.pod_status(&id).state,
+        cri::PodSandboxState::SandboxNotready as i32,
+        "the pod's pause is dead\n{}",
+        d.log_tail()
+    );
+    let v = d.settled_leak_check(&scope, Duration::from_secs(10));
+    assert!(v.is_empty(), "{}\n{}", v.join("\n"), d.log_tail());
+    d.stop_pod(&id);
+    d.remove_pod(&id);
     let host = HostState::capture(&scope, d.pid());
     assert!(host.is_empty(), "left on the host: {host:#?}");
     assert!(net.allocations().is_empty(), "{:?}", net.allocations());

@@ -96,6 +96,11 @@ pub struct Runtime {
     /// One lock per pod (and per RunPodSandbox name): operations on a pod and
     /// its containers do not interleave.
     locks: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    /// One lock per pod record, held while it is changed and written, so
+    /// that the store ends with the version the records hold (two writers
+    /// of one pod, RunPodSandbox and its pause's exit, could otherwise land
+    /// in the other order).
+    pod_writes: std::sync::Mutex<HashMap<String, Arc<std::sync::Mutex<()>>>>,
     pub changes: broadcast::Sender<ContainerChange>,
     /// The pod CIDR kubelet sent in UpdateRuntimeConfig (for CNI, later).
     pub pod_cidr: std::sync::Mutex<String>,
@@ -159,6 +164,7 @@ impl Runtime {
             clients: std::sync::Mutex::new(HashMap::new()),
             lost_shims: std::sync::Mutex::new(HashSet::new()),
             locks: std::sync::Mutex::new(HashMap::new()),
+            pod_writes: std::sync::Mutex::new(HashMap::new()),
             changes,
             pod_cidr: std::sync::Mutex::new(String::new()),
             qos,
@@ -283,12 +289,47 @@ impl Runtime {
         (hits.len() == 1).then(|| hits[0].clone())
     }
 
-    pub fn save_pod(&self, pod: PodRecord) -> CriResult<()> {
+    /// Saves a pod record and takes it as the pod's. A pause exit recorded
+    /// meanwhile ([`Runtime::on_exit`]) stays: a copy taken before it
+    /// (RunPodSandbox's, whose CNI ADD runs beside the pause's start) does
+    /// not make a dead pod READY again.
+    pub fn save_pod(&self, mut pod: PodRecord) -> CriResult<()> {
+        let lock = self.pod_write_lock(&pod.id);
+        let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self
+            .records()
+            .pods
+            .get(&pod.id)
+            .is_some_and(|p| p.pause_exited)
+        {
+            pod.pause_exited = true;
+            pod.state = crate::store::PodState::NotReady;
+        }
         self.store
             .save_pod(&pod)
             .map_err(|e| CriError::internal("saving the pod record", e))?;
         self.records().pods.insert(pod.id.clone(), pod);
         Ok(())
+    }
+
+    /// The lock [`Runtime::save_pod`] and [`Runtime::on_exit`] hold while
+    /// they change and write pod `id`'s record.
+    fn pod_write_lock(&self, id: &str) -> Arc<std::sync::Mutex<()>> {
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a removed pod's record and its write lock.
+    pub(super) fn forget_pod_record(&self, id: &str) {
+        self.records().pods.remove(id);
+        self.pod_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     pub fn save_container(&self, c: ContainerRecord) -> CriResult<()> {
@@ -393,14 +434,22 @@ impl Runtime {
             self.notify(&c.id, &c.pod_id, ChangeKind::Stopped);
             return;
         }
-        let pod = {
-            let mut records = self.records();
-            let Some(pod) = records.pods.get_mut(task_id) else {
-                return;
-            };
+        if !self.records().pods.contains_key(task_id) {
+            return;
+        }
+        let lock = self.pod_write_lock(task_id);
+        let _writing = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pod = self.records().pods.get_mut(task_id).map(|pod| {
             pod.pause_exited = true;
             pod.state = crate::store::PodState::NotReady;
             pod.clone()
+        });
+        let Some(pod) = pod else {
+            // Removed since: its write lock was forgotten before this one
+            // was made.
+            drop(_writing);
+            self.forget_pod_record(task_id);
+            return;
         };
         tracing::info!(pod_id = %task_id, "pod sandbox stopped");
         if let Err(e) = self.store.save_pod(&pod) {

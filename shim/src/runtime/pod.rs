@@ -904,7 +904,7 @@ impl Runtime {
             tracing::debug!(error = %e, "updating the burstable tier's cpu shares");
         }
         let _ = self.store.remove_pod(&pod.id);
-        self.records().pods.remove(&pod.id);
+        self.forget_pod_record(&pod.id);
         self.forget_lost_shim(&pod.id);
         self.forget_cpu_sample(&super::stats::pod_sample_key(&pod.id));
         removed

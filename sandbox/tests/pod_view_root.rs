@@ -10,6 +10,8 @@ use caisson_sandbox::backend::native::NativeBackend;
 use caisson_sandbox::backend::{Backend, Stdio, TaskKind};
 use caisson_sandbox::host::mountinfo;
 use caisson_sandbox::host::pod_view::{pin_roots, unpin_roots, PodView};
+use caisson_tests::daemon::Caissond;
+use caisson_tests::require;
 use nix::mount::{MntFlags, MsFlags};
 use oci_spec::runtime::MountBuilder;
 
@@ -107,16 +109,9 @@ fn seen_in(view: &PodView) -> (Vec<PathBuf>, bool) {
     .unwrap()
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 #[test]
 fn a_pods_view_has_its_mounts_and_not_another_pods() {
-    if !is_root() {
-        eprintln!("skipped: needs root (mount namespaces)");
-        return;
-    }
+    require::root("mount namespaces");
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().canonicalize().unwrap();
     let mut node = Node::new(&dir, &["mine", "other"]);
@@ -195,19 +190,9 @@ fn a_pods_view_has_its_mounts_and_not_another_pods() {
 
 #[test]
 fn a_root_with_mounts_below_it_is_not_pinned_and_a_busy_root_stays_pinned() {
-    if !is_root() {
-        eprintln!("skipped: needs root (mounts)");
-        return;
-    }
+    require::root("mounts");
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().canonicalize().unwrap();
-    let count_at = |p: &Path| {
-        mountinfo::read()
-            .unwrap()
-            .iter()
-            .filter(|m| m.mount_point == p)
-            .count()
-    };
     // Pods of a caissond from before pinning: a bind now would cover their
     // mounts, so the dir is left as it is.
     let old = dir.join("old");
@@ -217,7 +202,7 @@ fn a_root_with_mounts_below_it_is_not_pinned_and_a_busy_root_stays_pinned() {
     };
     node.tmpfs(&old.join("p1/shm"));
     assert_eq!(pin_roots(std::slice::from_ref(&old)), Vec::<PathBuf>::new());
-    assert_eq!(count_at(&old), 0, "not made a mount point");
+    assert_eq!(Caissond::mounts_at(&old), 0, "not made a mount point");
 
     // A mount of its own at the dir (an operator's tmpfs) is not caissond's.
     let tmpfs = dir.join("tmpfs");
@@ -226,7 +211,7 @@ fn a_root_with_mounts_below_it_is_not_pinned_and_a_busy_root_stays_pinned() {
         pin_roots(std::slice::from_ref(&tmpfs)),
         Vec::<PathBuf>::new()
     );
-    assert_eq!(count_at(&tmpfs), 1);
+    assert_eq!(Caissond::mounts_at(&tmpfs), 1);
 
     // Pinned once, found pinned the next time (one mount, not two); kept
     // while a pod's mount is below it, unmounted once none is.
@@ -236,14 +221,14 @@ fn a_root_with_mounts_below_it_is_not_pinned_and_a_busy_root_stays_pinned() {
     node.roots.push(new.clone());
     for _ in 0..2 {
         assert_eq!(pin_roots(std::slice::from_ref(&new)), vec![new.clone()]);
-        assert_eq!(count_at(&new), 1);
+        assert_eq!(Caissond::mounts_at(&new), 1);
     }
     node.tmpfs(&new.join("p2/shm"));
     unpin_roots(std::slice::from_ref(&new));
-    assert_eq!(count_at(&new), 1, "a pod's mount below: kept");
+    assert_eq!(Caissond::mounts_at(&new), 1, "a pod's mount below: kept");
     nix::mount::umount2(&new.join("p2/shm"), MntFlags::MNT_DETACH).unwrap();
     unpin_roots(std::slice::from_ref(&new));
-    assert_eq!(count_at(&new), 0, "no pod left: unmounted");
+    assert_eq!(Caissond::mounts_at(&new), 0, "no pod left: unmounted");
 }
 
 #[test]

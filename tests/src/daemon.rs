@@ -647,6 +647,13 @@ impl Caissond {
         [self.pods_dir(), self.dir.path().join("run/netns")]
     }
 
+    /// Whether `mount_point` is one of [`Caissond::standing_mounts`].
+    pub fn is_standing_mount(&self, mount_point: &str) -> bool {
+        self.standing_mounts()
+            .iter()
+            .any(|s| Path::new(mount_point) == s)
+    }
+
     /// How many mounts are stacked at `path` (the mount table's lines
     /// naming it as their mount point).
     pub fn mounts_at(path: &Path) -> usize {
@@ -970,12 +977,11 @@ impl Caissond {
         // event loop at any moment: a temp file is not a leftover.
         paths.retain(|p| !(p.starts_with("root/state/") && p.contains("/.tmp-")));
         let prefix = root.display().to_string();
-        let standing = self.standing_mounts();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&prefix) && !standing.iter().any(|s| Path::new(m) == s))
+            .filter(|m| m.starts_with(&prefix) && !self.is_standing_mount(m))
             .map(String::from)
             .collect();
         let mut cgroups = BTreeSet::new();

@@ -57,10 +57,7 @@ impl Scope {
             networks: vec![],
             subnets: vec![],
             ignore: vec![],
-            standing: vec![
-                d.dir.path().join("run/pods"),
-                d.dir.path().join("run/netns"),
-            ],
+            standing: d.standing_mounts().to_vec(),
         }
     }
 

@@ -91,10 +91,9 @@ pub fn run_dir(d: &Caissond) -> PathBuf {
 /// Mount points under caissond's run dir but for its standing ones
 /// ([`Caissond::standing_mounts`]): its pods'.
 pub fn pod_mounts(d: &Caissond) -> Vec<String> {
-    let standing = d.standing_mounts();
     mounts_under(&run_dir(d))
         .into_iter()
-        .filter(|m| !standing.iter().any(|s| Path::new(m) == s))
+        .filter(|m| !d.is_standing_mount(m))
         .collect()
 }
 

@@ -303,10 +303,9 @@ fn a_host_users_false_pod_runs_in_kubelets_user_namespace_and_leaves_nothing() {
         Vec::<u32>::new(),
         "the user namespace is released"
     );
-    let standing = d.standing_mounts();
     let left: Vec<String> = mounts_under(d.dir.path())
         .into_iter()
-        .filter(|m| !standing.iter().any(|s| Path::new(m) == s))
+        .filter(|m| !d.is_standing_mount(m))
         .collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
     let idmapped: Vec<_> = mounts()

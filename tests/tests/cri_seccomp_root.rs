@@ -241,3 +241,107 @@ fn apparmor_localhost_profiles_are_refused_without_apparmor() {
     );
     assert_eq!(listed.containers.len(), 3, "{:?}", listed.containers);
 }
+
+/// Without no_new_privs (CRI's default, kubelet's for a container without
+/// `allowPrivilegeEscalation: false`) the filter is loaded by the shim's
+/// executor too, from the fork server's compiled program, instead of being
+/// compiled by libseccomp in every init: the init reaches the executor with
+/// CAP_SYS_ADMIN and CAP_SETPCAP added, loads the filter and drops to its
+/// own capabilities before it reports ready. It ends with exactly the
+/// capabilities of the same container without a profile (as root with the
+/// default set, with every capability dropped, as a non-root user), under
+/// one filter, without no_new_privs, denied what RuntimeDefault denies;
+/// and so do its execs (caissond reads their process from the bundle's
+/// spec, written back with the container's own capabilities once the init
+/// is built, and the shim caps them at the container's).
+#[test]
+fn runtime_default_without_no_new_privs_ends_with_the_containers_own_capabilities() {
+    let d = Caissond::start("");
+    d.import_busybox();
+    let config = d.pod_config("seccomp-caps");
+    let pod = d.run_pod(&config);
+    let caps_of = |status: &str| -> Vec<String> {
+        ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+            .iter()
+            .map(|f| format!("{f} {}", status_field(status, f)))
+            .collect()
+    };
+    let cases: [(&str, bool, Option<i64>); 3] = [
+        ("root", false, None),
+        ("no-caps", true, None),
+        ("user", false, Some(1000)),
+    ];
+    for (name, drop_all, user) in cases {
+        let config_for = |suffix: &str, profile: bool| {
+            let mut c = container_config(
+                &format!("{name}-{suffix}"),
+                &[
+                    "sh",
+                    "-c",
+                    "unshare -n true; echo $? > /tmp/unshare; exec sleep 1000",
+                ],
+            );
+            let mut linux = if profile {
+                runtime_default(false)
+            } else {
+                cri::LinuxContainerConfig::default()
+            };
+            let sc = linux.security_context.get_or_insert_with(Default::default);
+            if drop_all {
+                sc.capabilities = Some(cri::Capability {
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                });
+            }
+            sc.run_as_user = user.map(|value| cri::Int64Value { value });
+            c.linux = Some(linux);
+            c
+        };
+        let plain = d.create_started_container(&pod, &config, config_for("plain", false));
+        let filtered = d.create_started_container(&pod, &config, config_for("filtered", true));
+        let status = |c: &str| {
+            std::fs::read_to_string(format!("/proc/{}/status", d.container_pid(c))).unwrap()
+        };
+        let (plain_status, init) = (status(&plain), status(&filtered));
+        assert_eq!(
+            seccomp_mode(&plain_status),
+            "0",
+            "{name}: no profile, no filter"
+        );
+        assert_eq!(seccomp_mode(&init), "2", "{name}: the init runs filtered");
+        assert_eq!(status_field(&init, "Seccomp_filters:"), "1", "{name}");
+        assert_eq!(status_field(&init, "NoNewPrivs:"), "0", "{name}");
+        assert_eq!(
+            caps_of(&init),
+            caps_of(&plain_status),
+            "{name}: the filtered init's capabilities are the container's own"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let rc = loop {
+            let out = d.try_exec(&filtered, &["cat", "/tmp/unshare"], 10).unwrap();
+            if out.exit_code == 0 {
+                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}: no /tmp/unshare"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_ne!(rc, "0", "{name}: unshare must be denied in the init");
+        let exec = d.exec(&filtered, &["cat", "/proc/self/status"]);
+        assert_eq!(seccomp_mode(&exec), "2", "{name}: an exec runs filtered");
+        assert_eq!(
+            caps_of(&exec),
+            caps_of(&d.exec(&plain, &["cat", "/proc/self/status"])),
+            "{name}: an exec gets the container's own capabilities, not its build's"
+        );
+        let denied = d
+            .try_exec(&filtered, &["unshare", "-n", "true"], 10)
+            .unwrap();
+        assert_ne!(
+            denied.exit_code, 0,
+            "{name}: unshare must be denied in an exec"
+        );
+    }
+}

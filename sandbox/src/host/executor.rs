@@ -38,7 +38,10 @@ impl<E: Executor + Clone + 'static> Executor for CleanSignals<E> {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        self.0.validate(spec)
+        self.0.validate(spec)?;
+        // The last step of an init before it reports ready (libcontainer
+        // loads a no_new_privs filter just before this).
+        load_init_filter(spec).map_err(ExecutorValidationError::ArgValidationError)
     }
 
     fn setup_envs(&self, envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
@@ -106,7 +109,7 @@ fn load_exec_filter(spec: &Spec) -> Result<(), ExecutorError> {
     else {
         return Ok(());
     };
-    if already {
+    if already || init_filter_caps(spec).is_some() {
         return Ok(());
     }
     // Compiled by the fork server before it built this process, usually
@@ -136,6 +139,67 @@ fn load_exec_filter(spec: &Spec) -> Result<(), ExecutorError> {
         }
     }
     Ok(())
+}
+
+/// Annotation (set by the native backend on an init's spec) with the
+/// capabilities, as JSON `LinuxCapabilities`, of an init whose seccomp
+/// filter ([`EXEC_SECCOMP_ANNOTATION`]) this executor loads without
+/// no_new_privs: the kernel lets a process do that only with
+/// `CAP_SYS_ADMIN`, which libcontainer's own load (before it drops the
+/// capabilities) has, so the spec gives the init `CAP_SYS_ADMIN` and
+/// `CAP_SETPCAP` on top of its own, and [`load_init_filter`] loads the
+/// program the fork server compiled, then drops to these. Both happen in
+/// the executor's `validate`, before the init reports ready, and nothing
+/// of the user's program runs before.
+pub const INIT_SECCOMP_CAPS_ANNOTATION: &str = "io.caisson.init-seccomp-caps";
+
+/// The capabilities [`INIT_SECCOMP_CAPS_ANNOTATION`] gives, for an init
+/// (not an exec: those carry the container's annotations too) whose spec
+/// has no `linux.seccomp` left for libcontainer.
+fn init_filter_caps(spec: &Spec) -> Option<&String> {
+    if crate::backend::hardened::exec_userns::building_exec()
+        || spec.linux().as_ref().is_some_and(|l| l.seccomp().is_some())
+    {
+        return None;
+    }
+    spec.annotations()
+        .as_ref()?
+        .get(INIT_SECCOMP_CAPS_ANNOTATION)
+}
+
+/// For an init with [`INIT_SECCOMP_CAPS_ANNOTATION`]: loads its filter (the
+/// fork server's compiled program, or compiled here) while the process
+/// still holds `CAP_SYS_ADMIN`, then drops its capabilities to the
+/// annotated ones (the bounding set first, with `CAP_SETPCAP`). A failure
+/// fails the init.
+fn load_init_filter(spec: &Spec) -> Result<(), String> {
+    let Some(caps) = init_filter_caps(spec) else {
+        return Ok(());
+    };
+    let caps: libcontainer::oci_spec::runtime::LinuxCapabilities =
+        serde_json::from_str(caps).map_err(|e| format!("{INIT_SECCOMP_CAPS_ANNOTATION}: {e}"))?;
+    let json = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(EXEC_SECCOMP_ANNOTATION))
+        .ok_or_else(|| {
+            format!("{INIT_SECCOMP_CAPS_ANNOTATION} without {EXEC_SECCOMP_ANNOTATION}")
+        })?;
+    match crate::host::seccomp_cache::prepare(json)
+        .map_err(|e| format!("{EXEC_SECCOMP_ANNOTATION}: {e}"))?
+    {
+        Some(program) => crate::host::seccomp_cache::load(&program)
+            .map_err(|e| format!("loading the init's seccomp filter: {e}"))?,
+        None => {
+            let filter: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(json)
+                .map_err(|e| format!("{EXEC_SECCOMP_ANNOTATION}: {e}"))?;
+            libcontainer::seccomp::initialize_seccomp(&filter)
+                .map_err(|e| format!("loading the init's seccomp filter: {e}"))?;
+        }
+    }
+    let syscall = libcontainer::syscall::syscall::create_syscall();
+    libcontainer::capabilities::drop_privileges(&caps, syscall.as_ref())
+        .map_err(|e| format!("dropping to the init's capabilities: {e}"))
 }
 
 /// Default disposition for every signal, empty mask. Runs in the

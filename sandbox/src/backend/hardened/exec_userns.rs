@@ -45,6 +45,12 @@ static BUILD_KIND: AtomicU8 = AtomicU8::new(BUILD_NONE);
 static EXEC_USERNS_FD: AtomicI32 = AtomicI32::new(-1);
 static EXEC_USERNS_INODE: AtomicU64 = AtomicU64::new(0);
 
+/// Whether the process running this is an exec process the fork server
+/// built (not an init, nor anything outside a build).
+pub(crate) fn building_exec() -> bool {
+    BUILD_KIND.load(Ordering::SeqCst) == BUILD_EXEC
+}
+
 /// Marks the fork server's current build (init or exec, with the pod's
 /// user namespace for a hardened exec) until dropped.
 pub(crate) struct BuildScope {

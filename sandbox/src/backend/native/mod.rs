@@ -353,6 +353,14 @@ impl NativeBackend {
                 return Err(failed("create", id, reason));
             }
         };
+        // Built: what reads the bundle from now on sees the init's own
+        // capabilities.
+        if let Some(own) = &prepared.own_caps {
+            if let Err(e) = own.write_back(id, &task.bundle) {
+                self.discard(id);
+                return Err(e);
+            }
+        }
         let pid = started.pidfd.pid();
         self.watch(&guard, id, None, pid);
         self.tasks.lock().insert(
@@ -364,6 +372,7 @@ impl NativeBackend {
                 init: started,
                 cgroup_path: prepared.cgroup_path,
                 oom_score_adj: prepared.oom_score_adj,
+                exec_caps_ceiling: prepared.own_caps.map(|own| own.caps),
                 fork_netns: extras.fork_netns,
                 exec_userns: extras.exec_userns,
                 view,
@@ -566,7 +575,7 @@ impl Backend for NativeBackend {
 
     fn start_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
         self.settle_execs();
-        let (exec, default_oom, fork_netns, exec_userns, view) = {
+        let (exec, default_oom, caps_ceiling, fork_netns, exec_userns, view) = {
             let tasks = self.tasks.lock();
             let task = tasks.get(id).ok_or_else(|| not_found(id))?;
             let exec = task
@@ -586,6 +595,7 @@ impl Backend for NativeBackend {
             (
                 exec.spec.clone(),
                 task.oom_score_adj,
+                task.exec_caps_ceiling.clone(),
                 task.fork_netns.clone(),
                 task.exec_userns.clone(),
                 task.view.clone(),
@@ -598,6 +608,9 @@ impl Backend for NativeBackend {
             self.limits,
             default_oom,
         );
+        if let Some(ceiling) = &caps_ceiling {
+            spec::clamp_capabilities(&mut process, ceiling);
+        }
         process.set_terminal(Some(exec.stdio.terminal));
         if exec_userns.is_some() {
             // The executor joins the pod's user namespace, then drops to

@@ -139,6 +139,52 @@ pub(crate) struct PreparedSpec {
     /// The sources of its bind mounts (a view must not change what they
     /// show).
     pub bind_sources: Vec<PathBuf>,
+    /// For an init whose seccomp filter the executor loads without
+    /// no_new_privs: what its capabilities are ([`admit_init_filter_load`]).
+    pub own_caps: Option<OwnCaps>,
+}
+
+/// An init's own capabilities, which the bundle's spec raised for its
+/// build: the ceiling of its execs' ([`clamp_capabilities`]), and its spec
+/// with them, written back to the bundle once the init is built (what
+/// reads the bundle afterwards, an ExecSync's process, a checkpoint, a
+/// verbose status, sees the container's own).
+#[derive(Debug, Clone)]
+pub(crate) struct OwnCaps {
+    pub caps: LinuxCapabilities,
+    spec: Box<Spec>,
+}
+
+impl OwnCaps {
+    /// Writes the spec with the init's own capabilities back to `bundle`.
+    pub fn write_back(&self, id: &str, bundle: &Path) -> Result<()> {
+        let path = bundle.join("config.json");
+        replace_json(&path, &self.spec).map_err(|e| BackendError::Failed {
+            op: "write back the spec",
+            id: id.to_string(),
+            reason: format!("{}: {e}", path.display()),
+        })
+    }
+}
+
+/// Narrows each of `process`'s capability sets to `ceiling`'s (an absent
+/// set is empty): an exec of a container never gets more than the
+/// container's own, whatever its process asked.
+pub(crate) fn clamp_capabilities(process: &mut Process, ceiling: &LinuxCapabilities) {
+    let Some(mut caps) = process.capabilities().clone() else {
+        return;
+    };
+    let within = |set: &Option<Capabilities>, limit: &Option<Capabilities>| {
+        let limit = limit.clone().unwrap_or_default();
+        set.as_ref()
+            .map(|set| set.intersection(&limit).copied().collect::<Capabilities>())
+    };
+    caps.set_bounding(within(caps.bounding(), ceiling.bounding()));
+    caps.set_effective(within(caps.effective(), ceiling.effective()));
+    caps.set_permitted(within(caps.permitted(), ceiling.permitted()));
+    caps.set_inheritable(within(caps.inheritable(), ceiling.inheritable()));
+    caps.set_ambient(within(caps.ambient(), ceiling.ambient()));
+    process.set_capabilities(Some(caps));
 }
 
 /// Annotations only Caisson's backends set, read by the executor inside
@@ -148,6 +194,7 @@ pub(crate) struct PreparedSpec {
 pub const INTERNAL_ANNOTATIONS: &[&str] = &[
     crate::host::executor::EXEC_SECCOMP_ANNOTATION,
     crate::host::executor::LANDLOCK_ANNOTATION,
+    crate::host::executor::INIT_SECCOMP_CAPS_ANNOTATION,
     crate::backend::hardened::exec_userns::EXEC_USERNS_ANNOTATION,
     // Once read by the fork server; now carried out of band, refused here
     // so an old name cannot come back.
@@ -169,6 +216,51 @@ pub fn strip_internal_annotations(spec: &mut Spec) -> Vec<String> {
         spec.set_annotations(Some(annotations));
     }
     removed
+}
+
+/// For an init without no_new_privs whose seccomp filter the executor is to
+/// load: records the process's capabilities in
+/// [`crate::host::executor::INIT_SECCOMP_CAPS_ANNOTATION`] and adds
+/// `CAP_SYS_ADMIN` (to load a filter without no_new_privs) and
+/// `CAP_SETPCAP` (to drop the bounding set afterwards) to its bounding,
+/// effective and permitted sets; the executor drops to the recorded ones.
+/// Answers the recorded capabilities, or `None` (and changes nothing) for
+/// capabilities without all three sets, which libcontainer is left to
+/// apply with its own filter load.
+fn admit_init_filter_load(
+    spec: &mut Spec,
+    process: &mut Process,
+) -> Result<Option<LinuxCapabilities>> {
+    use libcontainer::oci_spec::runtime::Capability;
+    let Some(mut caps) = process.capabilities().clone() else {
+        return Ok(None);
+    };
+    let own = caps.clone();
+    if caps.bounding().is_none() || caps.effective().is_none() || caps.permitted().is_none() {
+        return Ok(None);
+    }
+    let json = serde_json::to_string(&caps).map_err(|e| BackendError::Failed {
+        op: "record the init's capabilities",
+        id: String::new(),
+        reason: e.to_string(),
+    })?;
+    let mut annotations = spec.annotations().clone().unwrap_or_default();
+    annotations.insert(
+        crate::host::executor::INIT_SECCOMP_CAPS_ANNOTATION.to_string(),
+        json,
+    );
+    spec.set_annotations(Some(annotations));
+    let with_loaders = |set: &Option<Capabilities>| {
+        let mut set = set.clone().unwrap_or_default();
+        set.insert(Capability::SysAdmin);
+        set.insert(Capability::Setpcap);
+        Some(set)
+    };
+    caps.set_bounding(with_loaders(caps.bounding()));
+    caps.set_effective(with_loaders(caps.effective()));
+    caps.set_permitted(with_loaders(caps.permitted()));
+    process.set_capabilities(Some(caps));
+    Ok(Some(own))
 }
 
 /// Where [`prepare_bundle`] takes a bundle's spec from.
@@ -273,6 +365,7 @@ pub(crate) fn prepare_bundle(
     }
     // libcontainer 0.7 drops `linux.seccomp` for exec processes: hand the
     // container's filter to the executor, which loads it for execs too.
+    let mut own_caps = None;
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
     if let Some(filter) = seccomp {
         let mut annotations = spec.annotations().clone().unwrap_or_default();
@@ -288,12 +381,25 @@ pub(crate) fn prepare_bundle(
         // Under no_new_privs libcontainer would load the filter right before
         // the executor runs, compiling it in the container's process; the
         // executor loads the same filter there, compiled once by the fork
-        // server ([`crate::host::seccomp_cache`]). Without no_new_privs the
-        // filter must go in while the process still has its capabilities,
-        // which only libcontainer's earlier load does.
-        if process.no_new_privileges() == Some(true)
-            && crate::host::seccomp_cache::compilable(&filter)
-        {
+        // server ([`crate::host::seccomp_cache`]).
+        let compilable = crate::host::seccomp_cache::compilable(&filter);
+        let leave_to_executor = if process.no_new_privileges() == Some(true) {
+            compilable
+        } else if compilable {
+            // Without it, libcontainer loads the filter before it drops the
+            // capabilities, compiling it with libseccomp in the container's
+            // init: 13–15 ms for RuntimeDefault, in every container kubelet
+            // starts without allowPrivilegeEscalation: false. The init
+            // reaches the executor with the two capabilities loading the
+            // compiled program and then dropping the bounding set need, and
+            // drops to its own there, before it reports ready
+            // ([`crate::host::executor::INIT_SECCOMP_CAPS_ANNOTATION`]).
+            own_caps = admit_init_filter_load(&mut spec, &mut process)?;
+            own_caps.is_some()
+        } else {
+            false
+        };
+        if leave_to_executor {
             if let Some(mut linux) = spec.linux().clone() {
                 linux.set_seccomp(None);
                 spec.set_linux(Some(linux));
@@ -302,6 +408,16 @@ pub(crate) fn prepare_bundle(
         }
     }
     let oom_score_adj = process.oom_score_adj();
+    let own_caps = own_caps.map(|caps| {
+        let mut own = process.clone();
+        own.set_capabilities(Some(caps.clone()));
+        let mut spec = spec.clone();
+        spec.set_process(Some(own));
+        OwnCaps {
+            caps,
+            spec: Box::new(spec),
+        }
+    });
     if changed {
         spec.set_process(Some(process));
         replace_json(&path, &spec).map_err(|e| BackendError::Failed {
@@ -333,6 +449,7 @@ pub(crate) fn prepare_bundle(
         oom_score_adj,
         shared_rootfs,
         bind_sources,
+        own_caps,
     })
 }
 
@@ -575,6 +692,119 @@ mod tests {
         assert_eq!(bounding, Some(Capabilities::new()));
         // No temp file left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_init_filter_without_no_new_privs_goes_to_the_executor_with_its_capabilities() {
+        use oci_spec::runtime::{LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let filter = |action: LinuxSeccompAction| {
+            LinuxSeccompBuilder::default()
+                .default_action(LinuxSeccompAction::ScmpActAllow)
+                .syscalls(vec![LinuxSyscallBuilder::default()
+                    .names(vec!["unshare".to_string()])
+                    .action(action)
+                    .build()
+                    .unwrap()])
+                .build()
+                .unwrap()
+        };
+        let prepare = |nnp: Option<bool>, action: LinuxSeccompAction| {
+            let mut spec = Spec::default();
+            let mut process = process_with(&[Capability::Kill, Capability::Chown], None);
+            process.set_no_new_privileges(nnp);
+            spec.set_process(Some(process));
+            let mut linux = spec.linux().clone().unwrap();
+            linux.set_seccomp(Some(filter(action)));
+            spec.set_linux(Some(linux));
+            spec.save(&path).unwrap();
+            prepare_bundle("t", dir.path(), false, LIMITED, SpecOrigin::Incoming).unwrap();
+            Spec::load(&path).unwrap()
+        };
+        let own = process_with(&[Capability::Kill, Capability::Chown], None)
+            .capabilities()
+            .clone()
+            .unwrap();
+        let init_caps = crate::host::executor::INIT_SECCOMP_CAPS_ANNOTATION;
+        let exec_filter = crate::host::executor::EXEC_SECCOMP_ANNOTATION;
+
+        // CRI's default (no_new_privs false): the executor loads it.
+        let written = prepare(Some(false), LinuxSeccompAction::ScmpActErrno);
+        assert!(written.linux().as_ref().unwrap().seccomp().is_none());
+        let annotations = written.annotations().clone().unwrap();
+        assert!(annotations.contains_key(exec_filter));
+        let recorded: LinuxCapabilities = serde_json::from_str(&annotations[init_caps]).unwrap();
+        assert_eq!(recorded, own, "the capabilities the init ends with");
+        let process = written.process().clone().unwrap();
+        assert_eq!(process.no_new_privileges(), None);
+        let given = process.capabilities().clone().unwrap();
+        let loaders = caps(&[
+            Capability::Kill,
+            Capability::Chown,
+            Capability::SysAdmin,
+            Capability::Setpcap,
+        ]);
+        assert_eq!(given.bounding().as_ref(), Some(&loaders));
+        assert_eq!(given.effective().as_ref(), Some(&loaders));
+        assert_eq!(given.permitted().as_ref(), Some(&loaders));
+        assert_eq!(given.inheritable(), own.inheritable(), "not inherited");
+        assert_eq!(given.ambient(), own.ambient(), "not ambient");
+
+        // Under no_new_privs: the executor loads it, the capabilities stay.
+        let written = prepare(Some(true), LinuxSeccompAction::ScmpActErrno);
+        assert!(written.linux().as_ref().unwrap().seccomp().is_none());
+        assert!(!written
+            .annotations()
+            .clone()
+            .unwrap()
+            .contains_key(init_caps));
+        assert_eq!(
+            written.process().clone().unwrap().capabilities(),
+            &Some(own.clone())
+        );
+
+        // A notify action is libcontainer's (it hands the listener over).
+        let written = prepare(None, LinuxSeccompAction::ScmpActNotify);
+        assert!(written.linux().as_ref().unwrap().seccomp().is_some());
+        assert!(!written
+            .annotations()
+            .clone()
+            .unwrap()
+            .contains_key(init_caps));
+        assert_eq!(
+            written.process().clone().unwrap().capabilities(),
+            &Some(own)
+        );
+    }
+
+    #[test]
+    fn an_exec_gets_no_capability_its_container_lacks() {
+        let ceiling = process_with(&[Capability::Kill, Capability::Chown], None)
+            .capabilities()
+            .clone()
+            .unwrap();
+        let mut exec = process_with(
+            &[Capability::Kill, Capability::SysAdmin, Capability::Setpcap],
+            None,
+        );
+        clamp_capabilities(&mut exec, &ceiling);
+        let got = exec.capabilities().clone().unwrap();
+        let kill = Some(caps(&[Capability::Kill]));
+        assert_eq!(got.bounding(), &kill);
+        assert_eq!(got.effective(), &kill);
+        assert_eq!(got.permitted(), &kill);
+        assert_eq!(got.inheritable(), &kill);
+        assert_eq!(got.ambient(), &kill);
+        // A set the container does not have is empty for its execs.
+        let mut none = ceiling.clone();
+        none.set_ambient(None);
+        let mut exec = process_with(&[Capability::Kill], None);
+        clamp_capabilities(&mut exec, &none);
+        assert_eq!(
+            exec.capabilities().clone().unwrap().ambient(),
+            &Some(Capabilities::new())
+        );
     }
 
     #[test]

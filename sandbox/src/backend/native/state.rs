@@ -54,6 +54,9 @@ pub(super) struct Task {
     pub(super) cgroup_path: PathBuf,
     /// The init's `oomScoreAdj` (after sanitising), inherited by execs.
     pub(super) oom_score_adj: Option<i32>,
+    /// The init's own capabilities where its spec raised them for its
+    /// build: no exec of the task gets more ([`super::spec::OwnCaps`]).
+    pub(super) exec_caps_ceiling: Option<oci_spec::runtime::LinuxCapabilities>,
     /// The network namespace the fork server enters for this task's
     /// builds ([`super::CreateExtras`]); none for native.
     pub(super) fork_netns: Option<PathBuf>,

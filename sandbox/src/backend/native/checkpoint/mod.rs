@@ -72,6 +72,8 @@ pub(super) struct PendingRestore {
     kind: TaskKind,
     cgroup_path: PathBuf,
     oom_score_adj: Option<i32>,
+    /// The ceiling of its execs' capabilities ([`spec::OwnCaps`]).
+    exec_caps_ceiling: Option<oci_spec::runtime::LinuxCapabilities>,
     /// The new process's stdio, handed to CRIU in place of the old pipes.
     child: ChildStdio,
     held: HeldStdio,
@@ -368,6 +370,10 @@ impl NativeBackend {
         }
         let prepared =
             spec::prepare_bundle(id, &task.bundle, false, self.limits, SpecOrigin::Incoming)?;
+        // CRIU restores the processes' own capabilities and filter.
+        if let Some(own) = &prepared.own_caps {
+            own.write_back(id, &task.bundle)?;
+        }
         let stdio = prepare_stdio(id, &task.stdio)?;
         let (child, pending) = stdio.split();
         let (Some(child), PendingStdio::Plain(held)) = (child, pending) else {
@@ -396,6 +402,7 @@ impl NativeBackend {
                 kind: task.kind.clone(),
                 cgroup_path: prepared.cgroup_path,
                 oom_score_adj: prepared.oom_score_adj,
+                exec_caps_ceiling: prepared.own_caps.map(|own| own.caps),
                 child,
                 held,
             },
@@ -435,6 +442,7 @@ impl NativeBackend {
                     kind,
                     cgroup_path,
                     oom_score_adj,
+                    exec_caps_ceiling,
                     held,
                     ..
                 } = pending;
@@ -452,6 +460,7 @@ impl NativeBackend {
                         init: Started { pidfd, stdio: held },
                         cgroup_path,
                         oom_score_adj,
+                        exec_caps_ceiling,
                         fork_netns: None,
                         exec_userns: None,
                         view: None,

@@ -81,6 +81,54 @@ fn ctr_runs_a_hardened_container_through_the_named_shim() {
     cd.finish();
 }
 
+/// containerd's default seccomp profile (`ctr run --seccomp`) without
+/// no_new_privs (`--allow-new-privs`) on the native shim: the init's filter is the program the
+/// fork server compiled, loaded by the executor while the init still holds
+/// the `CAP_SYS_ADMIN` the shim lent it, and the container ends with the
+/// capabilities containerd's spec gives (those of the same container
+/// without the profile), no_new_privs unset.
+#[test]
+fn ctr_runs_a_container_with_containerds_seccomp_profile_and_its_own_capabilities() {
+    let runtime = std::env::var("CAISSON_CTR_RUNTIME").unwrap_or_else(|_| RUNTIME.to_string());
+    let mut cd = Containerd::start(&runtime);
+    cd.import_busybox();
+    let script = "grep -E '^(Seccomp|NoNewPrivs|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status";
+    let mut seen = vec![];
+    // ctr's spec asks for no_new_privs unless told otherwise.
+    for flags in [
+        &["--rm", "--allow-new-privs", "--seccomp"][..],
+        &["--rm", "--allow-new-privs"][..],
+    ] {
+        let id = cd.new_id("seccomp");
+        let out = cd.run(flags, &id, &["sh", "-c", script]);
+        if !out.status.success() {
+            cd.fail(&format!("expected exit 0: {out}"));
+        }
+        cd.expect_container_gone(&id);
+        seen.push(out.stdout);
+    }
+    let caps = |status: &str| -> Vec<String> {
+        status
+            .lines()
+            .filter(|l| l.starts_with("Cap"))
+            .map(String::from)
+            .collect()
+    };
+    let (filtered, plain) = (&seen[0], &seen[1]);
+    let checks = [
+        filtered.contains("Seccomp:\t2"),
+        filtered.contains("NoNewPrivs:\t0"),
+        plain.contains("Seccomp:\t0"),
+        caps(filtered).len() == 5 && caps(filtered) == caps(plain),
+    ];
+    if checks.contains(&false) {
+        cd.fail(&format!(
+            "filtered ({checks:?}):\n{filtered}\nwithout the profile:\n{plain}"
+        ));
+    }
+    cd.finish();
+}
+
 /// Output of one `ctr` call.
 struct Out {
     what: String,

@@ -19,6 +19,23 @@ fn status_field(status: &str, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// What the container's init wrote to `/tmp/unshare`: the exit status of
+/// its `unshare -n true` (waited for, at most 10 s).
+fn unshare_status(d: &Caissond, c: &str, name: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let out = d.try_exec(c, &["cat", "/tmp/unshare"], 10).unwrap();
+        if out.exit_code == 0 {
+            return String::from_utf8_lossy(&out.stdout).trim().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: no /tmp/unshare"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A container's Linux config asking for RuntimeDefault (and no_new_privs).
 fn runtime_default(no_new_privs: bool) -> cri::LinuxContainerConfig {
     cri::LinuxContainerConfig {
@@ -99,18 +116,7 @@ fn runtime_default_with_no_new_privs_filters_the_init_once_and_its_execs() {
             "{name}: one filter"
         );
         assert_eq!(status_field(&init, "NoNewPrivs:"), "1", "{name}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let rc = loop {
-            let out = d.try_exec(&c, &["cat", "/tmp/unshare"], 10).unwrap();
-            if out.exit_code == 0 {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name}: no /tmp/unshare"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let rc = unshare_status(&d, &c, name);
         assert_ne!(rc, "0", "{name}: unshare must be denied in the init");
         let exec = d.exec(&c, &["cat", "/proc/self/status"]);
         assert_eq!(seccomp_mode(&exec), "2", "{name}: an exec runs filtered");
@@ -316,18 +322,7 @@ fn runtime_default_without_no_new_privs_ends_with_the_containers_own_capabilitie
             caps_of(&plain_status),
             "{name}: the filtered init's capabilities are the container's own"
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let rc = loop {
-            let out = d.try_exec(&filtered, &["cat", "/tmp/unshare"], 10).unwrap();
-            if out.exit_code == 0 {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name}: no /tmp/unshare"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let rc = unshare_status(&d, &filtered, name);
         assert_ne!(rc, "0", "{name}: unshare must be denied in the init");
         let exec = d.exec(&filtered, &["cat", "/proc/self/status"]);
         assert_eq!(seccomp_mode(&exec), "2", "{name}: an exec runs filtered");

@@ -96,17 +96,8 @@ impl Drop for BuildScope {
 /// permitted sets (it drops to the container's own, annotated, right after
 /// joining, before the user's program runs).
 pub(crate) fn allow_joining(process: &mut libcontainer::oci_spec::runtime::Process) {
-    use libcontainer::oci_spec::runtime::{Capabilities, Capability};
-    let mut caps = process.capabilities().clone().unwrap_or_default();
-    let with_admin = |set: &Option<Capabilities>| {
-        let mut set = set.clone().unwrap_or_default();
-        set.insert(Capability::SysAdmin);
-        Some(set)
-    };
-    caps.set_bounding(with_admin(caps.bounding()));
-    caps.set_effective(with_admin(caps.effective()));
-    caps.set_permitted(with_admin(caps.permitted()));
-    process.set_capabilities(Some(caps));
+    use libcontainer::oci_spec::runtime::Capability;
+    crate::backend::native::raise_capabilities(process, &[Capability::SysAdmin]);
 }
 
 /// In the process libcontainer is about to `execve`: for an exec of a

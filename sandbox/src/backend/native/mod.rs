@@ -77,7 +77,7 @@ pub(crate) use userns::{layers_dir, valid_task_id};
 
 use process_io::{into_request, prepare_stdio, request_fds, write_process_file, ForkRequest};
 /// Writes JSON to `path` atomically (for backends built on this one).
-pub(crate) use spec::{replace_json, write_json_atomically};
+pub(crate) use spec::{raise_capabilities, replace_json, write_json_atomically};
 use spec::{HostLimits, SpecOrigin};
 use state::{ExecProcess, Phase, Started, Task, Tasks, REAP_DEADLINE};
 

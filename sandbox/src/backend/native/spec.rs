@@ -231,8 +231,7 @@ fn admit_init_filter_load(
     spec: &mut Spec,
     process: &mut Process,
 ) -> Result<Option<LinuxCapabilities>> {
-    use libcontainer::oci_spec::runtime::Capability;
-    let Some(mut caps) = process.capabilities().clone() else {
+    let Some(caps) = process.capabilities().clone() else {
         return Ok(None);
     };
     let own = caps.clone();
@@ -250,17 +249,24 @@ fn admit_init_filter_load(
         json,
     );
     spec.set_annotations(Some(annotations));
-    let with_loaders = |set: &Option<Capabilities>| {
+    raise_capabilities(process, &[Capability::SysAdmin, Capability::Setpcap]);
+    Ok(Some(own))
+}
+
+/// Adds `extra` to `process`'s bounding, effective and permitted sets (not
+/// to what it passes on: inheritable and ambient), for what the executor
+/// does before it drops to the process's own.
+pub(crate) fn raise_capabilities(process: &mut Process, extra: &[Capability]) {
+    let mut caps = process.capabilities().clone().unwrap_or_default();
+    let raised = |set: &Option<Capabilities>| {
         let mut set = set.clone().unwrap_or_default();
-        set.insert(Capability::SysAdmin);
-        set.insert(Capability::Setpcap);
+        set.extend(extra.iter().copied());
         Some(set)
     };
-    caps.set_bounding(with_loaders(caps.bounding()));
-    caps.set_effective(with_loaders(caps.effective()));
-    caps.set_permitted(with_loaders(caps.permitted()));
+    caps.set_bounding(raised(caps.bounding()));
+    caps.set_effective(raised(caps.effective()));
+    caps.set_permitted(raised(caps.permitted()));
     process.set_capabilities(Some(caps));
-    Ok(Some(own))
 }
 
 /// Where [`prepare_bundle`] takes a bundle's spec from.

@@ -137,13 +137,15 @@ fn a_pause_dead_before_run_pod_sandbox_ends_leaves_the_pod_not_ready() {
         })
         .await
     });
-    // ADD is held; the pause is started meanwhile: the pod's one task.
+    // ADD is held; the pause is started meanwhile: the pod's one task,
+    // once it has exec'd (before, its init still has the shim's command
+    // line, and killing it fails the build instead).
     let (pause, pod) = wait_until("the pause to run", Duration::from_secs(30), || {
         HostState::capture(&scope, d.pid())
             .processes
             .into_iter()
-            .find_map(|(pid, (p, _))| match p {
-                Proc::Task { id } => Some((pid, id)),
+            .find_map(|(pid, (p, cmd))| match p {
+                Proc::Task { id } if !cmd.contains("containerd-shim") => Some((pid, id)),
                 _ => None,
             })
     });

@@ -533,9 +533,37 @@ impl Client {
     }
 }
 
+/// One chaos run per machine at a time, held until dropped: two runs share
+/// the bridge, subnet and host-local dir (and the second's set-up removes
+/// the first's), and each takes the other's pods' IPs and portmap rules
+/// for leaks (a `make chaos` beside CI's run failed both). A second run
+/// waits for the first.
+fn one_run_at_a_time() -> nix::fcntl::Flock<std::fs::File> {
+    use nix::fcntl::{Flock, FlockArg};
+    let path = Path::new("/var/tmp/caisson-chaos.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => held,
+        Err((file, _)) => {
+            eprintln!(
+                "chaos: another chaos run holds {}: waiting for it to end",
+                path.display()
+            );
+            Flock::lock(file, FlockArg::LockExclusive)
+                .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()))
+        }
+    }
+}
+
 /// Runs `plan` against a fresh caissond whose root dir is on a small
 /// tmpfs, on a CNI bridge with portmap (subnet `10.231.92.0/24`).
 pub fn run(plan: &Plan) -> Summary {
+    let _one_at_a_time = one_run_at_a_time();
     let started = Instant::now();
     let net = TestNetwork::new("cst-chaos", "cst-chaos0", "10.231.92").with_portmap();
     let tmpfs = Tmpfs::new("96m");

@@ -127,18 +127,29 @@ fn load_exec_filter(spec: &Spec) -> Result<(), ExecutorError> {
             std::io::Error::last_os_error()
         )));
     }
-    match program {
-        Some(program) => crate::host::seccomp_cache::load(&program)
-            .map_err(|e| ExecutorError::Other(format!("loading the exec seccomp filter: {e}")))?,
+    load_filter(json, program, "exec").map_err(ExecutorError::Other)
+}
+
+/// Installs the filter of [`EXEC_SECCOMP_ANNOTATION`]'s `json`: `program`,
+/// what [`crate::host::seccomp_cache::prepare`] answered for it, or, where
+/// that had none (a filter it does not compile), libcontainer's own
+/// compilation of `json`. `whose` names the process in errors.
+fn load_filter(
+    json: &str,
+    program: Option<std::sync::Arc<crate::host::seccomp_cache::Program>>,
+    whose: &str,
+) -> Result<(), String> {
+    let loaded = match program {
+        Some(program) => crate::host::seccomp_cache::load(&program).map_err(|e| e.to_string()),
         None => {
             let filter: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(json)
-                .map_err(|e| ExecutorError::Other(format!("{EXEC_SECCOMP_ANNOTATION}: {e}")))?;
-            libcontainer::seccomp::initialize_seccomp(&filter).map_err(|e| {
-                ExecutorError::Other(format!("loading the exec seccomp filter: {e}"))
-            })?;
+                .map_err(|e| format!("{EXEC_SECCOMP_ANNOTATION}: {e}"))?;
+            libcontainer::seccomp::initialize_seccomp(&filter)
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
-    }
-    Ok(())
+    };
+    loaded.map_err(|e| format!("loading the {whose} seccomp filter: {e}"))
 }
 
 /// Annotation (set by the native backend on an init's spec) with the
@@ -185,18 +196,9 @@ fn load_init_filter(spec: &Spec) -> Result<(), String> {
         .ok_or_else(|| {
             format!("{INIT_SECCOMP_CAPS_ANNOTATION} without {EXEC_SECCOMP_ANNOTATION}")
         })?;
-    match crate::host::seccomp_cache::prepare(json)
-        .map_err(|e| format!("{EXEC_SECCOMP_ANNOTATION}: {e}"))?
-    {
-        Some(program) => crate::host::seccomp_cache::load(&program)
-            .map_err(|e| format!("loading the init's seccomp filter: {e}"))?,
-        None => {
-            let filter: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(json)
-                .map_err(|e| format!("{EXEC_SECCOMP_ANNOTATION}: {e}"))?;
-            libcontainer::seccomp::initialize_seccomp(&filter)
-                .map_err(|e| format!("loading the init's seccomp filter: {e}"))?;
-        }
-    }
+    let program = crate::host::seccomp_cache::prepare(json)
+        .map_err(|e| format!("{EXEC_SECCOMP_ANNOTATION}: {e}"))?;
+    load_filter(json, program, "init's")?;
     let syscall = libcontainer::syscall::syscall::create_syscall();
     libcontainer::capabilities::drop_privileges(&caps, syscall.as_ref())
         .map_err(|e| format!("dropping to the init's capabilities: {e}"))

@@ -228,19 +228,19 @@ pub fn strip_internal_annotations(spec: &mut Spec) -> Vec<String> {
 /// capabilities without all three sets, which libcontainer is left to
 /// apply with its own filter load.
 fn admit_init_filter_load(
+    id: &str,
     spec: &mut Spec,
     process: &mut Process,
 ) -> Result<Option<LinuxCapabilities>> {
-    let Some(caps) = process.capabilities().clone() else {
+    let Some(own) = process.capabilities().clone() else {
         return Ok(None);
     };
-    let own = caps.clone();
-    if caps.bounding().is_none() || caps.effective().is_none() || caps.permitted().is_none() {
+    if own.bounding().is_none() || own.effective().is_none() || own.permitted().is_none() {
         return Ok(None);
     }
-    let json = serde_json::to_string(&caps).map_err(|e| BackendError::Failed {
+    let json = serde_json::to_string(&own).map_err(|e| BackendError::Failed {
         op: "record the init's capabilities",
-        id: String::new(),
+        id: id.to_string(),
         reason: e.to_string(),
     })?;
     let mut annotations = spec.annotations().clone().unwrap_or_default();
@@ -400,7 +400,7 @@ pub(crate) fn prepare_bundle(
             // compiled program and then dropping the bounding set need, and
             // drops to its own there, before it reports ready
             // ([`crate::host::executor::INIT_SECCOMP_CAPS_ANNOTATION`]).
-            own_caps = admit_init_filter_load(&mut spec, &mut process)?;
+            own_caps = admit_init_filter_load(id, &mut spec, &mut process)?;
             own_caps.is_some()
         } else {
             false

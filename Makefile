@@ -23,7 +23,7 @@ CRIU_CACHE ?= /var/cache/caisson-test/criu-$(CRIU_VERSION)
 CRIU_BUILD_DEPS := protobuf-c-compiler libprotobuf-c-dev libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev uuid-dev libnftables-dev libgnutls28-dev xz-utils
 DEB_PACKAGES += $(CRIU_BUILD_DEPS)
 
-.PHONY: all deps deps-apt python-deps microvm-deps agent microvm-kernel microvm-guest build release run lint test test-pause criu bench fuzz chaos churn clean
+.PHONY: all deps deps-apt python-deps microvm-deps agent microvm-kernel microvm-guest build release static-shim run lint test test-pause criu bench fuzz chaos churn clean
 
 all: build
 
@@ -120,10 +120,27 @@ build: deps microvm-guest
 	$(CARGO) build --workspace --all-targets
 
 # Release binaries side by side: caissond finds the shim and caisson-pause beside itself.
-release: deps-apt
+release: deps-apt static-shim
 	$(CARGO) build --release --manifest-path pause/Cargo.toml
-	$(CARGO) build --release -p caisson-shim -p caisson-sandbox
+	$(CARGO) build --release -p caisson-shim
 	install -m 0755 pause/target/release/caisson-pause target/release/caisson-pause
+	rm -f target/release/containerd-shim-caisson-v2
+	install -m 0755 $(STATIC_SHIM) target/release/containerd-shim-caisson-v2
+
+# The release shim is linked statically (glibc, libseccomp, libgcc): a pod's
+# shim maps no shared library, whose pages the kernel's fault-around would
+# map 64 KiB at a time around each call (1.6 MB of each shim's RSS), and the
+# libc code it runs is laid out with its own (sandbox/hot-text.ld names the
+# archive members). crt-static needs an explicit --target, so that build
+# scripts and proc-macros stay dynamic: its own build, beside the host one.
+# SHIM_RUSTFLAGS adds flags (bench/hot-text.sh's profiling build).
+HOST_TARGET := $(shell PATH="$(PATH)" rustc -vV 2>/dev/null | sed -n 's/^host: //p')
+STATIC_SHIM = target/$(HOST_TARGET)/release/containerd-shim-caisson-v2
+SHIM_RUSTFLAGS ?=
+static-shim: deps-apt
+	RUSTFLAGS="-C symbol-mangling-version=v0 -C target-feature=+crt-static $(SHIM_RUSTFLAGS)" \
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/$$(gcc -print-multiarch) \
+	  $(CARGO) build --release --target $(HOST_TARGET) -p caisson-sandbox --bin containerd-shim-caisson-v2
 
 # Starts caissond with its embedded default config (socket /run/caisson/caissond.sock).
 run: release
@@ -160,9 +177,20 @@ test-pause: deps
 # No incremental caches for a one-off full run: they would add about a third
 # to the target dir, and CI's disk is small.
 test: export CARGO_INCREMENTAL := 0
-test: lint build test-pause criu
+test: lint build test-pause criu static-shim
 	cd agent && $(CARGO) test --release
 	$(CARGO) test --workspace
+	CAISSON_TEST_SHIM=$(CURDIR)/$(STATIC_SHIM) $(CARGO) test -p caisson-sandbox --test hot_text
+	CAISSON_TEST_SHIM=$(CURDIR)/$(STATIC_SHIM) $(CARGO) test -p caisson-tests $(RELEASE_SHIM_TESTS)
+
+# The release shim is a static build (static-shim) that the debug tests
+# never run: these run again with it as every pod's shim (each backend,
+# exec and attach, logs, checkpoint, recovery; about 2.5 minutes).
+RELEASE_SHIM_TESTS := --test cri_smoke_root --test cri_pods_root --test cri_containers_root \
+  --test cri_hardened_root --test cri_userns_root --test cri_seccomp_root --test cri_oci_root \
+  --test cri_runsc_root --test cri_microvm_root --test cri_streaming_root \
+  --test cri_streaming_sessions_root --test cri_logs_root --test cri_limits_root --test cri_qos_root \
+  --test cri_checkpoint_root --test cri_recovery_root --test cri_shim_death_root
 
 bench: release criu microvm-guest
 	$(CARGO) build --release -p caisson-bench

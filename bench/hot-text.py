@@ -4,11 +4,15 @@
   hot-text.py snapshot SHIM PAGES
       writes the indices of SHIM's pages that are in the page cache (mincore(2)
       over a mapping of the file, which faults nothing in), one per line
-  hot-text.py generate SHIM SCRIPT PAGES...
+  hot-text.py generate SHIM MAP SCRIPT PAGES...
       writes SCRIPT (sandbox/hot-text.ld): the functions of SHIM on a cached
       page, tier by tier (each PAGES file adds the functions the ones before
-      it did not have), each tier in address order
+      it did not have), each tier in address order. MAP is the linker's map
+      of SHIM (-Wl,-Map): code from C archives (glibc's libc.a, libgcc, the
+      libseccomp.a in libseccomp-sys's rlib) has no section per function, so
+      a cached page of it names its archive member's section instead.
 """
+import bisect
 import ctypes
 import os
 import re
@@ -42,22 +46,65 @@ def readelf(flag, path):
 
 def functions(path):
     """(address, name, first page, last page) of each function in the file."""
-    loads = []  # (vaddr, offset, filesz) of the LOAD program headers
-    for line in readelf("-l", path):
-        f = line.split()
-        if f and f[0] == "LOAD":
-            loads.append((int(f[2], 16), int(f[1], 16), int(f[5], 16)))
+    offset = file_offsets(path)
     out = []
     for line in readelf("-s", path):
         f = line.split()
         if len(f) < 8 or f[3] != "FUNC" or f[6] == "UND" or int(f[2]) == 0:
             continue
         value, size, name = int(f[1], 16), int(f[2]), f[7]
+        start = offset(value)
+        if start is not None:
+            out.append((value, name, start // PAGE, (start + size - 1) // PAGE))
+    return sorted(out)
+
+
+def file_offsets(path):
+    """A function mapping a virtual address of the file to its offset."""
+    loads = []
+    for line in readelf("-l", path):
+        f = line.split()
+        if f and f[0] == "LOAD":
+            loads.append((int(f[2], 16), int(f[1], 16), int(f[5], 16)))
+
+    def offset(addr):
         for va, off, sz in loads:
-            if va <= value < va + sz:
-                start = value - va + off
-                out.append((value, name, start // PAGE, (start + size - 1) // PAGE))
-                break
+            if va <= addr < va + sz:
+                return addr - va + off
+        return None
+    return offset
+
+
+# An input section of an archive member in LLD's map: VMA LMA size align
+# then "path/libc.a(memcpy.o):(.text.avx)". A C library a -sys crate links
+# statically is a member of that crate's rlib ("liblibseccomp_sys-<hash>.rlib
+# (libseccomp_la-api.o)"); Rust's own objects (.rcgu.o) have a section per
+# function and are named by their symbols.
+MEMBER = re.compile(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+"
+                    r"(\S*/)?([^/\s(]+\.(?:a|rlib))\(([^)]+)\):\((\.text[^)]*)\)$")
+
+
+def members(shim, map_path):
+    """(address, end, first page, last page, pattern) of each archive
+    member's text section in the map."""
+    offset = file_offsets(shim)
+    out = []
+    with open(map_path) as f:
+        for line in f:
+            m = MEMBER.match(line)
+            if not m or int(m.group(2), 16) == 0:
+                continue
+            addr, size = int(m.group(1), 16), int(m.group(2), 16)
+            start = offset(addr)
+            if start is None:
+                continue
+            archive, member, section = m.group(4), m.group(5), m.group(6)
+            if member.endswith(".rcgu.o"):
+                continue
+            # The crate's hash changes with its version or the toolchain.
+            archive = re.sub(r"-[0-9a-f]{16}\.rlib$", "-*.rlib", archive)
+            out.append((addr, addr + size, start // PAGE, (start + size - 1) // PAGE,
+                        "*%s:%s(%s)" % (archive, member, section)))
     return sorted(out)
 
 
@@ -78,38 +125,52 @@ HEADER = """\
 
    The functions a pod's shim runs (its server, a container's create, start,
    stats, exec, kill and delete, and libcontainer's processes), laid out
-   together at the start of the text: first what every pod's shim runs, then
-   what only a hardened (or oci) pod's adds. The kernel maps a file's cached
+   together at the start of the text: first what every pod's shim server
+   runs (the process that lives as long as the pod), then what its builds
+   add (its fork server and libcontainer's processes, which come and go),
+   then what only a hardened (or oci) pod's adds. The kernel maps a file's cached
    pages 64 KiB at a time around each fault (fault-around), so code spread
    over the whole text made most of it resident in every shim; packed, the
-   shim's resident text is about the size of what it runs. Linked into the
-   shim by sandbox/build.rs (whole in release builds, its first patterns in
-   others); a pattern that no longer matches costs nothing, and
-   sandbox/tests/hot_text.rs fails when too many no longer do. */
+   shim's resident text is about the size of what it runs. The release shim
+   is static (the Makefile's static-shim): the C code it runs (glibc's,
+   libgcc's) is named by archive member, having no section per function.
+   Linked into the shim by sandbox/build.rs (whole in release builds, its
+   first patterns in others); a pattern that no longer matches costs
+   nothing, and sandbox/tests/hot_text.rs fails when too many no longer do. */
 SECTIONS {
   .text.hot : {
 """
 
 
-def generate(shim, script, page_files):
-    funcs = functions(shim)
+def generate(shim, map_path, script, page_files):
+    # (address, first page, last page, script line) of each function with a
+    # section of its own, and of each archive member's text section (whose
+    # functions are not listed again).
+    member_sections = members(shim, map_path)
+    starts = [m[0] for m in member_sections]
+
+    def in_member(addr):
+        i = bisect.bisect_right(starts, addr) - 1
+        return i >= 0 and addr < member_sections[i][1]
+    lines = [(a, first, last, "*(.text.%s .text.unlikely.%s)" % (pattern(n), pattern(n)))
+             for a, n, first, last in functions(shim) if not in_member(a)]
+    lines += [(a, first, last, line) for a, _, first, last, line in member_sections]
+    lines.sort()
     seen, patterns, tiers = set(), [], []
     for path in page_files:
         with open(path) as f:
             cached = {int(line) for line in f}
         tier = 0
-        for _, name, first, last in funcs:
-            if any(p in cached for p in range(first, last + 1)):
-                p = pattern(name)
-                if p not in seen:
-                    seen.add(p)
-                    patterns.append(p)
-                    tier += 1
+        for _, first, last, line in lines:
+            if line not in seen and any(p in cached for p in range(first, last + 1)):
+                seen.add(line)
+                patterns.append(line)
+                tier += 1
         tiers.append(tier)
     with open(script, "w") as f:
         f.write(HEADER)
-        for p in patterns:
-            f.write("    *(.text.%s .text.unlikely.%s)\n" % (p, p))
+        for line in patterns:
+            f.write("    %s\n" % line)
         f.write("  }\n} INSERT BEFORE .text;\n")
     print("%s: %d patterns (tiers: %s)" % (script, len(patterns), ", ".join(map(str, tiers))))
 
@@ -120,8 +181,8 @@ def main():
         with open(sys.argv[3], "w") as f:
             f.writelines("%d\n" % p for p in pages)
         print("%s: %d pages cached" % (sys.argv[2], len(pages)))
-    elif len(sys.argv) >= 5 and sys.argv[1] == "generate":
-        generate(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif len(sys.argv) >= 6 and sys.argv[1] == "generate":
+        generate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
     else:
         sys.exit(__doc__)
 

@@ -32,11 +32,11 @@ cd "$repo"
 cargo build --release -p caisson-shim -p caisson-bench
 cargo build --release --manifest-path pause/Cargo.toml
 (cd probe && cargo build --release)
-# The profiling shim: every function at a page boundary. The flags apply to
-# every crate here (no --target), so its own target dir.
-# (--config adds to .cargo/config.toml's rustflags.)
-CARGO_TARGET_DIR="$work/target" cargo build --release -p caisson-sandbox \
-  --bin containerd-shim-caisson-v2 --config 'build.rustflags=["-C", "llvm-args=-align-all-functions=12"]'
+# The profiling shim: the release shim's static build (the Makefile's
+# static-shim) with every function at a page boundary, and the linker's map
+# (where each archive member's code went), in its own target dir.
+CARGO_TARGET_DIR="$work/target" make static-shim \
+  SHIM_RUSTFLAGS="-C llvm-args=-align-all-functions=12 -C link-arg=-Wl,-Map=$work/shim.map"
 
 truncate -s 2G "$work/fs.img"
 mkfs.ext4 -q -F "$work/fs.img"
@@ -49,20 +49,31 @@ mkdir "$bin"
 # The bench finds caissond, the shim and caisson-pause beside itself.
 cp target/release/caisson-bench target/release/caissond "$bin/"
 cp pause/target/release/caisson-pause "$bin/"
-cp "$work/target/release/containerd-shim-caisson-v2" "$bin/"
+profiled="$work/target/$(rustc -vV | sed -n 's/^host: //p')/release/containerd-shim-caisson-v2"
+cp "$profiled" "$bin/"
+# Each pod's fork server (and what it clones: libcontainer's processes) runs
+# from a second copy, so that each file's cached pages are one side's: the
+# shim's server, which lives as long as its pod, and its builds.
+mkdir "$bin/fork-server"
+cp "$profiled" "$bin/fork-server/"
+export CAISSON_SHIM_FORK_SERVER_BINARY="$bin/fork-server/containerd-shim-caisson-v2"
 sync
 # Remounting empties the page cache of everything on it.
 umount "$work/mnt"
 mount "$loop" "$work/mnt"
 
-# Two tiers: what every pod's shim runs, then what only a hardened pod's
-# adds, so that a native shim's fault-around windows hold none of the latter.
+# Three tiers: what every pod's shim server runs, what its builds add, then
+# what only a hardened pod's adds, so that a native shim server's
+# fault-around windows hold none of the others.
 "$bin/caisson-bench" shim --runs 20 > "$work/shim.txt"
-"$bin/caisson-bench" cri --cni --runs 5 --pods 3 --phases > "$work/cri.txt"
+# --density: the pods also answer kubelet's stats calls (ListContainerStats).
+"$bin/caisson-bench" cri --cni --runs 5 --density 3 --phases > "$work/cri.txt"
 "$bin/caisson-bench" streaming --runs 10 --forwards 1 --size-mb 4 > "$work/streaming.txt"
-python3 bench/hot-text.py snapshot "$bin/containerd-shim-caisson-v2" "$work/native.pages"
+python3 bench/hot-text.py snapshot "$bin/containerd-shim-caisson-v2" "$work/server.pages"
+python3 bench/hot-text.py snapshot "$CAISSON_SHIM_FORK_SERVER_BINARY" "$work/builds.pages"
 "$bin/caisson-bench" hardened --runs 5 --pods 2 --reps 1 > "$work/hardened.txt"
-python3 bench/hot-text.py snapshot "$bin/containerd-shim-caisson-v2" "$work/hardened.pages"
-python3 bench/hot-text.py generate "$bin/containerd-shim-caisson-v2" sandbox/hot-text.ld \
-  "$work/native.pages" "$work/hardened.pages"
-
+python3 bench/hot-text.py snapshot "$bin/containerd-shim-caisson-v2" "$work/hardened-server.pages"
+python3 bench/hot-text.py snapshot "$CAISSON_SHIM_FORK_SERVER_BINARY" "$work/hardened-builds.pages"
+sort -nu "$work/hardened-server.pages" "$work/hardened-builds.pages" > "$work/hardened.pages"
+python3 bench/hot-text.py generate "$bin/containerd-shim-caisson-v2" "$work/shim.map" sandbox/hot-text.ld \
+  "$work/server.pages" "$work/builds.pages" "$work/hardened.pages"

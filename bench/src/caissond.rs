@@ -27,8 +27,8 @@ use crate::daemon::Process;
 
 /// File name of caissond's shim, beside it.
 pub const SHIM: &str = "containerd-shim-caisson-v2";
-const BUILD: &str =
-    "run `make release` (or `cargo build --release -p caisson-shim -p caisson-sandbox`)";
+const BUILD: &str = "run `make release` (the static release shim; `cargo build --release -p \
+     caisson-shim -p caisson-sandbox` builds a dynamic one)";
 /// How long one CRI call through [`Caissond::call`] may take.
 const RPC_DEADLINE: Duration = Duration::from_secs(600);
 

@@ -74,7 +74,8 @@ fn caisson_shim() -> Result<PathBuf> {
     let shim = dir.join(CAISSON_SHIM);
     if !shim.is_file() {
         return Err(format!(
-            "{} not found: run `cargo build --release -p caisson-sandbox`",
+            "{} not found: run `make release` (the static release shim; `cargo build \
+             --release -p caisson-sandbox` builds a dynamic one)",
             shim.display()
         )
         .into());

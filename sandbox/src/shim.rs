@@ -44,6 +44,11 @@ pub const BACKEND_ENV: &str = "CAISSON_BACKEND";
 /// backend's `runtime_path`).
 pub const BACKEND_OPTIONS_ENV: &str = "CAISSON_BACKEND_OPTIONS";
 const DEFAULT_RUN_DIR: &str = "/run/caisson/shim";
+/// A copy of the shim binary to exec a pod's fork servers from, instead of
+/// the shim's own image (and none forked from the shim): `bench/hot-text.sh`
+/// sets it so that the page cache tells the pages a shim's server runs from
+/// those its builds run.
+pub const FORK_SERVER_BINARY_ENV: &str = "CAISSON_SHIM_FORK_SERVER_BINARY";
 /// The listening socket `start` hands to `serve`.
 const LISTENER_FD: i32 = 3;
 
@@ -316,6 +321,15 @@ fn backend_options<T: serde::de::DeserializeOwned + Default>() -> Result<T, Back
     )
 }
 
+/// The binary a pod's fork server is exec'd from: the running image itself,
+/// even if the file was replaced since, unless [`FORK_SERVER_BINARY_ENV`]
+/// names another.
+fn fork_server_binary() -> PathBuf {
+    std::env::var_os(FORK_SERVER_BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/proc/self/exe"))
+}
+
 /// Makes the backend the environment asks for ([`BACKEND_ENV`], default
 /// `native`; options from [`BACKEND_OPTIONS_ENV`]).
 pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>, BackendError> {
@@ -324,13 +338,12 @@ pub fn make_backend(namespace: &str, exits: ExitSink) -> Result<Arc<dyn Backend>
         "native" | "" => Ok(Arc::new(NativeBackend::new(
             state_dir(namespace),
             exits,
-            // The running image itself, even if the file was replaced since.
-            PathBuf::from("/proc/self/exe"),
+            fork_server_binary(),
         )?)),
         "hardened" => Ok(Arc::new(HardenedBackend::with_options(
             state_dir(namespace),
             exits,
-            PathBuf::from("/proc/self/exe"),
+            fork_server_binary(),
             &backend_options()?,
         )?)),
         "oci" => Ok(Arc::new(OciBackend::new(
@@ -359,7 +372,9 @@ pub fn serve(flags: &Flags) -> Result<(), String> {
     // started yet.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let backend = std::env::var(BACKEND_ENV).unwrap_or_default();
-    if matches!(backend.as_str(), "native" | "hardened" | "") {
+    // A fork server from another binary is always exec'd from it.
+    let exec_only = std::env::var_os(FORK_SERVER_BINARY_ENV).is_some();
+    if matches!(backend.as_str(), "native" | "hardened" | "") && !exec_only {
         // SAFETY: still one thread (main's), which runs until the shim exits.
         if let Err(e) =
             unsafe { crate::host::forker::prefork(crate::backend::native::serve_fork_requests) }

@@ -6,18 +6,27 @@
 //! first patterns only (`build.rs`), but has the names of nearly every
 //! function the list names: when too few of them are there any more, the
 //! list is stale (or the mangling changed) and `bench/hot-text.sh` remakes it.
+//!
+//! `make test` runs these again on the release shim (`CAISSON_TEST_SHIM`),
+//! a static build whose list also places the C code it runs.
 
 use std::process::Command;
 
-const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-caisson-v2");
 const SCRIPT: &str = include_str!("../hot-text.ld");
 
+/// The shim under test: the debug build's, or the one `CAISSON_TEST_SHIM` names.
+fn shim() -> String {
+    std::env::var("CAISSON_TEST_SHIM")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_containerd-shim-caisson-v2").to_string())
+}
+
 fn readelf(flag: &str) -> String {
+    let shim = shim();
     let out = Command::new("readelf")
-        .args([flag, "-W", SHIM])
+        .args([flag, "-W", &shim])
         .output()
         .expect("running readelf (binutils)");
-    assert!(out.status.success(), "readelf {flag} {SHIM} failed");
+    assert!(out.status.success(), "readelf {flag} {shim} failed");
     String::from_utf8(out.stdout).expect("readelf's output is UTF-8")
 }
 
@@ -155,24 +164,17 @@ fn the_functions_a_shim_runs_come_first_in_its_text() {
     );
 }
 
-/// The shim defines the two libm functions it calls (`pow`, `log2`, in
+/// The C libraries a shim maps. A dynamic shim needs libc and not libm: it
+/// defines the two libm functions it calls (`pow`, `log2`, in
 /// containerd-shim-caisson-v2.rs), so the link drops libm.so.6 and no shim
-/// maps it. A new call into
-/// libm (an `f64::exp`, say, in a dependency) brings the library back: this
-/// fails then.
+/// maps it; a new call into libm (an `f64::exp`, say, in a dependency)
+/// brings the library back, and this fails then. A static shim (the
+/// release build) needs nothing, and the C code it runs is in its hot text
+/// (malloc, from libc.a's member named in hot-text.ld).
 #[test]
-fn the_shim_does_not_load_libm() {
+fn the_shim_maps_no_libm_and_a_static_one_has_its_c_code_hot() {
     let dynamic = readelf("-d");
     let needed: Vec<&str> = dynamic.lines().filter(|l| l.contains("(NEEDED)")).collect();
-    assert!(
-        needed.iter().any(|l| l.contains("libc.so")),
-        "readelf -d shows no NEEDED libc: {dynamic}"
-    );
-    assert!(
-        !needed.iter().any(|l| l.contains("libm.so")),
-        "the shim needs libm.so.6 again ({needed:?}): `readelf -V` on it names what it \
-         imports from libm; define that beside pow and log2 in containerd-shim-caisson-v2.rs"
-    );
     let functions = functions();
     for defined in ["pow", "log2"] {
         assert!(
@@ -180,4 +182,29 @@ fn the_shim_does_not_load_libm() {
             "no {defined} defined in the shim"
         );
     }
+    if readelf("-l").contains("INTERP") {
+        assert!(
+            needed.iter().any(|l| l.contains("libc.so")),
+            "readelf -d shows no NEEDED libc: {dynamic}"
+        );
+        assert!(
+            !needed.iter().any(|l| l.contains("libm.so")),
+            "the shim needs libm.so.6 again ({needed:?}): `readelf -V` on it names what \
+             it imports from libm; define that beside pow and log2 in \
+             containerd-shim-caisson-v2.rs"
+        );
+        return;
+    }
+    assert!(needed.is_empty(), "a static shim needs {needed:?}");
+    let (hot, size) = section(&readelf("-S"), ".text.hot").expect("a .text.hot section");
+    let malloc = functions
+        .iter()
+        .find(|(n, _)| n == "malloc")
+        .expect("malloc defined in a static shim");
+    assert!(
+        (hot..hot + size).contains(&malloc.1),
+        "malloc at {:#x}, outside .text.hot ({hot:#x}, {size:#x} bytes): \
+         hot-text.ld names no libc.a member? remake it with bench/hot-text.sh",
+        malloc.1
+    );
 }

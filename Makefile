@@ -180,12 +180,13 @@ test: export CARGO_INCREMENTAL := 0
 test: lint build test-pause criu static-shim
 	cd agent && $(CARGO) test --release
 	$(CARGO) test --workspace
-	CAISSON_TEST_SHIM=$(CURDIR)/$(STATIC_SHIM) $(CARGO) test -p caisson-sandbox --test hot_text
-	CAISSON_TEST_SHIM=$(CURDIR)/$(STATIC_SHIM) $(CARGO) test -p caisson-tests $(RELEASE_SHIM_TESTS)
+	CAISSON_TEST_SHIM=$(CURDIR)/$(STATIC_SHIM) $(CARGO) test --workspace --test hot_text $(RELEASE_SHIM_TESTS)
 
 # The release shim is a static build (static-shim) that the debug tests
 # never run: these run again with it as every pod's shim (each backend,
-# exec and attach, logs, checkpoint, recovery; about 2.5 minutes).
+# exec and attach, logs, checkpoint, recovery; about 2.5 minutes), and
+# hot_text checks its layout. --workspace, not -p: the same features as the
+# run before, so nothing is rebuilt.
 RELEASE_SHIM_TESTS := --test cri_smoke_root --test cri_pods_root --test cri_containers_root \
   --test cri_hardened_root --test cri_userns_root --test cri_seccomp_root --test cri_oci_root \
   --test cri_runsc_root --test cri_microvm_root --test cri_streaming_root \

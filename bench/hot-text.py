@@ -44,9 +44,9 @@ def readelf(flag, path):
                           text=True, check=True).stdout.splitlines()
 
 
-def functions(path):
-    """(address, name, first page, last page) of each function in the file."""
-    offset = file_offsets(path)
+def functions(path, offset):
+    """(address, name, first page, last page) of each function in the file
+    (`offset`: its file_offsets)."""
     out = []
     for line in readelf("-s", path):
         f = line.split()
@@ -84,10 +84,10 @@ MEMBER = re.compile(r"^\s*([0-9a-f]+)\s+[0-9a-f]+\s+([0-9a-f]+)\s+\d+\s+"
                     r"(\S*/)?([^/\s(]+\.(?:a|rlib))\(([^)]+)\):\((\.text[^)]*)\)$")
 
 
-def members(shim, map_path):
+def members(map_path, offset):
     """(address, end, first page, last page, pattern) of each archive
-    member's text section in the map."""
-    offset = file_offsets(shim)
+    member's text section in the map (`offset`: the file_offsets of the
+    binary it maps)."""
     out = []
     with open(map_path) as f:
         for line in f:
@@ -146,14 +146,15 @@ def generate(shim, map_path, script, page_files):
     # (address, first page, last page, script line) of each function with a
     # section of its own, and of each archive member's text section (whose
     # functions are not listed again).
-    member_sections = members(shim, map_path)
+    offset = file_offsets(shim)
+    member_sections = members(map_path, offset)
     starts = [m[0] for m in member_sections]
 
     def in_member(addr):
         i = bisect.bisect_right(starts, addr) - 1
         return i >= 0 and addr < member_sections[i][1]
     lines = [(a, first, last, "*(.text.%s .text.unlikely.%s)" % (pattern(n), pattern(n)))
-             for a, n, first, last in functions(shim) if not in_member(a)]
+             for a, n, first, last in functions(shim, offset) if not in_member(a)]
     lines += [(a, first, last, line) for a, _, first, last, line in member_sections]
     lines.sort()
     seen, patterns, tiers = set(), [], []
